@@ -1,0 +1,209 @@
+//! Storage engines behind the cache.
+//!
+//! A backend stores opaque byte values under string keys with a time to live,
+//! the same small surface as Django's cache API. Everything memo knows about
+//! values (envelopes, chunking, encryption) lives above this trait, so a
+//! backend never needs to understand what it stores and may be as dumb, or as
+//! broken, as a real cache server: memo checks every byte it reads back.
+//!
+//! Shipped engines: [`MemoryBackend`] (the embedded default), and behind cargo
+//! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`).
+//! Implement [`Backend`] to bring your own.
+
+use std::fmt;
+use std::time::Duration;
+
+pub mod memory;
+
+#[cfg(feature = "memcached")]
+pub mod memcached;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use memory::MemoryBackend;
+
+/// A failure reported by a backend: the server is down, timed out, refused a
+/// value, or answered something the client could not parse.
+///
+/// memo never hands this to the caller of a memoized function: it logs it,
+/// counts it in [`stats`](crate::stats), and computes the value instead.
+#[derive(Debug)]
+pub struct BackendError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A new error with a message saying what went wrong.
+    ///
+    /// ```
+    /// use memo_runtime::BackendError;
+    /// let err = BackendError::new("connection refused by cache-1:11211");
+    /// assert_eq!(err.to_string(), "connection refused by cache-1:11211");
+    /// ```
+    pub fn new(message: impl Into<String>) -> Self {
+        BackendError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A new error that wraps the client library's own error as its source.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BackendError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The message, without the source.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A cache engine storing byte values under string keys.
+///
+/// Keys handed to a backend are at most 250 bytes of printable ASCII or
+/// UTF-8 without control characters or spaces (memcached's rules), and values
+/// are at most the configured `chunk_size` plus a few hundred bytes of
+/// envelope. A `ttl` of zero never occurs; memo always passes the
+/// expiration the caller asked for.
+///
+/// `get_many`, `set_many` and `delete_if_value` have default bodies built on
+/// the single-key methods; engines that can do better (one round trip, an
+/// atomic compare-and-delete) override them.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+/// use memo_runtime::{Backend, BackendError};
+///
+/// /// A toy engine that ignores expiry.
+/// #[derive(Default)]
+/// struct MapBackend(Mutex<HashMap<String, Vec<u8>>>);
+///
+/// impl Backend for MapBackend {
+///     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///     fn set(&self, key: &str, value: &[u8], _ttl: Duration) -> Result<(), BackendError> {
+///         self.0.lock().unwrap().insert(key.to_owned(), value.to_vec());
+///         Ok(())
+///     }
+///     fn add(&self, key: &str, value: &[u8], _ttl: Duration) -> Result<bool, BackendError> {
+///         let mut map = self.0.lock().unwrap();
+///         if map.contains_key(key) {
+///             return Ok(false);
+///         }
+///         map.insert(key.to_owned(), value.to_vec());
+///         Ok(true)
+///     }
+///     fn touch(&self, key: &str, _ttl: Duration) -> Result<bool, BackendError> {
+///         Ok(self.0.lock().unwrap().contains_key(key))
+///     }
+///     fn delete(&self, key: &str) -> Result<bool, BackendError> {
+///         Ok(self.0.lock().unwrap().remove(key).is_some())
+///     }
+/// }
+///
+/// let backend = MapBackend::default();
+/// backend.set("k", b"v", Duration::from_secs(60)).unwrap();
+/// assert_eq!(backend.get_many(&["k", "missing"]).unwrap(), vec![Some(b"v".to_vec()), None]);
+/// ```
+pub trait Backend: Send + Sync + 'static {
+    /// The value stored under `key`, or `None` when absent or expired.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// The values stored under `keys`, in the same order.
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
+
+    /// Stores `value` under `key` for `ttl`, replacing any value there.
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError>;
+
+    /// Stores every `(key, value)` pair for `ttl`.
+    fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
+        items
+            .iter()
+            .try_for_each(|(key, value)| self.set(key, value, ttl))
+    }
+
+    /// Stores `value` under `key` only if nothing is stored there; `Ok(true)`
+    /// when it was stored. Locks are built on this, so it must be atomic.
+    fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError>;
+
+    /// Gives the value under `key` a new `ttl`; `Ok(false)` when absent.
+    fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
+
+    /// Removes `key`; `Ok(true)` when something was removed.
+    fn delete(&self, key: &str) -> Result<bool, BackendError>;
+
+    /// Removes `key` only if it holds exactly `expected`; `Ok(true)` when
+    /// removed. Lock release uses this so that a holder whose lock expired
+    /// cannot delete the next holder's token.
+    ///
+    /// The default body reads, compares and deletes, which leaves a small
+    /// window between the read and the delete; engines with an atomic
+    /// compare-and-delete (Redis with a script, the memory backend) override
+    /// it.
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        match self.get(key)? {
+            Some(value) if value == expected => self.delete(key),
+            _ => Ok(false),
+        }
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B>
+where
+    std::sync::Arc<B>: Send + Sync + 'static,
+{
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        (**self).get(key)
+    }
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        (**self).get_many(keys)
+    }
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+        (**self).set(key, value, ttl)
+    }
+    fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
+        (**self).set_many(items, ttl)
+    }
+    fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        (**self).add(key, value, ttl)
+    }
+    fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        (**self).touch(key, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        (**self).delete(key)
+    }
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        (**self).delete_if_value(key, expected)
+    }
+}

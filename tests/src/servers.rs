@@ -1,0 +1,1 @@
+//! Real memcached and Redis servers for tests (started on free loopback ports).

@@ -65,8 +65,11 @@ pub use backend::memcached::MemcachedBackend;
 pub use backend::redis::RedisBackend;
 pub use config::{CacheUrl, Config, ConfigError, config, configure};
 pub use crypto::{EncryptionKey, KeyError};
-pub use key::{CacheKey, make_cache_key};
+pub use key::CacheKey;
 pub use lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
 pub use memo_macros::{cache_memoize, cache_memoize_iter};
-pub use memoize::{Error, Options, cache_memoize, cache_memoize_iter, invalidate, try_cache_memoize};
+pub use memoize::{
+    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
+    try_cache_memoize,
+};
 pub use stats::{Stats, stats};

@@ -1,0 +1,1106 @@
+//! The memcached backend: one or more memcached servers, spoken to over
+//! memcached's text protocol.
+//!
+//! The client is a small one of memo's own rather than the `memcache` crate,
+//! because what memo needs from a client is exactly where that crate gets in
+//! the way: it builds its connection pools eagerly (so a server that is down
+//! when the service starts makes configuration fail), places keys by
+//! `hash % servers` with Rust's unstable `DefaultHasher`, has no multi-key
+//! store and no notion of a server that should be skipped for a while after
+//! it failed. The text protocol memo uses is six commands (`get` with many
+//! keys, `gets`, `set`, `add`, `touch`, `delete`, plus meta delete for an
+//! atomic compare-and-delete), which is less code than adapting the crate.
+//!
+//! What the backend guarantees:
+//!
+//! - **Placement.** Keys are spread over the servers by rendezvous hashing
+//!   on a hash that is fixed by this file (FNV-1a then a SplitMix64 mix), so
+//!   every process places a key on the same server, and losing or adding one
+//!   server moves only that server's share of the keys.
+//! - **Round trips.** `get_many` sends one `get k1 k2 ...` per server (split
+//!   into pipelined commands of bounded size, read back in one go), and
+//!   `set_many` pipelines its `set`s and reads the replies after each batch.
+//!   Replies are read rather than suppressed with `noreply`, so a value the
+//!   server refuses (too large, out of memory) is an error, not a silent
+//!   loss; batches are small enough that neither side's socket buffer fills
+//!   while the other waits.
+//! - **Concurrency.** Each server has a pool of idle connections; a caller
+//!   takes one (or opens a new one when none is idle), so concurrent callers
+//!   never queue behind one socket.
+//! - **Failures.** Connecting and every read and write have short timeouts
+//!   (250 ms and 1 s by default). After a failure the server is skipped for
+//!   a back-off that starts at 500 ms and doubles up to 5 s: calls for its
+//!   keys fail at once with a [`BackendError`] instead of waiting on a dead
+//!   host, and only one caller at a time probes it again. The episode is
+//!   logged once when the server goes away and once when it is back.
+//! - **Expiry.** memcached reads an expiration above 30 days as an absolute
+//!   Unix time, so longer TTLs are sent as one; sub-second TTLs round up to
+//!   one second, memcached's resolution.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{Backend, BackendError};
+use crate::config::{CacheUrl, ConfigError};
+
+/// The port memcached listens on when a server is named without one.
+pub const DEFAULT_PORT: u16 = 11211;
+/// How long opening a connection may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long one read or write may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many idle connections each server keeps by default.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// How long a failed server is skipped at first; the pause doubles with
+/// each further failure.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest a failed server is skipped before it is tried again.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// memcached's longest key, in bytes.
+const MAX_KEY_LEN: usize = 250;
+/// Expirations above this many seconds are Unix times to memcached.
+const MAX_RELATIVE_EXPIRATION: u64 = 30 * 24 * 60 * 60;
+/// Request bytes written before reading replies, for `get` batches. Well
+/// under any socket buffer, so the write never waits on a server that is
+/// itself waiting for us to read.
+const MAX_PIPELINED_REQUEST: usize = 32 * 1024;
+/// `set`s written before reading their replies. Each reply is at most a
+/// short line, so a batch's replies fit in a socket buffer.
+const MAX_PIPELINED_SETS: usize = 256;
+/// Values at least this large are written straight to the socket instead of
+/// being copied into the request buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// The longest reply line memo accepts; real ones are under 300 bytes.
+const MAX_LINE: usize = 1024;
+
+const URL_PARAMS: &[&str] = &[
+    "connect_timeout_ms",
+    "timeout_ms",
+    "pool_size",
+    "backoff_ms",
+    "max_backoff_ms",
+];
+
+/// A client for one or more memcached servers.
+///
+/// Creating one opens no connection, so a service starts even when its
+/// cache is down; connections are opened on first use and kept in a pool.
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{Config, MemcachedBackend, configure};
+///
+/// let backend = MemcachedBackend::new(["10.0.0.5:11211", "10.0.0.6:11211"])?
+///     .timeout(Duration::from_millis(500))
+///     .pool_size(32);
+/// assert_eq!(backend.servers(), ["10.0.0.5:11211", "10.0.0.6:11211"]);
+/// configure(Config::new(backend).namespace("shop"));
+/// # configure(Config::new(memo_runtime::MemoryBackend::new()));
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+///
+/// The same from a URL, with every tuning parameter spelled out:
+///
+/// ```
+/// use memo_runtime::Config;
+///
+/// let config = Config::from_url(
+///     "memcached://10.0.0.5:11211,10.0.0.6:11211?namespace=shop\
+///      &connect_timeout_ms=100&timeout_ms=500&pool_size=32&backoff_ms=250&max_backoff_ms=2000",
+/// )?;
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+pub struct MemcachedBackend {
+    servers: Vec<Server>,
+    settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    connect_timeout: Duration,
+    timeout: Duration,
+    pool_size: usize,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl std::fmt::Debug for MemcachedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemcachedBackend")
+            .field("servers", &self.servers())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl MemcachedBackend {
+    /// A client for `servers`, each `host:port` (or `host`, port 11211;
+    /// IPv6 as `[::1]:11211`), with the default timeouts and pool size.
+    ///
+    /// Fails only on a malformed address or an empty list: nothing is
+    /// resolved or connected until the first call.
+    pub fn new<I>(servers: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let servers = servers
+            .into_iter()
+            .map(|server| Server::new(server.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(ConfigError::Backend(
+                "memcached needs at least one server, e.g. 127.0.0.1:11211".to_owned(),
+            ));
+        }
+        Ok(MemcachedBackend {
+            servers,
+            settings: Settings {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                timeout: DEFAULT_TIMEOUT,
+                pool_size: DEFAULT_POOL_SIZE,
+                backoff: DEFAULT_BACKOFF,
+                max_backoff: DEFAULT_MAX_BACKOFF,
+            },
+        })
+    }
+
+    /// How long opening a connection may take (URL: `connect_timeout_ms`).
+    /// Zero means the default.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = nonzero_or(timeout, DEFAULT_CONNECT_TIMEOUT);
+        self
+    }
+
+    /// How long one read or write may take before the server counts as
+    /// failed (URL: `timeout_ms`). Zero means the default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = nonzero_or(timeout, DEFAULT_TIMEOUT);
+        self
+    }
+
+    /// How many idle connections each server keeps for reuse (URL:
+    /// `pool_size`). More callers than this still run at once on extra
+    /// connections, which are closed after use. Zero keeps none.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.settings.pool_size = size;
+        self
+    }
+
+    /// How long a failed server is skipped at first, and at most, before
+    /// the next attempt (URL: `backoff_ms`, `max_backoff_ms`). The pause
+    /// doubles with each consecutive failure between the two.
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.settings.backoff = first;
+        self.settings.max_backoff = max.max(first);
+        self
+    }
+
+    /// The servers, as given.
+    pub fn servers(&self) -> Vec<&str> {
+        self.servers.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The server `key` is stored on, as given to [`MemcachedBackend::new`].
+    /// Every process with the same server list agrees.
+    pub fn server_for(&self, key: &str) -> &str {
+        &self.servers[self.pick(key)].name
+    }
+
+    pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: reason.to_owned(),
+        };
+        if url.userinfo.is_some() {
+            return Err(invalid(
+                "memcached:// takes no user or password (memcached's text protocol has no authentication)",
+            ));
+        }
+        if !url.path.is_empty() {
+            return Err(invalid("memcached:// takes no path"));
+        }
+        if url.hosts.is_empty() {
+            return Err(invalid(
+                "memcached:// needs at least one host, e.g. memcached://127.0.0.1:11211",
+            ));
+        }
+        let mut backend = Self::new(&url.hosts)?;
+        let mut backoff = (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF);
+        for (name, value) in &url.params {
+            match name.as_str() {
+                "connect_timeout_ms" => {
+                    backend = backend.connect_timeout(positive_millis(url, name, value)?)
+                }
+                "timeout_ms" => backend = backend.timeout(positive_millis(url, name, value)?),
+                "pool_size" => {
+                    backend = backend.pool_size(value.parse().map_err(|_| {
+                        url.invalid_value(name, value, "expected a number of connections")
+                    })?)
+                }
+                "backoff_ms" => backoff.0 = url.millis(name, value)?,
+                "max_backoff_ms" => backoff.1 = url.millis(name, value)?,
+                other => return Err(url.unknown_parameter(other, URL_PARAMS)),
+            }
+        }
+        Ok(backend.backoff(backoff.0, backoff.1))
+    }
+
+    /// The index of the server holding `key`: the one whose hash with the
+    /// key scores highest (rendezvous hashing).
+    fn pick(&self, key: &str) -> usize {
+        if self.servers.len() == 1 {
+            return 0;
+        }
+        let key_hash = fnv1a(key.as_bytes());
+        let mut best = 0;
+        let mut best_score = 0;
+        for (index, server) in self.servers.iter().enumerate() {
+            let score = mix(key_hash ^ server.seed);
+            if index == 0 || score > best_score {
+                best = index;
+                best_score = score;
+            }
+        }
+        best
+    }
+
+    /// Groups `keys` (by position) per server, in server order.
+    fn partition<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<Vec<usize>> {
+        let mut groups = vec![Vec::new(); self.servers.len()];
+        for (position, key) in keys.enumerate() {
+            groups[self.pick(key)].push(position);
+        }
+        groups
+    }
+
+    fn run<T>(
+        &self,
+        server: usize,
+        mut op: impl FnMut(&mut Conn) -> Result<T, OpError>,
+    ) -> Result<T, BackendError> {
+        self.servers[server].run(&self.settings, &mut op)
+    }
+}
+
+impl Backend for MemcachedBackend {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        check_key(key)?;
+        let mut values = self.run(self.pick(key), |conn| conn.get_many(&[key], None))?;
+        Ok(values.pop().flatten())
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().try_for_each(|key| check_key(key))?;
+        let mut values = vec![None; keys.len()];
+        for (server, positions) in self.partition(keys.iter().copied()).into_iter().enumerate() {
+            if positions.is_empty() {
+                continue;
+            }
+            let server_keys: Vec<&str> = positions.iter().map(|&p| keys[p]).collect();
+            let found = self.run(server, |conn| conn.get_many(&server_keys, None))?;
+            for (position, value) in positions.into_iter().zip(found) {
+                values[position] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+        check_key(key)?;
+        let exptime = expiration(ttl);
+        self.run(self.pick(key), |conn| {
+            conn.store("set", key, value, exptime)?.stored(key)
+        })
+    }
+
+    fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
+        items.iter().try_for_each(|(key, _)| check_key(key))?;
+        let exptime = expiration(ttl);
+        let mut first_error = None;
+        for (server, positions) in self
+            .partition(items.iter().map(|(key, _)| *key))
+            .into_iter()
+            .enumerate()
+        {
+            if positions.is_empty() {
+                continue;
+            }
+            let server_items: Vec<(&str, &[u8])> = positions.iter().map(|&p| items[p]).collect();
+            // Every server gets its share even when another failed, so one
+            // dead server costs only its own keys.
+            if let Err(err) = self.run(server, |conn| conn.set_many(&server_items, exptime)) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        check_key(key)?;
+        let exptime = expiration(ttl);
+        self.run(self.pick(key), |conn| {
+            match conn.store("add", key, value, exptime)? {
+                Reply::Stored => Ok(true),
+                Reply::NotStored => Ok(false),
+                other => Err(other.unexpected("add")),
+            }
+        })
+    }
+
+    fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        check_key(key)?;
+        let exptime = expiration(ttl);
+        self.run(self.pick(key), |conn| {
+            conn.send(format!("touch {key} {exptime}\r\n").as_bytes())?;
+            match conn.reply()? {
+                Reply::Touched => Ok(true),
+                Reply::NotFound => Ok(false),
+                other => Err(other.unexpected("touch")),
+            }
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        check_key(key)?;
+        self.run(self.pick(key), |conn| conn.delete(key))
+    }
+
+    /// Atomic: reads the value with its CAS token (`gets`) and deletes with
+    /// a meta delete conditioned on that token (`md key C<cas>`), so a value
+    /// replaced in between is left alone. On a server older than 1.6, which
+    /// has no meta commands, it falls back to a plain delete.
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        check_key(key)?;
+        self.run(self.pick(key), |conn| {
+            let mut cas = None;
+            let current = conn.get_many(&[key], Some(&mut cas))?.pop().flatten();
+            let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
+                return Ok(false);
+            };
+            conn.send(format!("md {key} C{cas}\r\n").as_bytes())?;
+            match conn.reply()? {
+                Reply::Meta(code) if code == "HD" => Ok(true),
+                Reply::Meta(code) if code == "NF" || code == "EX" => Ok(false),
+                Reply::Error => conn.delete(key),
+                other => Err(other.unexpected("md")),
+            }
+        })
+    }
+}
+
+/// One memcached server: its address, its idle connections and its health.
+struct Server {
+    name: String,
+    host: String,
+    port: u16,
+    seed: u64,
+    idle: Mutex<Vec<Conn>>,
+    health: Health,
+}
+
+impl Server {
+    fn new(address: &str) -> Result<Server, ConfigError> {
+        let (host, port) = split_host_port(address, DEFAULT_PORT)?;
+        Ok(Server {
+            name: address.to_owned(),
+            seed: fnv1a(address.as_bytes()),
+            host,
+            port,
+            idle: Mutex::new(Vec::new()),
+            health: Health::default(),
+        })
+    }
+
+    /// Runs `op` on a pooled connection. A connection that turns out to be
+    /// stale (the server restarted since it was pooled) is replaced once
+    /// with a fresh one; any other transport failure drops the connection
+    /// and starts a back-off.
+    fn run<T>(
+        &self,
+        settings: &Settings,
+        op: &mut dyn FnMut(&mut Conn) -> Result<T, OpError>,
+    ) -> Result<T, BackendError> {
+        let what = || format!("memcached {}", self.name);
+        self.health.admit(&what, settings)?;
+        let mut pooled = lock(&self.idle).pop();
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => match self.connect(settings) {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        return Err(self.health.failed(&what, settings, "cannot connect", err));
+                    }
+                },
+            };
+            match op(&mut conn) {
+                Ok(value) => {
+                    self.release(conn, settings);
+                    self.health.succeeded(&what);
+                    return Ok(value);
+                }
+                Err(OpError::Refused(message)) => {
+                    self.release(conn, settings);
+                    self.health.succeeded(&what);
+                    return Err(BackendError::new(format!("{}: {message}", what())));
+                }
+                Err(OpError::Io(err)) if reused && is_stale(&err) => {
+                    // Every idle connection dates from before the restart.
+                    lock(&self.idle).clear();
+                    continue;
+                }
+                Err(OpError::Io(err)) => {
+                    return Err(self.health.failed(&what, settings, "I/O failed", err));
+                }
+                Err(OpError::Protocol(message)) => {
+                    let err = io::Error::new(io::ErrorKind::InvalidData, message);
+                    return Err(self.health.failed(&what, settings, "sent a malformed reply", err));
+                }
+            }
+        }
+    }
+
+    fn connect(&self, settings: &Settings) -> io::Result<Conn> {
+        let addresses: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address found");
+        for address in addresses {
+            match TcpStream::connect_timeout(&address, settings.connect_timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(settings.timeout))?;
+                    stream.set_write_timeout(Some(settings.timeout))?;
+                    return Ok(Conn {
+                        reader: BufReader::with_capacity(64 * 1024, stream),
+                        out: Vec::new(),
+                    });
+                }
+                Err(err) => last_error = err,
+            }
+        }
+        Err(last_error)
+    }
+
+    fn release(&self, conn: Conn, settings: &Settings) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < settings.pool_size {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Whether a server is usable, and if not, when to try it again.
+///
+/// After a failure the server is skipped until `retry_at`; the first caller
+/// past that time probes it, pushing `retry_at` on so that the others keep
+/// failing fast until the probe has an answer.
+#[derive(Default)]
+struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Health {
+    fn admit(&self, what: &dyn Fn() -> String, settings: &Settings) -> Result<(), BackendError> {
+        let mut state = lock(&self.state);
+        let Some(retry_at) = state.retry_at else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < retry_at {
+            return Err(BackendError::new(format!(
+                "{} is unavailable; next attempt in {} ms",
+                what(),
+                (retry_at - now).as_millis()
+            )));
+        }
+        state.retry_at = Some(now + backoff(settings, state.failures));
+        Ok(())
+    }
+
+    fn succeeded(&self, what: &dyn Fn() -> String) {
+        let mut state = lock(&self.state);
+        if state.failures > 0 {
+            log::info!("{} is reachable again", what());
+            *state = HealthState::default();
+        }
+    }
+
+    fn failed(
+        &self,
+        what: &dyn Fn() -> String,
+        settings: &Settings,
+        doing: &str,
+        err: io::Error,
+    ) -> BackendError {
+        let mut state = lock(&self.state);
+        if state.failures == 0 {
+            log::warn!(
+                "{}: {doing}: {err}; skipping it for {} ms, then retrying",
+                what(),
+                settings.backoff.as_millis()
+            );
+        }
+        state.failures = state.failures.saturating_add(1);
+        state.retry_at = Some(Instant::now() + backoff(settings, state.failures));
+        BackendError::with_source(format!("{}: {doing}", what()), err)
+    }
+}
+
+/// The pause after `failures` consecutive failures: `backoff`, doubled per
+/// further failure, capped at `max_backoff`.
+fn backoff(settings: &Settings, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    settings
+        .backoff
+        .saturating_mul(1 << doublings)
+        .min(settings.max_backoff)
+}
+
+/// A failed operation, by what it means for the connection and the server.
+enum OpError {
+    /// The socket failed or timed out: drop the connection, back off.
+    Io(io::Error),
+    /// The server said something memo cannot follow: the connection is out
+    /// of step, so drop it and back off.
+    Protocol(String),
+    /// The server refused the request (a value too large, out of memory)
+    /// but the connection is in step and the server is fine.
+    Refused(String),
+}
+
+impl From<io::Error> for OpError {
+    fn from(err: io::Error) -> Self {
+        OpError::Io(err)
+    }
+}
+
+/// A one-line reply to a storage, touch or delete command.
+#[derive(Debug)]
+enum Reply {
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+    Touched,
+    Deleted,
+    /// A meta command's status code (`HD`, `NF`, `EX`, ...).
+    Meta(String),
+    /// `ERROR`: the server does not know the command.
+    Error,
+}
+
+impl Reply {
+    fn stored(self, key: &str) -> Result<(), OpError> {
+        match self {
+            Reply::Stored => Ok(()),
+            other => Err(OpError::Protocol(format!("unexpected reply {other:?} to set {key}"))),
+        }
+    }
+
+    fn unexpected(self, command: &str) -> OpError {
+        OpError::Protocol(format!("unexpected reply {self:?} to {command}"))
+    }
+}
+
+/// An open connection: a buffered reader over the socket, and a buffer the
+/// next request is assembled in.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn send(&mut self, request: &[u8]) -> io::Result<()> {
+        self.reader.get_mut().write_all(request)
+    }
+
+    /// Appends `bytes` to the request, writing large ones straight to the
+    /// socket (after what is already buffered) rather than copying them.
+    fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() >= DIRECT_WRITE {
+            self.flush()?;
+            self.send(bytes)
+        } else {
+            self.out.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let result = self.reader.get_mut().write_all(&self.out);
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Fetches `keys` (one server's share), in pipelined `get` commands of
+    /// bounded size; with `cas`, one key with `gets` and its CAS token.
+    fn get_many(
+        &mut self,
+        keys: &[&str],
+        mut cas: Option<&mut Option<u64>>,
+    ) -> Result<Vec<Option<Vec<u8>>>, OpError> {
+        let command = if cas.is_some() { "gets" } else { "get" };
+        let mut values = Vec::with_capacity(keys.len());
+        let mut start = 0;
+        while start < keys.len() {
+            // Write as many `get` commands as fit the pipelining budget...
+            let mut end = start;
+            let mut batches = Vec::new();
+            self.out.clear();
+            while end < keys.len() && (end == start || self.out.len() < MAX_PIPELINED_REQUEST) {
+                let batch_start = end;
+                self.out.extend_from_slice(command.as_bytes());
+                while end < keys.len() && end - batch_start < 100 {
+                    self.out.push(b' ');
+                    self.out.extend_from_slice(keys[end].as_bytes());
+                    end += 1;
+                }
+                self.out.extend_from_slice(b"\r\n");
+                batches.push(batch_start..end);
+            }
+            self.flush()?;
+            // ...then read their answers, in order.
+            for batch in batches {
+                let wanted = &keys[batch];
+                let mut found: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
+                let mut next = 0;
+                loop {
+                    let line = self.line()?;
+                    if line == "END" {
+                        break;
+                    }
+                    let (key, length, token) = parse_value_line(&line)?;
+                    // memcached answers in request order, skipping misses.
+                    let offset = wanted[next..]
+                        .iter()
+                        .position(|wanted| *wanted == key)
+                        .ok_or_else(|| {
+                            OpError::Protocol(format!("reply for a key not asked for: {key:?}"))
+                        })?;
+                    next += offset;
+                    found[next] = Some(self.data(length)?);
+                    if let Some(cas) = cas.as_deref_mut() {
+                        *cas = token;
+                    }
+                    next += 1;
+                }
+                values.extend(found);
+            }
+            start = end;
+        }
+        Ok(values)
+    }
+
+    fn store(&mut self, command: &str, key: &str, value: &[u8], exptime: u64) -> Result<Reply, OpError> {
+        self.out.clear();
+        self.push_store(command, key, value, exptime)?;
+        self.flush()?;
+        self.reply()
+    }
+
+    fn push_store(&mut self, command: &str, key: &str, value: &[u8], exptime: u64) -> io::Result<()> {
+        let header = format!("{command} {key} 0 {exptime} {}\r\n", value.len());
+        self.out.extend_from_slice(header.as_bytes());
+        self.push(value)?;
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Pipelines the `set`s in batches, reading each batch's replies before
+    /// writing the next. Every reply is read even after a refusal, so the
+    /// connection stays in step; the first refusal is returned.
+    fn set_many(&mut self, items: &[(&str, &[u8])], exptime: u64) -> Result<(), OpError> {
+        let mut refused = None;
+        for batch in items.chunks(MAX_PIPELINED_SETS) {
+            self.out.clear();
+            for (key, value) in batch {
+                self.push_store("set", key, value, exptime)?;
+            }
+            self.flush()?;
+            for (key, _) in batch {
+                match self.reply() {
+                    Ok(Reply::Stored) => {}
+                    Err(OpError::Refused(message)) => {
+                        refused.get_or_insert(format!("set {key}: {message}"));
+                    }
+                    Ok(other) => return Err(other.unexpected("set")),
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        refused.map_or(Ok(()), |message| Err(OpError::Refused(message)))
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool, OpError> {
+        self.send(format!("delete {key}\r\n").as_bytes())?;
+        match self.reply()? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(other.unexpected("delete")),
+        }
+    }
+
+    fn reply(&mut self) -> Result<Reply, OpError> {
+        let line = self.line()?;
+        Ok(match line.as_str() {
+            "STORED" => Reply::Stored,
+            "NOT_STORED" => Reply::NotStored,
+            "EXISTS" => Reply::Exists,
+            "NOT_FOUND" => Reply::NotFound,
+            "TOUCHED" => Reply::Touched,
+            "DELETED" => Reply::Deleted,
+            "ERROR" => Reply::Error,
+            _ => {
+                if let Some(message) = line.strip_prefix("SERVER_ERROR ") {
+                    return Err(OpError::Refused(message.to_owned()));
+                }
+                if let Some(message) = line.strip_prefix("CLIENT_ERROR ") {
+                    // The server may now read our data as commands.
+                    return Err(OpError::Protocol(format!("client error: {message}")));
+                }
+                let code = line.split(' ').next().unwrap_or_default();
+                if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                    Reply::Meta(code.to_owned())
+                } else {
+                    return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
+                }
+            }
+        })
+    }
+
+    /// One reply line without its `\r\n`, refusing lines longer than any
+    /// memcached sends so a confused peer cannot make memo buffer forever.
+    fn line(&mut self) -> Result<String, OpError> {
+        let mut line = Vec::new();
+        (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(OpError::Protocol("reply line too long or cut short".to_owned()));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".to_owned()))
+    }
+
+    /// A value's `length` bytes and the `\r\n` after them. The buffer grows
+    /// as bytes arrive, so a bogus length cannot allocate in advance.
+    fn data(&mut self, length: usize) -> Result<Vec<u8>, OpError> {
+        let mut data = Vec::with_capacity(length.min(1 << 20));
+        let read = (&mut self.reader).take(length as u64).read_to_end(&mut data)?;
+        let mut end = [0u8; 2];
+        if read < length {
+            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.reader.read_exact(&mut end)?;
+        if end != *b"\r\n" {
+            return Err(OpError::Protocol("value not followed by \\r\\n".to_owned()));
+        }
+        Ok(data)
+    }
+}
+
+/// Takes apart `VALUE <key> <flags> <bytes> [<cas>]`.
+fn parse_value_line(line: &str) -> Result<(&str, usize, Option<u64>), OpError> {
+    let bad = || OpError::Protocol(format!("malformed value line {line:?}"));
+    let mut parts = line.split(' ');
+    if parts.next() != Some("VALUE") {
+        return Err(match line.strip_prefix("SERVER_ERROR ") {
+            Some(message) => OpError::Refused(message.to_owned()),
+            None => bad(),
+        });
+    }
+    let key = parts.next().ok_or_else(bad)?;
+    let _flags: u32 = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let length = parts.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
+    let cas = match parts.next() {
+        Some(token) => Some(token.parse().map_err(|_| bad())?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok((key, length, cas))
+}
+
+/// Rejects keys memcached would refuse or misread: empty, longer than 250
+/// bytes, or holding a space or control character (which would end the key
+/// and let the rest be read as protocol).
+fn check_key(key: &str) -> Result<(), BackendError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(BackendError::new(format!(
+            "memcached keys are 1 to {MAX_KEY_LEN} bytes; got {} bytes",
+            key.len()
+        )));
+    }
+    if key.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(BackendError::new(format!(
+            "memcached keys cannot hold spaces or control characters: {key:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `exptime` for `ttl`: whole seconds, rounded up (memcached's
+/// resolution is a second, and zero would mean "never expires"); above 30
+/// days, the Unix time it ends at, as memcached reads such values.
+fn expiration(ttl: Duration) -> u64 {
+    let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    if seconds <= MAX_RELATIVE_EXPIRATION {
+        return seconds;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    now.saturating_add(seconds)
+}
+
+/// Splits `host:port`, `host` or `[v6]:port`, checking the port.
+fn split_host_port(address: &str, default_port: u16) -> Result<(String, u16), ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidValue {
+        name: "server".to_owned(),
+        value: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| invalid("an IPv6 address needs a closing ]"))?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| invalid("expected :port after ]"))?,
+                ),
+            ),
+        }
+    } else {
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            Some(_) => return Err(invalid("write IPv6 addresses as [address]:port")),
+            None => (address, None),
+        }
+    };
+    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@') {
+        return Err(invalid("expected host:port, e.g. 127.0.0.1:11211"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let millis = url.millis(name, value)?;
+    if millis.is_zero() {
+        return Err(url.invalid_value(name, value, "expected at least 1 millisecond"));
+    }
+    Ok(millis)
+}
+
+fn nonzero_or(duration: Duration, default: Duration) -> Duration {
+    if duration.is_zero() { default } else { duration }
+}
+
+/// Whether `err` is what a pooled connection to a restarted server gives on
+/// its first use: the peer closed or reset it, not a timeout.
+fn is_stale(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
+/// connections, health counters) is valid after any panic.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// 64-bit FNV-1a: fixed here, unlike std's `DefaultHasher`, so that key
+/// placement never changes between builds or processes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finalizer: spreads FNV's weak high bits, so that each
+/// server's score is an independent-looking function of the key.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn backend(url: &str) -> Result<MemcachedBackend, ConfigError> {
+        MemcachedBackend::from_url_parts(&CacheUrl::parse(url).unwrap())
+    }
+
+    #[test]
+    fn url_with_several_servers_and_tuning_is_parsed() {
+        let backend = backend(
+            "memcached://a:1,b,[::1]:3?connect_timeout_ms=50&timeout_ms=70&pool_size=3&backoff_ms=10&max_backoff_ms=20",
+        )
+        .unwrap();
+        assert_eq!(backend.servers(), ["a:1", "b", "[::1]:3"]);
+        let ports: Vec<u16> = backend.servers.iter().map(|s| s.port).collect();
+        assert_eq!(ports, [1, DEFAULT_PORT, 3]);
+        assert_eq!(backend.servers[2].host, "::1");
+        assert_eq!(backend.settings.connect_timeout, Duration::from_millis(50));
+        assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+        assert_eq!(backend.settings.pool_size, 3);
+        assert_eq!(backend.settings.backoff, Duration::from_millis(10));
+        assert_eq!(backend.settings.max_backoff, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn defaults_are_short_timeouts() {
+        let backend = backend("memcached://127.0.0.1:11211").unwrap();
+        assert_eq!(backend.settings.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(backend.settings.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(backend.settings.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn bad_urls_are_clear_errors() {
+        for url in [
+            "memcached://",
+            "memcached://u:p@a:1",
+            "memcached://a:1/db",
+            "memcached://a:0",
+            "memcached://a:70000",
+            "memcached://a:port",
+            "memcached://::1:11211",
+            "memcached://[::1:11211",
+            "memcached://a:1?timeout_ms=0",
+            "memcached://a:1?timeout_ms=soon",
+            "memcached://a:1?pool_size=-1",
+            "memcached://a:1?colour=blue",
+        ] {
+            assert!(backend(url).is_err(), "{url} was accepted");
+        }
+        let err = backend("memcached://a:1?colour=blue").unwrap_err().to_string();
+        assert!(err.contains("timeout_ms"), "the error lists known parameters: {err}");
+    }
+
+    #[test]
+    fn placement_is_fixed_across_builds() {
+        // Pinned values: if these change, every deployed cache is reshuffled.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let backend = MemcachedBackend::new(["a:1", "b:2", "c:3"]).unwrap();
+        let placed: Vec<&str> = ["k0", "k1", "k2", "k3", "k4", "k5"]
+            .iter()
+            .map(|key| backend.server_for(key))
+            .collect();
+        let again = MemcachedBackend::new(["c:3", "a:1", "b:2"]).unwrap();
+        for key in ["k0", "k1", "k2", "k3", "k4", "k5"] {
+            assert_eq!(backend.server_for(key), again.server_for(key), "order matters not");
+        }
+        assert_eq!(placed, PINNED_PLACEMENT);
+    }
+
+    const PINNED_PLACEMENT: [&str; 6] = ["a:1", "a:1", "b:2", "c:3", "c:3", "c:3"];
+
+    #[test]
+    fn keys_spread_evenly_and_a_lost_server_moves_only_its_share() {
+        let three = MemcachedBackend::new(["a:1", "b:2", "c:3"]).unwrap();
+        let two = MemcachedBackend::new(["a:1", "b:2"]).unwrap();
+        let keys: Vec<String> = (0..30_000).map(|i| format!("memo:key:{i}")).collect();
+        let mut counts = HashMap::new();
+        for key in &keys {
+            let server = three.server_for(key);
+            *counts.entry(server).or_insert(0) += 1;
+            if server != "c:3" {
+                assert_eq!(two.server_for(key), server, "{key} moved needlessly");
+            }
+        }
+        for (server, count) in counts {
+            assert!((9_000..11_000).contains(&count), "{server} holds {count} of 30000");
+        }
+    }
+
+    #[test]
+    fn long_ttls_become_unix_times() {
+        assert_eq!(expiration(Duration::from_millis(1)), 1);
+        assert_eq!(expiration(Duration::from_millis(1500)), 2);
+        assert_eq!(expiration(Duration::from_secs(60)), 60);
+        // memo's default expiration is exactly 30 days: still relative.
+        assert_eq!(expiration(Duration::from_secs(MAX_RELATIVE_EXPIRATION)), MAX_RELATIVE_EXPIRATION);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let absolute = expiration(Duration::from_secs(MAX_RELATIVE_EXPIRATION + 1));
+        assert!((now + MAX_RELATIVE_EXPIRATION..now + MAX_RELATIVE_EXPIRATION + 5).contains(&absolute));
+    }
+
+    #[test]
+    fn keys_that_would_break_the_protocol_are_refused() {
+        // No server: the key check comes before any connection.
+        let backend = MemcachedBackend::new(["127.0.0.1:9"]).unwrap();
+        for key in ["", "two words", "line\r\nflush_all", "tab\t", &"k".repeat(251)] {
+            let err = backend.get(key).unwrap_err();
+            assert!(err.to_string().contains("memcached keys"), "{key:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn value_lines_are_parsed_strictly() {
+        assert_eq!(parse_value_line("VALUE k 0 5").ok(), Some(("k", 5, None)));
+        assert_eq!(parse_value_line("VALUE k 0 5 42").ok(), Some(("k", 5, Some(42))));
+        for bad in ["VALUE k 0", "VALUE k x 5", "VALUE k 0 -1", "VALUE k 0 5 x", "VALUE k 0 5 1 2", "STORED"] {
+            assert!(parse_value_line(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let settings = MemcachedBackend::new(["a"]).unwrap().settings;
+        let pauses: Vec<u128> = (1..=6).map(|n| backoff(&settings, n).as_millis()).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(backoff(&settings, u32::MAX), DEFAULT_MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_dead_server_fails_fast_and_is_skipped_during_back_off() {
+        // Port 9 (discard) on loopback is closed: connections are refused.
+        let backend = MemcachedBackend::new(["127.0.0.1:9"]).unwrap();
+        let started = Instant::now();
+        assert!(backend.set("k", b"v", Duration::from_secs(60)).is_err());
+        let err = backend.get("k").unwrap_err().to_string();
+        assert!(err.contains("unavailable"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+}

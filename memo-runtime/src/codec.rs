@@ -1,0 +1,781 @@
+//! The envelope every stored value travels in, and the serialization and
+//! compression streams around it.
+//!
+//! Values are serialized with postcard, which is compact and fast but not
+//! self-describing: bytes written for one type can decode "successfully" as
+//! another. The envelope therefore records what the bytes are, and binds
+//! them to the key they were stored under, so that anything unexpected is a
+//! miss rather than a wrong value:
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "MEMO"
+//!      4     1  format version (1)
+//!      5     1  kind: 1 = value, 2 = manifest of a chunked value or iterator
+//!      6     1  flags: 1 = compressed, 2 = encrypted, 4 = iterator
+//!      7     1  reserved, 0
+//!      8     8  fingerprint of the Rust type (little endian)
+//!     16     4  body length (little endian)
+//!     20     n  body
+//!   20+n    16  checksum: SHA-256(full key, header, body), first 16 bytes
+//!               (absent when encrypted: the body is sealed, and its MAC
+//!               covers the full key and the header)
+//! ```
+//!
+//! A wrong magic, another version or kind, unknown flags, an encryption flag
+//! that does not match the caller's, another type, a length that does not
+//! match the bytes present (truncated or extended), a checksum or MAC that
+//! does not check out, or a body postcard cannot decode exactly: each is an
+//! [`Invalid`] reason, and the caller recomputes. Nothing is allocated on
+//! the strength of a length field before the bytes it claims are present.
+
+use std::io::{self, Read};
+
+use miniz_oxide::deflate::core::CompressorOxide;
+use miniz_oxide::inflate::stream::InflateState;
+use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{EncryptionKey, tags_equal};
+
+const MAGIC: &[u8; 4] = b"MEMO";
+const VERSION: u8 = 1;
+/// The size of the envelope header.
+pub const HEADER_LEN: usize = 20;
+/// The size of the checksum of an unencrypted envelope.
+pub const CHECKSUM_LEN: usize = 16;
+
+/// Envelope flag: the payload is zlib-compressed.
+pub const FLAG_COMPRESSED: u8 = 1;
+/// Envelope flag: the payload is encrypted.
+pub const FLAG_ENCRYPTED: u8 = 2;
+/// Envelope flag: the payload is a sequence of items (an iterator).
+pub const FLAG_ITERATOR: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_ITERATOR;
+
+/// What an envelope holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole value in the body.
+    Value = 1,
+    /// A [`Manifest`] describing chunks stored under other keys.
+    Manifest = 2,
+}
+
+/// Why bytes read from the cache were not accepted. Each one makes the read
+/// a miss; the reason is logged at debug level and counted in
+/// [`Stats::invalid`](crate::Stats::invalid).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// Fewer bytes than an envelope header.
+    #[error("too short to be an envelope ({0} bytes)")]
+    TooShort(usize),
+    /// Not a memo envelope.
+    #[error("not a memo envelope (bad magic)")]
+    Magic,
+    /// Written by another format version.
+    #[error("format version {0}, expected {VERSION}")]
+    Version(u8),
+    /// An unknown kind, unknown flags, or a non-zero reserved byte.
+    #[error("malformed header: {0}")]
+    Header(&'static str),
+    /// Written for another Rust type (or iterator-ness).
+    #[error("stored for another type")]
+    Type,
+    /// Encrypted when the caller reads in the clear, or the reverse.
+    #[error("encryption flag does not match the caller's")]
+    EncryptionMismatch,
+    /// The length field disagrees with the bytes present.
+    #[error("length mismatch: header says {claimed} bytes, {present} present")]
+    Length {
+        /// What the header claims.
+        claimed: u64,
+        /// What is there.
+        present: u64,
+    },
+    /// The checksum does not match (corruption, or another key's value).
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The MAC does not match (wrong key, tampering, another key's value).
+    #[error("authentication failed")]
+    Mac,
+    /// The body does not decode exactly as the expected type.
+    #[error("body does not decode: {0}")]
+    Decode(String),
+    /// A manifest whose fields are inconsistent.
+    #[error("malformed manifest: {0}")]
+    Manifest(&'static str),
+    /// A chunk is missing.
+    #[error("chunk {0} is missing")]
+    MissingChunk(u32),
+    /// A chunk does not match its digest in the manifest.
+    #[error("chunk {0} does not match its digest")]
+    ChunkDigest(u32),
+    /// The reassembled stream is malformed (bad padding, bad zlib data,
+    /// wrong length, trailing bytes, wrong item count).
+    #[error("malformed stream: {0}")]
+    Stream(String),
+}
+
+/// The fingerprint of `T` in the given mode: FNV-1a of its type name and
+/// whether it is an iterator's item type.
+///
+/// `std::any::type_name` is not guaranteed stable across compiler versions;
+/// a change there only turns old entries into misses, which is safe. It does
+/// not see a struct's fields change, which is why memoized functions take a
+/// `version` that enters the key.
+pub fn fingerprint<T: ?Sized>(iterator: bool) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = std::any::type_name::<T>().bytes();
+    for byte in std::iter::once(u8::from(iterator)).chain(bytes) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A parsed, verified envelope header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the envelope holds.
+    pub kind: Kind,
+    /// The `FLAG_*` bits.
+    pub flags: u8,
+    /// The type fingerprint.
+    pub fingerprint: u64,
+    /// The body length.
+    pub body_len: u32,
+}
+
+impl Header {
+    fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..4].copy_from_slice(MAGIC);
+        out[4] = VERSION;
+        out[5] = self.kind as u8;
+        out[6] = self.flags;
+        out[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
+        out[16..20].copy_from_slice(&self.body_len.to_le_bytes());
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Header, Invalid> {
+        if bytes.len() < HEADER_LEN {
+            return Err(Invalid::TooShort(bytes.len()));
+        }
+        if &bytes[..4] != MAGIC {
+            return Err(Invalid::Magic);
+        }
+        if bytes[4] != VERSION {
+            return Err(Invalid::Version(bytes[4]));
+        }
+        let kind = match bytes[5] {
+            1 => Kind::Value,
+            2 => Kind::Manifest,
+            _ => return Err(Invalid::Header("unknown kind")),
+        };
+        if bytes[6] & !KNOWN_FLAGS != 0 {
+            return Err(Invalid::Header("unknown flags"));
+        }
+        if bytes[7] != 0 {
+            return Err(Invalid::Header("reserved byte set"));
+        }
+        Ok(Header {
+            kind,
+            flags: bytes[6],
+            fingerprint: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+            body_len: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+/// The kind of the envelope in `bytes`, or why it is not one.
+pub fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
+    Header::parse(bytes).map(|header| header.kind)
+}
+
+/// Wraps `body` in an envelope bound to `full_key`: sealed under
+/// `encryption`, or followed by a checksum.
+pub fn seal_envelope(
+    full_key: &str,
+    kind: Kind,
+    mut flags: u8,
+    fingerprint: u64,
+    body: &[u8],
+    encryption: Option<&EncryptionKey>,
+) -> Result<Vec<u8>, EncodeError> {
+    use crate::crypto::{BLOCK, TAG};
+    let stored_len = match encryption {
+        Some(_) => BLOCK + (body.len() / BLOCK + 1) * BLOCK + TAG,
+        None => body.len(),
+    };
+    let body_len = u32::try_from(stored_len).map_err(|_| EncodeError::TooLarge(stored_len))?;
+    if encryption.is_some() {
+        flags |= FLAG_ENCRYPTED;
+    }
+    let header = Header {
+        kind,
+        flags,
+        fingerprint,
+        body_len,
+    }
+    .to_bytes();
+    let mut out = Vec::with_capacity(HEADER_LEN + stored_len + CHECKSUM_LEN);
+    out.extend_from_slice(&header);
+    match encryption {
+        Some(key) => {
+            let sealed = key.seal(&[full_key.as_bytes(), &header], body);
+            debug_assert_eq!(sealed.len(), stored_len);
+            out.extend_from_slice(&sealed);
+        }
+        None => {
+            out.extend_from_slice(body);
+            let sum = checksum(full_key, &header, body);
+            out.extend_from_slice(&sum);
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies an envelope read under `full_key` and returns its header and
+/// plaintext body. `fingerprint` is the expected type's, or `None` to accept
+/// any type (only for housekeeping that never decodes the body).
+pub fn open_envelope(
+    full_key: &str,
+    bytes: &[u8],
+    kind: Kind,
+    fingerprint: Option<u64>,
+    encryption: Option<&EncryptionKey>,
+) -> Result<(Header, Body), Invalid> {
+    let header = Header::parse(bytes)?;
+    if header.kind != kind {
+        return Err(Invalid::Header("unexpected kind"));
+    }
+    if fingerprint.is_some_and(|expected| expected != header.fingerprint) {
+        return Err(Invalid::Type);
+    }
+    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
+    if encrypted != encryption.is_some() {
+        return Err(Invalid::EncryptionMismatch);
+    }
+    let trailer = if encrypted { 0 } else { CHECKSUM_LEN };
+    let present = bytes.len() - HEADER_LEN;
+    let claimed = header.body_len as usize + trailer;
+    if present != claimed {
+        return Err(Invalid::Length {
+            claimed: claimed as u64,
+            present: present as u64,
+        });
+    }
+    let (head, rest) = bytes.split_at(HEADER_LEN);
+    let body = match encryption {
+        Some(key) => Body::Owned(
+            key.open(&[full_key.as_bytes(), head], rest)
+                .ok_or(Invalid::Mac)?
+                .to_vec(),
+        ),
+        None => {
+            let (body, sum) = rest.split_at(header.body_len as usize);
+            if !tags_equal(&checksum(full_key, head, body), sum) {
+                return Err(Invalid::Checksum);
+            }
+            Body::Borrowed(HEADER_LEN, header.body_len as usize)
+        }
+    };
+    Ok((header, body))
+}
+
+/// The plaintext body of an opened envelope: a range of the input when it
+/// was stored in the clear, a decrypted copy otherwise.
+#[derive(Debug)]
+pub enum Body {
+    /// `bytes[start..start + len]` of the envelope.
+    Borrowed(usize, usize),
+    /// Decrypted bytes.
+    Owned(Vec<u8>),
+}
+
+impl Body {
+    /// The body's bytes, given the envelope it was opened from.
+    pub fn bytes<'a>(&'a self, envelope: &'a [u8]) -> &'a [u8] {
+        match self {
+            Body::Borrowed(start, len) => &envelope[*start..*start + *len],
+            Body::Owned(bytes) => bytes,
+        }
+    }
+}
+
+fn checksum(full_key: &str, header: &[u8], body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut hasher = Sha256::new();
+    hasher.update((full_key.len() as u64).to_le_bytes());
+    hasher.update(full_key.as_bytes());
+    hasher.update(header);
+    hasher.update(body);
+    hasher.finalize()[..CHECKSUM_LEN]
+        .try_into()
+        .expect("16 bytes")
+}
+
+/// A value that could not be encoded for storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// serde/postcard refused the value (e.g. a map with unknown length).
+    #[error("cannot serialize the value: {0}")]
+    Serialize(#[from] postcard::Error),
+    /// The value exceeds what one envelope can hold (4 GiB).
+    #[error("value of {0} bytes is too large for one envelope")]
+    TooLarge(usize),
+}
+
+/// Serializes `value` into a value envelope bound to `full_key`.
+pub fn encode_value<T: Serialize + ?Sized>(
+    full_key: &str,
+    value: &T,
+    encryption: Option<&EncryptionKey>,
+) -> Result<Vec<u8>, EncodeError> {
+    let body = postcard::to_stdvec(value)?;
+    let body = zeroize::Zeroizing::new(body);
+    seal_envelope(
+        full_key,
+        Kind::Value,
+        0,
+        fingerprint::<T>(false),
+        &body,
+        encryption,
+    )
+}
+
+/// Decodes a value envelope read under `full_key`.
+pub fn decode_value<T: DeserializeOwned>(
+    full_key: &str,
+    bytes: &[u8],
+    encryption: Option<&EncryptionKey>,
+) -> Result<T, Invalid> {
+    let (_, body) = open_envelope(
+        full_key,
+        bytes,
+        Kind::Value,
+        Some(fingerprint::<T>(false)),
+        encryption,
+    )?;
+    decode_exact(body.bytes(bytes))
+}
+
+/// Decodes `bytes` as exactly one `T`, with nothing left over.
+pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(Invalid::Decode(format!("{} trailing bytes", rest.len()))),
+        Err(err) => Err(Invalid::Decode(err.to_string())),
+    }
+}
+
+/// Deserializes one `T` from a byte stream without first collecting the
+/// stream into one buffer: only the bytes of the current string or byte
+/// field are held at a time (plus copies of fields a type insists on
+/// borrowing), so a large value loads in about its own size.
+pub fn deserialize_from_reader<T: DeserializeOwned, R: Read>(reader: R) -> Result<T, Invalid> {
+    let arena = Arena::default();
+    let flavor = ReadFlavor {
+        reader,
+        temp: Vec::new(),
+        arena: &arena,
+    };
+    let mut deserializer = postcard::Deserializer::from_flavor(flavor);
+    let value = T::deserialize(&mut deserializer).map_err(|e| Invalid::Decode(e.to_string()))?;
+    Ok(value)
+}
+
+/// Storage for the bytes a type borrows during deserialization. Only types
+/// that deserialize through `deserialize_str`/`deserialize_bytes` (rather
+/// than their owned variants) put anything here.
+#[derive(Default)]
+struct Arena {
+    blocks: std::cell::RefCell<Vec<*mut [u8]>>,
+}
+
+impl Arena {
+    fn keep(&self, bytes: Vec<u8>) -> &[u8] {
+        let raw = Box::into_raw(bytes.into_boxed_slice());
+        self.blocks.borrow_mut().push(raw);
+        // SAFETY: `raw` comes from `Box::into_raw` and is freed only when the
+        // arena drops, which the returned borrow of `self` outlives not.
+        unsafe { &*raw }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for raw in self.blocks.get_mut().drain(..) {
+            // SAFETY: each pointer came from `Box::into_raw` and is freed once.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
+struct ReadFlavor<'de, R> {
+    reader: R,
+    temp: Vec<u8>,
+    arena: &'de Arena,
+}
+
+impl<R: Read> ReadFlavor<'_, R> {
+    /// Reads exactly `ct` bytes into `temp`, growing it only as bytes
+    /// actually arrive, so a forged length cannot allocate ahead of data.
+    fn fill_temp(&mut self, ct: usize) -> postcard::Result<()> {
+        self.temp.clear();
+        let read = (&mut self.reader)
+            .take(ct as u64)
+            .read_to_end(&mut self.temp)
+            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
+        if read == ct {
+            Ok(())
+        } else {
+            Err(postcard::Error::DeserializeUnexpectedEnd)
+        }
+    }
+}
+
+impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R> {
+    type Remainder = ();
+    type Source = ();
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        let mut byte = [0u8; 1];
+        self.reader
+            .read_exact(&mut byte)
+            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
+        Ok(byte[0])
+    }
+
+    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
+        self.fill_temp(ct)?;
+        Ok(self.arena.keep(std::mem::take(&mut self.temp)))
+    }
+
+    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
+    where
+        'de: 'a,
+    {
+        self.fill_temp(ct)?;
+        Ok(&self.temp)
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Streaming zlib compression (miniz_oxide), output handed to a sink in
+/// pieces of at most 64 KiB.
+pub struct Deflater {
+    compressor: Box<CompressorOxide>,
+    out: Box<[u8]>,
+}
+
+const STREAM_BUF: usize = 64 * 1024;
+
+impl Deflater {
+    /// A compressor at zlib `level` (0 to 10).
+    pub fn new(level: u8) -> Self {
+        let mut compressor = Box::<CompressorOxide>::default();
+        compressor.set_format_and_level(DataFormat::Zlib, level);
+        Deflater {
+            compressor,
+            out: vec![0u8; STREAM_BUF].into_boxed_slice(),
+        }
+    }
+
+    /// Compresses `input`, passing output to `sink`.
+    pub fn write(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while !input.is_empty() {
+            let res = miniz_oxide::deflate::stream::deflate(
+                &mut self.compressor,
+                input,
+                &mut self.out,
+                MZFlush::None,
+            );
+            input = &input[res.bytes_consumed..];
+            if res.bytes_written > 0 {
+                sink(&self.out[..res.bytes_written]);
+            }
+        }
+    }
+
+    /// Ends the stream, passing the remaining output to `sink`.
+    pub fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        loop {
+            let res = miniz_oxide::deflate::stream::deflate(
+                &mut self.compressor,
+                &[],
+                &mut self.out,
+                MZFlush::Finish,
+            );
+            if res.bytes_written > 0 {
+                sink(&self.out[..res.bytes_written]);
+            }
+            if matches!(res.status, Ok(MZStatus::StreamEnd)) || res.status.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Streaming zlib decompression (miniz_oxide).
+pub struct Inflater {
+    state: Box<InflateState>,
+    done: bool,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            state: InflateState::new_boxed(DataFormat::Zlib),
+            done: false,
+        }
+    }
+}
+
+impl Inflater {
+    /// Decompresses from `input` into `output`; returns `(consumed,
+    /// written)`. After the end of the zlib stream, any further input is an
+    /// error (trailing bytes).
+    pub fn inflate(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize), Invalid> {
+        if self.done {
+            return if input.is_empty() {
+                Ok((0, 0))
+            } else {
+                Err(Invalid::Stream("bytes after the end of the zlib stream".into()))
+            };
+        }
+        let res = miniz_oxide::inflate::stream::inflate(&mut self.state, input, output, MZFlush::None);
+        match res.status {
+            Ok(MZStatus::StreamEnd) => self.done = true,
+            Ok(_) | Err(MZError::Buf) => {}
+            Err(err) => return Err(Invalid::Stream(format!("zlib: {err:?}"))),
+        }
+        Ok((res.bytes_consumed, res.bytes_written))
+    }
+
+    /// Whether the zlib stream ended.
+    pub fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+/// Appends `n` as a LEB128 varint (the framing of iterator items).
+pub fn write_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a LEB128 varint; `Ok(None)` at a clean end of stream.
+pub fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
+    let mut n: u64 = 0;
+    for i in 0..10 {
+        let mut byte = [0u8; 1];
+        if reader.read(&mut byte)? == 0 {
+            return if i == 0 {
+                Ok(None)
+            } else {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated varint"))
+            };
+        }
+        n |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            return Ok(Some(n));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "varint too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Profile {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Other {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    fn profile() -> Profile {
+        Profile {
+            id: 42,
+            name: "Ada".into(),
+            tags: vec!["admin".into(), "ops".into()],
+        }
+    }
+
+    fn key() -> EncryptionKey {
+        EncryptionKey::new([7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn values_round_trip_in_the_clear_and_encrypted() {
+        for enc in [None, Some(key())] {
+            let bytes = encode_value("k", &profile(), enc.as_ref()).unwrap();
+            assert_eq!(
+                decode_value::<Profile>("k", &bytes, enc.as_ref()).unwrap(),
+                profile()
+            );
+        }
+    }
+
+    #[test]
+    fn every_corruption_is_a_miss_never_a_panic() {
+        for enc in [None, Some(key())] {
+            let good = encode_value("k", &profile(), enc.as_ref()).unwrap();
+            for i in 0..good.len() {
+                for bit in 0..8 {
+                    let mut bad = good.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(
+                        decode_value::<Profile>("k", &bad, enc.as_ref()).is_err(),
+                        "flip of bit {bit} at {i} accepted"
+                    );
+                }
+            }
+            for len in 0..good.len() {
+                assert!(decode_value::<Profile>("k", &good[..len], enc.as_ref()).is_err());
+            }
+            let mut longer = good.clone();
+            longer.push(0);
+            assert!(decode_value::<Profile>("k", &longer, enc.as_ref()).is_err());
+            assert!(decode_value::<Profile>("k", &[], enc.as_ref()).is_err());
+        }
+    }
+
+    #[test]
+    fn another_type_with_the_same_layout_is_a_miss() {
+        let bytes = encode_value("k", &profile(), None).unwrap();
+        assert_eq!(decode_value::<Other>("k", &bytes, None), Err(Invalid::Type));
+    }
+
+    #[test]
+    fn a_value_moved_to_another_key_is_a_miss() {
+        let bytes = encode_value("k1", &profile(), None).unwrap();
+        assert_eq!(
+            decode_value::<Profile>("k2", &bytes, None),
+            Err(Invalid::Checksum)
+        );
+        let bytes = encode_value("k1", &profile(), Some(&key())).unwrap();
+        assert_eq!(
+            decode_value::<Profile>("k2", &bytes, Some(&key())),
+            Err(Invalid::Mac)
+        );
+    }
+
+    #[test]
+    fn encryption_cannot_be_stripped_or_added() {
+        let clear = encode_value("k", &profile(), None).unwrap();
+        assert_eq!(
+            decode_value::<Profile>("k", &clear, Some(&key())),
+            Err(Invalid::EncryptionMismatch)
+        );
+        let sealed = encode_value("k", &profile(), Some(&key())).unwrap();
+        assert_eq!(
+            decode_value::<Profile>("k", &sealed, None),
+            Err(Invalid::EncryptionMismatch)
+        );
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_misses() {
+        let mut bytes = encode_value("k", &profile(), None).unwrap();
+        bytes[4] = 2;
+        assert_eq!(
+            decode_value::<Profile>("k", &bytes, None),
+            Err(Invalid::Version(2))
+        );
+        assert_eq!(
+            decode_value::<Profile>("k", b"pickled python", None),
+            Err(Invalid::Magic)
+        );
+    }
+
+    #[test]
+    fn a_forged_huge_length_is_rejected_without_allocating() {
+        let mut bytes = encode_value("k", &profile(), None).unwrap();
+        bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_value::<Profile>("k", &bytes, None),
+            Err(Invalid::Length { .. })
+        ));
+        // A body whose checksum is right but whose postcard length prefix
+        // claims 2^60 elements must fail on missing data, not allocate.
+        let mut body = Vec::new();
+        write_varint(1 << 60, &mut body);
+        let forged =
+            seal_envelope("k", Kind::Value, 0, fingerprint::<Vec<u64>>(false), &body, None)
+                .unwrap();
+        assert!(decode_value::<Vec<u64>>("k", &forged, None).is_err());
+        assert!(deserialize_from_reader::<Vec<u64>, _>(&body[..]).is_err());
+        assert!(deserialize_from_reader::<String, _>(&body[..]).is_err());
+    }
+
+    #[test]
+    fn streaming_deserialization_matches_from_bytes() {
+        let bytes = postcard::to_stdvec(&profile()).unwrap();
+        let value: Profile = deserialize_from_reader(&bytes[..]).unwrap();
+        assert_eq!(value, profile());
+        // A type that borrows through deserialize_bytes/str still loads.
+        let text = postcard::to_stdvec(&std::net::Ipv4Addr::new(1, 2, 3, 4)).unwrap();
+        let ip: std::net::Ipv4Addr = deserialize_from_reader(&text[..]).unwrap();
+        assert_eq!(ip, std::net::Ipv4Addr::new(1, 2, 3, 4));
+        let borrowed = postcard::to_stdvec(&std::borrow::Cow::Borrowed("text")).unwrap();
+        let cow: std::borrow::Cow<'static, str> = deserialize_from_reader(&borrowed[..]).unwrap();
+        assert_eq!(cow, "text");
+    }
+
+    #[test]
+    fn compression_round_trips_in_small_pieces() {
+        let input: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut compressed = Vec::new();
+        let mut deflater = Deflater::new(1);
+        for piece in input.chunks(777) {
+            deflater.write(piece, &mut |out| compressed.extend_from_slice(out));
+        }
+        deflater.finish(&mut |out| compressed.extend_from_slice(out));
+        assert!(compressed.len() < input.len() / 4);
+        let mut inflater = Inflater::default();
+        let mut output = Vec::new();
+        let mut buf = [0u8; 1000];
+        let mut rest = &compressed[..];
+        while !inflater.finished() {
+            let (used, written) = inflater.inflate(&rest[..rest.len().min(333)], &mut buf).unwrap();
+            rest = &rest[used..];
+            output.extend_from_slice(&buf[..written]);
+        }
+        assert_eq!(output, input);
+        assert!(inflater.inflate(b"x", &mut buf).is_err());
+    }
+
+    #[test]
+    fn varints_round_trip_and_reject_garbage() {
+        for n in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = Vec::new();
+            write_varint(n, &mut buf);
+            assert_eq!(read_varint(&mut &buf[..]).unwrap(), Some(n));
+        }
+        assert_eq!(read_varint(&mut &[][..]).unwrap(), None);
+        assert!(read_varint(&mut &[0x80][..]).is_err());
+        assert!(read_varint(&mut &[0xff; 11][..]).is_err());
+    }
+}

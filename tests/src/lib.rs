@@ -6,6 +6,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+pub mod faulty;
+pub mod recording;
 pub mod servers;
 
 static SERIAL: Mutex<()> = Mutex::new(());

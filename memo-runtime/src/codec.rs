@@ -705,7 +705,7 @@ mod tests {
             Err(Invalid::Version(2))
         );
         assert_eq!(
-            decode_value::<Profile>("k", b"pickled python", None),
+            decode_value::<Profile>("k", b"a pickled python object", None),
             Err(Invalid::Magic)
         );
     }

@@ -56,6 +56,8 @@ pub mod memoize;
 pub mod stats;
 
 #[doc(hidden)]
+pub mod __fuzz;
+#[doc(hidden)]
 pub mod __private;
 
 pub use backend::{Backend, BackendError, MemoryBackend};

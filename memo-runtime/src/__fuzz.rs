@@ -1,0 +1,2 @@
+//! Entry points for fuzzing every decoder of bytes read from a backend.
+//! Not a public API.

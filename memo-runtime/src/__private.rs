@@ -28,7 +28,7 @@ pub mod v0_1 {
 
     thread_local! {
         /// Set by a generated `<fn>_refresh` for the memoized call it makes.
-        static REFRESH_NEXT_CALL: Cell<bool> = const { Cell::new(false) };
+        pub(super) static REFRESH_NEXT_CALL: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Makes the next memoized call on this thread compute and overwrite
@@ -61,9 +61,48 @@ pub mod v0_1 {
         }
     }
 
-    /// Fails to compile, at the return type of a memoized function, unless
-    /// the cache can store it.
-    pub fn assert_cacheable<T: Serialize + DeserializeOwned>() {}
+    // The three calls an expansion makes, with the cached type as the first
+    // generic parameter: the expansion names it (`memoize::<Profile, _, _>`)
+    // with the span of the user's return type, so a type the cache cannot
+    // store is reported there, naming `Serialize` and `DeserializeOwned`.
+
+    /// [`cache_memoize`](fn@cache_memoize) with `T` first.
+    #[inline]
+    pub fn memoize<T, K, F>(key: K, compute: F, options: &Options) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        K: Into<CacheKey>,
+        F: FnOnce() -> T,
+    {
+        cache_memoize(key, compute, options)
+    }
+
+    /// [`try_cache_memoize`] with `T` first.
+    #[inline]
+    pub fn try_memoize<T, E, K, F>(key: K, compute: F, options: &Options) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Result<T, E>,
+    {
+        try_cache_memoize(key, compute, options)
+    }
+
+    /// [`cache_memoize_iter`](fn@cache_memoize_iter) with `T` first.
+    #[inline]
+    pub fn memoize_iter<T, I, K, F>(
+        key: K,
+        compute: F,
+        options: &Options,
+    ) -> crate::memoize::MemoIter<T, I, F>
+    where
+        T: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+        K: Into<CacheKey>,
+        F: FnOnce() -> I,
+    {
+        cache_memoize_iter(key, compute, options)
+    }
 }
 
 #[cfg(test)]

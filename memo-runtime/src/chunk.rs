@@ -31,9 +31,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendError};
-use crate::codec::{
-    self, Deflater, FLAG_COMPRESSED, FLAG_ITERATOR, Inflater, Invalid, Kind,
-};
+use crate::codec::{self, Deflater, FLAG_COMPRESSED, FLAG_ITERATOR, Inflater, Invalid, Kind};
 use crate::crypto::{self, BLOCK, Decryptor, EncryptionKey, Encryptor};
 use crate::key::chunk_key;
 use crate::stats::Counters;
@@ -168,8 +166,13 @@ impl Manifest {
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
-        let (header, body) =
-            codec::open_envelope(full_key, bytes, Kind::Manifest, Some(fingerprint), encryption)?;
+        let (header, body) = codec::open_envelope(
+            full_key,
+            bytes,
+            Kind::Manifest,
+            Some(fingerprint),
+            encryption,
+        )?;
         Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some())
     }
 }
@@ -390,7 +393,9 @@ impl StreamWriter {
         if let Some(err) = self.failed.take() {
             return Err(StoreError::Backend(err));
         }
-        let envelope = self.manifest.encode(&self.full_key, fingerprint, encryption)?;
+        let envelope = self
+            .manifest
+            .encode(&self.full_key, fingerprint, encryption)?;
         if envelope.len() > self.chunk_size.max(64 * 1024) {
             return Err(StoreError::TooLarge(format!(
                 "{} chunks need a {} byte manifest",
@@ -642,10 +647,10 @@ impl StreamReader {
                     self.out.truncate(written);
                     if written == 0 && inflater.finished() {
                         if self.stored_pos < self.stored.len() || self.next_stored()? {
-                            return Err(
-                                Invalid::Stream("bytes after the end of the zlib stream".into())
-                                    .into(),
-                            );
+                            return Err(Invalid::Stream(
+                                "bytes after the end of the zlib stream".into(),
+                            )
+                            .into());
                         }
                         return self.check_end().map(|()| false);
                     }
@@ -804,11 +809,20 @@ mod tests {
         let mut flipped = original.clone();
         flipped[10] ^= 1;
         s.backend.set(&third, &flipped, TTL).unwrap();
-        assert!(matches!(load(&s, None), Err(LoadError::Invalid(Invalid::ChunkDigest(3)))));
+        assert!(matches!(
+            load(&s, None),
+            Err(LoadError::Invalid(Invalid::ChunkDigest(3)))
+        ));
         s.backend.set(&third, &original[..100], TTL).unwrap();
-        assert!(matches!(load(&s, None), Err(LoadError::Invalid(Invalid::ChunkDigest(3)))));
+        assert!(matches!(
+            load(&s, None),
+            Err(LoadError::Invalid(Invalid::ChunkDigest(3)))
+        ));
         s.backend.delete(&third).unwrap();
-        assert!(matches!(load(&s, None), Err(LoadError::Invalid(Invalid::MissingChunk(3)))));
+        assert!(matches!(
+            load(&s, None),
+            Err(LoadError::Invalid(Invalid::MissingChunk(3)))
+        ));
     }
 
     #[test]
@@ -820,11 +834,16 @@ mod tests {
         let second = manifest_of(&s);
         assert_ne!(first.write_id, second.write_id);
         for index in 0..10 {
-            assert_ne!(first.chunk_key("main", index), second.chunk_key("main", index));
+            assert_ne!(
+                first.chunk_key("main", index),
+                second.chunk_key("main", index)
+            );
         }
         // Copying the first write's chunk over the second's is caught.
         let old = s.backend.get(&first.chunk_key("main", 5)).unwrap().unwrap();
-        s.backend.set(&second.chunk_key("main", 5), &old, TTL).unwrap();
+        s.backend
+            .set(&second.chunk_key("main", 5), &old, TTL)
+            .unwrap();
         assert!(load(&s, None).is_err());
     }
 
@@ -897,9 +916,11 @@ mod tests {
         let manifest = manifest_of(&s);
         let kept = verify_chunks(&*s.backend, &s.counters, "main", &manifest, 4).unwrap();
         assert_eq!(kept.map(|k| k.len()), Some(3));
-        assert!(verify_chunks(&*s.backend, &s.counters, "main", &manifest, 2)
-            .unwrap()
-            .is_none());
+        assert!(
+            verify_chunks(&*s.backend, &s.counters, "main", &manifest, 2)
+                .unwrap()
+                .is_none()
+        );
         s.backend.delete(&manifest.chunk_key("main", 2)).unwrap();
         assert!(verify_chunks(&*s.backend, &s.counters, "main", &manifest, 4).is_err());
     }

@@ -549,10 +549,13 @@ impl Inflater {
             return if input.is_empty() {
                 Ok((0, 0))
             } else {
-                Err(Invalid::Stream("bytes after the end of the zlib stream".into()))
+                Err(Invalid::Stream(
+                    "bytes after the end of the zlib stream".into(),
+                ))
             };
         }
-        let res = miniz_oxide::inflate::stream::inflate(&mut self.state, input, output, MZFlush::None);
+        let res =
+            miniz_oxide::inflate::stream::inflate(&mut self.state, input, output, MZFlush::None);
         match res.status {
             Ok(MZStatus::StreamEnd) => self.done = true,
             Ok(_) | Err(MZError::Buf) => {}
@@ -585,7 +588,10 @@ pub fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
             return if i == 0 {
                 Ok(None)
             } else {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated varint"))
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated varint",
+                ))
             };
         }
         n |= u64::from(byte[0] & 0x7f) << (7 * i);
@@ -593,7 +599,10 @@ pub fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
             return Ok(Some(n));
         }
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "varint too long"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "varint too long",
+    ))
 }
 
 #[cfg(test)]
@@ -722,9 +731,15 @@ mod tests {
         // claims 2^60 elements must fail on missing data, not allocate.
         let mut body = Vec::new();
         write_varint(1 << 60, &mut body);
-        let forged =
-            seal_envelope("k", Kind::Value, 0, fingerprint::<Vec<u64>>(false), &body, None)
-                .unwrap();
+        let forged = seal_envelope(
+            "k",
+            Kind::Value,
+            0,
+            fingerprint::<Vec<u64>>(false),
+            &body,
+            None,
+        )
+        .unwrap();
         assert!(decode_value::<Vec<u64>>("k", &forged, None).is_err());
         assert!(deserialize_from_reader::<Vec<u64>, _>(&body[..]).is_err());
         assert!(deserialize_from_reader::<String, _>(&body[..]).is_err());
@@ -746,7 +761,9 @@ mod tests {
 
     #[test]
     fn compression_round_trips_in_small_pieces() {
-        let input: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let input: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut compressed = Vec::new();
         let mut deflater = Deflater::new(1);
         for piece in input.chunks(777) {
@@ -759,7 +776,9 @@ mod tests {
         let mut buf = [0u8; 1000];
         let mut rest = &compressed[..];
         while !inflater.finished() {
-            let (used, written) = inflater.inflate(&rest[..rest.len().min(333)], &mut buf).unwrap();
+            let (used, written) = inflater
+                .inflate(&rest[..rest.len().min(333)], &mut buf)
+                .unwrap();
             rest = &rest[used..];
             output.extend_from_slice(&buf[..written]);
         }

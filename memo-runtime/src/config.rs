@@ -306,14 +306,18 @@ impl Config {
         };
         for (var, setting) in ENV_SETTINGS {
             if let Some(value) = lookup(var) {
-                config = config.apply_setting(setting, value.trim()).map_err(|e| match e {
-                    ConfigError::InvalidValue { value, reason, .. } => ConfigError::InvalidValue {
-                        name: (*var).to_owned(),
-                        value,
-                        reason,
-                    },
-                    other => other,
-                })?;
+                config = config
+                    .apply_setting(setting, value.trim())
+                    .map_err(|e| match e {
+                        ConfigError::InvalidValue { value, reason, .. } => {
+                            ConfigError::InvalidValue {
+                                name: (*var).to_owned(),
+                                value,
+                                reason,
+                            }
+                        }
+                        other => other,
+                    })?;
             }
         }
         if let Some(hex_key) = lookup("MEMO_ENCRYPTION_KEY") {
@@ -345,7 +349,9 @@ impl Config {
                     .parse()
                     .map_err(|_| invalid("expected a number of bytes"))?;
                 if size < MIN_CHUNK_SIZE {
-                    return Err(invalid(&format!("expected at least {MIN_CHUNK_SIZE} bytes")));
+                    return Err(invalid(&format!(
+                        "expected at least {MIN_CHUNK_SIZE} bytes"
+                    )));
                 }
                 self.chunk_size(size)
             }
@@ -397,7 +403,9 @@ fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 
 #[cfg(feature = "redis")]
 fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
-    Ok(Arc::new(crate::backend::redis::RedisBackend::from_url_parts(url)?))
+    Ok(Arc::new(
+        crate::backend::redis::RedisBackend::from_url_parts(url)?,
+    ))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -692,10 +700,14 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("MEMO_DEFAULT_EXPIRATION"), "{err}");
-        let err = Config::from_vars(|name| (name == "MEMO_ENCRYPTION_KEY").then(|| "abc".to_owned()))
-            .unwrap_err();
+        let err =
+            Config::from_vars(|name| (name == "MEMO_ENCRYPTION_KEY").then(|| "abc".to_owned()))
+                .unwrap_err();
         assert!(err.to_string().contains("MEMO_ENCRYPTION_KEY"), "{err}");
-        assert!(!err.to_string().contains("abc"), "keys are never echoed: {err}");
+        assert!(
+            !err.to_string().contains("abc"),
+            "keys are never echoed: {err}"
+        );
     }
 
     #[test]
@@ -703,12 +715,18 @@ mod tests {
         #[cfg(not(feature = "memcached"))]
         assert!(matches!(
             Config::from_url("memcached://127.0.0.1:11211"),
-            Err(ConfigError::FeatureDisabled { feature: "memcached", .. })
+            Err(ConfigError::FeatureDisabled {
+                feature: "memcached",
+                ..
+            })
         ));
         #[cfg(not(feature = "redis"))]
         assert!(matches!(
             Config::from_url("redis://127.0.0.1:6379"),
-            Err(ConfigError::FeatureDisabled { feature: "redis", .. })
+            Err(ConfigError::FeatureDisabled {
+                feature: "redis",
+                ..
+            })
         ));
     }
 }

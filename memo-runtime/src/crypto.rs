@@ -136,9 +136,7 @@ impl EncryptionKey {
         let iv = random_iv();
         let mut out = Vec::with_capacity(BLOCK + plaintext.len() + BLOCK + TAG);
         out.extend_from_slice(&iv);
-        let ciphertext = self
-            .encryptor(&iv)
-            .encrypt_padded_vec(plaintext);
+        let ciphertext = self.encryptor(&iv).encrypt_padded_vec(plaintext);
         out.extend_from_slice(&ciphertext);
         let mut parts: Vec<&[u8]> = associated.to_vec();
         parts.push(&out);
@@ -162,7 +160,9 @@ impl EncryptionKey {
         }
         let (iv, ciphertext) = body.split_at(BLOCK);
         let iv: &[u8; BLOCK] = iv.try_into().ok()?;
-        self.decryptor(iv).decrypt_padded_vec(ciphertext).map(Zeroizing::new)
+        self.decryptor(iv)
+            .decrypt_padded_vec(ciphertext)
+            .map(Zeroizing::new)
     }
 }
 
@@ -305,7 +305,10 @@ mod tests {
     #[test]
     fn only_aes_key_lengths_are_accepted() {
         for len in [0, 1, 15, 17, 23, 25, 31, 33, 64] {
-            assert_eq!(EncryptionKey::new(vec![0u8; len]).unwrap_err(), KeyError(len));
+            assert_eq!(
+                EncryptionKey::new(vec![0u8; len]).unwrap_err(),
+                KeyError(len)
+            );
         }
         for len in [16, 24, 32] {
             let key = EncryptionKey::new(vec![1u8; len]).unwrap();
@@ -342,7 +345,10 @@ mod tests {
             }
         }
         for len in 0..sealed.len() {
-            assert!(key.open(&[b"header"], &sealed[..len]).is_none(), "cut at {len}");
+            assert!(
+                key.open(&[b"header"], &sealed[..len]).is_none(),
+                "cut at {len}"
+            );
         }
         let mut longer = sealed.clone();
         longer.extend_from_slice(&[0; BLOCK]);
@@ -356,7 +362,11 @@ mod tests {
     fn no_plaintext_survives_sealing() {
         let plaintext = b"PLAINTEXT-MARKER-PLAINTEXT-MARKER";
         let sealed = key().seal(&[], plaintext);
-        assert!(!sealed.windows(8).any(|w| plaintext.windows(8).any(|p| p == w)));
+        assert!(
+            !sealed
+                .windows(8)
+                .any(|w| plaintext.windows(8).any(|p| p == w))
+        );
     }
 
     #[test]

@@ -60,11 +60,11 @@ pub mod __fuzz;
 #[doc(hidden)]
 pub mod __private;
 
-pub use backend::{Backend, BackendError, MemoryBackend};
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
+pub use backend::{Backend, BackendError, MemoryBackend};
 pub use config::{CacheUrl, Config, ConfigError, config, configure};
 pub use crypto::{EncryptionKey, KeyError};
 pub use key::CacheKey;

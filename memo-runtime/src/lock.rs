@@ -297,7 +297,8 @@ impl CacheLock {
         let expiration = expiration
             .unwrap_or(self.options.lock_expiration)
             .max(Duration::from_secs(1));
-        let holds = self.backend.get(&self.full_cache_key)?.as_deref() == Some(self.token.as_bytes());
+        let holds =
+            self.backend.get(&self.full_cache_key)?.as_deref() == Some(self.token.as_bytes());
         let now = Instant::now();
         if holds && self.backend.touch(&self.full_cache_key, expiration)? {
             self.expires_at = Some(now + expiration);
@@ -431,7 +432,10 @@ mod tests {
     #[test]
     fn an_expired_lock_can_be_taken_and_the_old_holder_cannot_release_it() {
         let config = config();
-        let mut first = lock(&config, LockOptions::new().lock_expiration(Duration::from_secs(1)));
+        let mut first = lock(
+            &config,
+            LockOptions::new().lock_expiration(Duration::from_secs(1)),
+        );
         assert!(first.acquire().unwrap());
         thread::sleep(Duration::from_millis(1100));
         assert!(!first.locked());
@@ -459,10 +463,15 @@ mod tests {
     #[test]
     fn update_expiration_keeps_a_long_holder_alive() {
         let config = config();
-        let mut holder = lock(&config, LockOptions::new().lock_expiration(Duration::from_secs(1)));
+        let mut holder = lock(
+            &config,
+            LockOptions::new().lock_expiration(Duration::from_secs(1)),
+        );
         assert!(holder.acquire().unwrap());
         thread::sleep(Duration::from_millis(600));
-        holder.update_expiration(Some(Duration::from_secs(5))).unwrap();
+        holder
+            .update_expiration(Some(Duration::from_secs(5)))
+            .unwrap();
         thread::sleep(Duration::from_millis(600));
         assert!(holder.locked());
         let mut other = lock(&config, LockOptions::new().blocking(false));
@@ -487,7 +496,11 @@ mod tests {
             Err(LockError::Busy(_))
         ));
         drop(guard);
-        assert!(lock(&config, LockOptions::new().blocking(false)).acquire().unwrap());
+        assert!(
+            lock(&config, LockOptions::new().blocking(false))
+                .acquire()
+                .unwrap()
+        );
     }
 
     #[test]

@@ -188,8 +188,7 @@ struct Call {
 impl Call {
     fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
         let encrypt = config.force_encryption || options.encrypt == Some(true);
-        let encryption =
-            encrypt.then(|| effective_key(&config, options.encryption_key.as_ref()));
+        let encryption = encrypt.then(|| effective_key(&config, options.encryption_key.as_ref()));
         let full_key = full_key(config.namespace.as_deref(), &key, encryption.as_ref());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
@@ -456,7 +455,13 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> T,
 {
-    memoize(key.into(), options, compute, |value: &T| Some(value), |value| value)
+    memoize(
+        key.into(),
+        options,
+        compute,
+        |value: &T| Some(value),
+        |value| value,
+    )
 }
 
 /// Like [`cache_memoize`] for a fallible computation: only `Ok` values are

@@ -459,14 +459,17 @@ impl Server {
                 }
                 Err(OpError::Protocol(message)) => {
                     let err = io::Error::new(io::ErrorKind::InvalidData, message);
-                    return Err(self.health.failed(&what, settings, "sent a malformed reply", err));
+                    return Err(self
+                        .health
+                        .failed(&what, settings, "sent a malformed reply", err));
                 }
             }
         }
     }
 
     fn connect(&self, settings: &Settings) -> io::Result<Conn> {
-        let addresses: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        let addresses: Vec<SocketAddr> =
+            (self.host.as_str(), self.port).to_socket_addrs()?.collect();
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address found");
         for address in addresses {
             match TcpStream::connect_timeout(&address, settings.connect_timeout) {
@@ -603,7 +606,9 @@ impl Reply {
     fn stored(self, key: &str) -> Result<(), OpError> {
         match self {
             Reply::Stored => Ok(()),
-            other => Err(OpError::Protocol(format!("unexpected reply {other:?} to set {key}"))),
+            other => Err(OpError::Protocol(format!(
+                "unexpected reply {other:?} to set {key}"
+            ))),
         }
     }
 
@@ -704,14 +709,26 @@ impl Conn {
         Ok(values)
     }
 
-    fn store(&mut self, command: &str, key: &str, value: &[u8], exptime: u64) -> Result<Reply, OpError> {
+    fn store(
+        &mut self,
+        command: &str,
+        key: &str,
+        value: &[u8],
+        exptime: u64,
+    ) -> Result<Reply, OpError> {
         self.out.clear();
         self.push_store(command, key, value, exptime)?;
         self.flush()?;
         self.reply()
     }
 
-    fn push_store(&mut self, command: &str, key: &str, value: &[u8], exptime: u64) -> io::Result<()> {
+    fn push_store(
+        &mut self,
+        command: &str,
+        key: &str,
+        value: &[u8],
+        exptime: u64,
+    ) -> io::Result<()> {
         let header = format!("{command} {key} 0 {exptime} {}\r\n", value.len());
         self.out.extend_from_slice(header.as_bytes());
         self.push(value)?;
@@ -792,7 +809,9 @@ impl Conn {
             return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
         if !line.ends_with(b"\r\n") {
-            return Err(OpError::Protocol("reply line too long or cut short".to_owned()));
+            return Err(OpError::Protocol(
+                "reply line too long or cut short".to_owned(),
+            ));
         }
         line.truncate(line.len() - 2);
         String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".to_owned()))
@@ -802,7 +821,9 @@ impl Conn {
     /// as bytes arrive, so a bogus length cannot allocate in advance.
     fn data(&mut self, length: usize) -> Result<Vec<u8>, OpError> {
         let mut data = Vec::with_capacity(length.min(1 << 20));
-        let read = (&mut self.reader).take(length as u64).read_to_end(&mut data)?;
+        let read = (&mut self.reader)
+            .take(length as u64)
+            .read_to_end(&mut data)?;
         let mut end = [0u8; 2];
         if read < length {
             return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
@@ -815,15 +836,14 @@ impl Conn {
     }
 }
 
-/// Takes apart `VALUE <key> <flags> <bytes> [<cas>]`.
+/// Takes apart `VALUE <key> <flags> <bytes> [<cas>]`. Anything else,
+/// `SERVER_ERROR` included, leaves the rest of the reply unaccounted for,
+/// so it is a protocol error and the connection is dropped.
 fn parse_value_line(line: &str) -> Result<(&str, usize, Option<u64>), OpError> {
-    let bad = || OpError::Protocol(format!("malformed value line {line:?}"));
+    let bad = || OpError::Protocol(format!("unexpected line in a get reply: {line:?}"));
     let mut parts = line.split(' ');
     if parts.next() != Some("VALUE") {
-        return Err(match line.strip_prefix("SERVER_ERROR ") {
-            Some(message) => OpError::Refused(message.to_owned()),
-            None => bad(),
-        });
+        return Err(bad());
     }
     let key = parts.next().ok_or_else(bad)?;
     let _flags: u32 = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
@@ -923,7 +943,11 @@ fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, 
 }
 
 fn nonzero_or(duration: Duration, default: Duration) -> Duration {
-    if duration.is_zero() { default } else { duration }
+    if duration.is_zero() {
+        default
+    } else {
+        duration
+    }
 }
 
 /// Whether `err` is what a pooled connection to a restarted server gives on
@@ -941,7 +965,9 @@ fn is_stale(err: &io::Error) -> bool {
 /// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
 /// connections, health counters) is valid after any panic.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// 64-bit FNV-1a: fixed here, unlike std's `DefaultHasher`, so that key
@@ -1013,8 +1039,13 @@ mod tests {
         ] {
             assert!(backend(url).is_err(), "{url} was accepted");
         }
-        let err = backend("memcached://a:1?colour=blue").unwrap_err().to_string();
-        assert!(err.contains("timeout_ms"), "the error lists known parameters: {err}");
+        let err = backend("memcached://a:1?colour=blue")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timeout_ms"),
+            "the error lists known parameters: {err}"
+        );
     }
 
     #[test]
@@ -1029,7 +1060,11 @@ mod tests {
             .collect();
         let again = MemcachedBackend::new(["c:3", "a:1", "b:2"]).unwrap();
         for key in ["k0", "k1", "k2", "k3", "k4", "k5"] {
-            assert_eq!(backend.server_for(key), again.server_for(key), "order matters not");
+            assert_eq!(
+                backend.server_for(key),
+                again.server_for(key),
+                "order matters not"
+            );
         }
         assert_eq!(placed, PINNED_PLACEMENT);
     }
@@ -1050,7 +1085,10 @@ mod tests {
             }
         }
         for (server, count) in counts {
-            assert!((9_000..11_000).contains(&count), "{server} holds {count} of 30000");
+            assert!(
+                (9_000..11_000).contains(&count),
+                "{server} holds {count} of 30000"
+            );
         }
     }
 
@@ -1060,17 +1098,31 @@ mod tests {
         assert_eq!(expiration(Duration::from_millis(1500)), 2);
         assert_eq!(expiration(Duration::from_secs(60)), 60);
         // memo's default expiration is exactly 30 days: still relative.
-        assert_eq!(expiration(Duration::from_secs(MAX_RELATIVE_EXPIRATION)), MAX_RELATIVE_EXPIRATION);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(
+            expiration(Duration::from_secs(MAX_RELATIVE_EXPIRATION)),
+            MAX_RELATIVE_EXPIRATION
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let absolute = expiration(Duration::from_secs(MAX_RELATIVE_EXPIRATION + 1));
-        assert!((now + MAX_RELATIVE_EXPIRATION..now + MAX_RELATIVE_EXPIRATION + 5).contains(&absolute));
+        assert!(
+            (now + MAX_RELATIVE_EXPIRATION..now + MAX_RELATIVE_EXPIRATION + 5).contains(&absolute)
+        );
     }
 
     #[test]
     fn keys_that_would_break_the_protocol_are_refused() {
         // No server: the key check comes before any connection.
         let backend = MemcachedBackend::new(["127.0.0.1:9"]).unwrap();
-        for key in ["", "two words", "line\r\nflush_all", "tab\t", &"k".repeat(251)] {
+        for key in [
+            "",
+            "two words",
+            "line\r\nflush_all",
+            "tab\t",
+            &"k".repeat(251),
+        ] {
             let err = backend.get(key).unwrap_err();
             assert!(err.to_string().contains("memcached keys"), "{key:?}: {err}");
         }
@@ -1079,8 +1131,18 @@ mod tests {
     #[test]
     fn value_lines_are_parsed_strictly() {
         assert_eq!(parse_value_line("VALUE k 0 5").ok(), Some(("k", 5, None)));
-        assert_eq!(parse_value_line("VALUE k 0 5 42").ok(), Some(("k", 5, Some(42))));
-        for bad in ["VALUE k 0", "VALUE k x 5", "VALUE k 0 -1", "VALUE k 0 5 x", "VALUE k 0 5 1 2", "STORED"] {
+        assert_eq!(
+            parse_value_line("VALUE k 0 5 42").ok(),
+            Some(("k", 5, Some(42)))
+        );
+        for bad in [
+            "VALUE k 0",
+            "VALUE k x 5",
+            "VALUE k 0 -1",
+            "VALUE k 0 5 x",
+            "VALUE k 0 5 1 2",
+            "STORED",
+        ] {
             assert!(parse_value_line(bad).is_err(), "{bad}");
         }
     }

@@ -1,15 +1,19 @@
 //! The embedded in-memory backend, used when nothing else is configured.
 //!
-//! Built on moka's concurrent cache: lock-free reads, a TinyLFU admission and
-//! LRU eviction policy, per-entry expiry, and a bound on the total bytes held
-//! (keys and values, plus a fixed per-entry overhead), so a process cannot
-//! grow without limit however much it memoizes.
+//! Built on moka's concurrent cache: lock-free reads, per-entry expiry, and a
+//! bound on the total bytes held (keys and values, plus a fixed per-entry
+//! overhead), so a process cannot grow without limit however much it
+//! memoizes. Eviction is least-recently-used rather than moka's default
+//! TinyLFU admission: TinyLFU may refuse a brand-new entry when the cache is
+//! full, which for a chunked value means storing most chunks and losing one,
+//! a wasted write; under LRU the newest write is always whole.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{Backend, BackendError};
@@ -96,6 +100,7 @@ impl MemoryBackend {
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry)
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         MemoryBackend { cache, max_bytes }
     }
@@ -217,7 +222,9 @@ mod tests {
     #[test]
     fn values_expire_after_their_ttl() {
         let backend = MemoryBackend::new();
-        backend.set("short", b"v", Duration::from_millis(50)).unwrap();
+        backend
+            .set("short", b"v", Duration::from_millis(50))
+            .unwrap();
         backend.set("long", b"v", MINUTE).unwrap();
         assert!(backend.get("short").unwrap().is_some());
         std::thread::sleep(Duration::from_millis(120));
@@ -274,13 +281,32 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_entries_survive_eviction() {
+        let backend = MemoryBackend::with_max_bytes(64 * 1024);
+        let value = vec![1u8; 1024];
+        for i in 0..1000 {
+            backend.set(&format!("key-{i}"), &value, MINUTE).unwrap();
+        }
+        backend.cache.run_pending_tasks();
+        for i in 990..1000 {
+            assert!(
+                backend.get(&format!("key-{i}")).unwrap().is_some(),
+                "key-{i}"
+            );
+        }
+        assert_eq!(backend.get("key-0").unwrap(), None);
+    }
+
+    #[test]
     fn concurrent_adds_admit_exactly_one_winner() {
         let backend = Arc::new(MemoryBackend::new());
         let winners: usize = (0..16)
             .map(|i| {
                 let backend = Arc::clone(&backend);
                 std::thread::spawn(move || {
-                    backend.add("race", format!("{i}").as_bytes(), MINUTE).unwrap() as usize
+                    backend
+                        .add("race", format!("{i}").as_bytes(), MINUTE)
+                        .unwrap() as usize
                 })
             })
             .collect::<Vec<_>>()
@@ -293,8 +319,15 @@ mod tests {
     #[test]
     fn url_parameters_are_checked() {
         let url = CacheUrl::parse("memory://?max_bytes=4096").unwrap();
-        assert_eq!(MemoryBackend::from_url_parts(&url).unwrap().max_bytes(), 4096);
-        for bad in ["memory://?max_bytes=0", "memory://?max=1", "memory://host:1"] {
+        assert_eq!(
+            MemoryBackend::from_url_parts(&url).unwrap().max_bytes(),
+            4096
+        );
+        for bad in [
+            "memory://?max_bytes=0",
+            "memory://?max=1",
+            "memory://host:1",
+        ] {
             let url = CacheUrl::parse(bad).unwrap();
             assert!(MemoryBackend::from_url_parts(&url).is_err(), "{bad}");
         }

@@ -116,7 +116,10 @@ impl std::fmt::Debug for RedisBackend {
             .field("server", &self.name)
             .field("database", &info.redis.db)
             .field("username", &info.redis.username)
-            .field("password", &info.redis.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password",
+                &info.redis.password.as_ref().map(|_| "<redacted>"),
+            )
             .field("settings", &self.settings)
             .finish()
     }
@@ -218,7 +221,11 @@ impl RedisBackend {
         }
         let host = match url.hosts.as_slice() {
             [host] => host,
-            [] => return Err(invalid("redis:// needs a host, e.g. redis://127.0.0.1:6379")),
+            [] => {
+                return Err(invalid(
+                    "redis:// needs a host, e.g. redis://127.0.0.1:6379",
+                ));
+            }
             _ => {
                 return Err(invalid(
                     "redis:// takes one host; memo does not shard over several Redis servers",
@@ -228,14 +235,18 @@ impl RedisBackend {
         let mut backend = Self::new(host)?;
         if !url.path.is_empty() {
             let db = url.path.parse().map_err(|_| {
-                url.invalid_value("database", &url.path, "expected a database number, as in redis://host:6379/2")
+                url.invalid_value(
+                    "database",
+                    &url.path,
+                    "expected a database number, as in redis://host:6379/2",
+                )
             })?;
             backend = backend.database(db);
         }
         if let Some(userinfo) = &url.userinfo {
-            let (username, password) = userinfo.split_once(':').ok_or_else(|| {
-                invalid("write credentials as user:password@ or :password@")
-            })?;
+            let (username, password) = userinfo
+                .split_once(':')
+                .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
             backend = backend.password((!username.is_empty()).then_some(username), password);
         }
         let mut backoff = (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF);
@@ -291,7 +302,12 @@ impl RedisBackend {
                 None => match self.connect() {
                     Ok(conn) => conn,
                     Err(err) => {
-                        return Err(self.health.failed(&what, &self.settings, "cannot connect", err));
+                        return Err(self.health.failed(
+                            &what,
+                            &self.settings,
+                            "cannot connect",
+                            err,
+                        ));
                     }
                 },
             };
@@ -314,7 +330,10 @@ impl RedisBackend {
                         self.release(conn);
                     }
                     self.health.succeeded(&what);
-                    return Err(BackendError::with_source(format!("{}: error reply", what()), err));
+                    return Err(BackendError::with_source(
+                        format!("{}: error reply", what()),
+                        err,
+                    ));
                 }
             }
         }
@@ -346,7 +365,8 @@ impl Backend for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<Vec<u8>>> = self.run(|conn| redis::cmd("MGET").arg(keys).query(conn))?;
+        let values: Vec<Option<Vec<u8>>> =
+            self.run(|conn| redis::cmd("MGET").arg(keys).query(conn))?;
         if values.len() != keys.len() {
             return Err(BackendError::new(format!(
                 "redis {}: MGET of {} keys answered {} values",
@@ -384,7 +404,12 @@ impl Backend for RedisBackend {
             self.run(|conn| {
                 let mut pipe = redis::pipe();
                 for (key, value) in slice {
-                    pipe.cmd("SET").arg(*key).arg(*value).arg("PX").arg(millis).ignore();
+                    pipe.cmd("SET")
+                        .arg(*key)
+                        .arg(*value)
+                        .arg("PX")
+                        .arg(millis)
+                        .ignore();
                 }
                 pipe.query::<()>(conn)
             })?;
@@ -409,7 +434,8 @@ impl Backend for RedisBackend {
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let millis = ttl_millis(ttl);
-        let touched: i64 = self.run(|conn| redis::cmd("PEXPIRE").arg(key).arg(millis).query(conn))?;
+        let touched: i64 =
+            self.run(|conn| redis::cmd("PEXPIRE").arg(key).arg(millis).query(conn))?;
         Ok(touched == 1)
     }
 
@@ -420,12 +446,8 @@ impl Backend for RedisBackend {
 
     /// Atomic, through a Lua script (sent once, then run by its digest).
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let deleted: i64 = self.run(|conn| {
-            self.delete_if_value
-                .key(key)
-                .arg(expected)
-                .invoke(conn)
-        })?;
+        let deleted: i64 =
+            self.run(|conn| self.delete_if_value.key(key).arg(expected).invoke(conn))?;
         Ok(deleted > 0)
     }
 }
@@ -505,7 +527,9 @@ fn backoff(settings: &Settings, failures: u32) -> Duration {
 
 /// `PX` takes whole milliseconds, at least one.
 fn ttl_millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2).max(1)
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX / 2)
+        .max(1)
 }
 
 /// Splits `host:port`, `host` or `[v6]:port`, checking the port.
@@ -560,13 +584,19 @@ fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, 
 }
 
 fn nonzero_or(duration: Duration, default: Duration) -> Duration {
-    if duration.is_zero() { default } else { duration }
+    if duration.is_zero() {
+        default
+    } else {
+        duration
+    }
 }
 
 /// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
 /// connections, health counters) is valid after any panic.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -609,7 +639,10 @@ mod tests {
         assert_eq!(info.redis.username, None);
         assert_eq!(info.redis.password.as_deref(), Some("secret"));
         assert_eq!(backend.settings.timeout, DEFAULT_TIMEOUT);
-        assert!(!format!("{backend:?}").contains("secret"), "the password is never shown");
+        assert!(
+            !format!("{backend:?}").contains("secret"),
+            "the password is never shown"
+        );
     }
 
     #[test]
@@ -635,7 +668,10 @@ mod tests {
     #[test]
     fn ttls_are_whole_milliseconds_of_at_least_one() {
         assert_eq!(ttl_millis(Duration::from_micros(10)), 1);
-        assert_eq!(ttl_millis(Duration::from_secs(30 * 24 * 3600)), 2_592_000_000);
+        assert_eq!(
+            ttl_millis(Duration::from_secs(30 * 24 * 3600)),
+            2_592_000_000
+        );
         assert!(ttl_millis(Duration::MAX) > 0);
     }
 

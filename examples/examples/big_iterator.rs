@@ -38,7 +38,9 @@ fn event(seq: u64) -> Event {
     Event {
         seq,
         kind: KINDS[(seq % 5) as usize].to_owned(),
-        tags: (0..4).map(|i| format!("tag-{}", (next() % 50) + i)).collect(),
+        tags: (0..4)
+            .map(|i| format!("tag-{}", (next() % 50) + i))
+            .collect(),
         samples: (0..200).map(|_| (next() % 5000) as u32).collect(),
     }
 }
@@ -86,7 +88,9 @@ fn main() {
     let options = Options::new();
     let start = Instant::now();
     let mut stored = 0u64;
-    for (i, item) in cache_memoize_iter("big-iterator", || (0..count).map(event), &options).enumerate() {
+    for (i, item) in
+        cache_memoize_iter("big-iterator", || (0..count).map(event), &options).enumerate()
+    {
         assert_eq!(item.seq, i as u64);
         stored += 1;
     }

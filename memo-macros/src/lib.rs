@@ -1,14 +1,194 @@
-//! The `#[cache_memoize]` attribute. Use it through `memo_runtime`.
+//! The `#[cache_memoize]` and `#[cache_memoize_iter]` attributes of
+//! [memo-runtime](https://docs.rs/memo-runtime). Depend on `memo-runtime`,
+//! which re-exports them: `use memo_runtime::cache_memoize;` brings both the
+//! attribute and the function of the same name.
+//!
+//! The crate is split by phase: `attr` parses the attribute's arguments
+//! (with `template` for key templates), `ast` models the function, `valid`
+//! checks that the two fit, and `expand` writes the result.
+
 use proc_macro::TokenStream;
 
-/// Memoizes a function in the configured cache.
+mod ast;
+mod attr;
+mod errors;
+mod expand;
+mod template;
+mod valid;
+
+/// Memoizes a function in the configured cache: the first call with given
+/// arguments computes and stores the value, later calls read it back.
+///
+/// ```
+/// use memo_runtime::cache_memoize;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Profile { name: String }
+/// # fn load_profile(_: u64) -> Profile { Profile { name: "ada".into() } }
+///
+/// /// The user's profile, cached for an hour.
+/// #[cache_memoize(key = "profile:{user_id}", expiration = 3600)]
+/// pub fn profile(user_id: u64) -> Profile {
+///     load_profile(user_id)
+/// }
+/// # assert_eq!(profile(7).name, "ada");
+/// ```
+///
+/// # What it expands to
+///
+/// The signature stays as written; the body becomes a closure handed to
+/// one runtime call (`cache_memoize`, `try_cache_memoize` or
+/// `cache_memoize_iter`, by return type, see below), after the key and
+/// the options are built. Two helpers are added next to the function. The
+/// function above becomes (as `cargo expand` shows it, with
+/// `::memo_runtime::__private::v0_1` abbreviated `rt`):
+///
+/// ```ignore
+/// /// The user's profile, cached for an hour.
+/// pub fn profile(user_id: u64) -> Profile {
+///     let __memo_options = rt::apply_refresh(
+///         rt::Options::new().expiration(rt::Duration::from_secs(3600)),
+///     );
+///     let __memo_key = [
+///         rt::String::from("profile"),
+///         rt::ToString::to_string(&user_id),
+///     ];
+///     rt::memoize::<Profile, _, _>(
+///         __memo_key,
+///         move || -> Profile { load_profile(user_id) },
+///         &__memo_options,
+///     )
+/// }
+///
+/// /// Drops the cache entry that `profile` stored for these arguments, so
+/// /// that its next call computes the value afresh.
+/// #[allow(dead_code)]
+/// pub fn profile_invalidate(user_id: u64) -> rt::Result<(), ::memo_runtime::Error> {
+///     let __memo_options = rt::Options::new().expiration(rt::Duration::from_secs(3600));
+///     let __memo_key = [
+///         rt::String::from("profile"),
+///         rt::ToString::to_string(&user_id),
+///     ];
+///     rt::invalidate(__memo_key, &__memo_options)
+/// }
+///
+/// /// Computes `profile` afresh for these arguments and overwrites its cache
+/// /// entry, whatever the cache holds.
+/// #[allow(dead_code)]
+/// pub fn profile_refresh(user_id: u64) -> Profile {
+///     let __memo_refresh = rt::refresh_next_call();
+///     profile(user_id)
+/// }
+/// ```
+///
+/// `rt::memoize` is `memo_runtime::cache_memoize` with the cached type as
+/// its first generic parameter, so that a return type the cache cannot
+/// store is reported at the return type. `rt::apply_refresh` turns on
+/// `force_overwrite` for the one call a `_refresh` helper makes. The locals
+/// are hygienic: a parameter named `__memo_key` is not shadowed.
+///
+/// # Options
+///
+/// | option | meaning |
+/// |---|---|
+/// | `key = "a:{x}:{self.f}"` | the key template (below); default: the function's path and every argument |
+/// | `expiration = 3600` | seconds to keep the value (a literal or a `u64` constant); default: the config's |
+/// | `large_data` | store in chunks, compressed: for values that may pass the backend's item limit |
+/// | `compress = false` | with `large_data` or in iterator mode: store chunks uncompressed |
+/// | `encrypt` / `encrypt = false` | encrypt key and value; default: the config's `force_encryption` |
+/// | `force_overwrite` | always compute and store, never read |
+/// | `lock`, `lock(timeout = 5, retry = 100, expiration = 30, blocking = true)` | compute under a cache lock so that concurrent misses compute once (`retry` in milliseconds, the others in seconds) |
+/// | `version = 2` | appended to the key as a last component `v2`: bump it when the return type changes |
+/// | `ignore(a, b)` | arguments deliberately left out of the key |
+/// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |
+///
+/// # Keys
+///
+/// A key template is a list of `:`-separated components; in each, `{arg}`
+/// is the argument's `Display` form, `{arg:?}` its `Debug` form, `{self}` or
+/// `{self.field}` the receiver or one of its fields, and `{{`/`}}` literal
+/// braces. The components reach the runtime as a key sequence and are
+/// escaped one by one (`%` → `%25`, `:` → `%3A`), so `key = "user:{name}"`
+/// stores under `make_cache_key(["user", &name.to_string()], ..)` and a name
+/// containing `:` cannot collide with another key.
+///
+/// Every argument must be in the key or in `ignore(...)`: an argument that
+/// the key forgets would make two calls share one entry, so it is a compile
+/// error. Without `key`, the key is the module path (for a method, the
+/// `Self` type's name), the function's name and every argument not ignored,
+/// each by its `Display` form; an associated function without `self` should
+/// give a `key` so that two types' functions of the same name do not share
+/// entries.
+///
+/// # Return types
+///
+/// - A plain `T: Serialize + DeserializeOwned` is cached as a whole.
+/// - `Result<T, E>` (also `io::Result<T>` and other aliases named `Result`)
+///   caches only `Ok`; an `Err` is returned as is and nothing is stored.
+///   `E` needs no serde.
+/// - `impl Iterator<Item = T>` or `Box<dyn Iterator<Item = T>>` is iterator
+///   mode, as with [`macro@cache_memoize_iter`].
+///
+/// # Helpers
+///
+/// `<fn>_invalidate(args...)` (the arguments in the key, after `&self` for
+/// a method) drops one call's entry and returns
+/// `Result<(), memo_runtime::Error>`. `<fn>_refresh(args...)` (the same
+/// arguments as the function) computes the value afresh, stores it and
+/// returns it. Both have the function's visibility. In a trait `impl`,
+/// where no extra method may be added, write `helpers = false`. For an
+/// associated function without `self` the attribute cannot tell that it is
+/// in an `impl`, and `_refresh` would call it by its bare name: write
+/// `helpers = false` there too, and drop entries with
+/// `memo_runtime::invalidate` and the key.
+///
+/// # Errors
+///
+/// A misuse is a compile error at the offending token, every mistake of a
+/// function in one build: an unknown option (with the closest known one),
+/// a value of the wrong type, a placeholder naming no argument, an argument
+/// the key forgets, `compress` without `large_data` outside iterator mode, a
+/// function returning nothing, an argument pattern that cannot be keyed, an
+/// `async fn` (not supported yet). A return type that is not
+/// `Serialize + DeserializeOwned` fails at the return type.
 #[proc_macro_attribute]
-pub fn cache_memoize(_args: TokenStream, input: TokenStream) -> TokenStream {
-    input
+pub fn cache_memoize(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::memoize(args.into(), input.into(), expand::Mode::Auto).into()
 }
 
-/// Memoizes an iterator-returning function in the configured cache.
+/// Memoizes a function's items as a stream: the function returns an
+/// iterator (or anything built from one), and the cache stores its items in
+/// chunks as they are produced.
+///
+/// Takes the options of [`macro@cache_memoize`]; a function returning
+/// `impl Iterator<Item = T>` is in this mode under either attribute.
+/// Nothing runs until the first `next()`: on a miss each item reaches the
+/// caller as soon as the body's iterator yields it, and is stored on the
+/// way; on a hit the items are decoded as the caller pulls them.
+///
+/// ```
+/// use memo_runtime::{cache_memoize, cache_memoize_iter};
+///
+/// #[cache_memoize(key = "words:{text}")]
+/// fn words(text: &str) -> impl Iterator<Item = String> {
+///     text.split_whitespace().map(str::to_owned).collect::<Vec<_>>().into_iter()
+/// }
+///
+/// /// Collected into the declared type: here a `Vec`, stored item by item.
+/// #[cache_memoize_iter(key = "squares:{n}")]
+/// fn squares(n: u64) -> Vec<u64> {
+///     (1..=n).map(|i| i * i).collect()
+/// }
+///
+/// assert_eq!(words("a b c").collect::<Vec<_>>(), ["a", "b", "c"]);
+/// assert_eq!(squares(3), [1, 4, 9]);
+/// ```
+///
+/// In iterator mode the arguments move into the body's closure, and the
+/// returned iterator may borrow them: in edition 2024 an
+/// `-> impl Iterator<Item = T>` captures the lifetimes of `&str` or `&[T]`
+/// arguments, as it does without the attribute. Under `#[cache_memoize_iter]`
+/// a return type other than `impl Iterator` or `Box<dyn Iterator>` is built
+/// with `FromIterator`.
 #[proc_macro_attribute]
-pub fn cache_memoize_iter(_args: TokenStream, input: TokenStream) -> TokenStream {
-    input
+pub fn cache_memoize_iter(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::memoize(args.into(), input.into(), expand::Mode::Iter).into()
 }

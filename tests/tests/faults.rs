@@ -7,7 +7,7 @@ use memo_runtime::{
     Config, EncryptionKey, Options, cache_memoize, cache_memoize_iter, configure, stats,
     try_cache_memoize,
 };
-use memo_tests::faulty::{FaultyBackend, Faults};
+use memo_tests::faulty::{Faults, FaultyBackend};
 use memo_tests::serial;
 
 /// The value every key must yield: a pure function of the key, so stale
@@ -37,7 +37,10 @@ fn run(faults: Faults, seed: u64, rounds: u64, encrypt: bool) -> Arc<FaultyBacke
             .large_data(large)
             .compress(round % 2 == 0);
         match round % 4 {
-            0 | 1 => assert_eq!(cache_memoize(key, || truth(n, large), &options), truth(n, large)),
+            0 | 1 => assert_eq!(
+                cache_memoize(key, || truth(n, large), &options),
+                truth(n, large)
+            ),
             2 => {
                 let result: Result<Vec<String>, ()> =
                     try_cache_memoize(key, || Ok(truth(n, large)), &options);
@@ -45,8 +48,7 @@ fn run(faults: Faults, seed: u64, rounds: u64, encrypt: bool) -> Arc<FaultyBacke
             }
             _ => {
                 let items: Vec<String> =
-                    cache_memoize_iter(["faults-iter", &id], || truth(n, true), &options)
-                        .collect();
+                    cache_memoize_iter(["faults-iter", &id], || truth(n, true), &options).collect();
                 assert_eq!(items, truth(n, true));
             }
         }
@@ -57,7 +59,8 @@ fn run(faults: Faults, seed: u64, rounds: u64, encrypt: bool) -> Arc<FaultyBacke
 #[test]
 fn each_fault_alone_never_yields_a_wrong_value() {
     let _serial = serial();
-    let kinds: [(&str, fn(&mut Faults)); 8] = [
+    type Enable = fn(&mut Faults);
+    let kinds: [(&str, Enable); 8] = [
         ("drop_write", |f| f.drop_write = 300),
         ("flip_bit", |f| f.flip_bit = 300),
         ("truncate", |f| f.truncate = 300),
@@ -72,9 +75,15 @@ fn each_fault_alone_never_yields_a_wrong_value() {
             let mut faults = Faults::default();
             set(&mut faults);
             let backend = run(faults, 42, 400, encrypt);
-            assert!(backend.total_injected() > 20, "{name}: faults were injected");
+            assert!(
+                backend.total_injected() > 20,
+                "{name}: faults were injected"
+            );
             let stats = stats();
-            assert!(stats.hits > 0, "{name}: the cache still worked some of the time");
+            assert!(
+                stats.hits > 0,
+                "{name}: the cache still worked some of the time"
+            );
             if name == "fail" {
                 assert_eq!(
                     stats.errors,

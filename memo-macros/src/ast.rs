@@ -1,0 +1,374 @@
+//! A model of the function under the attribute: its parts kept as the user
+//! wrote them, plus what the expansion needs to know — the receiver, the
+//! named arguments, and which kind of value it returns.
+//!
+//! The body is kept as unparsed tokens: the expansion moves it into a
+//! closure without looking inside, which keeps the macro fast on big
+//! functions.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, Pat, PathArguments, Receiver, ReturnType, Signature,
+    Token, Type, TypeParamBound, Visibility, braced,
+};
+
+/// A function, method or trait method with a default body.
+pub struct Function {
+    pub attrs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub sig: Signature,
+    /// The body, braces included; `None` for a body-less trait method.
+    pub body: Option<TokenStream>,
+}
+
+/// One non-receiver argument.
+pub struct Arg {
+    /// The binding's name; `None` for a destructuring pattern or `_`.
+    pub name: Option<Ident>,
+    pub pat: Pat,
+    pub ty: Type,
+}
+
+/// What the function returns, and so which runtime call caches it.
+pub enum Output {
+    /// No return value (`fn f()` or `-> ()`), spanned at what to fix.
+    Nothing(Span),
+    /// A plain value: `cache_memoize`.
+    Value(Type),
+    /// `Result<T, E>`: `try_cache_memoize`, only `Ok` is stored.
+    Result(Type),
+    /// Iterator mode: `cache_memoize_iter`.
+    Iter(IterShape, Type),
+}
+
+/// How the runtime's iterator becomes the declared return type.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum IterShape {
+    /// `impl Iterator<Item = T>`: returned as is.
+    Impl,
+    /// `Box<dyn Iterator<Item = T> + ...>`: boxed.
+    Boxed,
+    /// Anything else under `#[cache_memoize_iter]` (a `Vec<T>`, say):
+    /// collected with `FromIterator`.
+    Collect,
+}
+
+impl Parse for Function {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let sig: Signature = input.parse()?;
+        let body = if input.peek(Token![;]) {
+            input.parse::<Token![;]>()?;
+            None
+        } else {
+            let content;
+            let brace = braced!(content in input);
+            let inner: TokenStream = content.parse()?;
+            let mut group = proc_macro2::Group::new(proc_macro2::Delimiter::Brace, inner);
+            group.set_span(brace.span.join());
+            Some(proc_macro2::TokenTree::Group(group).into())
+        };
+        Ok(Function {
+            attrs,
+            vis,
+            sig,
+            body,
+        })
+    }
+}
+
+impl Function {
+    /// The `self` receiver, if this is a method.
+    pub fn receiver(&self) -> Option<&Receiver> {
+        match self.sig.inputs.first() {
+            Some(FnArg::Receiver(receiver)) => Some(receiver),
+            _ => None,
+        }
+    }
+
+    /// The arguments after the receiver.
+    pub fn args(&self) -> Vec<Arg> {
+        self.sig
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                FnArg::Typed(typed) => Some(Arg {
+                    name: binding_name(&typed.pat),
+                    pat: (*typed.pat).clone(),
+                    ty: (*typed.ty).clone(),
+                }),
+                FnArg::Receiver(_) => None,
+            })
+            .collect()
+    }
+
+    /// What the function returns; `iter` is true under
+    /// `#[cache_memoize_iter]`, which makes any return type iterator mode.
+    pub fn output(&self, iter: bool) -> Output {
+        let ty = match &self.sig.output {
+            ReturnType::Default => return Output::Nothing(self.sig.ident.span()),
+            ReturnType::Type(_, ty) => (**ty).clone(),
+        };
+        if matches!(&ty, Type::Tuple(tuple) if tuple.elems.is_empty()) {
+            return Output::Nothing(ty.span());
+        }
+        if let Some(shape) = iter_shape(&ty) {
+            Output::Iter(shape, ty)
+        } else if iter {
+            Output::Iter(IterShape::Collect, ty)
+        } else if is_result(&ty) {
+            Output::Result(ty)
+        } else {
+            Output::Value(ty)
+        }
+    }
+}
+
+/// The name a simple binding (`x`, `mut x`, `ref x`) introduces.
+fn binding_name(pat: &Pat) -> Option<Ident> {
+    match pat {
+        Pat::Ident(ident) if ident.subpat.is_none() => Some(ident.ident.clone()),
+        _ => None,
+    }
+}
+
+/// `Result<..>` by its last path segment, so `io::Result<T>` and
+/// `anyhow::Result<T>` count too.
+fn is_result(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Result" && !last.arguments.is_empty()),
+        Type::Paren(inner) => is_result(&inner.elem),
+        Type::Group(inner) => is_result(&inner.elem),
+        _ => false,
+    }
+}
+
+/// `T` in `Result<T, E>` or `io::Result<T>`.
+pub fn type_argument(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    })
+}
+
+/// `T` in `impl Iterator<Item = T>`, `Box<dyn Iterator<Item = T>>`; `None`
+/// for a collection, whose item type the compiler infers.
+pub fn iterator_item(ty: &Type) -> Option<&Type> {
+    let bounds = match ty {
+        Type::ImplTrait(imp) => &imp.bounds,
+        Type::Paren(inner) => return iterator_item(&inner.elem),
+        Type::Group(inner) => return iterator_item(&inner.elem),
+        _ => match type_argument(ty)? {
+            Type::TraitObject(object) => &object.bounds,
+            _ => return None,
+        },
+    };
+    bounds.iter().find_map(|bound| {
+        let TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let last = bound.path.segments.last()?;
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
+fn iter_shape(ty: &Type) -> Option<IterShape> {
+    match ty {
+        Type::ImplTrait(imp) if has_iterator_bound(&imp.bounds) => Some(IterShape::Impl),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            let PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
+            let inner = match args.args.first()? {
+                GenericArgument::Type(Type::TraitObject(object)) if last.ident == "Box" => object,
+                _ => return None,
+            };
+            has_iterator_bound(&inner.bounds).then_some(IterShape::Boxed)
+        }
+        Type::Paren(inner) => iter_shape(&inner.elem),
+        Type::Group(inner) => iter_shape(&inner.elem),
+        _ => None,
+    }
+}
+
+fn has_iterator_bound<'a>(bounds: impl IntoIterator<Item = &'a TypeParamBound>) -> bool {
+    bounds.into_iter().any(|bound| match bound {
+        TypeParamBound::Trait(trait_bound) => trait_bound
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Iterator"),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    fn output(f: Function, iter: bool) -> &'static str {
+        match f.output(iter) {
+            Output::Nothing(_) => "nothing",
+            Output::Value(_) => "value",
+            Output::Result(_) => "result",
+            Output::Iter(IterShape::Impl, _) => "iter",
+            Output::Iter(IterShape::Boxed, _) => "boxed",
+            Output::Iter(IterShape::Collect, _) => "collect",
+        }
+    }
+
+    #[test]
+    fn classifies_return_types() {
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() {}
+                ),
+                false
+            ),
+            "nothing"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> () {}
+                ),
+                false
+            ),
+            "nothing"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> u32 {
+                        1
+                    }
+                ),
+                false
+            ),
+            "value"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> Result<u32, E> {
+                        x
+                    }
+                ),
+                false
+            ),
+            "result"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> io::Result<u32> {
+                        x
+                    }
+                ),
+                false
+            ),
+            "result"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f(a: &str) -> impl Iterator<Item = u8> + '_ {
+                        x
+                    }
+                ),
+                false
+            ),
+            "iter"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> Box<dyn Iterator<Item = u8> + Send> {
+                        x
+                    }
+                ),
+                false
+            ),
+            "boxed"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> Vec<u8> {
+                        x
+                    }
+                ),
+                false
+            ),
+            "value"
+        );
+        assert_eq!(
+            output(
+                parse_quote!(
+                    fn f() -> Vec<u8> {
+                        x
+                    }
+                ),
+                true
+            ),
+            "collect"
+        );
+    }
+
+    #[test]
+    fn finds_the_cached_type() {
+        let ty: Type = parse_quote!(io::Result<Vec<u8>>);
+        assert_eq!(type_argument(&ty), Some(&parse_quote!(Vec<u8>)));
+        let ty: Type = parse_quote!(impl Iterator<Item = (u8, String)> + '_);
+        assert_eq!(iterator_item(&ty), Some(&parse_quote!((u8, String))));
+        let ty: Type = parse_quote!(Box<dyn Iterator<Item = u8> + Send>);
+        assert_eq!(iterator_item(&ty), Some(&parse_quote!(u8)));
+        let ty: Type = parse_quote!(Vec<u8>);
+        assert_eq!(iterator_item(&ty), None);
+    }
+
+    #[test]
+    fn models_methods_and_arguments() {
+        let f: Function = parse_quote! {
+            /// Docs.
+            #[must_use]
+            pub(crate) fn get<'a, T: Clone>(&self, id: u64, mut name: &'a str, (a, b): (u8, u8), _: T) -> u64 where T: Copy { 1 }
+        };
+        assert!(f.receiver().is_some());
+        assert_eq!(f.attrs.len(), 2);
+        let names: Vec<_> = f
+            .args()
+            .iter()
+            .map(|a| a.name.as_ref().map(Ident::to_string))
+            .collect();
+        assert_eq!(names, [Some("id".into()), Some("name".into()), None, None]);
+    }
+
+    #[test]
+    fn trait_methods_may_lack_a_body() {
+        let f: Function = parse_quote!(
+            fn get(&self) -> u64;
+        );
+        assert!(f.body.is_none());
+    }
+}

@@ -1,0 +1,421 @@
+//! Parsing the attribute's arguments: `#[cache_memoize(key = "...", ...)]`.
+//!
+//! Every argument is first read as a [`syn::Meta`] (`name`, `name = value`
+//! or `name(...)`), then interpreted; a mistake in one argument is recorded
+//! and parsing goes on, so that one build reports every wrong argument.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, Meta, Token};
+
+use crate::errors::{Errors, did_you_mean};
+use crate::template::Template;
+
+/// The options a user wrote, as far as they could be understood.
+#[derive(Default)]
+pub struct Attr {
+    /// `key = "..."`.
+    pub key: Option<Template>,
+    /// `expiration = <seconds>`.
+    pub expiration: Option<Expr>,
+    /// `large_data` / `large_data = <bool>`.
+    pub large_data: Option<Flag>,
+    /// `compress` / `compress = <bool>`.
+    pub compress: Option<Flag>,
+    /// `encrypt` / `encrypt = <bool>`.
+    pub encrypt: Option<Flag>,
+    /// `force_overwrite` / `force_overwrite = <bool>`.
+    pub force_overwrite: Option<Flag>,
+    /// `lock` / `lock(...)`.
+    pub lock: Option<Lock>,
+    /// `version = <int>`.
+    pub version: Option<LitInt>,
+    /// `ignore(a, b)`: arguments left out of the key on purpose.
+    pub ignore: Vec<Ident>,
+    /// `helpers = false`: no `<fn>_invalidate` / `<fn>_refresh`.
+    pub helpers: Option<Flag>,
+}
+
+/// A boolean option and where it was written.
+pub struct Flag {
+    pub span: Span,
+    pub value: bool,
+}
+
+/// `lock(timeout = <secs>, retry = <ms>, expiration = <secs>, blocking = <bool>)`.
+#[derive(Default)]
+pub struct Lock {
+    pub timeout: Option<Expr>,
+    pub retry: Option<Expr>,
+    pub expiration: Option<Expr>,
+    pub blocking: Option<Flag>,
+}
+
+/// The options of the attribute, in the order the docs list them.
+pub const OPTIONS: &[&str] = &[
+    "key",
+    "expiration",
+    "large_data",
+    "compress",
+    "encrypt",
+    "force_overwrite",
+    "lock",
+    "version",
+    "ignore",
+    "helpers",
+];
+
+const LOCK_OPTIONS: &[&str] = &["timeout", "retry", "expiration", "blocking"];
+
+/// Names people reach for that mean one of ours.
+const ALIASES: &[(&str, &str)] = &[
+    ("ttl", "expiration"),
+    ("expire", "expiration"),
+    ("expires", "expiration"),
+    ("timeout", "expiration"),
+    ("large", "large_data"),
+    ("compression", "compress"),
+    ("encrypted", "encrypt"),
+    ("encryption", "encrypt"),
+    ("force", "force_overwrite"),
+    ("overwrite", "force_overwrite"),
+    ("skip", "ignore"),
+    ("exclude", "ignore"),
+];
+
+impl Attr {
+    /// Reads the attribute's arguments, recording every mistake in `errors`.
+    pub fn parse(tokens: TokenStream, errors: &mut Errors) -> Attr {
+        let mut attr = Attr::default();
+        let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
+            Ok(metas) => metas,
+            Err(error) => {
+                errors.add(error);
+                return attr;
+            }
+        };
+        for meta in metas {
+            attr.option(meta, errors);
+        }
+        attr
+    }
+
+    fn option(&mut self, meta: Meta, errors: &mut Errors) {
+        let Some(name) = meta.path().get_ident().map(Ident::to_string) else {
+            errors.push(meta.path().span(), "expected an option name, not a path");
+            return;
+        };
+        let duplicate = match name.as_str() {
+            "key" => set(&mut self.key, key(&meta, errors)),
+            "expiration" => set(&mut self.expiration, seconds(&meta, errors)),
+            "large_data" => set(&mut self.large_data, flag(&meta, errors)),
+            "compress" => set(&mut self.compress, flag(&meta, errors)),
+            "encrypt" => set(&mut self.encrypt, flag(&meta, errors)),
+            "force_overwrite" => set(&mut self.force_overwrite, flag(&meta, errors)),
+            "helpers" => set(&mut self.helpers, flag(&meta, errors)),
+            "lock" => set(&mut self.lock, lock(&meta, errors)),
+            "version" => set(&mut self.version, version(&meta, errors)),
+            "ignore" => {
+                let repeated = !self.ignore.is_empty();
+                self.ignore.extend(ignore(&meta, errors));
+                repeated
+            }
+            _ => {
+                let alias = ALIASES.iter().find(|(alias, _)| *alias == name);
+                let hint = match alias {
+                    Some((_, option)) => format!("; did you mean `{option}`?"),
+                    None => did_you_mean(&name, OPTIONS.iter().copied()),
+                };
+                errors.push(
+                    meta.path().span(),
+                    format!(
+                        "unknown option `{name}`{hint}\nknown options: {}",
+                        OPTIONS.join(", ")
+                    ),
+                );
+                false
+            }
+        };
+        if duplicate {
+            errors.push(meta.path().span(), format!("option `{name}` given twice"));
+        }
+    }
+}
+
+/// Stores `value`; true if the option was already set.
+fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    let duplicate = slot.is_some() && value.is_some();
+    if value.is_some() {
+        *slot = value;
+    }
+    duplicate
+}
+
+fn name_value<'a>(meta: &'a Meta, form: &str, errors: &mut Errors) -> Option<&'a Expr> {
+    match meta {
+        Meta::NameValue(nv) => Some(&nv.value),
+        _ => {
+            let name = meta
+                .path()
+                .get_ident()
+                .map(Ident::to_string)
+                .unwrap_or_default();
+            errors.push(meta.span(), format!("expected `{name} = {form}`"));
+            None
+        }
+    }
+}
+
+fn key(meta: &Meta, errors: &mut Errors) -> Option<Template> {
+    match name_value(meta, "\"...\"", errors)? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => match Template::parse(lit.clone()) {
+            Ok(template) => Some(template),
+            Err(message) => {
+                errors.push(lit.span(), message);
+                None
+            }
+        },
+        other => {
+            errors.push(
+                other.span(),
+                "expected the key as a string literal, like `key = \"user:{id}\"`",
+            );
+            None
+        }
+    }
+}
+
+/// A number of seconds (or milliseconds): an integer literal, or any
+/// non-literal expression of type `u64` (a constant, `60 * 60`).
+fn duration(expr: &Expr, unit: &str, errors: &mut Errors) -> Option<Expr> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<u64>() {
+            Ok(_) if matches!(int.suffix(), "" | "u64") => Some(expr.clone()),
+            Ok(_) => {
+                errors.push(
+                    int.span(),
+                    format!("expected a number of {unit} as a `u64`"),
+                );
+                None
+            }
+            Err(error) => {
+                errors.add(error);
+                None
+            }
+        },
+        Expr::Lit(lit) => {
+            errors.push(
+                lit.span(),
+                format!("expected a whole number of {unit}, like `3600`, or a `u64` constant"),
+            );
+            None
+        }
+        _ => Some(expr.clone()),
+    }
+}
+
+fn seconds(meta: &Meta, errors: &mut Errors) -> Option<Expr> {
+    let value = name_value(meta, "<seconds>", errors)?;
+    duration(value, "seconds", errors)
+}
+
+fn flag(meta: &Meta, errors: &mut Errors) -> Option<Flag> {
+    let span = meta.path().span();
+    match meta {
+        Meta::Path(_) => Some(Flag { span, value: true }),
+        Meta::NameValue(nv) => match &nv.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(LitBool { value, .. }),
+                ..
+            }) => Some(Flag {
+                span,
+                value: *value,
+            }),
+            other => {
+                errors.push(other.span(), "expected `true` or `false`");
+                None
+            }
+        },
+        Meta::List(list) => {
+            let name = meta
+                .path()
+                .get_ident()
+                .map(Ident::to_string)
+                .unwrap_or_default();
+            errors.push(
+                list.delimiter.span().join(),
+                format!("`{name}` takes no arguments: write `{name}` or `{name} = false`"),
+            );
+            None
+        }
+    }
+}
+
+fn version(meta: &Meta, errors: &mut Errors) -> Option<LitInt> {
+    match name_value(meta, "<integer>", errors)? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) if int.base10_parse::<u64>().is_ok() => Some(int.clone()),
+        other => {
+            errors.push(
+                other.span(),
+                "expected the version as an integer literal, like `version = 2`",
+            );
+            None
+        }
+    }
+}
+
+fn ignore(meta: &Meta, errors: &mut Errors) -> Vec<Ident> {
+    let Meta::List(list) = meta else {
+        errors.push(meta.span(), "expected `ignore(argument, ...)`");
+        return Vec::new();
+    };
+    match list.parse_args_with(Punctuated::<Ident, Token![,]>::parse_terminated) {
+        Ok(names) if names.is_empty() => {
+            errors.push(list.span(), "`ignore()` names no argument");
+            Vec::new()
+        }
+        Ok(names) => names.into_iter().collect(),
+        Err(error) => {
+            errors.add(error);
+            Vec::new()
+        }
+    }
+}
+
+fn lock(meta: &Meta, errors: &mut Errors) -> Option<Lock> {
+    let mut lock = Lock::default();
+    let list = match meta {
+        Meta::Path(_) => return Some(lock),
+        Meta::List(list) => list,
+        Meta::NameValue(nv) => {
+            errors.push(
+                nv.eq_token.span,
+                "expected `lock` or `lock(timeout = <secs>, ...)`",
+            );
+            return None;
+        }
+    };
+    let metas = match list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
+        Ok(metas) => metas,
+        Err(error) => {
+            errors.add(error);
+            return None;
+        }
+    };
+    for meta in metas {
+        let name = meta
+            .path()
+            .get_ident()
+            .map(Ident::to_string)
+            .unwrap_or_default();
+        let duplicate = match name.as_str() {
+            "timeout" => set(&mut lock.timeout, seconds(&meta, errors)),
+            "expiration" => set(&mut lock.expiration, seconds(&meta, errors)),
+            "retry" => {
+                let value = name_value(&meta, "<milliseconds>", errors);
+                set(
+                    &mut lock.retry,
+                    value.and_then(|v| duration(v, "milliseconds", errors)),
+                )
+            }
+            "blocking" => set(&mut lock.blocking, flag(&meta, errors)),
+            _ => {
+                errors.push(
+                    meta.path().span(),
+                    format!(
+                        "unknown lock option `{name}`{}\nknown lock options: {}",
+                        did_you_mean(&name, LOCK_OPTIONS.iter().copied()),
+                        LOCK_OPTIONS.join(", ")
+                    ),
+                );
+                false
+            }
+        };
+        if duplicate {
+            errors.push(
+                meta.path().span(),
+                format!("lock option `{name}` given twice"),
+            );
+        }
+    }
+    Some(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse(tokens: TokenStream) -> (Attr, Vec<String>) {
+        let mut errors = Errors::default();
+        let attr = Attr::parse(tokens, &mut errors);
+        let messages = match errors.finish() {
+            Ok(()) => Vec::new(),
+            Err(all) => all.into_iter().map(|e| e.to_string()).collect(),
+        };
+        (attr, messages)
+    }
+
+    #[test]
+    fn reads_every_option() {
+        let (attr, errors) = parse(quote! {
+            key = "p:{id}", expiration = 3600, large_data, compress = false, encrypt,
+            force_overwrite, lock(timeout = 5, retry = 100, expiration = 30, blocking = false),
+            version = 2, ignore(db, log), helpers = false
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(attr.key.unwrap().components.len(), 2);
+        assert!(attr.expiration.is_some());
+        assert!(attr.large_data.unwrap().value);
+        assert!(!attr.compress.unwrap().value);
+        assert!(attr.encrypt.unwrap().value);
+        assert!(attr.force_overwrite.unwrap().value);
+        let lock = attr.lock.unwrap();
+        assert!(lock.timeout.is_some() && lock.retry.is_some() && lock.expiration.is_some());
+        assert!(!lock.blocking.unwrap().value);
+        assert_eq!(attr.version.unwrap().base10_digits(), "2");
+        assert_eq!(attr.ignore.len(), 2);
+        assert!(!attr.helpers.unwrap().value);
+    }
+
+    #[test]
+    fn empty_attribute_is_fine() {
+        let (attr, errors) = parse(quote!());
+        assert!(errors.is_empty());
+        assert!(attr.key.is_none() && attr.lock.is_none());
+    }
+
+    #[test]
+    fn reports_every_mistake_at_once() {
+        let (_, errors) = parse(quote! {
+            expiraton = 5, expiration = "soon", ttl = 3, encrypt = 1, version = "x", key = 5, lock(wait = 1)
+        });
+        assert_eq!(errors.len(), 7, "{errors:#?}");
+        assert!(errors[0].starts_with("unknown option `expiraton`; did you mean `expiration`?"));
+        assert!(errors[1].starts_with("expected a whole number of seconds"));
+        assert!(errors[2].contains("did you mean `expiration`?"));
+        assert_eq!(errors[3], "expected `true` or `false`");
+        assert!(errors[6].starts_with("unknown lock option `wait`"));
+    }
+
+    #[test]
+    fn constants_are_accepted_as_durations() {
+        let (attr, errors) = parse(quote!(expiration = HOUR * 2));
+        assert!(errors.is_empty());
+        assert!(attr.expiration.is_some());
+    }
+
+    #[test]
+    fn duplicates_are_reported() {
+        let (_, errors) = parse(quote!(encrypt, encrypt = false));
+        assert_eq!(errors, ["option `encrypt` given twice"]);
+    }
+}

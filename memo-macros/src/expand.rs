@@ -1,0 +1,502 @@
+//! The rewrite: the function keeps its signature, and its body becomes a
+//! closure handed to one runtime call, after building the key and the
+//! options. Next to it, `<fn>_invalidate` and `<fn>_refresh`.
+//!
+//! Generated code names the runtime only as
+//! `::memo_runtime::__private::v<major>_<minor>::*`, so a user's own
+//! `Result`, `String` or `serde` cannot capture a name, and a macro paired
+//! with a runtime of another version fails to compile instead of misbehaving.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, Type};
+
+use crate::ast::{self, Arg, Function, IterShape, Output};
+use crate::attr::{Attr, Flag};
+use crate::errors::Errors;
+use crate::template::{Piece, Placeholder, Target};
+use crate::valid;
+
+/// Which attribute was written.
+#[derive(Clone, Copy)]
+pub enum Mode {
+    /// `#[cache_memoize]`: the return type picks the runtime call.
+    Auto,
+    /// `#[cache_memoize_iter]`: iterator mode whatever the return type.
+    Iter,
+}
+
+/// Expands the attribute; on any mistake, the errors and the function
+/// unchanged.
+pub fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> TokenStream {
+    let func: Function = match syn::parse2(input.clone()) {
+        Ok(func) => func,
+        Err(error) => {
+            let error = syn::Error::new(
+                error.span(),
+                format!("#[cache_memoize] applies to a function: {error}"),
+            );
+            return fallback(error, input);
+        }
+    };
+    let mut errors = Errors::default();
+    let attr = Attr::parse(args, &mut errors);
+    let args = func.args();
+    let output = func.output(matches!(mode, Mode::Iter));
+    valid::check(&attr, &func, &args, &output, &mut errors);
+    if let Err(error) = errors.finish() {
+        // Stand-in helpers keep their callers compiling; an opaque
+        // iterator type cannot be stood in for by a diverging body.
+        let opaque = matches!(output, Output::Iter(IterShape::Impl, _));
+        let helpers = if valid::signature_is_usable(&func, &args, &output) && !opaque {
+            helpers(&attr, &func, &args, &quote!({ loop {} }))
+        } else {
+            TokenStream::new()
+        };
+        let mut tokens = fallback(error, input);
+        tokens.extend(helpers);
+        return tokens;
+    }
+
+    let Function {
+        attrs,
+        vis,
+        sig,
+        body,
+    } = &func;
+    let body = body.as_ref().expect("validated: has a body");
+    let rt = runtime();
+    let options = options(&attr);
+    let key = key(&attr, &func, &args);
+    let call = call(&output, body);
+    let (options_var, key_var) = locals();
+    let helpers = helpers(&attr, &func, &args, &TokenStream::new());
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let #options_var = #rt::apply_refresh(#options);
+            let #key_var = #key;
+            #call
+        }
+        #helpers
+    }
+}
+
+/// The errors, then the function as written: its callers still type-check.
+fn fallback(error: syn::Error, input: TokenStream) -> TokenStream {
+    let mut tokens = error.to_compile_error();
+    tokens.extend(input);
+    tokens
+}
+
+/// `::memo_runtime::__private::v0_1`: the hidden module of this version.
+fn runtime() -> TokenStream {
+    let module = format_ident!(
+        "v{}_{}",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR")
+    );
+    quote!(::memo_runtime::__private::#module)
+}
+
+/// The expansion's own locals, invisible to the user's body (mixed-site
+/// hygiene), so a parameter named like them is not shadowed.
+fn locals() -> (Ident, Ident) {
+    (
+        Ident::new("__memo_options", Span::mixed_site()),
+        Ident::new("__memo_key", Span::mixed_site()),
+    )
+}
+
+/// `Options::new().expiration(..)...`: only the options the user wrote.
+fn options(attr: &Attr) -> TokenStream {
+    let rt = runtime();
+    let mut tokens = quote!(#rt::Options::new());
+    let secs = |expr: &syn::Expr| quote_spanned!(expr.span()=> #rt::Duration::from_secs(#expr));
+    if let Some(expiration) = &attr.expiration {
+        let expiration = secs(expiration);
+        tokens.extend(quote!(.expiration(#expiration)));
+    }
+    let flags: [(&str, &Option<Flag>); 4] = [
+        ("force_overwrite", &attr.force_overwrite),
+        ("large_data", &attr.large_data),
+        ("compress", &attr.compress),
+        ("encrypt", &attr.encrypt),
+    ];
+    for (setter, flag) in flags {
+        if let Some(Flag { value, span }) = flag {
+            let setter = Ident::new(setter, *span);
+            tokens.extend(quote!(.#setter(#value)));
+        }
+    }
+    if let Some(lock) = &attr.lock {
+        let mut lock_options = quote!(#rt::LockOptions::new());
+        if let Some(Flag { value, .. }) = &lock.blocking {
+            lock_options.extend(quote!(.blocking(#value)));
+        }
+        if let Some(timeout) = &lock.timeout {
+            let timeout = secs(timeout);
+            lock_options.extend(quote!(.timeout(#timeout)));
+        }
+        if let Some(retry) = &lock.retry {
+            let retry = quote_spanned!(retry.span()=> #rt::Duration::from_millis(#retry));
+            lock_options.extend(quote!(.retry(#retry)));
+        }
+        if let Some(expiration) = &lock.expiration {
+            let expiration = secs(expiration);
+            lock_options.extend(quote!(.lock_expiration(#expiration)));
+        }
+        tokens.extend(quote!(.lock(#lock_options)));
+    }
+    tokens
+}
+
+/// The key as an array of components, `[String; N]`: the template's
+/// components, or the function's path and every argument not ignored; then
+/// `v<N>` when a version is set.
+fn key(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
+    let rt = runtime();
+    let mut components: Vec<TokenStream> = match &attr.key {
+        Some(template) => template
+            .components
+            .iter()
+            .map(|pieces| component(pieces, func, args))
+            .collect(),
+        None => {
+            let name = func.sig.ident.to_string();
+            let scope = if func.receiver().is_some() {
+                quote!(#rt::type_name::<Self>())
+            } else {
+                quote!(#rt::module_path!())
+            };
+            let mut components = vec![
+                quote!(#rt::String::from(#scope)),
+                quote!(#rt::String::from(#name)),
+            ];
+            components.extend(
+                keyed(attr, args)
+                    .map(|ident| quote_spanned!(ident.span()=> #rt::ToString::to_string(&#ident))),
+            );
+            components
+        }
+    };
+    if let Some(version) = &attr.version {
+        let version = format!("v{}", version.base10_digits());
+        components.push(quote!(#rt::String::from(#version)));
+    }
+    quote!([#(#components),*])
+}
+
+/// The arguments that enter the key: every named one not in `ignore(...)`.
+fn keyed<'a>(attr: &'a Attr, args: &'a [Arg]) -> impl Iterator<Item = &'a Ident> {
+    args.iter()
+        .filter_map(|arg| arg.name.as_ref())
+        .filter(|name| !attr.ignore.contains(name))
+}
+
+/// One key component: a literal, one value's `to_string()`, or a `format!`.
+fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> TokenStream {
+    let rt = runtime();
+    match pieces {
+        [Piece::Text(text)] => quote!(#rt::String::from(#text)),
+        [
+            Piece::Value(Placeholder {
+                target,
+                debug: false,
+            }),
+        ] => {
+            let value = target_expr(target, func, args);
+            quote!(#rt::ToString::to_string(&#value))
+        }
+        _ => {
+            let mut format = String::new();
+            let mut values = Vec::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => {
+                        format.push_str(&text.replace('{', "{{").replace('}', "}}"))
+                    }
+                    Piece::Value(placeholder) => {
+                        format.push_str(if placeholder.debug { "{:?}" } else { "{}" });
+                        values.push(target_expr(&placeholder.target, func, args));
+                    }
+                }
+            }
+            quote!(#rt::format!(#format, #(#values),*))
+        }
+    }
+}
+
+/// The expression a placeholder stands for, spanned at the user's own
+/// argument so that a missing `Display` points there.
+fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
+    match target {
+        Target::Arg(name) => {
+            let ident = args
+                .iter()
+                .filter_map(|arg| arg.name.as_ref())
+                .find(|ident| *ident == name)
+                .expect("validated: the placeholder names an argument");
+            quote!(#ident)
+        }
+        Target::SelfValue(fields) => {
+            let receiver = func.receiver().expect("validated: the function takes self");
+            let self_token = &receiver.self_token;
+            let fields = fields
+                .iter()
+                .map(|field| Ident::new(field, self_token.span));
+            quote!(#self_token #(.#fields)*)
+        }
+    }
+}
+
+/// The one runtime call, with the body as its closure. The cached type is
+/// named with the span of the user's own type, so that a type the cache
+/// cannot store is reported there, naming the serde traits it lacks.
+fn call(output: &Output, body: &TokenStream) -> TokenStream {
+    let rt = runtime();
+    let (options, key) = locals();
+    match output {
+        Output::Value(ty) => quote_spanned! {ty.span()=>
+            #rt::memoize::<#ty, _, _>(#key, move || -> #ty #body, &#options)
+        },
+        Output::Result(ty) => {
+            let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+            quote_spanned! {ty.span()=>
+                #rt::try_memoize::<#ok, _, _, _>(#key, move || -> #ty #body, &#options)
+            }
+        }
+        Output::Iter(shape, ty) => {
+            let item = ast::iterator_item(ty).map_or_else(|| quote!(_), |item| quote!(#item));
+            // An opaque type cannot be written on a closure; a concrete one
+            // is, which lets the body `collect()` into it.
+            let compute = match shape {
+                IterShape::Impl => quote!(move || #body),
+                IterShape::Boxed | IterShape::Collect => quote!(move || -> #ty #body),
+            };
+            let iter = quote_spanned! {ty.span()=>
+                #rt::memoize_iter::<#item, _, _, _>(#key, #compute, &#options)
+            };
+            match shape {
+                IterShape::Impl => iter,
+                IterShape::Boxed => quote!(#rt::Box::new(#iter)),
+                IterShape::Collect => quote!(#rt::FromIterator::from_iter(#iter)),
+            }
+        }
+        Output::Nothing(_) => unreachable!("validated: the function returns a value"),
+    }
+}
+
+/// `<fn>_invalidate` and `<fn>_refresh`, with `body` standing in for both
+/// bodies when the function itself is in error.
+fn helpers(attr: &Attr, func: &Function, args: &[Arg], stand_in: &TokenStream) -> TokenStream {
+    if attr.helpers.as_ref().is_some_and(|flag| !flag.value) {
+        return TokenStream::new();
+    }
+    let rt = runtime();
+    let Function {
+        attrs, vis, sig, ..
+    } = func;
+    let name = &sig.ident;
+    let generics = &sig.generics;
+    let where_clause = &generics.where_clause;
+    let carried: Vec<&Attribute> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
+        .collect();
+    let ret = match &sig.output {
+        syn::ReturnType::Type(_, ty) => ty,
+        syn::ReturnType::Default => return TokenStream::new(),
+    };
+    let typed = |arg: &Arg| -> TokenStream {
+        let name = arg.name.as_ref().expect("usable: every argument is named");
+        let ty: &Type = &arg.ty;
+        quote!(#name: #ty)
+    };
+
+    let invalidate = format_ident!("{}_invalidate", name);
+    let invalidate_doc = format!(
+        " Drops the cache entry that `{name}` stored for these arguments, so that its next call computes the value afresh."
+    );
+    let receiver_ref = func.receiver().map(|receiver| {
+        let self_token = &receiver.self_token;
+        quote!(&#self_token,)
+    });
+    let keyed_args = args
+        .iter()
+        .filter(|arg| arg.name.as_ref().is_some_and(|n| !attr.ignore.contains(n)))
+        .map(typed);
+    let invalidate_body = if stand_in.is_empty() {
+        let (options_var, key_var) = locals();
+        let options = options(attr);
+        let key = key(attr, func, args);
+        quote!({
+            let #options_var = #options;
+            let #key_var = #key;
+            #rt::invalidate(#key_var, &#options_var)
+        })
+    } else {
+        stand_in.clone()
+    };
+
+    let refresh = format_ident!("{}_refresh", name);
+    let refresh_doc = format!(
+        " Computes `{name}` afresh for these arguments and overwrites its cache entry, whatever the cache holds."
+    );
+    let receiver = func.receiver().map(|receiver| {
+        let mut receiver = receiver.clone();
+        if receiver.reference.is_none() {
+            receiver.mutability = None;
+        }
+        receiver.attrs.clear();
+        quote!(#receiver,)
+    });
+    let all_args = args.iter().map(typed);
+    let forwarded = args.iter().filter_map(|arg| arg.name.as_ref());
+    let refresh_body = if stand_in.is_empty() {
+        let callee = match func.receiver() {
+            Some(receiver) => {
+                let self_token = &receiver.self_token;
+                quote!(Self::#name(#self_token, #(#forwarded),*))
+            }
+            None => quote!(#name(#(#forwarded),*)),
+        };
+        let guard = Ident::new("__memo_refresh", Span::mixed_site());
+        quote!({
+            let #guard = #rt::refresh_next_call();
+            #callee
+        })
+    } else {
+        stand_in.clone()
+    };
+
+    let stand_in_lint = (!stand_in.is_empty()).then(|| quote!(#[allow(unused_variables)]));
+    quote! {
+        #(#carried)*
+        #stand_in_lint
+        #[doc = #invalidate_doc]
+        #[allow(dead_code)]
+        #vis fn #invalidate #generics (#receiver_ref #(#keyed_args),*)
+            -> #rt::Result<(), ::memo_runtime::Error> #where_clause
+        #invalidate_body
+
+        #(#carried)*
+        #stand_in_lint
+        #[doc = #refresh_doc]
+        #[allow(dead_code)]
+        #vis fn #refresh #generics (#receiver #(#all_args),*) -> #ret #where_clause
+        #refresh_body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: TokenStream, input: TokenStream) -> String {
+        memoize(args, input, Mode::Auto).to_string()
+    }
+
+    #[test]
+    fn hands_the_body_to_one_runtime_call() {
+        let out = expand(
+            quote!(key = "profile:{id}", expiration = 60, version = 3),
+            quote!(
+                pub fn profile(id: u64) -> String {
+                    format!("#{id}")
+                }
+            ),
+        );
+        let rt = runtime().to_string();
+        assert!(
+            out.contains(&format!(
+                "{rt} :: memoize :: < String , _ , _ > (__memo_key , move || -> String"
+            )),
+            "{out}"
+        );
+        assert!(out.contains("from_secs (60)"), "{out}");
+        assert!(
+            out.contains(&format!("{rt} :: String :: from (\"v3\")")),
+            "{out}"
+        );
+        assert!(
+            out.contains("pub fn profile_invalidate (id : u64)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pub fn profile_refresh (id : u64) -> String"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn picks_the_runtime_call_by_return_type() {
+        let out = expand(
+            quote!(),
+            quote!(
+                fn f(x: u8) -> Result<u8, E> {
+                    Ok(x)
+                }
+            ),
+        );
+        assert!(out.contains("try_memoize :: < u8 , _ , _ , _ >"), "{out}");
+        let out = expand(
+            quote!(),
+            quote!(
+                fn f(x: u8) -> impl Iterator<Item = u8> {
+                    0..x
+                }
+            ),
+        );
+        assert!(
+            out.contains("memoize_iter :: < u8 , _ , _ , _ > (__memo_key , move || { 0 .. x }"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn default_key_is_scope_name_and_arguments() {
+        let out = expand(
+            quote!(ignore(db)),
+            quote!(
+                fn f(&self, a: u8, db: &Db) -> u8 {
+                    a
+                }
+            ),
+        );
+        assert!(out.contains("type_name :: < Self > ()"), "{out}");
+        assert!(out.contains("String :: from (\"f\") , "), "{out}");
+        assert!(out.contains("to_string (& a)"), "{out}");
+        assert!(!out.contains("to_string (& db)"), "{out}");
+        assert!(out.contains("fn f_invalidate (& self , a : u8)"), "{out}");
+        assert!(out.contains("Self :: f (self , a , db)"), "{out}");
+    }
+
+    #[test]
+    fn errors_come_with_the_function_unchanged() {
+        let input = quote!(
+            fn f(a: u8, b: u8) -> u8 {
+                a + b
+            }
+        );
+        let out = expand(quote!(key = "x:{a}", bogus), input.clone());
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains(&input.to_string()), "{out}");
+        assert_eq!(out.matches("compile_error").count(), 2, "{out}");
+        assert!(out.contains("fn f_invalidate"), "stand-in helpers: {out}");
+    }
+
+    #[test]
+    fn helpers_can_be_turned_off() {
+        let out = expand(
+            quote!(helpers = false),
+            quote!(
+                fn f() -> u8 {
+                    1
+                }
+            ),
+        );
+        assert!(!out.contains("f_invalidate"), "{out}");
+    }
+}

@@ -1,0 +1,96 @@
+//! The expansion names nothing that a user's own items can capture.
+#![allow(dead_code, non_camel_case_types, unused_macros, unused_imports)]
+
+struct Result;
+struct Option;
+struct String;
+struct Vec;
+struct Box;
+struct Duration;
+struct Options;
+struct LockOptions;
+struct CacheKey;
+trait ToString {}
+trait FromIterator {}
+trait Serialize {}
+trait DeserializeOwned {}
+mod serde {}
+mod log {}
+mod core {}
+mod memo_runtime {}
+macro_rules! format {
+    ($($t:tt)*) => {
+        compile_error!("the user's format! was used")
+    };
+}
+macro_rules! module_path {
+    () => {
+        compile_error!("the user's module_path! was used")
+    };
+}
+fn type_name() {}
+fn cache_memoize() {}
+fn try_cache_memoize() {}
+fn cache_memoize_iter() {}
+fn invalidate() {}
+fn apply_refresh() {}
+
+#[::memo_runtime::cache_memoize(key = "plain:{n}:x{n}y:{n:?}", expiration = 60, lock(timeout = 1, retry = 5))]
+fn plain(n: u32) -> u64 {
+    u64::from(n)
+}
+
+#[::memo_runtime::cache_memoize]
+fn default_key(a: u8, b: &str) -> u8 {
+    a + b.len() as u8
+}
+
+#[::memo_runtime::cache_memoize(key = "fallible:{n}", version = 2)]
+fn fallible(n: u32) -> std::result::Result<u32, std::string::String> {
+    std::result::Result::Ok(n)
+}
+
+#[::memo_runtime::cache_memoize(key = "items:{n}", large_data, compress = false, encrypt)]
+fn items(n: u32) -> impl Iterator<Item = u32> {
+    0..n
+}
+
+#[::memo_runtime::cache_memoize_iter(key = "collected:{n}")]
+fn collected(n: u32) -> std::vec::Vec<u32> {
+    (0..n).collect()
+}
+
+#[::memo_runtime::cache_memoize(key = "boxed:{n}")]
+fn boxed(n: u32) -> std::boxed::Box<dyn Iterator<Item = u32>> {
+    std::boxed::Box::new(0..n)
+}
+
+/// Parameters named like the expansion's own locals.
+#[::memo_runtime::cache_memoize(key = "locals:{__memo_key}:{__memo_options}")]
+fn locals(__memo_key: u8, __memo_options: u8) -> u8 {
+    __memo_key + __memo_options
+}
+
+struct Service;
+
+impl Service {
+    #[::memo_runtime::cache_memoize]
+    fn method(&self, n: u8) -> u8 {
+        n
+    }
+}
+
+fn main() {
+    let _ = plain(1);
+    let _ = default_key(1, "x");
+    let _ = fallible(1);
+    let _ = items(1).count();
+    let _ = collected(1);
+    let _ = boxed(1).count();
+    let _ = locals(1, 2);
+    let _ = Service.method(1);
+    let _ = plain_invalidate(1);
+    let _ = plain_refresh(1);
+    let _ = Service.method_invalidate(1);
+    let _ = Service.method_refresh(1);
+}

@@ -198,9 +198,11 @@ impl Config {
 
     /// The largest item memo stores in one backend entry; larger values
     /// (with `large_data`, and iterators) are split into chunks of this
-    /// size. Clamped to at least [`MIN_CHUNK_SIZE`].
+    /// size. Clamped to at least [`MIN_CHUNK_SIZE`] and at most 4 GiB - 1
+    /// (a manifest records sizes in 32 bits).
     pub fn chunk_size(mut self, chunk_size: usize) -> Self {
-        self.chunk_size = chunk_size.max(MIN_CHUNK_SIZE);
+        let max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+        self.chunk_size = chunk_size.clamp(MIN_CHUNK_SIZE, max);
         self
     }
 

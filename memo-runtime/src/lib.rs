@@ -38,9 +38,9 @@
 //! - [`crypto`]: AES-CBC with HMAC-SHA256, encrypt-then-MAC.
 //! - [`chunk`]: splitting large values and iterators over several entries.
 //! - [`lock`]: the cache-backed lock.
-//! - [`config`]: the global configuration.
+//! - [`mod@config`]: the global configuration.
 //! - [`backend`]: the storage engines.
-//! - [`stats`]: counters of what the cache did.
+//! - [`mod@stats`]: counters of what the cache did.
 //! - [`memoize`]: the functional API.
 
 #![warn(missing_docs)]

@@ -5,7 +5,7 @@
 //! checks out is a hit. Anything else (absent, expired, corrupt, of another
 //! type, a backend error or timeout) is a miss: the compute function runs,
 //! its value is returned, and memo tries to store it. Backend failures are
-//! logged once per episode and counted in [`stats`](crate::stats); they
+//! logged once per episode and counted in [`stats`](crate::stats()); they
 //! never reach the caller, and the only panics are the caller's own.
 
 use std::collections::VecDeque;

@@ -26,7 +26,7 @@ pub use memory::MemoryBackend;
 /// value, or answered something the client could not parse.
 ///
 /// memo never hands this to the caller of a memoized function: it logs it,
-/// counts it in [`stats`](crate::stats), and computes the value instead.
+/// counts it in [`stats`](crate::stats()), and computes the value instead.
 #[derive(Debug)]
 pub struct BackendError {
     message: String,

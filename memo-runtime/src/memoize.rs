@@ -407,20 +407,24 @@ where
     T: Serialize + DeserializeOwned,
 {
     let call = Call::new(config(), key, options);
-    if !options.force_overwrite {
-        if let Some(value) = call.load::<T>() {
-            call.hit();
-            return from_cache(value);
+    let lookup = |call: &Call| {
+        (!options.force_overwrite)
+            .then(|| call.load::<T>())
+            .flatten()
+    };
+    let mut found = lookup(&call);
+    let mut guard = None;
+    if found.is_none() {
+        // With the lock held, another caller may have stored the value while
+        // we waited: look again before computing.
+        guard = call.take_lock();
+        if guard.is_some() {
+            found = lookup(&call);
         }
     }
-    let guard = call.take_lock();
-    // With the lock held, another caller may have stored the value while we
-    // waited: look again before computing.
-    if guard.is_some() && !options.force_overwrite {
-        if let Some(value) = call.load::<T>() {
-            call.hit();
-            return from_cache(value);
-        }
+    if let Some(value) = found {
+        call.hit();
+        return from_cache(value);
     }
     call.miss();
     let result = compute();
@@ -613,30 +617,30 @@ where
 {
     fn start(&mut self, key: CacheKey, options: Options) {
         let call = Box::new(Call::new(config(), key, &options));
-        if !options.force_overwrite {
-            if let Some(items) = open_items::<T>(&call) {
-                call.hit();
-                self.state = IterState::Hit {
-                    call,
-                    items,
-                    yielded: 0,
-                    _item: std::marker::PhantomData,
-                };
-                return;
+        let lookup = |call: &Call| {
+            (!options.force_overwrite)
+                .then(|| open_items::<T>(call))
+                .flatten()
+        };
+        let mut found = lookup(&call);
+        let mut lock = None;
+        if found.is_none() {
+            // With the lock held, another caller may have stored the items
+            // while we waited: look again before computing.
+            lock = call.take_lock();
+            if lock.is_some() {
+                found = lookup(&call);
             }
         }
-        let lock = call.take_lock();
-        if lock.is_some() && !options.force_overwrite {
-            if let Some(items) = open_items::<T>(&call) {
-                call.hit();
-                self.state = IterState::Hit {
-                    call,
-                    items,
-                    yielded: 0,
-                    _item: std::marker::PhantomData,
-                };
-                return;
-            }
+        if let Some(items) = found {
+            call.hit();
+            self.state = IterState::Hit {
+                call,
+                items,
+                yielded: 0,
+                _item: std::marker::PhantomData,
+            };
+            return;
         }
         call.miss();
         let compute = self.compute.take().expect("compute runs once");

@@ -159,6 +159,27 @@ impl Manifest {
         )
     }
 
+    /// Any manifest stored under `full_key`, whatever type it was written
+    /// for; `None` for anything else. For housekeeping only (finding chunks
+    /// to delete): such a manifest is never decoded into a value.
+    pub fn decode_any(
+        full_key: &str,
+        bytes: &[u8],
+        encryption: Option<&EncryptionKey>,
+    ) -> Option<Manifest> {
+        let (header, body) =
+            codec::open_envelope(full_key, bytes, Kind::Manifest, None, encryption).ok()?;
+        Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some()).ok()
+    }
+
+    /// Deletes every chunk of this write.
+    pub fn delete_chunks(&self, backend: &dyn Backend, full_key: &str) -> Result<(), BackendError> {
+        for index in 0..self.chunk_count {
+            backend.delete(&self.chunk_key(full_key, index))?;
+        }
+        Ok(())
+    }
+
     /// Opens a manifest envelope read under `full_key`.
     pub fn decode(
         full_key: &str,
@@ -403,9 +424,38 @@ impl StreamWriter {
                 envelope.len()
             )));
         }
+        // The write this one replaces, if chunked: its chunks become
+        // unreachable once the new manifest lands, so they are removed
+        // rather than left to their TTL (a Redis without an eviction policy
+        // would hold them for all of it). A reader streaming them right now
+        // meets a missing chunk, which is a miss, never a wrong value.
+        let previous = match self.backend.get(&self.full_key) {
+            Ok(Some(bytes)) => Manifest::decode_any(&self.full_key, &bytes, encryption),
+            Ok(None) => None,
+            Err(err) => {
+                self.counters.backend_failed("get", &err);
+                None
+            }
+        };
         self.backend.set(&self.full_key, &envelope, self.ttl)?;
         Counters::add(&self.counters.bytes_written, envelope.len() as u64);
+        if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
+            if let Err(err) = previous.delete_chunks(&*self.backend, &self.full_key) {
+                self.counters.backend_failed("delete", &err);
+            }
+        }
         Ok(())
+    }
+}
+
+impl Drop for StreamWriter {
+    /// A writer dropped before [`finish`](Self::finish) (an iterator the
+    /// caller stopped reading) stores no manifest; a backend failure it met
+    /// on the way is still counted, as `finish` would have.
+    fn drop(&mut self) {
+        if let Some(err) = self.failed.take() {
+            self.counters.backend_failed("set_many", &err);
+        }
     }
 }
 
@@ -830,6 +880,7 @@ mod tests {
         let s = setup();
         store(&s, &data(10_000), 1024, None, None);
         let first = manifest_of(&s);
+        let old = s.backend.get(&first.chunk_key("main", 5)).unwrap().unwrap();
         store(&s, &vec![1u8; 10_000], 1024, None, None);
         let second = manifest_of(&s);
         assert_ne!(first.write_id, second.write_id);
@@ -840,11 +891,25 @@ mod tests {
             );
         }
         // Copying the first write's chunk over the second's is caught.
-        let old = s.backend.get(&first.chunk_key("main", 5)).unwrap().unwrap();
         s.backend
             .set(&second.chunk_key("main", 5), &old, TTL)
             .unwrap();
         assert!(load(&s, None).is_err());
+    }
+
+    #[test]
+    fn an_overwrite_removes_the_previous_writes_chunks() {
+        let s = setup();
+        store(&s, &data(10_000), 1024, None, None);
+        let first = manifest_of(&s);
+        store(&s, &data(5_000), 1024, None, None);
+        for index in 0..first.chunk_count {
+            assert_eq!(
+                s.backend.get(&first.chunk_key("main", index)).unwrap(),
+                None
+            );
+        }
+        assert_eq!(load(&s, None).unwrap(), data(5_000));
     }
 
     #[test]

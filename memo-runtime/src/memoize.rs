@@ -515,22 +515,10 @@ pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Err
     if let Some(bytes) = backend.get(&call.full_key)? {
         // Any manifest under this key names chunks to remove, whatever type
         // it was written for.
-        let manifest = codec::open_envelope(
-            &call.full_key,
-            &bytes,
-            Kind::Manifest,
-            None,
-            call.encryption.as_ref(),
-        )
-        .ok()
-        .and_then(|(header, body)| {
-            Manifest::from_body(body.bytes(&bytes), header.flags, call.encryption.is_some()).ok()
-        });
+        let manifest = Manifest::decode_any(&call.full_key, &bytes, call.encryption.as_ref());
         backend.delete(&call.full_key)?;
         if let Some(manifest) = manifest {
-            for index in 0..manifest.chunk_count {
-                backend.delete(&manifest.chunk_key(&call.full_key, index))?;
-            }
+            manifest.delete_chunks(&**backend, &call.full_key)?;
         }
     }
     Ok(())

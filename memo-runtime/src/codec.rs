@@ -60,7 +60,7 @@ const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_ITERATOR;
 pub enum Kind {
     /// A whole value in the body.
     Value = 1,
-    /// A [`Manifest`] describing chunks stored under other keys.
+    /// A [`Manifest`](crate::chunk::Manifest) describing chunks stored under other keys.
     Manifest = 2,
 }
 
@@ -374,20 +374,30 @@ pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
     }
 }
 
-/// Deserializes one `T` from a byte stream without first collecting the
-/// stream into one buffer: only the bytes of the current string or byte
-/// field are held at a time (plus copies of fields a type insists on
-/// borrowing), so a large value loads in about its own size.
+/// Deserializes exactly one `T` from a byte stream that must end right
+/// after it, without first collecting the stream into one buffer: only the
+/// bytes of the current string or byte field are held at a time (plus
+/// copies of fields a type insists on borrowing), so a large value loads in
+/// about its own size.
 pub fn deserialize_from_reader<T: DeserializeOwned, R: Read>(reader: R) -> Result<T, Invalid> {
     let arena = Arena::default();
+    // postcard pulls most fields a byte at a time; the buffer makes each
+    // pull a slice index instead of a trip through the whole stream.
     let flavor = ReadFlavor {
-        reader,
+        reader: io::BufReader::with_capacity(STREAM_BUF, reader),
         temp: Vec::new(),
         arena: &arena,
     };
     let mut deserializer = postcard::Deserializer::from_flavor(flavor);
     let value = T::deserialize(&mut deserializer).map_err(|e| Invalid::Decode(e.to_string()))?;
-    Ok(value)
+    let mut rest = deserializer
+        .finalize()
+        .map_err(|e| Invalid::Decode(e.to_string()))?;
+    match io::BufRead::fill_buf(&mut rest) {
+        Ok([]) => Ok(value),
+        Ok(_) => Err(Invalid::Decode("bytes after the value".into())),
+        Err(err) => Err(Invalid::Decode(err.to_string())),
+    }
 }
 
 /// Storage for the bytes a type borrows during deserialization. Only types
@@ -441,7 +451,7 @@ impl<R: Read> ReadFlavor<'_, R> {
 }
 
 impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R> {
-    type Remainder = ();
+    type Remainder = R;
     type Source = ();
 
     fn pop(&mut self) -> postcard::Result<u8> {
@@ -465,8 +475,8 @@ impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R
         Ok(&self.temp)
     }
 
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
+    fn finalize(self) -> postcard::Result<R> {
+        Ok(self.reader)
     }
 }
 
@@ -750,6 +760,10 @@ mod tests {
         let bytes = postcard::to_stdvec(&profile()).unwrap();
         let value: Profile = deserialize_from_reader(&bytes[..]).unwrap();
         assert_eq!(value, profile());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(deserialize_from_reader::<Profile, _>(&longer[..]).is_err());
+        assert!(deserialize_from_reader::<Profile, _>(&bytes[..bytes.len() - 1]).is_err());
         // A type that borrows through deserialize_bytes/str still loads.
         let text = postcard::to_stdvec(&std::net::Ipv4Addr::new(1, 2, 3, 4)).unwrap();
         let ip: std::net::Ipv4Addr = deserialize_from_reader(&text[..]).unwrap();

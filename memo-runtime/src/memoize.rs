@@ -249,17 +249,12 @@ impl Call {
         let manifest =
             Manifest::decode(&self.full_key, bytes, fingerprint::<T>(false), encryption)?;
         let mut reader = self.reader(manifest, None);
-        let value = codec::deserialize_from_reader::<T, _>(&mut reader);
         // The value counts only if the stream also ends cleanly right after
         // it: every chunk read, lengths and padding right, nothing trailing.
-        let end = reader.read(&mut [0u8; 1]);
-        if let Some(err) = reader.take_error() {
-            return Err(err);
-        }
-        match (value, end) {
-            (Ok(value), Ok(0)) => Ok(value),
-            (Err(why), _) => Err(why.into()),
-            (Ok(_), _) => Err(Invalid::Stream("bytes after the value".into()).into()),
+        let value = codec::deserialize_from_reader::<T, _>(&mut reader);
+        match reader.take_error() {
+            Some(err) => Err(err),
+            None => value.map_err(LoadError::Invalid),
         }
     }
 

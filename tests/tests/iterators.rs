@@ -43,12 +43,8 @@ fn items_reach_the_caller_as_the_source_yields_them() {
     fresh(4096);
     let events = Rc::new(RefCell::new(Vec::new()));
     let source_events = Rc::clone(&events);
-    let source = move || {
-        (0..3u32).map(move |i| {
-            source_events.borrow_mut().push(format!("yield {i}"));
-            i
-        })
-    };
+    let source =
+        move || (0..3u32).inspect(move |i| source_events.borrow_mut().push(format!("yield {i}")));
     for item in cache_memoize_iter("stream", source, &Options::new()) {
         events.borrow_mut().push(format!("got {item}"));
     }
@@ -85,11 +81,7 @@ fn a_miss_stores_and_a_hit_replays_exactly() {
 fn chunks_are_stored_while_the_source_still_runs() {
     let _serial = serial();
     let backend = fresh(1024);
-    let mut iter = cache_memoize_iter(
-        "early",
-        || items(100_000),
-        &Options::new().compress(false),
-    );
+    let mut iter = cache_memoize_iter("early", || items(100_000), &Options::new().compress(false));
     for _ in 0..1000 {
         iter.next().unwrap();
     }
@@ -107,7 +99,10 @@ fn chunks_are_stored_while_the_source_still_runs() {
         "batches are bounded: {sets:?}"
     );
     assert!(
-        !backend.keys().iter().any(|k| k == "early" && backend.inner().get(k).unwrap().is_some()),
+        !backend
+            .keys()
+            .iter()
+            .any(|k| k == "early" && backend.inner().get(k).unwrap().is_some()),
         "the main entry is not written before the end"
     );
 }
@@ -121,7 +116,11 @@ fn an_iterator_dropped_half_way_leaves_nothing_readable() {
         .collect();
     assert_eq!(partial.len(), 5000);
     let again: Vec<_> = cache_memoize_iter("half", || items(3), &Options::new()).collect();
-    assert_eq!(again.len(), 3, "the half-written entry was not taken as complete");
+    assert_eq!(
+        again.len(),
+        3,
+        "the half-written entry was not taken as complete"
+    );
 }
 
 #[test]
@@ -131,14 +130,7 @@ fn a_panicking_source_leaves_nothing_readable() {
     let result = std::panic::catch_unwind(|| {
         cache_memoize_iter(
             "boom",
-            || {
-                items(10_000).map(|item| {
-                    if item.0 == 7000 {
-                        panic!("source failed");
-                    }
-                    item
-                })
-            },
+            || items(10_000).inspect(|item| assert_ne!(item.0, 7000, "source failed")),
             &Options::new(),
         )
         .count()
@@ -155,10 +147,12 @@ fn empty_iterators_are_cached_too() {
     for compress in [true, false] {
         let key = format!("empty-{compress}");
         let options = Options::new().compress(compress);
-        assert_eq!(cache_memoize_iter(&key, Vec::<u8>::new, &options).count(), 0);
+        assert_eq!(
+            cache_memoize_iter(&key, Vec::<u8>::new, &options).count(),
+            0
+        );
         let again: Vec<u8> =
-            cache_memoize_iter(&key, || -> Vec<u8> { unreachable!("cached") }, &options)
-                .collect();
+            cache_memoize_iter(&key, || -> Vec<u8> { unreachable!("cached") }, &options).collect();
         assert!(again.is_empty());
     }
 }

@@ -1,1 +1,294 @@
-//! Real memcached and Redis servers for tests (started on free loopback ports).
+//! Real memcached and Redis servers for tests, each a child process on a
+//! free loopback port, stopped when dropped.
+//!
+//! A test that needs a server starts its own, so tests never share state
+//! with each other or with a developer's running cache:
+//!
+//! ```no_run
+//! use memo_tests::servers::Server;
+//!
+//! let server = Server::memcached();
+//! let url = server.url(); // "memcached://127.0.0.1:PORT"
+//! server.kill(); // for fault tests: gone, port still reserved for restart()
+//! server.restart(); // back, empty, on the same port
+//! ```
+//!
+//! The binaries are Debian's (`apt-get install -y memcached redis-server`);
+//! when one is missing the test fails saying so.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "install it with: apt-get install -y memcached redis-server";
+
+/// How long a freshly started server may take to answer.
+const STARTUP: Duration = Duration::from_secs(10);
+
+/// Which server a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `memcached`, at `memcached://127.0.0.1:PORT`.
+    Memcached,
+    /// `redis-server`, at `redis://127.0.0.1:PORT`.
+    Redis,
+}
+
+impl Kind {
+    fn binary(self) -> &'static str {
+        match self {
+            Kind::Memcached => "memcached",
+            Kind::Redis => "redis-server",
+        }
+    }
+
+    fn scheme(self) -> &'static str {
+        match self {
+            Kind::Memcached => "memcached",
+            Kind::Redis => "redis",
+        }
+    }
+
+    /// A liveness probe in the server's protocol, and the start of the
+    /// answer it must give.
+    fn probe(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Kind::Memcached => (b"version\r\n", b"VERSION "),
+            Kind::Redis => (b"PING\r\n", b"+PONG"),
+        }
+    }
+}
+
+/// A server process on `127.0.0.1:port`, killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    kind: Kind,
+    binary: PathBuf,
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl Server {
+    /// Starts memcached on a free port and waits until it answers.
+    pub fn memcached() -> Server {
+        Server::start(Kind::Memcached)
+    }
+
+    /// Starts redis-server on a free port and waits until it answers.
+    pub fn redis() -> Server {
+        Server::start(Kind::Redis)
+    }
+
+    /// Starts a server of `kind` on a free port. Another process may take
+    /// the port between finding it free and the server binding it, so a
+    /// server that does not come up is retried on a new port.
+    pub fn start(kind: Kind) -> Server {
+        let binary = find_binary(kind.binary())
+            .unwrap_or_else(|| panic!("`{}` is not installed; {INSTALL_HINT}", kind.binary()));
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let server = Server {
+                kind,
+                binary: binary.clone(),
+                port,
+                child: Mutex::new(None),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(err) => last_error = err,
+            }
+        }
+        panic!("could not start {}: {last_error}", kind.binary());
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port`, as memo's backends take it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The cache URL for this server, e.g. `redis://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.kind.scheme(), self.address())
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to be gone. Its port is
+    /// not reused by these helpers until [`Server::restart`].
+    pub fn kill(&self) {
+        let mut child = self.lock();
+        if let Some(mut process) = child.take() {
+            // A stopped process dies of SIGKILL too, so no resume is needed.
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts the server again, empty, on the same port, after killing it
+    /// if it still runs.
+    pub fn restart(&self) {
+        self.kill();
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The old socket may linger for a moment after the kill.
+                Err(err) if Instant::now() > deadline => {
+                    panic!("could not restart {}: {err}", self.kind.binary())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections are still accepted by the
+    /// kernel, but nothing is answered, as with an overloaded or hung host.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.lock();
+        let Some(process) = child.as_ref() else {
+            panic!("{} is not running", self.kind.binary());
+        };
+        let status = Command::new("kill")
+            .args([signal, &process.id().to_string()])
+            .status()
+            .unwrap_or_else(|err| panic!("cannot run kill {signal}: {err}"));
+        assert!(status.success(), "kill {signal} failed: {status}");
+    }
+
+    fn spawn(&self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let mut command = Command::new(&self.binary);
+        match self.kind {
+            Kind::Memcached => {
+                command.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-m", "256"]);
+                if is_root() {
+                    command.args(["-u", "root"]);
+                }
+            }
+            Kind::Redis => {
+                command.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ]);
+            }
+        }
+        let mut process = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| {
+                format!(
+                    "cannot run {}: {err}; {INSTALL_HINT}",
+                    self.binary.display()
+                )
+            })?;
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Ok(Some(status)) = process.try_wait() {
+                return Err(format!(
+                    "exited at startup ({status}); is port {port} taken?"
+                ));
+            }
+            if self.answers() {
+                *self.lock() = Some(process);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = process.kill();
+                let _ = process.wait();
+                return Err(format!("did not answer on port {port} within {STARTUP:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether something speaking the server's protocol answers on the
+    /// port (not merely accepts: a stopped server's port still accepts).
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let timeout = Some(Duration::from_millis(500));
+        if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
+            return false;
+        }
+        let (request, expected) = self.kind.probe();
+        let mut answer = vec![0; expected.len()];
+        stream.write_all(request).is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && answer == expected
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on right now: the kernel's pick for port 0.
+fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|err| panic!("cannot bind a loopback port: {err}"))
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/bin".into(),
+            "/usr/sbin".into(),
+            "/usr/local/bin".into(),
+        ])
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// memcached refuses to run as root unless told which user to be.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| out.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}

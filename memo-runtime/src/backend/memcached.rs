@@ -67,6 +67,9 @@ const MAX_RELATIVE_EXPIRATION: u64 = 30 * 24 * 60 * 60;
 /// under any socket buffer, so the write never waits on a server that is
 /// itself waiting for us to read.
 const MAX_PIPELINED_REQUEST: usize = 32 * 1024;
+/// Keys named in one `get` command: a bounded request line, of at most
+/// ~25 KB with the longest keys.
+const MAX_KEYS_PER_GET: usize = 100;
 /// `set`s written before reading their replies. Each reply is at most a
 /// short line, so a batch's replies fit in a socket buffer.
 const MAX_PIPELINED_SETS: usize = 256;
@@ -668,7 +671,7 @@ impl Conn {
             while end < keys.len() && (end == start || self.out.len() < MAX_PIPELINED_REQUEST) {
                 let batch_start = end;
                 self.out.extend_from_slice(command.as_bytes());
-                while end < keys.len() && end - batch_start < 100 {
+                while end < keys.len() && end - batch_start < MAX_KEYS_PER_GET {
                     self.out.push(b' ');
                     self.out.extend_from_slice(keys[end].as_bytes());
                     end += 1;

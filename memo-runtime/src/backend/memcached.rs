@@ -40,24 +40,18 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::endpoint::{self, Health, Settings, lock};
+pub use super::endpoint::{
+    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
+    DEFAULT_TIMEOUT,
+};
 use super::{Backend, BackendError};
 use crate::config::{CacheUrl, ConfigError};
 
 /// The port memcached listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 11211;
-/// How long opening a connection may take by default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long one read or write may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How many idle connections each server keeps by default.
-pub const DEFAULT_POOL_SIZE: usize = 16;
-/// How long a failed server is skipped at first; the pause doubles with
-/// each further failure.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest a failed server is skipped before it is tried again.
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// memcached's longest key, in bytes.
 const MAX_KEY_LEN: usize = 250;
@@ -78,14 +72,6 @@ const MAX_PIPELINED_SETS: usize = 256;
 const DIRECT_WRITE: usize = 16 * 1024;
 /// The longest reply line memo accepts; real ones are under 300 bytes.
 const MAX_LINE: usize = 1024;
-
-const URL_PARAMS: &[&str] = &[
-    "connect_timeout_ms",
-    "timeout_ms",
-    "pool_size",
-    "backoff_ms",
-    "max_backoff_ms",
-];
 
 /// A client for one or more memcached servers.
 ///
@@ -121,15 +107,6 @@ pub struct MemcachedBackend {
     settings: Settings,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    connect_timeout: Duration,
-    timeout: Duration,
-    pool_size: usize,
-    backoff: Duration,
-    max_backoff: Duration,
-}
-
 impl std::fmt::Debug for MemcachedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemcachedBackend")
@@ -161,27 +138,21 @@ impl MemcachedBackend {
         }
         Ok(MemcachedBackend {
             servers,
-            settings: Settings {
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                timeout: DEFAULT_TIMEOUT,
-                pool_size: DEFAULT_POOL_SIZE,
-                backoff: DEFAULT_BACKOFF,
-                max_backoff: DEFAULT_MAX_BACKOFF,
-            },
+            settings: Settings::default(),
         })
     }
 
     /// How long opening a connection may take (URL: `connect_timeout_ms`).
     /// Zero means the default.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = nonzero_or(timeout, DEFAULT_CONNECT_TIMEOUT);
+        self.settings.set_connect_timeout(timeout);
         self
     }
 
     /// How long one read or write may take before the server counts as
     /// failed (URL: `timeout_ms`). Zero means the default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.settings.timeout = nonzero_or(timeout, DEFAULT_TIMEOUT);
+        self.settings.set_timeout(timeout);
         self
     }
 
@@ -197,8 +168,7 @@ impl MemcachedBackend {
     /// the next attempt (URL: `backoff_ms`, `max_backoff_ms`). The pause
     /// doubles with each consecutive failure between the two.
     pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.settings.backoff = first;
-        self.settings.max_backoff = max.max(first);
+        self.settings.set_backoff(first, max);
         self
     }
 
@@ -232,24 +202,8 @@ impl MemcachedBackend {
             ));
         }
         let mut backend = Self::new(&url.hosts)?;
-        let mut backoff = (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF);
-        for (name, value) in &url.params {
-            match name.as_str() {
-                "connect_timeout_ms" => {
-                    backend = backend.connect_timeout(positive_millis(url, name, value)?)
-                }
-                "timeout_ms" => backend = backend.timeout(positive_millis(url, name, value)?),
-                "pool_size" => {
-                    backend = backend.pool_size(value.parse().map_err(|_| {
-                        url.invalid_value(name, value, "expected a number of connections")
-                    })?)
-                }
-                "backoff_ms" => backoff.0 = url.millis(name, value)?,
-                "max_backoff_ms" => backoff.1 = url.millis(name, value)?,
-                other => return Err(url.unknown_parameter(other, URL_PARAMS)),
-            }
-        }
-        Ok(backend.backoff(backoff.0, backoff.1))
+        backend.settings.apply_url_params(url)?;
+        Ok(backend)
     }
 
     /// The index of the server holding `key`: the one whose hash with the
@@ -407,7 +361,7 @@ struct Server {
 
 impl Server {
     fn new(address: &str) -> Result<Server, ConfigError> {
-        let (host, port) = split_host_port(address, DEFAULT_PORT)?;
+        let (host, port) = endpoint::split_host_port(address, DEFAULT_PORT)?;
         Ok(Server {
             name: address.to_owned(),
             seed: fnv1a(address.as_bytes()),
@@ -497,79 +451,6 @@ impl Server {
             idle.push(conn);
         }
     }
-}
-
-/// Whether a server is usable, and if not, when to try it again.
-///
-/// After a failure the server is skipped until `retry_at`; the first caller
-/// past that time probes it, pushing `retry_at` on so that the others keep
-/// failing fast until the probe has an answer.
-#[derive(Default)]
-struct Health {
-    state: Mutex<HealthState>,
-}
-
-#[derive(Default)]
-struct HealthState {
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
-impl Health {
-    fn admit(&self, what: &dyn Fn() -> String, settings: &Settings) -> Result<(), BackendError> {
-        let mut state = lock(&self.state);
-        let Some(retry_at) = state.retry_at else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if now < retry_at {
-            return Err(BackendError::new(format!(
-                "{} is unavailable; next attempt in {} ms",
-                what(),
-                (retry_at - now).as_millis()
-            )));
-        }
-        state.retry_at = Some(now + backoff(settings, state.failures));
-        Ok(())
-    }
-
-    fn succeeded(&self, what: &dyn Fn() -> String) {
-        let mut state = lock(&self.state);
-        if state.failures > 0 {
-            log::info!("{} is reachable again", what());
-            *state = HealthState::default();
-        }
-    }
-
-    fn failed(
-        &self,
-        what: &dyn Fn() -> String,
-        settings: &Settings,
-        doing: &str,
-        err: io::Error,
-    ) -> BackendError {
-        let mut state = lock(&self.state);
-        if state.failures == 0 {
-            log::warn!(
-                "{}: {doing}: {err}; skipping it for {} ms, then retrying",
-                what(),
-                settings.backoff.as_millis()
-            );
-        }
-        state.failures = state.failures.saturating_add(1);
-        state.retry_at = Some(Instant::now() + backoff(settings, state.failures));
-        BackendError::with_source(format!("{}: {doing}", what()), err)
-    }
-}
-
-/// The pause after `failures` consecutive failures: `backoff`, doubled per
-/// further failure, capped at `max_backoff`.
-fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    settings
-        .backoff
-        .saturating_mul(1 << doublings)
-        .min(settings.max_backoff)
 }
 
 /// A failed operation, by what it means for the connection and the server.
@@ -894,65 +775,6 @@ fn expiration(ttl: Duration) -> u64 {
     now.saturating_add(seconds)
 }
 
-/// Splits `host:port`, `host` or `[v6]:port`, checking the port.
-fn split_host_port(address: &str, default_port: u16) -> Result<(String, u16), ConfigError> {
-    let invalid = |reason: &str| ConfigError::InvalidValue {
-        name: "server".to_owned(),
-        value: address.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| invalid("an IPv6 address needs a closing ]"))?;
-        match after {
-            "" => (host, None),
-            _ => (
-                host,
-                Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or_else(|| invalid("expected :port after ]"))?,
-                ),
-            ),
-        }
-    } else {
-        match address.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            Some(_) => return Err(invalid("write IPv6 addresses as [address]:port")),
-            None => (address, None),
-        }
-    };
-    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@') {
-        return Err(invalid("expected host:port, e.g. 127.0.0.1:11211"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(port) => port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
-    };
-    Ok((host.to_owned(), port))
-}
-
-fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, ConfigError> {
-    let millis = url.millis(name, value)?;
-    if millis.is_zero() {
-        return Err(url.invalid_value(name, value, "expected at least 1 millisecond"));
-    }
-    Ok(millis)
-}
-
-fn nonzero_or(duration: Duration, default: Duration) -> Duration {
-    if duration.is_zero() {
-        default
-    } else {
-        duration
-    }
-}
-
 /// Whether `err` is what a pooled connection to a restarted server gives on
 /// its first use: the peer closed or reset it, not a timeout.
 fn is_stale(err: &io::Error) -> bool {
@@ -963,14 +785,6 @@ fn is_stale(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
     )
-}
-
-/// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
-/// connections, health counters) is valid after any panic.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// 64-bit FNV-1a: fixed here, unlike std's `DefaultHasher`, so that key
@@ -1151,18 +965,10 @@ mod tests {
     }
 
     #[test]
-    fn back_off_doubles_up_to_the_cap() {
-        let settings = MemcachedBackend::new(["a"]).unwrap().settings;
-        let pauses: Vec<u128> = (1..=6).map(|n| backoff(&settings, n).as_millis()).collect();
-        assert_eq!(pauses, [500, 1000, 2000, 4000, 5000, 5000]);
-        assert_eq!(backoff(&settings, u32::MAX), DEFAULT_MAX_BACKOFF);
-    }
-
-    #[test]
     fn a_dead_server_fails_fast_and_is_skipped_during_back_off() {
         // Port 9 (discard) on loopback is closed: connections are refused.
         let backend = MemcachedBackend::new(["127.0.0.1:9"]).unwrap();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         assert!(backend.set("k", b"v", Duration::from_secs(60)).is_err());
         let err = backend.get("k").unwrap_err().to_string();
         assert!(err.contains("unavailable"), "{err}");

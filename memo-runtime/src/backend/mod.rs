@@ -13,6 +13,8 @@
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(any(feature = "memcached", feature = "redis"))]
+mod endpoint;
 pub mod memory;
 
 #[cfg(feature = "memcached")]

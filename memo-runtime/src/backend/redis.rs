@@ -20,26 +20,20 @@
 //! build. Run a TLS proxy such as stunnel next to the service instead.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion, RedisConnectionInfo};
 
+use super::endpoint::{self, Health, Settings, lock};
+pub use super::endpoint::{
+    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
+    DEFAULT_TIMEOUT,
+};
 use super::{Backend, BackendError};
 use crate::config::{CacheUrl, ConfigError};
 
 /// The port Redis listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 6379;
-/// How long opening a connection, handshake included, may take by default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long one read or write may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How many idle connections the pool keeps by default.
-pub const DEFAULT_POOL_SIZE: usize = 16;
-/// How long a failed server is skipped at first; the pause doubles with
-/// each further failure.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest a failed server is skipped before it is tried again.
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Value bytes sent in one `set_many` pipeline: the client assembles a
 /// pipeline in memory, so a large batch goes out in slices this size.
@@ -54,14 +48,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
-
-const URL_PARAMS: &[&str] = &[
-    "connect_timeout_ms",
-    "timeout_ms",
-    "pool_size",
-    "backoff_ms",
-    "max_backoff_ms",
-];
 
 /// A client for one Redis server (or anything speaking its protocol:
 /// Valkey, KeyDB, Dragonfly).
@@ -100,15 +86,6 @@ pub struct RedisBackend {
     delete_if_value: redis::Script,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    connect_timeout: Duration,
-    timeout: Duration,
-    pool_size: usize,
-    backoff: Duration,
-    max_backoff: Duration,
-}
-
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let info = self.client.get_connection_info();
@@ -132,7 +109,7 @@ impl RedisBackend {
     /// Fails only on a malformed address: nothing is resolved or connected
     /// until the first call.
     pub fn new(address: &str) -> Result<Self, ConfigError> {
-        let (host, port) = split_host_port(address)?;
+        let (host, port) = endpoint::split_host_port(address, DEFAULT_PORT)?;
         let info = ConnectionInfo {
             addr: ConnectionAddr::Tcp(host, port),
             redis: RedisConnectionInfo {
@@ -145,13 +122,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             name: address.to_owned(),
             client: Self::client(info)?,
-            settings: Settings {
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                timeout: DEFAULT_TIMEOUT,
-                pool_size: DEFAULT_POOL_SIZE,
-                backoff: DEFAULT_BACKOFF,
-                max_backoff: DEFAULT_MAX_BACKOFF,
-            },
+            settings: Settings::default(),
             idle: Mutex::new(Vec::new()),
             health: Health::default(),
             delete_if_value: redis::Script::new(DELETE_IF_VALUE),
@@ -176,14 +147,14 @@ impl RedisBackend {
     /// How long opening a connection, handshake included, may take (URL:
     /// `connect_timeout_ms`). Zero means the default.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = nonzero_or(timeout, DEFAULT_CONNECT_TIMEOUT);
+        self.settings.set_connect_timeout(timeout);
         self
     }
 
     /// How long one read or write may take before the server counts as
     /// failed (URL: `timeout_ms`). Zero means the default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.settings.timeout = nonzero_or(timeout, DEFAULT_TIMEOUT);
+        self.settings.set_timeout(timeout);
         self
     }
 
@@ -199,8 +170,7 @@ impl RedisBackend {
     /// the next attempt (URL: `backoff_ms`, `max_backoff_ms`). The pause
     /// doubles with each consecutive failure between the two.
     pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.settings.backoff = first;
-        self.settings.max_backoff = max.max(first);
+        self.settings.set_backoff(first, max);
         self
     }
 
@@ -249,24 +219,8 @@ impl RedisBackend {
                 .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
             backend = backend.password((!username.is_empty()).then_some(username), password);
         }
-        let mut backoff = (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF);
-        for (name, value) in &url.params {
-            match name.as_str() {
-                "connect_timeout_ms" => {
-                    backend = backend.connect_timeout(positive_millis(url, name, value)?)
-                }
-                "timeout_ms" => backend = backend.timeout(positive_millis(url, name, value)?),
-                "pool_size" => {
-                    backend = backend.pool_size(value.parse().map_err(|_| {
-                        url.invalid_value(name, value, "expected a number of connections")
-                    })?)
-                }
-                "backoff_ms" => backoff.0 = url.millis(name, value)?,
-                "max_backoff_ms" => backoff.1 = url.millis(name, value)?,
-                other => return Err(url.unknown_parameter(other, URL_PARAMS)),
-            }
-        }
-        Ok(backend.backoff(backoff.0, backoff.1))
+        backend.settings.apply_url_params(url)?;
+        Ok(backend)
     }
 
     fn client(info: ConnectionInfo) -> Result<redis::Client, ConfigError> {
@@ -452,151 +406,11 @@ impl Backend for RedisBackend {
     }
 }
 
-/// Whether the server is usable, and if not, when to try it again.
-///
-/// After a failure the server is skipped until `retry_at`; the first caller
-/// past that time probes it, pushing `retry_at` on so that the others keep
-/// failing fast until the probe has an answer.
-#[derive(Default)]
-struct Health {
-    state: Mutex<HealthState>,
-}
-
-#[derive(Default)]
-struct HealthState {
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
-impl Health {
-    fn admit(&self, what: &dyn Fn() -> String, settings: &Settings) -> Result<(), BackendError> {
-        let mut state = lock(&self.state);
-        let Some(retry_at) = state.retry_at else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if now < retry_at {
-            return Err(BackendError::new(format!(
-                "{} is unavailable; next attempt in {} ms",
-                what(),
-                (retry_at - now).as_millis()
-            )));
-        }
-        state.retry_at = Some(now + backoff(settings, state.failures));
-        Ok(())
-    }
-
-    fn succeeded(&self, what: &dyn Fn() -> String) {
-        let mut state = lock(&self.state);
-        if state.failures > 0 {
-            log::info!("{} is reachable again", what());
-            *state = HealthState::default();
-        }
-    }
-
-    fn failed(
-        &self,
-        what: &dyn Fn() -> String,
-        settings: &Settings,
-        doing: &str,
-        err: redis::RedisError,
-    ) -> BackendError {
-        let mut state = lock(&self.state);
-        if state.failures == 0 {
-            log::warn!(
-                "{}: {doing}: {err}; skipping it for {} ms, then retrying",
-                what(),
-                settings.backoff.as_millis()
-            );
-        }
-        state.failures = state.failures.saturating_add(1);
-        state.retry_at = Some(Instant::now() + backoff(settings, state.failures));
-        BackendError::with_source(format!("{}: {doing}", what()), err)
-    }
-}
-
-/// The pause after `failures` consecutive failures: `backoff`, doubled per
-/// further failure, capped at `max_backoff`.
-fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    settings
-        .backoff
-        .saturating_mul(1 << doublings)
-        .min(settings.max_backoff)
-}
-
 /// `PX` takes whole milliseconds, at least one.
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis())
         .unwrap_or(u64::MAX / 2)
         .max(1)
-}
-
-/// Splits `host:port`, `host` or `[v6]:port`, checking the port.
-fn split_host_port(address: &str) -> Result<(String, u16), ConfigError> {
-    let invalid = |reason: &str| ConfigError::InvalidValue {
-        name: "server".to_owned(),
-        value: address.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| invalid("an IPv6 address needs a closing ]"))?;
-        match after {
-            "" => (host, None),
-            _ => (
-                host,
-                Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or_else(|| invalid("expected :port after ]"))?,
-                ),
-            ),
-        }
-    } else {
-        match address.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            Some(_) => return Err(invalid("write IPv6 addresses as [address]:port")),
-            None => (address, None),
-        }
-    };
-    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@') {
-        return Err(invalid("expected host:port, e.g. 127.0.0.1:6379"));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(port) => port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
-    };
-    Ok((host.to_owned(), port))
-}
-
-fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, ConfigError> {
-    let millis = url.millis(name, value)?;
-    if millis.is_zero() {
-        return Err(url.invalid_value(name, value, "expected at least 1 millisecond"));
-    }
-    Ok(millis)
-}
-
-fn nonzero_or(duration: Duration, default: Duration) -> Duration {
-    if duration.is_zero() {
-        default
-    } else {
-        duration
-    }
-}
-
-/// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
-/// connections, health counters) is valid after any panic.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -678,7 +492,7 @@ mod tests {
     #[test]
     fn a_dead_server_fails_fast_and_is_skipped_during_back_off() {
         let backend = RedisBackend::new("127.0.0.1:9").unwrap();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         assert!(backend.set("k", b"v", Duration::from_secs(60)).is_err());
         let err = backend.get("k").unwrap_err().to_string();
         assert!(err.contains("unavailable"), "{err}");

@@ -16,7 +16,7 @@ use memo_runtime::{
     make_cache_key, stats, try_cache_memoize,
 };
 use memo_tests::serial;
-use memo_tests::servers::Server;
+use memo_tests::servers::{Kind, Server};
 use serde::{Deserialize, Serialize};
 
 /// A configured backend, a second client of the same backend (for the
@@ -52,34 +52,37 @@ impl Fixture {
     }
 }
 
-fn memory() -> Fixture {
+fn memory() -> Option<Fixture> {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    Fixture {
+    Some(Fixture {
         config: Config::with_shared_backend(Arc::clone(&backend)),
         whole: Arc::clone(&backend),
         raw: vec![backend],
         _servers: Vec::new(),
-    }
+    })
 }
 
-fn memcached() -> Fixture {
-    let server = Server::memcached();
-    Fixture {
+fn memcached() -> Option<Fixture> {
+    let server = Server::try_start(Kind::Memcached)?;
+    Some(Fixture {
         config: Config::from_url(&server.url()).expect("a valid memcached URL"),
         whole: Arc::new(MemcachedBackend::new([server.address()]).unwrap()),
         raw: vec![Arc::new(MemcachedBackend::new([server.address()]).unwrap())],
         _servers: vec![server],
-    }
+    })
 }
 
-fn memcached_pool() -> Fixture {
-    let servers = [Server::memcached(), Server::memcached()];
+fn memcached_pool() -> Option<Fixture> {
+    let servers = [
+        Server::try_start(Kind::Memcached)?,
+        Server::try_start(Kind::Memcached)?,
+    ];
     let url = format!(
         "memcached://{},{}",
         servers[0].address(),
         servers[1].address()
     );
-    Fixture {
+    Some(Fixture {
         config: Config::from_url(&url).expect("a valid memcached URL"),
         whole: Arc::new(
             MemcachedBackend::new([servers[0].address(), servers[1].address()]).unwrap(),
@@ -91,24 +94,24 @@ fn memcached_pool() -> Fixture {
             })
             .collect(),
         _servers: servers.into(),
-    }
+    })
 }
 
-fn redis() -> Fixture {
-    let server = Server::redis();
-    Fixture {
+fn redis() -> Option<Fixture> {
+    let server = Server::try_start(Kind::Redis)?;
+    Some(Fixture {
         config: Config::from_url(&server.url()).expect("a valid redis URL"),
         whole: Arc::new(RedisBackend::new(&server.address()).unwrap()),
         raw: vec![Arc::new(RedisBackend::new(&server.address()).unwrap())],
         _servers: vec![server],
-    }
+    })
 }
 
 /// Runs `behaviour` on a fresh fixture, configured globally for the
 /// duration, with chunks small enough that 100 KB spans many of them.
-fn run(setup: fn() -> Fixture, behaviour: fn(&Fixture)) {
+fn run(setup: fn() -> Option<Fixture>, behaviour: fn(&Fixture)) {
     let _serial = serial();
-    let fixture = setup();
+    let Some(fixture) = setup() else { return };
     configure(fixture.config.clone().namespace("suite").chunk_size(4096));
     behaviour(&fixture);
     configure(Config::new(MemoryBackend::new()));

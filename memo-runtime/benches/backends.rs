@@ -69,11 +69,14 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A raw client's `get` of one key that must be stored.
+type RawGet = Box<dyn FnMut(&str) -> Vec<u8>>;
+
 /// One backend under test: how memo reaches it, and the raw client.
 struct Target {
     name: &'static str,
     url: String,
-    raw_get: Box<dyn FnMut(&str) -> Vec<u8>>,
+    raw_get: RawGet,
     raw: Box<dyn Backend>,
     _server: Server,
 }

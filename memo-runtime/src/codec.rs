@@ -14,7 +14,9 @@
 //!      5     1  kind: 1 = value, 2 = manifest of a chunked value or iterator
 //!      6     1  flags: 1 = compressed, 2 = encrypted, 4 = iterator
 //!      7     1  reserved, 0
-//!      8     8  fingerprint of the Rust type (little endian)
+//!      8     8  fingerprint of the Rust type (little endian); zero when
+//!               encrypted: the fingerprint then leads the plaintext, so
+//!               the server cannot tell which type an entry holds
 //!     16     4  body length (little endian)
 //!     20     n  body
 //!   20+n    16  checksum: SHA-256(full key, header, body), first 16 bytes
@@ -46,6 +48,7 @@ const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 20;
 /// The size of the checksum of an unencrypted envelope.
 pub const CHECKSUM_LEN: usize = 16;
+const FINGERPRINT_LEN: usize = 8;
 
 /// Envelope flag: the payload is zlib-compressed.
 pub const FLAG_COMPRESSED: u8 = 1;
@@ -209,7 +212,7 @@ pub fn seal_envelope(
 ) -> Result<Vec<u8>, EncodeError> {
     use crate::crypto::{BLOCK, TAG};
     let stored_len = match encryption {
-        Some(_) => BLOCK + (body.len() / BLOCK + 1) * BLOCK + TAG,
+        Some(_) => BLOCK + ((FINGERPRINT_LEN + body.len()) / BLOCK + 1) * BLOCK + TAG,
         None => body.len(),
     };
     let body_len = u32::try_from(stored_len).map_err(|_| EncodeError::TooLarge(stored_len))?;
@@ -219,7 +222,9 @@ pub fn seal_envelope(
     let header = Header {
         kind,
         flags,
-        fingerprint,
+        // Encrypted, the fingerprint travels inside the ciphertext, so the
+        // server cannot tell which type an entry holds.
+        fingerprint: if encryption.is_some() { 0 } else { fingerprint },
         body_len,
     }
     .to_bytes();
@@ -227,7 +232,11 @@ pub fn seal_envelope(
     out.extend_from_slice(&header);
     match encryption {
         Some(key) => {
-            let sealed = key.seal(&[full_key.as_bytes(), &header], body);
+            let mut plaintext =
+                zeroize::Zeroizing::new(Vec::with_capacity(FINGERPRINT_LEN + body.len()));
+            plaintext.extend_from_slice(&fingerprint.to_le_bytes());
+            plaintext.extend_from_slice(body);
+            let sealed = key.seal(&[full_key.as_bytes(), &header], &plaintext);
             debug_assert_eq!(sealed.len(), stored_len);
             out.extend_from_slice(&sealed);
         }
@@ -250,16 +259,19 @@ pub fn open_envelope(
     fingerprint: Option<u64>,
     encryption: Option<&EncryptionKey>,
 ) -> Result<(Header, Body), Invalid> {
-    let header = Header::parse(bytes)?;
+    let mut header = Header::parse(bytes)?;
     if header.kind != kind {
         return Err(Invalid::Header("unexpected kind"));
-    }
-    if fingerprint.is_some_and(|expected| expected != header.fingerprint) {
-        return Err(Invalid::Type);
     }
     let encrypted = header.flags & FLAG_ENCRYPTED != 0;
     if encrypted != encryption.is_some() {
         return Err(Invalid::EncryptionMismatch);
+    }
+    if encrypted && header.fingerprint != 0 {
+        return Err(Invalid::Header("type fingerprint in the clear"));
+    }
+    if !encrypted && fingerprint.is_some_and(|expected| expected != header.fingerprint) {
+        return Err(Invalid::Type);
     }
     let trailer = if encrypted { 0 } else { CHECKSUM_LEN };
     let present = bytes.len() - HEADER_LEN;
@@ -272,11 +284,19 @@ pub fn open_envelope(
     }
     let (head, rest) = bytes.split_at(HEADER_LEN);
     let body = match encryption {
-        Some(key) => Body::Owned(
-            key.open(&[full_key.as_bytes(), head], rest)
-                .ok_or(Invalid::Mac)?
-                .to_vec(),
-        ),
+        Some(key) => {
+            let plaintext = key
+                .open(&[full_key.as_bytes(), head], rest)
+                .ok_or(Invalid::Mac)?;
+            let (inner, body) = plaintext
+                .split_first_chunk::<FINGERPRINT_LEN>()
+                .ok_or(Invalid::Header("sealed body too short"))?;
+            header.fingerprint = u64::from_le_bytes(*inner);
+            if fingerprint.is_some_and(|expected| expected != header.fingerprint) {
+                return Err(Invalid::Type);
+            }
+            Body::Owned(body.to_vec())
+        }
         None => {
             let (body, sum) = rest.split_at(header.body_len as usize);
             if !tags_equal(&checksum(full_key, head, body), sum) {
@@ -685,6 +705,19 @@ mod tests {
     fn another_type_with_the_same_layout_is_a_miss() {
         let bytes = encode_value("k", &profile(), None).unwrap();
         assert_eq!(decode_value::<Other>("k", &bytes, None), Err(Invalid::Type));
+        let sealed = encode_value("k", &profile(), Some(&key())).unwrap();
+        assert_eq!(
+            decode_value::<Other>("k", &sealed, Some(&key())),
+            Err(Invalid::Type)
+        );
+    }
+
+    #[test]
+    fn encrypted_envelopes_hide_the_type() {
+        let sealed = encode_value("k", &profile(), Some(&key())).unwrap();
+        assert_eq!(&sealed[8..16], &[0u8; 8]);
+        let fingerprint = fingerprint::<Profile>(false).to_le_bytes();
+        assert!(!sealed.windows(8).any(|w| w == fingerprint));
     }
 
     #[test]

@@ -41,6 +41,10 @@ use crate::stats::Counters;
 /// five chunks (5 MiB at the default chunk size).
 pub const BATCH_CHUNKS: usize = 4;
 
+/// How long the chunks of a superseded write stay readable, for readers
+/// that were streaming them when the new write landed.
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(5 * 60);
+
 const DIGEST: usize = 32;
 const MANIFEST_FIXED: usize = 8 + 4 + 4 + 8 + 8 + 8 + BLOCK;
 
@@ -170,6 +174,20 @@ impl Manifest {
         let (header, body) =
             codec::open_envelope(full_key, bytes, Kind::Manifest, None, encryption).ok()?;
         Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some()).ok()
+    }
+
+    /// Gives every chunk of this write `ttl` more to live (less than its
+    /// own, for a superseded write).
+    pub fn expire_chunks(
+        &self,
+        backend: &dyn Backend,
+        full_key: &str,
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        for index in 0..self.chunk_count {
+            backend.touch(&self.chunk_key(full_key, index), ttl)?;
+        }
+        Ok(())
     }
 
     /// Deletes every chunk of this write.
@@ -425,10 +443,11 @@ impl StreamWriter {
             )));
         }
         // The write this one replaces, if chunked: its chunks become
-        // unreachable once the new manifest lands, so they are removed
-        // rather than left to their TTL (a Redis without an eviction policy
-        // would hold them for all of it). A reader streaming them right now
-        // meets a missing chunk, which is a miss, never a wrong value.
+        // unreachable once the new manifest lands. Left alone they would
+        // live out their whole TTL (30 days by default; a Redis without an
+        // eviction policy would hold them all that time), and deleted at
+        // once they would vanish under a reader that is streaming them right
+        // now. So they are given a short grace period, then expire.
         let previous = match self.backend.get(&self.full_key) {
             Ok(Some(bytes)) => Manifest::decode_any(&self.full_key, &bytes, encryption),
             Ok(None) => None,
@@ -440,8 +459,9 @@ impl StreamWriter {
         self.backend.set(&self.full_key, &envelope, self.ttl)?;
         Counters::add(&self.counters.bytes_written, envelope.len() as u64);
         if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
-            if let Err(err) = previous.delete_chunks(&*self.backend, &self.full_key) {
-                self.counters.backend_failed("delete", &err);
+            let grace = SUPERSEDED_GRACE.min(self.ttl);
+            if let Err(err) = previous.expire_chunks(&*self.backend, &self.full_key, grace) {
+                self.counters.backend_failed("touch", &err);
             }
         }
         Ok(())
@@ -898,18 +918,37 @@ mod tests {
     }
 
     #[test]
-    fn an_overwrite_removes_the_previous_writes_chunks() {
+    fn an_overwrite_lets_the_previous_writes_chunks_expire_soon() {
         let s = setup();
         store(&s, &data(10_000), 1024, None, None);
         let first = manifest_of(&s);
-        store(&s, &data(5_000), 1024, None, None);
+        let mut writer = StreamWriter::new(
+            Arc::clone(&s.backend),
+            Arc::clone(&s.counters),
+            "main".into(),
+            Duration::from_millis(300),
+            1024,
+            None,
+            None,
+            false,
+        );
+        writer.write_plain(&data(5_000));
+        writer.finish(7, None).unwrap();
+        // Still there for a reader in flight...
+        assert!(
+            s.backend
+                .get(&first.chunk_key("main", 0))
+                .unwrap()
+                .is_some()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // ...then gone long before their own 60 s TTL.
         for index in 0..first.chunk_count {
             assert_eq!(
                 s.backend.get(&first.chunk_key("main", index)).unwrap(),
                 None
             );
         }
-        assert_eq!(load(&s, None).unwrap(), data(5_000));
     }
 
     #[test]

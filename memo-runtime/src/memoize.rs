@@ -533,7 +533,10 @@ pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Err
 /// as the caller pulls them. Memory stays bounded by a few chunks either
 /// way, whatever the total size. If the entry vanishes between the
 /// verification and the read (evicted), `compute` runs and the iterator
-/// continues where it was, skipping the items already yielded.
+/// continues where it was, skipping the items already yielded: like all
+/// memoization, this takes `compute` to produce the same items each time.
+/// (An overwrite by another writer does not cause this: the chunks it
+/// supersedes stay readable for [`chunk::SUPERSEDED_GRACE`].)
 ///
 /// ```
 /// use memo_runtime::{cache_memoize_iter, Options};

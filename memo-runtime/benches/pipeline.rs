@@ -59,7 +59,9 @@ struct Row {
 /// About 64 MiB of serialized rows: log-like records, compressible the way
 /// real cached data is (repeated vocabulary, varying numbers).
 fn rows() -> Vec<Row> {
-    const USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    const USERS: [&str; 8] = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
     const PATHS: [&str; 6] = [
         "/api/v1/profile",
         "/api/v1/orders",
@@ -103,7 +105,11 @@ fn hit(c: &mut Criterion) {
     for encrypt in [false, true] {
         let options = Options::new().encrypt(encrypt);
         let _: Profile = cache_memoize("bench:hit", profile, &options);
-        let name = if encrypt { "memo_encrypted" } else { "memo_clear" };
+        let name = if encrypt {
+            "memo_encrypted"
+        } else {
+            "memo_clear"
+        };
         group.bench_function(BenchmarkId::new(name, format!("{size}B")), |b| {
             b.iter(|| {
                 let value: Profile =
@@ -113,9 +119,10 @@ fn hit(c: &mut Criterion) {
         });
     }
     let full = make_cache_key("bench:hit", &Options::new());
-    group.bench_function(BenchmarkId::new("raw_backend_get", format!("{size}B")), |b| {
-        b.iter(|| black_box(backend.get(black_box(&full)).unwrap()))
-    });
+    group.bench_function(
+        BenchmarkId::new("raw_backend_get", format!("{size}B")),
+        |b| b.iter(|| black_box(backend.get(black_box(&full)).unwrap())),
+    );
     group.finish();
 }
 
@@ -124,7 +131,11 @@ fn miss_store(c: &mut Criterion) {
     let mut group = c.benchmark_group("miss_store");
     for encrypt in [false, true] {
         let options = Options::new().encrypt(encrypt).force_overwrite(true);
-        let name = if encrypt { "memo_encrypted" } else { "memo_clear" };
+        let name = if encrypt {
+            "memo_encrypted"
+        } else {
+            "memo_clear"
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let value: Profile = cache_memoize(black_box("bench:miss"), profile, &options);
@@ -146,7 +157,11 @@ fn large(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(serialized.len() as u64));
 
     for encrypt in [false, true] {
-        let suffix = if encrypt { "compressed_encrypted" } else { "compressed" };
+        let suffix = if encrypt {
+            "compressed_encrypted"
+        } else {
+            "compressed"
+        };
         let store = Options::new()
             .large_data(true)
             .encrypt(encrypt)

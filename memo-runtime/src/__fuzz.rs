@@ -315,7 +315,7 @@ fn with_own_config(read: impl FnOnce()) {
     }
 }
 
-/// Reassembles a chunked value made from `data` (see [`Plan`]) through
+/// Reassembles a chunked value made from `data` (see `Plan`) through
 /// [`cache_memoize`] with `large_data`: the caller gets the stored value
 /// or, when anything does not check out, its own.
 pub fn chunked(data: &[u8]) {
@@ -407,8 +407,11 @@ pub fn lock(data: &[u8]) {
     );
 }
 
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target, by name, with its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("envelope", envelope),
     ("open_sealed", open_sealed),
     ("manifest", manifest),

@@ -22,7 +22,7 @@
 //! receive another's value. Escaping the escape character makes the rule
 //! injective; keys without a backslash are unaffected.
 //!
-//! Derived keys (see [`chunk_key`] and [`lock_key`]) extend a full key:
+//! Derived keys (see `chunk_key` and [`lock_key`]) extend a full key:
 //! `{key}-{write id}-{n}` for the chunks of one write, `_lock_:{key}` for
 //! its lock. They are kept within 250 bytes the same way.
 

@@ -359,8 +359,14 @@ impl std::ops::DerefMut for CacheLockGuard {
 impl Drop for CacheLockGuard {
     fn drop(&mut self) {
         if self.lock.expires_at.is_some() {
-            if let Err(err) = self.lock.release() {
-                log::debug!("memo: releasing {}: {err}", self.lock.full_cache_key);
+            match self.lock.release() {
+                Ok(()) => {}
+                // Nobody else hears of a failure on this silent path, so it
+                // is counted like any other backend failure.
+                Err(LockError::Backend(err)) => {
+                    self.lock.counters.backend_failed("lock release", &err);
+                }
+                Err(err) => log::debug!("memo: releasing {}: {err}", self.lock.full_cache_key),
             }
         }
     }

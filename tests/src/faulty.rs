@@ -1,7 +1,16 @@
 //! A backend that misbehaves on purpose, reproducibly from a seed: it drops
-//! writes, corrupts, truncates and extends values, swaps values between
-//! keys, returns stale values from earlier writes, and fails operations.
-//! memo must hand its caller the right value through all of it.
+//! writes, corrupts, truncates and extends values, duplicates them, swaps
+//! values between keys, returns stale values from earlier writes, reorders
+//! and shortens `get_many` answers, stores part of a `set_many` before
+//! failing, and fails operations. memo must hand its caller the right value
+//! through all of it.
+//!
+//! Faults fall in two classes. *Failures* (`fail`, `partial_write`,
+//! `short_many`) are errors a backend reports, or an answer memo must treat
+//! as one; memo counts each in `stats().errors`, and
+//! [`FaultyBackend::injected_failures`] is the number it must reach.
+//! Everything else is silent corruption, which memo must detect and treat
+//! as a miss.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +36,12 @@ pub struct Faults {
     pub stale: u32,
     /// A `get` returns a duplicate of the value twice over.
     pub duplicate: u32,
+    /// `get_many` returns the right values in another order.
+    pub reorder: u32,
+    /// `get_many` returns fewer values than keys asked for.
+    pub short_many: u32,
+    /// `set_many` stores some of its items, then fails.
+    pub partial_write: u32,
     /// Any operation fails with an error.
     pub fail: u32,
 }
@@ -42,10 +57,16 @@ impl Faults {
             swap: per_mille,
             stale: per_mille,
             duplicate: per_mille,
+            reorder: per_mille,
+            short_many: per_mille,
+            partial_write: per_mille,
             fail: per_mille,
         }
     }
 }
+
+/// The faults that are failures memo must count in `stats().errors`.
+const FAILURES: [&str; 3] = ["fail", "partial_write", "short_many"];
 
 /// A [`MemoryBackend`] wrapped in seeded misbehaviour.
 pub struct FaultyBackend {
@@ -76,7 +97,26 @@ impl FaultyBackend {
 
     /// Injected operation failures (what `stats().errors` must account for).
     pub fn injected_failures(&self) -> u64 {
-        self.injected.lock().unwrap().get("fail").copied().unwrap_or(0)
+        let injected = self.injected.lock().unwrap();
+        FAILURES
+            .iter()
+            .map(|kind| injected.get(kind).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// How many faults of `kind` (a field name of [`Faults`]) were injected.
+    pub fn injected(&self, kind: &str) -> u64 {
+        self.injected
+            .lock()
+            .unwrap()
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The backend underneath, without faults.
+    pub fn inner(&self) -> &MemoryBackend {
+        &self.inner
     }
 
     fn next(&self) -> u64 {
@@ -164,11 +204,20 @@ impl Backend for FaultyBackend {
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         self.fail("get_many")?;
         let values = self.inner.get_many(keys)?;
-        Ok(keys
+        let mut values: Vec<Option<Vec<u8>>> = keys
             .iter()
             .zip(values)
             .map(|(key, value)| self.mangle(key, value))
-            .collect())
+            .collect();
+        if values.len() > 1 && self.roll(self.faults.reorder, "reorder") {
+            // A rotation by at least one: every value moves.
+            let by = 1 + self.next() as usize % (values.len() - 1);
+            values.rotate_left(by);
+        }
+        if !values.is_empty() && self.roll(self.faults.short_many, "short_many") {
+            values.truncate(self.next() as usize % values.len());
+        }
+        Ok(values)
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
@@ -182,7 +231,16 @@ impl Backend for FaultyBackend {
 
     fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
         self.fail("set_many")?;
-        for (key, value) in items {
+        let fail_after = self
+            .roll(self.faults.partial_write, "partial_write")
+            .then(|| self.next() as usize % items.len().max(1));
+        for (i, (key, value)) in items.iter().enumerate() {
+            if fail_after == Some(i) {
+                return Err(BackendError::new(format!(
+                    "injected failure of set_many after {i} of {} items",
+                    items.len()
+                )));
+            }
             self.remember(key, value);
             if !self.roll(self.faults.drop_write, "drop_write") {
                 self.inner.set(key, value, ttl)?;

@@ -16,5 +16,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// test that panicked while holding it leaves nothing to repair (each test
 /// configures afresh), so poisoning is ignored.
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -68,9 +68,7 @@ impl RecordingBackend {
 
     /// Whether `needle` occurs in any key or value the backend was given.
     pub fn saw(&self, needle: &[u8]) -> bool {
-        self.keys()
-            .iter()
-            .any(|k| contains(k.as_bytes(), needle))
+        self.keys().iter().any(|k| contains(k.as_bytes(), needle))
             || self.values().iter().any(|v| contains(v, needle))
     }
 

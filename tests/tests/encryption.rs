@@ -23,7 +23,9 @@ fn secret() -> Secret {
     Secret {
         owner: "Grace Hopper".into(),
         card: VALUE_MARKER.into(),
-        notes: (0..50).map(|i| format!("note {i} {VALUE_MARKER}")).collect(),
+        notes: (0..50)
+            .map(|i| format!("note {i} {VALUE_MARKER}"))
+            .collect(),
     }
 }
 
@@ -47,7 +49,12 @@ fn configured(force: bool) -> RecordingBackend {
 /// leak is caught.
 fn leaks(backend: &RecordingBackend) -> Vec<String> {
     let mut found = Vec::new();
-    for marker in [KEY_MARKER, VALUE_MARKER.as_bytes(), b"Grace Hopper", b"shop:"] {
+    for marker in [
+        KEY_MARKER,
+        VALUE_MARKER.as_bytes(),
+        b"Grace Hopper",
+        b"shop:",
+    ] {
         for window in marker.windows(6) {
             if backend.saw(window) {
                 found.push(String::from_utf8_lossy(window).into_owned());
@@ -153,6 +160,10 @@ fn every_flipped_bit_is_a_miss() {
             },
             &options.clone().force_overwrite(false),
         );
-        assert_eq!(value.owner, format!("recomputed {i}"), "flip at {i} accepted");
+        assert_eq!(
+            value.owner,
+            format!("recomputed {i}"),
+            "flip at {i} accepted"
+        );
     }
 }

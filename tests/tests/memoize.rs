@@ -75,10 +75,19 @@ fn try_cache_memoize_caches_only_ok() {
         calls.set(calls.get() + 1);
         Err("not yet".into())
     };
-    assert_eq!(try_cache_memoize("flaky", failing, &Options::new()), Err("not yet".into()));
-    assert_eq!(try_cache_memoize("flaky", failing, &Options::new()), Err("not yet".into()));
+    assert_eq!(
+        try_cache_memoize("flaky", failing, &Options::new()),
+        Err("not yet".into())
+    );
+    assert_eq!(
+        try_cache_memoize("flaky", failing, &Options::new()),
+        Err("not yet".into())
+    );
     assert_eq!(calls.get(), 2, "errors are not cached");
-    assert!(backend.values().is_empty(), "nothing was stored for an error");
+    assert!(
+        backend.values().is_empty(),
+        "nothing was stored for an error"
+    );
     let ok: Result<u32, String> = try_cache_memoize("flaky", || Ok(7), &Options::new());
     assert_eq!(ok, Ok(7));
     let cached: Result<u32, String> =
@@ -99,11 +108,18 @@ fn large_values_are_chunked_compressed_and_round_trip() {
         .iter()
         .filter(|op| matches!(op, Op::Set(key, _) if key.starts_with("big-")))
         .count();
-    assert!(chunk_writes > 3, "stored over several chunks, got {chunk_writes}");
+    assert!(
+        chunk_writes > 3,
+        "stored over several chunks, got {chunk_writes}"
+    );
     for value in backend.values() {
         assert!(value.len() <= 4096 + 64, "item of {} bytes", value.len());
     }
-    let loaded = cache_memoize("big", || -> Vec<Profile> { unreachable!("cached") }, &options);
+    let loaded = cache_memoize(
+        "big",
+        || -> Vec<Profile> { unreachable!("cached") },
+        &options,
+    );
     assert_eq!(loaded, big);
     assert_eq!(stats().hits, 1);
 }
@@ -206,9 +222,7 @@ fn values_expire() {
 #[test]
 fn the_configured_default_expiration_applies() {
     let _serial = serial();
-    configure(
-        Config::new(MemoryBackend::new()).default_expiration(Duration::from_millis(100)),
-    );
+    configure(Config::new(MemoryBackend::new()).default_expiration(Duration::from_millis(100)));
     let _: u32 = cache_memoize("default-ttl", || 1, &Options::new());
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(cache_memoize("default-ttl", || 2u32, &Options::new()), 2);
@@ -235,7 +249,10 @@ fn keys_follow_djblets_rules_with_the_namespace() {
         "10c4714f5c6c49045ed25c8da7d04a4be2254fa275fc3b63bdeebe887aee52f9"
     );
     let parts: Vec<String> = vec!["a".into(), "b c".into()];
-    assert_eq!(make_cache_key(parts, &Options::new()), "example.com:a:b\\x20c");
+    assert_eq!(
+        make_cache_key(parts, &Options::new()),
+        "example.com:a:b\\x20c"
+    );
     assert_eq!(
         make_cache_key(CacheKey::from(&["only:one"][..]), &Options::new()),
         "example.com:only:one"
@@ -253,7 +270,11 @@ fn reconfiguring_switches_backend_and_namespace() {
     assert_eq!(cache_memoize("k", || 2u32, &Options::new()), 2);
     assert!(first.keys().iter().all(|k| k.starts_with("one:")));
     assert!(second.keys().iter().all(|k| k.starts_with("two:")));
-    assert_eq!(stats().misses, 1, "stats start afresh with a new configuration");
+    assert_eq!(
+        stats().misses,
+        1,
+        "stats start afresh with a new configuration"
+    );
 }
 
 #[test]

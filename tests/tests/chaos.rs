@@ -133,7 +133,9 @@ fn recovery() -> Duration {
 }
 
 fn chaos(kind: Kind) {
-    let server = Server::start(kind);
+    let Some(server) = Server::try_start(kind) else {
+        return;
+    };
     let url = format!(
         "{}?namespace=chaos&timeout_ms={}&connect_timeout_ms=200&backoff_ms=200&max_backoff_ms=1000",
         server.url(),

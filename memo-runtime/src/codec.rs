@@ -806,6 +806,88 @@ mod tests {
         assert_eq!(cow, "text");
     }
 
+    /// A type that insists on borrowing: it asks for `deserialize_str` and
+    /// `deserialize_bytes`, which hand out data borrowed from the input
+    /// (the arena, when reading from a stream).
+    #[derive(Debug, PartialEq)]
+    struct Borrowing(String, Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Borrowing {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl serde::de::Visitor<'_> for Text {
+                type Value = String;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<String, E> {
+                    Ok(v.to_owned())
+                }
+            }
+            struct Bytes;
+            impl serde::de::Visitor<'_> for Bytes {
+                type Value = Vec<u8>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                    Ok(v.to_vec())
+                }
+            }
+            struct Pair;
+            impl<'de> serde::de::Visitor<'de> for Pair {
+                type Value = Borrowing;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a pair")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Borrowing, A::Error> {
+                    struct S;
+                    impl<'de> serde::de::DeserializeSeed<'de> for S {
+                        type Value = String;
+                        fn deserialize<D: serde::Deserializer<'de>>(
+                            self,
+                            d: D,
+                        ) -> Result<String, D::Error> {
+                            d.deserialize_str(Text)
+                        }
+                    }
+                    struct B;
+                    impl<'de> serde::de::DeserializeSeed<'de> for B {
+                        type Value = Vec<u8>;
+                        fn deserialize<D: serde::Deserializer<'de>>(
+                            self,
+                            d: D,
+                        ) -> Result<Vec<u8>, D::Error> {
+                            d.deserialize_bytes(Bytes)
+                        }
+                    }
+                    let text = seq.next_element_seed(S)?;
+                    let bytes = seq.next_element_seed(B)?;
+                    match (text, bytes) {
+                        (Some(text), Some(bytes)) => Ok(Borrowing(text, bytes)),
+                        _ => Err(serde::de::Error::invalid_length(0, &self)),
+                    }
+                }
+            }
+            d.deserialize_tuple(2, Pair)
+        }
+    }
+
+    #[test]
+    fn types_that_borrow_load_from_a_stream() {
+        let mut bytes = Vec::new();
+        write_varint(5, &mut bytes);
+        bytes.extend_from_slice(b"hello");
+        write_varint(3, &mut bytes);
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let value: Borrowing = deserialize_from_reader(&bytes[..]).unwrap();
+        assert_eq!(value, Borrowing("hello".into(), vec![1, 2, 3]));
+        assert!(deserialize_from_reader::<Borrowing, _>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
     #[test]
     fn compression_round_trips_in_small_pieces() {
         let input: Vec<u8> = (0..200_000u32)

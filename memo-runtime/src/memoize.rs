@@ -364,6 +364,27 @@ impl Call {
         }
     }
 
+    /// Looks the entry up with `lookup` (unless the call overwrites); on a
+    /// miss, takes the call's lock, if it has one, and looks again, since
+    /// another caller may have stored the entry while this one waited.
+    /// Returns what was found, and the lock to hold while computing.
+    fn find_or_lock<V>(
+        &self,
+        lookup: impl Fn(&Call) -> Option<V>,
+    ) -> (Option<V>, Option<CacheLockGuard>) {
+        let lookup = || {
+            (!self.options.force_overwrite)
+                .then(|| lookup(self))
+                .flatten()
+        };
+        if let Some(found) = lookup() {
+            return (Some(found), None);
+        }
+        let guard = self.take_lock();
+        let found = guard.as_ref().and_then(|_| lookup());
+        (found, guard)
+    }
+
     fn hit(&self) {
         Counters::add(&self.counters().hits, 1);
     }
@@ -402,21 +423,7 @@ where
     T: Serialize + DeserializeOwned,
 {
     let call = Call::new(config(), key, options);
-    let lookup = |call: &Call| {
-        (!options.force_overwrite)
-            .then(|| call.load::<T>())
-            .flatten()
-    };
-    let mut found = lookup(&call);
-    let mut guard = None;
-    if found.is_none() {
-        // With the lock held, another caller may have stored the value while
-        // we waited: look again before computing.
-        guard = call.take_lock();
-        if guard.is_some() {
-            found = lookup(&call);
-        }
-    }
+    let (found, guard) = call.find_or_lock(Call::load::<T>);
     if let Some(value) = found {
         call.hit();
         return from_cache(value);
@@ -603,21 +610,7 @@ where
 {
     fn start(&mut self, key: CacheKey, options: Options) {
         let call = Box::new(Call::new(config(), key, &options));
-        let lookup = |call: &Call| {
-            (!options.force_overwrite)
-                .then(|| open_items::<T>(call))
-                .flatten()
-        };
-        let mut found = lookup(&call);
-        let mut lock = None;
-        if found.is_none() {
-            // With the lock held, another caller may have stored the items
-            // while we waited: look again before computing.
-            lock = call.take_lock();
-            if lock.is_some() {
-                found = lookup(&call);
-            }
-        }
+        let (found, lock) = call.find_or_lock(open_items::<T>);
         if let Some(items) = found {
             call.hit();
             self.state = IterState::Hit {

@@ -53,6 +53,11 @@ use crate::config::{CacheUrl, ConfigError};
 /// The port memcached listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 11211;
 
+/// memcached's largest possible item (its `-I` setting tops out at 1 GiB):
+/// a reply claiming more is not from a memcached, and is refused before a
+/// byte of it is read.
+const MAX_ITEM: usize = 1 << 30;
+
 /// memcached's longest key, in bytes.
 const MAX_KEY_LEN: usize = 250;
 /// Expirations above this many seconds are Unix times to memcached.
@@ -731,7 +736,11 @@ fn parse_value_line(line: &str) -> Result<(&str, usize, Option<u64>), OpError> {
     }
     let key = parts.next().ok_or_else(bad)?;
     let _flags: u32 = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-    let length = parts.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
+    let length = parts
+        .next()
+        .and_then(|l| l.parse().ok())
+        .filter(|&length| length <= MAX_ITEM)
+        .ok_or_else(bad)?;
     let cas = match parts.next() {
         Some(token) => Some(token.parse().map_err(|_| bad())?),
         None => None,
@@ -958,6 +967,7 @@ mod tests {
             "VALUE k 0 -1",
             "VALUE k 0 5 x",
             "VALUE k 0 5 1 2",
+            "VALUE k 0 1073741825",
             "STORED",
         ] {
             assert!(parse_value_line(bad).is_err(), "{bad}");

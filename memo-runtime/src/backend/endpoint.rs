@@ -102,6 +102,43 @@ impl Settings {
     }
 }
 
+/// The builder methods every network backend offers over its `settings`
+/// field, written once so the two backends cannot drift apart.
+macro_rules! tuning_setters {
+    () => {
+        /// How long opening a connection, any handshake included, may take
+        /// (URL: `connect_timeout_ms`). Zero means the default.
+        pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+            self.settings.set_connect_timeout(timeout);
+            self
+        }
+
+        /// How long one read or write may take before the server counts as
+        /// failed (URL: `timeout_ms`). Zero means the default.
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.settings.set_timeout(timeout);
+            self
+        }
+
+        /// How many idle connections are kept per server for reuse (URL:
+        /// `pool_size`). More callers than this still run at once on extra
+        /// connections, which are closed after use. Zero keeps none.
+        pub fn pool_size(mut self, size: usize) -> Self {
+            self.settings.pool_size = size;
+            self
+        }
+
+        /// How long a failed server is skipped at first, and at most, before
+        /// the next attempt (URL: `backoff_ms`, `max_backoff_ms`). The pause
+        /// doubles with each consecutive failure between the two.
+        pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+            self.settings.set_backoff(first, max);
+            self
+        }
+    };
+}
+pub(crate) use tuning_setters;
+
 fn positive_millis(url: &CacheUrl, name: &str, value: &str) -> Result<Duration, ConfigError> {
     let millis = url.millis(name, value)?;
     if millis.is_zero() {

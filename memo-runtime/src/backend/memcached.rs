@@ -147,35 +147,7 @@ impl MemcachedBackend {
         })
     }
 
-    /// How long opening a connection may take (URL: `connect_timeout_ms`).
-    /// Zero means the default.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.set_connect_timeout(timeout);
-        self
-    }
-
-    /// How long one read or write may take before the server counts as
-    /// failed (URL: `timeout_ms`). Zero means the default.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.settings.set_timeout(timeout);
-        self
-    }
-
-    /// How many idle connections each server keeps for reuse (URL:
-    /// `pool_size`). More callers than this still run at once on extra
-    /// connections, which are closed after use. Zero keeps none.
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.settings.pool_size = size;
-        self
-    }
-
-    /// How long a failed server is skipped at first, and at most, before
-    /// the next attempt (URL: `backoff_ms`, `max_backoff_ms`). The pause
-    /// doubles with each consecutive failure between the two.
-    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.settings.set_backoff(first, max);
-        self
-    }
+    endpoint::tuning_setters!();
 
     /// The servers, as given.
     pub fn servers(&self) -> Vec<&str> {

@@ -171,9 +171,7 @@ impl Manifest {
         bytes: &[u8],
         encryption: Option<&EncryptionKey>,
     ) -> Option<Manifest> {
-        let (header, body) =
-            codec::open_envelope(full_key, bytes, Kind::Manifest, None, encryption).ok()?;
-        Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some()).ok()
+        Self::open(full_key, bytes, None, encryption).ok()
     }
 
     /// Gives every chunk of this write `ttl` more to live (less than its
@@ -205,13 +203,17 @@ impl Manifest {
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
-        let (header, body) = codec::open_envelope(
-            full_key,
-            bytes,
-            Kind::Manifest,
-            Some(fingerprint),
-            encryption,
-        )?;
+        Self::open(full_key, bytes, Some(fingerprint), encryption)
+    }
+
+    fn open(
+        full_key: &str,
+        bytes: &[u8],
+        fingerprint: Option<u64>,
+        encryption: Option<&EncryptionKey>,
+    ) -> Result<Manifest, Invalid> {
+        let (header, body) =
+            codec::open_envelope(full_key, bytes, Kind::Manifest, fingerprint, encryption)?;
         Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some())
     }
 }
@@ -327,9 +329,8 @@ impl StreamWriter {
     /// Appends one framed iterator item (its postcard bytes).
     pub fn write_item(&mut self, item: &[u8]) {
         self.manifest.item_count += 1;
-        let mut frame = Vec::with_capacity(10);
-        codec::write_varint(item.len() as u64, &mut frame);
-        self.write_plain(&frame);
+        let (frame, len) = codec::varint(item.len() as u64);
+        self.write_plain(&frame[..len]);
         self.write_plain(item);
     }
 

@@ -600,13 +600,24 @@ impl Inflater {
     }
 }
 
-/// Appends `n` as a LEB128 varint (the framing of iterator items).
-pub fn write_varint(mut n: u64, out: &mut Vec<u8>) {
+/// `n` as a LEB128 varint (the framing of iterator items): the bytes and
+/// how many of them are used, without allocating.
+pub fn varint(mut n: u64) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut len = 0;
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        out[len] = (n as u8) | 0x80;
         n >>= 7;
+        len += 1;
     }
-    out.push(n as u8);
+    out[len] = n as u8;
+    (out, len + 1)
+}
+
+/// Appends `n` as a LEB128 varint.
+pub fn write_varint(n: u64, out: &mut Vec<u8>) {
+    let (bytes, len) = varint(n);
+    out.extend_from_slice(&bytes[..len]);
 }
 
 /// Reads a LEB128 varint; `Ok(None)` at a clean end of stream.

@@ -654,10 +654,9 @@ fn open_items<T>(call: &Call) -> Option<ItemReader> {
             chunk::BATCH_CHUNKS,
         )?;
         Ok(ItemReader {
-            expected: manifest.item_count,
-            plain_len: manifest.plain_len,
             reader: call.reader(manifest, kept),
             read: 0,
+            item: Vec::new(),
         })
     });
     opened.map_err(|err| call.load_failed(err)).ok()
@@ -666,9 +665,9 @@ fn open_items<T>(call: &Call) -> Option<ItemReader> {
 /// Decodes length-framed items from a chunked stream.
 struct ItemReader {
     reader: StreamReader,
-    expected: u64,
-    plain_len: u64,
     read: u64,
+    /// The current item's bytes, reused from item to item.
+    item: Vec<u8>,
 }
 
 impl ItemReader {
@@ -684,28 +683,29 @@ impl ItemReader {
     fn next_inner<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LoadError> {
         let stream = |err: io::Error| LoadError::Invalid(Invalid::Stream(err.to_string()));
         let Some(len) = codec::read_varint(&mut self.reader).map_err(stream)? else {
-            if self.read != self.expected {
+            let expected = self.reader.manifest().item_count;
+            if self.read != expected {
                 return Err(Invalid::Stream(format!(
-                    "{} items, the manifest says {}",
-                    self.read, self.expected
+                    "{} items, the manifest says {expected}",
+                    self.read
                 ))
                 .into());
             }
             return Ok(None);
         };
-        if len > self.plain_len {
+        if len > self.reader.manifest().plain_len {
             return Err(Invalid::Stream("item longer than the stream".into()).into());
         }
-        let mut bytes = Vec::new();
+        self.item.clear();
         (&mut self.reader)
             .take(len)
-            .read_to_end(&mut bytes)
+            .read_to_end(&mut self.item)
             .map_err(stream)?;
-        if bytes.len() as u64 != len {
+        if self.item.len() as u64 != len {
             return Err(Invalid::Stream("truncated item".into()).into());
         }
         self.read += 1;
-        Ok(Some(codec::decode_exact::<T>(&bytes)?))
+        Ok(Some(codec::decode_exact::<T>(&self.item)?))
     }
 }
 

@@ -442,9 +442,14 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 /// Backends receive this from [`Config::from_url`] with the general
 /// parameters (namespace, expiration, ...) already taken out, so whatever
 /// is left in `params` is theirs to accept or reject.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Credentials never leave it by accident: `url` holds the URL with its
+/// userinfo replaced by `***`, and `Debug` prints the userinfo the same way,
+/// since both end up in error messages and logs.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CacheUrl {
-    /// The URL as given, for error messages.
+    /// The URL as given, with any credentials replaced by `***`: safe for
+    /// error messages and logs.
     pub url: String,
     /// The scheme, lower-cased (`memory`, `memcached`, `redis`).
     pub scheme: String,
@@ -458,11 +463,52 @@ pub struct CacheUrl {
     pub params: Vec<(String, String)>,
 }
 
+impl fmt::Debug for CacheUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheUrl")
+            .field("url", &self.url)
+            .field("scheme", &self.scheme)
+            .field("userinfo", &self.userinfo.as_ref().map(|_| REDACTED))
+            .field("hosts", &self.hosts)
+            .field("path", &self.path)
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+/// What stands in for credentials wherever a URL is shown.
+const REDACTED: &str = "***";
+
+/// `url` with its userinfo (everything up to the last `@` ahead of the
+/// query) replaced by [`REDACTED`]. It reaches past the first `/` on
+/// purpose: a password with an unescaped `/` does not parse, and the error
+/// saying so must not print it either.
+fn redact(url: &str) -> String {
+    // Without a scheme there is no telling where credentials begin: hide
+    // everything up to the `@`.
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let query = rest.find('?').unwrap_or(rest.len());
+    match rest[..query].rfind('@') {
+        Some(at) => format!("{}{REDACTED}{}", &url[..start], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 impl CacheUrl {
     /// Takes `url` apart.
+    ///
+    /// ```
+    /// use memo_runtime::CacheUrl;
+    ///
+    /// let url = CacheUrl::parse("redis://:s3cret@cache:6379/2").unwrap();
+    /// assert_eq!(url.url, "redis://***@cache:6379/2");
+    /// assert!(!format!("{url:?}").contains("s3cret"));
+    /// ```
     pub fn parse(url: &str) -> Result<CacheUrl, ConfigError> {
+        let redacted = redact(url);
         let invalid = |reason: &str| ConfigError::InvalidUrl {
-            url: url.to_owned(),
+            url: redacted.clone(),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = url
@@ -479,13 +525,21 @@ impl CacheUrl {
             Some((before, query)) => (before, Some(query)),
             None => (rest, None),
         };
-        let (authority, path) = match before_query.split_once('/') {
-            Some((authority, path)) => (authority, path),
-            None => (before_query, ""),
+        // The last `@` ends the credentials even when they hold an unescaped
+        // `/`, the same rule `redact` follows, so hosts never hold a secret.
+        let (userinfo, after_userinfo) = match before_query.rsplit_once('@') {
+            Some((userinfo, rest)) => (
+                // The credentials' own text must not reach the error.
+                Some(percent_decode(userinfo, &redacted).map_err(|_| {
+                    invalid("bad percent escape or non-UTF-8 text in the credentials")
+                })?),
+                rest,
+            ),
+            None => (None, before_query),
         };
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(percent_decode(userinfo, url)?), hosts),
-            None => (None, authority),
+        let (hosts, path) = match after_userinfo.split_once('/') {
+            Some((hosts, path)) => (hosts, path),
+            None => (after_userinfo, ""),
         };
         let hosts = if hosts.is_empty() {
             Vec::new()
@@ -505,10 +559,13 @@ impl CacheUrl {
         let mut params = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            params.push((percent_decode(name, url)?, percent_decode(value, url)?));
+            params.push((
+                percent_decode(name, &redacted)?,
+                percent_decode(value, &redacted)?,
+            ));
         }
         Ok(CacheUrl {
-            url: url.to_owned(),
+            url: redacted.clone(),
             scheme: scheme.to_ascii_lowercase(),
             userinfo,
             hosts,
@@ -610,6 +667,35 @@ pub fn config() -> Arc<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_errors_or_debug() {
+        for url in [
+            "redis://:s3cret@a:1,b:2",
+            "redis://user:s3cret@a:1/x?namespace=n&bogus=1",
+            "redis://:s3cret@a:1?timeout_ms=soon",
+            "redis://:s3%zzcret@a:1",
+            "redis://:s3/cret@a:1",
+            "memcached://user:s3cret@a:1",
+            "ftp://:s3cret@a:1",
+            "nonsense:s3cret@a",
+        ] {
+            if let Ok(parsed) = CacheUrl::parse(url) {
+                let shown = format!("{parsed:?}");
+                assert!(!shown.contains("s3"), "{shown}");
+                assert!(!parsed.url.contains("s3"), "{}", parsed.url);
+            }
+            let shown = match Config::from_url(url) {
+                Ok(config) => vec![format!("{config:?}")],
+                Err(err) => vec![err.to_string(), format!("{err:?}")],
+            };
+            for shown in shown {
+                assert!(!shown.contains("s3"), "{url} leaked: {shown}");
+            }
+        }
+        assert_eq!(redact("redis://u:p@h:1/2?a=b@c"), "redis://***@h:1/2?a=b@c");
+        assert_eq!(redact("memcached://h:1"), "memcached://h:1");
+    }
 
     #[test]
     fn url_with_several_hosts_and_params_is_taken_apart() {

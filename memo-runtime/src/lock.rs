@@ -243,7 +243,7 @@ impl CacheLock {
                 self.token.as_bytes(),
                 self.options.lock_expiration,
             )? {
-                self.expires_at = Some(attempt + self.options.lock_expiration);
+                self.expires_at = Some(later(attempt, self.options.lock_expiration));
                 return Ok(true);
             }
             if !self.options.blocking {
@@ -301,7 +301,7 @@ impl CacheLock {
             self.backend.get(&self.full_cache_key)?.as_deref() == Some(self.token.as_bytes());
         let now = Instant::now();
         if holds && self.backend.touch(&self.full_cache_key, expiration)? {
-            self.expires_at = Some(now + expiration);
+            self.expires_at = Some(later(now, expiration));
             Ok(())
         } else {
             self.expires_at = None;
@@ -372,12 +372,33 @@ impl Drop for CacheLockGuard {
     }
 }
 
-/// `base` plus a random 0–25%.
+/// `base` plus a random 0–25%, saturating: integer arithmetic, because
+/// `Duration::mul_f64` panics near `Duration::MAX` and a caller may pass it.
 fn jittered(base: Duration) -> Duration {
     let mut bytes = [0u8; 2];
     crate::crypto::fill_random(&mut bytes);
-    let fraction = f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX) * 0.25;
-    base.mul_f64(1.0 + fraction)
+    let quarter_nanos = base.as_nanos() / 4;
+    let extra = quarter_nanos * u128::from(u16::from_le_bytes(bytes)) / u128::from(u16::MAX);
+    base.saturating_add(duration_from_nanos(extra))
+}
+
+/// `nanos` as a `Duration`, saturating at `Duration::MAX`.
+fn duration_from_nanos(nanos: u128) -> Duration {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    match u64::try_from(nanos / NANOS_PER_SEC) {
+        // Below a second's worth of nanoseconds, so the cast is exact.
+        Ok(secs) => Duration::new(secs, (nanos % NANOS_PER_SEC) as u32),
+        Err(_) => Duration::MAX,
+    }
+}
+
+/// `from + after`, or a point so far ahead that it never comes when the sum
+/// does not fit an `Instant` (a caller may ask for `Duration::MAX`).
+fn later(from: Instant, after: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(after)
+        .or_else(|| from.checked_add(CENTURY.min(after)))
+        .unwrap_or(from)
 }
 
 #[cfg(test)]
@@ -391,6 +412,53 @@ mod tests {
 
     fn lock(config: &Config, options: LockOptions) -> CacheLock {
         CacheLock::for_full_key(config, "job", options)
+    }
+
+    #[test]
+    fn jitter_and_deadlines_saturate_at_the_largest_durations() {
+        for base in [
+            Duration::ZERO,
+            Duration::from_nanos(3),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let jittered = jittered(base);
+            assert!(jittered >= base);
+            assert!(jittered <= base.saturating_add(base / 4));
+        }
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(duration_from_nanos(u128::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn the_largest_durations_are_valid_lock_settings() {
+        let config = config();
+        for huge in [Duration::from_secs(u64::MAX), Duration::MAX] {
+            let mut holder = lock(&config, LockOptions::new().lock_expiration(huge));
+            assert!(holder.acquire().unwrap());
+            assert!(holder.locked());
+            holder.update_expiration(Some(huge)).unwrap();
+            assert!(holder.locked());
+
+            // A huge retry interval still gives up at the timeout.
+            let mut waiter = lock(
+                &config,
+                LockOptions::new()
+                    .retry(huge)
+                    .timeout(Duration::from_millis(50)),
+            );
+            let start = Instant::now();
+            assert!(matches!(waiter.acquire(), Err(LockError::Timeout { .. })));
+            assert!(start.elapsed() < Duration::from_secs(5));
+
+            holder.release().unwrap();
+            assert!(!holder.locked());
+        }
     }
 
     #[test]

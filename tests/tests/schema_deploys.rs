@@ -10,8 +10,11 @@
 //! decode deploy 1's `Order { cents: 5, qty: 3 }` as deploy 2's
 //! `Order { qty: -3, cents: 3 }`, and `Status::Paid` as `Status::Open`.
 
+use std::cell::Cell;
 use std::process::Command;
 
+use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, cache_memoize_iter, configure};
+use memo_tests::serial;
 use memo_tests::servers::{Kind, Server};
 
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -126,4 +129,85 @@ fn deploys_with_changed_types_miss_each_other_on_memcached() {
 #[cfg(feature = "redis")]
 fn deploys_with_changed_types_miss_each_other_on_redis() {
     two_deploys(Kind::Redis);
+}
+
+/// Both deploys' types in one process, through the public API: their names
+/// are equal (two builds of one crate), their shapes are not, and each
+/// reads the other's entry under the same key as a miss.
+#[test]
+fn same_name_other_shape_is_a_miss_in_one_process() {
+    let _serial = serial();
+    assert_eq!(
+        std::any::type_name::<deploy_v1::Order>(),
+        std::any::type_name::<deploy_v2::Order>()
+    );
+    for options in [
+        Options::new(),
+        Options::new().encrypt(true),
+        Options::new().large_data(true),
+    ] {
+        configure(
+            Config::new(MemoryBackend::new())
+                .encryption_key(memo_runtime::EncryptionKey::new(&[7; 32]).unwrap()),
+        );
+        let computed = Cell::new(0);
+        let count = || computed.set(computed.get() + 1);
+        let v1 = || {
+            cache_memoize(
+                "k",
+                || {
+                    count();
+                    deploy_v1::order()
+                },
+                &options,
+            )
+        };
+        let v2 = || {
+            cache_memoize(
+                "k",
+                || {
+                    count();
+                    deploy_v2::order()
+                },
+                &options,
+            )
+        };
+        assert_eq!(v1(), deploy_v1::order());
+        assert_eq!(v1(), deploy_v1::order());
+        assert_eq!(computed.get(), 1, "deploy 1 hits its own entry");
+        assert_eq!(v2(), deploy_v2::order(), "not a misread of deploy 1's");
+        assert_eq!(computed.get(), 2);
+        assert_eq!(v2(), deploy_v2::order());
+        assert_eq!(computed.get(), 2, "deploy 2 hits its own entry");
+
+        let s1 = || {
+            cache_memoize_iter(
+                "s",
+                || {
+                    [{
+                        count();
+                        deploy_v1::status()
+                    }]
+                },
+                &options,
+            )
+        };
+        let s2 = || {
+            cache_memoize_iter(
+                "s",
+                || {
+                    [{
+                        count();
+                        deploy_v2::status()
+                    }]
+                },
+                &options,
+            )
+        };
+        assert_eq!(s1().collect::<Vec<_>>(), [deploy_v1::status()]);
+        assert_eq!(s2().collect::<Vec<_>>(), [deploy_v2::status()]);
+        assert_eq!(computed.get(), 4, "deploy 2 computes its own items");
+        assert_eq!(s2().collect::<Vec<_>>(), [deploy_v2::status()]);
+        assert_eq!(computed.get(), 4, "deploy 2 hits its own items");
+    }
 }

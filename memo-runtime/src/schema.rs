@@ -15,9 +15,12 @@
 //! # How the shape is found
 //!
 //! [`Tracer`] is a `Deserializer` that answers every request with a sample
-//! value (`0`-like numbers are `1` so that `NonZero*` accept them, strings
-//! and byte strings are empty, sequences and maps hold one element) and
-//! records what was requested. One pass can explore one variant of each
+//! value (numbers are `1` so that `NonZero*` accept them, strings and byte
+//! strings are empty, sequences and maps hold one element) and records what
+//! was requested. A type that refuses a sample (a UUID wants 16 bytes, a
+//! parsed string wants digits) is traced again with the next sample of
+//! that kind for that visitor type (`"0"`, a UUID, an RFC 3339 timestamp, a
+//! date, an address...; 16, 4, 8, 32 bytes). One pass can explore one variant of each
 //! enum occurrence, so passes repeat until every variant of every enum
 //! reachable from the type has been seen. Recursion ends because a named
 //! type met again inside itself is traced in *reference mode*: nothing is
@@ -35,8 +38,9 @@
 //! which overflows the stack: an abort that `catch_unwind` cannot stop.
 //!
 //! The shape is traced once per type and cached in a map keyed by the
-//! type's `TypeId` (lifetimes erased, so no `'static` bound is needed); a
-//! lookup costs a read lock and one hash probe. The digest is SHA-256 over
+//! type's `TypeId` (lifetimes erased, so no `'static` bound is needed),
+//! shared by all threads, with a per-thread copy in front so that a lookup
+//! is one thread-local hash probe touching no shared memory. The digest is SHA-256 over
 //! a canonical encoding in which named types are numbered in the order a
 //! depth-first walk meets them, so it is the same in every process of every
 //! build whose types have the same names and shapes.
@@ -53,10 +57,13 @@
 //!   enums, `#[serde(flatten)]`, `serde_json::Value`): postcard cannot
 //!   store them either, so they fail to encode in any case;
 //! - custom impls that reject every sample value the tracer offers (a
-//!   string that must parse, a number that must lie in a range excluding
-//!   1, a sequence that must not be empty on a recursive path);
+//!   string in a format none of the samples has, a number that must lie in
+//!   a range excluding 0 and 1, a sequence that must not be empty on a
+//!   recursive path);
 //! - impls that panic while traced (the panic is caught; the default panic
-//!   hook still prints its message once);
+//!   hook still prints its message once; under `panic = "abort"` such an
+//!   impl aborts the process at its first memoized call, as it would when
+//!   it met that value in the data);
 //! - types nested more than 64 levels deep, recursive types with no finite
 //!   value, and types so wide that tracing would take more than a bounded
 //!   amount of work;
@@ -68,6 +75,7 @@
 //! same `u64`) is not visible to any tracer; `version` covers it too.
 
 use std::any::TypeId;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -92,6 +100,33 @@ const MAX_PASSES: usize = 4096;
 /// The fingerprint of `T` in the given mode (value or iterator item).
 pub(crate) fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
     let id = typeid::of::<T>();
+    // Each thread keeps its own copy of the pairs it has used, so that a hit
+    // touches no memory shared with other threads. During thread teardown
+    // the copy may be gone; the shared map answers then.
+    let local = LOCAL
+        .try_with(|local| local.borrow().get(&id).copied())
+        .ok()
+        .flatten();
+    let pair = match local {
+        Some(pair) => pair,
+        None => {
+            let pair = shared::<T>(id);
+            let _ = LOCAL.try_with(|local| local.borrow_mut().insert(id, pair));
+            pair
+        }
+    };
+    pair[usize::from(iterator)]
+}
+
+type Map = HashMap<TypeId, [u64; 2], BuildHasherDefault<IdHasher>>;
+
+thread_local! {
+    static LOCAL: RefCell<Map> = RefCell::default();
+}
+
+/// Both modes' fingerprints of `T`, from the map shared by all threads,
+/// traced on first use.
+fn shared<T: DeserializeOwned>(id: TypeId) -> [u64; 2] {
     let cache = cache();
     // A poisoned lock only means a panic elsewhere while inserting; the map
     // itself is always whole, so its contents stay usable.
@@ -100,23 +135,20 @@ pub(crate) fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .get(&id)
         .copied();
-    let pair = match cached {
-        Some(pair) => pair,
-        None => {
-            // Traced outside the lock: a slow or reentrant trace must not
-            // hold up other types' lookups.
-            let pair = compute::<T>();
-            cache
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(id, pair);
-            pair
-        }
-    };
-    pair[usize::from(iterator)]
+    if let Some(pair) = cached {
+        return pair;
+    }
+    // Traced outside the lock: a slow or reentrant trace must not hold up
+    // other types' lookups.
+    let pair = compute::<T>();
+    cache
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(id, pair);
+    pair
 }
 
-type Cache = RwLock<HashMap<TypeId, [u64; 2], BuildHasherDefault<IdHasher>>>;
+type Cache = RwLock<Map>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -216,6 +248,8 @@ fn trace<T: DeserializeOwned>() -> Result<Vec<u8>, Stop> {
                 explored = now;
             }
             Err(Stop::TooDeep) => trace.next_base_case()?,
+            Err(Stop::Refused(msg)) if !trace.next_sample() => return Err(Stop::Refused(msg)),
+            Err(Stop::Refused(_)) => {}
             Err(stop) => return Err(stop),
         }
     }
@@ -310,6 +344,11 @@ struct Trace {
     base_case: HashMap<Key, (u32, u32)>,
     /// The last enum that took its base case in this pass.
     last_base_case: Option<Key>,
+    /// The sample offered to a visitor type that refused the earlier ones.
+    samples: HashMap<TypeId, usize>,
+    /// The visitor type last offered a sample in this pass, and how many
+    /// samples its kind has.
+    last_sample: Option<(TypeId, usize)>,
 }
 
 impl Trace {
@@ -318,6 +357,7 @@ impl Trace {
         self.reference = 0;
         self.depth = 0;
         self.last_base_case = None;
+        self.last_sample = None;
     }
 
     fn tick(&mut self) -> Result<(), Stop> {
@@ -356,6 +396,18 @@ impl Trace {
             return Err(Stop::TooDeep);
         }
         Ok(())
+    }
+
+    /// After a pass whose type refused a sample: the visitor last offered
+    /// one gets the next sample of its kind. Validation runs as the value
+    /// arrives, so the refusing visitor is almost always the last one.
+    fn next_sample(&mut self) -> bool {
+        let Some((visitor, count)) = self.last_sample else {
+            return false;
+        };
+        let index = self.samples.entry(visitor).or_insert(0);
+        *index += 1;
+        *index < count
     }
 
     fn record(&mut self, key: Key, record: Record) -> Result<(), Stop> {
@@ -622,10 +674,15 @@ struct Tracer<'t> {
 }
 
 impl<'t> Tracer<'t> {
-    fn primitive(self, kind: &'static str) -> Result<(), Stop> {
+    /// Records a primitive; the index of the sample to offer `V` among
+    /// `samples`.
+    fn primitive<V>(self, kind: &'static str, samples: usize) -> Result<usize, Stop> {
         self.trace.tick()?;
         *self.out = Shape::Primitive(kind);
-        Ok(())
+        let visitor = typeid::of::<V>();
+        let index = self.trace.samples.get(&visitor).copied().unwrap_or(0);
+        self.trace.last_sample = Some((visitor, samples));
+        Ok(index.min(samples.saturating_sub(1)))
     }
 
     /// Traces a named type whose contents `visit` reads from `slots`.
@@ -786,38 +843,73 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
     }
 }
 
+/// Sample strings, tried in turn for a visitor that refuses the previous
+/// one: empty, then forms that common parsed types (numbers, UUIDs,
+/// timestamps, dates, times, addresses) accept.
+const STRINGS: [&str; 9] = [
+    "",
+    "0",
+    "a",
+    "00000000-0000-0000-0000-000000000000",
+    "1970-01-01T00:00:00Z",
+    "1970-01-01",
+    "00:00:00",
+    "0.0.0.0",
+    "::",
+];
+
+/// Sample byte strings, tried in turn: empty, then the lengths of common
+/// fixed-size binary types (UUIDs, IPv4 and IPv6 addresses, hashes).
+const BYTES: [&[u8]; 5] = [&[], &[0; 16], &[0; 4], &[0; 8], &[0; 32]];
+
 macro_rules! primitives {
-    ($($method:ident => $visit:ident($($sample:expr)?), $kind:literal;)*) => {$(
+    ($($method:ident => $visit:ident, $kind:literal, $samples:expr;)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-            self.primitive($kind)?;
-            visitor.$visit($($sample)?)
+            let samples = $samples;
+            let index = self.primitive::<V>($kind, samples.len())?;
+            visitor.$visit(samples[index])
         }
     )*};
 }
 
+// Strings and byte strings are offered as borrowed: the samples are
+// `'static`, so types that insist on borrowing (`&str` inside a custom
+// impl) accept them too.
 impl<'de> de::Deserializer<'de> for Tracer<'_> {
     type Error = Stop;
 
     primitives! {
-        deserialize_bool => visit_bool(false), "bool";
-        deserialize_i8 => visit_i8(1), "i8";
-        deserialize_i16 => visit_i16(1), "i16";
-        deserialize_i32 => visit_i32(1), "i32";
-        deserialize_i64 => visit_i64(1), "i64";
-        deserialize_i128 => visit_i128(1), "i128";
-        deserialize_u8 => visit_u8(1), "u8";
-        deserialize_u16 => visit_u16(1), "u16";
-        deserialize_u32 => visit_u32(1), "u32";
-        deserialize_u64 => visit_u64(1), "u64";
-        deserialize_u128 => visit_u128(1), "u128";
-        deserialize_f32 => visit_f32(1.0), "f32";
-        deserialize_f64 => visit_f64(1.0), "f64";
-        deserialize_char => visit_char('a'), "char";
-        deserialize_str => visit_str(""), "str";
-        deserialize_string => visit_string(String::new()), "str";
-        deserialize_bytes => visit_bytes(&[]), "bytes";
-        deserialize_byte_buf => visit_byte_buf(Vec::new()), "bytes";
-        deserialize_unit => visit_unit(), "unit";
+        deserialize_bool => visit_bool, "bool", [false, true];
+        deserialize_i8 => visit_i8, "i8", [1, 0];
+        deserialize_i16 => visit_i16, "i16", [1, 0];
+        deserialize_i32 => visit_i32, "i32", [1, 0];
+        deserialize_i64 => visit_i64, "i64", [1, 0];
+        deserialize_i128 => visit_i128, "i128", [1, 0];
+        deserialize_u8 => visit_u8, "u8", [1, 0];
+        deserialize_u16 => visit_u16, "u16", [1, 0];
+        deserialize_u32 => visit_u32, "u32", [1, 0];
+        deserialize_u64 => visit_u64, "u64", [1, 0];
+        deserialize_u128 => visit_u128, "u128", [1, 0];
+        deserialize_f32 => visit_f32, "f32", [1.0, 0.0];
+        deserialize_f64 => visit_f64, "f64", [1.0, 0.0];
+        deserialize_char => visit_char, "char", ['a', '0'];
+        deserialize_str => visit_borrowed_str, "str", STRINGS;
+        deserialize_bytes => visit_borrowed_bytes, "bytes", BYTES;
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
+        let index = self.primitive::<V>("str", STRINGS.len())?;
+        visitor.visit_string(STRINGS[index].to_owned())
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
+        let index = self.primitive::<V>("bytes", BYTES.len())?;
+        visitor.visit_byte_buf(BYTES[index].to_vec())
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
+        self.primitive::<V>("unit", 1)?;
+        visitor.visit_unit()
     }
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
@@ -1297,8 +1389,8 @@ mod tests {
         impl<'de> Deserialize<'de> for Picky {
             fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(d)?;
-                if text.is_empty() {
-                    return Err(de::Error::custom("empty"));
+                if text != "a secret word" {
+                    return Err(de::Error::custom("not the word"));
                 }
                 Ok(Self(text))
             }
@@ -1307,6 +1399,63 @@ mod tests {
         assert_eq!(traced::<Tagged>(), None);
         assert_eq!(traced::<Picky>(), None);
         assert_eq!(traced::<Vec<Picky>>(), None);
+    }
+
+    /// Like `uuid::Uuid` in a binary format: exactly 16 bytes.
+    struct Id([u8; 16]);
+
+    impl<'de> Deserialize<'de> for Id {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Bytes;
+            impl Visitor<'_> for Bytes {
+                type Value = Id;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("16 bytes")
+                }
+                fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Id, E> {
+                    bytes
+                        .try_into()
+                        .map(Id)
+                        .map_err(|_| E::invalid_length(bytes.len(), &self))
+                }
+            }
+            d.deserialize_bytes(Bytes)
+        }
+    }
+
+    /// A number stored as its decimal text.
+    struct Decimal(u64);
+
+    impl<'de> Deserialize<'de> for Decimal {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = <&str>::deserialize(d)?;
+            text.parse().map(Decimal).map_err(de::Error::custom)
+        }
+    }
+
+    #[test]
+    fn refused_samples_are_retried_with_others() {
+        #[derive(Deserialize)]
+        struct Account {
+            id: Id,
+            balance: Decimal,
+            owner: String,
+            limit: std::num::NonZeroU64,
+            parent: Option<Box<Account>>,
+        }
+        assert!(traced::<Id>().is_some());
+        assert!(traced::<Decimal>().is_some());
+        assert!(traced::<Account>().is_some());
+        assert!(traced::<Vec<(Decimal, Id)>>().is_some());
+    }
+
+    #[test]
+    fn threads_agree() {
+        let here = fingerprint::<Vec<before::Status>>(true);
+        let there = std::thread::spawn(|| fingerprint::<Vec<before::Status>>(true))
+            .join()
+            .unwrap();
+        assert_eq!(here, there);
     }
 
     #[test]

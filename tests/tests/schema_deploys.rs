@@ -148,7 +148,7 @@ fn same_name_other_shape_is_a_miss_in_one_process() {
     ] {
         configure(
             Config::new(MemoryBackend::new())
-                .encryption_key(memo_runtime::EncryptionKey::new(&[7; 32]).unwrap()),
+                .encryption_key(memo_runtime::EncryptionKey::new([7; 32]).unwrap()),
         );
         let computed = Cell::new(0);
         let count = || computed.set(computed.get() + 1);

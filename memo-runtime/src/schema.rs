@@ -580,6 +580,16 @@ impl Trace {
     }
 }
 
+/// Room for the shapes of `len` elements. A length comes from the type's
+/// code, not from data, but a hand-written impl may claim any: one beyond
+/// the work budget could never be traced anyway, and must not be allocated.
+fn slots(len: usize) -> Result<Vec<Shape>, Stop> {
+    if len > MAX_WORK {
+        return Err(Stop::Budget);
+    }
+    Ok(vec![Shape::Unknown; len])
+}
+
 fn content_shapes(content: &Content) -> &[Shape] {
     match content {
         Content::Unit => &[],
@@ -689,7 +699,7 @@ impl<'t> Tracer<'t> {
     fn named<T>(
         self,
         key: Key,
-        slots: usize,
+        count: usize,
         visit: impl FnOnce(&mut Trace, &mut [Shape]) -> Result<T, Stop>,
         record: impl FnOnce(Vec<Shape>) -> Record,
     ) -> Result<T, Stop> {
@@ -701,7 +711,7 @@ impl<'t> Tracer<'t> {
         } else {
             trace.stack.push(key);
         }
-        let mut shapes = vec![Shape::Unknown; slots];
+        let mut shapes = slots(count)?;
         let value = visit(trace, &mut shapes)?;
         if referencing {
             trace.reference -= 1;
@@ -819,7 +829,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Stop> {
-        let mut shapes = vec![Shape::Unknown; len];
+        let mut shapes = slots(len)?;
         let value = visitor.visit_seq(Elements {
             trace: self.trace,
             slots: shapes.iter_mut(),
@@ -974,7 +984,7 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Stop> {
         let Tracer { trace, out } = self;
         trace.enter()?;
-        let mut shapes = vec![Shape::Unknown; len];
+        let mut shapes = slots(len)?;
         let value = visitor.visit_seq(Elements {
             trace: &mut *trace,
             slots: shapes.iter_mut(),
@@ -1447,6 +1457,27 @@ mod tests {
         assert!(traced::<Decimal>().is_some());
         assert!(traced::<Account>().is_some());
         assert!(traced::<Vec<(Decimal, Id)>>().is_some());
+    }
+
+    #[test]
+    fn a_tuple_claiming_a_huge_length_falls_back() {
+        struct Huge;
+        impl<'de> Deserialize<'de> for Huge {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Any;
+                impl<'de> Visitor<'de> for Any {
+                    type Value = Huge;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("anything")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Huge, A::Error> {
+                        Ok(Huge)
+                    }
+                }
+                d.deserialize_tuple(usize::MAX, Any)
+            }
+        }
+        assert_eq!(traced::<Huge>(), None);
     }
 
     #[test]

@@ -123,21 +123,17 @@ pub enum Invalid {
     Stream(String),
 }
 
-/// The fingerprint of `T` in the given mode: FNV-1a of its type name and
-/// whether it is an iterator's item type.
+/// The fingerprint of `T` in the given mode: a digest of its type name,
+/// its serde shape (field names, order and types, enum variants,
+/// recursively) and whether it is an iterator's item type, so that a type
+/// changed between deploys reads the other deploy's entries as misses.
 ///
+/// Computed once per type and cached. A type whose shape cannot be traced
+/// (see the `schema` module) falls back to its name and mode only.
 /// `std::any::type_name` is not guaranteed stable across compiler versions;
-/// a change there only turns old entries into misses, which is safe. It does
-/// not see a struct's fields change, which is why memoized functions take a
-/// `version` that enters the key.
-pub fn fingerprint<T: ?Sized>(iterator: bool) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = std::any::type_name::<T>().bytes();
-    for byte in std::iter::once(u8::from(iterator)).chain(bytes) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+/// a change there only turns old entries into misses, which is safe.
+pub fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
+    crate::schema::fingerprint::<T>(iterator)
 }
 
 /// A parsed, verified envelope header.
@@ -352,7 +348,7 @@ pub enum EncodeError {
 }
 
 /// Serializes `value` into a value envelope bound to `full_key`.
-pub fn encode_value<T: Serialize + ?Sized>(
+pub fn encode_value<T: Serialize + DeserializeOwned>(
     full_key: &str,
     value: &T,
     encryption: Option<&EncryptionKey>,

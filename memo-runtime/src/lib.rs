@@ -53,6 +53,7 @@ pub mod crypto;
 pub mod key;
 pub mod lock;
 pub mod memoize;
+mod schema;
 pub mod stats;
 
 #[doc(hidden)]

@@ -285,7 +285,7 @@ impl Call {
     }
 
     /// Stores `value`; failures are logged and counted, never returned.
-    fn store<T: Serialize>(&self, value: &T) {
+    fn store<T: Serialize + DeserializeOwned>(&self, value: &T) {
         if self.options.large_data {
             let mut writer = self.writer(false);
             let serialized = {
@@ -636,7 +636,7 @@ where
 
 /// Reads the manifest and verifies every chunk of a cached iterator; the
 /// item reader on success.
-fn open_items<T>(call: &Call) -> Option<ItemReader> {
+fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
     let bytes = call.get_main()?;
     let opened = Manifest::decode(
         &call.full_key,

@@ -283,3 +283,61 @@ fn replacing_a_stale_connection_stays_inside_the_deadline() {
         });
     }
 }
+
+/// The handshake memo's own Redis client sends on every new connection,
+/// against a real server with a password, an ACL user and a database.
+#[test]
+fn redis_authenticates_and_selects_the_database() {
+    use std::io::{BufRead, Write as _};
+    let Some(server) = memo_tests::servers::Server::try_start(memo_tests::servers::Kind::Redis)
+    else {
+        return;
+    };
+    let stream = TcpStream::connect(server.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |request: &str| {
+        writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    assert_eq!(ask("ACL SETUSER app on >pw ~* +@all\r\n"), "+OK\r\n");
+    assert_eq!(ask("CONFIG SET requirepass s3cret\r\n"), "+OK\r\n");
+    let address = server.address();
+    for (url, auth, db) in [
+        (
+            format!("redis://:s3cret@{address}/2"),
+            "AUTH s3cret\r\n",
+            "2",
+        ),
+        (
+            format!("redis://app:pw@{address}/3"),
+            "AUTH app pw\r\n",
+            "3",
+        ),
+    ] {
+        let config = Config::from_url(&url).expect("a valid URL");
+        let backend = config.backend();
+        backend
+            .set("handshake", db.as_bytes(), Duration::from_secs(60))
+            .unwrap_or_else(|err| panic!("{url}: {err}"));
+        assert_eq!(
+            backend.get("handshake").unwrap().as_deref(),
+            Some(db.as_bytes())
+        );
+        assert_eq!(ask(auth), "+OK\r\n");
+        assert_eq!(ask(&format!("SELECT {db}\r\nGET handshake\r\n")), "+OK\r\n");
+        assert_eq!(ask(""), "$1\r\n");
+        assert_eq!(
+            ask(""),
+            format!("{db}\r\n"),
+            "{url}: stored in database {db}"
+        );
+    }
+    let wrong = RedisBackend::new(&address).unwrap().password(None, "wrong");
+    assert!(wrong.get("handshake").is_err(), "a wrong password fails");
+}

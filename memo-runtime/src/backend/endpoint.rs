@@ -404,6 +404,9 @@ fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAdd
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
+    if deadline <= Instant::now() {
+        return Err(timed_out());
+    }
     let (sender, receiver) = std::sync::mpsc::channel();
     let name = host.to_owned();
     std::thread::Builder::new()
@@ -518,6 +521,61 @@ mod tests {
         let what = || "x".to_owned();
         let _ = health.failed(&what, &settings, "test", io::Error::other("down"));
         assert!(health.admit(&what, &settings).is_err());
+    }
+
+    #[test]
+    fn names_resolve_within_the_deadline_and_addresses_need_no_lookup() {
+        let soon = later(Instant::now(), Duration::from_secs(5));
+        let ip = resolve("127.0.0.1", 7, Instant::now()).unwrap();
+        assert_eq!(ip, [SocketAddr::from(([127, 0, 0, 1], 7))]);
+        let v6 = resolve("::1", 7, Instant::now()).unwrap();
+        assert_eq!(v6.len(), 1);
+        let found = resolve("localhost", 7, soon).unwrap();
+        assert!(found.iter().all(|address| address.ip().is_loopback()));
+        let err = resolve("localhost", 7, Instant::now()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_deadline_stream_times_out_after_its_deadline_not_per_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            // A byte every 100 ms: each read is quick, the whole is not.
+            for _ in 0..20 {
+                if peer.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(350);
+        let mut stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), deadline);
+        let mut all = Vec::new();
+        let err = stream.read_to_end(&mut all).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!((3..=5).contains(&all.len()), "read {} bytes", all.len());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(600), "took {took:?}");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!stream.is_clean(), "a stray byte is waiting");
+        drop(stream);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn only_a_quiet_open_connection_is_clean() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let far = later(Instant::now(), Duration::from_secs(5));
+        let stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), far);
+        let (peer, _) = listener.accept().unwrap();
+        assert!(stream.is_clean());
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!stream.is_clean(), "closed by the peer");
     }
 
     #[test]

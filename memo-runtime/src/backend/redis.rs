@@ -623,7 +623,11 @@ impl Conn {
     /// Reads one reply; an error reply is [`OpError::Server`].
     fn value(&mut self) -> Result<Value, OpError> {
         let line = self.line()?;
-        let (kind, rest) = line.split_at(1);
+        // The first byte says the type; a line starting with a multi-byte
+        // character is no RESP reply (and must not be split inside it).
+        let Some((kind, rest)) = line.split_at_checked(1) else {
+            return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
+        };
         let number = || -> Result<i64, OpError> {
             rest.parse()
                 .map_err(|_| OpError::Protocol(format!("bad number in reply {line:?}")))
@@ -656,12 +660,21 @@ impl Conn {
                     // memo's commands answer flat arrays: an element that
                     // is itself an array is refused, which bounds nesting.
                     let mut values = Vec::with_capacity(count.min(1024));
+                    // An error element leaves the rest of the array unread,
+                    // so unlike an error reply it puts the connection out of
+                    // step.
                     for _ in 0..count {
-                        match self.value()? {
-                            Value::Array(_) => {
+                        match self.value() {
+                            Ok(Value::Array(_)) => {
                                 return Err(OpError::Protocol("nested array reply".to_owned()));
                             }
-                            value => values.push(value),
+                            Ok(value) => values.push(value),
+                            Err(OpError::Server(message)) => {
+                                return Err(OpError::Protocol(format!(
+                                    "error inside an array reply: {message}"
+                                )));
+                            }
+                            Err(err) => return Err(err),
                         }
                     }
                     Ok(Value::Array(values))
@@ -780,6 +793,71 @@ mod tests {
         assert_eq!(ttl_millis(Duration::ZERO), 1);
         assert_eq!(ttl_millis(Duration::MAX), MAX_TTL_MILLIS);
         assert_eq!(ttl_millis(Duration::from_secs(u64::MAX)), MAX_TTL_MILLIS);
+    }
+
+    /// A connection to a loopback peer that has sent `reply` and closed.
+    fn conn_reading(reply: &[u8]) -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.write_all(reply).unwrap();
+        drop(server);
+        client.flush().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        Conn {
+            reader: BufReader::new(DeadlineStream::new(client, deadline)),
+            out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn replies_are_parsed_strictly_and_never_panic() {
+        let ok = |reply: &[u8]| conn_reading(reply).value();
+        assert!(matches!(ok(b"+OK\r\n"), Ok(Value::Status(s)) if s == "OK"));
+        assert!(matches!(ok(b":-7\r\n"), Ok(Value::Int(-7))));
+        assert!(matches!(ok(b"$-1\r\n"), Ok(Value::Nil)));
+        assert!(matches!(ok(b"$3\r\na\r\n\r\n"), Ok(Value::Bulk(b)) if b == b"a\r\n"));
+        assert!(matches!(ok(b"-ERR no\r\n"), Err(OpError::Server(m)) if m == "ERR no"));
+        assert!(matches!(
+            ok(b"*2\r\n$1\r\na\r\n$-1\r\n"),
+            Ok(Value::Array(values)) if values.len() == 2
+        ));
+        for bad in [
+            &b"\xc3\xa9\r\n"[..],
+            b"\r\n",
+            b"?\r\n",
+            b":x\r\n",
+            b"$-2\r\n",
+            b"$536870913\r\n",
+            b"$99999999999999999999\r\n",
+            b"*1048577\r\n",
+            b"*1\r\n*0\r\n",
+            b"*2\r\n-ERR x\r\n:1\r\n",
+            b"$3\r\nabcde",
+            b"$3\r\nab",
+            b"+OK",
+            b"",
+        ] {
+            assert!(
+                !matches!(ok(bad), Ok(_) | Err(OpError::Server(_))),
+                "{:?} must put the connection out of step",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Arbitrary bytes: any answer but a panic.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..300 {
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    b"+-:$*\r\n0123456789-xOK\xff"[(seed % 22) as usize]
+                })
+                .collect();
+            let _ = ok(&bytes);
+        }
     }
 
     #[test]

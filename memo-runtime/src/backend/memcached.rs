@@ -7,9 +7,11 @@
 //! when the service starts makes configuration fail), places keys by
 //! `hash % servers` with Rust's unstable `DefaultHasher`, has no multi-key
 //! store and no notion of a server that should be skipped for a while after
-//! it failed. The text protocol memo uses is six commands (`get` with many
-//! keys, `gets`, `set`, `add`, `touch`, `delete`, plus meta delete for an
-//! atomic compare-and-delete), which is less code than adapting the crate.
+//! it failed, nor a deadline for a whole call. The text protocol memo uses
+//! is a handful of commands (`get` with many keys, `gets`, `set`, `add`,
+//! `touch`, `delete`, `cas` for an atomic compare-and-touch, and meta delete
+//! for an atomic compare-and-delete), which is less code than adapting the
+//! crate.
 //!
 //! What the backend guarantees:
 //!

@@ -341,3 +341,42 @@ fn redis_authenticates_and_selects_the_database() {
     let wrong = RedisBackend::new(&address).unwrap().password(None, "wrong");
     assert!(wrong.get("handshake").is_err(), "a wrong password fails");
 }
+
+/// A listener whose accept queue is full: the kernel no longer completes
+/// handshakes, so connecting hangs, as with a host that drops packets.
+/// `None` when the kernel still accepts (the test then has nothing to show).
+fn unconnectable() -> Option<(std::net::TcpListener, Vec<TcpStream>, u16)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    let address = listener.local_addr().ok()?;
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&address, Duration::from_millis(100)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => return Some((listener, held, address.port())),
+        }
+    }
+    None
+}
+
+#[test]
+fn connecting_is_bounded_by_the_connect_timeout() {
+    let Some((_listener, _held, port)) = unconnectable() else {
+        return;
+    };
+    let connect_timeout = Duration::from_millis(300);
+    let backends: [(&str, Box<dyn Backend>); 2] = [
+        (
+            "memcached",
+            Box::new(memcached_at(port).connect_timeout(connect_timeout)),
+        ),
+        (
+            "redis",
+            Box::new(redis_at(port).connect_timeout(connect_timeout)),
+        ),
+    ];
+    for (name, backend) in backends {
+        within(connect_timeout + SLACK, name, || {
+            assert!(backend.get("k").is_err(), "{name}");
+        });
+    }
+}

@@ -313,3 +313,79 @@ fn is_root() -> bool {
         .map(|out| out.stdout.trim_ascii() == b"0")
         .unwrap_or(false)
 }
+
+/// A fake server on a free loopback port, for misbehaviour a real server
+/// never shows (trickling replies, stray bytes, silence): every accepted
+/// connection is handed to `handle` on its own thread, with its number
+/// (0 for the first). Returns the port. The threads live until the test
+/// process ends or `handle` returns.
+pub fn fake_server<F>(handle: F) -> u16
+where
+    F: Fn(TcpStream, usize) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .unwrap_or_else(|err| panic!("cannot bind a loopback port: {err}"));
+    let port = listener
+        .local_addr()
+        .map(|address| address.port())
+        .unwrap_or_else(|err| panic!("no local address: {err}"));
+    let handle = std::sync::Arc::new(handle);
+    std::thread::spawn(move || {
+        for (number, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let handle = std::sync::Arc::clone(&handle);
+            std::thread::spawn(move || handle(stream, number));
+        }
+    });
+    port
+}
+
+/// Reads one memcached text request line from `reader` (without `\r\n`),
+/// and, for a storage command, its data block. `None` once the client has
+/// gone.
+pub fn read_memcached_request(reader: &mut impl std::io::BufRead) -> Option<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let line = line.trim_end().to_owned();
+    let parts: Vec<&str> = line.split(' ').collect();
+    if matches!(parts[0], "set" | "add" | "cas") {
+        let length: usize = parts.get(4)?.parse().ok()?;
+        let mut data = vec![0; length + 2];
+        reader.read_exact(&mut data).ok()?;
+    }
+    Some(line)
+}
+
+/// Reads one Redis command (a RESP array of bulk strings) from `reader`.
+/// `None` once the client has gone or on anything else.
+pub fn read_redis_command(reader: &mut impl std::io::BufRead) -> Option<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let count: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let length: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut arg = vec![0; length + 2];
+        reader.read_exact(&mut arg).ok()?;
+        arg.truncate(length);
+        args.push(arg);
+    }
+    Some(args)
+}
+
+/// Writes `bytes` one at a time, `pause` apart, as a server choking on its
+/// reply would; stops when the client has gone.
+pub fn trickle(stream: &mut TcpStream, bytes: &[u8], pause: Duration) {
+    for byte in bytes {
+        if stream.write_all(std::slice::from_ref(byte)).is_err() {
+            return;
+        }
+        std::thread::sleep(pause);
+    }
+}

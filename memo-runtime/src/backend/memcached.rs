@@ -7,9 +7,11 @@
 //! when the service starts makes configuration fail), places keys by
 //! `hash % servers` with Rust's unstable `DefaultHasher`, has no multi-key
 //! store and no notion of a server that should be skipped for a while after
-//! it failed. The text protocol memo uses is six commands (`get` with many
-//! keys, `gets`, `set`, `add`, `touch`, `delete`, plus meta delete for an
-//! atomic compare-and-delete), which is less code than adapting the crate.
+//! it failed, nor a deadline for a whole call. The text protocol memo uses
+//! is a handful of commands (`get` with many keys, `gets`, `set`, `add`,
+//! `touch`, `delete`, `cas` for an atomic compare-and-touch, and meta delete
+//! for an atomic compare-and-delete), which is less code than adapting the
+//! crate.
 //!
 //! What the backend guarantees:
 //!
@@ -27,22 +29,34 @@
 //! - **Concurrency.** Each server has a pool of idle connections; a caller
 //!   takes one (or opens a new one when none is idle), so concurrent callers
 //!   never queue behind one socket.
-//! - **Failures.** Connecting and every read and write have short timeouts
-//!   (250 ms and 1 s by default). After a failure the server is skipped for
-//!   a back-off that starts at 500 ms and doubles up to 5 s: calls for its
-//!   keys fail at once with a [`BackendError`] instead of waiting on a dead
-//!   host, and only one caller at a time probes it again. The episode is
-//!   logged once when the server goes away and once when it is back.
+//! - **Failures.** Each call runs under deadlines, not per-read timeouts:
+//!   connecting (DNS included) within 250 ms and all of the call's reads and
+//!   writes within 1 s by default, so a server trickling its reply cannot
+//!   hold a caller longer (see the `endpoint` module). After an I/O failure
+//!   or a timeout the server is skipped for a back-off that starts at 500 ms
+//!   and doubles up to 5 s: calls for its keys fail at once with a
+//!   [`BackendError`] instead of waiting on a dead host, and only one caller
+//!   at a time probes it again. The episode is logged once when the server
+//!   goes away and once when it is back. An error reply (`CLIENT_ERROR`,
+//!   `SERVER_ERROR`) fails that one call only: the server is up, so other
+//!   keys must not pay for one refused command.
+//! - **In step.** A connection goes back to the pool only after a call that
+//!   read exactly the replies it expected; any error that may leave a reply
+//!   half read or unread closes it. A pooled connection with bytes waiting
+//!   on it, or closed by the server, is never reused, so a stray reply can
+//!   never be taken for the answer to a later command.
 //! - **Expiry.** memcached reads an expiration above 30 days as an absolute
-//!   Unix time, so longer TTLs are sent as one; sub-second TTLs round up to
-//!   one second, memcached's resolution.
+//!   Unix time, so longer TTLs are sent as one, capped at `i32::MAX`
+//!   (January 2038), the largest memcached parses: a longer TTL is kept as
+//!   long as memcached can, rather than refused (`CLIENT_ERROR`) or, wrapped
+//!   past 2038, stored already expired. Sub-second TTLs and zero round up to
+//!   one second, memcached's resolution (its `0` means "never expires").
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::endpoint::{self, Health, Settings, lock};
+use super::endpoint::{self, Budget, DeadlineStream, Health, Settings, lock};
 pub use super::endpoint::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
@@ -62,6 +76,9 @@ const MAX_ITEM: usize = 1 << 30;
 const MAX_KEY_LEN: usize = 250;
 /// Expirations above this many seconds are Unix times to memcached.
 const MAX_RELATIVE_EXPIRATION: u64 = 30 * 24 * 60 * 60;
+/// The latest absolute expiration memcached parses (it reads a 32-bit
+/// signed number): 2038-01-19.
+const MAX_ABSOLUTE_EXPIRATION: u64 = i32::MAX as u64;
 /// Request bytes written before reading replies, for `get` batches. Well
 /// under any socket buffer, so the write never waits on a server that is
 /// itself waiting for us to read.
@@ -324,6 +341,37 @@ impl Backend for MemcachedBackend {
             }
         })
     }
+
+    /// Atomic: reads the value with its CAS token (`gets`) and stores the
+    /// same bytes back with the new expiration under that token (`cas`),
+    /// so a value replaced in between is neither extended nor overwritten.
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        check_key(key)?;
+        let exptime = expiration(ttl);
+        self.run(self.pick(key), |conn| {
+            let mut cas = None;
+            let current = conn.get_many(&[key], Some(&mut cas))?.pop().flatten();
+            let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
+                return Ok(false);
+            };
+            conn.out.clear();
+            let header = format!("cas {key} 0 {exptime} {} {cas}\r\n", expected.len());
+            conn.out.extend_from_slice(header.as_bytes());
+            conn.push(expected)?;
+            conn.out.extend_from_slice(b"\r\n");
+            conn.flush()?;
+            match conn.reply()? {
+                Reply::Stored => Ok(true),
+                Reply::Exists | Reply::NotFound => Ok(false),
+                other => Err(other.unexpected("cas")),
+            }
+        })
+    }
 }
 
 /// One memcached server: its address, its idle connections and its health.
@@ -349,10 +397,11 @@ impl Server {
         })
     }
 
-    /// Runs `op` on a pooled connection. A connection that turns out to be
-    /// stale (the server restarted since it was pooled) is replaced once
-    /// with a fresh one; any other transport failure drops the connection
-    /// and starts a back-off.
+    /// Runs `op` on a pooled connection, within one [`Budget`]. A
+    /// connection that turns out to be stale (the server restarted since it
+    /// was pooled) is replaced once with a fresh one, inside the same
+    /// budget; any other transport failure drops the connection and starts
+    /// a back-off.
     fn run<T>(
         &self,
         settings: &Settings,
@@ -360,18 +409,19 @@ impl Server {
     ) -> Result<T, BackendError> {
         let what = || format!("memcached {}", self.name);
         self.health.admit(&what, settings)?;
-        let mut pooled = lock(&self.idle).pop();
+        let mut budget = Budget::start(settings);
+        let mut replaced = false;
         loop {
-            let reused = pooled.is_some();
-            let mut conn = match pooled.take() {
-                Some(conn) => conn,
-                None => match self.connect(settings) {
-                    Ok(conn) => conn,
+            let (mut conn, reused) = match self.take_idle() {
+                Some(conn) => (conn, true),
+                None => match self.connect(&mut budget) {
+                    Ok(conn) => (conn, false),
                     Err(err) => {
                         return Err(self.health.failed(&what, settings, "cannot connect", err));
                     }
                 },
             };
+            conn.reader.get_mut().set_deadline(budget.io_by);
             match op(&mut conn) {
                 Ok(value) => {
                     self.release(conn, settings);
@@ -383,9 +433,16 @@ impl Server {
                     self.health.succeeded(&what);
                     return Err(BackendError::new(format!("{}: {message}", what())));
                 }
-                Err(OpError::Io(err)) if reused && is_stale(&err) => {
+                Err(OpError::Rejected(message)) => {
+                    // The server is up and answered; only this connection
+                    // may be out of step, so it alone is dropped.
+                    self.health.succeeded(&what);
+                    return Err(BackendError::new(format!("{}: {message}", what())));
+                }
+                Err(OpError::Io(err)) if reused && !replaced && is_stale(&err) => {
                     // Every idle connection dates from before the restart.
                     lock(&self.idle).clear();
+                    replaced = true;
                     continue;
                 }
                 Err(OpError::Io(err)) => {
@@ -401,28 +458,31 @@ impl Server {
         }
     }
 
-    fn connect(&self, settings: &Settings) -> io::Result<Conn> {
-        let addresses: Vec<SocketAddr> =
-            (self.host.as_str(), self.port).to_socket_addrs()?.collect();
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address found");
-        for address in addresses {
-            match TcpStream::connect_timeout(&address, settings.connect_timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(settings.timeout))?;
-                    stream.set_write_timeout(Some(settings.timeout))?;
-                    return Ok(Conn {
-                        reader: BufReader::with_capacity(64 * 1024, stream),
-                        out: Vec::new(),
-                    });
-                }
-                Err(err) => last_error = err,
+    /// An idle connection fit for reuse; those with stray bytes waiting or
+    /// closed by the server are dropped on the way.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let conn = lock(&self.idle).pop()?;
+            if conn.reader.get_ref().is_clean() {
+                return Some(conn);
             }
         }
-        Err(last_error)
     }
 
+    fn connect(&self, budget: &mut Budget) -> io::Result<Conn> {
+        budget.connect(&self.host, self.port, |stream| {
+            Ok(Conn {
+                reader: BufReader::with_capacity(64 * 1024, stream),
+                out: Vec::new(),
+            })
+        })
+    }
+
+    /// Pools `conn` unless the pool is full or a reply was left half read.
     fn release(&self, conn: Conn, settings: &Settings) {
+        if !conn.reader.buffer().is_empty() {
+            return;
+        }
         let mut idle = lock(&self.idle);
         if idle.len() < settings.pool_size {
             idle.push(conn);
@@ -440,6 +500,11 @@ enum OpError {
     /// The server refused the request (a value too large, out of memory)
     /// but the connection is in step and the server is fine.
     Refused(String),
+    /// The server answered with an error where the connection may now be
+    /// out of step (`CLIENT_ERROR`, which can make memcached read our data
+    /// as commands; an error inside a `get` reply): drop the connection,
+    /// but the server is up, so no back-off.
+    Rejected(String),
 }
 
 impl From<io::Error> for OpError {
@@ -481,7 +546,7 @@ impl Reply {
 /// An open connection: a buffered reader over the socket, and a buffer the
 /// next request is assembled in.
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<DeadlineStream>,
     out: Vec<u8>,
 }
 
@@ -547,6 +612,9 @@ impl Conn {
                     let line = self.line()?;
                     if line == "END" {
                         break;
+                    }
+                    if line.starts_with("SERVER_ERROR") || line.starts_with("CLIENT_ERROR") {
+                        return Err(OpError::Rejected(line));
                     }
                     let (key, length, token) = parse_value_line(&line)?;
                     // memcached answers in request order, skipping misses.
@@ -647,7 +715,7 @@ impl Conn {
                 }
                 if let Some(message) = line.strip_prefix("CLIENT_ERROR ") {
                     // The server may now read our data as commands.
-                    return Err(OpError::Protocol(format!("client error: {message}")));
+                    return Err(OpError::Rejected(format!("client error: {message}")));
                 }
                 let code = line.split(' ').next().unwrap_or_default();
                 if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -743,17 +811,25 @@ fn check_key(key: &str) -> Result<(), BackendError> {
 
 /// The `exptime` for `ttl`: whole seconds, rounded up (memcached's
 /// resolution is a second, and zero would mean "never expires"); above 30
-/// days, the Unix time it ends at, as memcached reads such values.
+/// days, the Unix time it ends at, as memcached reads such values, capped
+/// at the latest one memcached parses. Should that cap ever be in the past
+/// or too near (a clock past 2038), 30 days, the longest relative TTL.
 fn expiration(ttl: Duration) -> u64 {
-    let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
+    let seconds = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
+        .max(1);
     if seconds <= MAX_RELATIVE_EXPIRATION {
         return seconds;
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
-    now.saturating_add(seconds)
+    let at = now.saturating_add(seconds).min(MAX_ABSOLUTE_EXPIRATION);
+    if at <= now.saturating_add(MAX_RELATIVE_EXPIRATION) {
+        return MAX_RELATIVE_EXPIRATION;
+    }
+    at
 }
 
 /// Whether `err` is what a pooled connection to a restarted server gives on
@@ -908,6 +984,15 @@ mod tests {
         assert!(
             (now + MAX_RELATIVE_EXPIRATION..now + MAX_RELATIVE_EXPIRATION + 5).contains(&absolute)
         );
+        for huge in [
+            Duration::from_secs(u64::from(u32::MAX)),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(expiration(huge), MAX_ABSOLUTE_EXPIRATION, "{huge:?}");
+        }
+        assert_eq!(expiration(Duration::ZERO), 1);
+        assert_eq!(expiration(Duration::from_nanos(1)), 1);
     }
 
     #[test]

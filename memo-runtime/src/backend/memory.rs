@@ -26,6 +26,11 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// the expiry bookkeeping), so that many tiny entries still count.
 const ENTRY_OVERHEAD: u64 = 96;
 
+/// The longest TTL an entry gets; longer ones are clamped to it. moka adds
+/// the TTL to its own clock, which panics on overflow far sooner than
+/// `Duration::MAX`; a century is forever for a process, and far from that.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 #[derive(Clone)]
 struct Entry {
     value: Arc<[u8]>,
@@ -157,7 +162,7 @@ impl MemoryBackend {
     fn entry(value: &[u8], ttl: Duration) -> Entry {
         Entry {
             value: Arc::from(value),
-            ttl,
+            ttl: ttl.min(MAX_TTL),
         }
     }
 }
@@ -187,7 +192,7 @@ impl Backend for MemoryBackend {
             .and_compute_with(|existing| match existing {
                 Some(entry) => Op::Put(Entry {
                     value: Arc::clone(&entry.value().value),
-                    ttl,
+                    ttl: ttl.min(MAX_TTL),
                 }),
                 None => Op::Nop,
             });
@@ -210,6 +215,30 @@ impl Backend for MemoryBackend {
                 _ => Op::Nop,
             });
         Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
+    }
+
+    /// Atomic: the comparison and the new expiry happen in one compute on
+    /// the entry, which moka runs under the key's lock.
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|existing| match existing {
+                Some(entry) if &*entry.value().value == expected => Op::Put(Entry {
+                    value: Arc::clone(&entry.value().value),
+                    ttl: ttl.min(MAX_TTL),
+                }),
+                _ => Op::Nop,
+            });
+        Ok(matches!(
+            result,
+            moka::ops::compute::CompResult::ReplacedWith(_)
+        ))
     }
 }
 
@@ -262,6 +291,41 @@ mod tests {
         assert!(backend.delete_if_value("lock", b"mine").unwrap());
         assert_eq!(backend.get("lock").unwrap(), None);
         assert!(!backend.delete("lock").unwrap());
+    }
+
+    #[test]
+    fn touch_if_value_extends_only_the_expected_value() {
+        let backend = MemoryBackend::new();
+        assert!(!backend.touch_if_value("k", b"v", MINUTE).unwrap());
+        backend.set("k", b"v", Duration::from_millis(80)).unwrap();
+        assert!(!backend.touch_if_value("k", b"other", MINUTE).unwrap());
+        assert!(backend.touch_if_value("k", b"v", MINUTE).unwrap());
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(backend.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn any_ttl_is_accepted_and_huge_ones_keep_the_entry() {
+        let backend = MemoryBackend::new();
+        for (i, ttl) in [
+            Duration::from_secs(u64::from(u32::MAX)),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("k{i}");
+            backend.set(&key, b"v", ttl).unwrap();
+            assert!(backend.touch(&key, ttl).unwrap());
+            assert!(backend.touch_if_value(&key, b"v", ttl).unwrap());
+            backend.set_many(&[(&key, b"w")], ttl).unwrap();
+            assert!(backend.add(&format!("a{i}"), b"v", ttl).unwrap());
+            backend.cache.run_pending_tasks();
+            assert_eq!(backend.get(&key).unwrap().as_deref(), Some(&b"w"[..]));
+        }
+        backend.set("zero", b"v", Duration::ZERO).unwrap();
+        assert_eq!(backend.get("zero").unwrap(), None, "zero expires at once");
     }
 
     #[test]

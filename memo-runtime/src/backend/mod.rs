@@ -9,6 +9,30 @@
 //! Shipped engines: [`MemoryBackend`] (the embedded default), and behind cargo
 //! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`).
 //! Implement [`Backend`] to bring your own.
+//!
+//! # Durations
+//!
+//! A caller may pass any `Duration` as a time to live, from zero to
+//! `Duration::MAX`, and the shipped engines accept every one without a
+//! panic and without an error: each clamps it to what it can hold, because
+//! a TTL longer than the engine's limit means "as long as you can", never
+//! "refuse" or, worse, "store it already expired". memcached keeps values
+//! until January 2038 at most (its absolute expirations are 32-bit), Redis
+//! for about 146 million years (its `PX` must not overflow a signed 64-bit
+//! millisecond clock), and the memory backend for a century (beyond that
+//! moka's clock would overflow). The network backends' timeouts and
+//! back-off are clamped to a year likewise, so that no deadline computation
+//! can overflow.
+//!
+//! # Deadlines
+//!
+//! A network backend's `timeout` bounds a whole call, not each socket read:
+//! a server trickling its reply a byte at a time, or claiming a huge value,
+//! is cut off when the call's time is up, however many reads that took.
+//! Connecting (name resolution and handshake included) is bounded by
+//! `connect_timeout` likewise, and a stale pooled connection replaced
+//! during the call is replaced within the same deadlines. So a call to a
+//! misbehaving server costs at most `connect_timeout + timeout`.
 
 use std::fmt;
 use std::time::Duration;
@@ -90,12 +114,20 @@ impl std::error::Error for BackendError {
 /// Keys handed to a backend are at most 250 bytes of printable ASCII or
 /// UTF-8 without control characters or spaces (memcached's rules), and values
 /// are at most the configured `chunk_size` plus a few hundred bytes of
-/// envelope. A `ttl` of zero never occurs; memo always passes the
-/// expiration the caller asked for.
+/// envelope. memo passes the expiration the caller asked for, which is
+/// never zero when it stores; an engine must still accept any `ttl`
+/// without panicking:
 ///
-/// `get_many`, `set_many` and `delete_if_value` have default bodies built on
-/// the single-key methods; engines that can do better (one round trip, an
-/// atomic compare-and-delete) override them.
+/// - a `ttl` beyond what the engine can hold is clamped to the longest it
+///   can (see [the module docs](self)), and the entry is kept;
+/// - a `ttl` shorter than the engine's resolution, zero included, is the
+///   shortest expiry the engine has (one second on memcached, one
+///   millisecond on Redis, at once in the memory backend): the entry goes
+///   away almost immediately, which is what asking for no lifetime means.
+///
+/// `get_many`, `set_many`, `delete_if_value` and `touch_if_value` have
+/// default bodies built on the single-key methods; engines that can do
+/// better (one round trip, an atomic compare-and-delete) override them.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -178,6 +210,28 @@ pub trait Backend: Send + Sync + 'static {
             _ => Ok(false),
         }
     }
+
+    /// Gives the value under `key` a new `ttl` only if it holds exactly
+    /// `expected`; `Ok(true)` when extended. A lock holder renews its lock
+    /// with this, so that it never extends a lock that expired and was
+    /// taken by someone else.
+    ///
+    /// The default body reads, compares and touches, which leaves a small
+    /// window between the read and the touch in which another caller's
+    /// value could be extended; the shipped engines override it with an
+    /// atomic version (a Lua script on Redis, `gets` then `cas` on
+    /// memcached, an atomic compute in the memory backend).
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        match self.get(key)? {
+            Some(value) if value == expected => self.touch(key, ttl),
+            _ => Ok(false),
+        }
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B>
@@ -207,5 +261,13 @@ where
     }
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         (**self).delete_if_value(key, expected)
+    }
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        (**self).touch_if_value(key, expected, ttl)
     }
 }

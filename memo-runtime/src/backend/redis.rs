@@ -1,30 +1,47 @@
-//! The Redis backend, on the `redis` crate's synchronous client.
+//! The Redis backend: one Redis server, spoken to over RESP2.
 //!
 //! Each memo operation is one Redis round trip: `GET`, `MGET` for
 //! `get_many`, `SET key value PX ms` (pipelined for `set_many`), `SET ... NX
-//! PX` for `add`, `PEXPIRE` for `touch`, `DEL`, and a Lua script for
-//! `delete_if_value`, so a lock holder whose lock expired can never delete
-//! the token of the caller that took the lock after it.
+//! PX` for `add`, `PEXPIRE` for `touch`, `DEL`, and Lua scripts for
+//! `delete_if_value` and `touch_if_value`, so a lock holder whose lock
+//! expired can never delete or extend the token of the caller that took the
+//! lock after it. With a password or a database in the URL, each new
+//! connection first sends `AUTH` and `SELECT`.
+//!
+//! The protocol is spoken here rather than through the `redis` crate's
+//! synchronous connection because that connection only has per-read
+//! timeouts (a server trickling its reply holds a caller for a timeout per
+//! byte) and cannot tell whether a connection is still in step after an
+//! error. RESP2 for these few commands is a short encoder and a strict
+//! parser with bounded lengths.
 //!
 //! Connections live in a pool of idle ones; a caller takes one or opens a
-//! new one, so concurrent callers never queue behind one socket. Opening a
-//! connection (including its handshake) and every read and write have short
-//! timeouts, 250 ms and 1 s by default. After a failure the server is
-//! skipped for a back-off that starts at 500 ms and doubles up to 5 s:
-//! calls fail at once with a [`BackendError`] instead of waiting on a dead
-//! host, and only one caller at a time probes the server again. Each outage
-//! is logged once when it starts and once when the server is back. A pooled
-//! connection found closed by a server restart is replaced once, silently.
+//! new one, so concurrent callers never queue behind one socket. Each call
+//! runs under deadlines (see the `endpoint` module): connecting, the
+//! handshake included, within 250 ms and all of its reads and writes within
+//! 1 s by default. After an I/O failure, a timeout or a reply that does not
+//! parse, the server is skipped for a back-off that starts at 500 ms and
+//! doubles up to 5 s: calls fail at once with a [`BackendError`] instead of
+//! waiting on a dead host, and only one caller at a time probes the server
+//! again. Each outage is logged once when it starts and once when the
+//! server is back. An error reply (`-ERR ...`) fails only its call, and
+//! leaves the connection in step. A connection goes back to the pool only
+//! when every reply of the call was read whole; a pooled one with stray
+//! bytes waiting, or closed by a server restart, is never reused.
+//!
+//! TTLs are sent as `PX` milliseconds, at least one, and at most
+//! [`MAX_TTL_MILLIS`]: Redis refuses a `PX` that would overflow its clock
+//! when added to the current time, and a refused `SET` would not cache at
+//! all.
 //!
 //! TLS (`rediss://`) is not built in: it would pull a TLS stack into every
 //! build. Run a TLS proxy such as stunnel next to the service instead.
 
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion, RedisConnectionInfo};
-
-use super::endpoint::{self, Health, Settings, lock};
+use super::endpoint::{self, Budget, DeadlineStream, Health, Settings, lock};
 pub use super::endpoint::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
@@ -35,9 +52,24 @@ use crate::config::{CacheUrl, ConfigError};
 /// The port Redis listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 6379;
 
-/// Value bytes sent in one `set_many` pipeline: the client assembles a
-/// pipeline in memory, so a large batch goes out in slices this size.
+/// The longest `PX` sent: Redis refuses one that overflows a signed 64-bit
+/// millisecond clock once the current time is added, so half of that
+/// range, about 146 million years, is always accepted.
+pub const MAX_TTL_MILLIS: u64 = (i64::MAX / 2) as u64;
+
+/// Value bytes sent in one `set_many` pipeline, so a large batch goes out
+/// in slices this size and its replies are read in between.
 const MAX_PIPELINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest bulk string accepted in a reply: Redis's own default limit
+/// (`proto-max-bulk-len`). A reply claiming more is refused before a byte of
+/// it is read.
+const MAX_BULK: usize = 512 * 1024 * 1024;
+/// The most elements accepted in an array reply; memo's `MGET`s name far
+/// fewer keys.
+const MAX_ARRAY: usize = 1 << 20;
+/// The longest status, error or integer line accepted.
+const MAX_LINE: usize = 64 * 1024;
 
 /// Deletes `KEYS[1]` only if it holds `ARGV[1]`. Redis runs a script
 /// atomically, so nothing can replace the value between the read and the
@@ -45,6 +77,15 @@ const MAX_PIPELINE_BYTES: usize = 8 * 1024 * 1024;
 const DELETE_IF_VALUE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Sets the expiry of `KEYS[1]` to `ARGV[2]` milliseconds only if it holds
+/// `ARGV[1]`, atomically like [`DELETE_IF_VALUE`].
+const TOUCH_IF_VALUE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
@@ -79,24 +120,23 @@ return 0
 /// ```
 pub struct RedisBackend {
     name: String,
-    client: redis::Client,
+    host: String,
+    port: u16,
+    db: u32,
+    username: Option<String>,
+    password: Option<String>,
     settings: Settings,
-    idle: Mutex<Vec<redis::Connection>>,
+    idle: Mutex<Vec<Conn>>,
     health: Health,
-    delete_if_value: redis::Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let info = self.client.get_connection_info();
         f.debug_struct("RedisBackend")
             .field("server", &self.name)
-            .field("database", &info.redis.db)
-            .field("username", &info.redis.username)
-            .field(
-                "password",
-                &info.redis.password.as_ref().map(|_| "<redacted>"),
-            )
+            .field("database", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("settings", &self.settings)
             .finish()
     }
@@ -110,38 +150,32 @@ impl RedisBackend {
     /// until the first call.
     pub fn new(address: &str) -> Result<Self, ConfigError> {
         let (host, port) = endpoint::split_host_port(address, DEFAULT_PORT)?;
-        let info = ConnectionInfo {
-            addr: ConnectionAddr::Tcp(host, port),
-            redis: RedisConnectionInfo {
-                db: 0,
-                username: None,
-                password: None,
-                protocol: ProtocolVersion::RESP2,
-            },
-        };
         Ok(RedisBackend {
             name: address.to_owned(),
-            client: Self::client(info)?,
+            host,
+            port,
+            db: 0,
+            username: None,
+            password: None,
             settings: Settings::default(),
             idle: Mutex::new(Vec::new()),
             health: Health::default(),
-            delete_if_value: redis::Script::new(DELETE_IF_VALUE),
         })
     }
 
     /// Selects database `db` (URL: the path, `redis://host:port/2`).
-    pub fn database(self, db: u32) -> Self {
-        self.with_info(|info| info.redis.db = i64::from(db))
+    pub fn database(mut self, db: u32) -> Self {
+        self.db = db;
+        self
     }
 
     /// Authenticates with `password`, as `username` when given (Redis 6
     /// ACLs) or as the default user (URL: `redis://user:password@host` or
     /// `redis://:password@host`).
-    pub fn password(self, username: Option<&str>, password: &str) -> Self {
-        self.with_info(|info| {
-            info.redis.username = username.map(str::to_owned);
-            info.redis.password = Some(password.to_owned());
-        })
+    pub fn password(mut self, username: Option<&str>, password: &str) -> Self {
+        self.username = username.map(str::to_owned);
+        self.password = Some(password.to_owned());
+        self
     }
 
     endpoint::tuning_setters!();
@@ -195,38 +229,26 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    fn client(info: ConnectionInfo) -> Result<redis::Client, ConfigError> {
-        redis::Client::open(info).map_err(|err| ConfigError::Backend(format!("redis: {err}")))
-    }
-
-    fn with_info(mut self, change: impl FnOnce(&mut ConnectionInfo)) -> Self {
-        let mut info = self.client.get_connection_info().clone();
-        change(&mut info);
-        // Opening a client from a TCP address only stores it: it cannot
-        // fail, but keep the old client rather than panic if it ever did.
-        if let Ok(client) = Self::client(info) {
-            self.client = client;
-        }
-        self
-    }
-
-    /// Runs `op` on a pooled connection. A connection closed under us (the
-    /// server restarted since it was pooled) is replaced once with a fresh
-    /// one; any other I/O failure drops it and starts a back-off. An error
-    /// reply from the server is returned as is: the server is up.
+    /// Runs `op` on a pooled connection, within one [`Budget`]. A
+    /// connection closed under us (the server restarted since it was
+    /// pooled) is replaced once with a fresh one, inside the same budget.
+    /// An I/O failure, a timeout or a reply that does not parse drops the
+    /// connection and starts a back-off. An error reply from the server is
+    /// returned as is, and the connection, still in step, is kept: the
+    /// server is up.
     fn run<T>(
         &self,
-        mut op: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut op: impl FnMut(&mut Conn) -> Result<T, OpError>,
     ) -> Result<T, BackendError> {
         let what = || format!("redis {}", self.name);
         self.health.admit(&what, &self.settings)?;
-        let mut pooled = lock(&self.idle).pop();
+        let mut budget = Budget::start(&self.settings);
+        let mut replaced = false;
         loop {
-            let reused = pooled.is_some();
-            let mut conn = match pooled.take() {
-                Some(conn) => conn,
-                None => match self.connect() {
-                    Ok(conn) => conn,
+            let (mut conn, reused) = match self.take_idle() {
+                Some(conn) => (conn, true),
+                None => match self.connect(&mut budget) {
+                    Ok(conn) => (conn, false),
                     Err(err) => {
                         return Err(self.health.failed(
                             &what,
@@ -237,27 +259,36 @@ impl RedisBackend {
                     }
                 },
             };
+            conn.reader.get_mut().set_deadline(budget.io_by);
             match op(&mut conn) {
                 Ok(value) => {
                     self.release(conn);
                     self.health.succeeded(&what);
                     return Ok(value);
                 }
-                Err(err) if reused && err.is_connection_dropped() => {
+                Err(OpError::Server(message)) => {
+                    self.release(conn);
+                    self.health.succeeded(&what);
+                    return Err(BackendError::new(format!(
+                        "{}: error reply: {message}",
+                        what()
+                    )));
+                }
+                Err(OpError::Io(err)) if reused && !replaced && is_stale(&err) => {
                     // Every idle connection dates from before the restart.
                     lock(&self.idle).clear();
+                    replaced = true;
                     continue;
                 }
-                Err(err) if err.is_io_error() => {
+                Err(OpError::Io(err)) => {
                     return Err(self.health.failed(&what, &self.settings, "I/O failed", err));
                 }
-                Err(err) => {
-                    if redis::ConnectionLike::is_open(&conn) {
-                        self.release(conn);
-                    }
-                    self.health.succeeded(&what);
-                    return Err(BackendError::with_source(
-                        format!("{}: error reply", what()),
+                Err(OpError::Protocol(message)) => {
+                    let err = io::Error::new(io::ErrorKind::InvalidData, message);
+                    return Err(self.health.failed(
+                        &what,
+                        &self.settings,
+                        "sent a malformed reply",
                         err,
                     ));
                 }
@@ -265,16 +296,56 @@ impl RedisBackend {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.settings.connect_timeout)?;
-        conn.set_read_timeout(Some(self.settings.timeout))?;
-        conn.set_write_timeout(Some(self.settings.timeout))?;
-        Ok(conn)
+    /// An idle connection fit for reuse; those with stray bytes waiting or
+    /// closed by the server are dropped on the way.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let conn = lock(&self.idle).pop()?;
+            if conn.reader.get_ref().is_clean() {
+                return Some(conn);
+            }
+        }
     }
 
-    fn release(&self, conn: redis::Connection) {
+    /// Opens a connection and authenticates and selects the database, all
+    /// within the connect deadline.
+    fn connect(&self, budget: &mut Budget) -> io::Result<Conn> {
+        budget.connect(&self.host, self.port, |stream| {
+            let mut conn = Conn {
+                reader: BufReader::with_capacity(64 * 1024, stream),
+                out: Vec::new(),
+            };
+            let handshake_failed = |err: OpError| match err {
+                OpError::Io(err) => err,
+                OpError::Protocol(message) | OpError::Server(message) => {
+                    io::Error::other(format!("handshake: {message}"))
+                }
+            };
+            if let Some(password) = &self.password {
+                let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+                if let Some(username) = &self.username {
+                    auth.push(username.as_bytes());
+                }
+                auth.push(password.as_bytes());
+                conn.command(&auth)
+                    .and_then(|reply| reply.ok("AUTH"))
+                    .map_err(handshake_failed)?;
+            }
+            if self.db != 0 {
+                let db = self.db.to_string();
+                conn.command(&[b"SELECT", db.as_bytes()])
+                    .and_then(|reply| reply.ok("SELECT"))
+                    .map_err(handshake_failed)?;
+            }
+            Ok(conn)
+        })
+    }
+
+    /// Pools `conn` unless the pool is full or a reply was left half read.
+    fn release(&self, conn: Conn) {
+        if !conn.reader.buffer().is_empty() {
+            return;
+        }
         let mut idle = lock(&self.idle);
         if idle.len() < self.settings.pool_size {
             idle.push(conn);
@@ -284,40 +355,41 @@ impl RedisBackend {
 
 impl Backend for RedisBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.run(|conn| redis::cmd("GET").arg(key).query(conn))
+        self.run(|conn| conn.command(&[b"GET", key.as_bytes()])?.bulk("GET"))
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<Vec<u8>>> =
-            self.run(|conn| redis::cmd("MGET").arg(keys).query(conn))?;
-        if values.len() != keys.len() {
-            return Err(BackendError::new(format!(
-                "redis {}: MGET of {} keys answered {} values",
-                self.name,
-                keys.len(),
-                values.len()
-            )));
-        }
-        Ok(values)
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(b"MGET");
+        args.extend(keys.iter().map(|key| key.as_bytes()));
+        self.run(|conn| {
+            let Value::Array(values) = conn.command(&args)? else {
+                return Err(OpError::Protocol("MGET answered a non-array".to_owned()));
+            };
+            if values.len() != keys.len() {
+                return Err(OpError::Protocol(format!(
+                    "MGET of {} keys answered {} values",
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            values.into_iter().map(|value| value.bulk("MGET")).collect()
+        })
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
-        let millis = ttl_millis(ttl);
+        let millis = ttl_millis(ttl).to_string();
         self.run(|conn| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(millis)
-                .query::<()>(conn)
+            conn.command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?
+                .ok("SET")
         })
     }
 
     fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
-        let millis = ttl_millis(ttl);
+        let millis = ttl_millis(ttl).to_string();
         let mut start = 0;
         while start < items.len() {
             let mut end = start;
@@ -328,16 +400,24 @@ impl Backend for RedisBackend {
             }
             let slice = &items[start..end];
             self.run(|conn| {
-                let mut pipe = redis::pipe();
+                conn.out.clear();
                 for (key, value) in slice {
-                    pipe.cmd("SET")
-                        .arg(*key)
-                        .arg(*value)
-                        .arg("PX")
-                        .arg(millis)
-                        .ignore();
+                    conn.push_command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?;
                 }
-                pipe.query::<()>(conn)
+                conn.flush()?;
+                // Every reply is read, even after an error reply, so that
+                // the connection stays in step; the first error is kept.
+                let mut first_error = None;
+                for _ in slice {
+                    match conn.value()?.ok("SET") {
+                        Ok(()) => {}
+                        Err(OpError::Server(message)) => {
+                            first_error.get_or_insert(OpError::Server(message));
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
             })?;
             start = end;
         }
@@ -345,44 +425,302 @@ impl Backend for RedisBackend {
     }
 
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
-        let millis = ttl_millis(ttl);
-        let reply: Option<String> = self.run(|conn| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis)
-                .query(conn)
-        })?;
-        Ok(reply.is_some())
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            match conn.command(&[
+                b"SET",
+                key.as_bytes(),
+                value,
+                b"NX",
+                b"PX",
+                millis.as_bytes(),
+            ])? {
+                Value::Status(status) if status == "OK" => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(other.unexpected("SET NX")),
+            }
+        })
     }
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let millis = ttl_millis(ttl);
-        let touched: i64 =
-            self.run(|conn| redis::cmd("PEXPIRE").arg(key).arg(millis).query(conn))?;
-        Ok(touched == 1)
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            let touched = conn
+                .command(&[b"PEXPIRE", key.as_bytes(), millis.as_bytes()])?
+                .int("PEXPIRE")?;
+            Ok(touched == 1)
+        })
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let deleted: i64 = self.run(|conn| redis::cmd("DEL").arg(key).query(conn))?;
-        Ok(deleted > 0)
+        self.run(|conn| Ok(conn.command(&[b"DEL", key.as_bytes()])?.int("DEL")? > 0))
     }
 
-    /// Atomic, through a Lua script (sent once, then run by its digest).
+    /// Atomic, through a Lua script.
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let deleted: i64 =
-            self.run(|conn| self.delete_if_value.key(key).arg(expected).invoke(conn))?;
-        Ok(deleted > 0)
+        self.run(|conn| {
+            let deleted = conn
+                .script(DELETE_IF_VALUE, key, &[expected])?
+                .int("EVAL")?;
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Atomic, through a Lua script.
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            let touched = conn
+                .script(TOUCH_IF_VALUE, key, &[expected, millis.as_bytes()])?
+                .int("EVAL")?;
+            Ok(touched == 1)
+        })
     }
 }
 
-/// `PX` takes whole milliseconds, at least one.
+/// `PX` takes whole milliseconds, at least one, at most [`MAX_TTL_MILLIS`].
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis())
-        .unwrap_or(u64::MAX / 2)
-        .max(1)
+        .unwrap_or(MAX_TTL_MILLIS)
+        .clamp(1, MAX_TTL_MILLIS)
+}
+
+/// Whether `err` is what a pooled connection to a restarted server gives on
+/// its first use: the peer closed or reset it, not a timeout.
+fn is_stale(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// A failed operation, by what it means for the connection and the server.
+#[derive(Debug)]
+enum OpError {
+    /// The socket failed or timed out: drop the connection, back off.
+    Io(io::Error),
+    /// A reply that does not parse, or of a type the command never gives:
+    /// the connection is out of step, so drop it and back off.
+    Protocol(String),
+    /// An error reply (`-ERR ...`): the connection is in step and the
+    /// server is up.
+    Server(String),
+}
+
+impl From<io::Error> for OpError {
+    fn from(err: io::Error) -> Self {
+        OpError::Io(err)
+    }
+}
+
+/// A RESP2 reply other than an error, which is an [`OpError::Server`].
+#[derive(Debug)]
+enum Value {
+    Nil,
+    Status(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn unexpected(self, command: &str) -> OpError {
+        let kind = match self {
+            Value::Nil => "nil",
+            Value::Status(_) => "a status",
+            Value::Int(_) => "an integer",
+            Value::Bulk(_) => "a bulk string",
+            Value::Array(_) => "an array",
+        };
+        OpError::Protocol(format!("{command} answered {kind}"))
+    }
+
+    fn ok(self, command: &str) -> Result<(), OpError> {
+        match self {
+            Value::Status(status) if status == "OK" => Ok(()),
+            other => Err(other.unexpected(command)),
+        }
+    }
+
+    fn bulk(self, command: &str) -> Result<Option<Vec<u8>>, OpError> {
+        match self {
+            Value::Bulk(bytes) => Ok(Some(bytes)),
+            Value::Nil => Ok(None),
+            other => Err(other.unexpected(command)),
+        }
+    }
+
+    fn int(self, command: &str) -> Result<i64, OpError> {
+        match self {
+            Value::Int(n) => Ok(n),
+            other => Err(other.unexpected(command)),
+        }
+    }
+}
+
+/// An open connection: a buffered reader over the socket, and a buffer the
+/// next request is assembled in.
+struct Conn {
+    reader: BufReader<DeadlineStream>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// Sends one command and reads its reply.
+    fn command(&mut self, args: &[&[u8]]) -> Result<Value, OpError> {
+        self.out.clear();
+        self.push_command(args)?;
+        self.flush()?;
+        self.value()
+    }
+
+    /// Runs a Lua script on one key. `EVAL` sends the script each time:
+    /// Redis caches it by digest, and a script of a hundred bytes costs
+    /// less than the extra round trip of `EVALSHA` falling back on a
+    /// restarted server.
+    fn script(&mut self, script: &str, key: &str, args: &[&[u8]]) -> Result<Value, OpError> {
+        let mut all: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", key.as_bytes()];
+        all.extend_from_slice(args);
+        self.command(&all)
+    }
+
+    /// Appends a command as a RESP array of bulk strings; large arguments
+    /// go straight to the socket rather than being copied.
+    fn push_command(&mut self, args: &[&[u8]]) -> io::Result<()> {
+        self.out
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            self.out
+                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            if arg.len() >= 16 * 1024 {
+                self.flush()?;
+                self.reader.get_mut().write_all(arg)?;
+            } else {
+                self.out.extend_from_slice(arg);
+            }
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let result = self.reader.get_mut().write_all(&self.out);
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Reads one reply; an error reply is [`OpError::Server`].
+    fn value(&mut self) -> Result<Value, OpError> {
+        let line = self.line()?;
+        // The first byte says the type; a line starting with a multi-byte
+        // character is no RESP reply (and must not be split inside it).
+        let Some((kind, rest)) = line.split_at_checked(1) else {
+            return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
+        };
+        let number = || -> Result<i64, OpError> {
+            rest.parse()
+                .map_err(|_| OpError::Protocol(format!("bad number in reply {line:?}")))
+        };
+        match kind {
+            "+" => Ok(Value::Status(rest.to_owned())),
+            "-" => Err(OpError::Server(rest.to_owned())),
+            ":" => Ok(Value::Int(number()?)),
+            "$" => match number()? {
+                -1 => Ok(Value::Nil),
+                length => {
+                    let length = usize::try_from(length)
+                        .ok()
+                        .filter(|&length| length <= MAX_BULK)
+                        .ok_or_else(|| {
+                            OpError::Protocol(format!("bulk length out of range: {line:?}"))
+                        })?;
+                    Ok(Value::Bulk(self.data(length)?))
+                }
+            },
+            "*" => match number()? {
+                -1 => Ok(Value::Nil),
+                count => {
+                    let count = usize::try_from(count)
+                        .ok()
+                        .filter(|&count| count <= MAX_ARRAY)
+                        .ok_or_else(|| {
+                            OpError::Protocol(format!("array length out of range: {line:?}"))
+                        })?;
+                    // memo's commands answer flat arrays: an element that
+                    // is itself an array is refused, which bounds nesting.
+                    let mut values = Vec::with_capacity(count.min(1024));
+                    // An error element leaves the rest of the array unread,
+                    // so unlike an error reply it puts the connection out of
+                    // step.
+                    for _ in 0..count {
+                        match self.value() {
+                            Ok(Value::Array(_)) => {
+                                return Err(OpError::Protocol("nested array reply".to_owned()));
+                            }
+                            Ok(value) => values.push(value),
+                            Err(OpError::Server(message)) => {
+                                return Err(OpError::Protocol(format!(
+                                    "error inside an array reply: {message}"
+                                )));
+                            }
+                            Err(err) => return Err(err),
+                        }
+                    }
+                    Ok(Value::Array(values))
+                }
+            },
+            _ => Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
+        }
+    }
+
+    /// One reply line without its `\r\n`, refusing overlong ones.
+    fn line(&mut self) -> Result<String, OpError> {
+        let mut line = Vec::new();
+        (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        if !line.ends_with(b"\r\n") || line.len() < 3 {
+            return Err(OpError::Protocol(
+                "reply line empty, too long or cut short".to_owned(),
+            ));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".to_owned()))
+    }
+
+    /// A bulk string's `length` bytes and the `\r\n` after them. The buffer
+    /// grows as bytes arrive, so a bogus length cannot allocate in advance.
+    fn data(&mut self, length: usize) -> Result<Vec<u8>, OpError> {
+        let mut data = Vec::with_capacity(length.min(1 << 20));
+        let read = (&mut self.reader)
+            .take(length as u64)
+            .read_to_end(&mut data)?;
+        if read < length {
+            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let mut end = [0u8; 2];
+        self.reader.read_exact(&mut end)?;
+        if end != *b"\r\n" {
+            return Err(OpError::Protocol(
+                "bulk string not followed by \\r\\n".to_owned(),
+            ));
+        }
+        Ok(data)
+    }
 }
 
 #[cfg(test)]
@@ -393,10 +731,6 @@ mod tests {
         RedisBackend::from_url_parts(&CacheUrl::parse(url).unwrap())
     }
 
-    fn info(backend: &RedisBackend) -> &ConnectionInfo {
-        backend.client.get_connection_info()
-    }
-
     #[test]
     fn url_with_database_credentials_and_tuning_is_parsed() {
         let backend = backend(
@@ -404,11 +738,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(backend.server(), "cache:6380");
-        let info = info(&backend);
-        assert!(matches!(&info.addr, ConnectionAddr::Tcp(host, 6380) if host == "cache"));
-        assert_eq!(info.redis.db, 3);
-        assert_eq!(info.redis.username.as_deref(), Some("app"));
-        assert_eq!(info.redis.password.as_deref(), Some("pa:ss"));
+        assert_eq!((backend.host.as_str(), backend.port), ("cache", 6380));
+        assert_eq!(backend.db, 3);
+        assert_eq!(backend.username.as_deref(), Some("app"));
+        assert_eq!(backend.password.as_deref(), Some("pa:ss"));
         assert_eq!(backend.settings.connect_timeout, Duration::from_millis(50));
         assert_eq!(backend.settings.timeout, Duration::from_millis(70));
         assert_eq!(backend.settings.pool_size, 2);
@@ -419,11 +752,10 @@ mod tests {
     #[test]
     fn password_only_and_defaults() {
         let backend = backend("redis://:secret@[::1]").unwrap();
-        let info = info(&backend);
-        assert!(matches!(&info.addr, ConnectionAddr::Tcp(host, DEFAULT_PORT) if host == "::1"));
-        assert_eq!(info.redis.db, 0);
-        assert_eq!(info.redis.username, None);
-        assert_eq!(info.redis.password.as_deref(), Some("secret"));
+        assert_eq!((backend.host.as_str(), backend.port), ("::1", DEFAULT_PORT));
+        assert_eq!(backend.db, 0);
+        assert_eq!(backend.username, None);
+        assert_eq!(backend.password.as_deref(), Some("secret"));
         assert_eq!(backend.settings.timeout, DEFAULT_TIMEOUT);
         assert!(
             !format!("{backend:?}").contains("secret"),
@@ -458,7 +790,74 @@ mod tests {
             ttl_millis(Duration::from_secs(30 * 24 * 3600)),
             2_592_000_000
         );
-        assert!(ttl_millis(Duration::MAX) > 0);
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+        assert_eq!(ttl_millis(Duration::MAX), MAX_TTL_MILLIS);
+        assert_eq!(ttl_millis(Duration::from_secs(u64::MAX)), MAX_TTL_MILLIS);
+    }
+
+    /// A connection to a loopback peer that has sent `reply` and closed.
+    fn conn_reading(reply: &[u8]) -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.write_all(reply).unwrap();
+        drop(server);
+        client.flush().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        Conn {
+            reader: BufReader::new(DeadlineStream::new(client, deadline)),
+            out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn replies_are_parsed_strictly_and_never_panic() {
+        let ok = |reply: &[u8]| conn_reading(reply).value();
+        assert!(matches!(ok(b"+OK\r\n"), Ok(Value::Status(s)) if s == "OK"));
+        assert!(matches!(ok(b":-7\r\n"), Ok(Value::Int(-7))));
+        assert!(matches!(ok(b"$-1\r\n"), Ok(Value::Nil)));
+        assert!(matches!(ok(b"$3\r\na\r\n\r\n"), Ok(Value::Bulk(b)) if b == b"a\r\n"));
+        assert!(matches!(ok(b"-ERR no\r\n"), Err(OpError::Server(m)) if m == "ERR no"));
+        assert!(matches!(
+            ok(b"*2\r\n$1\r\na\r\n$-1\r\n"),
+            Ok(Value::Array(values)) if values.len() == 2
+        ));
+        for bad in [
+            &b"\xc3\xa9\r\n"[..],
+            b"\r\n",
+            b"?\r\n",
+            b":x\r\n",
+            b"$-2\r\n",
+            b"$536870913\r\n",
+            b"$99999999999999999999\r\n",
+            b"*1048577\r\n",
+            b"*1\r\n*0\r\n",
+            b"*2\r\n-ERR x\r\n:1\r\n",
+            b"$3\r\nabcde",
+            b"$3\r\nab",
+            b"+OK",
+            b"",
+        ] {
+            assert!(
+                !matches!(ok(bad), Ok(_) | Err(OpError::Server(_))),
+                "{:?} must put the connection out of step",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Arbitrary bytes: any answer but a panic.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..300 {
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    b"+-:$*\r\n0123456789-xOK\xff"[(seed % 22) as usize]
+                })
+                .collect();
+            let _ = ok(&bytes);
+        }
     }
 
     #[test]

@@ -297,10 +297,13 @@ impl CacheLock {
         let expiration = expiration
             .unwrap_or(self.options.lock_expiration)
             .max(Duration::from_secs(1));
-        let holds =
-            self.backend.get(&self.full_cache_key)?.as_deref() == Some(self.token.as_bytes());
         let now = Instant::now();
-        if holds && self.backend.touch(&self.full_cache_key, expiration)? {
+        // One atomic compare-and-touch: a read followed by a touch could
+        // extend a successor's lock taken over in between.
+        if self
+            .backend
+            .touch_if_value(&self.full_cache_key, self.token.as_bytes(), expiration)?
+        {
             self.expires_at = Some(later(now, expiration));
             Ok(())
         } else {

@@ -268,4 +268,14 @@ impl Backend for FaultyBackend {
         self.fail("delete_if_value")?;
         self.inner.delete_if_value(key, expected)
     }
+
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.fail("touch_if_value")?;
+        self.inner.touch_if_value(key, expected, ttl)
+    }
 }

@@ -15,7 +15,7 @@ pub enum Op {
     Set(String, Vec<u8>),
     /// A whole `set_many` call: how many items it carried.
     SetMany(usize),
-    /// `touch`.
+    /// `touch` or `touch_if_value`.
     Touch(String),
     /// `delete` or `delete_if_value`.
     Delete(String),
@@ -131,5 +131,15 @@ impl Backend for RecordingBackend {
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         self.record(Op::Delete(key.to_owned()));
         self.inner.delete_if_value(key, expected)
+    }
+
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.record(Op::Touch(key.to_owned()));
+        self.inner.touch_if_value(key, expected, ttl)
     }
 }

@@ -30,6 +30,7 @@ use crate::chunk::{Manifest, StreamWriter};
 use crate::codec::{self, Kind, fingerprint};
 use crate::config::{Config, config, configure};
 use crate::crypto::{EncryptionKey, TAG};
+use crate::key::EntryKey;
 use crate::lock::{CacheLock, LockError, LockOptions};
 use crate::memoize::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
 
@@ -162,13 +163,18 @@ pub fn manifest(data: &[u8]) {
     let encrypted = flags & 0x80 != 0;
     if let Ok(manifest) = Manifest::from_body(body, flags & 0x7f, encrypted) {
         // Whatever was accepted is consistent and re-encodes to itself.
-        assert_eq!(manifest.digests.len(), manifest.chunk_count as usize);
+        assert!(manifest.digests.len() as u64 <= u64::from(manifest.chunk_size) / 32);
+        assert!(manifest.digests.len() <= manifest.chunk_count as usize);
         assert_eq!(
             Manifest::from_body(&manifest.to_body(), manifest.flags, encrypted),
             Ok(manifest.clone())
         );
+        let entry = EntryKey::from_parts(None, KEY, KEY);
         for index in [0, manifest.chunk_count.saturating_sub(1)] {
-            let chunk_key = manifest.chunk_key(KEY, index);
+            let chunk_key = manifest.chunk_key(&entry, index);
+            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+        }
+        for chunk_key in manifest.stored_keys(&entry).take(1000) {
             assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
         }
     }
@@ -236,12 +242,13 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let config = config();
     let key = key();
     let full_key = make_cache_key(KEY, &plan.options());
+    let entry = EntryKey::from_parts(None, &full_key, KEY);
     let encryption = plan.encrypt.then_some(&key);
     let cooked = !plan.raw;
     let mut writer = StreamWriter::new(
         Arc::clone(&config.backend),
         Arc::clone(&config.counters),
-        full_key.clone(),
+        entry.clone(),
         TTL,
         plan.chunk_size,
         (cooked && plan.compress).then_some(1),
@@ -257,7 +264,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let Ok(Some(bytes)) = backend.get(&full_key) else {
         return;
     };
-    let Ok(mut manifest) = Manifest::decode(&full_key, &bytes, fp, stored_encryption) else {
+    let Ok(mut manifest) = Manifest::decode(KEY, &bytes, fp, stored_encryption) else {
         return;
     };
     if plan.raw && plan.compress {
@@ -276,7 +283,11 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     }
     if manifest.chunk_count > 0 {
         let index = u32::from(plan.chunk_tweak >> 3) % manifest.chunk_count;
-        let chunk_key = manifest.chunk_key(&full_key, index);
+        let chunk_key = match plan.chunk_tweak & 0x80 {
+            // An index chunk instead, when the value has any.
+            0x80 if manifest.depth() > 0 => manifest.index_key(&entry, 1, 0),
+            _ => manifest.chunk_key(&entry, index),
+        };
         let chunk = backend.get(&chunk_key).ok().flatten().unwrap_or_default();
         let _ = match plan.chunk_tweak % 8 {
             0..=3 => Ok(()),
@@ -290,7 +301,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
                 backend.set(&chunk_key, &flipped, TTL)
             }
             _ => {
-                let other = manifest.chunk_key(&full_key, (index + 1) % manifest.chunk_count);
+                let other = manifest.chunk_key(&entry, (index + 1) % manifest.chunk_count);
                 match backend.get(&other) {
                     Ok(Some(other)) => backend.set(&chunk_key, &other, TTL),
                     _ => Ok(()),
@@ -298,7 +309,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
             }
         };
     }
-    if let Ok(envelope) = manifest.encode(&full_key, fp, encryption) {
+    if let Ok(envelope) = manifest.encode(KEY, fp, encryption) {
         let _ = backend.set(&full_key, &envelope, TTL);
     }
 }
@@ -566,7 +577,7 @@ fn example_manifest(len: usize, encrypted: bool) -> Manifest {
     let mut writer = StreamWriter::new(
         Arc::clone(&config.backend),
         Arc::clone(&config.counters),
-        KEY.into(),
+        EntryKey::from_parts(None, KEY, KEY),
         TTL,
         1024,
         Some(1),

@@ -489,6 +489,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 input.extend(manifest.to_body());
                 valid.push(input);
             }
+            // A tree of index chunks four levels deep.
+            for encrypted in [false, true] {
+                let mut input = vec![if encrypted { 0x80 } else { 0 }];
+                input.extend(written_manifest(2000, 64, None, encrypted).to_body());
+                valid.push(input);
+            }
             // Forged counts and lengths that must be refused unallocated.
             let mut forged = example_manifest(0, false);
             forged.chunk_count = u32::MAX;
@@ -504,6 +510,15 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 valid.push([&control[..], &value].concat());
             }
             for tweak in [[1, 31, 3, 0], [0, 15, 5, 0], [1, 7, 0, 12], [3, 63, 0, 13]] {
+                valid.push([&tweak[..], &value].concat());
+            }
+            // Deep trees of index chunks, one of them altered.
+            for tweak in [
+                [0, 63, 0, 0x80],
+                [2, 63, 0, 0x84],
+                [0, 63, 0, 0x86],
+                [1, 95, 0, 0x87],
+            ] {
                 valid.push([&tweak[..], &value].concat());
             }
             // Raw: the payload is the stored zlib stream itself.
@@ -571,6 +586,17 @@ fn deflate(data: &[u8]) -> Vec<u8> {
 
 /// The manifest of a real chunked write of `len` bytes.
 fn example_manifest(len: usize, encrypted: bool) -> Manifest {
+    written_manifest(len, 1024, Some(1), encrypted)
+}
+
+/// The manifest of a real chunked write of `len` bytes in chunks of
+/// `chunk_size`.
+fn written_manifest(
+    len: usize,
+    chunk_size: usize,
+    compression: Option<u8>,
+    encrypted: bool,
+) -> Manifest {
     let config = Config::new(MemoryBackend::new());
     let key = key();
     let encryption = encrypted.then_some(&key);
@@ -579,8 +605,8 @@ fn example_manifest(len: usize, encrypted: bool) -> Manifest {
         Arc::clone(&config.counters),
         EntryKey::from_parts(None, KEY, KEY),
         TTL,
-        1024,
-        Some(1),
+        chunk_size,
+        compression,
         encryption,
         false,
     );

@@ -850,9 +850,6 @@ pub struct StreamReader {
     stored_pos: usize,
     chunks_done: bool,
     inflater: Option<Inflater>,
-    /// The last inflate call filled `out`: the decoder may hold more
-    /// output, which must be drained before the input counts as used up.
-    inflate_pending: bool,
     out: Vec<u8>,
     out_pos: usize,
     plain_seen: u64,
@@ -884,7 +881,6 @@ impl StreamReader {
             stored_pos: 0,
             chunks_done: false,
             inflater: compressed.then(Inflater::default),
-            inflate_pending: false,
             out: Vec::new(),
             out_pos: 0,
             plain_seen: 0,
@@ -972,7 +968,7 @@ impl StreamReader {
             // holds output from it (then the empty input below drains it;
             // the end of the last chunk is not the end of the stream).
             if self.stored_pos == self.stored.len()
-                && !self.inflate_pending
+                && !self.inflater.as_ref().is_some_and(Inflater::pending)
                 && !self.next_stored()?
             {
                 return self.check_end().map(|()| false);
@@ -988,7 +984,6 @@ impl StreamReader {
                         self.out.resize(STREAM_OUT, 0);
                     }
                     let (used, written) = inflater.inflate(input, &mut self.out)?;
-                    self.inflate_pending = written == self.out.len();
                     self.stored_pos += used;
                     self.out.truncate(written);
                     if written == 0 && inflater.finished() {
@@ -1233,6 +1228,104 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn trees_of_index_chunks_round_trip_and_no_item_exceeds_a_chunk() {
+        let key = EncryptionKey::new([5u8; 32]).unwrap();
+        // Fan-outs of 2, 3 and 32: trees up to a dozen levels deep.
+        for chunk_size in [64, 100, 1024] {
+            for len in [0, 63, 64, 65, 128, 129, 4096, 20_000, 70_000] {
+                for compression in [None, Some(1)] {
+                    for enc in [None, Some(&key)] {
+                        let s = setup();
+                        let input = data(len);
+                        store(&s, &input, chunk_size, compression, enc);
+                        assert_eq!(load(&s, enc).unwrap(), input, "{len} in {chunk_size}");
+                        let bytes = s.backend.get("main").unwrap().unwrap();
+                        assert!(bytes.len() <= chunk_size + MAX_OVERHEAD);
+                        let manifest = Manifest::decode("main", &bytes, 7, enc).unwrap();
+                        assert!(manifest.digests.len() <= chunk_size / DIGEST);
+                        let levels = manifest.levels();
+                        let keys: Vec<String> = manifest.stored_keys(&entry()).collect();
+                        assert_eq!(keys.len() as u64, levels.iter().sum::<u64>());
+                        for key in &keys {
+                            let item = s.backend.get(key).unwrap().expect("every chunk stored");
+                            assert!(item.len() <= chunk_size, "{key}: {}", item.len());
+                        }
+                        if chunk_size == 64 && len >= 4096 && compression.is_none() {
+                            assert!(manifest.depth() >= 5, "{levels:?}");
+                        }
+                        manifest.delete_chunks(&*s.backend, &entry()).unwrap();
+                        for key in &keys {
+                            assert_eq!(s.backend.get(key).unwrap(), None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_or_altered_index_chunk_is_invalid() {
+        let s = setup();
+        store(&s, &data(10_000), 100, None, None);
+        let manifest = manifest_of(&s);
+        assert!(manifest.depth() >= 2);
+        for level in 1..=manifest.depth() {
+            let index = manifest.index_key(&entry(), level, 0);
+            let original = s.backend.get(&index).unwrap().unwrap();
+            let mut flipped = original.clone();
+            flipped[5] ^= 1;
+            s.backend.set(&index, &flipped, TTL).unwrap();
+            assert!(matches!(
+                load(&s, None),
+                Err(LoadError::Invalid(Invalid::IndexChunk(l, 0))) if l == level
+            ));
+            s.backend.set(&index, &original[..DIGEST], TTL).unwrap();
+            assert!(load(&s, None).is_err());
+            s.backend.delete(&index).unwrap();
+            assert!(load(&s, None).is_err());
+            s.backend.set(&index, &original, TTL).unwrap();
+            assert_eq!(load(&s, None).unwrap(), data(10_000));
+        }
+    }
+
+    #[test]
+    fn a_reader_fetches_each_batch_with_its_index_chunks_in_one_round_trip() {
+        struct Counting(MemoryBackend, std::sync::atomic::AtomicUsize);
+        impl Backend for Counting {
+            fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+                self.0.get(key)
+            }
+            fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.get_many(keys)
+            }
+            fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+                self.0.set(key, value, ttl)
+            }
+            fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+                self.0.add(key, value, ttl)
+            }
+            fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+                self.0.touch(key, ttl)
+            }
+            fn delete(&self, key: &str) -> Result<bool, BackendError> {
+                self.0.delete(key)
+            }
+        }
+        let counting = Arc::new(Counting(MemoryBackend::new(), Default::default()));
+        let s = Setup {
+            backend: Arc::clone(&counting) as Arc<dyn Backend>,
+            counters: Arc::default(),
+        };
+        // Fan-out 32: batches of 4 never straddle a level-1 index chunk.
+        store(&s, &data(1024 * 1024), 1024, None, None);
+        assert_eq!(manifest_of(&s).depth(), 1);
+        assert_eq!(load(&s, None).unwrap(), data(1024 * 1024));
+        let trips = counting.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(trips, 1024 / BATCH_CHUNKS);
     }
 
     #[test]

@@ -577,6 +577,7 @@ impl Deflater {
 pub struct Inflater {
     state: Box<InflateState>,
     done: bool,
+    pending: bool,
 }
 
 impl Default for Inflater {
@@ -584,6 +585,7 @@ impl Default for Inflater {
         Inflater {
             state: InflateState::new_boxed(DataFormat::Zlib),
             done: false,
+            pending: false,
         }
     }
 }
@@ -609,7 +611,19 @@ impl Inflater {
             Ok(_) | Err(MZError::Buf) => {}
             Err(err) => return Err(Invalid::Stream(format!("zlib: {err:?}"))),
         }
+        // A call that fills `output` may stop with decoded bytes still
+        // inside the decoder (miniz_oxide stages them in its window), even
+        // when it consumed all of `input`.
+        self.pending = !self.done && !output.is_empty() && res.bytes_written == output.len();
         Ok((res.bytes_consumed, res.bytes_written))
+    }
+
+    /// Whether the decoder may still hold output from input it already
+    /// consumed: the last call filled its output buffer. Such output comes
+    /// out of a call with empty input; until it has, running out of input
+    /// is not the end of the stream.
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
     /// Whether the zlib stream ended.
@@ -944,6 +958,38 @@ mod tests {
         }
         assert_eq!(output, input);
         assert!(inflater.inflate(b"x", &mut buf).is_err());
+    }
+
+    #[test]
+    fn output_held_in_the_decoder_comes_out_with_empty_input() {
+        // Highly compressible input: a few bytes of zlib stand for far more
+        // output than the buffer takes, so the decoder consumes all of its
+        // input long before it has handed out everything.
+        let input = vec![b'z'; 300_000];
+        let mut compressed = Vec::new();
+        let mut deflater = Deflater::new(1);
+        deflater.write(&input, &mut |out| compressed.extend_from_slice(out));
+        deflater.finish(&mut |out| compressed.extend_from_slice(out));
+        let mut inflater = Inflater::default();
+        let mut buf = vec![0u8; 4096];
+        let mut rest = &compressed[..];
+        let mut total = 0;
+        while !rest.is_empty() {
+            let (used, written) = inflater.inflate(rest, &mut buf).unwrap();
+            rest = &rest[used..];
+            total += written;
+        }
+        // All input consumed, and much of the output still to come.
+        assert!(inflater.pending() && !inflater.finished());
+        assert!(total < input.len());
+        while inflater.pending() {
+            let (used, written) = inflater.inflate(&[], &mut buf).unwrap();
+            assert_eq!(used, 0);
+            assert!(buf[..written].iter().all(|&b| b == b'z'));
+            total += written;
+        }
+        assert!(inflater.finished());
+        assert_eq!(total, input.len());
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //!    key. Keys therefore always satisfy memcached's rules (at most 250
 //!    bytes, no spaces or control characters).
 //!
+//! The stored key is what the backend sees; what a stored envelope is bound
+//! to is the caller's *full* key, step 2's result before any escaping,
+//! shortening or hashing (see [`codec`](crate::codec)), so two keys that
+//! share a stored key never read each other's values.
+//!
 //! One deliberate difference from Djblets: a backslash is escaped too (as
 //! `\x5c`). Djblets leaves it alone, which makes the key `"a b"` and the key
 //! `"a\x20b"` (a literal backslash) the same stored key, so one caller could
@@ -41,6 +46,10 @@
 //!   `n` of write `w` (tag `{w}-{n}`), `I` for index chunk `n` at level `l`
 //!   of write `w` (tag `{w}-{l}.{n}`). The write id is 16 lowercase hex
 //!   digits, `n` and `l` are decimal.
+//! - For the key `job` in the namespace `shop`: `shop:\L:job` (lock),
+//!   `shop:\C0123456789abcdef-7:job` (data chunk 7),
+//!   `shop:\I0123456789abcdef-1.0:job` (the first index chunk of level 1);
+//!   encrypted, `\L:` and the 64 hex digits of the stored key.
 //! - When the result would exceed 250 bytes, the stored key part keeps its
 //!   longest prefix that fits (on a character boundary) followed by the 64
 //!   hex digits of the SHA-256 of the whole unshortened derived key: prefix

@@ -100,12 +100,12 @@ fn chunked_values_hit_whatever_their_size() {
     let mut misses = Vec::new();
     for chunk_size in [MIN_CHUNK_SIZE, BUF + 1000] {
         let mut sizes = vec![1, chunk_size - 1, chunk_size, chunk_size + 1];
-        for base in [BUF, 2 * BUF, chunk_size + BUF, 2 * chunk_size] {
-            sizes.extend([base - 100, base - 1, base, base + 1, base + 100]);
+        for base in [BUF, chunk_size + BUF, 2 * chunk_size] {
+            sizes.extend([base - 1, base, base + 1]);
         }
         if chunk_size > BUF {
             // The last chunk longer than the buffer by various amounts.
-            sizes.extend([chunk_size + BUF + 5_000, chunk_size + BUF + 20_000]);
+            sizes.extend([chunk_size + BUF + 300, 2 * chunk_size - 300]);
         }
         sizes.sort_unstable();
         sizes.dedup();
@@ -117,8 +117,9 @@ fn chunked_values_hit_whatever_their_size() {
                     misses.push(("value", chunk_size, size, options.clone()));
                 }
             }
-            // Items of a few sizes, so that item frames straddle buffers.
-            for &total in &sizes[sizes.len() - 4..] {
+            // Items whose frames straddle buffers and chunks, the stream
+            // ending a little past the buffer into the last chunk.
+            for total in [chunk_size + BUF, chunk_size + BUF + 300] {
                 let items: Vec<Vec<u8>> = (0..total)
                     .step_by(7_001)
                     .map(|start| noise(7_001.min(total - start), start as u64))
@@ -317,7 +318,11 @@ fn no_stored_item_exceeds_the_chunk_size() {
         let limit = chunk_size.max(MIN_CHUNK_SIZE);
         let mut checked = 0;
         for (pipeline, options) in pipelines().into_iter().enumerate() {
-            for chunks in [31, 32, 33, 1100] {
+            // Past 32 chunks the manifest used to outgrow the chunk; past
+            // 1024, two levels of index chunks (the plain pipeline only, to
+            // keep the test quick).
+            let many = if pipeline == 2 { 1100 } else { 100 };
+            for chunks in [31, 32, 33, many] {
                 backend.clear_log();
                 let data = noise(limit * chunks - 50, chunks as u64);
                 assert_eq!(
@@ -333,7 +338,7 @@ fn no_stored_item_exceeds_the_chunk_size() {
                 }
             }
             backend.clear_log();
-            let items: Vec<Vec<u8>> = (0..300).map(|i| noise(limit * 3, i)).collect();
+            let items: Vec<Vec<u8>> = (0..60).map(|i| noise(limit * 3, i)).collect();
             assert_eq!(
                 iter_computes(&format!("items{pipeline}"), &items, &options),
                 1
@@ -342,7 +347,7 @@ fn no_stored_item_exceeds_the_chunk_size() {
                 assert!(size <= limit + MAX_OVERHEAD, "{key}: {size} bytes");
             }
         }
-        assert!(checked > 4 * 1100);
+        assert!(checked > 1400);
     }
 }
 

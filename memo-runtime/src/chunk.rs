@@ -332,8 +332,8 @@ pub enum StoreError {
     /// A backend call failed; the manifest was not written.
     #[error("storing chunks failed: {0}")]
     Backend(#[from] BackendError),
-    /// The value cannot be described by one manifest (more than 2^32 chunks
-    /// or a manifest larger than a chunk).
+    /// The value cannot be described by one manifest (2^32 chunks or
+    /// more).
     #[error("value too large to store: {0}")]
     TooLarge(String),
     /// The manifest could not be encoded.

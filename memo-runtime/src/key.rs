@@ -50,10 +50,11 @@
 //!   `shop:\C0123456789abcdef-7:job` (data chunk 7),
 //!   `shop:\I0123456789abcdef-1.0:job` (the first index chunk of level 1);
 //!   encrypted, `\L:` and the 64 hex digits of the stored key.
-//! - When the result would exceed 250 bytes, the stored key part keeps its
-//!   longest prefix that fits (on a character boundary) followed by the 64
-//!   hex digits of the SHA-256 of the whole unshortened derived key: prefix
-//!   and marker always survive.
+//! - When the result would exceed 250 bytes, the `:` after the tag becomes
+//!   `;` and the stored key part keeps its longest prefix that fits (on a
+//!   character boundary) followed by the 64 hex digits of the SHA-256 of
+//!   the derived key before shortening: prefix and marker always survive,
+//!   and a shortened derived key never equals an unshortened one.
 //!
 //! No derived key can equal a key a caller can produce: in a caller's
 //! stored key a backslash only ever starts an escape (`\x` and two
@@ -62,7 +63,7 @@
 //! digits; a derived key always holds a backslash followed by an uppercase
 //! letter. Two derived keys of different kinds differ in their marker, and
 //! within a kind the tag and the rest are read back unambiguously (the tag
-//! ends at the first `:`), so derived keys never collide with one another
+//! ends at the first `:` or `;`), so derived keys never collide with one another
 //! either (short of a SHA-256 collision). Derived keys follow memcached's
 //! rules like stored keys: at most 250 bytes, no space or control
 //! character.
@@ -368,18 +369,22 @@ fn derived(stored: &str, prefix_len: usize, kind: Derived) -> String {
     head.push_str(prefix);
     // Write errors into a String cannot happen.
     let _ = match kind {
-        Derived::Lock => write!(head, "\\L:"),
-        Derived::Chunk { write, index } => write!(head, "\\C{write}-{index}:"),
+        Derived::Lock => write!(head, "\\L"),
+        Derived::Chunk { write, index } => write!(head, "\\C{write}-{index}"),
         Derived::Index {
             write,
             level,
             index,
-        } => write!(head, "\\I{write}-{level}.{index}:"),
+        } => write!(head, "\\I{write}-{level}.{index}"),
     };
-    if head.len() + rest.len() <= MEMCACHED_MAX_KEY {
+    if head.len() + 1 + rest.len() <= MEMCACHED_MAX_KEY {
+        head.push(':');
         head.push_str(rest);
         return head;
     }
+    // `;` rather than `:` marks a shortened rest, so that a shortened key
+    // never equals another stored key's rest taken verbatim.
+    head.push(';');
     let mut whole = Sha256::new();
     whole.update(head.as_bytes());
     whole.update(rest.as_bytes());
@@ -549,6 +554,28 @@ mod tests {
                 }
             }
         }
+        // Shortened: `;` after the tag, then part of the key and a digest.
+        let long = entry("y".repeat(500));
+        let chunk = long.derived(Derived::Chunk {
+            write: WRITE,
+            index: 3,
+        });
+        assert!(
+            chunk.starts_with("example.com:\\C0123456789abcdef-3;yyy"),
+            "{chunk}"
+        );
+        assert_eq!(chunk.len(), MEMCACHED_MAX_KEY);
+        // A lock key has room for any stored key.
+        assert_eq!(
+            long.derived(Derived::Lock),
+            format!("example.com:\\L:{}", &long.stored()["example.com:".len()..])
+        );
+        let short = entry("y".repeat(100));
+        assert!(
+            short
+                .derived(Derived::Lock)
+                .starts_with("example.com:\\L:yyy")
+        );
         // A namespace too long to keep is dropped, the marker stays.
         let ns = "n".repeat(200);
         let long = EntryKey::new(Some(&ns), &"k".into(), None);

@@ -33,6 +33,21 @@
 //! data chunks, and a reader fetches the index chunks a batch needs in the
 //! batch's own round trip, holding one index chunk per level.
 //!
+//! The manifest's body (inside an envelope of kind 2, see
+//! [`codec`](crate::codec)), all integers little endian:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  write id
+//!      8     4  chunk size (at least 64: two digests)
+//!     12     4  number of data chunks
+//!     16     8  bytes stored over all data chunks
+//!     24     8  serialized length before compression and encryption
+//!     32     8  item count (1 for a value)
+//!     40    16  IV of the encrypted stream (zeros in the clear)
+//!     56  32*k  digests of the top level's k chunks, k <= chunk size / 32
+//! ```
+//!
 //! When encrypting, the manifest is sealed with a MAC that covers the root
 //! digests, which authenticates every chunk (encrypt-then-MAC over the
 //! whole stream). A missing, short, long or altered chunk is a miss.

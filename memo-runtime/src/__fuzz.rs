@@ -30,6 +30,7 @@ use crate::chunk::{Manifest, StreamWriter};
 use crate::codec::{self, Kind, fingerprint};
 use crate::config::{Config, config, configure};
 use crate::crypto::{EncryptionKey, TAG};
+use crate::key::EntryKey;
 use crate::lock::{CacheLock, LockError, LockOptions};
 use crate::memoize::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
 
@@ -162,13 +163,18 @@ pub fn manifest(data: &[u8]) {
     let encrypted = flags & 0x80 != 0;
     if let Ok(manifest) = Manifest::from_body(body, flags & 0x7f, encrypted) {
         // Whatever was accepted is consistent and re-encodes to itself.
-        assert_eq!(manifest.digests.len(), manifest.chunk_count as usize);
+        assert!(manifest.digests.len() as u64 <= u64::from(manifest.chunk_size) / 32);
+        assert!(manifest.digests.len() <= manifest.chunk_count as usize);
         assert_eq!(
             Manifest::from_body(&manifest.to_body(), manifest.flags, encrypted),
             Ok(manifest.clone())
         );
+        let entry = EntryKey::from_parts(None, KEY, KEY);
         for index in [0, manifest.chunk_count.saturating_sub(1)] {
-            let chunk_key = manifest.chunk_key(KEY, index);
+            let chunk_key = manifest.chunk_key(&entry, index);
+            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+        }
+        for chunk_key in manifest.stored_keys(&entry).take(1000) {
             assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
         }
     }
@@ -236,12 +242,13 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let config = config();
     let key = key();
     let full_key = make_cache_key(KEY, &plan.options());
+    let entry = EntryKey::from_parts(None, &full_key, KEY);
     let encryption = plan.encrypt.then_some(&key);
     let cooked = !plan.raw;
     let mut writer = StreamWriter::new(
         Arc::clone(&config.backend),
         Arc::clone(&config.counters),
-        full_key.clone(),
+        entry.clone(),
         TTL,
         plan.chunk_size,
         (cooked && plan.compress).then_some(1),
@@ -257,7 +264,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let Ok(Some(bytes)) = backend.get(&full_key) else {
         return;
     };
-    let Ok(mut manifest) = Manifest::decode(&full_key, &bytes, fp, stored_encryption) else {
+    let Ok(mut manifest) = Manifest::decode(KEY, &bytes, fp, stored_encryption) else {
         return;
     };
     if plan.raw && plan.compress {
@@ -276,7 +283,11 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     }
     if manifest.chunk_count > 0 {
         let index = u32::from(plan.chunk_tweak >> 3) % manifest.chunk_count;
-        let chunk_key = manifest.chunk_key(&full_key, index);
+        let chunk_key = match plan.chunk_tweak & 0x80 {
+            // An index chunk instead, when the value has any.
+            0x80 if manifest.depth() > 0 => manifest.index_key(&entry, 1, 0),
+            _ => manifest.chunk_key(&entry, index),
+        };
         let chunk = backend.get(&chunk_key).ok().flatten().unwrap_or_default();
         let _ = match plan.chunk_tweak % 8 {
             0..=3 => Ok(()),
@@ -290,7 +301,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
                 backend.set(&chunk_key, &flipped, TTL)
             }
             _ => {
-                let other = manifest.chunk_key(&full_key, (index + 1) % manifest.chunk_count);
+                let other = manifest.chunk_key(&entry, (index + 1) % manifest.chunk_count);
                 match backend.get(&other) {
                     Ok(Some(other)) => backend.set(&chunk_key, &other, TTL),
                     _ => Ok(()),
@@ -298,7 +309,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
             }
         };
     }
-    if let Ok(envelope) = manifest.encode(&full_key, fp, encryption) {
+    if let Ok(envelope) = manifest.encode(KEY, fp, encryption) {
         let _ = backend.set(&full_key, &envelope, TTL);
     }
 }
@@ -478,6 +489,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 input.extend(manifest.to_body());
                 valid.push(input);
             }
+            // A tree of index chunks four levels deep.
+            for encrypted in [false, true] {
+                let mut input = vec![if encrypted { 0x80 } else { 0 }];
+                input.extend(written_manifest(2000, 64, None, encrypted).to_body());
+                valid.push(input);
+            }
             // Forged counts and lengths that must be refused unallocated.
             let mut forged = example_manifest(0, false);
             forged.chunk_count = u32::MAX;
@@ -493,6 +510,15 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 valid.push([&control[..], &value].concat());
             }
             for tweak in [[1, 31, 3, 0], [0, 15, 5, 0], [1, 7, 0, 12], [3, 63, 0, 13]] {
+                valid.push([&tweak[..], &value].concat());
+            }
+            // Deep trees of index chunks, one of them altered.
+            for tweak in [
+                [0, 63, 0, 0x80],
+                [2, 63, 0, 0x84],
+                [0, 63, 0, 0x86],
+                [1, 95, 0, 0x87],
+            ] {
                 valid.push([&tweak[..], &value].concat());
             }
             // Raw: the payload is the stored zlib stream itself.
@@ -560,16 +586,27 @@ fn deflate(data: &[u8]) -> Vec<u8> {
 
 /// The manifest of a real chunked write of `len` bytes.
 fn example_manifest(len: usize, encrypted: bool) -> Manifest {
+    written_manifest(len, 1024, Some(1), encrypted)
+}
+
+/// The manifest of a real chunked write of `len` bytes in chunks of
+/// `chunk_size`.
+fn written_manifest(
+    len: usize,
+    chunk_size: usize,
+    compression: Option<u8>,
+    encrypted: bool,
+) -> Manifest {
     let config = Config::new(MemoryBackend::new());
     let key = key();
     let encryption = encrypted.then_some(&key);
     let mut writer = StreamWriter::new(
         Arc::clone(&config.backend),
         Arc::clone(&config.counters),
-        KEY.into(),
+        EntryKey::from_parts(None, KEY, KEY),
         TTL,
-        1024,
-        Some(1),
+        chunk_size,
+        compression,
         encryption,
         false,
     );

@@ -2,9 +2,10 @@
 //! reading them back.
 //!
 //! memcached refuses items over 1 MiB, so a large payload is stored as
-//! chunks of at most `chunk_size` bytes under derived keys, plus a main
-//! entry, the [`Manifest`], written last. The payload flows through a
-//! pipeline that never holds more than a few chunks:
+//! chunks of at most `chunk_size` bytes under derived keys (see
+//! [`key`](crate::key)), plus a main entry, the [`Manifest`], written last.
+//! The payload flows through a pipeline that never holds more than a few
+//! chunks:
 //!
 //! ```text
 //! postcard bytes -> zlib (optional) -> AES-CBC (optional) -> chunks -> set_many batches
@@ -13,15 +14,51 @@
 //! and back the same way on load. The manifest records a random write id
 //! (part of every chunk key, so two writes of one key never share chunk
 //! keys and a reader can never combine their chunks), the chunk size and
-//! count, the lengths, the item count, the IV, and the SHA-256 of every
-//! chunk. When encrypting, the manifest is sealed with a MAC that covers
-//! those digests, which authenticates every chunk (encrypt-then-MAC over
-//! the whole stream). A missing, short, long or altered chunk is a miss.
+//! count, the lengths, the item count, the IV, and the root of a tree of
+//! SHA-256 digests:
+//!
+//! - the *fan-out* `F` is `chunk_size / 32`, the digests one chunk holds;
+//! - level 0 are the data chunks; an *index chunk* at level `l + 1` is the
+//!   concatenation of the digests of up to `F` consecutive level-`l` chunks
+//!   (all full but the last);
+//! - the manifest lists the digests of the lowest level that has at most
+//!   `F` chunks: the data chunks themselves for up to `F` chunks, else the
+//!   index chunks of level 1, 2, ... (a value of `N` chunks has
+//!   `ceil(N / F)` level-1 index chunks, and so on).
+//!
+//! So no item memo stores exceeds `chunk_size` bytes, except the manifest,
+//! which holds at most `F` digests plus [`MAX_OVERHEAD`] bytes of fixed
+//! fields and envelope (set `chunk_size` that much below the backend's item
+//! limit; the default is). Index chunks are written in the same batches as
+//! data chunks, and a reader fetches the index chunks a batch needs in the
+//! batch's own round trip, holding one index chunk per level.
+//!
+//! The manifest's body (inside an envelope of kind 2, see
+//! [`codec`](crate::codec)), all integers little endian:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  write id
+//!      8     4  chunk size (at least 64: two digests)
+//!     12     4  number of data chunks
+//!     16     8  bytes stored over all data chunks
+//!     24     8  serialized length before compression and encryption
+//!     32     8  item count (1 for a value)
+//!     40    16  IV of the encrypted stream (zeros in the clear)
+//!     56  32*k  digests of the top level's k chunks, k <= chunk size / 32
+//! ```
+//!
+//! When encrypting, the manifest is sealed with a MAC that covers the root
+//! digests, which authenticates every chunk (encrypt-then-MAC over the
+//! whole stream). A missing, short, long or altered chunk is a miss.
 //!
 //! Because the manifest is written only after every chunk is stored, a
 //! writer that stops half-way (an iterator dropped early, a panic, a failed
-//! `set_many`) leaves only orphan chunks, which no reader can reach and
-//! which expire with their TTL.
+//! `set_many`) leaves only orphan chunks, which no reader can reach. They
+//! are written with the entry's TTL and live it out (or until evicted): an
+//! abandoned write costs the space of what it stored for as long as the
+//! entry would have lived. Writing them short-lived and extending them once
+//! the manifest lands would cost a round trip per chunk on every write.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -33,7 +70,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{Backend, BackendError};
 use crate::codec::{self, Deflater, FLAG_COMPRESSED, FLAG_ITERATOR, Inflater, Invalid, Kind};
 use crate::crypto::{self, BLOCK, Decryptor, EncryptionKey, Encryptor};
-use crate::key::chunk_key;
+use crate::key::{Derived, EntryKey};
 use crate::stats::Counters;
 
 /// How many chunks travel in one `get_many`/`set_many` round trip. Together
@@ -48,16 +85,42 @@ pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(5 * 60);
 const DIGEST: usize = 32;
 const MANIFEST_FIXED: usize = 8 + 4 + 4 + 8 + 8 + 8 + BLOCK;
 
+/// The most a manifest envelope exceeds `chunk_size` by: its fixed fields
+/// and the envelope's header and checksum, or, encrypted, its IV, padding,
+/// sealed type fingerprint and MAC. Every other stored item is at most
+/// `chunk_size` bytes.
+pub const MAX_OVERHEAD: usize = MANIFEST_FIXED + codec::HEADER_LEN + 2 * BLOCK + 8 + crypto::TAG;
+
+/// How many digests one chunk holds: the fan-out of the tree of digests.
+fn fanout(chunk_size: u32) -> u64 {
+    u64::from(chunk_size) / DIGEST as u64
+}
+
+/// How many chunks each level of the tree has, from the data chunks (level
+/// 0) up to the level the manifest lists. `None` when `chunk_size` is too
+/// small to hold two digests.
+fn level_counts(chunk_count: u32, chunk_size: u32) -> Option<Vec<u64>> {
+    let fanout = fanout(chunk_size);
+    if fanout < 2 {
+        return None;
+    }
+    let mut counts = vec![u64::from(chunk_count)];
+    while let Some(&last) = counts.last().filter(|&&last| last > fanout) {
+        counts.push(last.div_ceil(fanout));
+    }
+    Some(counts)
+}
+
 /// The main entry of a chunked value: what was written and how to check it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     /// A random id shared by the chunk keys of this write.
     pub write_id: [u8; 8],
-    /// The size of every chunk but the last.
+    /// The size of every data chunk but the last.
     pub chunk_size: u32,
-    /// The number of chunks.
+    /// The number of data chunks.
     pub chunk_count: u32,
-    /// The total bytes stored over all chunks.
+    /// The total bytes stored over all data chunks.
     pub stored_len: u64,
     /// The serialized length before compression and encryption.
     pub plain_len: u64,
@@ -65,7 +128,8 @@ pub struct Manifest {
     pub item_count: u64,
     /// The IV of the encrypted stream (zeros in the clear).
     pub iv: [u8; BLOCK],
-    /// The SHA-256 of each stored chunk.
+    /// The SHA-256 of each chunk of the tree's top level: the data chunks
+    /// when there are at most `chunk_size / 32` of them, else index chunks.
     pub digests: Vec<[u8; DIGEST]>,
     /// `FLAG_COMPRESSED` and `FLAG_ITERATOR` bits.
     pub flags: u8,
@@ -97,10 +161,19 @@ impl Manifest {
         }
         let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        let digests = (body.len() - MANIFEST_FIXED) / DIGEST;
+        let chunk_size = u32_at(8);
+        let chunk_count = u32_at(12);
+        if fanout(chunk_size) < 2 {
+            return Err(Invalid::Manifest("chunk size"));
+        }
+        if digests as u64 > fanout(chunk_size) {
+            return Err(Invalid::Manifest("more digests than a chunk holds"));
+        }
         let manifest = Manifest {
             write_id: body[..8].try_into().expect("8 bytes"),
-            chunk_size: u32_at(8),
-            chunk_count: u32_at(12),
+            chunk_size,
+            chunk_count,
             stored_len: u64_at(16),
             plain_len: u64_at(24),
             item_count: u64_at(32),
@@ -111,11 +184,8 @@ impl Manifest {
                 .collect(),
             flags: flags & (FLAG_COMPRESSED | FLAG_ITERATOR),
         };
-        if manifest.digests.len() != manifest.chunk_count as usize {
+        if manifest.top_count() != Some(digests as u64) {
             return Err(Invalid::Manifest("chunk count"));
-        }
-        if manifest.chunk_size == 0 {
-            return Err(Invalid::Manifest("chunk size"));
         }
         let expected_chunks = manifest.stored_len.div_ceil(u64::from(manifest.chunk_size));
         if expected_chunks != u64::from(manifest.chunk_count) {
@@ -134,27 +204,80 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The key of chunk `index`.
-    pub fn chunk_key(&self, full_key: &str, index: u32) -> String {
-        chunk_key(full_key, &crypto::hex(&self.write_id), index)
+    /// How many chunks each level of the tree has (data chunks first).
+    fn levels(&self) -> Vec<u64> {
+        level_counts(self.chunk_count, self.chunk_size).unwrap_or_default()
     }
 
-    /// The exact length chunk `index` must have.
+    /// How many digests the manifest lists.
+    fn top_count(&self) -> Option<u64> {
+        level_counts(self.chunk_count, self.chunk_size).and_then(|c| c.last().copied())
+    }
+
+    /// The levels of index chunks (0 when the manifest lists data chunks).
+    pub fn depth(&self) -> u32 {
+        self.levels().len().saturating_sub(1) as u32
+    }
+
+    fn write_hex(&self) -> String {
+        crypto::hex(&self.write_id)
+    }
+
+    /// The key of data chunk `index`.
+    pub fn chunk_key(&self, key: &EntryKey, index: u32) -> String {
+        key.derived(Derived::Chunk {
+            write: &self.write_hex(),
+            index,
+        })
+    }
+
+    /// The key of index chunk `index` at `level` (from 1).
+    pub fn index_key(&self, key: &EntryKey, level: u32, index: u32) -> String {
+        key.derived(Derived::Index {
+            write: &self.write_hex(),
+            level,
+            index,
+        })
+    }
+
+    /// Every key this write stored besides the manifest: data chunks, then
+    /// index chunks level by level.
+    pub fn stored_keys(&self, key: &EntryKey) -> impl Iterator<Item = String> + '_ {
+        let key = key.clone();
+        let levels = self.levels();
+        let data = (0..self.chunk_count).map({
+            let key = key.clone();
+            move |index| self.chunk_key(&key, index)
+        });
+        let index = levels
+            .into_iter()
+            .enumerate()
+            .skip(1)
+            .flat_map(move |(level, count)| {
+                let key = key.clone();
+                (0..count).map(move |index| {
+                    self.index_key(&key, level as u32, u32::try_from(index).unwrap_or(u32::MAX))
+                })
+            });
+        data.chain(index)
+    }
+
+    /// The exact length data chunk `index` must have.
     fn chunk_len(&self, index: u32) -> u64 {
         let size = u64::from(self.chunk_size);
         let start = u64::from(index) * size;
-        size.min(self.stored_len - start)
+        size.min(self.stored_len.saturating_sub(start))
     }
 
-    /// The envelope for this manifest under `full_key`.
+    /// The envelope for this manifest, bound to the caller's full key.
     pub fn encode(
         &self,
-        full_key: &str,
+        bound_key: &str,
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Vec<u8>, codec::EncodeError> {
         codec::seal_envelope(
-            full_key,
+            bound_key,
             Kind::Manifest,
             self.flags,
             fingerprint,
@@ -163,15 +286,15 @@ impl Manifest {
         )
     }
 
-    /// Any manifest stored under `full_key`, whatever type it was written
+    /// Any manifest stored for `bound_key`, whatever type it was written
     /// for; `None` for anything else. For housekeeping only (finding chunks
     /// to delete): such a manifest is never decoded into a value.
     pub fn decode_any(
-        full_key: &str,
+        bound_key: &str,
         bytes: &[u8],
         encryption: Option<&EncryptionKey>,
     ) -> Option<Manifest> {
-        Self::open(full_key, bytes, None, encryption).ok()
+        Self::open(bound_key, bytes, None, encryption).ok()
     }
 
     /// Gives every chunk of this write `ttl` more to live (less than its
@@ -179,41 +302,41 @@ impl Manifest {
     pub fn expire_chunks(
         &self,
         backend: &dyn Backend,
-        full_key: &str,
+        key: &EntryKey,
         ttl: Duration,
     ) -> Result<(), BackendError> {
-        for index in 0..self.chunk_count {
-            backend.touch(&self.chunk_key(full_key, index), ttl)?;
+        for chunk in self.stored_keys(key) {
+            backend.touch(&chunk, ttl)?;
         }
         Ok(())
     }
 
     /// Deletes every chunk of this write.
-    pub fn delete_chunks(&self, backend: &dyn Backend, full_key: &str) -> Result<(), BackendError> {
-        for index in 0..self.chunk_count {
-            backend.delete(&self.chunk_key(full_key, index))?;
+    pub fn delete_chunks(&self, backend: &dyn Backend, key: &EntryKey) -> Result<(), BackendError> {
+        for chunk in self.stored_keys(key) {
+            backend.delete(&chunk)?;
         }
         Ok(())
     }
 
-    /// Opens a manifest envelope read under `full_key`.
+    /// Opens a manifest envelope bound to `bound_key`.
     pub fn decode(
-        full_key: &str,
+        bound_key: &str,
         bytes: &[u8],
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
-        Self::open(full_key, bytes, Some(fingerprint), encryption)
+        Self::open(bound_key, bytes, Some(fingerprint), encryption)
     }
 
     fn open(
-        full_key: &str,
+        bound_key: &str,
         bytes: &[u8],
         fingerprint: Option<u64>,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
         let (header, body) =
-            codec::open_envelope(full_key, bytes, Kind::Manifest, fingerprint, encryption)?;
+            codec::open_envelope(bound_key, bytes, Kind::Manifest, fingerprint, encryption)?;
         Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some())
     }
 }
@@ -224,8 +347,8 @@ pub enum StoreError {
     /// A backend call failed; the manifest was not written.
     #[error("storing chunks failed: {0}")]
     Backend(#[from] BackendError),
-    /// The value cannot be described by one manifest (more than 2^32 chunks
-    /// or a manifest larger than a chunk).
+    /// The value cannot be described by one manifest (2^32 chunks or
+    /// more).
     #[error("value too large to store: {0}")]
     TooLarge(String),
     /// The manifest could not be encoded.
@@ -254,10 +377,16 @@ pub enum LoadError {
 pub struct StreamWriter {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
-    full_key: String,
+    key: EntryKey,
     write_hex: String,
     ttl: Duration,
     chunk_size: usize,
+    /// Digests not yet grouped into an index chunk, per level (0 = data).
+    pending: Vec<Vec<[u8; DIGEST]>>,
+    /// How many chunks each level has so far.
+    counts: Vec<u32>,
+    /// The value needs more chunks than a manifest can count.
+    too_large: bool,
     deflater: Option<Deflater>,
     encryptor: Option<Encryptor>,
     partial_block: Vec<u8>,
@@ -268,12 +397,13 @@ pub struct StreamWriter {
 }
 
 impl StreamWriter {
-    /// A writer storing under `full_key`.
+    /// A writer storing the entry `key`. `chunk_size` is at least 64 (two
+    /// digests), as [`Config::chunk_size`](crate::Config::chunk_size) ensures.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         backend: Arc<dyn Backend>,
         counters: Arc<Counters>,
-        full_key: String,
+        key: EntryKey,
         ttl: Duration,
         chunk_size: usize,
         compression: Option<u8>,
@@ -297,10 +427,13 @@ impl StreamWriter {
         StreamWriter {
             backend,
             counters,
-            full_key,
+            key,
             write_hex: crypto::hex(&write_id),
             ttl,
-            chunk_size,
+            chunk_size: chunk_size.clamp(2 * DIGEST, u32::MAX as usize),
+            pending: vec![Vec::new()],
+            counts: vec![0],
+            too_large: false,
             deflater: compression.map(Deflater::new),
             encryptor: encryption.map(|key| key.encryptor(&iv)),
             partial_block: Vec::new(),
@@ -308,7 +441,8 @@ impl StreamWriter {
             batch: Vec::new(),
             manifest: Manifest {
                 write_id,
-                chunk_size: u32::try_from(chunk_size).unwrap_or(u32::MAX),
+                chunk_size: u32::try_from(chunk_size.clamp(2 * DIGEST, u32::MAX as usize))
+                    .unwrap_or(u32::MAX),
                 chunk_count: 0,
                 stored_len: 0,
                 plain_len: 0,
@@ -381,14 +515,53 @@ impl StreamWriter {
     fn seal_chunk(&mut self) {
         let chunk = std::mem::take(&mut self.chunk);
         let index = self.manifest.chunk_count;
-        self.manifest.digests.push(Sha256::digest(&chunk).into());
+        let Some(next) = index.checked_add(1) else {
+            self.too_large = true;
+            self.failed = Some(BackendError::new("more chunks than a manifest can count"));
+            return;
+        };
         self.manifest.stored_len += chunk.len() as u64;
-        self.manifest.chunk_count += 1;
-        let key = chunk_key(&self.full_key, &self.write_hex, index);
+        self.manifest.chunk_count = next;
+        let key = self.key.derived(Derived::Chunk {
+            write: &self.write_hex,
+            index,
+        });
+        self.push_digest(0, Sha256::digest(&chunk).into());
         self.batch.push((key, chunk));
         if self.batch.len() >= BATCH_CHUNKS {
             self.flush_batch();
         }
+    }
+
+    /// Records the digest of a chunk of `level`. A level holding a full
+    /// chunk's worth of digests when another arrives first becomes an index
+    /// chunk of the level above, so a level lists at most a fan-out of
+    /// digests only while it is the top one.
+    fn push_digest(&mut self, level: usize, digest: [u8; DIGEST]) {
+        let fanout = self.chunk_size / DIGEST;
+        if self.pending[level].len() == fanout {
+            self.seal_index(level);
+        }
+        self.pending[level].push(digest);
+        self.counts[level] = self.counts[level].saturating_add(1);
+    }
+
+    /// Stores the pending digests of `level` as the next index chunk of the
+    /// level above.
+    fn seal_index(&mut self, level: usize) {
+        let digests = std::mem::take(&mut self.pending[level]);
+        if self.pending.len() == level + 1 {
+            self.pending.push(Vec::new());
+            self.counts.push(0);
+        }
+        let node: Vec<u8> = digests.concat();
+        let key = self.key.derived(Derived::Index {
+            write: &self.write_hex,
+            level: level as u32 + 1,
+            index: self.counts[level + 1],
+        });
+        self.push_digest(level + 1, Sha256::digest(&node).into());
+        self.batch.push((key, node));
     }
 
     fn flush_batch(&mut self) {
@@ -429,14 +602,30 @@ impl StreamWriter {
         if !self.chunk.is_empty() {
             self.seal_chunk();
         }
+        // Group each level that is not the top one into index chunks, up
+        // to the first level with at most a fan-out of chunks.
+        let fanout = self.chunk_size / DIGEST;
+        let mut level = 0;
+        while self.counts[level] as usize > fanout {
+            self.seal_index(level);
+            level += 1;
+        }
+        self.manifest.digests = std::mem::take(&mut self.pending[level]);
         self.flush_batch();
+        if self.too_large {
+            self.failed = None;
+            return Err(StoreError::TooLarge(format!(
+                "more than {} chunks",
+                u32::MAX
+            )));
+        }
         if let Some(err) = self.failed.take() {
             return Err(StoreError::Backend(err));
         }
         let envelope = self
             .manifest
-            .encode(&self.full_key, fingerprint, encryption)?;
-        if envelope.len() > self.chunk_size.max(64 * 1024) {
+            .encode(self.key.bound(), fingerprint, encryption)?;
+        if envelope.len() > self.chunk_size + MAX_OVERHEAD {
             return Err(StoreError::TooLarge(format!(
                 "{} chunks need a {} byte manifest",
                 self.manifest.chunk_count,
@@ -449,19 +638,19 @@ impl StreamWriter {
         // eviction policy would hold them all that time), and deleted at
         // once they would vanish under a reader that is streaming them right
         // now. So they are given a short grace period, then expire.
-        let previous = match self.backend.get(&self.full_key) {
-            Ok(Some(bytes)) => Manifest::decode_any(&self.full_key, &bytes, encryption),
+        let previous = match self.backend.get(self.key.stored()) {
+            Ok(Some(bytes)) => Manifest::decode_any(self.key.bound(), &bytes, encryption),
             Ok(None) => None,
             Err(err) => {
                 self.counters.backend_failed("get", &err);
                 None
             }
         };
-        self.backend.set(&self.full_key, &envelope, self.ttl)?;
+        self.backend.set(self.key.stored(), &envelope, self.ttl)?;
         Counters::add(&self.counters.bytes_written, envelope.len() as u64);
         if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
             let grace = SUPERSEDED_GRACE.min(self.ttl);
-            if let Err(err) = previous.expire_chunks(&*self.backend, &self.full_key, grace) {
+            if let Err(err) = previous.expire_chunks(&*self.backend, &self.key, grace) {
                 self.counters.backend_failed("touch", &err);
             }
         }
@@ -487,14 +676,14 @@ impl Drop for StreamWriter {
 pub(crate) fn verify_chunks(
     backend: &dyn Backend,
     counters: &Counters,
-    full_key: &str,
+    key: &EntryKey,
     manifest: &Manifest,
     keep_up_to: usize,
 ) -> Result<Option<VecDeque<Vec<u8>>>, LoadError> {
     let keep = manifest.chunk_count as usize <= keep_up_to;
     let mut kept = VecDeque::new();
     let mut fetcher = ChunkFetcher::default();
-    while let Some(chunk) = fetcher.next(backend, counters, full_key, manifest)? {
+    while let Some(chunk) = fetcher.next(backend, counters, key, manifest)? {
         if keep {
             kept.push_back(chunk);
         }
@@ -502,11 +691,17 @@ pub(crate) fn verify_chunks(
     Ok(keep.then_some(kept))
 }
 
-/// Fetches verified chunks in order, a batch at a time.
+/// Fetches verified data chunks in order, a batch at a time, with the index
+/// chunks each batch needs fetched in the same round trip.
 #[derive(Default)]
 struct ChunkFetcher {
     next_index: u32,
     queue: VecDeque<Vec<u8>>,
+    /// Chunks per level of the tree (data chunks first), once known.
+    levels: Vec<u64>,
+    /// The index chunk held at each level from 1 (slot 0 unused): its
+    /// position in its level and its bytes.
+    nodes: Vec<Option<(u64, Vec<u8>)>>,
 }
 
 impl ChunkFetcher {
@@ -514,50 +709,137 @@ impl ChunkFetcher {
         &mut self,
         backend: &dyn Backend,
         counters: &Counters,
-        full_key: &str,
+        key: &EntryKey,
         manifest: &Manifest,
     ) -> Result<Option<Vec<u8>>, LoadError> {
         if self.queue.is_empty() {
-            let first = self.next_index;
-            let end = manifest
-                .chunk_count
-                .min(first.saturating_add(BATCH_CHUNKS as u32));
-            if first >= end {
-                return Ok(None);
-            }
-            let keys: Vec<String> = (first..end)
-                .map(|index| manifest.chunk_key(full_key, index))
-                .collect();
-            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let values = backend.get_many(&key_refs)?;
-            counters.backend_ok();
-            if values.len() != keys.len() {
-                return Err(BackendError::new(format!(
-                    "get_many returned {} values for {} keys",
-                    values.len(),
-                    keys.len()
-                ))
-                .into());
-            }
-            for (index, value) in (first..end).zip(values) {
-                let chunk = value.ok_or(Invalid::MissingChunk(index))?;
-                Counters::add(&counters.bytes_read, chunk.len() as u64);
-                if chunk.len() as u64 != manifest.chunk_len(index)
-                    || !crypto::tags_equal(
-                        &Sha256::digest(&chunk),
-                        &manifest.digests[index as usize],
-                    )
-                {
-                    return Err(Invalid::ChunkDigest(index).into());
-                }
-                self.queue.push_back(chunk);
-            }
+            self.fetch_batch(backend, counters, key, manifest)?;
         }
         let chunk = self.queue.pop_front();
         if chunk.is_some() {
             self.next_index += 1;
         }
         Ok(chunk)
+    }
+
+    fn fetch_batch(
+        &mut self,
+        backend: &dyn Backend,
+        counters: &Counters,
+        key: &EntryKey,
+        manifest: &Manifest,
+    ) -> Result<(), LoadError> {
+        if self.levels.is_empty() {
+            self.levels = manifest.levels();
+            self.nodes = vec![None; self.levels.len()];
+        }
+        let depth = self.levels.len().saturating_sub(1);
+        let fanout = fanout(manifest.chunk_size);
+        let first = self.next_index;
+        let mut end = manifest
+            .chunk_count
+            .min(first.saturating_add(BATCH_CHUNKS as u32));
+        if first >= end {
+            return Ok(());
+        }
+        if depth > 0 {
+            // A batch stays within one level-1 index chunk, so one chunk
+            // per level covers it.
+            let boundary = (u64::from(first) / fanout + 1) * fanout;
+            end = end.min(u32::try_from(boundary).unwrap_or(u32::MAX));
+        }
+        // The index chunk at each level that covers `first`, when not held.
+        let mut wanted: Vec<(usize, u64)> = Vec::new();
+        let mut span = 1u64;
+        for level in 1..=depth {
+            span = span.saturating_mul(fanout);
+            let position = u64::from(first) / span;
+            if self.nodes[level].as_ref().map(|(at, _)| *at) != Some(position) {
+                wanted.push((level, position));
+            }
+        }
+        let mut keys: Vec<String> = wanted
+            .iter()
+            .map(|&(level, position)| {
+                manifest.index_key(
+                    key,
+                    level as u32,
+                    u32::try_from(position).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
+        keys.extend((first..end).map(|index| manifest.chunk_key(key, index)));
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values = backend.get_many(&key_refs)?;
+        counters.backend_ok();
+        if values.len() != keys.len() {
+            return Err(BackendError::new(format!(
+                "get_many returned {} values for {} keys",
+                values.len(),
+                keys.len()
+            ))
+            .into());
+        }
+        let mut values = values.into_iter();
+        // Top-down, so that each index chunk is checked against a digest
+        // already trusted: the manifest's, or the verified chunk above.
+        let mut fetched: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+        for (&(level, position), value) in wanted.iter().zip(&mut values) {
+            let bad =
+                Invalid::IndexChunk(level as u32, u32::try_from(position).unwrap_or(u32::MAX));
+            let node = value.ok_or_else(|| bad.clone())?;
+            Counters::add(&counters.bytes_read, node.len() as u64);
+            fetched.push((level, position, node));
+        }
+        for (level, position, node) in fetched.into_iter().rev() {
+            let bad =
+                Invalid::IndexChunk(level as u32, u32::try_from(position).unwrap_or(u32::MAX));
+            let children = self.levels[level - 1]
+                .saturating_sub(position.saturating_mul(fanout))
+                .min(fanout);
+            let expected = self
+                .digest_of(manifest, level, position)
+                .ok_or_else(|| bad.clone())?;
+            if node.len() as u64 != children * DIGEST as u64
+                || !crypto::tags_equal(&Sha256::digest(&node), &expected)
+            {
+                return Err(bad.into());
+            }
+            self.nodes[level] = Some((position, node));
+        }
+        for (index, value) in (first..end).zip(values) {
+            let chunk = value.ok_or(Invalid::MissingChunk(index))?;
+            Counters::add(&counters.bytes_read, chunk.len() as u64);
+            let expected = self
+                .digest_of(manifest, 0, u64::from(index))
+                .ok_or(Invalid::ChunkDigest(index))?;
+            if chunk.len() as u64 != manifest.chunk_len(index)
+                || !crypto::tags_equal(&Sha256::digest(&chunk), &expected)
+            {
+                return Err(Invalid::ChunkDigest(index).into());
+            }
+            self.queue.push_back(chunk);
+        }
+        Ok(())
+    }
+
+    /// The trusted digest of chunk `position` of `level`: from the
+    /// manifest for the top level, else from the held index chunk above.
+    fn digest_of(&self, manifest: &Manifest, level: usize, position: u64) -> Option<[u8; DIGEST]> {
+        let depth = self.levels.len().saturating_sub(1);
+        if level == depth {
+            return manifest
+                .digests
+                .get(usize::try_from(position).ok()?)
+                .copied();
+        }
+        let fanout = fanout(manifest.chunk_size);
+        let (at, node) = self.nodes.get(level + 1)?.as_ref()?;
+        if *at != position / fanout {
+            return None;
+        }
+        let offset = usize::try_from(position % fanout).ok()? * DIGEST;
+        node.get(offset..offset + DIGEST)?.try_into().ok()
     }
 }
 
@@ -573,7 +855,7 @@ impl ChunkFetcher {
 pub struct StreamReader {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
-    full_key: String,
+    key: EntryKey,
     manifest: Manifest,
     fetcher: ChunkFetcher,
     preloaded: Option<VecDeque<Vec<u8>>>,
@@ -595,7 +877,7 @@ impl StreamReader {
     pub(crate) fn new(
         backend: Arc<dyn Backend>,
         counters: Arc<Counters>,
-        full_key: String,
+        key: EntryKey,
         manifest: Manifest,
         encryption: Option<&EncryptionKey>,
         preloaded: Option<VecDeque<Vec<u8>>>,
@@ -605,7 +887,7 @@ impl StreamReader {
             decryptor: encryption.map(|key| key.decryptor(&manifest.iv)),
             backend,
             counters,
-            full_key,
+            key,
             manifest,
             fetcher: ChunkFetcher::default(),
             preloaded,
@@ -645,12 +927,9 @@ impl StreamReader {
         }
         let chunk = match self.preloaded.as_mut() {
             Some(preloaded) => preloaded.pop_front(),
-            None => self.fetcher.next(
-                &*self.backend,
-                &self.counters,
-                &self.full_key,
-                &self.manifest,
-            )?,
+            None => self
+                .fetcher
+                .next(&*self.backend, &self.counters, &self.key, &self.manifest)?,
         };
         let Some(chunk) = chunk else {
             self.chunks_done = true;
@@ -700,7 +979,13 @@ impl StreamReader {
         self.out.clear();
         self.out_pos = 0;
         loop {
-            if self.stored_pos == self.stored.len() && !self.next_stored()? {
+            // Input used up: fetch the next chunk, unless the decoder still
+            // holds output from it (then the empty input below drains it;
+            // the end of the last chunk is not the end of the stream).
+            if self.stored_pos == self.stored.len()
+                && !self.inflater.as_ref().is_some_and(Inflater::pending)
+                && !self.next_stored()?
+            {
                 return self.check_end().map(|()| false);
             }
             let input = &self.stored[self.stored_pos..];
@@ -785,6 +1070,10 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn entry() -> EntryKey {
+        EntryKey::from_parts(None, "main", "main")
+    }
+
     struct Setup {
         backend: Arc<dyn Backend>,
         counters: Arc<Counters>,
@@ -807,7 +1096,7 @@ mod tests {
         let mut writer = StreamWriter::new(
             Arc::clone(&s.backend),
             Arc::clone(&s.counters),
-            "main".into(),
+            entry(),
             TTL,
             chunk_size,
             compression,
@@ -826,7 +1115,7 @@ mod tests {
         let mut reader = StreamReader::new(
             Arc::clone(&s.backend),
             Arc::clone(&s.counters),
-            "main".into(),
+            entry(),
             manifest,
             enc,
             None,
@@ -875,7 +1164,7 @@ mod tests {
         store(&s, &data(10_000), 1024, None, None);
         let manifest = manifest_of(&s);
         assert_eq!(manifest.chunk_count, 10);
-        let third = manifest.chunk_key("main", 3);
+        let third = manifest.chunk_key(&entry(), 3);
         let original = s.backend.get(&third).unwrap().unwrap();
         let mut flipped = original.clone();
         flipped[10] ^= 1;
@@ -901,19 +1190,23 @@ mod tests {
         let s = setup();
         store(&s, &data(10_000), 1024, None, None);
         let first = manifest_of(&s);
-        let old = s.backend.get(&first.chunk_key("main", 5)).unwrap().unwrap();
+        let old = s
+            .backend
+            .get(&first.chunk_key(&entry(), 5))
+            .unwrap()
+            .unwrap();
         store(&s, &vec![1u8; 10_000], 1024, None, None);
         let second = manifest_of(&s);
         assert_ne!(first.write_id, second.write_id);
         for index in 0..10 {
             assert_ne!(
-                first.chunk_key("main", index),
-                second.chunk_key("main", index)
+                first.chunk_key(&entry(), index),
+                second.chunk_key(&entry(), index)
             );
         }
         // Copying the first write's chunk over the second's is caught.
         s.backend
-            .set(&second.chunk_key("main", 5), &old, TTL)
+            .set(&second.chunk_key(&entry(), 5), &old, TTL)
             .unwrap();
         assert!(load(&s, None).is_err());
     }
@@ -926,7 +1219,7 @@ mod tests {
         let mut writer = StreamWriter::new(
             Arc::clone(&s.backend),
             Arc::clone(&s.counters),
-            "main".into(),
+            entry(),
             Duration::from_millis(300),
             1024,
             None,
@@ -938,7 +1231,7 @@ mod tests {
         // Still there for a reader in flight...
         assert!(
             s.backend
-                .get(&first.chunk_key("main", 0))
+                .get(&first.chunk_key(&entry(), 0))
                 .unwrap()
                 .is_some()
         );
@@ -946,10 +1239,108 @@ mod tests {
         // ...then gone long before their own 60 s TTL.
         for index in 0..first.chunk_count {
             assert_eq!(
-                s.backend.get(&first.chunk_key("main", index)).unwrap(),
+                s.backend.get(&first.chunk_key(&entry(), index)).unwrap(),
                 None
             );
         }
+    }
+
+    #[test]
+    fn trees_of_index_chunks_round_trip_and_no_item_exceeds_a_chunk() {
+        let key = EncryptionKey::new([5u8; 32]).unwrap();
+        // Fan-outs of 2, 3 and 32: trees up to a dozen levels deep.
+        for chunk_size in [64, 100, 1024] {
+            for len in [0, 63, 64, 65, 128, 129, 4096, 20_000, 70_000] {
+                for compression in [None, Some(1)] {
+                    for enc in [None, Some(&key)] {
+                        let s = setup();
+                        let input = data(len);
+                        store(&s, &input, chunk_size, compression, enc);
+                        assert_eq!(load(&s, enc).unwrap(), input, "{len} in {chunk_size}");
+                        let bytes = s.backend.get("main").unwrap().unwrap();
+                        assert!(bytes.len() <= chunk_size + MAX_OVERHEAD);
+                        let manifest = Manifest::decode("main", &bytes, 7, enc).unwrap();
+                        assert!(manifest.digests.len() <= chunk_size / DIGEST);
+                        let levels = manifest.levels();
+                        let keys: Vec<String> = manifest.stored_keys(&entry()).collect();
+                        assert_eq!(keys.len() as u64, levels.iter().sum::<u64>());
+                        for key in &keys {
+                            let item = s.backend.get(key).unwrap().expect("every chunk stored");
+                            assert!(item.len() <= chunk_size, "{key}: {}", item.len());
+                        }
+                        if chunk_size == 64 && len >= 4096 && compression.is_none() {
+                            assert!(manifest.depth() >= 5, "{levels:?}");
+                        }
+                        manifest.delete_chunks(&*s.backend, &entry()).unwrap();
+                        for key in &keys {
+                            assert_eq!(s.backend.get(key).unwrap(), None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_or_altered_index_chunk_is_invalid() {
+        let s = setup();
+        store(&s, &data(10_000), 100, None, None);
+        let manifest = manifest_of(&s);
+        assert!(manifest.depth() >= 2);
+        for level in 1..=manifest.depth() {
+            let index = manifest.index_key(&entry(), level, 0);
+            let original = s.backend.get(&index).unwrap().unwrap();
+            let mut flipped = original.clone();
+            flipped[5] ^= 1;
+            s.backend.set(&index, &flipped, TTL).unwrap();
+            assert!(matches!(
+                load(&s, None),
+                Err(LoadError::Invalid(Invalid::IndexChunk(l, 0))) if l == level
+            ));
+            s.backend.set(&index, &original[..DIGEST], TTL).unwrap();
+            assert!(load(&s, None).is_err());
+            s.backend.delete(&index).unwrap();
+            assert!(load(&s, None).is_err());
+            s.backend.set(&index, &original, TTL).unwrap();
+            assert_eq!(load(&s, None).unwrap(), data(10_000));
+        }
+    }
+
+    #[test]
+    fn a_reader_fetches_each_batch_with_its_index_chunks_in_one_round_trip() {
+        struct Counting(MemoryBackend, std::sync::atomic::AtomicUsize);
+        impl Backend for Counting {
+            fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+                self.0.get(key)
+            }
+            fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.get_many(keys)
+            }
+            fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+                self.0.set(key, value, ttl)
+            }
+            fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+                self.0.add(key, value, ttl)
+            }
+            fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+                self.0.touch(key, ttl)
+            }
+            fn delete(&self, key: &str) -> Result<bool, BackendError> {
+                self.0.delete(key)
+            }
+        }
+        let counting = Arc::new(Counting(MemoryBackend::new(), Default::default()));
+        let s = Setup {
+            backend: Arc::clone(&counting) as Arc<dyn Backend>,
+            counters: Arc::default(),
+        };
+        // Fan-out 32: batches of 4 never straddle a level-1 index chunk.
+        store(&s, &data(1024 * 1024), 1024, None, None);
+        assert_eq!(manifest_of(&s).depth(), 1);
+        assert_eq!(load(&s, None).unwrap(), data(1024 * 1024));
+        let trips = counting.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(trips, 1024 / BATCH_CHUNKS);
     }
 
     #[test]
@@ -984,7 +1375,7 @@ mod tests {
         let mut writer = StreamWriter::new(
             Arc::clone(&s.backend),
             Arc::clone(&s.counters),
-            "main".into(),
+            entry(),
             TTL,
             1024,
             None,
@@ -1005,7 +1396,7 @@ mod tests {
         let mut reader = StreamReader::new(
             Arc::clone(&s.backend),
             Arc::clone(&s.counters),
-            "main".into(),
+            entry(),
             manifest,
             None,
             None,
@@ -1019,14 +1410,14 @@ mod tests {
         let s = setup();
         store(&s, &data(3000), 1024, None, None);
         let manifest = manifest_of(&s);
-        let kept = verify_chunks(&*s.backend, &s.counters, "main", &manifest, 4).unwrap();
+        let kept = verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 4).unwrap();
         assert_eq!(kept.map(|k| k.len()), Some(3));
         assert!(
-            verify_chunks(&*s.backend, &s.counters, "main", &manifest, 2)
+            verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 2)
                 .unwrap()
                 .is_none()
         );
-        s.backend.delete(&manifest.chunk_key("main", 2)).unwrap();
-        assert!(verify_chunks(&*s.backend, &s.counters, "main", &manifest, 4).is_err());
+        s.backend.delete(&manifest.chunk_key(&entry(), 2)).unwrap();
+        assert!(verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 4).is_err());
     }
 }

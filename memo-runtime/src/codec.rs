@@ -5,12 +5,16 @@
 //! self-describing: bytes written for one type can decode "successfully" as
 //! another. The envelope therefore records what the bytes are, and binds
 //! them to the key they were stored under, so that anything unexpected is a
-//! miss rather than a wrong value:
+//! miss rather than a wrong value. The key an envelope is bound to is the
+//! caller's *full* key (namespace, `:` and the normalized key, before any
+//! escaping, shortening or hashing), so two keys that happen to share a
+//! stored key (a long key's shortened form and a raw key spelling it out)
+//! read each other's entries as a miss:
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic "MEMO"
-//!      4     1  format version (1)
+//!      4     1  format version (2)
 //!      5     1  kind: 1 = value, 2 = manifest of a chunked value or iterator
 //!      6     1  flags: 1 = compressed, 2 = encrypted, 4 = iterator
 //!      7     1  reserved, 0
@@ -19,10 +23,16 @@
 //!               the server cannot tell which type an entry holds
 //!     16     4  body length (little endian)
 //!     20     n  body
-//!   20+n    16  checksum: SHA-256(full key, header, body), first 16 bytes
-//!               (absent when encrypted: the body is sealed, and its MAC
-//!               covers the full key and the header)
+//!   20+n    16  checksum: SHA-256(length of the full key as 8 bytes little
+//!               endian, full key, header, body), first 16 bytes (absent
+//!               when encrypted: the body is sealed, and its MAC covers
+//!               the length of the full key, the full key and the header)
 //! ```
+//!
+//! Version 2 binds the full key rather than the stored key, lays the
+//! manifest out as the root of a tree of index chunks, and stores chunks
+//! and locks under the derived keys of [`key`](crate::key); version 1
+//! entries are misses.
 //!
 //! A wrong magic, another version or kind, unknown flags, an encryption flag
 //! that does not match the caller's, another type, a length that does not
@@ -43,7 +53,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto::{EncryptionKey, tags_equal};
 
 const MAGIC: &[u8; 4] = b"MEMO";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The size of the envelope header.
 pub const HEADER_LEN: usize = 20;
 /// The size of the checksum of an unencrypted envelope.
@@ -117,6 +127,10 @@ pub enum Invalid {
     /// A chunk does not match its digest in the manifest.
     #[error("chunk {0} does not match its digest")]
     ChunkDigest(u32),
+    /// An index chunk (level, position) is missing, or does not match its
+    /// digest.
+    #[error("index chunk {1} of level {0} is missing or does not match its digest")]
+    IndexChunk(u32, u32),
     /// The reassembled stream is malformed (bad padding, bad zlib data,
     /// wrong length, trailing bytes, wrong item count).
     #[error("malformed stream: {0}")]
@@ -232,7 +246,8 @@ pub fn seal_envelope(
                 zeroize::Zeroizing::new(Vec::with_capacity(FINGERPRINT_LEN + body.len()));
             plaintext.extend_from_slice(&fingerprint.to_le_bytes());
             plaintext.extend_from_slice(body);
-            let sealed = key.seal(&[full_key.as_bytes(), &header], &plaintext);
+            let key_len = (full_key.len() as u64).to_le_bytes();
+            let sealed = key.seal(&[&key_len, full_key.as_bytes(), &header], &plaintext);
             debug_assert_eq!(sealed.len(), stored_len);
             out.extend_from_slice(&sealed);
         }
@@ -281,8 +296,11 @@ pub fn open_envelope(
     let (head, rest) = bytes.split_at(HEADER_LEN);
     let body = match encryption {
         Some(key) => {
+            // The key's length goes first, as in the checksum, so that no
+            // two (key, header) pairs run together into the same input.
+            let key_len = (full_key.len() as u64).to_le_bytes();
             let plaintext = key
-                .open(&[full_key.as_bytes(), head], rest)
+                .open(&[&key_len, full_key.as_bytes(), head], rest)
                 .ok_or(Invalid::Mac)?;
             let (inner, body) = plaintext
                 .split_first_chunk::<FINGERPRINT_LEN>()
@@ -555,6 +573,7 @@ impl Deflater {
 pub struct Inflater {
     state: Box<InflateState>,
     done: bool,
+    pending: bool,
 }
 
 impl Default for Inflater {
@@ -562,6 +581,7 @@ impl Default for Inflater {
         Inflater {
             state: InflateState::new_boxed(DataFormat::Zlib),
             done: false,
+            pending: false,
         }
     }
 }
@@ -587,7 +607,19 @@ impl Inflater {
             Ok(_) | Err(MZError::Buf) => {}
             Err(err) => return Err(Invalid::Stream(format!("zlib: {err:?}"))),
         }
+        // A call that fills `output` may stop with decoded bytes still
+        // inside the decoder (miniz_oxide stages them in its window), even
+        // when it consumed all of `input`.
+        self.pending = !self.done && !output.is_empty() && res.bytes_written == output.len();
         Ok((res.bytes_consumed, res.bytes_written))
+    }
+
+    /// Whether the decoder may still hold output from input it already
+    /// consumed: the last call filled its output buffer. Such output comes
+    /// out of a call with empty input; until it has, running out of input
+    /// is not the end of the stream.
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
     /// Whether the zlib stream ended.
@@ -758,11 +790,13 @@ mod tests {
     #[test]
     fn other_versions_and_garbage_are_misses() {
         let mut bytes = encode_value("k", &profile(), None).unwrap();
-        bytes[4] = 2;
-        assert_eq!(
-            decode_value::<Profile>("k", &bytes, None),
-            Err(Invalid::Version(2))
-        );
+        for version in [1, 3, 0xff] {
+            bytes[4] = version;
+            assert_eq!(
+                decode_value::<Profile>("k", &bytes, None),
+                Err(Invalid::Version(version))
+            );
+        }
         assert_eq!(
             decode_value::<Profile>("k", b"a pickled python object", None),
             Err(Invalid::Magic)
@@ -920,6 +954,38 @@ mod tests {
         }
         assert_eq!(output, input);
         assert!(inflater.inflate(b"x", &mut buf).is_err());
+    }
+
+    #[test]
+    fn output_held_in_the_decoder_comes_out_with_empty_input() {
+        // Highly compressible input: a few bytes of zlib stand for far more
+        // output than the buffer takes, so the decoder consumes all of its
+        // input long before it has handed out everything.
+        let input = vec![b'z'; 300_000];
+        let mut compressed = Vec::new();
+        let mut deflater = Deflater::new(1);
+        deflater.write(&input, &mut |out| compressed.extend_from_slice(out));
+        deflater.finish(&mut |out| compressed.extend_from_slice(out));
+        let mut inflater = Inflater::default();
+        let mut buf = vec![0u8; 4096];
+        let mut rest = &compressed[..];
+        let mut total = 0;
+        while !rest.is_empty() {
+            let (used, written) = inflater.inflate(rest, &mut buf).unwrap();
+            rest = &rest[used..];
+            total += written;
+        }
+        // All input consumed, and much of the output still to come.
+        assert!(inflater.pending() && !inflater.finished());
+        assert!(total < input.len());
+        while inflater.pending() {
+            let (used, written) = inflater.inflate(&[], &mut buf).unwrap();
+            assert_eq!(used, 0);
+            assert!(buf[..written].iter().all(|&b| b == b'z'));
+            total += written;
+        }
+        assert!(inflater.finished());
+        assert_eq!(total, input.len());
     }
 
     #[test]

@@ -16,15 +16,57 @@
 //!    key. Keys therefore always satisfy memcached's rules (at most 250
 //!    bytes, no spaces or control characters).
 //!
+//! The stored key is what the backend sees; what a stored envelope is bound
+//! to is the caller's *full* key, step 2's result before any escaping,
+//! shortening or hashing (see [`codec`](crate::codec)), so two keys that
+//! share a stored key never read each other's values.
+//!
 //! One deliberate difference from Djblets: a backslash is escaped too (as
 //! `\x5c`). Djblets leaves it alone, which makes the key `"a b"` and the key
 //! `"a\x20b"` (a literal backslash) the same stored key, so one caller could
 //! receive another's value. Escaping the escape character makes the rule
 //! injective; keys without a backslash are unaffected.
 //!
-//! Derived keys (see `chunk_key` and [`lock_key`]) extend a full key:
-//! `{key}-{write id}-{n}` for the chunks of one write, `_lock_:{key}` for
-//! its lock. They are kept within 250 bytes the same way.
+//! # Derived keys
+//!
+//! Besides the entry itself, memo stores a lock and, for chunked values and
+//! iterators, data chunks and index chunks. Their keys come from one
+//! function, [`EntryKey::derived`] (and [`lock_key`] for a lock), built as
+//!
+//! ```text
+//! {prefix}\{MARKER}{tag}:{stored key, prefix removed}
+//! ```
+//!
+//! - `prefix` is the escaped namespace and `:` when a namespace is set, the
+//!   stored key starts with it (encryption off) and it is at most
+//!   [`MAX_DERIVED_PREFIX`] bytes; otherwise it is empty. So with a namespace
+//!   and no encryption every key memo stores starts with `namespace:`, and an
+//!   encrypted deployment shows nothing readable, not even the namespace.
+//! - `MARKER` is an uppercase letter: `L` for the lock, `C` for data chunk
+//!   `n` of write `w` (tag `{w}-{n}`), `I` for index chunk `n` at level `l`
+//!   of write `w` (tag `{w}-{l}.{n}`). The write id is 16 lowercase hex
+//!   digits, `n` and `l` are decimal.
+//! - For the key `job` in the namespace `shop`: `shop:\L:job` (lock),
+//!   `shop:\C0123456789abcdef-7:job` (data chunk 7),
+//!   `shop:\I0123456789abcdef-1.0:job` (the first index chunk of level 1);
+//!   encrypted, `\L:` and the 64 hex digits of the stored key.
+//! - When the result would exceed 250 bytes, the `:` after the tag becomes
+//!   `;` and the stored key part keeps its longest prefix that fits (on a
+//!   character boundary) followed by the 64 hex digits of the SHA-256 of
+//!   the derived key before shortening: prefix and marker always survive,
+//!   and a shortened derived key never equals an unshortened one.
+//!
+//! No derived key can equal a key a caller can produce: in a caller's
+//! stored key a backslash only ever starts an escape (`\x` and two
+//! lowercase hex digits) or, at a shortening cut, is followed by lowercase
+//! hex digits of the digest, and an encrypted key is 64 lowercase hex
+//! digits; a derived key always holds a backslash followed by an uppercase
+//! letter. Two derived keys of different kinds differ in their marker, and
+//! within a kind the tag and the rest are read back unambiguously (the tag
+//! ends at the first `:` or `;`), so derived keys never collide with one another
+//! either (short of a SHA-256 collision). Derived keys follow memcached's
+//! rules like stored keys: at most 250 bytes, no space or control
+//! character.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -153,6 +195,18 @@ impl From<Vec<&str>> for CacheKey {
     }
 }
 
+/// The caller's full key: namespace, `:` and the normalized key, before
+/// any escaping, shortening or hashing. Envelopes bind this, not the stored
+/// key, so two keys that share a stored key (a long key's shortened form
+/// and a raw key equal to it) read each other's entries as a miss.
+pub(crate) fn bound_key(namespace: Option<&str>, key: &CacheKey) -> String {
+    let normalized = key.normalized();
+    match namespace {
+        Some(ns) => format!("{ns}:{normalized}"),
+        None => normalized.into_owned(),
+    }
+}
+
 /// The full key as stored: namespaced, then hashed under `encryption` if
 /// given, else escaped and shortened to memcached's rules.
 pub(crate) fn full_key(
@@ -160,18 +214,18 @@ pub(crate) fn full_key(
     key: &CacheKey,
     encryption: Option<&EncryptionKey>,
 ) -> String {
-    let normalized = key.normalized();
-    let namespaced: Cow<'_, str> = match namespace {
-        Some(ns) => Cow::Owned(format!("{ns}:{normalized}")),
-        None => normalized,
-    };
+    stored_key(&bound_key(namespace, key), encryption)
+}
+
+fn stored_key(bound: &str, encryption: Option<&EncryptionKey>) -> String {
     match encryption {
-        Some(enc) => enc.hash_key(&namespaced),
-        None => shorten(escape_for_memcached(&namespaced).into_owned(), MAX_KEY, 0),
+        Some(enc) => enc.hash_key(bound),
+        None => shorten(escape_for_memcached(bound).into_owned(), MAX_KEY),
     }
 }
 
-/// Replaces each character from `\x00` to `\x20` and `\x7f` with `\xNN`.
+/// Replaces each character from `\x00` to `\x20`, `\x7f` and `\` with
+/// `\xNN`.
 fn escape_for_memcached(key: &str) -> Cow<'_, str> {
     if !key.chars().any(needs_escape) {
         return Cow::Borrowed(key);
@@ -192,14 +246,14 @@ fn needs_escape(c: char) -> bool {
 }
 
 /// Shortens `key` to at most `limit` bytes: keeps its longest prefix (on a
-/// character boundary) that leaves room for 64 hex digits of its SHA-256 and
-/// `reserve` more bytes.
-fn shorten(key: String, limit: usize, reserve: usize) -> String {
+/// character boundary) of at most 176 bytes, followed by the 64 hex digits
+/// of its SHA-256.
+fn shorten(key: String, limit: usize) -> String {
     if key.len() <= limit {
         return key;
     }
     let digest = hex(&Sha256::digest(key.as_bytes()));
-    let mut keep = (limit - 64).min(KEEP_PREFIX).saturating_sub(reserve);
+    let mut keep = (limit - 64).min(KEEP_PREFIX);
     while !key.is_char_boundary(keep) {
         keep -= 1;
     }
@@ -209,28 +263,141 @@ fn shorten(key: String, limit: usize, reserve: usize) -> String {
     out
 }
 
-/// The key of chunk `index` of the write `write_id` of `full_key`.
-///
-/// The write id makes every write's chunks distinct, so a reader can never
-/// stitch together chunks of two different writes of the same key.
-pub(crate) fn chunk_key(full_key: &str, write_id: &str, index: u32) -> String {
-    let suffix = format!("-{write_id}-{index}");
-    derived(full_key, "", &suffix)
+/// The keys of one memoized entry: the key it is stored under, the full key
+/// its envelopes are bound to, and the namespace prefix its derived keys
+/// keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey {
+    stored: String,
+    bound: String,
+    prefix_len: usize,
 }
 
-/// The key of the lock of `full_key`.
-pub fn lock_key(full_key: &str) -> String {
-    derived(full_key, "_lock_:", "")
+impl EntryKey {
+    /// The keys of `key` under `namespace`, encrypted or not.
+    pub(crate) fn new(
+        namespace: Option<&str>,
+        key: &CacheKey,
+        encryption: Option<&EncryptionKey>,
+    ) -> EntryKey {
+        let bound = bound_key(namespace, key);
+        let stored = stored_key(&bound, encryption);
+        EntryKey {
+            prefix_len: derived_prefix_len(namespace, &stored),
+            stored,
+            bound,
+        }
+    }
+
+    /// An entry whose bound key is its stored key (harnesses and tests).
+    #[doc(hidden)]
+    pub fn from_parts(namespace: Option<&str>, stored: &str, bound: &str) -> EntryKey {
+        EntryKey {
+            prefix_len: derived_prefix_len(namespace, stored),
+            stored: stored.to_owned(),
+            bound: bound.to_owned(),
+        }
+    }
+
+    /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
+    pub fn stored(&self) -> &str {
+        &self.stored
+    }
+
+    /// The caller's full key, which envelopes bind.
+    pub fn bound(&self) -> &str {
+        &self.bound
+    }
+
+    /// The key of a derived item of this entry (see the module docs).
+    pub fn derived(&self, kind: Derived) -> String {
+        derived(&self.stored, self.prefix_len, kind)
+    }
 }
 
-fn derived(full_key: &str, prefix: &str, suffix: &str) -> String {
-    let extra = prefix.len() + suffix.len();
-    let base = if full_key.len() + extra <= MEMCACHED_MAX_KEY {
-        Cow::Borrowed(full_key)
+/// What a derived key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived<'a> {
+    /// The entry's lock.
+    Lock,
+    /// Data chunk `index` of the write with the hex id `write`.
+    Chunk {
+        /// The write id, 16 lowercase hex digits.
+        write: &'a str,
+        /// The chunk's position in the stream.
+        index: u32,
+    },
+    /// Index chunk `index` at `level` (1 = lists data chunks) of a write.
+    Index {
+        /// The write id, 16 lowercase hex digits.
+        write: &'a str,
+        /// The level in the tree of digests, from 1.
+        level: u32,
+        /// The chunk's position within its level.
+        index: u32,
+    },
+}
+
+/// The longest namespace prefix (escaped namespace and `:`) derived keys
+/// keep; a longer one leaves room for too little else within 250 bytes.
+pub const MAX_DERIVED_PREFIX: usize = 140;
+
+fn derived_prefix_len(namespace: Option<&str>, stored: &str) -> usize {
+    let Some(ns) = namespace else { return 0 };
+    let mut prefix = escape_for_memcached(ns).into_owned();
+    prefix.push(':');
+    if prefix.len() <= MAX_DERIVED_PREFIX && stored.starts_with(&prefix) {
+        prefix.len()
     } else {
-        Cow::Owned(shorten(full_key.to_owned(), MEMCACHED_MAX_KEY - extra, 0))
+        0
+    }
+}
+
+/// The key of the lock of the entry stored under `stored_key` in
+/// `namespace` (see the module docs).
+pub fn lock_key(namespace: Option<&str>, stored_key: &str) -> String {
+    derived(
+        stored_key,
+        derived_prefix_len(namespace, stored_key),
+        Derived::Lock,
+    )
+}
+
+fn derived(stored: &str, prefix_len: usize, kind: Derived) -> String {
+    let (prefix, rest) = stored.split_at(prefix_len);
+    let mut head = String::with_capacity(prefix.len() + 40);
+    head.push_str(prefix);
+    // Write errors into a String cannot happen.
+    let _ = match kind {
+        Derived::Lock => write!(head, "\\L"),
+        Derived::Chunk { write, index } => write!(head, "\\C{write}-{index}"),
+        Derived::Index {
+            write,
+            level,
+            index,
+        } => write!(head, "\\I{write}-{level}.{index}"),
     };
-    format!("{prefix}{base}{suffix}")
+    if head.len() + 1 + rest.len() <= MEMCACHED_MAX_KEY {
+        head.push(':');
+        head.push_str(rest);
+        return head;
+    }
+    // `;` rather than `:` marks a shortened rest, so that a shortened key
+    // never equals another stored key's rest taken verbatim.
+    head.push(';');
+    let mut whole = Sha256::new();
+    whole.update(head.as_bytes());
+    whole.update(rest.as_bytes());
+    let digest = hex(&whole.finalize());
+    let mut keep = MEMCACHED_MAX_KEY
+        .saturating_sub(head.len() + 64)
+        .min(rest.len());
+    while !rest.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    head.push_str(&rest[..keep]);
+    head.push_str(&digest);
+    head
 }
 
 #[cfg(test)]
@@ -300,15 +467,140 @@ mod tests {
         );
     }
 
+    fn entry(key: impl Into<CacheKey>) -> EntryKey {
+        EntryKey::new(Some("example.com"), &key.into(), None)
+    }
+
+    const WRITE: &str = "0123456789abcdef";
+
+    fn every_kind(entry: &EntryKey) -> Vec<String> {
+        vec![
+            entry.derived(Derived::Lock),
+            entry.derived(Derived::Chunk {
+                write: WRITE,
+                index: 0,
+            }),
+            entry.derived(Derived::Chunk {
+                write: WRITE,
+                index: u32::MAX,
+            }),
+            entry.derived(Derived::Index {
+                write: WRITE,
+                level: u32::MAX,
+                index: u32::MAX,
+            }),
+        ]
+    }
+
+    /// Whether `key` could be a caller's stored key: no backslash except
+    /// one starting an escape or followed by lowercase hex (a shortening
+    /// cut), or 64 lowercase hex digits (encrypted).
+    fn caller_could_store(key: &str) -> bool {
+        let bytes = key.as_bytes();
+        bytes.iter().enumerate().all(|(i, &b)| {
+            b != b'\\'
+                || bytes
+                    .get(i + 1)
+                    .is_none_or(|n| matches!(n, b'0'..=b'9' | b'a'..=b'f' | b'x'))
+        })
+    }
+
     #[test]
-    fn derived_keys_fit_memcached() {
-        let long = ns("y".repeat(500));
-        let chunk = chunk_key(&long, "0123456789abcdef", u32::MAX);
-        assert!(chunk.len() <= MEMCACHED_MAX_KEY, "{}", chunk.len());
-        assert!(chunk.ends_with("-0123456789abcdef-4294967295"));
-        assert_ne!(chunk_key(&long, "a", 1), chunk_key(&long, "b", 1));
-        assert_eq!(lock_key("k"), "_lock_:k");
-        assert!(lock_key(&long).len() <= MEMCACHED_MAX_KEY);
+    fn derived_keys_keep_the_namespace_and_a_marker() {
+        let job = entry("job");
+        assert_eq!(job.derived(Derived::Lock), "example.com:\\L:job");
+        assert_eq!(
+            job.derived(Derived::Chunk {
+                write: WRITE,
+                index: 7
+            }),
+            "example.com:\\C0123456789abcdef-7:job"
+        );
+        assert_eq!(
+            job.derived(Derived::Index {
+                write: WRITE,
+                level: 2,
+                index: 3
+            }),
+            "example.com:\\I0123456789abcdef-2.3:job"
+        );
+        assert_eq!(
+            lock_key(Some("example.com"), "example.com:job"),
+            "example.com:\\L:job"
+        );
+        assert_eq!(lock_key(None, "job"), "\\L:job");
+        // Encrypted: nothing readable, not even the namespace.
+        let enc = EncryptionKey::new(b"0123456789abcdef").unwrap();
+        let sealed = EntryKey::new(Some("example.com"), &"job".into(), Some(&enc));
+        assert_eq!(
+            sealed.derived(Derived::Lock),
+            format!("\\L:{}", sealed.stored())
+        );
+        assert_eq!(sealed.bound(), "example.com:job");
+    }
+
+    #[test]
+    fn derived_keys_of_long_keys_fit_memcached() {
+        for len in [0, 1, 170, 176, 177, 228, 229, 240, 500] {
+            for key in [
+                entry("y".repeat(len)),
+                entry("é".repeat(len)),
+                entry(" ".repeat(len)),
+            ] {
+                for derived in every_kind(&key) {
+                    assert!(derived.len() <= MEMCACHED_MAX_KEY, "{derived}");
+                    assert!(derived.starts_with("example.com:\\"), "{derived}");
+                    assert!(!derived.chars().any(|c| c <= ' ' || c == '\x7f'));
+                }
+            }
+        }
+        // Shortened: `;` after the tag, then part of the key and a digest.
+        let long = entry("y".repeat(500));
+        let chunk = long.derived(Derived::Chunk {
+            write: WRITE,
+            index: 3,
+        });
+        assert!(
+            chunk.starts_with("example.com:\\C0123456789abcdef-3;yyy"),
+            "{chunk}"
+        );
+        assert_eq!(chunk.len(), MEMCACHED_MAX_KEY);
+        // A lock key has room for any stored key.
+        assert_eq!(
+            long.derived(Derived::Lock),
+            format!("example.com:\\L:{}", &long.stored()["example.com:".len()..])
+        );
+        let short = entry("y".repeat(100));
+        assert!(
+            short
+                .derived(Derived::Lock)
+                .starts_with("example.com:\\L:yyy")
+        );
+        // A namespace too long to keep is dropped, the marker stays.
+        let ns = "n".repeat(200);
+        let long = EntryKey::new(Some(&ns), &"k".into(), None);
+        for derived in every_kind(&long) {
+            assert!(derived.len() <= MEMCACHED_MAX_KEY);
+            assert!(derived.starts_with('\\'));
+        }
+    }
+
+    #[test]
+    fn callers_cannot_produce_derived_keys() {
+        for raw in [
+            "_lock_:job",
+            "\\L:job",
+            "example.com:\\L:job",
+            "job-0123456789abcdef-0",
+            "\\C0123456789abcdef-0:job",
+        ] {
+            let stored = entry(raw).stored().to_owned();
+            assert!(caller_could_store(&stored), "{stored}");
+            for derived in every_kind(&entry("job")) {
+                assert_ne!(stored, derived);
+                assert!(!caller_could_store(&derived), "{derived}");
+            }
+        }
     }
 
     proptest! {
@@ -326,6 +618,29 @@ mod tests {
             let key = ns(parts);
             prop_assert!(key.len() <= MAX_KEY);
             prop_assert!(!key.chars().any(|c| c <= '\x20' || c == '\x7f'));
+        }
+
+        #[test]
+        fn derived_keys_are_never_caller_keys(
+            a in "[a-z_:\\\\x0-9 LCI-]{0,300}",
+            b in "[a-z_:\\\\x0-9 LCI-]{0,300}",
+            encrypted in any::<bool>(),
+            namespaced in any::<bool>(),
+        ) {
+            let enc = EncryptionKey::new(b"0123456789abcdef").unwrap();
+            let enc = encrypted.then_some(&enc);
+            let ns = namespaced.then_some("shop");
+            let caller = EntryKey::new(ns, &CacheKey::from(a.as_str()), enc);
+            prop_assert!(caller_could_store(caller.stored()));
+            let other = EntryKey::new(ns, &CacheKey::from(b.as_str()), enc);
+            for derived in every_kind(&other) {
+                prop_assert!(!caller_could_store(&derived));
+                prop_assert_ne!(caller.stored(), derived.as_str());
+                prop_assert!(derived.len() <= MEMCACHED_MAX_KEY);
+                if namespaced && !encrypted {
+                    prop_assert!(derived.starts_with("shop:\\"), "{}", derived);
+                }
+            }
         }
 
         #[test]

@@ -185,7 +185,7 @@ impl CacheLock {
         CacheLock {
             backend: Arc::clone(&config.backend),
             counters: Arc::clone(&config.counters),
-            full_cache_key: lock_key(full_key),
+            full_cache_key: lock_key(config.namespace.as_deref(), full_key),
             token: crate::crypto::hex(&token),
             options,
             expires_at: None,
@@ -222,7 +222,8 @@ impl CacheLock {
         self
     }
 
-    /// The key the lock entry is stored under: `_lock_:` and the full key.
+    /// The key the lock entry is stored under: the lock key derived from
+    /// the entry's stored key (see [`key`](crate::key)).
     pub fn full_cache_key(&self) -> &str {
         &self.full_cache_key
     }
@@ -520,7 +521,7 @@ mod tests {
         assert!(second.acquire().unwrap());
         assert!(matches!(first.release(), Err(LockError::NotHeld(_))));
         assert_eq!(
-            config.backend.get("_lock_:job").unwrap().as_deref(),
+            config.backend.get("\\L:job").unwrap().as_deref(),
             Some(second.token.as_bytes())
         );
         second.release().unwrap();
@@ -591,6 +592,6 @@ mod tests {
     #[test]
     fn lock_keys_derive_from_the_full_key() {
         let lock = CacheLock::for_full_key(&config(), "ns:abc", LockOptions::new());
-        assert_eq!(lock.full_cache_key(), "_lock_:ns:abc");
+        assert_eq!(lock.full_cache_key(), "\\L:ns:abc");
     }
 }

@@ -21,7 +21,7 @@ use crate::chunk::{self, LoadError, Manifest, StoreError, StreamReader, StreamWr
 use crate::codec::{self, Invalid, Kind, fingerprint};
 use crate::config::{Config, config};
 use crate::crypto::EncryptionKey;
-use crate::key::{CacheKey, full_key};
+use crate::key::{CacheKey, EntryKey};
 use crate::lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
 use crate::stats::Counters;
 
@@ -81,10 +81,17 @@ impl Options {
         Self::default()
     }
 
-    /// How long the value lives in the cache. Zero means the
+    /// How long the value lives in the cache; without this, the
     /// configuration's default.
+    ///
+    /// Zero stores nothing, as Django's timeout of 0 does: the call still
+    /// looks the key up, but on a miss it computes and returns the value
+    /// without storing it (values, large values and iterators alike) and
+    /// without taking the call's lock. A huge expiration (up to
+    /// `Duration::MAX`) is passed on to the backend, which clamps it to
+    /// what it can hold.
     pub fn expiration(mut self, expiration: Duration) -> Self {
-        self.expiration = (!expiration.is_zero()).then_some(expiration);
+        self.expiration = Some(expiration);
         self
     }
 
@@ -173,13 +180,16 @@ pub(crate) fn effective_key(config: &Config, explicit: Option<&EncryptionKey>) -
 /// );
 /// ```
 pub fn make_cache_key(key: impl Into<CacheKey>, options: &Options) -> String {
-    Call::new(config(), key.into(), options).full_key
+    Call::new(config(), key.into(), options)
+        .key
+        .stored()
+        .to_owned()
 }
 
 /// One call's resolved settings.
 struct Call {
     config: Arc<Config>,
-    full_key: String,
+    key: EntryKey,
     encryption: Option<EncryptionKey>,
     ttl: Duration,
     options: Options,
@@ -189,10 +199,10 @@ impl Call {
     fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
         let encrypt = config.force_encryption || options.encrypt == Some(true);
         let encryption = encrypt.then(|| effective_key(&config, options.encryption_key.as_ref()));
-        let full_key = full_key(config.namespace.as_deref(), &key, encryption.as_ref());
+        let key = EntryKey::new(config.namespace.as_deref(), &key, encryption.as_ref());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
-            full_key,
+            key,
             encryption,
             options: options.clone(),
             config,
@@ -205,7 +215,7 @@ impl Call {
 
     /// The main entry's bytes, or `None` (absent, or the backend failed).
     fn get_main(&self) -> Option<Vec<u8>> {
-        match self.config.backend.get(&self.full_key) {
+        match self.config.backend.get(self.key.stored()) {
             Ok(found) => {
                 self.counters().backend_ok();
                 if let Some(bytes) = &found {
@@ -221,7 +231,7 @@ impl Call {
     }
 
     fn invalid(&self, why: &dyn std::fmt::Display) {
-        self.counters().invalid_entry(&self.full_key, why);
+        self.counters().invalid_entry(self.key.stored(), why);
     }
 
     fn load_failed(&self, err: LoadError) {
@@ -236,7 +246,7 @@ impl Call {
         let bytes = self.get_main()?;
         let encryption = self.encryption.as_ref();
         let loaded = match codec::peek_kind(&bytes) {
-            Ok(Kind::Value) => codec::decode_value::<T>(&self.full_key, &bytes, encryption)
+            Ok(Kind::Value) => codec::decode_value::<T>(self.key.bound(), &bytes, encryption)
                 .map_err(LoadError::Invalid),
             Ok(Kind::Manifest) => self.load_chunked(&bytes),
             Err(why) => Err(LoadError::Invalid(why)),
@@ -247,7 +257,7 @@ impl Call {
     fn load_chunked<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, LoadError> {
         let encryption = self.encryption.as_ref();
         let manifest =
-            Manifest::decode(&self.full_key, bytes, fingerprint::<T>(false), encryption)?;
+            Manifest::decode(self.key.bound(), bytes, fingerprint::<T>(false), encryption)?;
         let mut reader = self.reader(manifest, None);
         // The value counts only if the stream also ends cleanly right after
         // it: every chunk read, lengths and padding right, nothing trailing.
@@ -262,7 +272,7 @@ impl Call {
         StreamReader::new(
             Arc::clone(&self.config.backend),
             Arc::clone(&self.config.counters),
-            self.full_key.clone(),
+            self.key.clone(),
             manifest,
             self.encryption.as_ref(),
             preloaded,
@@ -273,7 +283,7 @@ impl Call {
         StreamWriter::new(
             Arc::clone(&self.config.backend),
             Arc::clone(&self.config.counters),
-            self.full_key.clone(),
+            self.key.clone(),
             self.ttl,
             self.config.chunk_size,
             self.options
@@ -284,8 +294,16 @@ impl Call {
         )
     }
 
+    /// Whether the call stores what it computes: not with a zero TTL.
+    fn stores(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
     /// Stores `value`; failures are logged and counted, never returned.
     fn store<T: Serialize + DeserializeOwned>(&self, value: &T) {
+        if !self.stores() {
+            return;
+        }
         if self.options.large_data {
             let mut writer = self.writer(false);
             let serialized = {
@@ -303,7 +321,7 @@ impl Call {
             self.stored(outcome);
             return;
         }
-        let encoded = match codec::encode_value(&self.full_key, value, self.encryption.as_ref()) {
+        let encoded = match codec::encode_value(self.key.bound(), value, self.encryption.as_ref()) {
             Ok(encoded) => encoded,
             Err(err) => return self.stored(Err(StoreError::Encode(err))),
         };
@@ -317,7 +335,7 @@ impl Call {
         let outcome = self
             .config
             .backend
-            .set(&self.full_key, &encoded, self.ttl)
+            .set(self.key.stored(), &encoded, self.ttl)
             .map(|()| Counters::add(&self.counters().bytes_written, encoded.len() as u64))
             .map_err(StoreError::from);
         self.stored(outcome);
@@ -332,13 +350,13 @@ impl Call {
             Err(StoreError::Backend(err)) => self.counters().backend_failed("set", &err),
             Err(err) => {
                 Counters::add(&self.counters().errors, 1);
-                log::warn!("memo: not caching {}: {err}", self.full_key);
+                log::warn!("memo: not caching {}: {err}", self.key.stored());
             }
         }
     }
 
     fn lock(&self, options: LockOptions) -> CacheLock {
-        CacheLock::for_full_key(&self.config, &self.full_key, options)
+        CacheLock::for_full_key(&self.config, self.key.stored(), options)
     }
 
     /// Takes the call's lock if it has one. `Some(guard)` when held; `None`
@@ -346,7 +364,8 @@ impl Call {
     /// elsewhere without blocking, timed out, backend down): the caller
     /// then computes without it.
     fn take_lock(&self) -> Option<CacheLockGuard> {
-        let options = self.options.lock?;
+        // A call that stores nothing has nothing to make others wait for.
+        let options = self.options.lock.filter(|_| self.stores())?;
         match self.lock(options).acquire_guard() {
             Ok(guard) => Some(guard),
             Err(LockError::Timeout { key, waited }) => {
@@ -514,13 +533,13 @@ where
 pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Error> {
     let call = Call::new(config(), key.into(), options);
     let backend = &call.config.backend;
-    if let Some(bytes) = backend.get(&call.full_key)? {
+    if let Some(bytes) = backend.get(call.key.stored())? {
         // Any manifest under this key names chunks to remove, whatever type
         // it was written for.
-        let manifest = Manifest::decode_any(&call.full_key, &bytes, call.encryption.as_ref());
-        backend.delete(&call.full_key)?;
+        let manifest = Manifest::decode_any(call.key.bound(), &bytes, call.encryption.as_ref());
+        backend.delete(call.key.stored())?;
         if let Some(manifest) = manifest {
-            manifest.delete_chunks(&**backend, &call.full_key)?;
+            manifest.delete_chunks(&**backend, &call.key)?;
         }
     }
     Ok(())
@@ -623,7 +642,7 @@ where
         }
         call.miss();
         let compute = self.compute.take().expect("compute runs once");
-        let writer = Some(call.writer(true));
+        let writer = call.stores().then(|| call.writer(true));
         self.state = IterState::Miss {
             source: compute().into_iter(),
             call,
@@ -639,7 +658,7 @@ where
 fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
     let bytes = call.get_main()?;
     let opened = Manifest::decode(
-        &call.full_key,
+        call.key.bound(),
         &bytes,
         fingerprint::<T>(true),
         call.encryption.as_ref(),
@@ -649,7 +668,7 @@ fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
         let kept = chunk::verify_chunks(
             &*call.config.backend,
             &call.config.counters,
-            &call.full_key,
+            &call.key,
             &manifest,
             chunk::BATCH_CHUNKS,
         )?;
@@ -746,7 +765,7 @@ where
                         call.load_failed(err);
                         log::warn!(
                             "memo: cached items of {} became unreadable after {} items; recomputing",
-                            call.full_key,
+                            call.key.stored(),
                             yielded
                         );
                         let skip = usize::try_from(*yielded).unwrap_or(usize::MAX);

@@ -4,7 +4,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use memo_runtime::{Backend, Config, LockOptions, Options, cache_memoize_iter, configure, stats};
+use memo_runtime::{
+    Backend, CacheLock, Config, LockOptions, Options, cache_memoize_iter, configure, stats,
+};
 use memo_tests::recording::{Op, RecordingBackend};
 use memo_tests::serial;
 
@@ -63,7 +65,7 @@ fn a_miss_stores_and_a_hit_replays_exactly() {
     let chunks = backend
         .ops()
         .iter()
-        .filter(|op| matches!(op, Op::Set(key, _) if key.starts_with("replay-")))
+        .filter(|op| matches!(op, Op::Set(key, _) if key.starts_with("\\C") && key.ends_with(":replay")))
         .count();
     assert!(chunks > 2, "spread over {chunks} chunks");
     let second: Vec<(u64, String)> = cache_memoize_iter(
@@ -178,7 +180,7 @@ fn a_chunk_lost_before_reading_means_recompute() {
     let chunk = backend
         .keys()
         .into_iter()
-        .find(|k| k.starts_with("lossy-") && k.ends_with("-2"))
+        .find(|k| k.starts_with("\\C") && k.ends_with("-2:lossy"))
         .unwrap();
     backend.inner().delete(&chunk).unwrap();
     let calls = RefCell::new(0);
@@ -205,7 +207,7 @@ fn iterator_misses_take_the_lock() {
     let locks = backend
         .keys()
         .into_iter()
-        .filter(|k| k == "_lock_:locked-iter")
+        .filter(|k| k == CacheLock::new("locked-iter").full_cache_key())
         .count();
     assert!(locks >= 2, "the lock was taken and released");
 }

@@ -106,7 +106,9 @@ fn large_values_are_chunked_compressed_and_round_trip() {
     let chunk_writes = backend
         .ops()
         .iter()
-        .filter(|op| matches!(op, Op::Set(key, _) if key.starts_with("big-")))
+        .filter(
+            |op| matches!(op, Op::Set(key, _) if key.starts_with("\\C") && key.ends_with(":big")),
+        )
         .count();
     assert!(
         chunk_writes > 3,
@@ -184,13 +186,19 @@ fn invalidate_drops_small_and_chunked_entries() {
     let options = Options::new().large_data(true);
     let _: Vec<u64> = cache_memoize("large", || (0..5000).collect(), &options);
     invalidate("large", &options).unwrap();
-    let live_chunks = backend
+    let chunk_keys: Vec<String> = backend
         .ops()
         .iter()
         .filter_map(|op| match op {
-            Op::Set(key, _) if key.starts_with("large-") => Some(key.clone()),
+            Op::Set(key, _) if key.starts_with("\\C") && key.ends_with(":large") => {
+                Some(key.clone())
+            }
             _ => None,
         })
+        .collect();
+    assert!(!chunk_keys.is_empty());
+    let live_chunks = chunk_keys
+        .iter()
         .filter(|key| backend.inner().get(key).unwrap().is_some())
         .count();
     assert_eq!(live_chunks, 0, "chunks are removed with the entry");

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memo_runtime::chunk::Manifest;
-use memo_runtime::key::lock_key;
+use memo_runtime::key::{EntryKey, lock_key};
 use memo_runtime::{
     CacheKey, Config, EncryptionKey, MemoryBackend, Options, cache_memoize, cache_memoize_iter,
     configure, make_cache_key, stats,
@@ -314,7 +314,8 @@ proptest! {
                 let full = make_cache_key(key, &options);
                 prop_assert!(fits_memcached(&full), "{full:?}");
                 prop_assert!(full.len() <= 240);
-                let lock = lock_key(&full);
+                let ns = (!namespace.is_empty()).then_some(namespace.as_str());
+                let lock = lock_key(ns, &full);
                 prop_assert!(fits_memcached(&lock), "{lock:?}");
                 let manifest = Manifest {
                     write_id,
@@ -327,7 +328,7 @@ proptest! {
                     digests: vec![[0; 32]],
                     flags: 0,
                 };
-                let chunk = manifest.chunk_key(&full, index);
+                let chunk = manifest.chunk_key(&EntryKey::from_parts(ns, &full, &full), index);
                 prop_assert!(fits_memcached(&chunk), "{chunk:?}");
                 prop_assert_ne!(&chunk, &full);
             }

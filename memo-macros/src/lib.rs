@@ -96,7 +96,7 @@ mod valid;
 /// | `encrypt` / `encrypt = false` | encrypt key and value; default: the config's `force_encryption` |
 /// | `force_overwrite` | always compute and store, never read |
 /// | `lock`, `lock(timeout = 5, retry = 100, expiration = 30, blocking = true)` | compute under a cache lock so that concurrent misses compute once (`retry` in milliseconds, the others in seconds) |
-/// | `version = 2` | appended to the key as a last component `v2`: bump it when the return type changes |
+/// | `version = 2` | appended to the key as a last component `v2`: bump it when a value's meaning changes, or when its type cannot be traced (see "What is stored") |
 /// | `ignore(a, b)` | arguments deliberately left out of the key |
 /// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |
 ///

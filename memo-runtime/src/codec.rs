@@ -18,7 +18,8 @@
 //!      5     1  kind: 1 = value, 2 = manifest of a chunked value or iterator
 //!      6     1  flags: 1 = compressed, 2 = encrypted, 4 = iterator
 //!      7     1  reserved, 0
-//!      8     8  fingerprint of the Rust type (little endian); zero when
+//!      8     8  fingerprint of the Rust type's name and serde shape (see
+//!               `schema`; little endian); zero when
 //!               encrypted: the fingerprint then leads the plaintext, so
 //!               the server cannot tell which type an entry holds
 //!     16     4  body length (little endian)
@@ -30,9 +31,9 @@
 //! ```
 //!
 //! Version 2 binds the full key rather than the stored key, lays the
-//! manifest out as the root of a tree of index chunks, and stores chunks
-//! and locks under the derived keys of [`key`](crate::key); version 1
-//! entries are misses.
+//! manifest out as the root of a tree of index chunks, stores chunks and
+//! locks under the derived keys of [`key`](crate::key), and fingerprints a
+//! type's shape as well as its name; version 1 entries are misses.
 //!
 //! A wrong magic, another version or kind, unknown flags, an encryption flag
 //! that does not match the caller's, another type, a length that does not

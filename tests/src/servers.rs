@@ -389,3 +389,54 @@ pub fn trickle(stream: &mut TcpStream, bytes: &[u8], pause: Duration) {
         std::thread::sleep(pause);
     }
 }
+
+/// One client of each backend memo ships that can run here: the embedded
+/// store always, memcached and Redis on fresh servers when installed (see
+/// [`Server::try_start`]). Each comes with its name and its server, which
+/// the caller keeps alive for as long as it uses the backend.
+#[cfg(all(feature = "memcached", feature = "redis"))]
+pub fn every_backend() -> Vec<(
+    &'static str,
+    std::sync::Arc<dyn memo_runtime::Backend>,
+    Option<Server>,
+)> {
+    use memo_runtime::{MemcachedBackend, MemoryBackend, RedisBackend};
+    let mut all: Vec<(
+        &'static str,
+        std::sync::Arc<dyn memo_runtime::Backend>,
+        Option<Server>,
+    )> = vec![("memory", std::sync::Arc::new(MemoryBackend::new()), None)];
+    if let Some(server) = Server::try_start(Kind::Memcached) {
+        let backend = MemcachedBackend::new([server.address()]).expect("a memcached client");
+        all.push(("memcached", std::sync::Arc::new(backend), Some(server)));
+    }
+    if let Some(server) = Server::try_start(Kind::Redis) {
+        let backend = RedisBackend::new(&server.address()).expect("a Redis client");
+        all.push(("redis", std::sync::Arc::new(backend), Some(server)));
+    }
+    all
+}
+
+/// A raw line-protocol session with `server`, bypassing memo's clients:
+/// each call sends a request verbatim and returns the first reply line
+/// (with its `\r\n`). For pinning what the server itself accepts.
+pub fn raw_session(server: &Server) -> impl FnMut(&str) -> String {
+    use std::io::BufRead as _;
+    let stream = TcpStream::connect(server.address())
+        .unwrap_or_else(|err| panic!("cannot connect to {}: {err}", server.address()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("a second handle"));
+    let mut writer = stream;
+    move |request: &str| {
+        writer
+            .write_all(request.as_bytes())
+            .unwrap_or_else(|err| panic!("cannot send {request:?}: {err}"));
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .unwrap_or_else(|err| panic!("no reply to {request:?}: {err}"));
+        line
+    }
+}

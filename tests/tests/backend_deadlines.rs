@@ -288,23 +288,11 @@ fn replacing_a_stale_connection_stays_inside_the_deadline() {
 /// against a real server with a password, an ACL user and a database.
 #[test]
 fn redis_authenticates_and_selects_the_database() {
-    use std::io::{BufRead, Write as _};
     let Some(server) = memo_tests::servers::Server::try_start(memo_tests::servers::Kind::Redis)
     else {
         return;
     };
-    let stream = TcpStream::connect(server.address()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut ask = |request: &str| {
-        writer.write_all(request.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    };
+    let mut ask = memo_tests::servers::raw_session(&server);
     assert_eq!(ask("ACL SETUSER app on >pw ~* +@all\r\n"), "+OK\r\n");
     assert_eq!(ask("CONFIG SET requirepass s3cret\r\n"), "+OK\r\n");
     let address = server.address();

@@ -4,8 +4,6 @@
 //! cached rather than refused or stored already expired. A refused command
 //! never puts the server into back-off, so other keys keep hitting.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,7 +13,7 @@ use memo_runtime::{
     configure,
 };
 use memo_tests::serial;
-use memo_tests::servers::{Kind, Server};
+use memo_tests::servers::{Kind, Server, every_backend};
 
 const DAY: u64 = 24 * 60 * 60;
 
@@ -41,27 +39,13 @@ fn must_hit(ttl: Duration) -> bool {
     ttl >= Duration::from_secs(30 * DAY - 1)
 }
 
-fn backends() -> Vec<(&'static str, Arc<dyn Backend>, Option<Server>)> {
-    let mut all: Vec<(&'static str, Arc<dyn Backend>, Option<Server>)> =
-        vec![("memory", Arc::new(MemoryBackend::new()), None)];
-    if let Some(server) = Server::try_start(Kind::Memcached) {
-        let backend = MemcachedBackend::new([server.address()]).unwrap();
-        all.push(("memcached", Arc::new(backend), Some(server)));
-    }
-    if let Some(server) = Server::try_start(Kind::Redis) {
-        let backend = RedisBackend::new(&server.address()).unwrap();
-        all.push(("redis", Arc::new(backend), Some(server)));
-    }
-    all
-}
-
 fn hit(backend: &dyn Backend, key: &str, value: &[u8]) -> bool {
     backend.get(key).expect("the server answers").as_deref() == Some(value)
 }
 
 #[test]
 fn every_ttl_edge_is_accepted_by_every_operation_and_huge_ones_cache() {
-    for (name, backend, _server) in backends() {
+    for (name, backend, _server) in every_backend() {
         backend
             .set("unrelated", b"u", Duration::from_secs(600))
             .unwrap();
@@ -134,18 +118,7 @@ fn memcached_keeps_an_absolute_expiration_up_to_i32_max() {
     let Some(server) = Server::try_start(Kind::Memcached) else {
         return;
     };
-    let stream = TcpStream::connect(server.address()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut ask = |request: &str| {
-        writer.write_all(request.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    };
+    let mut ask = memo_tests::servers::raw_session(&server);
     assert_eq!(
         ask(&format!("set max 0 {} 1\r\nv\r\n", i32::MAX)),
         "STORED\r\n"
@@ -167,7 +140,7 @@ fn memcached_keeps_an_absolute_expiration_up_to_i32_max() {
 #[test]
 fn huge_expirations_through_the_public_api_cache_on_every_backend() {
     let _serial = serial();
-    for (name, backend, _server) in backends() {
+    for (name, backend, _server) in every_backend() {
         configure(Config::with_shared_backend(Arc::clone(&backend)).namespace("durations"));
         for (i, ttl) in EDGES.into_iter().enumerate() {
             let options = Options::new().expiration(ttl);

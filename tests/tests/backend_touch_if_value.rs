@@ -3,30 +3,15 @@
 //! what lets a lock holder renew its lock without ever extending a lock
 //! that expired and was taken by someone else.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use memo_runtime::{Backend, MemcachedBackend, MemoryBackend, RedisBackend};
-use memo_tests::servers::{Kind, Server};
-
-fn backends() -> Vec<(&'static str, Arc<dyn Backend>, Option<Server>)> {
-    let mut all: Vec<(&'static str, Arc<dyn Backend>, Option<Server>)> =
-        vec![("memory", Arc::new(MemoryBackend::new()), None)];
-    if let Some(server) = Server::try_start(Kind::Memcached) {
-        let backend = MemcachedBackend::new([server.address()]).unwrap();
-        all.push(("memcached", Arc::new(backend), Some(server)));
-    }
-    if let Some(server) = Server::try_start(Kind::Redis) {
-        let backend = RedisBackend::new(&server.address()).unwrap();
-        all.push(("redis", Arc::new(backend), Some(server)));
-    }
-    all
-}
+use memo_runtime::Backend;
+use memo_tests::servers::every_backend;
 
 #[test]
 fn extends_only_a_matching_value_and_reports_which() {
     let minute = Duration::from_secs(60);
-    for (name, backend, _server) in backends() {
+    for (name, backend, _server) in every_backend() {
         assert!(
             !backend.touch_if_value("absent", b"v", minute).unwrap(),
             "{name}: absent"
@@ -66,7 +51,7 @@ fn extends_only_a_matching_value_and_reports_which() {
 
 #[test]
 fn the_ttl_is_really_extended_and_a_replaced_value_is_not() {
-    for (name, backend, _server) in backends() {
+    for (name, backend, _server) in every_backend() {
         // memcached counts whole seconds, so the short TTL is one.
         backend
             .set("renewed", b"t", Duration::from_secs(1))

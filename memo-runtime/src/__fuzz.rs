@@ -129,7 +129,7 @@ fn decode_as_all(data: &[u8], encryption: Option<&EncryptionKey>) {
     let _ = codec::decode_value::<Option<Child>>(KEY, data, encryption);
 }
 
-/// Opens `data` as a sealed value ([`EncryptionKey::open`]); then, so that
+/// Opens `data` as a sealed value (`EncryptionKey::open`); then, so that
 /// decryption and the padding check are reached, opens it again with a
 /// valid tag appended.
 pub fn open_sealed(data: &[u8]) {
@@ -614,4 +614,21 @@ fn written_manifest(
     writer.finish(0, encryption).expect("memory backend");
     let bytes = config.backend.get(KEY).ok().flatten().expect("stored");
     Manifest::decode(KEY, &bytes, 0, encryption).expect("valid")
+}
+
+/// The lock key of the entry stored under `stored` in `namespace`, for the
+/// property tests of derived keys.
+pub fn lock_key(namespace: Option<&str>, stored: &str) -> String {
+    crate::key::lock_key(namespace, stored)
+}
+
+/// The key of data chunk `index` of write `write_id` of the entry stored
+/// (and bound) under `stored` in `namespace`.
+pub fn chunk_key(namespace: Option<&str>, stored: &str, write_id: [u8; 8], index: u32) -> String {
+    crate::key::EntryKey::from_parts(namespace, stored, stored).derived(
+        crate::key::Derived::Chunk {
+            write: &crate::crypto::hex(&write_id),
+            index,
+        },
+    )
 }

@@ -41,6 +41,7 @@ pub mod v0_1 {
     }
 
     /// Clears the refresh flag on drop.
+    #[derive(Debug)]
     pub struct RefreshGuard(());
 
     impl Drop for RefreshGuard {

@@ -113,31 +113,31 @@ fn level_counts(chunk_count: u32, chunk_size: u32) -> Option<Vec<u64>> {
 
 /// The main entry of a chunked value: what was written and how to check it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// A random id shared by the chunk keys of this write.
-    pub write_id: [u8; 8],
+    pub(crate) write_id: [u8; 8],
     /// The size of every data chunk but the last.
-    pub chunk_size: u32,
+    pub(crate) chunk_size: u32,
     /// The number of data chunks.
-    pub chunk_count: u32,
+    pub(crate) chunk_count: u32,
     /// The total bytes stored over all data chunks.
-    pub stored_len: u64,
+    pub(crate) stored_len: u64,
     /// The serialized length before compression and encryption.
-    pub plain_len: u64,
+    pub(crate) plain_len: u64,
     /// The number of items (1 for a single value).
-    pub item_count: u64,
+    pub(crate) item_count: u64,
     /// The IV of the encrypted stream (zeros in the clear).
-    pub iv: [u8; BLOCK],
+    pub(crate) iv: [u8; BLOCK],
     /// The SHA-256 of each chunk of the tree's top level: the data chunks
     /// when there are at most `chunk_size / 32` of them, else index chunks.
-    pub digests: Vec<[u8; DIGEST]>,
+    pub(crate) digests: Vec<[u8; DIGEST]>,
     /// `FLAG_COMPRESSED` and `FLAG_ITERATOR` bits.
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 impl Manifest {
     /// The manifest's body bytes (before the envelope).
-    pub fn to_body(&self) -> Vec<u8> {
+    pub(crate) fn to_body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MANIFEST_FIXED + self.digests.len() * DIGEST);
         out.extend_from_slice(&self.write_id);
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
@@ -155,7 +155,7 @@ impl Manifest {
     /// Parses and checks a manifest body. Every field is checked against
     /// the others; the chunk count is bounded by the digests actually
     /// present, so a forged count cannot cause an allocation.
-    pub fn from_body(body: &[u8], flags: u8, encrypted: bool) -> Result<Manifest, Invalid> {
+    pub(crate) fn from_body(body: &[u8], flags: u8, encrypted: bool) -> Result<Manifest, Invalid> {
         if body.len() < MANIFEST_FIXED || (body.len() - MANIFEST_FIXED) % DIGEST != 0 {
             return Err(Invalid::Manifest("length"));
         }
@@ -215,7 +215,8 @@ impl Manifest {
     }
 
     /// The levels of index chunks (0 when the manifest lists data chunks).
-    pub fn depth(&self) -> u32 {
+    #[cfg(any(test, feature = "__fuzz"))]
+    pub(crate) fn depth(&self) -> u32 {
         self.levels().len().saturating_sub(1) as u32
     }
 
@@ -224,7 +225,7 @@ impl Manifest {
     }
 
     /// The key of data chunk `index`.
-    pub fn chunk_key(&self, key: &EntryKey, index: u32) -> String {
+    pub(crate) fn chunk_key(&self, key: &EntryKey, index: u32) -> String {
         key.derived(Derived::Chunk {
             write: &self.write_hex(),
             index,
@@ -232,7 +233,7 @@ impl Manifest {
     }
 
     /// The key of index chunk `index` at `level` (from 1).
-    pub fn index_key(&self, key: &EntryKey, level: u32, index: u32) -> String {
+    pub(crate) fn index_key(&self, key: &EntryKey, level: u32, index: u32) -> String {
         key.derived(Derived::Index {
             write: &self.write_hex(),
             level,
@@ -242,7 +243,7 @@ impl Manifest {
 
     /// Every key this write stored besides the manifest: data chunks, then
     /// index chunks level by level.
-    pub fn stored_keys(&self, key: &EntryKey) -> impl Iterator<Item = String> + '_ {
+    pub(crate) fn stored_keys(&self, key: &EntryKey) -> impl Iterator<Item = String> + '_ {
         let key = key.clone();
         let levels = self.levels();
         let data = (0..self.chunk_count).map({
@@ -270,7 +271,7 @@ impl Manifest {
     }
 
     /// The envelope for this manifest, bound to the caller's full key.
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         bound_key: &str,
         fingerprint: u64,
@@ -289,7 +290,7 @@ impl Manifest {
     /// Any manifest stored for `bound_key`, whatever type it was written
     /// for; `None` for anything else. For housekeeping only (finding chunks
     /// to delete): such a manifest is never decoded into a value.
-    pub fn decode_any(
+    pub(crate) fn decode_any(
         bound_key: &str,
         bytes: &[u8],
         encryption: Option<&EncryptionKey>,
@@ -299,7 +300,7 @@ impl Manifest {
 
     /// Gives every chunk of this write `ttl` more to live (less than its
     /// own, for a superseded write).
-    pub fn expire_chunks(
+    pub(crate) fn expire_chunks(
         &self,
         backend: &dyn Backend,
         key: &EntryKey,
@@ -312,7 +313,11 @@ impl Manifest {
     }
 
     /// Deletes every chunk of this write.
-    pub fn delete_chunks(&self, backend: &dyn Backend, key: &EntryKey) -> Result<(), BackendError> {
+    pub(crate) fn delete_chunks(
+        &self,
+        backend: &dyn Backend,
+        key: &EntryKey,
+    ) -> Result<(), BackendError> {
         for chunk in self.stored_keys(key) {
             backend.delete(&chunk)?;
         }
@@ -320,7 +325,7 @@ impl Manifest {
     }
 
     /// Opens a manifest envelope bound to `bound_key`.
-    pub fn decode(
+    pub(crate) fn decode(
         bound_key: &str,
         bytes: &[u8],
         fingerprint: u64,
@@ -343,7 +348,7 @@ impl Manifest {
 
 /// Why a chunked value could not be stored.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// A backend call failed; the manifest was not written.
     #[error("storing chunks failed: {0}")]
     Backend(#[from] BackendError),
@@ -358,7 +363,7 @@ pub enum StoreError {
 
 /// Why a chunked value could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// A backend call failed.
     #[error("reading chunks failed: {0}")]
     Backend(#[from] BackendError),
@@ -374,7 +379,7 @@ pub enum LoadError {
 /// After a backend failure it stops storing and discards further input (an
 /// iterator still hands every item to its caller); `finish` then reports
 /// the failure and writes no manifest.
-pub struct StreamWriter {
+pub(crate) struct StreamWriter {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
     key: EntryKey,
@@ -455,13 +460,8 @@ impl StreamWriter {
         }
     }
 
-    /// Whether a backend call failed (nothing more will be stored).
-    pub fn failed(&self) -> bool {
-        self.failed.is_some()
-    }
-
     /// Appends one framed iterator item (its postcard bytes).
-    pub fn write_item(&mut self, item: &[u8]) {
+    pub(crate) fn write_item(&mut self, item: &[u8]) {
         self.manifest.item_count += 1;
         let (frame, len) = codec::varint(item.len() as u64);
         self.write_plain(&frame[..len]);
@@ -469,7 +469,7 @@ impl StreamWriter {
     }
 
     /// Appends serialized bytes.
-    pub fn write_plain(&mut self, data: &[u8]) {
+    pub(crate) fn write_plain(&mut self, data: &[u8]) {
         if self.failed.is_some() {
             return;
         }
@@ -586,7 +586,7 @@ impl StreamWriter {
     }
 
     /// Ends the stream, stores the last chunks and then the manifest.
-    pub fn finish(
+    pub(crate) fn finish(
         mut self,
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
@@ -852,7 +852,7 @@ impl ChunkFetcher {
 /// reader reports a clean end of stream only when every chunk was consumed,
 /// the zlib stream ended exactly there, the padding was right and the
 /// length matches the manifest.
-pub struct StreamReader {
+pub(crate) struct StreamReader {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
     key: EntryKey,
@@ -904,12 +904,12 @@ impl StreamReader {
     }
 
     /// The manifest being read.
-    pub fn manifest(&self) -> &Manifest {
+    pub(crate) fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
     /// Why the last read failed.
-    pub fn take_error(&mut self) -> Option<LoadError> {
+    pub(crate) fn take_error(&mut self) -> Option<LoadError> {
         self.error.take()
     }
 

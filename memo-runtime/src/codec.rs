@@ -56,22 +56,22 @@ use crate::crypto::{EncryptionKey, tags_equal};
 const MAGIC: &[u8; 4] = b"MEMO";
 const VERSION: u8 = 2;
 /// The size of the envelope header.
-pub const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN: usize = 20;
 /// The size of the checksum of an unencrypted envelope.
-pub const CHECKSUM_LEN: usize = 16;
+pub(crate) const CHECKSUM_LEN: usize = 16;
 const FINGERPRINT_LEN: usize = 8;
 
 /// Envelope flag: the payload is zlib-compressed.
-pub const FLAG_COMPRESSED: u8 = 1;
+pub(crate) const FLAG_COMPRESSED: u8 = 1;
 /// Envelope flag: the payload is encrypted.
-pub const FLAG_ENCRYPTED: u8 = 2;
+pub(crate) const FLAG_ENCRYPTED: u8 = 2;
 /// Envelope flag: the payload is a sequence of items (an iterator).
-pub const FLAG_ITERATOR: u8 = 4;
+pub(crate) const FLAG_ITERATOR: u8 = 4;
 const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_ITERATOR;
 
 /// What an envelope holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A whole value in the body.
     Value = 1,
     /// A [`Manifest`](crate::chunk::Manifest) describing chunks stored under other keys.
@@ -83,7 +83,7 @@ pub enum Kind {
 /// [`Stats::invalid`](crate::Stats::invalid).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// Fewer bytes than an envelope header.
     #[error("too short to be an envelope ({0} bytes)")]
     TooShort(usize),
@@ -147,21 +147,21 @@ pub enum Invalid {
 /// (see the `schema` module) falls back to its name and mode only.
 /// `std::any::type_name` is not guaranteed stable across compiler versions;
 /// a change there only turns old entries into misses, which is safe.
-pub fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
+pub(crate) fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
     crate::schema::fingerprint::<T>(iterator)
 }
 
 /// A parsed, verified envelope header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// What the envelope holds.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The `FLAG_*` bits.
-    pub flags: u8,
+    pub(crate) flags: u8,
     /// The type fingerprint.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
     /// The body length.
-    pub body_len: u32,
+    pub(crate) body_len: u32,
 }
 
 impl Header {
@@ -207,13 +207,13 @@ impl Header {
 }
 
 /// The kind of the envelope in `bytes`, or why it is not one.
-pub fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
+pub(crate) fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
     Header::parse(bytes).map(|header| header.kind)
 }
 
 /// Wraps `body` in an envelope bound to `full_key`: sealed under
 /// `encryption`, or followed by a checksum.
-pub fn seal_envelope(
+pub(crate) fn seal_envelope(
     full_key: &str,
     kind: Kind,
     mut flags: u8,
@@ -264,7 +264,7 @@ pub fn seal_envelope(
 /// Verifies an envelope read under `full_key` and returns its header and
 /// plaintext body. `fingerprint` is the expected type's, or `None` to accept
 /// any type (only for housekeeping that never decodes the body).
-pub fn open_envelope(
+pub(crate) fn open_envelope(
     full_key: &str,
     bytes: &[u8],
     kind: Kind,
@@ -326,7 +326,7 @@ pub fn open_envelope(
 /// The plaintext body of an opened envelope: a range of the input when it
 /// was stored in the clear, a decrypted copy otherwise.
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     /// `bytes[start..start + len]` of the envelope.
     Borrowed(usize, usize),
     /// Decrypted bytes.
@@ -335,7 +335,7 @@ pub enum Body {
 
 impl Body {
     /// The body's bytes, given the envelope it was opened from.
-    pub fn bytes<'a>(&'a self, envelope: &'a [u8]) -> &'a [u8] {
+    pub(crate) fn bytes<'a>(&'a self, envelope: &'a [u8]) -> &'a [u8] {
         match self {
             Body::Borrowed(start, len) => &envelope[*start..*start + *len],
             Body::Owned(bytes) => bytes,
@@ -357,7 +357,7 @@ fn checksum(full_key: &str, header: &[u8], body: &[u8]) -> [u8; CHECKSUM_LEN] {
 /// A value that could not be encoded for storage.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EncodeError {
+pub(crate) enum EncodeError {
     /// serde/postcard refused the value (e.g. a map with unknown length).
     #[error("cannot serialize the value: {0}")]
     Serialize(#[from] postcard::Error),
@@ -367,7 +367,7 @@ pub enum EncodeError {
 }
 
 /// Serializes `value` into a value envelope bound to `full_key`.
-pub fn encode_value<T: Serialize + DeserializeOwned>(
+pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
     full_key: &str,
     value: &T,
     encryption: Option<&EncryptionKey>,
@@ -385,7 +385,7 @@ pub fn encode_value<T: Serialize + DeserializeOwned>(
 }
 
 /// Decodes a value envelope read under `full_key`.
-pub fn decode_value<T: DeserializeOwned>(
+pub(crate) fn decode_value<T: DeserializeOwned>(
     full_key: &str,
     bytes: &[u8],
     encryption: Option<&EncryptionKey>,
@@ -401,7 +401,7 @@ pub fn decode_value<T: DeserializeOwned>(
 }
 
 /// Decodes `bytes` as exactly one `T`, with nothing left over.
-pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(Invalid::Decode(format!("{} trailing bytes", rest.len()))),
@@ -414,7 +414,9 @@ pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
 /// bytes of the current string or byte field are held at a time (plus
 /// copies of fields a type insists on borrowing), so a large value loads in
 /// about its own size.
-pub fn deserialize_from_reader<T: DeserializeOwned, R: Read>(reader: R) -> Result<T, Invalid> {
+pub(crate) fn deserialize_from_reader<T: DeserializeOwned, R: Read>(
+    reader: R,
+) -> Result<T, Invalid> {
     let arena = Arena::default();
     // postcard pulls most fields a byte at a time; the buffer makes each
     // pull a slice index instead of a trip through the whole stream.
@@ -517,7 +519,7 @@ impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R
 
 /// Streaming zlib compression (miniz_oxide), output handed to a sink in
 /// pieces of at most 64 KiB.
-pub struct Deflater {
+pub(crate) struct Deflater {
     compressor: Box<CompressorOxide>,
     out: Box<[u8]>,
 }
@@ -526,7 +528,7 @@ const STREAM_BUF: usize = 64 * 1024;
 
 impl Deflater {
     /// A compressor at zlib `level` (0 to 10).
-    pub fn new(level: u8) -> Self {
+    pub(crate) fn new(level: u8) -> Self {
         let mut compressor = Box::<CompressorOxide>::default();
         compressor.set_format_and_level(DataFormat::Zlib, level);
         Deflater {
@@ -536,7 +538,7 @@ impl Deflater {
     }
 
     /// Compresses `input`, passing output to `sink`.
-    pub fn write(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
+    pub(crate) fn write(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
         while !input.is_empty() {
             let res = miniz_oxide::deflate::stream::deflate(
                 &mut self.compressor,
@@ -552,7 +554,7 @@ impl Deflater {
     }
 
     /// Ends the stream, passing the remaining output to `sink`.
-    pub fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
+    pub(crate) fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
         loop {
             let res = miniz_oxide::deflate::stream::deflate(
                 &mut self.compressor,
@@ -571,7 +573,7 @@ impl Deflater {
 }
 
 /// Streaming zlib decompression (miniz_oxide).
-pub struct Inflater {
+pub(crate) struct Inflater {
     state: Box<InflateState>,
     done: bool,
     pending: bool,
@@ -591,7 +593,11 @@ impl Inflater {
     /// Decompresses from `input` into `output`; returns `(consumed,
     /// written)`. After the end of the zlib stream, any further input is an
     /// error (trailing bytes).
-    pub fn inflate(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize), Invalid> {
+    pub(crate) fn inflate(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<(usize, usize), Invalid> {
         if self.done {
             return if input.is_empty() {
                 Ok((0, 0))
@@ -619,19 +625,19 @@ impl Inflater {
     /// consumed: the last call filled its output buffer. Such output comes
     /// out of a call with empty input; until it has, running out of input
     /// is not the end of the stream.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.pending
     }
 
     /// Whether the zlib stream ended.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.done
     }
 }
 
 /// `n` as a LEB128 varint (the framing of iterator items): the bytes and
 /// how many of them are used, without allocating.
-pub fn varint(mut n: u64) -> ([u8; 10], usize) {
+pub(crate) fn varint(mut n: u64) -> ([u8; 10], usize) {
     let mut out = [0u8; 10];
     let mut len = 0;
     while n >= 0x80 {
@@ -644,13 +650,14 @@ pub fn varint(mut n: u64) -> ([u8; 10], usize) {
 }
 
 /// Appends `n` as a LEB128 varint.
-pub fn write_varint(n: u64, out: &mut Vec<u8>) {
+#[cfg(any(test, feature = "__fuzz"))]
+pub(crate) fn write_varint(n: u64, out: &mut Vec<u8>) {
     let (bytes, len) = varint(n);
     out.extend_from_slice(&bytes[..len]);
 }
 
 /// Reads a LEB128 varint; `Ok(None)` at a clean end of stream.
-pub fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
+pub(crate) fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
     let mut n: u64 = 0;
     for i in 0..10 {
         let mut byte = [0u8; 1];

@@ -8,16 +8,7 @@
 //!
 //! The same settings can come from a URL ([`Config::from_url`]) or from the
 //! environment ([`Config::from_env`]), so that deployment, not code, picks
-//! the cache:
-//!
-//! | variable | meaning | example |
-//! |---|---|---|
-//! | `MEMO_CACHE_URL` | backend and options, as for [`Config::from_url`] | `memcached://10.0.0.5:11211,10.0.0.6:11211?namespace=shop` |
-//! | `MEMO_NAMESPACE` | [`Config::namespace`] | `shop` |
-//! | `MEMO_DEFAULT_EXPIRATION` | [`Config::default_expiration`], in seconds | `3600` |
-//! | `MEMO_CHUNK_SIZE` | [`Config::chunk_size`], in bytes | `1047552` |
-//! | `MEMO_FORCE_ENCRYPTION` | [`Config::force_encryption`]: `1`/`true`/`yes` or `0`/`false`/`no` | `true` |
-//! | `MEMO_ENCRYPTION_KEY` | [`Config::encryption_key`], as 32, 48 or 64 hex digits | `000102…1f` |
+//! the cache.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -45,6 +36,7 @@ pub const DEFAULT_COMPRESSION_LEVEL: u8 = 1;
 /// A configuration that is wrong: an unknown URL scheme, a malformed value,
 /// an encryption key of the wrong length.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The URL could not be parsed at all.
     #[error("invalid cache URL {url:?}: {reason}")]
@@ -113,6 +105,7 @@ pub enum ConfigError {
 /// assert_eq!(memo_runtime::config().namespace_str(), Some("shop"));
 /// ```
 #[derive(Clone)]
+#[must_use = "a configuration does nothing until passed to configure"]
 pub struct Config {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) namespace: Option<String>,
@@ -291,10 +284,20 @@ impl Config {
         Ok(config)
     }
 
-    /// A configuration from the environment variables listed in the
-    /// [module documentation](self). Without `MEMO_CACHE_URL` the backend is
-    /// the embedded one; a variable that is set but malformed is an error,
-    /// never silently ignored.
+    /// A configuration from these environment variables, so that
+    /// deployment, not code, picks the cache:
+    ///
+    /// | variable | meaning | example |
+    /// |---|---|---|
+    /// | `MEMO_CACHE_URL` | backend and options, as for [`Config::from_url`] | `memcached://10.0.0.5:11211,10.0.0.6:11211?namespace=shop` |
+    /// | `MEMO_NAMESPACE` | [`Config::namespace`] | `shop` |
+    /// | `MEMO_DEFAULT_EXPIRATION` | [`Config::default_expiration`], in seconds | `3600` |
+    /// | `MEMO_CHUNK_SIZE` | [`Config::chunk_size`], in bytes | `1047552` |
+    /// | `MEMO_FORCE_ENCRYPTION` | [`Config::force_encryption`]: `1`/`true`/`yes` or `0`/`false`/`no` | `true` |
+    /// | `MEMO_ENCRYPTION_KEY` | [`Config::encryption_key`], as 32, 48 or 64 hex digits | `000102…1f` |
+    ///
+    /// Without `MEMO_CACHE_URL` the backend is the embedded one; a variable
+    /// that is set but malformed is an error, never silently ignored.
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -575,7 +578,7 @@ impl CacheUrl {
     }
 
     /// The error for a parameter the backend does not know.
-    pub fn unknown_parameter(&self, name: &str, known: &[&str]) -> ConfigError {
+    pub(crate) fn unknown_parameter(&self, name: &str, known: &[&str]) -> ConfigError {
         let mut all: Vec<&str> = GENERAL_PARAMS.to_vec();
         all.extend_from_slice(known);
         ConfigError::UnknownParameter {
@@ -585,7 +588,7 @@ impl CacheUrl {
     }
 
     /// The error for a parameter with a value that cannot be used.
-    pub fn invalid_value(&self, name: &str, value: &str, reason: &str) -> ConfigError {
+    pub(crate) fn invalid_value(&self, name: &str, value: &str, reason: &str) -> ConfigError {
         ConfigError::InvalidValue {
             name: name.to_owned(),
             value: value.to_owned(),
@@ -594,7 +597,8 @@ impl CacheUrl {
     }
 
     /// A parameter holding a duration in milliseconds.
-    pub fn millis(&self, name: &str, value: &str) -> Result<Duration, ConfigError> {
+    #[cfg(any(feature = "memcached", feature = "redis"))]
+    pub(crate) fn millis(&self, name: &str, value: &str) -> Result<Duration, ConfigError> {
         value
             .parse()
             .map(Duration::from_millis)

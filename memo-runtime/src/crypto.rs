@@ -24,9 +24,9 @@ use zeroize::{Zeroize, Zeroizing};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The AES block size, which is also the IV size.
-pub const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 16;
 /// The size of a MAC tag.
-pub const TAG: usize = 32;
+pub(crate) const TAG: usize = 32;
 
 const ENC_LABEL: &[u8] = b"\xffmemo/v1/aes-cbc";
 const MAC_LABEL: &[u8] = b"\xffmemo/v1/hmac-sha256";
@@ -101,7 +101,7 @@ impl EncryptionKey {
 
     /// The hex HMAC-SHA256 of `full_key`: what the cache sees of an
     /// encrypted key.
-    pub fn hash_key(&self, full_key: &str) -> String {
+    pub(crate) fn hash_key(&self, full_key: &str) -> String {
         hex(&hmac_sha256(&self.inner.raw, &[full_key.as_bytes()]))
     }
 
@@ -132,7 +132,7 @@ impl EncryptionKey {
 
     /// Encrypts `plaintext` under a fresh IV and authenticates
     /// `associated || iv || ciphertext`: returns `iv || ciphertext || tag`.
-    pub fn seal(&self, associated: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, associated: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
         let iv = random_iv();
         let mut out = Vec::with_capacity(BLOCK + plaintext.len() + BLOCK + TAG);
         out.extend_from_slice(&iv);
@@ -148,7 +148,7 @@ impl EncryptionKey {
     /// Checks the tag of a value made by [`seal`](Self::seal) with the same
     /// `associated` data and decrypts it. `None` when the key is wrong or
     /// anything was changed, truncated or extended.
-    pub fn open(&self, associated: &[&[u8]], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, associated: &[&[u8]], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < BLOCK + BLOCK + TAG || (sealed.len() - TAG) % BLOCK != 0 {
             return None;
         }

@@ -76,15 +76,24 @@ use sha2::{Digest, Sha256};
 use crate::crypto::{EncryptionKey, hex};
 
 /// memcached's hard limit on key length, in bytes.
-pub const MEMCACHED_MAX_KEY: usize = 250;
+pub(crate) const MEMCACHED_MAX_KEY: usize = 250;
 /// Keys longer than this are shortened with a hash (Djblets' rule).
-pub const MAX_KEY: usize = 240;
+pub(crate) const MAX_KEY: usize = 240;
 /// What a shortened key keeps of its start: 240 bytes less the 64 hex
 /// digits of the hash.
 const KEEP_PREFIX: usize = MAX_KEY - 64;
 
 /// A key as the caller gives it: one raw string, or a sequence of
 /// components that memo escapes and joins.
+///
+/// The stored key is Djblets' `make_cache_key`: the namespace and `:`
+/// first; then, when the call encrypts, the hex HMAC-SHA256 of the whole
+/// under the encryption key; otherwise the characters `\x00`-`\x20`, `\x7f`
+/// and `\` escaped as `\xNN`, and a key over 240 bytes cut to its first
+/// 176 bytes (on a character boundary) followed by the 64 hex digits of its
+/// SHA-256. Locks and the chunks of large values are stored under keys
+/// derived from the stored key (`namespace:\L:...`, `namespace:\C...`)
+/// that no caller's key can equal.
 ///
 /// ```
 /// use memo_runtime::CacheKey;
@@ -97,6 +106,7 @@ const KEEP_PREFIX: usize = MAX_KEY - 64;
 /// assert_eq!(CacheKey::from(["user:42", "x"]).normalized(), "user%3A42:x");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheKey {
     /// One string, used as is.
     Raw(String),
@@ -267,7 +277,7 @@ fn shorten(key: String, limit: usize) -> String {
 /// its envelopes are bound to, and the namespace prefix its derived keys
 /// keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryKey {
+pub(crate) struct EntryKey {
     stored: String,
     bound: String,
     prefix_len: usize,
@@ -290,8 +300,8 @@ impl EntryKey {
     }
 
     /// An entry whose bound key is its stored key (harnesses and tests).
-    #[doc(hidden)]
-    pub fn from_parts(namespace: Option<&str>, stored: &str, bound: &str) -> EntryKey {
+    #[cfg(any(test, feature = "__fuzz"))]
+    pub(crate) fn from_parts(namespace: Option<&str>, stored: &str, bound: &str) -> EntryKey {
         EntryKey {
             prefix_len: derived_prefix_len(namespace, stored),
             stored: stored.to_owned(),
@@ -300,24 +310,24 @@ impl EntryKey {
     }
 
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
-    pub fn stored(&self) -> &str {
+    pub(crate) fn stored(&self) -> &str {
         &self.stored
     }
 
     /// The caller's full key, which envelopes bind.
-    pub fn bound(&self) -> &str {
+    pub(crate) fn bound(&self) -> &str {
         &self.bound
     }
 
     /// The key of a derived item of this entry (see the module docs).
-    pub fn derived(&self, kind: Derived) -> String {
+    pub(crate) fn derived(&self, kind: Derived<'_>) -> String {
         derived(&self.stored, self.prefix_len, kind)
     }
 }
 
 /// What a derived key is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Derived<'a> {
+pub(crate) enum Derived<'a> {
     /// The entry's lock.
     Lock,
     /// Data chunk `index` of the write with the hex id `write`.
@@ -340,7 +350,7 @@ pub enum Derived<'a> {
 
 /// The longest namespace prefix (escaped namespace and `:`) derived keys
 /// keep; a longer one leaves room for too little else within 250 bytes.
-pub const MAX_DERIVED_PREFIX: usize = 140;
+pub(crate) const MAX_DERIVED_PREFIX: usize = 140;
 
 fn derived_prefix_len(namespace: Option<&str>, stored: &str) -> usize {
     let Some(ns) = namespace else { return 0 };
@@ -355,7 +365,7 @@ fn derived_prefix_len(namespace: Option<&str>, stored: &str) -> usize {
 
 /// The key of the lock of the entry stored under `stored_key` in
 /// `namespace` (see the module docs).
-pub fn lock_key(namespace: Option<&str>, stored_key: &str) -> String {
+pub(crate) fn lock_key(namespace: Option<&str>, stored_key: &str) -> String {
     derived(
         stored_key,
         derived_prefix_len(namespace, stored_key),
@@ -363,7 +373,7 @@ pub fn lock_key(namespace: Option<&str>, stored_key: &str) -> String {
     )
 }
 
-fn derived(stored: &str, prefix_len: usize, kind: Derived) -> String {
+fn derived(stored: &str, prefix_len: usize, kind: Derived<'_>) -> String {
     let (prefix, rest) = stored.split_at(prefix_len);
     let mut head = String::with_capacity(prefix.len() + 40);
     head.push_str(prefix);

@@ -31,31 +31,26 @@
 //! The [`cache_memoize`](macro@cache_memoize) attribute does the same for a
 //! whole function; the functional API here is what it expands to.
 //!
-//! # Modules
+//! # Public surface
 //!
-//! - [`key`]: how keys are built, escaped and hashed.
-//! - [`codec`]: the envelope every stored value travels in.
-//! - [`crypto`]: AES-CBC with HMAC-SHA256, encrypt-then-MAC.
-//! - [`chunk`]: splitting large values and iterators over several entries.
-//! - [`lock`]: the cache-backed lock.
-//! - [`mod@config`]: the global configuration.
-//! - [`backend`]: the storage engines.
-//! - [`mod@stats`]: counters of what the cache did.
-//! - [`memoize`]: the functional API.
-
-#![warn(missing_docs)]
+//! Everything a user programs against is re-exported here: the functional
+//! API, [`Options`], [`Config`], [`CacheKey`], [`CacheLock`], [`Stats`],
+//! the error types, and the [`backend`] module with the [`Backend`] trait
+//! and the shipped engines. The stored format (envelopes, manifests,
+//! chunk keys) is private, so it can change without breaking a user.
 
 pub mod backend;
-pub mod chunk;
-pub mod codec;
-pub mod config;
-pub mod crypto;
-pub mod key;
-pub mod lock;
-pub mod memoize;
+mod chunk;
+mod codec;
+mod config;
+mod crypto;
+mod key;
+mod lock;
+mod memoize;
 mod schema;
-pub mod stats;
+mod stats;
 
+#[cfg(feature = "__fuzz")]
 #[doc(hidden)]
 pub mod __fuzz;
 #[doc(hidden)]
@@ -66,10 +61,17 @@ pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
 pub use backend::{Backend, BackendError, MemoryBackend};
-pub use config::{CacheUrl, Config, ConfigError, config, configure};
+pub use chunk::{BATCH_CHUNKS, MAX_OVERHEAD as MAX_MANIFEST_OVERHEAD, SUPERSEDED_GRACE};
+pub use config::{
+    CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure,
+};
 pub use crypto::{EncryptionKey, KeyError};
 pub use key::CacheKey;
-pub use lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
+pub use lock::{
+    CacheLock, CacheLockGuard, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
+    LockError, LockOptions,
+};
 pub use memo_macros::{cache_memoize, cache_memoize_iter};
 pub use memoize::{
     Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,

@@ -46,6 +46,7 @@ pub const DEFAULT_LOCK_RETRY: Duration = Duration::from_millis(50);
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "lock options do nothing until passed to Options::lock or CacheLock::options"]
 pub struct LockOptions {
     pub(crate) blocking: bool,
     pub(crate) timeout: Duration,
@@ -142,6 +143,7 @@ pub enum LockError {
 /// assert!(other.acquire().unwrap());
 /// # other.release().unwrap();
 /// ```
+#[must_use = "a lock does nothing until acquired"]
 pub struct CacheLock {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
@@ -223,7 +225,7 @@ impl CacheLock {
     }
 
     /// The key the lock entry is stored under: the lock key derived from
-    /// the entry's stored key (see [`key`](crate::key)).
+    /// the entry's stored key (see [`CacheKey`](crate::CacheKey)).
     pub fn full_cache_key(&self) -> &str {
         &self.full_cache_key
     }

@@ -49,6 +49,7 @@ pub enum Error {
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "options do nothing until passed to a memoized call"]
 pub struct Options {
     pub(crate) expiration: Option<Duration>,
     pub(crate) force_overwrite: bool,
@@ -163,7 +164,7 @@ pub(crate) fn effective_key(config: &Config, explicit: Option<&EncryptionKey>) -
 
 /// The full key under which `key` is stored: namespaced, then hashed when
 /// the call encrypts, else escaped and shortened to memcached's rules (see
-/// [`key`](crate::key)).
+/// [`CacheKey`]).
 ///
 /// ```
 /// use memo_runtime::{configure, make_cache_key, Config, EncryptionKey, MemoryBackend, Options};
@@ -562,7 +563,7 @@ pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Err
 /// continues where it was, skipping the items already yielded: like all
 /// memoization, this takes `compute` to produce the same items each time.
 /// (An overwrite by another writer does not cause this: the chunks it
-/// supersedes stay readable for [`chunk::SUPERSEDED_GRACE`].)
+/// supersedes stay readable for [`SUPERSEDED_GRACE`](crate::SUPERSEDED_GRACE).)
 ///
 /// ```
 /// use memo_runtime::{cache_memoize_iter, Options};

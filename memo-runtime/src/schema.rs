@@ -1134,38 +1134,38 @@ mod tests {
         use serde::Deserialize;
 
         #[derive(Deserialize)]
-        pub struct Order {
+        pub(super) struct Order {
             pub cents: u64,
             pub qty: u32,
         }
 
         #[derive(Deserialize)]
-        pub enum Status {
+        pub(super) enum Status {
             Open,
             Paid(u64),
             Shipped { at: u64 },
         }
 
         #[derive(Deserialize)]
-        pub struct Line {
+        pub(super) struct Line {
             pub item: Item,
         }
 
         #[derive(Deserialize)]
-        pub struct Item {
+        pub(super) struct Item {
             pub sku: u32,
         }
     }
 
     mod reordered {
         #[derive(serde::Deserialize)]
-        pub struct Order {
+        pub(super) struct Order {
             pub qty: u32,
             pub cents: u64,
         }
 
         #[derive(serde::Deserialize)]
-        pub enum Status {
+        pub(super) enum Status {
             Paid(u64),
             Open,
             Shipped { at: u64 },
@@ -1174,7 +1174,7 @@ mod tests {
 
     mod signed {
         #[derive(serde::Deserialize)]
-        pub struct Order {
+        pub(super) struct Order {
             pub cents: u64,
             pub qty: i32,
         }
@@ -1182,7 +1182,7 @@ mod tests {
 
     mod added {
         #[derive(serde::Deserialize)]
-        pub struct Order {
+        pub(super) struct Order {
             pub cents: u64,
             pub qty: u32,
             pub note: String,
@@ -1191,13 +1191,13 @@ mod tests {
 
     mod renamed {
         #[derive(serde::Deserialize)]
-        pub struct Order {
+        pub(super) struct Order {
             pub cents: u64,
             pub quantity: u32,
         }
 
         #[derive(serde::Deserialize)]
-        pub enum Status {
+        pub(super) enum Status {
             Open,
             Paid(u64),
             Shipped { on: u64 },
@@ -1206,12 +1206,12 @@ mod tests {
 
     mod nested {
         #[derive(serde::Deserialize)]
-        pub struct Line {
+        pub(super) struct Line {
             pub item: Item,
         }
 
         #[derive(serde::Deserialize)]
-        pub struct Item {
+        pub(super) struct Item {
             pub sku: u64,
         }
     }
@@ -1294,7 +1294,7 @@ mod tests {
         }
         mod other {
             #[derive(serde::Deserialize)]
-            pub enum Outer {
+            pub(crate) enum Outer {
                 A,
                 B(Vec<super::renamed::Status>),
             }
@@ -1419,7 +1419,7 @@ mod tests {
             struct Bytes;
             impl Visitor<'_> for Bytes {
                 type Value = Id;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     f.write_str("16 bytes")
                 }
                 fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Id, E> {
@@ -1467,7 +1467,7 @@ mod tests {
                 struct Any;
                 impl<'de> Visitor<'de> for Any {
                     type Value = Huge;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                         f.write_str("anything")
                     }
                     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Huge, A::Error> {

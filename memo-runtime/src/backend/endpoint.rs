@@ -42,7 +42,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest timeout or back-off honoured; longer ones are clamped to it.
 /// A year is "forever" for a cache call, and far from where adding it to an
 /// `Instant` could overflow.
-pub const MAX_TUNING: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(super) const MAX_TUNING: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The URL parameters every network backend takes.
 pub(crate) const URL_PARAMS: &[&str] = &[
@@ -100,7 +100,7 @@ impl Settings {
         for (name, value) in &url.params {
             match name.as_str() {
                 "connect_timeout_ms" => {
-                    self.set_connect_timeout(positive_millis(url, name, value)?)
+                    self.set_connect_timeout(positive_millis(url, name, value)?);
                 }
                 "timeout_ms" => self.set_timeout(positive_millis(url, name, value)?),
                 "pool_size" => {

@@ -124,6 +124,7 @@ const MAX_LINE: usize = 1024;
 /// )?;
 /// # Ok::<(), memo_runtime::ConfigError>(())
 /// ```
+#[must_use = "a backend does nothing until passed to Config::new"]
 pub struct MemcachedBackend {
     servers: Vec<Server>,
     settings: Settings,

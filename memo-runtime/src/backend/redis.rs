@@ -118,6 +118,7 @@ return 0
 /// let config = Config::from_url("redis://:s3cret@10.0.0.7:6379/2?namespace=shop&timeout_ms=500")?;
 /// # Ok::<(), memo_runtime::ConfigError>(())
 /// ```
+#[must_use = "a backend does nothing until passed to Config::new"]
 pub struct RedisBackend {
     name: String,
     host: String,

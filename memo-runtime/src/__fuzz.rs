@@ -172,10 +172,10 @@ pub fn manifest(data: &[u8]) {
         let entry = EntryKey::from_parts(None, KEY, KEY);
         for index in [0, manifest.chunk_count.saturating_sub(1)] {
             let chunk_key = manifest.chunk_key(&entry, index);
-            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+            assert!(chunk_key.len() <= crate::common::MAX_KEY_LEN);
         }
         for chunk_key in manifest.stored_keys(&entry).take(1000) {
-            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+            assert!(chunk_key.len() <= crate::common::MAX_KEY_LEN);
         }
     }
     for iterator in [false, true] {

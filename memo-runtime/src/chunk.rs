@@ -69,9 +69,9 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendError};
 use crate::codec::{self, Deflater, FLAG_COMPRESSED, FLAG_ITERATOR, Inflater, Invalid, Kind};
+use crate::common::counters::Counters;
 use crate::crypto::{self, BLOCK, Decryptor, EncryptionKey, Encryptor};
 use crate::key::{Derived, EntryKey};
-use crate::stats::Counters;
 
 /// How many chunks travel in one `get_many`/`set_many` round trip. Together
 /// with the chunk being filled, this bounds the pipeline's memory to about

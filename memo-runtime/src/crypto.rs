@@ -21,6 +21,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+pub(crate) use crate::common::error::KeyError;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The AES block size, which is also the IV size.
@@ -30,11 +32,6 @@ pub(crate) const TAG: usize = 32;
 
 const ENC_LABEL: &[u8] = b"\xffmemo/v1/aes-cbc";
 const MAC_LABEL: &[u8] = b"\xffmemo/v1/hmac-sha256";
-
-/// An encryption key of the wrong length.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an AES encryption key must be 16, 24 or 32 bytes long, not {0}")]
-pub struct KeyError(pub usize);
 
 /// A 16, 24 or 32 byte AES key, for AES-128, AES-192 or AES-256.
 ///

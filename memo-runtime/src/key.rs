@@ -73,10 +73,9 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
+use crate::common::MAX_KEY_LEN;
 use crate::crypto::{EncryptionKey, hex};
 
-/// memcached's hard limit on key length, in bytes.
-pub(crate) const MEMCACHED_MAX_KEY: usize = 250;
 /// Keys longer than this are shortened with a hash (Djblets' rule).
 pub(crate) const MAX_KEY: usize = 240;
 /// What a shortened key keeps of its start: 240 bytes less the 64 hex
@@ -219,11 +218,8 @@ pub(crate) fn bound_key(namespace: Option<&str>, key: &CacheKey) -> String {
 
 /// The full key as stored: namespaced, then hashed under `encryption` if
 /// given, else escaped and shortened to memcached's rules.
-pub(crate) fn full_key(
-    namespace: Option<&str>,
-    key: &CacheKey,
-    encryption: Option<&EncryptionKey>,
-) -> String {
+#[cfg(test)]
+fn full_key(namespace: Option<&str>, key: &CacheKey, encryption: Option<&EncryptionKey>) -> String {
     stored_key(&bound_key(namespace, key), encryption)
 }
 
@@ -387,7 +383,7 @@ fn derived(stored: &str, prefix_len: usize, kind: Derived<'_>) -> String {
             index,
         } => write!(head, "\\I{write}-{level}.{index}"),
     };
-    if head.len() + 1 + rest.len() <= MEMCACHED_MAX_KEY {
+    if head.len() + 1 + rest.len() <= MAX_KEY_LEN {
         head.push(':');
         head.push_str(rest);
         return head;
@@ -399,9 +395,7 @@ fn derived(stored: &str, prefix_len: usize, kind: Derived<'_>) -> String {
     whole.update(head.as_bytes());
     whole.update(rest.as_bytes());
     let digest = hex(&whole.finalize());
-    let mut keep = MEMCACHED_MAX_KEY
-        .saturating_sub(head.len() + 64)
-        .min(rest.len());
+    let mut keep = MAX_KEY_LEN.saturating_sub(head.len() + 64).min(rest.len());
     while !rest.is_char_boundary(keep) {
         keep -= 1;
     }
@@ -558,7 +552,7 @@ mod tests {
                 entry(" ".repeat(len)),
             ] {
                 for derived in every_kind(&key) {
-                    assert!(derived.len() <= MEMCACHED_MAX_KEY, "{derived}");
+                    assert!(derived.len() <= MAX_KEY_LEN, "{derived}");
                     assert!(derived.starts_with("example.com:\\"), "{derived}");
                     assert!(!derived.chars().any(|c| c <= ' ' || c == '\x7f'));
                 }
@@ -574,7 +568,7 @@ mod tests {
             chunk.starts_with("example.com:\\C0123456789abcdef-3;yyy"),
             "{chunk}"
         );
-        assert_eq!(chunk.len(), MEMCACHED_MAX_KEY);
+        assert_eq!(chunk.len(), MAX_KEY_LEN);
         // A lock key has room for any stored key.
         assert_eq!(
             long.derived(Derived::Lock),
@@ -590,7 +584,7 @@ mod tests {
         let ns = "n".repeat(200);
         let long = EntryKey::new(Some(&ns), &"k".into(), None);
         for derived in every_kind(&long) {
-            assert!(derived.len() <= MEMCACHED_MAX_KEY);
+            assert!(derived.len() <= MAX_KEY_LEN);
             assert!(derived.starts_with('\\'));
         }
     }
@@ -646,7 +640,7 @@ mod tests {
             for derived in every_kind(&other) {
                 prop_assert!(!caller_could_store(&derived));
                 prop_assert_ne!(caller.stored(), derived.as_str());
-                prop_assert!(derived.len() <= MEMCACHED_MAX_KEY);
+                prop_assert!(derived.len() <= MAX_KEY_LEN);
                 if namespaced && !encrypted {
                     prop_assert!(derived.starts_with("shop:\\"), "{}", derived);
                 }

@@ -42,13 +42,13 @@
 pub mod backend;
 mod chunk;
 mod codec;
+mod common;
 mod config;
 mod crypto;
 mod key;
 mod lock;
 mod memoize;
 mod schema;
-mod stats;
 
 #[cfg(feature = "__fuzz")]
 #[doc(hidden)]
@@ -62,11 +62,13 @@ pub use backend::memcached::MemcachedBackend;
 pub use backend::redis::RedisBackend;
 pub use backend::{Backend, BackendError, MemoryBackend};
 pub use chunk::{BATCH_CHUNKS, MAX_OVERHEAD as MAX_MANIFEST_OVERHEAD, SUPERSEDED_GRACE};
+pub use common::counters::Stats;
+pub use common::error::KeyError;
 pub use config::{
     CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
-    DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure,
+    DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure, stats,
 };
-pub use crypto::{EncryptionKey, KeyError};
+pub use crypto::EncryptionKey;
 pub use key::CacheKey;
 pub use lock::{
     CacheLock, CacheLockGuard, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
@@ -77,4 +79,3 @@ pub use memoize::{
     Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
     try_cache_memoize,
 };
-pub use stats::{Stats, stats};

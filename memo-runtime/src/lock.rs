@@ -19,9 +19,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError};
+use crate::common::counters::Counters;
 use crate::config::Config;
 use crate::key::{CacheKey, lock_key};
-use crate::stats::Counters;
 
 /// Default time a lock entry lives before it expires on its own.
 pub const DEFAULT_LOCK_EXPIRATION: Duration = Duration::from_secs(30);
@@ -169,15 +169,8 @@ impl CacheLock {
     /// acquired until [`acquire`](Self::acquire).
     pub fn new(key: impl Into<CacheKey>) -> CacheLock {
         let config = crate::config::config();
-        let encryption = config
-            .force_encryption
-            .then(|| crate::memoize::effective_key(&config, None));
-        let full = crate::key::full_key(
-            config.namespace.as_deref(),
-            &key.into(),
-            encryption.as_ref(),
-        );
-        Self::for_full_key(&config, &full, LockOptions::default())
+        let resolved = config.resolve(&key.into(), None, None);
+        Self::for_full_key(&config, resolved.key.stored(), LockOptions::default())
     }
 
     /// A lock guarding the memoized entry stored under `full_key`.

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,11 +19,11 @@ use serde::de::DeserializeOwned;
 use crate::backend::BackendError;
 use crate::chunk::{self, LoadError, Manifest, StoreError, StreamReader, StreamWriter};
 use crate::codec::{self, Invalid, Kind, fingerprint};
-use crate::config::{Config, config};
+use crate::common::counters::Counters;
+use crate::config::{Config, Resolved, config};
 use crate::crypto::EncryptionKey;
 use crate::key::{CacheKey, EntryKey};
 use crate::lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
-use crate::stats::Counters;
 
 /// A failure of an explicit cache operation such as [`invalidate`].
 /// (Memoized calls never fail because of the cache.)
@@ -142,26 +142,6 @@ impl Options {
     }
 }
 
-/// The key encrypted calls use when neither the call nor the configuration
-/// names one: random, made once per process.
-static PROCESS_KEY: OnceLock<EncryptionKey> = OnceLock::new();
-
-pub(crate) fn effective_key(config: &Config, explicit: Option<&EncryptionKey>) -> EncryptionKey {
-    explicit
-        .or(config.encryption_key.as_ref())
-        .cloned()
-        .unwrap_or_else(|| {
-            PROCESS_KEY
-                .get_or_init(|| {
-                    log::warn!(
-                        "memo: encrypting without a configured key; using a random per-process key, so other processes cannot read these values (set Config::encryption_key or MEMO_ENCRYPTION_KEY)"
-                    );
-                    EncryptionKey::generate()
-                })
-                .clone()
-        })
-}
-
 /// The full key under which `key` is stored: namespaced, then hashed when
 /// the call encrypts, else escaped and shortened to memcached's rules (see
 /// [`CacheKey`]).
@@ -198,9 +178,8 @@ struct Call {
 
 impl Call {
     fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
-        let encrypt = config.force_encryption || options.encrypt == Some(true);
-        let encryption = encrypt.then(|| effective_key(&config, options.encryption_key.as_ref()));
-        let key = EntryKey::new(config.namespace.as_deref(), &key, encryption.as_ref());
+        let Resolved { key, encryption } =
+            config.resolve(&key, options.encrypt, options.encryption_key.as_ref());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
             key,

@@ -88,6 +88,8 @@ use serde::de::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::common::hash::fnv1a;
+
 /// Nesting deeper than this ends a pass: recursion that a variant choice
 /// did not stop, or a type too deep to trace on a small thread stack.
 const MAX_DEPTH: usize = 64;
@@ -204,12 +206,7 @@ fn compute<T: DeserializeOwned>() -> [u64; 2] {
 /// FNV-1a of the mode and the type name: the fingerprint of a type whose
 /// shape cannot be traced.
 fn name_digest(name: &str, iterator: bool) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in std::iter::once(u8::from(iterator)).chain(name.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+    fnv1a(std::iter::once(u8::from(iterator)).chain(name.bytes()))
 }
 
 /// SHA-256, truncated to 64 bits, of the mode, the type name and its shape.

@@ -25,7 +25,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::BackendError;
-use crate::config::{CacheUrl, ConfigError};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
 
 /// How long opening a connection may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);

@@ -17,7 +17,8 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{Backend, BackendError};
-use crate::config::{CacheUrl, ConfigError};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
 
 /// The default byte budget of a [`MemoryBackend`]: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;

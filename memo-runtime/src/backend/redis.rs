@@ -47,7 +47,8 @@ pub use super::endpoint::{
     DEFAULT_TIMEOUT,
 };
 use super::{Backend, BackendError};
-use crate::config::{CacheUrl, ConfigError};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
 
 /// The port Redis listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 6379;

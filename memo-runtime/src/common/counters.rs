@@ -1,6 +1,6 @@
 //! Counters of what the cache did, and the once-per-episode failure log.
 //!
-//! Every configuration carries its own counters, so [`stats`] reports what
+//! Every configuration carries its own counters, so `stats()` reports what
 //! happened since the last [`configure`](crate::configure) call. Counting is
 //! a relaxed atomic add per event: cheap enough for the hit path.
 
@@ -105,11 +105,6 @@ impl Counters {
         Self::add(&self.invalid, 1);
         log::debug!("memo: entry {key} treated as a miss: {why}");
     }
-}
-
-/// The counters of the configuration in force, since it was installed.
-pub fn stats() -> Stats {
-    crate::config::config().counters.snapshot()
 }
 
 #[cfg(test)]

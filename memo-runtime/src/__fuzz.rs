@@ -25,14 +25,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
 use crate::backend::{Backend, MemoryBackend};
-use crate::chunk::{Manifest, StreamWriter};
-use crate::codec::{self, Kind, fingerprint};
 use crate::config::{Config, config, configure};
-use crate::crypto::{EncryptionKey, TAG};
-use crate::key::EntryKey;
+use crate::format::compress::Deflater;
+use crate::format::crypto::{EncryptionKey, TAG};
+use crate::format::envelope::{self as codec, Kind, fingerprint};
+use crate::format::key::EntryKey;
+use crate::format::manifest::Manifest;
+use crate::format::serial::write_varint;
 use crate::lock::{CacheLock, LockError, LockOptions};
-use crate::memoize::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
+use crate::policy::stream::StreamWriter;
 
 /// The key every fuzzed value is stored under.
 pub const KEY: &str = "fuzz:key";
@@ -533,7 +536,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                     inner: vec![Child::Pair(n as u8, vec![n as u32; 3])],
                 };
                 let item = postcard::to_stdvec(&child).expect("encodes");
-                codec::write_varint(item.len() as u64, &mut framed);
+                write_varint(item.len() as u64, &mut framed);
                 framed.extend(item);
             }
             for control in [[0, 255, 6, 0], [1, 40, 6, 0], [3, 16, 6, 0], [2, 9, 6, 0]] {
@@ -578,7 +581,7 @@ fn mutations(seed: &[u8]) -> Vec<Vec<u8>> {
 
 fn deflate(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut deflater = codec::Deflater::new(1);
+    let mut deflater = Deflater::new(1);
     deflater.write(data, &mut |piece| out.extend_from_slice(piece));
     deflater.finish(&mut |piece| out.extend_from_slice(piece));
     out
@@ -619,15 +622,15 @@ fn written_manifest(
 /// The lock key of the entry stored under `stored` in `namespace`, for the
 /// property tests of derived keys.
 pub fn lock_key(namespace: Option<&str>, stored: &str) -> String {
-    crate::key::lock_key(namespace, stored)
+    crate::format::key::lock_key(namespace, stored)
 }
 
 /// The key of data chunk `index` of write `write_id` of the entry stored
 /// (and bound) under `stored` in `namespace`.
 pub fn chunk_key(namespace: Option<&str>, stored: &str, write_id: [u8; 8], index: u32) -> String {
-    crate::key::EntryKey::from_parts(namespace, stored, stored).derived(
-        crate::key::Derived::Chunk {
-            write: &crate::crypto::hex(&write_id),
+    crate::format::key::EntryKey::from_parts(namespace, stored, stored).derived(
+        crate::format::key::Derived::Chunk {
+            write: &crate::format::crypto::hex(&write_id),
             index,
         },
     )

@@ -39,16 +39,13 @@
 //! and the shipped engines. The stored format (envelopes, manifests,
 //! chunk keys) is private, so it can change without breaking a user.
 
+mod api;
 pub mod backend;
-mod chunk;
-mod codec;
 mod common;
 mod config;
-mod crypto;
-mod key;
+mod format;
 mod lock;
-mod memoize;
-mod schema;
+mod policy;
 
 #[cfg(feature = "__fuzz")]
 #[doc(hidden)]
@@ -56,26 +53,27 @@ pub mod __fuzz;
 #[doc(hidden)]
 pub mod __private;
 
+pub use api::{
+    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
+    try_cache_memoize,
+};
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
 pub use backend::{Backend, BackendError, MemoryBackend};
-pub use chunk::{BATCH_CHUNKS, MAX_OVERHEAD as MAX_MANIFEST_OVERHEAD, SUPERSEDED_GRACE};
 pub use common::counters::Stats;
 pub use common::error::KeyError;
 pub use config::{
     CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure, stats,
 };
-pub use crypto::EncryptionKey;
-pub use key::CacheKey;
+pub use format::crypto::EncryptionKey;
+pub use format::key::CacheKey;
+pub use format::manifest::MAX_OVERHEAD as MAX_MANIFEST_OVERHEAD;
 pub use lock::{
     CacheLock, CacheLockGuard, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
     LockError, LockOptions,
 };
 pub use memo_macros::{cache_memoize, cache_memoize_iter};
-pub use memoize::{
-    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
-    try_cache_memoize,
-};
+pub use policy::stream::{BATCH_CHUNKS, SUPERSEDED_GRACE};

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, BackendError};
 use crate::common::counters::Counters;
 use crate::config::Config;
-use crate::key::{CacheKey, lock_key};
+use crate::format::key::{CacheKey, lock_key};
 
 /// Default time a lock entry lives before it expires on its own.
 pub const DEFAULT_LOCK_EXPIRATION: Duration = Duration::from_secs(30);
@@ -176,12 +176,12 @@ impl CacheLock {
     /// A lock guarding the memoized entry stored under `full_key`.
     pub(crate) fn for_full_key(config: &Config, full_key: &str, options: LockOptions) -> CacheLock {
         let mut token = [0u8; 16];
-        crate::crypto::fill_random(&mut token);
+        crate::format::crypto::fill_random(&mut token);
         CacheLock {
             backend: Arc::clone(&config.backend),
             counters: Arc::clone(&config.counters),
             full_cache_key: lock_key(config.namespace.as_deref(), full_key),
-            token: crate::crypto::hex(&token),
+            token: crate::format::crypto::hex(&token),
             options,
             expires_at: None,
         }
@@ -375,7 +375,7 @@ impl Drop for CacheLockGuard {
 /// `Duration::mul_f64` panics near `Duration::MAX` and a caller may pass it.
 fn jittered(base: Duration) -> Duration {
     let mut bytes = [0u8; 2];
-    crate::crypto::fill_random(&mut bytes);
+    crate::format::crypto::fill_random(&mut bytes);
     let quarter_nanos = base.as_nanos() / 4;
     let extra = quarter_nanos * u128::from(u16::from_le_bytes(bytes)) / u128::from(u16::MAX);
     base.saturating_add(duration_from_nanos(extra))

@@ -3,7 +3,7 @@
 use super::Config;
 use crate::backend::MemoryBackend;
 use crate::common::error::ConfigError;
-use crate::crypto::EncryptionKey;
+use crate::format::crypto::EncryptionKey;
 
 /// Each variable and the URL setting it stands for.
 const ENV_SETTINGS: &[(&str, &str)] = &[

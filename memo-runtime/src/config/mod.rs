@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::common::counters::Counters;
-use crate::crypto::EncryptionKey;
+use crate::format::crypto::EncryptionKey;
 
 mod env;
 mod global;

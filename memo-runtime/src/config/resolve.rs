@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use super::Config;
-use crate::crypto::EncryptionKey;
-use crate::key::{CacheKey, EntryKey};
+use crate::format::crypto::EncryptionKey;
+use crate::format::key::{CacheKey, EntryKey};
 
 /// The key encrypted calls use when neither the call nor the configuration
 /// names one: random, made once per process.

@@ -1,5 +1,4 @@
-//! The envelope every stored value travels in, and the serialization and
-//! compression streams around it.
+//! The envelope every stored value travels in.
 //!
 //! Values are serialized with postcard, which is compact and fast but not
 //! self-describing: bytes written for one type can decode "successfully" as
@@ -32,7 +31,7 @@
 //!
 //! Version 2 binds the full key rather than the stored key, lays the
 //! manifest out as the root of a tree of index chunks, stores chunks and
-//! locks under the derived keys of [`key`](crate::key), and fingerprints a
+//! locks under the derived keys of `format::key`, and fingerprints a
 //! type's shape as well as its name; version 1 entries are misses.
 //!
 //! A wrong magic, another version or kind, unknown flags, an encryption flag
@@ -42,16 +41,12 @@
 //! [`Invalid`] reason, and the caller recomputes. Nothing is allocated on
 //! the strength of a length field before the bytes it claims are present.
 
-use std::io::{self, Read};
-
-use miniz_oxide::deflate::core::CompressorOxide;
-use miniz_oxide::inflate::stream::InflateState;
-use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{EncryptionKey, tags_equal};
+use super::crypto::{EncryptionKey, tags_equal};
+use super::serial::decode_exact;
 
 const MAGIC: &[u8; 4] = b"MEMO";
 const VERSION: u8 = 2;
@@ -74,7 +69,7 @@ const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_ITERATOR;
 pub(crate) enum Kind {
     /// A whole value in the body.
     Value = 1,
-    /// A [`Manifest`](crate::chunk::Manifest) describing chunks stored under other keys.
+    /// A manifest (`format::manifest`) describing chunks stored under other keys.
     Manifest = 2,
 }
 
@@ -148,7 +143,7 @@ pub(crate) enum Invalid {
 /// `std::any::type_name` is not guaranteed stable across compiler versions;
 /// a change there only turns old entries into misses, which is safe.
 pub(crate) fn fingerprint<T: DeserializeOwned>(iterator: bool) -> u64 {
-    crate::schema::fingerprint::<T>(iterator)
+    super::schema::fingerprint::<T>(iterator)
 }
 
 /// A parsed, verified envelope header.
@@ -221,7 +216,7 @@ pub(crate) fn seal_envelope(
     body: &[u8],
     encryption: Option<&EncryptionKey>,
 ) -> Result<Vec<u8>, EncodeError> {
-    use crate::crypto::{BLOCK, TAG};
+    use crate::format::crypto::{BLOCK, TAG};
     let stored_len = match encryption {
         Some(_) => BLOCK + ((FINGERPRINT_LEN + body.len()) / BLOCK + 1) * BLOCK + TAG,
         None => body.len(),
@@ -400,291 +395,10 @@ pub(crate) fn decode_value<T: DeserializeOwned>(
     decode_exact(body.bytes(bytes))
 }
 
-/// Decodes `bytes` as exactly one `T`, with nothing left over.
-pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Invalid::Decode(format!("{} trailing bytes", rest.len()))),
-        Err(err) => Err(Invalid::Decode(err.to_string())),
-    }
-}
-
-/// Deserializes exactly one `T` from a byte stream that must end right
-/// after it, without first collecting the stream into one buffer: only the
-/// bytes of the current string or byte field are held at a time (plus
-/// copies of fields a type insists on borrowing), so a large value loads in
-/// about its own size.
-pub(crate) fn deserialize_from_reader<T: DeserializeOwned, R: Read>(
-    reader: R,
-) -> Result<T, Invalid> {
-    let arena = Arena::default();
-    // postcard pulls most fields a byte at a time; the buffer makes each
-    // pull a slice index instead of a trip through the whole stream.
-    let flavor = ReadFlavor {
-        reader: io::BufReader::with_capacity(STREAM_BUF, reader),
-        temp: Vec::new(),
-        arena: &arena,
-    };
-    let mut deserializer = postcard::Deserializer::from_flavor(flavor);
-    let value = T::deserialize(&mut deserializer).map_err(|e| Invalid::Decode(e.to_string()))?;
-    let mut rest = deserializer
-        .finalize()
-        .map_err(|e| Invalid::Decode(e.to_string()))?;
-    match io::BufRead::fill_buf(&mut rest) {
-        Ok([]) => Ok(value),
-        Ok(_) => Err(Invalid::Decode("bytes after the value".into())),
-        Err(err) => Err(Invalid::Decode(err.to_string())),
-    }
-}
-
-/// Storage for the bytes a type borrows during deserialization. Only types
-/// that deserialize through `deserialize_str`/`deserialize_bytes` (rather
-/// than their owned variants) put anything here.
-#[derive(Default)]
-struct Arena {
-    blocks: std::cell::RefCell<Vec<*mut [u8]>>,
-}
-
-impl Arena {
-    fn keep(&self, bytes: Vec<u8>) -> &[u8] {
-        let raw = Box::into_raw(bytes.into_boxed_slice());
-        self.blocks.borrow_mut().push(raw);
-        // SAFETY: `raw` comes from `Box::into_raw` and is freed only when the
-        // arena drops, which the returned borrow of `self` outlives not.
-        unsafe { &*raw }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        for raw in self.blocks.get_mut().drain(..) {
-            // SAFETY: each pointer came from `Box::into_raw` and is freed once.
-            drop(unsafe { Box::from_raw(raw) });
-        }
-    }
-}
-
-struct ReadFlavor<'de, R> {
-    reader: R,
-    temp: Vec<u8>,
-    arena: &'de Arena,
-}
-
-impl<R: Read> ReadFlavor<'_, R> {
-    /// Reads exactly `ct` bytes into `temp`, growing it only as bytes
-    /// actually arrive, so a forged length cannot allocate ahead of data.
-    fn fill_temp(&mut self, ct: usize) -> postcard::Result<()> {
-        self.temp.clear();
-        let read = (&mut self.reader)
-            .take(ct as u64)
-            .read_to_end(&mut self.temp)
-            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
-        if read == ct {
-            Ok(())
-        } else {
-            Err(postcard::Error::DeserializeUnexpectedEnd)
-        }
-    }
-}
-
-impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R> {
-    type Remainder = R;
-    type Source = ();
-
-    fn pop(&mut self) -> postcard::Result<u8> {
-        let mut byte = [0u8; 1];
-        self.reader
-            .read_exact(&mut byte)
-            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
-        Ok(byte[0])
-    }
-
-    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
-        self.fill_temp(ct)?;
-        Ok(self.arena.keep(std::mem::take(&mut self.temp)))
-    }
-
-    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
-    where
-        'de: 'a,
-    {
-        self.fill_temp(ct)?;
-        Ok(&self.temp)
-    }
-
-    fn finalize(self) -> postcard::Result<R> {
-        Ok(self.reader)
-    }
-}
-
-/// Streaming zlib compression (miniz_oxide), output handed to a sink in
-/// pieces of at most 64 KiB.
-pub(crate) struct Deflater {
-    compressor: Box<CompressorOxide>,
-    out: Box<[u8]>,
-}
-
-const STREAM_BUF: usize = 64 * 1024;
-
-impl Deflater {
-    /// A compressor at zlib `level` (0 to 10).
-    pub(crate) fn new(level: u8) -> Self {
-        let mut compressor = Box::<CompressorOxide>::default();
-        compressor.set_format_and_level(DataFormat::Zlib, level);
-        Deflater {
-            compressor,
-            out: vec![0u8; STREAM_BUF].into_boxed_slice(),
-        }
-    }
-
-    /// Compresses `input`, passing output to `sink`.
-    pub(crate) fn write(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        while !input.is_empty() {
-            let res = miniz_oxide::deflate::stream::deflate(
-                &mut self.compressor,
-                input,
-                &mut self.out,
-                MZFlush::None,
-            );
-            input = &input[res.bytes_consumed..];
-            if res.bytes_written > 0 {
-                sink(&self.out[..res.bytes_written]);
-            }
-        }
-    }
-
-    /// Ends the stream, passing the remaining output to `sink`.
-    pub(crate) fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
-        loop {
-            let res = miniz_oxide::deflate::stream::deflate(
-                &mut self.compressor,
-                &[],
-                &mut self.out,
-                MZFlush::Finish,
-            );
-            if res.bytes_written > 0 {
-                sink(&self.out[..res.bytes_written]);
-            }
-            if matches!(res.status, Ok(MZStatus::StreamEnd)) || res.status.is_err() {
-                break;
-            }
-        }
-    }
-}
-
-/// Streaming zlib decompression (miniz_oxide).
-pub(crate) struct Inflater {
-    state: Box<InflateState>,
-    done: bool,
-    pending: bool,
-}
-
-impl Default for Inflater {
-    fn default() -> Self {
-        Inflater {
-            state: InflateState::new_boxed(DataFormat::Zlib),
-            done: false,
-            pending: false,
-        }
-    }
-}
-
-impl Inflater {
-    /// Decompresses from `input` into `output`; returns `(consumed,
-    /// written)`. After the end of the zlib stream, any further input is an
-    /// error (trailing bytes).
-    pub(crate) fn inflate(
-        &mut self,
-        input: &[u8],
-        output: &mut [u8],
-    ) -> Result<(usize, usize), Invalid> {
-        if self.done {
-            return if input.is_empty() {
-                Ok((0, 0))
-            } else {
-                Err(Invalid::Stream(
-                    "bytes after the end of the zlib stream".into(),
-                ))
-            };
-        }
-        let res =
-            miniz_oxide::inflate::stream::inflate(&mut self.state, input, output, MZFlush::None);
-        match res.status {
-            Ok(MZStatus::StreamEnd) => self.done = true,
-            Ok(_) | Err(MZError::Buf) => {}
-            Err(err) => return Err(Invalid::Stream(format!("zlib: {err:?}"))),
-        }
-        // A call that fills `output` may stop with decoded bytes still
-        // inside the decoder (miniz_oxide stages them in its window), even
-        // when it consumed all of `input`.
-        self.pending = !self.done && !output.is_empty() && res.bytes_written == output.len();
-        Ok((res.bytes_consumed, res.bytes_written))
-    }
-
-    /// Whether the decoder may still hold output from input it already
-    /// consumed: the last call filled its output buffer. Such output comes
-    /// out of a call with empty input; until it has, running out of input
-    /// is not the end of the stream.
-    pub(crate) fn pending(&self) -> bool {
-        self.pending
-    }
-
-    /// Whether the zlib stream ended.
-    pub(crate) fn finished(&self) -> bool {
-        self.done
-    }
-}
-
-/// `n` as a LEB128 varint (the framing of iterator items): the bytes and
-/// how many of them are used, without allocating.
-pub(crate) fn varint(mut n: u64) -> ([u8; 10], usize) {
-    let mut out = [0u8; 10];
-    let mut len = 0;
-    while n >= 0x80 {
-        out[len] = (n as u8) | 0x80;
-        n >>= 7;
-        len += 1;
-    }
-    out[len] = n as u8;
-    (out, len + 1)
-}
-
-/// Appends `n` as a LEB128 varint.
-#[cfg(any(test, feature = "__fuzz"))]
-pub(crate) fn write_varint(n: u64, out: &mut Vec<u8>) {
-    let (bytes, len) = varint(n);
-    out.extend_from_slice(&bytes[..len]);
-}
-
-/// Reads a LEB128 varint; `Ok(None)` at a clean end of stream.
-pub(crate) fn read_varint(reader: &mut impl Read) -> io::Result<Option<u64>> {
-    let mut n: u64 = 0;
-    for i in 0..10 {
-        let mut byte = [0u8; 1];
-        if reader.read(&mut byte)? == 0 {
-            return if i == 0 {
-                Ok(None)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "truncated varint",
-                ))
-            };
-        }
-        n |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            return Ok(Some(n));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "varint too long",
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::serial::{deserialize_from_reader, write_varint};
     use serde::Deserialize;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -835,176 +549,5 @@ mod tests {
         assert!(decode_value::<Vec<u64>>("k", &forged, None).is_err());
         assert!(deserialize_from_reader::<Vec<u64>, _>(&body[..]).is_err());
         assert!(deserialize_from_reader::<String, _>(&body[..]).is_err());
-    }
-
-    #[test]
-    fn streaming_deserialization_matches_from_bytes() {
-        let bytes = postcard::to_stdvec(&profile()).unwrap();
-        let value: Profile = deserialize_from_reader(&bytes[..]).unwrap();
-        assert_eq!(value, profile());
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(deserialize_from_reader::<Profile, _>(&longer[..]).is_err());
-        assert!(deserialize_from_reader::<Profile, _>(&bytes[..bytes.len() - 1]).is_err());
-        // A type that borrows through deserialize_bytes/str still loads.
-        let text = postcard::to_stdvec(&std::net::Ipv4Addr::new(1, 2, 3, 4)).unwrap();
-        let ip: std::net::Ipv4Addr = deserialize_from_reader(&text[..]).unwrap();
-        assert_eq!(ip, std::net::Ipv4Addr::new(1, 2, 3, 4));
-        let borrowed = postcard::to_stdvec(&std::borrow::Cow::Borrowed("text")).unwrap();
-        let cow: std::borrow::Cow<'static, str> = deserialize_from_reader(&borrowed[..]).unwrap();
-        assert_eq!(cow, "text");
-    }
-
-    /// A type that insists on borrowing: it asks for `deserialize_str` and
-    /// `deserialize_bytes`, which hand out data borrowed from the input
-    /// (the arena, when reading from a stream).
-    #[derive(Debug, PartialEq)]
-    struct Borrowing(String, Vec<u8>);
-
-    impl<'de> Deserialize<'de> for Borrowing {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Text;
-            impl serde::de::Visitor<'_> for Text {
-                type Value = String;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_str<E>(self, v: &str) -> Result<String, E> {
-                    Ok(v.to_owned())
-                }
-            }
-            struct Bytes;
-            impl serde::de::Visitor<'_> for Bytes {
-                type Value = Vec<u8>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                    Ok(v.to_vec())
-                }
-            }
-            struct Pair;
-            impl<'de> serde::de::Visitor<'de> for Pair {
-                type Value = Borrowing;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a pair")
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Borrowing, A::Error> {
-                    struct S;
-                    impl<'de> serde::de::DeserializeSeed<'de> for S {
-                        type Value = String;
-                        fn deserialize<D: serde::Deserializer<'de>>(
-                            self,
-                            d: D,
-                        ) -> Result<String, D::Error> {
-                            d.deserialize_str(Text)
-                        }
-                    }
-                    struct B;
-                    impl<'de> serde::de::DeserializeSeed<'de> for B {
-                        type Value = Vec<u8>;
-                        fn deserialize<D: serde::Deserializer<'de>>(
-                            self,
-                            d: D,
-                        ) -> Result<Vec<u8>, D::Error> {
-                            d.deserialize_bytes(Bytes)
-                        }
-                    }
-                    let text = seq.next_element_seed(S)?;
-                    let bytes = seq.next_element_seed(B)?;
-                    match (text, bytes) {
-                        (Some(text), Some(bytes)) => Ok(Borrowing(text, bytes)),
-                        _ => Err(serde::de::Error::invalid_length(0, &self)),
-                    }
-                }
-            }
-            d.deserialize_tuple(2, Pair)
-        }
-    }
-
-    #[test]
-    fn types_that_borrow_load_from_a_stream() {
-        let mut bytes = Vec::new();
-        write_varint(5, &mut bytes);
-        bytes.extend_from_slice(b"hello");
-        write_varint(3, &mut bytes);
-        bytes.extend_from_slice(&[1, 2, 3]);
-        let value: Borrowing = deserialize_from_reader(&bytes[..]).unwrap();
-        assert_eq!(value, Borrowing("hello".into(), vec![1, 2, 3]));
-        assert!(deserialize_from_reader::<Borrowing, _>(&bytes[..bytes.len() - 1]).is_err());
-    }
-
-    #[test]
-    fn compression_round_trips_in_small_pieces() {
-        let input: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
-        let mut compressed = Vec::new();
-        let mut deflater = Deflater::new(1);
-        for piece in input.chunks(777) {
-            deflater.write(piece, &mut |out| compressed.extend_from_slice(out));
-        }
-        deflater.finish(&mut |out| compressed.extend_from_slice(out));
-        assert!(compressed.len() < input.len() / 4);
-        let mut inflater = Inflater::default();
-        let mut output = Vec::new();
-        let mut buf = [0u8; 1000];
-        let mut rest = &compressed[..];
-        while !inflater.finished() {
-            let (used, written) = inflater
-                .inflate(&rest[..rest.len().min(333)], &mut buf)
-                .unwrap();
-            rest = &rest[used..];
-            output.extend_from_slice(&buf[..written]);
-        }
-        assert_eq!(output, input);
-        assert!(inflater.inflate(b"x", &mut buf).is_err());
-    }
-
-    #[test]
-    fn output_held_in_the_decoder_comes_out_with_empty_input() {
-        // Highly compressible input: a few bytes of zlib stand for far more
-        // output than the buffer takes, so the decoder consumes all of its
-        // input long before it has handed out everything.
-        let input = vec![b'z'; 300_000];
-        let mut compressed = Vec::new();
-        let mut deflater = Deflater::new(1);
-        deflater.write(&input, &mut |out| compressed.extend_from_slice(out));
-        deflater.finish(&mut |out| compressed.extend_from_slice(out));
-        let mut inflater = Inflater::default();
-        let mut buf = vec![0u8; 4096];
-        let mut rest = &compressed[..];
-        let mut total = 0;
-        while !rest.is_empty() {
-            let (used, written) = inflater.inflate(rest, &mut buf).unwrap();
-            rest = &rest[used..];
-            total += written;
-        }
-        // All input consumed, and much of the output still to come.
-        assert!(inflater.pending() && !inflater.finished());
-        assert!(total < input.len());
-        while inflater.pending() {
-            let (used, written) = inflater.inflate(&[], &mut buf).unwrap();
-            assert_eq!(used, 0);
-            assert!(buf[..written].iter().all(|&b| b == b'z'));
-            total += written;
-        }
-        assert!(inflater.finished());
-        assert_eq!(total, input.len());
-    }
-
-    #[test]
-    fn varints_round_trip_and_reject_garbage() {
-        for n in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = Vec::new();
-            write_varint(n, &mut buf);
-            assert_eq!(read_varint(&mut &buf[..]).unwrap(), Some(n));
-        }
-        assert_eq!(read_varint(&mut &[][..]).unwrap(), None);
-        assert!(read_varint(&mut &[0x80][..]).is_err());
-        assert!(read_varint(&mut &[0xff; 11][..]).is_err());
     }
 }

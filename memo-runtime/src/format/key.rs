@@ -74,7 +74,7 @@ use std::fmt::Write as _;
 use sha2::{Digest, Sha256};
 
 use crate::common::MAX_KEY_LEN;
-use crate::crypto::{EncryptionKey, hex};
+use crate::format::crypto::{EncryptionKey, hex};
 
 /// Keys longer than this are shortened with a hash (Djblets' rule).
 pub(crate) const MAX_KEY: usize = 240;

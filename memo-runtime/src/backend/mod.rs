@@ -37,9 +37,9 @@
 use std::fmt;
 use std::time::Duration;
 
-#[cfg(any(feature = "memcached", feature = "redis"))]
-mod endpoint;
 pub mod memory;
+#[cfg(any(feature = "memcached", feature = "redis"))]
+mod net;
 
 #[cfg(feature = "memcached")]
 pub mod memcached;

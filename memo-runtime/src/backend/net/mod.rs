@@ -1,17 +1,20 @@
 //! What the network backends share: connection settings and their URL
-//! parameters, server addresses, the health of a server (the back-off that
-//! keeps callers from waiting on a dead host, logged once per outage), and
-//! the deadlines every call runs under.
+//! parameters, server addresses, and
+//!
+//! - `pool`: the one connection pool and call loop of both clients;
+//! - `health`: the back-off that keeps callers from waiting on a dead host,
+//!   logged once per outage;
+//! - `deadline`: the deadlines every call runs under.
 //!
 //! **Deadlines, not per-read timeouts.** A socket timeout bounds one read,
 //! so a server that trickles a reply a byte at a time could hold a caller
 //! for as many timeouts as the reply has bytes. Instead each call gets a
-//! [`Budget`]: all of its reads and writes together end by `timeout` after
+//! `Budget`: all of its reads and writes together end by `timeout` after
 //! the call started, and all connection attempts together (DNS included)
 //! by `connect_timeout` after it started; time spent connecting is added to
 //! the I/O deadline, so a call takes at most `connect_timeout + timeout`,
 //! whatever the server does and however many times a stale pooled
-//! connection is replaced within the call. [`DeadlineStream`] enforces it
+//! connection is replaced within the call. `DeadlineStream` enforces it
 //! by setting the socket timeout to the time left before every read and
 //! write.
 //!
@@ -19,14 +22,15 @@
 //! [`MAX_TUNING`], so that no `Instant + Duration` can overflow (which
 //! panics) whatever a caller or a URL asks for.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::BackendError;
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
+
+pub(crate) mod deadline;
+pub(crate) mod health;
+pub(crate) mod pool;
 
 /// How long opening a connection may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -120,7 +124,7 @@ impl Settings {
 
     /// The pause after `failures` consecutive failures: `backoff`, doubled
     /// per further failure, capped at `max_backoff`.
-    fn backoff_after(&self, failures: u32) -> Duration {
+    pub(crate) fn backoff_after(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(16);
         self.backoff
             .saturating_mul(1 << doublings)
@@ -184,251 +188,6 @@ fn nonzero_or(duration: Duration, default: Duration) -> Duration {
     }
 }
 
-/// Whether a server is usable, and if not, when to try it again.
-///
-/// After a failure the server is skipped until `retry_at`; the first caller
-/// past that time probes it, pushing `retry_at` on so that the others keep
-/// failing fast until the probe has an answer.
-#[derive(Default)]
-pub(crate) struct Health {
-    state: Mutex<HealthState>,
-}
-
-#[derive(Default)]
-struct HealthState {
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
-impl Health {
-    /// `Ok` when the server may be tried now; an error at once while it is
-    /// being skipped.
-    pub(crate) fn admit(
-        &self,
-        what: &dyn Fn() -> String,
-        settings: &Settings,
-    ) -> Result<(), BackendError> {
-        let mut state = lock(&self.state);
-        let Some(retry_at) = state.retry_at else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if now < retry_at {
-            return Err(BackendError::new(format!(
-                "{} is unavailable; next attempt in {} ms",
-                what(),
-                (retry_at - now).as_millis()
-            )));
-        }
-        state.retry_at = Some(later(now, settings.backoff_after(state.failures)));
-        Ok(())
-    }
-
-    /// Ends an outage, logging once that the server is back.
-    pub(crate) fn succeeded(&self, what: &dyn Fn() -> String) {
-        let mut state = lock(&self.state);
-        if state.failures > 0 {
-            log::info!("{} is reachable again", what());
-            *state = HealthState::default();
-        }
-    }
-
-    /// Starts or extends an outage (logging only its start) and returns the
-    /// error for the caller.
-    pub(crate) fn failed(
-        &self,
-        what: &dyn Fn() -> String,
-        settings: &Settings,
-        doing: &str,
-        err: impl std::error::Error + Send + Sync + 'static,
-    ) -> BackendError {
-        let mut state = lock(&self.state);
-        if state.failures == 0 {
-            log::warn!(
-                "{}: {doing}: {err}; skipping it for {} ms, then retrying",
-                what(),
-                settings.backoff.as_millis()
-            );
-        }
-        state.failures = state.failures.saturating_add(1);
-        state.retry_at = Some(later(
-            Instant::now(),
-            settings.backoff_after(state.failures),
-        ));
-        BackendError::with_source(format!("{}: {doing}", what()), err)
-    }
-}
-
-/// `from + duration`, or as late as representable near that: never panics.
-pub(crate) fn later(from: Instant, duration: Duration) -> Instant {
-    from.checked_add(duration.min(MAX_TUNING))
-        .or_else(|| from.checked_add(Duration::from_secs(24 * 60 * 60)))
-        .unwrap_or(from)
-}
-
-/// The deadlines of one call (see the module docs).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Budget {
-    /// When every connection attempt of the call must be done.
-    connect_by: Instant,
-    /// When every read and write of the call must be done; pushed back by
-    /// the time spent connecting.
-    pub(crate) io_by: Instant,
-}
-
-impl Budget {
-    /// The budget of a call starting now.
-    pub(crate) fn start(settings: &Settings) -> Budget {
-        let now = Instant::now();
-        Budget {
-            connect_by: later(now, settings.connect_timeout),
-            io_by: later(now, settings.timeout),
-        }
-    }
-
-    /// Opens a TCP connection to `host:port` within the connect deadline,
-    /// then runs `handshake` on it (a stream bounded by the same deadline);
-    /// the time it all took is added to the I/O deadline.
-    pub(crate) fn connect<T>(
-        &mut self,
-        host: &str,
-        port: u16,
-        handshake: impl FnOnce(DeadlineStream) -> io::Result<T>,
-    ) -> io::Result<T> {
-        let started = Instant::now();
-        let result = connect(host, port, self.connect_by).and_then(|stream| {
-            stream.set_nodelay(true)?;
-            handshake(DeadlineStream::new(stream, self.connect_by))
-        });
-        self.io_by = later(self.io_by, started.elapsed());
-        result
-    }
-}
-
-/// A TCP stream whose reads and writes fail with `TimedOut` once its
-/// deadline has passed, each one waiting at most for the time left.
-#[derive(Debug)]
-pub(crate) struct DeadlineStream {
-    stream: TcpStream,
-    deadline: Instant,
-}
-
-impl DeadlineStream {
-    pub(crate) fn new(stream: TcpStream, deadline: Instant) -> Self {
-        DeadlineStream { stream, deadline }
-    }
-
-    pub(crate) fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = deadline;
-    }
-
-    /// The time left, or `TimedOut` when there is none.
-    fn remaining(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        Ok(left)
-    }
-
-    /// Whether the connection can be reused: nothing unread is waiting on
-    /// it (a stray reply would be read as the answer to the next command)
-    /// and the peer has not closed it.
-    pub(crate) fn is_clean(&self) -> bool {
-        if self.stream.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let idle = matches!(
-            self.stream.peek(&mut byte),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock
-        );
-        self.stream.set_nonblocking(false).is_ok() && idle
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "the call's deadline passed")
-}
-
-/// A socket timeout shows as `WouldBlock` on Unix; name it for what it is.
-fn deadline_error(err: io::Error) -> io::Error {
-    if err.kind() == io::ErrorKind::WouldBlock {
-        timed_out()
-    } else {
-        err
-    }
-}
-
-impl Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf).map_err(deadline_error)
-    }
-}
-
-impl Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf).map_err(deadline_error)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Connects to `host:port` by `deadline`, trying each address in turn.
-fn connect(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
-    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address found");
-    for address in resolve(host, port, deadline)? {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        match TcpStream::connect_timeout(&address, left) {
-            Ok(stream) => return Ok(stream),
-            Err(err) => last_error = deadline_error(err),
-        }
-    }
-    Err(last_error)
-}
-
-/// The addresses of `host`, resolved by `deadline`. The system resolver
-/// has no timeout (a dead DNS server blocks it for many seconds), so a name
-/// is resolved on a helper thread that this call stops waiting for at the
-/// deadline; the thread finishes on its own later. IP addresses, the usual
-/// case for cache servers, need no thread.
-fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    if deadline <= Instant::now() {
-        return Err(timed_out());
-    }
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let name = host.to_owned();
-    std::thread::Builder::new()
-        .name("memo-resolve".to_owned())
-        .spawn(move || {
-            let addresses = (name.as_str(), port)
-                .to_socket_addrs()
-                .map(|found| found.collect::<Vec<_>>());
-            // The caller may have stopped waiting; nothing to do then.
-            let _ = sender.send(addresses);
-        })?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    match receiver.recv_timeout(left) {
-        Ok(addresses) => addresses,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("resolving {host} took longer than the connect timeout"),
-        )),
-    }
-}
-
 /// Splits `host:port`, `host` (for `default_port`) or `[v6]:port`, checking
 /// the port.
 pub(crate) fn split_host_port(
@@ -488,7 +247,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::deadline::{Budget, later};
+    use super::health::Health;
     use super::*;
+    use std::io;
+    use std::time::Instant;
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
@@ -522,61 +285,6 @@ mod tests {
         let what = || "x".to_owned();
         let _ = health.failed(&what, &settings, "test", io::Error::other("down"));
         assert!(health.admit(&what, &settings).is_err());
-    }
-
-    #[test]
-    fn names_resolve_within_the_deadline_and_addresses_need_no_lookup() {
-        let soon = later(Instant::now(), Duration::from_secs(5));
-        let ip = resolve("127.0.0.1", 7, Instant::now()).unwrap();
-        assert_eq!(ip, [SocketAddr::from(([127, 0, 0, 1], 7))]);
-        let v6 = resolve("::1", 7, Instant::now()).unwrap();
-        assert_eq!(v6.len(), 1);
-        let found = resolve("localhost", 7, soon).unwrap();
-        assert!(found.iter().all(|address| address.ip().is_loopback()));
-        let err = resolve("localhost", 7, Instant::now()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-    }
-
-    #[test]
-    fn a_deadline_stream_times_out_after_its_deadline_not_per_read() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let writer = std::thread::spawn(move || {
-            let (mut peer, _) = listener.accept().unwrap();
-            // A byte every 100 ms: each read is quick, the whole is not.
-            for _ in 0..20 {
-                if peer.write_all(b"x").is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(350);
-        let mut stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), deadline);
-        let mut all = Vec::new();
-        let err = stream.read_to_end(&mut all).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!((3..=5).contains(&all.len()), "read {} bytes", all.len());
-        let took = started.elapsed();
-        assert!(took < Duration::from_millis(600), "took {took:?}");
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(!stream.is_clean(), "a stray byte is waiting");
-        drop(stream);
-        writer.join().unwrap();
-    }
-
-    #[test]
-    fn only_a_quiet_open_connection_is_clean() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let far = later(Instant::now(), Duration::from_secs(5));
-        let stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), far);
-        let (peer, _) = listener.accept().unwrap();
-        assert!(stream.is_clean());
-        drop(peer);
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!stream.is_clean(), "closed by the peer");
     }
 
     #[test]

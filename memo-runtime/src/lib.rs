@@ -61,7 +61,7 @@ pub use api::{
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
-pub use backend::{Backend, BackendError, MemoryBackend};
+pub use backend::{Backend, BackendError, BackendErrorKind, MemoryBackend};
 pub use common::counters::Stats;
 pub use common::error::KeyError;
 pub use config::{

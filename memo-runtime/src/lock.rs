@@ -247,11 +247,11 @@ impl CacheLock {
             }
             if !waited {
                 waited = true;
-                Counters::add(&self.counters.lock_waits, 1);
+                self.counters.lock_waited();
             }
             let elapsed = start.elapsed();
             if elapsed >= self.options.timeout {
-                Counters::add(&self.counters.lock_timeouts, 1);
+                self.counters.lock_timed_out();
                 return Err(LockError::Timeout {
                     key: self.full_cache_key.clone(),
                     waited: elapsed,

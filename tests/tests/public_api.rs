@@ -179,12 +179,13 @@ fn the_scan_reads_declarations_whole() {
 fn contract_names() {
     #[allow(unused_imports)]
     use memo_runtime::{
-        BATCH_CHUNKS, Backend, BackendError, CacheKey, CacheLock, CacheLockGuard, CacheUrl, Config,
-        ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_EXPIRATION,
-        DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT, EncryptionKey, Error,
-        KeyError, LockError, LockOptions, MAX_MANIFEST_OVERHEAD, MIN_CHUNK_SIZE, MemoIter,
-        MemoryBackend, Options, SUPERSEDED_GRACE, Stats, cache_memoize, cache_memoize_iter, config,
-        configure, invalidate, make_cache_key, stats, try_cache_memoize,
+        BATCH_CHUNKS, Backend, BackendError, BackendErrorKind, CacheKey, CacheLock, CacheLockGuard,
+        CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
+        DEFAULT_EXPIRATION, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
+        EncryptionKey, Error, KeyError, LockError, LockOptions, MAX_MANIFEST_OVERHEAD,
+        MIN_CHUNK_SIZE, MemoIter, MemoryBackend, Options, SUPERSEDED_GRACE, Stats, cache_memoize,
+        cache_memoize_iter, config, configure, invalidate, make_cache_key, stats,
+        try_cache_memoize,
     };
     #[cfg(feature = "memcached")]
     #[allow(unused_imports)]

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::error::BackendError;
+
 /// A snapshot of the counters of the configuration in force.
 ///
 /// ```
@@ -30,6 +32,9 @@ pub struct Stats {
     /// Backend operations that failed (errors, timeouts, servers down), and
     /// values that could not be stored.
     pub errors: u64,
+    /// Of those failures, the ones that were timeouts
+    /// ([`BackendError::is_timeout`](crate::BackendError::is_timeout)).
+    pub timeouts: u64,
     /// Entries read back that did not check out (corrupt, truncated,
     /// tampered with, of another type or format) and were treated as misses.
     pub invalid: u64,
@@ -43,26 +48,68 @@ pub struct Stats {
     pub lock_timeouts: u64,
 }
 
-/// The live counters behind [`Stats`].
+/// The live counters behind [`Stats`], counted by event.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) stores: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) invalid: AtomicU64,
-    pub(crate) bytes_read: AtomicU64,
-    pub(crate) bytes_written: AtomicU64,
-    pub(crate) lock_waits: AtomicU64,
-    pub(crate) lock_timeouts: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stores: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    invalid: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
     /// Whether the backend is in a failure episode; logging happens on the
     /// transitions only, so a dead server does not flood the log.
     failing: AtomicBool,
 }
 
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// A call answered from the cache.
+    pub(crate) fn hit(&self) {
+        bump(&self.hits, 1);
+    }
+
+    /// A call that had to compute.
+    pub(crate) fn miss(&self) {
+        bump(&self.misses, 1);
+    }
+
+    /// A value written to the cache (a chunked one counts once).
+    pub(crate) fn stored(&self) {
+        bump(&self.stores, 1);
+    }
+
+    /// `n` bytes read from the backend.
+    pub(crate) fn read(&self, n: usize) {
+        bump(&self.bytes_read, n as u64);
+    }
+
+    /// `n` bytes written to the backend.
+    pub(crate) fn wrote(&self, n: usize) {
+        bump(&self.bytes_written, n as u64);
+    }
+
+    /// A memoized call found its lock held and waited.
+    pub(crate) fn lock_waited(&self) {
+        bump(&self.lock_waits, 1);
+    }
+
+    /// A wait for a lock timed out.
+    pub(crate) fn lock_timed_out(&self) {
+        bump(&self.lock_timeouts, 1);
+    }
+
+    /// A value that could not be stored for a reason of its own (it does
+    /// not serialize, it is too large), logged by the caller.
+    pub(crate) fn unstorable(&self) {
+        bump(&self.errors, 1);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -72,6 +119,7 @@ impl Counters {
             misses: get(&self.misses),
             stores: get(&self.stores),
             errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
             invalid: get(&self.invalid),
             bytes_read: get(&self.bytes_read),
             bytes_written: get(&self.bytes_written),
@@ -80,15 +128,19 @@ impl Counters {
         }
     }
 
-    /// Counts a failed backend operation; logs a warning when it starts a
-    /// failure episode and a debug line otherwise.
-    pub(crate) fn backend_failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        Self::add(&self.errors, 1);
+    /// Counts a failed backend operation; logs a warning, with the kind of
+    /// failure, when it starts a failure episode and a debug line otherwise.
+    pub(crate) fn backend_failed(&self, what: &str, error: &BackendError) {
+        bump(&self.errors, 1);
+        if error.is_timeout() {
+            bump(&self.timeouts, 1);
+        }
+        let kind = error.kind();
         if self.failing.swap(true, Ordering::Relaxed) {
-            log::debug!("memo: {what} failed: {error}");
+            log::debug!("memo: {what} failed ({kind}): {error}");
         } else {
             log::warn!(
-                "memo: {what} failed: {error}; computing values without the cache until it answers again"
+                "memo: {what} failed ({kind}): {error}; computing values without the cache until it answers again"
             );
         }
     }
@@ -102,7 +154,7 @@ impl Counters {
 
     /// Counts an entry that did not check out.
     pub(crate) fn invalid_entry(&self, key: &str, why: &dyn std::fmt::Display) {
-        Self::add(&self.invalid, 1);
+        bump(&self.invalid, 1);
         log::debug!("memo: entry {key} treated as a miss: {why}");
     }
 }
@@ -110,19 +162,25 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::common::error::BackendErrorKind;
 
     #[test]
     fn snapshot_reflects_every_counter() {
         let counters = Counters::default();
-        Counters::add(&counters.hits, 2);
-        Counters::add(&counters.bytes_written, 10);
-        counters.backend_failed("get", &"boom");
-        counters.backend_failed("get", &"boom again");
+        counters.hit();
+        counters.hit();
+        counters.wrote(10);
+        counters.backend_failed("get", &BackendError::new("boom"));
+        counters.backend_failed(
+            "get",
+            &BackendError::new("boom again").with_kind(BackendErrorKind::Timeout),
+        );
         counters.backend_ok();
         let stats = counters.snapshot();
         assert_eq!(stats.hits, 2);
         assert_eq!(stats.bytes_written, 10);
         assert_eq!(stats.errors, 2);
+        assert_eq!(stats.timeouts, 1);
         assert!(!counters.failing.load(Ordering::Relaxed));
     }
 }

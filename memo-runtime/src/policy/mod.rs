@@ -73,7 +73,7 @@ impl Call {
             Ok(found) => {
                 self.counters().backend_ok();
                 if let Some(bytes) = &found {
-                    Counters::add(&self.counters().bytes_read, bytes.len() as u64);
+                    self.counters().read(bytes.len());
                 }
                 found
             }
@@ -195,7 +195,7 @@ impl Call {
             .config
             .backend
             .set(self.key.stored(), &encoded, self.ttl)
-            .map(|()| Counters::add(&self.counters().bytes_written, encoded.len() as u64))
+            .map(|()| self.counters().wrote(encoded.len()))
             .map_err(StoreError::from);
         self.stored(outcome);
     }
@@ -204,11 +204,11 @@ impl Call {
         match outcome {
             Ok(()) => {
                 self.counters().backend_ok();
-                Counters::add(&self.counters().stores, 1);
+                self.counters().stored();
             }
             Err(StoreError::Backend(err)) => self.counters().backend_failed("set", &err),
             Err(err) => {
-                Counters::add(&self.counters().errors, 1);
+                self.counters().unstorable();
                 log::warn!("memo: not caching {}: {err}", self.key.stored());
             }
         }
@@ -264,11 +264,11 @@ impl Call {
     }
 
     pub(crate) fn hit(&self) {
-        Counters::add(&self.counters().hits, 1);
+        self.counters().hit();
     }
 
     pub(crate) fn miss(&self) {
-        Counters::add(&self.counters().misses, 1);
+        self.counters().miss();
     }
 
     /// Drops the entry and, if it is chunked, its chunks.

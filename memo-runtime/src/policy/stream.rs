@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, BackendErrorKind};
 use crate::common::counters::Counters;
 use crate::format::compress::{Deflater, Inflater};
 use crate::format::crypto::{self, BLOCK, Decryptor, EncryptionKey, Encryptor};
@@ -296,7 +296,7 @@ impl StreamWriter {
         let bytes: usize = items.iter().map(|(_, value)| value.len()).sum();
         match self.backend.set_many(&items, self.ttl) {
             Ok(()) => {
-                Counters::add(&self.counters.bytes_written, bytes as u64);
+                self.counters.wrote(bytes);
                 self.counters.backend_ok();
             }
             Err(err) => self.failed = Some(err),
@@ -366,7 +366,7 @@ impl StreamWriter {
             }
         };
         self.backend.set(self.key.stored(), &envelope, self.ttl)?;
-        Counters::add(&self.counters.bytes_written, envelope.len() as u64);
+        self.counters.wrote(envelope.len());
         if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
             let grace = SUPERSEDED_GRACE.min(self.ttl);
             if let Err(err) = previous.expire_chunks(&*self.backend, &self.key, grace) {
@@ -497,6 +497,7 @@ impl ChunkFetcher {
                 values.len(),
                 keys.len()
             ))
+            .with_kind(BackendErrorKind::Protocol)
             .into());
         }
         let mut values = values.into_iter();
@@ -507,7 +508,7 @@ impl ChunkFetcher {
             let bad =
                 Invalid::IndexChunk(level as u32, u32::try_from(position).unwrap_or(u32::MAX));
             let node = value.ok_or_else(|| bad.clone())?;
-            Counters::add(&counters.bytes_read, node.len() as u64);
+            counters.read(node.len());
             fetched.push((level, position, node));
         }
         for (level, position, node) in fetched.into_iter().rev() {
@@ -528,7 +529,7 @@ impl ChunkFetcher {
         }
         for (index, value) in (first..end).zip(values) {
             let chunk = value.ok_or(Invalid::MissingChunk(index))?;
-            Counters::add(&counters.bytes_read, chunk.len() as u64);
+            counters.read(chunk.len());
             let expected = self
                 .digest_of(manifest, 0, u64::from(index))
                 .ok_or(Invalid::ChunkDigest(index))?;

@@ -491,4 +491,57 @@ mod tests {
         assert!(err.contains("unavailable"), "{err}");
         assert!(started.elapsed() < Duration::from_millis(400));
     }
+
+    /// A server that reads each request line and answers it with `reply`
+    /// (or, with `None`, never answers).
+    fn fake_server(reply: Option<&'static [u8]>) -> String {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = std::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if let Some(reply) = reply {
+                            if line.starts_with("get ") || line.starts_with("set ") {
+                                let _ = writer.write_all(reply);
+                            }
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn errors_say_what_kind_of_failure_they_are() {
+        let quick = |address: &str| {
+            MemcachedBackend::new([address])
+                .unwrap()
+                .timeout(Duration::from_millis(200))
+        };
+        let refused = MemcachedBackend::new(["127.0.0.1:9"]).unwrap();
+        assert!(refused.get("k").unwrap_err().is_connection());
+        assert!(
+            refused.get("k").unwrap_err().is_connection(),
+            "while skipped"
+        );
+
+        let silent = quick(&fake_server(None));
+        assert!(silent.get("k").unwrap_err().is_timeout());
+
+        let garbage = quick(&fake_server(Some(b"WHAT IS THIS\r\n")));
+        assert!(garbage.get("k").unwrap_err().is_protocol());
+
+        let full = quick(&fake_server(Some(b"SERVER_ERROR out of memory\r\n")));
+        let err = full.set("k", b"v", Duration::from_secs(60)).unwrap_err();
+        assert!(err.is_server_error(), "{err}");
+        assert_eq!(err.kind(), crate::BackendErrorKind::Server);
+    }
 }

@@ -2,12 +2,13 @@
 //! back-off that doubles per failure, and each outage is logged once when
 //! it starts and once when it ends.
 
+use std::io;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::deadline::later;
 use super::{Settings, lock};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, BackendErrorKind};
 
 /// Whether a server is usable, and if not, when to try it again.
 ///
@@ -43,7 +44,8 @@ impl Health {
                 "{} is unavailable; next attempt in {} ms",
                 what(),
                 (retry_at - now).as_millis()
-            )));
+            ))
+            .with_kind(BackendErrorKind::Connection));
         }
         state.retry_at = Some(later(now, settings.backoff_after(state.failures)));
         Ok(())
@@ -59,13 +61,15 @@ impl Health {
     }
 
     /// Starts or extends an outage (logging only its start) and returns the
-    /// error for the caller.
+    /// error for the caller, of the kind `err` says: a deadline that passed
+    /// is a timeout, malformed data a protocol failure, anything else a
+    /// broken connection.
     pub(crate) fn failed(
         &self,
         what: &dyn Fn() -> String,
         settings: &Settings,
         doing: &str,
-        err: impl std::error::Error + Send + Sync + 'static,
+        err: io::Error,
     ) -> BackendError {
         let mut state = lock(&self.state);
         if state.failures == 0 {
@@ -80,6 +84,11 @@ impl Health {
             Instant::now(),
             settings.backoff_after(state.failures),
         ));
-        BackendError::with_source(format!("{}: {doing}", what()), err)
+        let kind = match err.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => BackendErrorKind::Timeout,
+            io::ErrorKind::InvalidData => BackendErrorKind::Protocol,
+            _ => BackendErrorKind::Connection,
+        };
+        BackendError::with_source(format!("{}: {doing}", what()), err).with_kind(kind)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use super::deadline::{Budget, DeadlineStream};
 use super::health::Health;
 use super::{Settings, lock};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, BackendErrorKind};
 
 /// Values at least this large are written straight to the socket instead of
 /// being copied into the request buffer.
@@ -208,13 +208,15 @@ impl Pool {
                     return Err(BackendError::new(format!(
                         "{}: {}{message}",
                         self.label, self.refused
-                    )));
+                    ))
+                    .with_kind(BackendErrorKind::Server));
                 }
                 Err(OpError::Rejected(message)) => {
                     // The server is up and answered; only this connection
                     // may be out of step, so it alone is dropped.
                     self.health.succeeded(&what);
-                    return Err(BackendError::new(format!("{}: {message}", self.label)));
+                    return Err(BackendError::new(format!("{}: {message}", self.label))
+                        .with_kind(BackendErrorKind::Server));
                 }
                 Err(OpError::Io(err)) if reused && !replaced && is_stale(&err) => {
                     // Every idle connection dates from before the restart.

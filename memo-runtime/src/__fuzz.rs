@@ -35,7 +35,7 @@ use crate::format::key::EntryKey;
 use crate::format::manifest::Manifest;
 use crate::format::serial::write_varint;
 use crate::lock::{CacheLock, LockError, LockOptions};
-use crate::policy::stream::StreamWriter;
+use crate::policy::stream::{Pipeline, StreamWriter};
 
 /// The key every fuzzed value is stored under.
 pub const KEY: &str = "fuzz:key";
@@ -248,19 +248,22 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let entry = EntryKey::from_parts(None, &full_key, KEY);
     let encryption = plan.encrypt.then_some(&key);
     let cooked = !plan.raw;
+    let pipeline = Pipeline {
+        backend: Arc::clone(&config.backend),
+        counters: Arc::clone(&config.counters),
+        key: entry.clone(),
+        encryption: encryption.filter(|_| cooked).cloned(),
+    };
     let mut writer = StreamWriter::new(
-        Arc::clone(&config.backend),
-        Arc::clone(&config.counters),
-        entry.clone(),
+        pipeline,
         TTL,
         plan.chunk_size,
         (cooked && plan.compress).then_some(1),
-        encryption.filter(|_| cooked),
         iterator,
     );
     writer.write_plain(payload);
     let stored_encryption = encryption.filter(|_| cooked);
-    if writer.finish(fp, stored_encryption).is_err() {
+    if writer.finish(fp).is_err() {
         return;
     }
     let backend = &config.backend;
@@ -603,18 +606,15 @@ fn written_manifest(
     let config = Config::new(MemoryBackend::new());
     let key = key();
     let encryption = encrypted.then_some(&key);
-    let mut writer = StreamWriter::new(
-        Arc::clone(&config.backend),
-        Arc::clone(&config.counters),
-        EntryKey::from_parts(None, KEY, KEY),
-        TTL,
-        chunk_size,
-        compression,
-        encryption,
-        false,
-    );
+    let pipeline = Pipeline {
+        backend: Arc::clone(&config.backend),
+        counters: Arc::clone(&config.counters),
+        key: EntryKey::from_parts(None, KEY, KEY),
+        encryption: encryption.cloned(),
+    };
+    let mut writer = StreamWriter::new(pipeline, TTL, chunk_size, compression, false);
     writer.write_plain(&vec![7u8; len]);
-    writer.finish(0, encryption).expect("memory backend");
+    writer.finish(0).expect("memory backend");
     let bytes = config.backend.get(KEY).ok().flatten().expect("stored");
     Manifest::decode(KEY, &bytes, 0, encryption).expect("valid")
 }

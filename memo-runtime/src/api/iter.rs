@@ -190,8 +190,7 @@ where
                     }
                     None => {
                         if let Some(active) = writer.take() {
-                            let outcome =
-                                active.finish(fingerprint::<T>(true), call.encryption.as_ref());
+                            let outcome = active.finish(fingerprint::<T>(true));
                             call.stored(outcome);
                         }
                         self.state = IterState::Done;

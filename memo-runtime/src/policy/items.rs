@@ -23,13 +23,7 @@ pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader>
     )
     .map_err(LoadError::Invalid)
     .and_then(|manifest| {
-        let kept = stream::verify_chunks(
-            &*call.config.backend,
-            &call.config.counters,
-            &call.key,
-            &manifest,
-            stream::BATCH_CHUNKS,
-        )?;
+        let kept = stream::verify_chunks(&call.pipeline(), &manifest, stream::BATCH_CHUNKS)?;
         Ok(ItemReader {
             reader: call.reader(manifest, kept),
             read: 0,

@@ -39,7 +39,7 @@ pub(crate) mod stream;
 
 use options::Options;
 
-use stream::{LoadError, StoreError, StreamReader, StreamWriter};
+use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
 
 /// One call's resolved settings.
 pub(crate) struct Call {
@@ -127,27 +127,27 @@ impl Call {
         manifest: Manifest,
         preloaded: Option<VecDeque<Vec<u8>>>,
     ) -> StreamReader {
-        StreamReader::new(
-            Arc::clone(&self.config.backend),
-            Arc::clone(&self.config.counters),
-            self.key.clone(),
-            manifest,
-            self.encryption.as_ref(),
-            preloaded,
-        )
+        StreamReader::new(self.pipeline(), manifest, preloaded)
+    }
+
+    /// The chunked pipeline's view of this call.
+    pub(crate) fn pipeline(&self) -> Pipeline {
+        Pipeline {
+            backend: Arc::clone(&self.config.backend),
+            counters: Arc::clone(&self.config.counters),
+            key: self.key.clone(),
+            encryption: self.encryption.clone(),
+        }
     }
 
     pub(crate) fn writer(&self, iterator: bool) -> StreamWriter {
         StreamWriter::new(
-            Arc::clone(&self.config.backend),
-            Arc::clone(&self.config.counters),
-            self.key.clone(),
+            self.pipeline(),
             self.ttl,
             self.config.chunk_size,
             self.options
                 .compress
                 .then_some(self.config.compression_level),
-            self.encryption.as_ref(),
             iterator,
         )
     }
@@ -173,7 +173,7 @@ impl Call {
                     .map_err(envelope::EncodeError::from)
             };
             let outcome = match serialized {
-                Ok(()) => writer.finish(fingerprint::<T>(false), self.encryption.as_ref()),
+                Ok(()) => writer.finish(fingerprint::<T>(false)),
                 Err(err) => Err(StoreError::Encode(err)),
             };
             self.stored(outcome);
@@ -280,7 +280,7 @@ impl Call {
             let manifest = Manifest::decode_any(self.key.bound(), &bytes, self.encryption.as_ref());
             backend.delete(self.key.stored())?;
             if let Some(manifest) = manifest {
-                manifest.delete_chunks(&**backend, &self.key)?;
+                self.pipeline().delete_chunks(&manifest)?;
             }
         }
         Ok(())

@@ -37,29 +37,43 @@ pub const BATCH_CHUNKS: usize = 4;
 /// that were streaming them when the new write landed.
 pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(5 * 60);
 
-impl Manifest {
-    /// Gives every chunk of this write `ttl` more to live (less than its
-    /// own, for a superseded write).
+/// What every step of the pipeline shares: the backend it stores in, the
+/// counters it counts in, the entry it stores, and the key it seals with.
+#[derive(Clone)]
+pub(crate) struct Pipeline {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) key: EntryKey,
+    pub(crate) encryption: Option<EncryptionKey>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("key", &self.key)
+            .field("encrypted", &self.encryption.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Gives every chunk of the write `manifest` describes `ttl` more to
+    /// live (less than its own, for a superseded write).
     pub(crate) fn expire_chunks(
         &self,
-        backend: &dyn Backend,
-        key: &EntryKey,
+        manifest: &Manifest,
         ttl: Duration,
     ) -> Result<(), BackendError> {
-        for chunk in self.stored_keys(key) {
-            backend.touch(&chunk, ttl)?;
+        for chunk in manifest.stored_keys(&self.key) {
+            self.backend.touch(&chunk, ttl)?;
         }
         Ok(())
     }
 
-    /// Deletes every chunk of this write.
-    pub(crate) fn delete_chunks(
-        &self,
-        backend: &dyn Backend,
-        key: &EntryKey,
-    ) -> Result<(), BackendError> {
-        for chunk in self.stored_keys(key) {
-            backend.delete(&chunk)?;
+    /// Deletes every chunk of the write `manifest` describes.
+    pub(crate) fn delete_chunks(&self, manifest: &Manifest) -> Result<(), BackendError> {
+        for chunk in manifest.stored_keys(&self.key) {
+            self.backend.delete(&chunk)?;
         }
         Ok(())
     }
@@ -99,9 +113,7 @@ pub(crate) enum LoadError {
 /// iterator still hands every item to its caller); `finish` then reports
 /// the failure and writes no manifest.
 pub(crate) struct StreamWriter {
-    backend: Arc<dyn Backend>,
-    counters: Arc<Counters>,
-    key: EntryKey,
+    pipeline: Pipeline,
     write_hex: String,
     ttl: Duration,
     chunk_size: usize,
@@ -121,19 +133,18 @@ pub(crate) struct StreamWriter {
 }
 
 impl StreamWriter {
-    /// A writer storing the entry `key`. `chunk_size` is at least 64 (two
-    /// digests), as [`Config::chunk_size`](crate::Config::chunk_size) ensures.
-    #[allow(clippy::too_many_arguments)]
+    /// A writer storing the pipeline's entry for `ttl` in chunks of
+    /// `chunk_size` (at least 64, two digests, as
+    /// [`Config::chunk_size`](crate::Config::chunk_size) ensures), compressed
+    /// at `compression` if given, as an iterator's items or one value.
     pub(crate) fn new(
-        backend: Arc<dyn Backend>,
-        counters: Arc<Counters>,
-        key: EntryKey,
+        pipeline: Pipeline,
         ttl: Duration,
         chunk_size: usize,
         compression: Option<u8>,
-        encryption: Option<&EncryptionKey>,
         iterator: bool,
     ) -> StreamWriter {
+        let encryption = pipeline.encryption.as_ref();
         let mut write_id = [0u8; 8];
         crypto::fill_random(&mut write_id);
         let iv = if encryption.is_some() {
@@ -148,10 +159,9 @@ impl StreamWriter {
         if iterator {
             flags |= FLAG_ITERATOR;
         }
+        let encryptor = encryption.map(|key| key.encryptor(&iv));
         StreamWriter {
-            backend,
-            counters,
-            key,
+            pipeline,
             write_hex: crypto::hex(&write_id),
             ttl,
             chunk_size: chunk_size.clamp(2 * DIGEST, u32::MAX as usize),
@@ -159,7 +169,7 @@ impl StreamWriter {
             counts: vec![0],
             too_large: false,
             deflater: compression.map(Deflater::new),
-            encryptor: encryption.map(|key| key.encryptor(&iv)),
+            encryptor,
             partial_block: Vec::new(),
             chunk: Vec::new(),
             batch: Vec::new(),
@@ -241,7 +251,7 @@ impl StreamWriter {
         };
         self.manifest.stored_len += chunk.len() as u64;
         self.manifest.chunk_count = next;
-        let key = self.key.derived(Derived::Chunk {
+        let key = self.pipeline.key.derived(Derived::Chunk {
             write: &self.write_hex,
             index,
         });
@@ -274,7 +284,7 @@ impl StreamWriter {
             self.counts.push(0);
         }
         let node: Vec<u8> = digests.concat();
-        let key = self.key.derived(Derived::Index {
+        let key = self.pipeline.key.derived(Derived::Index {
             write: &self.write_hex,
             level: level as u32 + 1,
             index: self.counts[level + 1],
@@ -294,10 +304,10 @@ impl StreamWriter {
             .map(|(key, value)| (key.as_str(), value.as_slice()))
             .collect();
         let bytes: usize = items.iter().map(|(_, value)| value.len()).sum();
-        match self.backend.set_many(&items, self.ttl) {
+        match self.pipeline.backend.set_many(&items, self.ttl) {
             Ok(()) => {
-                self.counters.wrote(bytes);
-                self.counters.backend_ok();
+                self.pipeline.counters.wrote(bytes);
+                self.pipeline.counters.backend_ok();
             }
             Err(err) => self.failed = Some(err),
         }
@@ -305,11 +315,7 @@ impl StreamWriter {
     }
 
     /// Ends the stream, stores the last chunks and then the manifest.
-    pub(crate) fn finish(
-        mut self,
-        fingerprint: u64,
-        encryption: Option<&EncryptionKey>,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn finish(mut self, fingerprint: u64) -> Result<(), StoreError> {
         if let Some(mut deflater) = self.deflater.take() {
             deflater.finish(&mut |out| self.encrypt_stage(out));
         }
@@ -341,9 +347,14 @@ impl StreamWriter {
         if let Some(err) = self.failed.take() {
             return Err(StoreError::Backend(err));
         }
-        let envelope = self
-            .manifest
-            .encode(self.key.bound(), fingerprint, encryption)?;
+        let Pipeline {
+            backend,
+            counters,
+            key,
+            encryption,
+        } = &self.pipeline;
+        let encryption = encryption.as_ref();
+        let envelope = self.manifest.encode(key.bound(), fingerprint, encryption)?;
         if envelope.len() > self.chunk_size + MAX_OVERHEAD {
             return Err(StoreError::TooLarge(format!(
                 "{} chunks need a {} byte manifest",
@@ -357,20 +368,20 @@ impl StreamWriter {
         // eviction policy would hold them all that time), and deleted at
         // once they would vanish under a reader that is streaming them right
         // now. So they are given a short grace period, then expire.
-        let previous = match self.backend.get(self.key.stored()) {
-            Ok(Some(bytes)) => Manifest::decode_any(self.key.bound(), &bytes, encryption),
+        let previous = match backend.get(key.stored()) {
+            Ok(Some(bytes)) => Manifest::decode_any(key.bound(), &bytes, encryption),
             Ok(None) => None,
             Err(err) => {
-                self.counters.backend_failed("get", &err);
+                counters.backend_failed("get", &err);
                 None
             }
         };
-        self.backend.set(self.key.stored(), &envelope, self.ttl)?;
-        self.counters.wrote(envelope.len());
+        backend.set(key.stored(), &envelope, self.ttl)?;
+        counters.wrote(envelope.len());
         if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
             let grace = SUPERSEDED_GRACE.min(self.ttl);
-            if let Err(err) = previous.expire_chunks(&*self.backend, &self.key, grace) {
-                self.counters.backend_failed("touch", &err);
+            if let Err(err) = self.pipeline.expire_chunks(&previous, grace) {
+                counters.backend_failed("touch", &err);
             }
         }
         Ok(())
@@ -383,7 +394,7 @@ impl Drop for StreamWriter {
     /// on the way is still counted, as `finish` would have.
     fn drop(&mut self) {
         if let Some(err) = self.failed.take() {
-            self.counters.backend_failed("set_many", &err);
+            self.pipeline.counters.backend_failed("set_many", &err);
         }
     }
 }
@@ -393,16 +404,14 @@ impl Drop for StreamWriter {
 /// `keep_up_to` chunks, the verified chunks are returned for the reader to
 /// use, saving a second fetch.
 pub(crate) fn verify_chunks(
-    backend: &dyn Backend,
-    counters: &Counters,
-    key: &EntryKey,
+    pipeline: &Pipeline,
     manifest: &Manifest,
     keep_up_to: usize,
 ) -> Result<Option<VecDeque<Vec<u8>>>, LoadError> {
     let keep = manifest.chunk_count as usize <= keep_up_to;
     let mut kept = VecDeque::new();
     let mut fetcher = ChunkFetcher::default();
-    while let Some(chunk) = fetcher.next(backend, counters, key, manifest)? {
+    while let Some(chunk) = fetcher.next(pipeline, manifest)? {
         if keep {
             kept.push_back(chunk);
         }
@@ -426,13 +435,11 @@ struct ChunkFetcher {
 impl ChunkFetcher {
     fn next(
         &mut self,
-        backend: &dyn Backend,
-        counters: &Counters,
-        key: &EntryKey,
+        pipeline: &Pipeline,
         manifest: &Manifest,
     ) -> Result<Option<Vec<u8>>, LoadError> {
         if self.queue.is_empty() {
-            self.fetch_batch(backend, counters, key, manifest)?;
+            self.fetch_batch(pipeline, manifest)?;
         }
         let chunk = self.queue.pop_front();
         if chunk.is_some() {
@@ -441,13 +448,13 @@ impl ChunkFetcher {
         Ok(chunk)
     }
 
-    fn fetch_batch(
-        &mut self,
-        backend: &dyn Backend,
-        counters: &Counters,
-        key: &EntryKey,
-        manifest: &Manifest,
-    ) -> Result<(), LoadError> {
+    fn fetch_batch(&mut self, pipeline: &Pipeline, manifest: &Manifest) -> Result<(), LoadError> {
+        let Pipeline {
+            backend,
+            counters,
+            key,
+            ..
+        } = pipeline;
         if self.levels.is_empty() {
             self.levels = manifest.levels();
             self.nodes = vec![None; self.levels.len()];
@@ -573,9 +580,7 @@ impl ChunkFetcher {
 /// the zlib stream ended exactly there, the padding was right and the
 /// length matches the manifest.
 pub(crate) struct StreamReader {
-    backend: Arc<dyn Backend>,
-    counters: Arc<Counters>,
-    key: EntryKey,
+    pipeline: Pipeline,
     manifest: Manifest,
     fetcher: ChunkFetcher,
     preloaded: Option<VecDeque<Vec<u8>>>,
@@ -595,19 +600,14 @@ impl StreamReader {
     /// A reader of the value `manifest` describes. `preloaded` holds the
     /// chunks [`verify_chunks`] kept, if any.
     pub(crate) fn new(
-        backend: Arc<dyn Backend>,
-        counters: Arc<Counters>,
-        key: EntryKey,
+        pipeline: Pipeline,
         manifest: Manifest,
-        encryption: Option<&EncryptionKey>,
         preloaded: Option<VecDeque<Vec<u8>>>,
     ) -> StreamReader {
         let compressed = manifest.flags & FLAG_COMPRESSED != 0;
         StreamReader {
-            decryptor: encryption.map(|key| key.decryptor(&manifest.iv)),
-            backend,
-            counters,
-            key,
+            decryptor: (pipeline.encryption.as_ref()).map(|key| key.decryptor(&manifest.iv)),
+            pipeline,
             manifest,
             fetcher: ChunkFetcher::default(),
             preloaded,
@@ -647,9 +647,7 @@ impl StreamReader {
         }
         let chunk = match self.preloaded.as_mut() {
             Some(preloaded) => preloaded.pop_front(),
-            None => self
-                .fetcher
-                .next(&*self.backend, &self.counters, &self.key, &self.manifest)?,
+            None => self.fetcher.next(&self.pipeline, &self.manifest)?,
         };
         let Some(chunk) = chunk else {
             self.chunks_done = true;
@@ -799,6 +797,15 @@ mod tests {
         counters: Arc<Counters>,
     }
 
+    fn pipeline(s: &Setup, enc: Option<&EncryptionKey>) -> Pipeline {
+        Pipeline {
+            backend: Arc::clone(&s.backend),
+            counters: Arc::clone(&s.counters),
+            key: entry(),
+            encryption: enc.cloned(),
+        }
+    }
+
     fn setup() -> Setup {
         Setup {
             backend: Arc::new(MemoryBackend::new()),
@@ -813,33 +820,17 @@ mod tests {
         compression: Option<u8>,
         enc: Option<&EncryptionKey>,
     ) {
-        let mut writer = StreamWriter::new(
-            Arc::clone(&s.backend),
-            Arc::clone(&s.counters),
-            entry(),
-            TTL,
-            chunk_size,
-            compression,
-            enc,
-            false,
-        );
+        let mut writer = StreamWriter::new(pipeline(s, enc), TTL, chunk_size, compression, false);
         for piece in data.chunks(1000) {
             writer.write_plain(piece);
         }
-        writer.finish(7, enc).unwrap();
+        writer.finish(7).unwrap();
     }
 
     fn load(s: &Setup, enc: Option<&EncryptionKey>) -> Result<Vec<u8>, LoadError> {
         let bytes = s.backend.get("main").unwrap().expect("manifest stored");
         let manifest = Manifest::decode("main", &bytes, 7, enc)?;
-        let mut reader = StreamReader::new(
-            Arc::clone(&s.backend),
-            Arc::clone(&s.counters),
-            entry(),
-            manifest,
-            enc,
-            None,
-        );
+        let mut reader = StreamReader::new(pipeline(s, enc), manifest, None);
         let mut out = Vec::new();
         match reader.read_to_end(&mut out) {
             Ok(_) => Ok(out),
@@ -937,17 +928,14 @@ mod tests {
         store(&s, &data(10_000), 1024, None, None);
         let first = manifest_of(&s);
         let mut writer = StreamWriter::new(
-            Arc::clone(&s.backend),
-            Arc::clone(&s.counters),
-            entry(),
+            pipeline(&s, None),
             Duration::from_millis(300),
             1024,
-            None,
             None,
             false,
         );
         writer.write_plain(&data(5_000));
-        writer.finish(7, None).unwrap();
+        writer.finish(7).unwrap();
         // Still there for a reader in flight...
         assert!(
             s.backend
@@ -991,7 +979,7 @@ mod tests {
                         if chunk_size == 64 && len >= 4096 && compression.is_none() {
                             assert!(manifest.depth() >= 5, "{levels:?}");
                         }
-                        manifest.delete_chunks(&*s.backend, &entry()).unwrap();
+                        pipeline(&s, None).delete_chunks(&manifest).unwrap();
                         for key in &keys {
                             assert_eq!(s.backend.get(key).unwrap(), None);
                         }
@@ -1068,16 +1056,7 @@ mod tests {
         // A stream whose zlib data ends before the last chunk does is
         // malformed even when every digest matches (a hostile writer).
         let s = setup();
-        let mut writer = StreamWriter::new(
-            Arc::clone(&s.backend),
-            Arc::clone(&s.counters),
-            entry(),
-            TTL,
-            1024,
-            None,
-            None,
-            false,
-        );
+        let mut writer = StreamWriter::new(pipeline(&s, None), TTL, 1024, None, false);
         let mut compressed = Vec::new();
         let mut deflater = Deflater::new(1);
         deflater.write(b"hello", &mut |out| compressed.extend_from_slice(out));
@@ -1085,18 +1064,11 @@ mod tests {
         compressed.extend_from_slice(b"junk");
         writer.write_plain(&compressed);
         writer.manifest.flags |= FLAG_COMPRESSED;
-        writer.finish(7, None).unwrap();
+        writer.finish(7).unwrap();
         let bytes = s.backend.get("main").unwrap().unwrap();
         let mut manifest = Manifest::decode("main", &bytes, 7, None).unwrap();
         manifest.plain_len = 5;
-        let mut reader = StreamReader::new(
-            Arc::clone(&s.backend),
-            Arc::clone(&s.counters),
-            entry(),
-            manifest,
-            None,
-            None,
-        );
+        let mut reader = StreamReader::new(pipeline(&s, None), manifest, None);
         let mut out = Vec::new();
         assert!(reader.read_to_end(&mut out).is_err());
     }
@@ -1106,14 +1078,14 @@ mod tests {
         let s = setup();
         store(&s, &data(3000), 1024, None, None);
         let manifest = manifest_of(&s);
-        let kept = verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 4).unwrap();
+        let kept = verify_chunks(&pipeline(&s, None), &manifest, 4).unwrap();
         assert_eq!(kept.map(|k| k.len()), Some(3));
         assert!(
-            verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 2)
+            verify_chunks(&pipeline(&s, None), &manifest, 2)
                 .unwrap()
                 .is_none()
         );
         s.backend.delete(&manifest.chunk_key(&entry(), 2)).unwrap();
-        assert!(verify_chunks(&*s.backend, &s.counters, &entry(), &manifest, 4).is_err());
+        assert!(verify_chunks(&pipeline(&s, None), &manifest, 4).is_err());
     }
 }

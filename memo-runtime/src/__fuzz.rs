@@ -394,7 +394,7 @@ pub fn lock(data: &[u8]) {
     let options = LockOptions::new().blocking(false);
     let backend = Arc::clone(&config.backend);
 
-    let mut lock = CacheLock::for_full_key(&config, KEY, options);
+    let mut lock = CacheLock::for_stored_key(&config, KEY, options);
     let lock_key = lock.full_cache_key().to_owned();
     backend.set(&lock_key, data, TTL).expect("memory backend");
     assert!(!lock.acquire().expect("memory backend"));
@@ -411,7 +411,7 @@ pub fn lock(data: &[u8]) {
     // Held, then taken over (as after an expiry) by a holder whose token is
     // `data`.
     backend.delete(&lock_key).expect("memory backend");
-    let mut lock = CacheLock::for_full_key(&config, KEY, options);
+    let mut lock = CacheLock::for_stored_key(&config, KEY, options);
     assert!(lock.acquire().expect("memory backend"));
     backend.set(&lock_key, data, TTL).expect("memory backend");
     if data.first().is_some_and(|b| b & 1 == 1) {

@@ -170,17 +170,21 @@ impl CacheLock {
     pub fn new(key: impl Into<CacheKey>) -> CacheLock {
         let config = crate::config::config();
         let resolved = config.resolve(&key.into(), None, None);
-        Self::for_full_key(&config, resolved.key.stored(), LockOptions::default())
+        Self::for_stored_key(&config, resolved.key.stored(), LockOptions::default())
     }
 
-    /// A lock guarding the memoized entry stored under `full_key`.
-    pub(crate) fn for_full_key(config: &Config, full_key: &str, options: LockOptions) -> CacheLock {
+    /// A lock guarding the memoized entry stored under `stored_key`.
+    pub(crate) fn for_stored_key(
+        config: &Config,
+        stored_key: &str,
+        options: LockOptions,
+    ) -> CacheLock {
         let mut token = [0u8; 16];
         crate::format::crypto::fill_random(&mut token);
         CacheLock {
             backend: Arc::clone(&config.backend),
             counters: Arc::clone(&config.counters),
-            full_cache_key: lock_key(config.namespace.as_deref(), full_key),
+            full_cache_key: lock_key(config.namespace.as_deref(), stored_key),
             token: crate::format::crypto::hex(&token),
             options,
             expires_at: None,
@@ -410,7 +414,7 @@ mod tests {
     }
 
     fn lock(config: &Config, options: LockOptions) -> CacheLock {
-        CacheLock::for_full_key(config, "job", options)
+        CacheLock::for_stored_key(config, "job", options)
     }
 
     #[test]
@@ -585,8 +589,8 @@ mod tests {
     }
 
     #[test]
-    fn lock_keys_derive_from_the_full_key() {
-        let lock = CacheLock::for_full_key(&config(), "ns:abc", LockOptions::new());
+    fn lock_keys_derive_from_the_stored_key() {
+        let lock = CacheLock::for_stored_key(&config(), "ns:abc", LockOptions::new());
         assert_eq!(lock.full_cache_key(), "\\L:ns:abc");
     }
 }

@@ -110,7 +110,7 @@ where
         }
         call.miss();
         let compute = self.compute.take().expect("compute runs once");
-        let writer = call.stores().then(|| call.writer(true));
+        let writer = call.will_store().then(|| call.writer(true));
         self.state = IterState::Miss {
             source: compute().into_iter(),
             call,
@@ -181,7 +181,7 @@ where
                             match postcard::to_io(&item, &mut *scratch) {
                                 Ok(_) => active.write_item(scratch),
                                 Err(err) => {
-                                    call.stored(Err(StoreError::Encode(err.into())));
+                                    call.store_finished(Err(StoreError::Encode(err.into())));
                                     *writer = None;
                                 }
                             }
@@ -191,7 +191,7 @@ where
                     None => {
                         if let Some(active) = writer.take() {
                             let outcome = active.finish(fingerprint::<T>(true));
-                            call.stored(outcome);
+                            call.store_finished(outcome);
                         }
                         self.state = IterState::Done;
                         return None;

@@ -58,7 +58,7 @@ pub const DEFAULT_COMPRESSION_LEVEL: u8 = 1;
 ///         .namespace("shop")
 ///         .default_expiration(Duration::from_secs(3600)),
 /// );
-/// assert_eq!(memo_runtime::config().namespace_str(), Some("shop"));
+/// assert_eq!(memo_runtime::config().get_namespace(), Some("shop"));
 /// ```
 #[derive(Clone)]
 #[must_use = "a configuration does nothing until passed to configure"]
@@ -167,24 +167,33 @@ impl Config {
         &self.backend
     }
 
+    // The getters are named `get_*` because the builder took the plain
+    // names first (`Config::new(b).namespace("x")` is the contract), as
+    // `std::process::Command` pairs `arg` with `get_args`.
+
     /// The namespace, if any.
-    pub fn namespace_str(&self) -> Option<&str> {
+    pub fn get_namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
     }
 
     /// The expiration used when a call sets none.
-    pub fn default_expiration_value(&self) -> Duration {
+    pub fn get_default_expiration(&self) -> Duration {
         self.default_expiration
     }
 
     /// Whether every call is encrypted.
-    pub fn forces_encryption(&self) -> bool {
+    pub fn get_force_encryption(&self) -> bool {
         self.force_encryption
     }
 
     /// The chunk size in bytes.
-    pub fn chunk_size_value(&self) -> usize {
+    pub fn get_chunk_size(&self) -> usize {
         self.chunk_size
+    }
+
+    /// The zlib level of compressed values.
+    pub fn get_compression_level(&self) -> u8 {
+        self.compression_level
     }
 }
 
@@ -263,7 +272,7 @@ mod tests {
             "memory://?namespace=shop&expiration=60&chunk_size=4096&force_encryption=yes&compression_level=9",
         )
         .unwrap();
-        assert_eq!(config.namespace_str(), Some("shop"));
+        assert_eq!(config.get_namespace(), Some("shop"));
         assert_eq!(config.default_expiration, Duration::from_secs(60));
         assert_eq!(config.chunk_size, 4096);
         assert!(config.force_encryption);
@@ -300,7 +309,7 @@ mod tests {
             _ => None,
         };
         let config = Config::from_vars(vars).unwrap();
-        assert_eq!(config.namespace_str(), Some("env-ns"));
+        assert_eq!(config.get_namespace(), Some("env-ns"));
         assert_eq!(config.default_expiration, Duration::from_secs(120));
         assert!(config.force_encryption);
         assert!(config.encryption_key.is_some());

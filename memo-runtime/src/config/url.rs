@@ -28,7 +28,7 @@ impl Config {
     /// use memo_runtime::Config;
     ///
     /// let config = Config::from_url("memory://?namespace=shop&expiration=60").unwrap();
-    /// assert_eq!(config.namespace_str(), Some("shop"));
+    /// assert_eq!(config.get_namespace(), Some("shop"));
     /// assert!(Config::from_url("ftp://nowhere").is_err());
     /// ```
     pub fn from_url(url: &str) -> Result<Config, ConfigError> {

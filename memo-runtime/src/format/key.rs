@@ -16,7 +16,7 @@
 //!    key. Keys therefore always satisfy memcached's rules (at most 250
 //!    bytes, no spaces or control characters).
 //!
-//! The stored key is what the backend sees; what a stored envelope is bound
+//! The stored key is what the backend sees; what a stored envelope is full
 //! to is the caller's *full* key, step 2's result before any escaping,
 //! shortening or hashing (see [`codec`](crate::codec)), so two keys that
 //! share a stored key never read each other's values.
@@ -208,7 +208,7 @@ impl From<Vec<&str>> for CacheKey {
 /// any escaping, shortening or hashing. Envelopes bind this, not the stored
 /// key, so two keys that share a stored key (a long key's shortened form
 /// and a raw key equal to it) read each other's entries as a miss.
-pub(crate) fn bound_key(namespace: Option<&str>, key: &CacheKey) -> String {
+pub(crate) fn full_key(namespace: Option<&str>, key: &CacheKey) -> String {
     let normalized = key.normalized();
     match namespace {
         Some(ns) => format!("{ns}:{normalized}"),
@@ -219,14 +219,18 @@ pub(crate) fn bound_key(namespace: Option<&str>, key: &CacheKey) -> String {
 /// The full key as stored: namespaced, then hashed under `encryption` if
 /// given, else escaped and shortened to memcached's rules.
 #[cfg(test)]
-fn full_key(namespace: Option<&str>, key: &CacheKey, encryption: Option<&EncryptionKey>) -> String {
-    stored_key(&bound_key(namespace, key), encryption)
+fn stored_key_of(
+    namespace: Option<&str>,
+    key: &CacheKey,
+    encryption: Option<&EncryptionKey>,
+) -> String {
+    stored_key(&full_key(namespace, key), encryption)
 }
 
-fn stored_key(bound: &str, encryption: Option<&EncryptionKey>) -> String {
+fn stored_key(full: &str, encryption: Option<&EncryptionKey>) -> String {
     match encryption {
-        Some(enc) => enc.hash_key(bound),
-        None => shorten(escape_for_memcached(bound).into_owned(), MAX_KEY),
+        Some(enc) => enc.hash_key(full),
+        None => shorten(escape_for_memcached(full).into_owned(), MAX_KEY),
     }
 }
 
@@ -275,7 +279,7 @@ fn shorten(key: String, limit: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EntryKey {
     stored: String,
-    bound: String,
+    full: String,
     prefix_len: usize,
 }
 
@@ -286,22 +290,22 @@ impl EntryKey {
         key: &CacheKey,
         encryption: Option<&EncryptionKey>,
     ) -> EntryKey {
-        let bound = bound_key(namespace, key);
-        let stored = stored_key(&bound, encryption);
+        let full = full_key(namespace, key);
+        let stored = stored_key(&full, encryption);
         EntryKey {
             prefix_len: derived_prefix_len(namespace, &stored),
             stored,
-            bound,
+            full,
         }
     }
 
-    /// An entry whose bound key is its stored key (harnesses and tests).
+    /// An entry whose full key is its stored key (harnesses and tests).
     #[cfg(any(test, feature = "__fuzz"))]
-    pub(crate) fn from_parts(namespace: Option<&str>, stored: &str, bound: &str) -> EntryKey {
+    pub(crate) fn from_parts(namespace: Option<&str>, stored: &str, full: &str) -> EntryKey {
         EntryKey {
             prefix_len: derived_prefix_len(namespace, stored),
             stored: stored.to_owned(),
-            bound: bound.to_owned(),
+            full: full.to_owned(),
         }
     }
 
@@ -311,8 +315,8 @@ impl EntryKey {
     }
 
     /// The caller's full key, which envelopes bind.
-    pub(crate) fn bound(&self) -> &str {
-        &self.bound
+    pub(crate) fn full(&self) -> &str {
+        &self.full
     }
 
     /// The key of a derived item of this entry (see the module docs).
@@ -410,7 +414,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ns(key: impl Into<CacheKey>) -> String {
-        full_key(Some("example.com"), &key.into(), None)
+        stored_key_of(Some("example.com"), &key.into(), None)
     }
 
     #[test]
@@ -425,7 +429,7 @@ mod tests {
     fn a_single_string_or_component_is_used_as_is() {
         assert_eq!(ns("a:b%c"), "example.com:a:b%c");
         assert_eq!(ns(["a:b%c"]), "example.com:a:b%c");
-        assert_eq!(full_key(None, &"plain".into(), None), "plain");
+        assert_eq!(stored_key_of(None, &"plain".into(), None), "plain");
     }
 
     #[test]
@@ -466,7 +470,7 @@ mod tests {
     fn encrypted_keys_are_hmacs_of_the_full_key() {
         let enc = EncryptionKey::new(b"0123456789abcdef").unwrap();
         assert_eq!(
-            full_key(Some("example.com"), &"abc123".into(), Some(&enc)),
+            stored_key_of(Some("example.com"), &"abc123".into(), Some(&enc)),
             "10c4714f5c6c49045ed25c8da7d04a4be2254fa275fc3b63bdeebe887aee52f9"
         );
     }
@@ -540,7 +544,7 @@ mod tests {
             sealed.derived(Derived::Lock),
             format!("\\L:{}", sealed.stored())
         );
-        assert_eq!(sealed.bound(), "example.com:job");
+        assert_eq!(sealed.full(), "example.com:job");
     }
 
     #[test]

@@ -256,12 +256,12 @@ impl Manifest {
     /// The envelope for this manifest, bound to the caller's full key.
     pub(crate) fn encode(
         &self,
-        bound_key: &str,
+        full_key: &str,
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Vec<u8>, envelope::EncodeError> {
         envelope::seal_envelope(
-            bound_key,
+            full_key,
             Kind::Manifest,
             self.flags,
             fingerprint,
@@ -270,35 +270,35 @@ impl Manifest {
         )
     }
 
-    /// Any manifest stored for `bound_key`, whatever type it was written
+    /// Any manifest stored for `full_key`, whatever type it was written
     /// for; `None` for anything else. For housekeeping only (finding chunks
     /// to delete): such a manifest is never decoded into a value.
     pub(crate) fn decode_any(
-        bound_key: &str,
+        full_key: &str,
         bytes: &[u8],
         encryption: Option<&EncryptionKey>,
     ) -> Option<Manifest> {
-        Self::open(bound_key, bytes, None, encryption).ok()
+        Self::open(full_key, bytes, None, encryption).ok()
     }
 
-    /// Opens a manifest envelope bound to `bound_key`.
+    /// Opens a manifest envelope bound to `full_key`.
     pub(crate) fn decode(
-        bound_key: &str,
+        full_key: &str,
         bytes: &[u8],
         fingerprint: u64,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
-        Self::open(bound_key, bytes, Some(fingerprint), encryption)
+        Self::open(full_key, bytes, Some(fingerprint), encryption)
     }
 
     fn open(
-        bound_key: &str,
+        full_key: &str,
         bytes: &[u8],
         fingerprint: Option<u64>,
         encryption: Option<&EncryptionKey>,
     ) -> Result<Manifest, Invalid> {
         let (header, body) =
-            envelope::open_envelope(bound_key, bytes, Kind::Manifest, fingerprint, encryption)?;
+            envelope::open_envelope(full_key, bytes, Kind::Manifest, fingerprint, encryption)?;
         Manifest::from_body(body.bytes(bytes), header.flags, encryption.is_some())
     }
 }

@@ -16,7 +16,7 @@ use crate::format::serial;
 pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
     let bytes = call.get_main()?;
     let opened = Manifest::decode(
-        call.key.bound(),
+        call.key.full(),
         &bytes,
         fingerprint::<T>(true),
         call.encryption.as_ref(),

@@ -84,14 +84,15 @@ impl Call {
         }
     }
 
-    fn invalid(&self, why: &dyn std::fmt::Display) {
+    /// Counts and logs an entry read back that did not check out.
+    fn found_invalid(&self, why: &dyn std::fmt::Display) {
         self.counters().invalid_entry(self.key.stored(), why);
     }
 
     pub(crate) fn load_failed(&self, err: LoadError) {
         match err {
             LoadError::Backend(err) => self.counters().backend_failed("get_many", &err),
-            LoadError::Invalid(why) => self.invalid(&why),
+            LoadError::Invalid(why) => self.found_invalid(&why),
         }
     }
 
@@ -100,7 +101,7 @@ impl Call {
         let bytes = self.get_main()?;
         let encryption = self.encryption.as_ref();
         let loaded = match envelope::peek_kind(&bytes) {
-            Ok(Kind::Value) => envelope::decode_value::<T>(self.key.bound(), &bytes, encryption)
+            Ok(Kind::Value) => envelope::decode_value::<T>(self.key.full(), &bytes, encryption)
                 .map_err(LoadError::Invalid),
             Ok(Kind::Manifest) => self.load_chunked(&bytes),
             Err(why) => Err(LoadError::Invalid(why)),
@@ -111,7 +112,7 @@ impl Call {
     fn load_chunked<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, LoadError> {
         let encryption = self.encryption.as_ref();
         let manifest =
-            Manifest::decode(self.key.bound(), bytes, fingerprint::<T>(false), encryption)?;
+            Manifest::decode(self.key.full(), bytes, fingerprint::<T>(false), encryption)?;
         let mut reader = self.reader(manifest, None);
         // The value counts only if the stream also ends cleanly right after
         // it: every chunk read, lengths and padding right, nothing trailing.
@@ -153,13 +154,13 @@ impl Call {
     }
 
     /// Whether the call stores what it computes: not with a zero TTL.
-    pub(crate) fn stores(&self) -> bool {
+    pub(crate) fn will_store(&self) -> bool {
         !self.ttl.is_zero()
     }
 
     /// Stores `value`; failures are logged and counted, never returned.
     fn store<T: Serialize + DeserializeOwned>(&self, value: &T) {
-        if !self.stores() {
+        if !self.will_store() {
             return;
         }
         if self.options.large_data {
@@ -176,16 +177,16 @@ impl Call {
                 Ok(()) => writer.finish(fingerprint::<T>(false)),
                 Err(err) => Err(StoreError::Encode(err)),
             };
-            self.stored(outcome);
+            self.store_finished(outcome);
             return;
         }
-        let encoded =
-            match envelope::encode_value(self.key.bound(), value, self.encryption.as_ref()) {
-                Ok(encoded) => encoded,
-                Err(err) => return self.stored(Err(StoreError::Encode(err))),
-            };
+        let encoded = match envelope::encode_value(self.key.full(), value, self.encryption.as_ref())
+        {
+            Ok(encoded) => encoded,
+            Err(err) => return self.store_finished(Err(StoreError::Encode(err))),
+        };
         if encoded.len() > self.config.chunk_size {
-            return self.stored(Err(StoreError::TooLarge(format!(
+            return self.store_finished(Err(StoreError::TooLarge(format!(
                 "{} bytes exceed the chunk size of {}; memoize it with large_data",
                 encoded.len(),
                 self.config.chunk_size
@@ -197,10 +198,11 @@ impl Call {
             .set(self.key.stored(), &encoded, self.ttl)
             .map(|()| self.counters().wrote(encoded.len()))
             .map_err(StoreError::from);
-        self.stored(outcome);
+        self.store_finished(outcome);
     }
 
-    pub(crate) fn stored(&self, outcome: Result<(), StoreError>) {
+    /// Counts and logs how storing a value ended.
+    pub(crate) fn store_finished(&self, outcome: Result<(), StoreError>) {
         match outcome {
             Ok(()) => {
                 self.counters().backend_ok();
@@ -215,7 +217,7 @@ impl Call {
     }
 
     fn lock(&self, options: LockOptions) -> CacheLock {
-        CacheLock::for_full_key(&self.config, self.key.stored(), options)
+        CacheLock::for_stored_key(&self.config, self.key.stored(), options)
     }
 
     /// Takes the call's lock if it has one. `Some(guard)` when held; `None`
@@ -224,7 +226,7 @@ impl Call {
     /// then computes without it.
     fn take_lock(&self) -> Option<CacheLockGuard> {
         // A call that stores nothing has nothing to make others wait for.
-        let options = self.options.lock.filter(|_| self.stores())?;
+        let options = self.options.lock.filter(|_| self.will_store())?;
         match self.lock(options).acquire_guard() {
             Ok(guard) => Some(guard),
             Err(LockError::Timeout { key, waited }) => {
@@ -277,7 +279,7 @@ impl Call {
         if let Some(bytes) = backend.get(self.key.stored())? {
             // Any manifest under this key names chunks to remove, whatever type
             // it was written for.
-            let manifest = Manifest::decode_any(self.key.bound(), &bytes, self.encryption.as_ref());
+            let manifest = Manifest::decode_any(self.key.full(), &bytes, self.encryption.as_ref());
             backend.delete(self.key.stored())?;
             if let Some(manifest) = manifest {
                 self.pipeline().delete_chunks(&manifest)?;

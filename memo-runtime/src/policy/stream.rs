@@ -354,7 +354,7 @@ impl StreamWriter {
             encryption,
         } = &self.pipeline;
         let encryption = encryption.as_ref();
-        let envelope = self.manifest.encode(key.bound(), fingerprint, encryption)?;
+        let envelope = self.manifest.encode(key.full(), fingerprint, encryption)?;
         if envelope.len() > self.chunk_size + MAX_OVERHEAD {
             return Err(StoreError::TooLarge(format!(
                 "{} chunks need a {} byte manifest",
@@ -369,7 +369,7 @@ impl StreamWriter {
         // once they would vanish under a reader that is streaming them right
         // now. So they are given a short grace period, then expire.
         let previous = match backend.get(key.stored()) {
-            Ok(Some(bytes)) => Manifest::decode_any(key.bound(), &bytes, encryption),
+            Ok(Some(bytes)) => Manifest::decode_any(key.full(), &bytes, encryption),
             Ok(None) => None,
             Err(err) => {
                 counters.backend_failed("get", &err);

@@ -30,7 +30,7 @@ use crate::backend::{Backend, MemoryBackend};
 use crate::config::{Config, config, configure};
 use crate::format::compress::Deflater;
 use crate::format::crypto::{EncryptionKey, TAG};
-use crate::format::envelope::{self as codec, Kind, fingerprint};
+use crate::format::envelope::{self, Kind, fingerprint};
 use crate::format::key::EntryKey;
 use crate::format::manifest::Manifest;
 use crate::format::serial::write_varint;
@@ -97,7 +97,7 @@ pub fn envelope(data: &[u8]) {
         // The same bytes as the body of a valid envelope for each type.
         macro_rules! resealed {
             ($($ty:ty),*) => {$(
-                if let Ok(sealed) = codec::seal_envelope(
+                if let Ok(sealed) = envelope::seal_envelope(
                     KEY,
                     Kind::Value,
                     0,
@@ -105,7 +105,7 @@ pub fn envelope(data: &[u8]) {
                     data,
                     encryption,
                 ) {
-                    let _ = codec::decode_value::<$ty>(KEY, &sealed, encryption);
+                    let _ = envelope::decode_value::<$ty>(KEY, &sealed, encryption);
                 }
             )*};
         }
@@ -119,17 +119,17 @@ pub fn envelope(data: &[u8]) {
             Option<Child>
         );
     }
-    let _ = codec::peek_kind(data);
+    let _ = envelope::peek_kind(data);
 }
 
 fn decode_as_all(data: &[u8], encryption: Option<&EncryptionKey>) {
-    let _ = codec::decode_value::<u64>(KEY, data, encryption);
-    let _ = codec::decode_value::<String>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<u8>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<String>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Sample>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<Sample>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Option<Child>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<u64>(KEY, data, encryption);
+    let _ = envelope::decode_value::<String>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<u8>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<String>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Sample>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<Sample>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Option<Child>>(KEY, data, encryption);
 }
 
 /// Opens `data` as a sealed value (`EncryptionKey::open`); then, so that
@@ -185,9 +185,9 @@ pub fn manifest(data: &[u8]) {
         let fp = fingerprint::<Sample>(iterator);
         for encryption in [None, Some(&key)] {
             let _ = Manifest::decode(KEY, data, fp, encryption);
-            let flags = flags & (codec::FLAG_COMPRESSED | codec::FLAG_ITERATOR);
+            let flags = flags & (envelope::FLAG_COMPRESSED | envelope::FLAG_ITERATOR);
             if let Ok(sealed) =
-                codec::seal_envelope(KEY, Kind::Manifest, flags, fp, body, encryption)
+                envelope::seal_envelope(KEY, Kind::Manifest, flags, fp, body, encryption)
             {
                 let _ = Manifest::decode(KEY, &sealed, fp, encryption);
             }
@@ -274,7 +274,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
         return;
     };
     if plan.raw && plan.compress {
-        manifest.flags |= codec::FLAG_COMPRESSED;
+        manifest.flags |= envelope::FLAG_COMPRESSED;
     }
     let payload_len = payload.len() as u64;
     match plan.manifest_tweak % 8 {
@@ -468,12 +468,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "envelope" => {
             for encryption in [None, Some(&key)] {
                 let encoded = [
-                    codec::encode_value(KEY, &42u64, encryption),
-                    codec::encode_value(KEY, &"a string".to_owned(), encryption),
-                    codec::encode_value(KEY, &vec![1u8, 2, 3], encryption),
-                    codec::encode_value(KEY, &sample(3), encryption),
-                    codec::encode_value(KEY, &vec![sample(1), sample(2)], encryption),
-                    codec::encode_value(KEY, &Some(Child::Text("x".into())), encryption),
+                    envelope::encode_value(KEY, &42u64, encryption),
+                    envelope::encode_value(KEY, &"a string".to_owned(), encryption),
+                    envelope::encode_value(KEY, &vec![1u8, 2, 3], encryption),
+                    envelope::encode_value(KEY, &sample(3), encryption),
+                    envelope::encode_value(KEY, &vec![sample(1), sample(2)], encryption),
+                    envelope::encode_value(KEY, &Some(Child::Text("x".into())), encryption),
                 ];
                 valid.extend(encoded.into_iter().map(|e| e.expect("encodes")));
             }
@@ -489,7 +489,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             valid.push(vec![16u8; 48]);
         }
         "manifest" => {
-            for (flags, payload) in [(0, 0), (codec::FLAG_COMPRESSED, 5000), (0x80, 3000)] {
+            for (flags, payload) in [(0, 0), (envelope::FLAG_COMPRESSED, 5000), (0x80, 3000)] {
                 let manifest = example_manifest(payload, flags & 0x80 != 0);
                 let mut input = vec![flags];
                 input.extend(manifest.to_body());
@@ -506,7 +506,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             forged.chunk_count = u32::MAX;
             forged.stored_len = 1 << 60;
             forged.plain_len = 1 << 60;
-            let mut input = vec![codec::FLAG_ITERATOR];
+            let mut input = vec![envelope::FLAG_ITERATOR];
             input.extend(forged.to_body());
             valid.push(input);
         }

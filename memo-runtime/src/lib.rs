@@ -38,6 +38,26 @@
 //! the error types, and the [`backend`] module with the [`Backend`] trait
 //! and the shipped engines. The stored format (envelopes, manifests,
 //! chunk keys) is private, so it can change without breaking a user.
+//!
+//! # Layers
+//!
+//! The modules are layers, each using only those below it:
+//!
+//! 1. `api`: the entry points ([`cache_memoize`](fn@cache_memoize) and
+//!    friends, [`MemoIter`]), each a few lines handing off to the policy.
+//! 2. `policy`: the one memoize algorithm (look up, lock, look again,
+//!    compute, store), what a failure means, and the chunked pipeline that
+//!    drives the backend for large values and iterators.
+//! 3. `lock`: [`CacheLock`], built on the backend's atomic `add`.
+//! 4. `config`: [`Config`], from code, a URL or the environment; the global
+//!    slot; and `Config::resolve`, the one rule turning a key into what is
+//!    stored, for values and locks alike.
+//! 5. `backend`: the [`Backend`] trait, the memory engine, and the network
+//!    clients over one shared connection pool (`backend::net`).
+//! 6. `format`: the stored format, pure bytes in and bytes out: keys,
+//!    envelope, postcard, zlib, crypto, manifests, type fingerprints.
+//! 7. `common`: the parsed cache URL, the shared error types, the counters
+//!    behind [`stats`], the fixed hash.
 
 mod api;
 pub mod backend;

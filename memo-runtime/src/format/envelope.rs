@@ -46,7 +46,6 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::crypto::{EncryptionKey, tags_equal};
-use super::serial::decode_exact;
 
 const MAGIC: &[u8; 4] = b"MEMO";
 const VERSION: u8 = 2;
@@ -393,6 +392,15 @@ pub(crate) fn decode_value<T: DeserializeOwned>(
         encryption,
     )?;
     decode_exact(body.bytes(bytes))
+}
+
+/// Decodes `bytes` as exactly one `T`, with nothing left over.
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(Invalid::Decode(format!("{} trailing bytes", rest.len()))),
+        Err(err) => Err(Invalid::Decode(err.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! postcard, read exactly: a value decoded from bytes with nothing left
-//! over, or streamed from a reader (a chunked value) without first
-//! collecting it, and the LEB128 varints that frame iterator items.
+//! postcard, streamed: a value read from a reader (a chunked value)
+//! without first collecting it, with nothing left over, and the LEB128
+//! varints that frame iterator items. (Decoding from bytes is
+//! `envelope::decode_exact`.)
 
 use std::io::{self, Read};
 
@@ -12,15 +13,6 @@ use super::envelope::Invalid;
 /// at a time, so each pull is a slice index rather than a trip through the
 /// whole stream.
 const READ_BUF: usize = 64 * 1024;
-
-/// Decodes `bytes` as exactly one `T`, with nothing left over.
-pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Invalid::Decode(format!("{} trailing bytes", rest.len()))),
-        Err(err) => Err(Invalid::Decode(err.to_string())),
-    }
-}
 
 /// Deserializes exactly one `T` from a byte stream that must end right
 /// after it, without first collecting the stream into one buffer: only the

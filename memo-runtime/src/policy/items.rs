@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::Call;
 use super::stream::{self, LoadError, StreamReader};
-use crate::format::envelope::{Invalid, fingerprint};
+use crate::format::envelope::{self, Invalid, fingerprint};
 use crate::format::manifest::Manifest;
 use crate::format::serial;
 
@@ -76,6 +76,6 @@ impl ItemReader {
             return Err(Invalid::Stream("truncated item".into()).into());
         }
         self.read += 1;
-        Ok(Some(serial::decode_exact::<T>(&self.item)?))
+        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
     }
 }

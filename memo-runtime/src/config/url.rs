@@ -112,10 +112,7 @@ fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 
 #[cfg(not(feature = "memcached"))]
 fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: url.scheme.clone(),
-        feature: "memcached",
-    })
+    Err(feature_disabled(url, "memcached"))
 }
 
 #[cfg(feature = "redis")]
@@ -127,10 +124,17 @@ fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 
 #[cfg(not(feature = "redis"))]
 fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
+    Err(feature_disabled(url, "redis"))
+}
+
+/// The error for a scheme whose backend is behind a cargo feature that is
+/// off.
+#[cfg(not(all(feature = "memcached", feature = "redis")))]
+fn feature_disabled(url: &CacheUrl, feature: &'static str) -> ConfigError {
+    ConfigError::FeatureDisabled {
         scheme: url.scheme.clone(),
-        feature: "redis",
-    })
+        feature,
+    }
 }
 
 /// Parses `1/true/yes/on` and `0/false/no/off`, any case.

@@ -106,6 +106,14 @@ impl Conn {
         let Some((kind, rest)) = line.split_at_checked(1) else {
             return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
         };
+        // A length or count from the reply, refused beyond `max` before
+        // anything is read or allocated on its strength.
+        let within = |n: i64, max: usize, what: &str| {
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| OpError::Protocol(format!("{what} length out of range: {line:?}")))
+        };
         let number = || -> Result<i64, OpError> {
             rest.parse()
                 .map_err(|_| OpError::Protocol(format!("bad number in reply {line:?}")))
@@ -117,24 +125,14 @@ impl Conn {
             "$" => match number()? {
                 -1 => Ok(Value::Nil),
                 length => {
-                    let length = usize::try_from(length)
-                        .ok()
-                        .filter(|&length| length <= MAX_BULK)
-                        .ok_or_else(|| {
-                            OpError::Protocol(format!("bulk length out of range: {line:?}"))
-                        })?;
+                    let length = within(length, MAX_BULK, "bulk")?;
                     Ok(Value::Bulk(self.data(length)?))
                 }
             },
             "*" => match number()? {
                 -1 => Ok(Value::Nil),
                 count => {
-                    let count = usize::try_from(count)
-                        .ok()
-                        .filter(|&count| count <= MAX_ARRAY)
-                        .ok_or_else(|| {
-                            OpError::Protocol(format!("array length out of range: {line:?}"))
-                        })?;
+                    let count = within(count, MAX_ARRAY, "array")?;
                     // memo's commands answer flat arrays: an element that
                     // is itself an array is refused, which bounds nesting.
                     let mut values = Vec::with_capacity(count.min(1024));

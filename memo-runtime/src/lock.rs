@@ -222,7 +222,7 @@ impl CacheLock {
     }
 
     /// The key the lock entry is stored under: the lock key derived from
-    /// the entry's stored key (see [`CacheKey`](crate::CacheKey)).
+    /// the entry's stored key (see [`CacheKey`]).
     pub fn full_cache_key(&self) -> &str {
         &self.full_cache_key
     }

@@ -11,7 +11,7 @@ use crate::policy::{Call, memoize};
 
 /// The full key under which `key` is stored: namespaced, then hashed when
 /// the call encrypts, else escaped and shortened to memcached's rules (see
-/// [`CacheKey`](crate::CacheKey)).
+/// [`CacheKey`]).
 ///
 /// ```
 /// use memo_runtime::{configure, make_cache_key, Config, EncryptionKey, MemoryBackend, Options};

@@ -16,9 +16,9 @@
 //!    key. Keys therefore always satisfy memcached's rules (at most 250
 //!    bytes, no spaces or control characters).
 //!
-//! The stored key is what the backend sees; what a stored envelope is full
+//! The stored key is what the backend sees; what a stored envelope is bound
 //! to is the caller's *full* key, step 2's result before any escaping,
-//! shortening or hashing (see [`codec`](crate::codec)), so two keys that
+//! shortening or hashing (see `format::envelope`), so two keys that
 //! share a stored key never read each other's values.
 //!
 //! One deliberate difference from Djblets: a backslash is escaped too (as

@@ -24,7 +24,7 @@ fn main() {
             Config::from_url("memory://?namespace=example").expect("a valid URL")
         }
     };
-    println!("namespace: {:?}", config.namespace_str());
+    println!("namespace: {:?}", config.get_namespace());
     configure(config);
 
     println!("{}", greeting("ada"));

@@ -15,7 +15,7 @@ use syn::{
 };
 
 /// A function, method or trait method with a default body.
-pub struct Function {
+pub(crate) struct Function {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub sig: Signature,
@@ -24,7 +24,7 @@ pub struct Function {
 }
 
 /// One non-receiver argument.
-pub struct Arg {
+pub(crate) struct Arg {
     /// The binding's name; `None` for a destructuring pattern or `_`.
     pub name: Option<Ident>,
     pub pat: Pat,
@@ -32,7 +32,7 @@ pub struct Arg {
 }
 
 /// What the function returns, and so which runtime call caches it.
-pub enum Output {
+pub(crate) enum Output {
     /// No return value (`fn f()` or `-> ()`), spanned at what to fix.
     Nothing(Span),
     /// A plain value: `cache_memoize`.
@@ -45,7 +45,7 @@ pub enum Output {
 
 /// How the runtime's iterator becomes the declared return type.
 #[derive(Clone, Copy, PartialEq, Debug)]
-pub enum IterShape {
+pub(crate) enum IterShape {
     /// `impl Iterator<Item = T>`: returned as is.
     Impl,
     /// `Box<dyn Iterator<Item = T> + ...>`: boxed.
@@ -56,7 +56,7 @@ pub enum IterShape {
 }
 
 impl Parse for Function {
-    fn parse(input: ParseStream) -> syn::Result<Self> {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let vis: Visibility = input.parse()?;
         let sig: Signature = input.parse()?;
@@ -82,7 +82,7 @@ impl Parse for Function {
 
 impl Function {
     /// The `self` receiver, if this is a method.
-    pub fn receiver(&self) -> Option<&Receiver> {
+    pub(crate) fn receiver(&self) -> Option<&Receiver> {
         match self.sig.inputs.first() {
             Some(FnArg::Receiver(receiver)) => Some(receiver),
             _ => None,
@@ -90,7 +90,7 @@ impl Function {
     }
 
     /// The arguments after the receiver.
-    pub fn args(&self) -> Vec<Arg> {
+    pub(crate) fn args(&self) -> Vec<Arg> {
         self.sig
             .inputs
             .iter()
@@ -107,7 +107,7 @@ impl Function {
 
     /// What the function returns; `iter` is true under
     /// `#[cache_memoize_iter]`, which makes any return type iterator mode.
-    pub fn output(&self, iter: bool) -> Output {
+    pub(crate) fn output(&self, iter: bool) -> Output {
         let ty = match &self.sig.output {
             ReturnType::Default => return Output::Nothing(self.sig.ident.span()),
             ReturnType::Type(_, ty) => (**ty).clone(),
@@ -151,7 +151,7 @@ fn is_result(ty: &Type) -> bool {
 }
 
 /// `T` in `Result<T, E>` or `io::Result<T>`.
-pub fn type_argument(ty: &Type) -> Option<&Type> {
+pub(crate) fn type_argument(ty: &Type) -> Option<&Type> {
     let Type::Path(path) = ty else { return None };
     let PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
         return None;
@@ -164,7 +164,7 @@ pub fn type_argument(ty: &Type) -> Option<&Type> {
 
 /// `T` in `impl Iterator<Item = T>`, `Box<dyn Iterator<Item = T>>`; `None`
 /// for a collection, whose item type the compiler infers.
-pub fn iterator_item(ty: &Type) -> Option<&Type> {
+pub(crate) fn iterator_item(ty: &Type) -> Option<&Type> {
     let bounds = match ty {
         Type::ImplTrait(imp) => &imp.bounds,
         Type::Paren(inner) => return iterator_item(&inner.elem),

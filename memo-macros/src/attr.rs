@@ -15,7 +15,7 @@ use crate::template::Template;
 
 /// The options a user wrote, as far as they could be understood.
 #[derive(Default)]
-pub struct Attr {
+pub(crate) struct Attr {
     /// `key = "..."`.
     pub key: Option<Template>,
     /// `expiration = <seconds>`.
@@ -39,14 +39,14 @@ pub struct Attr {
 }
 
 /// A boolean option and where it was written.
-pub struct Flag {
+pub(crate) struct Flag {
     pub span: Span,
     pub value: bool,
 }
 
 /// `lock(timeout = <secs>, retry = <ms>, expiration = <secs>, blocking = <bool>)`.
 #[derive(Default)]
-pub struct Lock {
+pub(crate) struct Lock {
     pub timeout: Option<Expr>,
     pub retry: Option<Expr>,
     pub expiration: Option<Expr>,
@@ -54,7 +54,7 @@ pub struct Lock {
 }
 
 /// The options of the attribute, in the order the docs list them.
-pub const OPTIONS: &[&str] = &[
+pub(crate) const OPTIONS: &[&str] = &[
     "key",
     "expiration",
     "large_data",
@@ -87,7 +87,7 @@ const ALIASES: &[(&str, &str)] = &[
 
 impl Attr {
     /// Reads the attribute's arguments, recording every mistake in `errors`.
-    pub fn parse(tokens: TokenStream, errors: &mut Errors) -> Attr {
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Attr {
         let mut attr = Attr::default();
         let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
             Ok(metas) => metas,

@@ -8,16 +8,16 @@ use proc_macro2::Span;
 
 /// The mistakes found so far.
 #[derive(Default)]
-pub struct Errors(Option<syn::Error>);
+pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
     /// Records a mistake at `span`.
-    pub fn push(&mut self, span: Span, message: impl Display) {
+    pub(crate) fn push(&mut self, span: Span, message: impl Display) {
         self.add(syn::Error::new(span, message));
     }
 
     /// Records an error built elsewhere (a parse error, say).
-    pub fn add(&mut self, error: syn::Error) {
+    pub(crate) fn add(&mut self, error: syn::Error) {
         match &mut self.0 {
             Some(errors) => errors.combine(error),
             None => self.0 = Some(error),
@@ -26,18 +26,18 @@ impl Errors {
 
     /// Whether nothing is wrong so far.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
     /// All the mistakes as one error, or `Ok` when there were none.
-    pub fn finish(self) -> syn::Result<()> {
+    pub(crate) fn finish(self) -> syn::Result<()> {
         self.0.map_or(Ok(()), Err)
     }
 }
 
 /// `"; did you mean `x`?"` when one of `known` is close to `unknown`, else "".
-pub fn did_you_mean<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> String {
     known
         .into_iter()
         .map(|candidate| (distance(unknown, candidate), candidate))

@@ -20,7 +20,7 @@ use crate::valid;
 
 /// Which attribute was written.
 #[derive(Clone, Copy)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `#[cache_memoize]`: the return type picks the runtime call.
     Auto,
     /// `#[cache_memoize_iter]`: iterator mode whatever the return type.
@@ -29,7 +29,7 @@ pub enum Mode {
 
 /// Expands the attribute; on any mistake, the errors and the function
 /// unchanged.
-pub fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> TokenStream {
+pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> TokenStream {
     let func: Function = match syn::parse2(input.clone()) {
         Ok(func) => func,
         Err(error) => {
@@ -215,7 +215,7 @@ fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> TokenStream {
             for piece in pieces {
                 match piece {
                     Piece::Text(text) => {
-                        format.push_str(&text.replace('{', "{{").replace('}', "}}"))
+                        format.push_str(&text.replace('{', "{{").replace('}', "}}"));
                     }
                     Piece::Value(placeholder) => {
                         format.push_str(if placeholder.debug { "{:?}" } else { "{}" });

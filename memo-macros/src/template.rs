@@ -10,7 +10,7 @@
 use syn::LitStr;
 
 /// A parsed key template.
-pub struct Template {
+pub(crate) struct Template {
     /// The literal, for error spans.
     pub lit: LitStr,
     /// The `:`-separated components, in order.
@@ -19,7 +19,7 @@ pub struct Template {
 
 /// Part of a component.
 #[derive(Debug, PartialEq)]
-pub enum Piece {
+pub(crate) enum Piece {
     /// Literal text (braces already unescaped).
     Text(String),
     /// A `{...}` placeholder.
@@ -28,7 +28,7 @@ pub enum Piece {
 
 /// What a placeholder names and how it is formatted.
 #[derive(Debug, PartialEq)]
-pub struct Placeholder {
+pub(crate) struct Placeholder {
     /// An argument name, or `self` followed by field names.
     pub target: Target,
     /// `{x:?}`: the `Debug` form rather than `Display`.
@@ -37,7 +37,7 @@ pub struct Placeholder {
 
 /// The value a placeholder stands for.
 #[derive(Debug, PartialEq)]
-pub enum Target {
+pub(crate) enum Target {
     /// A named argument.
     Arg(String),
     /// `self`, or `self.a.b`: the receiver or a field path in it.
@@ -46,13 +46,13 @@ pub enum Target {
 
 impl Template {
     /// Parses a template; the message says what is wrong with it otherwise.
-    pub fn parse(lit: LitStr) -> Result<Self, String> {
+    pub(crate) fn parse(lit: LitStr) -> Result<Self, String> {
         let components = parse_components(&lit.value())?;
         Ok(Template { lit, components })
     }
 
     /// Every placeholder, in order.
-    pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
+    pub(crate) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
         self.components
             .iter()
             .flatten()

@@ -14,7 +14,13 @@ use crate::errors::{Errors, did_you_mean};
 use crate::template::Target;
 
 /// Records in `errors` everything that keeps `attr` from applying to `func`.
-pub fn check(attr: &Attr, func: &Function, args: &[Arg], output: &Output, errors: &mut Errors) {
+pub(crate) fn check(
+    attr: &Attr,
+    func: &Function,
+    args: &[Arg],
+    output: &Output,
+    errors: &mut Errors,
+) {
     signature(func, errors);
     arguments(args, errors);
     return_type(func, output, errors);
@@ -25,7 +31,7 @@ pub fn check(attr: &Attr, func: &Function, args: &[Arg], output: &Output, errors
 /// Whether the function itself can be memoized, whatever the options; when
 /// it can, helpers are emitted even next to an error, so that call sites of
 /// the helpers do not fail in cascade.
-pub fn signature_is_usable(func: &Function, args: &[Arg], output: &Output) -> bool {
+pub(crate) fn signature_is_usable(func: &Function, args: &[Arg], output: &Output) -> bool {
     func.sig.asyncness.is_none()
         && func.sig.constness.is_none()
         && func.body.is_some()

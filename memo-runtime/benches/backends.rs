@@ -17,10 +17,13 @@
 //!
 //! Run with `cargo bench -p memo-runtime --features memcached,redis --bench backends`.
 
+// `criterion_main!` generates an undocumented `pub fn main`.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use memo_runtime::config::DEFAULT_CHUNK_SIZE;
+use memo_runtime::DEFAULT_CHUNK_SIZE;
 use memo_runtime::{
     Backend, Config, MemcachedBackend, MemoryBackend, Options, RedisBackend, cache_memoize,
     configure, make_cache_key,
@@ -28,7 +31,7 @@ use memo_runtime::{
 use serde::{Deserialize, Serialize};
 
 #[path = "../../tests/src/servers.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub, missing_docs)]
 mod servers;
 
 use servers::Server;
@@ -126,7 +129,7 @@ fn hit(c: &mut Criterion, target: &mut Target) {
         b.iter(|| {
             let value: Profile = cache_memoize(key, || unreachable!("a hit"), &options);
             value
-        })
+        });
     });
     let raw_get = &mut target.raw_get;
     group.bench_function("raw_get", |b| b.iter(|| raw_get(&full_key)));
@@ -164,7 +167,7 @@ fn large_data(c: &mut Criterion, target: &mut Target) {
                 stored.len()
             },
             BatchSize::PerIteration,
-        )
+        );
     });
     // Stored here too, so that `memo_load` runs alone under a filter.
     let _: Vec<u8> = cache_memoize("bench:large", || data.clone(), &store);
@@ -175,11 +178,11 @@ fn large_data(c: &mut Criterion, target: &mut Target) {
         b.iter(|| {
             let value: Vec<u8> = cache_memoize("bench:large", || unreachable!("a hit"), &load);
             value.len()
-        })
+        });
     });
     let raw = &target.raw;
     group.bench_function("raw_set_many", |b| {
-        b.iter(|| raw.set_many(&items, MINUTE).expect("stored"))
+        b.iter(|| raw.set_many(&items, MINUTE).expect("stored"));
     });
     group.bench_function("raw_get_many", |b| {
         b.iter(|| {
@@ -188,7 +191,7 @@ fn large_data(c: &mut Criterion, target: &mut Target) {
                 .iter()
                 .map(|v| v.as_ref().map_or(0, Vec::len))
                 .sum::<usize>()
-        })
+        });
     });
     group.finish();
 }

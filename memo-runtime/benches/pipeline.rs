@@ -11,6 +11,9 @@
 //!
 //! Run with `cargo bench -p memo-runtime --bench pipeline`.
 
+// `criterion_main!` generates an undocumented `pub fn main`.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -115,7 +118,7 @@ fn hit(c: &mut Criterion) {
                 let value: Profile =
                     cache_memoize(black_box("bench:hit"), || unreachable!("cached"), &options);
                 black_box(value)
-            })
+            });
         });
     }
     let full = make_cache_key("bench:hit", &Options::new());
@@ -140,7 +143,7 @@ fn miss_store(c: &mut Criterion) {
             b.iter(|| {
                 let value: Profile = cache_memoize(black_box("bench:miss"), profile, &options);
                 black_box(value)
-            })
+            });
         });
     }
     group.finish();
@@ -171,7 +174,7 @@ fn large(c: &mut Criterion) {
             b.iter(|| {
                 let stored: Vec<Row> = cache_memoize("bench:large", || rows.clone(), &store);
                 black_box(stored.len())
-            })
+            });
         });
         let _: Vec<Row> = cache_memoize("bench:large", || rows.clone(), &store);
         group.bench_function(format!("memo_load_{suffix}"), |b| {
@@ -179,23 +182,23 @@ fn large(c: &mut Criterion) {
                 let loaded: Vec<Row> =
                     cache_memoize("bench:large", || unreachable!("cached"), &load);
                 black_box(loaded.len())
-            })
+            });
         });
     }
 
     group.bench_function("raw_clone_rows", |b| b.iter(|| black_box(rows.clone())));
     group.bench_function("raw_postcard_serialize", |b| {
-        b.iter(|| black_box(postcard::to_stdvec(&rows).unwrap()))
+        b.iter(|| black_box(postcard::to_stdvec(&rows).unwrap()));
     });
     group.bench_function("raw_postcard_deserialize", |b| {
-        b.iter(|| black_box(postcard::from_bytes::<Vec<Row>>(&serialized).unwrap()))
+        b.iter(|| black_box(postcard::from_bytes::<Vec<Row>>(&serialized).unwrap()));
     });
     group.bench_function("raw_deflate_level1", |b| {
-        b.iter(|| black_box(miniz_oxide::deflate::compress_to_vec_zlib(&serialized, 1)))
+        b.iter(|| black_box(miniz_oxide::deflate::compress_to_vec_zlib(&serialized, 1)));
     });
     let compressed = miniz_oxide::deflate::compress_to_vec_zlib(&serialized, 1);
     group.bench_function("raw_inflate", |b| {
-        b.iter(|| black_box(miniz_oxide::inflate::decompress_to_vec_zlib(&compressed).unwrap()))
+        b.iter(|| black_box(miniz_oxide::inflate::decompress_to_vec_zlib(&compressed).unwrap()));
     });
     let key = [7u8; 32];
     let iv = [9u8; 16];
@@ -205,7 +208,7 @@ fn large(c: &mut Criterion) {
                 cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into())
                     .encrypt_padded_vec_mut::<Pkcs7>(&compressed),
             )
-        })
+        });
     });
     let ciphertext = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into())
         .encrypt_padded_vec_mut::<Pkcs7>(&compressed);
@@ -216,17 +219,17 @@ fn large(c: &mut Criterion) {
                     .decrypt_padded_vec_mut::<Pkcs7>(&ciphertext)
                     .unwrap(),
             )
-        })
+        });
     });
     group.bench_function("raw_sha256", |b| {
-        b.iter(|| black_box(Sha256::digest(&compressed)))
+        b.iter(|| black_box(Sha256::digest(&compressed)));
     });
     group.bench_function("raw_hmac_sha256", |b| {
         b.iter(|| {
             let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
             mac.update(&ciphertext);
             black_box(mac.finalize().into_bytes())
-        })
+        });
     });
     group.finish();
     println!(

@@ -25,14 +25,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
 use crate::backend::{Backend, MemoryBackend};
-use crate::chunk::{Manifest, StreamWriter};
-use crate::codec::{self, Kind, fingerprint};
 use crate::config::{Config, config, configure};
-use crate::crypto::{EncryptionKey, TAG};
-use crate::key::EntryKey;
+use crate::format::compress::Deflater;
+use crate::format::crypto::{EncryptionKey, TAG};
+use crate::format::envelope::{self, Kind, fingerprint};
+use crate::format::key::EntryKey;
+use crate::format::manifest::Manifest;
+use crate::format::serial::write_varint;
 use crate::lock::{CacheLock, LockError, LockOptions};
-use crate::memoize::{Options, cache_memoize, cache_memoize_iter, make_cache_key};
+use crate::policy::stream::{Pipeline, StreamWriter};
 
 /// The key every fuzzed value is stored under.
 pub const KEY: &str = "fuzz:key";
@@ -94,7 +97,7 @@ pub fn envelope(data: &[u8]) {
         // The same bytes as the body of a valid envelope for each type.
         macro_rules! resealed {
             ($($ty:ty),*) => {$(
-                if let Ok(sealed) = codec::seal_envelope(
+                if let Ok(sealed) = envelope::seal_envelope(
                     KEY,
                     Kind::Value,
                     0,
@@ -102,7 +105,7 @@ pub fn envelope(data: &[u8]) {
                     data,
                     encryption,
                 ) {
-                    let _ = codec::decode_value::<$ty>(KEY, &sealed, encryption);
+                    let _ = envelope::decode_value::<$ty>(KEY, &sealed, encryption);
                 }
             )*};
         }
@@ -116,20 +119,20 @@ pub fn envelope(data: &[u8]) {
             Option<Child>
         );
     }
-    let _ = codec::peek_kind(data);
+    let _ = envelope::peek_kind(data);
 }
 
 fn decode_as_all(data: &[u8], encryption: Option<&EncryptionKey>) {
-    let _ = codec::decode_value::<u64>(KEY, data, encryption);
-    let _ = codec::decode_value::<String>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<u8>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<String>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Sample>(KEY, data, encryption);
-    let _ = codec::decode_value::<Vec<Sample>>(KEY, data, encryption);
-    let _ = codec::decode_value::<Option<Child>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<u64>(KEY, data, encryption);
+    let _ = envelope::decode_value::<String>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<u8>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<String>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Sample>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Vec<Sample>>(KEY, data, encryption);
+    let _ = envelope::decode_value::<Option<Child>>(KEY, data, encryption);
 }
 
-/// Opens `data` as a sealed value ([`EncryptionKey::open`]); then, so that
+/// Opens `data` as a sealed value (`EncryptionKey::open`); then, so that
 /// decryption and the padding check are reached, opens it again with a
 /// valid tag appended.
 pub fn open_sealed(data: &[u8]) {
@@ -172,19 +175,19 @@ pub fn manifest(data: &[u8]) {
         let entry = EntryKey::from_parts(None, KEY, KEY);
         for index in [0, manifest.chunk_count.saturating_sub(1)] {
             let chunk_key = manifest.chunk_key(&entry, index);
-            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+            assert!(chunk_key.len() <= crate::common::MAX_KEY_LEN);
         }
         for chunk_key in manifest.stored_keys(&entry).take(1000) {
-            assert!(chunk_key.len() <= crate::key::MEMCACHED_MAX_KEY);
+            assert!(chunk_key.len() <= crate::common::MAX_KEY_LEN);
         }
     }
     for iterator in [false, true] {
         let fp = fingerprint::<Sample>(iterator);
         for encryption in [None, Some(&key)] {
             let _ = Manifest::decode(KEY, data, fp, encryption);
-            let flags = flags & (codec::FLAG_COMPRESSED | codec::FLAG_ITERATOR);
+            let flags = flags & (envelope::FLAG_COMPRESSED | envelope::FLAG_ITERATOR);
             if let Ok(sealed) =
-                codec::seal_envelope(KEY, Kind::Manifest, flags, fp, body, encryption)
+                envelope::seal_envelope(KEY, Kind::Manifest, flags, fp, body, encryption)
             {
                 let _ = Manifest::decode(KEY, &sealed, fp, encryption);
             }
@@ -245,19 +248,22 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
     let entry = EntryKey::from_parts(None, &full_key, KEY);
     let encryption = plan.encrypt.then_some(&key);
     let cooked = !plan.raw;
+    let pipeline = Pipeline {
+        backend: Arc::clone(&config.backend),
+        counters: Arc::clone(&config.counters),
+        key: entry.clone(),
+        encryption: encryption.filter(|_| cooked).cloned(),
+    };
     let mut writer = StreamWriter::new(
-        Arc::clone(&config.backend),
-        Arc::clone(&config.counters),
-        entry.clone(),
+        pipeline,
         TTL,
         plan.chunk_size,
         (cooked && plan.compress).then_some(1),
-        encryption.filter(|_| cooked),
         iterator,
     );
     writer.write_plain(payload);
     let stored_encryption = encryption.filter(|_| cooked);
-    if writer.finish(fp, stored_encryption).is_err() {
+    if writer.finish(fp).is_err() {
         return;
     }
     let backend = &config.backend;
@@ -268,7 +274,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
         return;
     };
     if plan.raw && plan.compress {
-        manifest.flags |= codec::FLAG_COMPRESSED;
+        manifest.flags |= envelope::FLAG_COMPRESSED;
     }
     let payload_len = payload.len() as u64;
     match plan.manifest_tweak % 8 {
@@ -388,7 +394,7 @@ pub fn lock(data: &[u8]) {
     let options = LockOptions::new().blocking(false);
     let backend = Arc::clone(&config.backend);
 
-    let mut lock = CacheLock::for_full_key(&config, KEY, options);
+    let mut lock = CacheLock::for_stored_key(&config, KEY, options);
     let lock_key = lock.full_cache_key().to_owned();
     backend.set(&lock_key, data, TTL).expect("memory backend");
     assert!(!lock.acquire().expect("memory backend"));
@@ -405,7 +411,7 @@ pub fn lock(data: &[u8]) {
     // Held, then taken over (as after an expiry) by a holder whose token is
     // `data`.
     backend.delete(&lock_key).expect("memory backend");
-    let mut lock = CacheLock::for_full_key(&config, KEY, options);
+    let mut lock = CacheLock::for_stored_key(&config, KEY, options);
     assert!(lock.acquire().expect("memory backend"));
     backend.set(&lock_key, data, TTL).expect("memory backend");
     if data.first().is_some_and(|b| b & 1 == 1) {
@@ -462,12 +468,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "envelope" => {
             for encryption in [None, Some(&key)] {
                 let encoded = [
-                    codec::encode_value(KEY, &42u64, encryption),
-                    codec::encode_value(KEY, &"a string".to_owned(), encryption),
-                    codec::encode_value(KEY, &vec![1u8, 2, 3], encryption),
-                    codec::encode_value(KEY, &sample(3), encryption),
-                    codec::encode_value(KEY, &vec![sample(1), sample(2)], encryption),
-                    codec::encode_value(KEY, &Some(Child::Text("x".into())), encryption),
+                    envelope::encode_value(KEY, &42u64, encryption),
+                    envelope::encode_value(KEY, &"a string".to_owned(), encryption),
+                    envelope::encode_value(KEY, &vec![1u8, 2, 3], encryption),
+                    envelope::encode_value(KEY, &sample(3), encryption),
+                    envelope::encode_value(KEY, &vec![sample(1), sample(2)], encryption),
+                    envelope::encode_value(KEY, &Some(Child::Text("x".into())), encryption),
                 ];
                 valid.extend(encoded.into_iter().map(|e| e.expect("encodes")));
             }
@@ -483,7 +489,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             valid.push(vec![16u8; 48]);
         }
         "manifest" => {
-            for (flags, payload) in [(0, 0), (codec::FLAG_COMPRESSED, 5000), (0x80, 3000)] {
+            for (flags, payload) in [(0, 0), (envelope::FLAG_COMPRESSED, 5000), (0x80, 3000)] {
                 let manifest = example_manifest(payload, flags & 0x80 != 0);
                 let mut input = vec![flags];
                 input.extend(manifest.to_body());
@@ -500,7 +506,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             forged.chunk_count = u32::MAX;
             forged.stored_len = 1 << 60;
             forged.plain_len = 1 << 60;
-            let mut input = vec![codec::FLAG_ITERATOR];
+            let mut input = vec![envelope::FLAG_ITERATOR];
             input.extend(forged.to_body());
             valid.push(input);
         }
@@ -533,7 +539,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                     inner: vec![Child::Pair(n as u8, vec![n as u32; 3])],
                 };
                 let item = postcard::to_stdvec(&child).expect("encodes");
-                codec::write_varint(item.len() as u64, &mut framed);
+                write_varint(item.len() as u64, &mut framed);
                 framed.extend(item);
             }
             for control in [[0, 255, 6, 0], [1, 40, 6, 0], [3, 16, 6, 0], [2, 9, 6, 0]] {
@@ -578,7 +584,7 @@ fn mutations(seed: &[u8]) -> Vec<Vec<u8>> {
 
 fn deflate(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut deflater = codec::Deflater::new(1);
+    let mut deflater = Deflater::new(1);
     deflater.write(data, &mut |piece| out.extend_from_slice(piece));
     deflater.finish(&mut |piece| out.extend_from_slice(piece));
     out
@@ -600,18 +606,32 @@ fn written_manifest(
     let config = Config::new(MemoryBackend::new());
     let key = key();
     let encryption = encrypted.then_some(&key);
-    let mut writer = StreamWriter::new(
-        Arc::clone(&config.backend),
-        Arc::clone(&config.counters),
-        EntryKey::from_parts(None, KEY, KEY),
-        TTL,
-        chunk_size,
-        compression,
-        encryption,
-        false,
-    );
+    let pipeline = Pipeline {
+        backend: Arc::clone(&config.backend),
+        counters: Arc::clone(&config.counters),
+        key: EntryKey::from_parts(None, KEY, KEY),
+        encryption: encryption.cloned(),
+    };
+    let mut writer = StreamWriter::new(pipeline, TTL, chunk_size, compression, false);
     writer.write_plain(&vec![7u8; len]);
-    writer.finish(0, encryption).expect("memory backend");
+    writer.finish(0).expect("memory backend");
     let bytes = config.backend.get(KEY).ok().flatten().expect("stored");
     Manifest::decode(KEY, &bytes, 0, encryption).expect("valid")
+}
+
+/// The lock key of the entry stored under `stored` in `namespace`, for the
+/// property tests of derived keys.
+pub fn lock_key(namespace: Option<&str>, stored: &str) -> String {
+    crate::format::key::lock_key(namespace, stored)
+}
+
+/// The key of data chunk `index` of write `write_id` of the entry stored
+/// (and bound) under `stored` in `namespace`.
+pub fn chunk_key(namespace: Option<&str>, stored: &str, write_id: [u8; 8], index: u32) -> String {
+    crate::format::key::EntryKey::from_parts(namespace, stored, stored).derived(
+        crate::format::key::Derived::Chunk {
+            write: &crate::format::crypto::hex(&write_id),
+            index,
+        },
+    )
 }

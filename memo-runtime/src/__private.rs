@@ -41,6 +41,7 @@ pub mod v0_1 {
     }
 
     /// Clears the refresh flag on drop.
+    #[derive(Debug)]
     pub struct RefreshGuard(());
 
     impl Drop for RefreshGuard {
@@ -94,7 +95,7 @@ pub mod v0_1 {
         key: K,
         compute: F,
         options: &Options,
-    ) -> crate::memoize::MemoIter<T, I, F>
+    ) -> crate::api::MemoIter<T, I, F>
     where
         T: Serialize + DeserializeOwned,
         I: IntoIterator<Item = T>,

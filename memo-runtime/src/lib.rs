@@ -31,48 +31,69 @@
 //! The [`cache_memoize`](macro@cache_memoize) attribute does the same for a
 //! whole function; the functional API here is what it expands to.
 //!
-//! # Modules
+//! # Public surface
 //!
-//! - [`key`]: how keys are built, escaped and hashed.
-//! - [`codec`]: the envelope every stored value travels in.
-//! - [`crypto`]: AES-CBC with HMAC-SHA256, encrypt-then-MAC.
-//! - [`chunk`]: splitting large values and iterators over several entries.
-//! - [`lock`]: the cache-backed lock.
-//! - [`mod@config`]: the global configuration.
-//! - [`backend`]: the storage engines.
-//! - [`mod@stats`]: counters of what the cache did.
-//! - [`memoize`]: the functional API.
+//! Everything a user programs against is re-exported here: the functional
+//! API, [`Options`], [`Config`], [`CacheKey`], [`CacheLock`], [`Stats`],
+//! the error types, and the [`backend`] module with the [`Backend`] trait
+//! and the shipped engines. The stored format (envelopes, manifests,
+//! chunk keys) is private, so it can change without breaking a user.
+//!
+//! # Layers
+//!
+//! The modules are layers, each using only those below it:
+//!
+//! 1. `api`: the entry points ([`cache_memoize`](fn@cache_memoize) and
+//!    friends, [`MemoIter`]), each a few lines handing off to the policy.
+//! 2. `policy`: the one memoize algorithm (look up, lock, look again,
+//!    compute, store), what a failure means, and the chunked pipeline that
+//!    drives the backend for large values and iterators.
+//! 3. `lock`: [`CacheLock`], built on the backend's atomic `add`.
+//! 4. `config`: [`Config`], from code, a URL or the environment; the global
+//!    slot; and `Config::resolve`, the one rule turning a key into what is
+//!    stored, for values and locks alike.
+//! 5. `backend`: the [`Backend`] trait, the memory engine, and the network
+//!    clients over one shared connection pool (`backend::net`).
+//! 6. `format`: the stored format, pure bytes in and bytes out: keys,
+//!    envelope, postcard, zlib, crypto, manifests, type fingerprints.
+//! 7. `common`: the parsed cache URL, the shared error types, the counters
+//!    behind [`stats`], the fixed hash.
 
-#![warn(missing_docs)]
-
+mod api;
 pub mod backend;
-pub mod chunk;
-pub mod codec;
-pub mod config;
-pub mod crypto;
-pub mod key;
-pub mod lock;
-pub mod memoize;
-mod schema;
-pub mod stats;
+mod common;
+mod config;
+mod format;
+mod lock;
+mod policy;
 
+#[cfg(feature = "__fuzz")]
 #[doc(hidden)]
 pub mod __fuzz;
 #[doc(hidden)]
 pub mod __private;
 
+pub use api::{
+    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
+    try_cache_memoize,
+};
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
-pub use backend::{Backend, BackendError, MemoryBackend};
-pub use config::{CacheUrl, Config, ConfigError, config, configure};
-pub use crypto::{EncryptionKey, KeyError};
-pub use key::CacheKey;
-pub use lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
-pub use memo_macros::{cache_memoize, cache_memoize_iter};
-pub use memoize::{
-    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
-    try_cache_memoize,
+pub use backend::{Backend, BackendError, BackendErrorKind, MemoryBackend};
+pub use common::counters::Stats;
+pub use common::error::KeyError;
+pub use config::{
+    CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure, stats,
 };
-pub use stats::{Stats, stats};
+pub use format::crypto::EncryptionKey;
+pub use format::key::CacheKey;
+pub use format::manifest::MAX_OVERHEAD as MAX_MANIFEST_OVERHEAD;
+pub use lock::{
+    CacheLock, CacheLockGuard, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
+    LockError, LockOptions,
+};
+pub use memo_macros::{cache_memoize, cache_memoize_iter};
+pub use policy::stream::{BATCH_CHUNKS, SUPERSEDED_GRACE};

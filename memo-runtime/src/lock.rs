@@ -19,9 +19,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError};
+use crate::common::counters::Counters;
 use crate::config::Config;
-use crate::key::{CacheKey, lock_key};
-use crate::stats::Counters;
+use crate::format::key::{CacheKey, lock_key};
 
 /// Default time a lock entry lives before it expires on its own.
 pub const DEFAULT_LOCK_EXPIRATION: Duration = Duration::from_secs(30);
@@ -46,6 +46,7 @@ pub const DEFAULT_LOCK_RETRY: Duration = Duration::from_millis(50);
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "lock options do nothing until passed to Options::lock or CacheLock::options"]
 pub struct LockOptions {
     pub(crate) blocking: bool,
     pub(crate) timeout: Duration,
@@ -142,6 +143,7 @@ pub enum LockError {
 /// assert!(other.acquire().unwrap());
 /// # other.release().unwrap();
 /// ```
+#[must_use = "a lock does nothing until acquired"]
 pub struct CacheLock {
     backend: Arc<dyn Backend>,
     counters: Arc<Counters>,
@@ -167,26 +169,23 @@ impl CacheLock {
     /// acquired until [`acquire`](Self::acquire).
     pub fn new(key: impl Into<CacheKey>) -> CacheLock {
         let config = crate::config::config();
-        let encryption = config
-            .force_encryption
-            .then(|| crate::memoize::effective_key(&config, None));
-        let full = crate::key::full_key(
-            config.namespace.as_deref(),
-            &key.into(),
-            encryption.as_ref(),
-        );
-        Self::for_full_key(&config, &full, LockOptions::default())
+        let resolved = config.resolve(&key.into(), None, None);
+        Self::for_stored_key(&config, resolved.key.stored(), LockOptions::default())
     }
 
-    /// A lock guarding the memoized entry stored under `full_key`.
-    pub(crate) fn for_full_key(config: &Config, full_key: &str, options: LockOptions) -> CacheLock {
+    /// A lock guarding the memoized entry stored under `stored_key`.
+    pub(crate) fn for_stored_key(
+        config: &Config,
+        stored_key: &str,
+        options: LockOptions,
+    ) -> CacheLock {
         let mut token = [0u8; 16];
-        crate::crypto::fill_random(&mut token);
+        crate::format::crypto::fill_random(&mut token);
         CacheLock {
             backend: Arc::clone(&config.backend),
             counters: Arc::clone(&config.counters),
-            full_cache_key: lock_key(config.namespace.as_deref(), full_key),
-            token: crate::crypto::hex(&token),
+            full_cache_key: lock_key(config.namespace.as_deref(), stored_key),
+            token: crate::format::crypto::hex(&token),
             options,
             expires_at: None,
         }
@@ -223,7 +222,7 @@ impl CacheLock {
     }
 
     /// The key the lock entry is stored under: the lock key derived from
-    /// the entry's stored key (see [`key`](crate::key)).
+    /// the entry's stored key (see [`CacheKey`]).
     pub fn full_cache_key(&self) -> &str {
         &self.full_cache_key
     }
@@ -252,11 +251,11 @@ impl CacheLock {
             }
             if !waited {
                 waited = true;
-                Counters::add(&self.counters.lock_waits, 1);
+                self.counters.lock_waited();
             }
             let elapsed = start.elapsed();
             if elapsed >= self.options.timeout {
-                Counters::add(&self.counters.lock_timeouts, 1);
+                self.counters.lock_timed_out();
                 return Err(LockError::Timeout {
                     key: self.full_cache_key.clone(),
                     waited: elapsed,
@@ -380,7 +379,7 @@ impl Drop for CacheLockGuard {
 /// `Duration::mul_f64` panics near `Duration::MAX` and a caller may pass it.
 fn jittered(base: Duration) -> Duration {
     let mut bytes = [0u8; 2];
-    crate::crypto::fill_random(&mut bytes);
+    crate::format::crypto::fill_random(&mut bytes);
     let quarter_nanos = base.as_nanos() / 4;
     let extra = quarter_nanos * u128::from(u16::from_le_bytes(bytes)) / u128::from(u16::MAX);
     base.saturating_add(duration_from_nanos(extra))
@@ -415,7 +414,7 @@ mod tests {
     }
 
     fn lock(config: &Config, options: LockOptions) -> CacheLock {
-        CacheLock::for_full_key(config, "job", options)
+        CacheLock::for_stored_key(config, "job", options)
     }
 
     #[test]
@@ -590,8 +589,8 @@ mod tests {
     }
 
     #[test]
-    fn lock_keys_derive_from_the_full_key() {
-        let lock = CacheLock::for_full_key(&config(), "ns:abc", LockOptions::new());
+    fn lock_keys_derive_from_the_stored_key() {
+        let lock = CacheLock::for_stored_key(&config(), "ns:abc", LockOptions::new());
         assert_eq!(lock.full_cache_key(), "\\L:ns:abc");
     }
 }

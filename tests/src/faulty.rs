@@ -69,6 +69,7 @@ impl Faults {
 const FAILURES: [&str; 3] = ["fail", "partial_write", "short_many"];
 
 /// A [`MemoryBackend`] wrapped in seeded misbehaviour.
+#[derive(Debug)]
 pub struct FaultyBackend {
     inner: MemoryBackend,
     faults: Faults,

@@ -22,7 +22,7 @@ pub enum Op {
 }
 
 /// A [`MemoryBackend`] that logs every operation.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RecordingBackend {
     inner: MemoryBackend,
     log: Arc<Mutex<Vec<Op>>>,

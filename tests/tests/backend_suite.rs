@@ -241,7 +241,7 @@ fn backend_contract(fixture: &Fixture) {
     );
 
     // The largest chunk memo writes by default, with room for its envelope.
-    let chunk = noise(99, memo_runtime::config::DEFAULT_CHUNK_SIZE + 256);
+    let chunk = noise(99, memo_runtime::DEFAULT_CHUNK_SIZE + 256);
     backend.set("chunk", &chunk, MINUTE).unwrap();
     assert_eq!(backend.get("chunk").unwrap().as_ref(), Some(&chunk));
 

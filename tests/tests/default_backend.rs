@@ -19,10 +19,10 @@ fn memoizes_on_the_embedded_backend_without_configuration() {
     }
     assert_eq!(calls, 1);
     assert_eq!(stats().hits, 2);
-    assert!(config().namespace_str().is_none());
+    assert!(config().get_namespace().is_none());
     assert_eq!(
-        config().default_expiration_value(),
+        config().get_default_expiration(),
         std::time::Duration::from_secs(30 * 24 * 3600)
     );
-    assert_eq!(config().chunk_size_value(), 1_047_552);
+    assert_eq!(config().get_chunk_size(), 1_047_552);
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use memo_runtime::chunk::MAX_OVERHEAD;
-use memo_runtime::config::MIN_CHUNK_SIZE;
+use memo_runtime::MAX_MANIFEST_OVERHEAD;
+use memo_runtime::MIN_CHUNK_SIZE;
 use memo_runtime::{
     Backend, BackendError, CacheLock, Config, EncryptionKey, LockOptions, MemoryBackend, Options,
     cache_memoize, cache_memoize_iter, configure, invalidate, make_cache_key, stats,
@@ -333,7 +333,7 @@ fn no_stored_item_exceeds_the_chunk_size() {
                 let sizes = stored_sizes(&backend);
                 assert!(sizes.len() >= chunks);
                 for (key, size) in sizes {
-                    assert!(size <= limit + MAX_OVERHEAD, "{key}: {size} bytes");
+                    assert!(size <= limit + MAX_MANIFEST_OVERHEAD, "{key}: {size} bytes");
                     checked += 1;
                 }
             }
@@ -344,7 +344,7 @@ fn no_stored_item_exceeds_the_chunk_size() {
                 1
             );
             for (key, size) in stored_sizes(&backend) {
-                assert!(size <= limit + MAX_OVERHEAD, "{key}: {size} bytes");
+                assert!(size <= limit + MAX_MANIFEST_OVERHEAD, "{key}: {size} bytes");
             }
         }
         assert!(checked > 1400);

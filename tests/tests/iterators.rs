@@ -97,7 +97,7 @@ fn chunks_are_stored_while_the_source_still_runs() {
         .collect();
     assert!(!sets.is_empty(), "batches went out before the source ended");
     assert!(
-        sets.iter().all(|&n| n <= memo_runtime::chunk::BATCH_CHUNKS),
+        sets.iter().all(|&n| n <= memo_runtime::BATCH_CHUNKS),
         "batches are bounded: {sets:?}"
     );
     assert!(

@@ -11,8 +11,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memo_runtime::chunk::Manifest;
-use memo_runtime::key::{EntryKey, lock_key};
+use memo_runtime::__fuzz::{chunk_key, lock_key};
 use memo_runtime::{
     CacheKey, Config, EncryptionKey, MemoryBackend, Options, cache_memoize, cache_memoize_iter,
     configure, make_cache_key, stats,
@@ -317,18 +316,7 @@ proptest! {
                 let ns = (!namespace.is_empty()).then_some(namespace.as_str());
                 let lock = lock_key(ns, &full);
                 prop_assert!(fits_memcached(&lock), "{lock:?}");
-                let manifest = Manifest {
-                    write_id,
-                    chunk_size: 1024,
-                    chunk_count: 1,
-                    stored_len: 1,
-                    plain_len: 1,
-                    item_count: 1,
-                    iv: [0; 16],
-                    digests: vec![[0; 32]],
-                    flags: 0,
-                };
-                let chunk = manifest.chunk_key(&EntryKey::from_parts(ns, &full, &full), index);
+                let chunk = chunk_key(ns, &full, write_id, index);
                 prop_assert!(fits_memcached(&chunk), "{chunk:?}");
                 prop_assert_ne!(&chunk, &full);
             }

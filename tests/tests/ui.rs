@@ -4,6 +4,6 @@
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
-    cases.compile_fail("../trybuild/*.rs");
-    cases.pass("../trybuild/pass/*.rs");
+    cases.compile_fail("ui/*.rs");
+    cases.pass("ui/pass/*.rs");
 }

@@ -17,7 +17,8 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{Backend, BackendError};
-use crate::config::{CacheUrl, ConfigError};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
 
 /// The default byte budget of a [`MemoryBackend`]: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -167,6 +168,25 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// Gives the entry under `key` a new `ttl` if its value passes `keep`,
+    /// in one compute on the entry, which moka runs under the key's lock;
+    /// whether it did.
+    fn retouch(&self, key: &str, ttl: Duration, keep: impl Fn(&[u8]) -> bool) -> bool {
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|existing| match existing {
+                Some(entry) if keep(&entry.value().value) => Op::Put(Entry {
+                    value: Arc::clone(&entry.value().value),
+                    ttl: ttl.min(MAX_TTL),
+                }),
+                _ => Op::Nop,
+            });
+        matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
+    }
+}
+
 impl Backend for MemoryBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         Ok(self.cache.get(key).map(|entry| entry.value.to_vec()))
@@ -186,20 +206,7 @@ impl Backend for MemoryBackend {
     }
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) => Op::Put(Entry {
-                    value: Arc::clone(&entry.value().value),
-                    ttl: ttl.min(MAX_TTL),
-                }),
-                None => Op::Nop,
-            });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        Ok(self.retouch(key, ttl, |_| true))
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
@@ -225,20 +232,7 @@ impl Backend for MemoryBackend {
         expected: &[u8],
         ttl: Duration,
     ) -> Result<bool, BackendError> {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) if &*entry.value().value == expected => Op::Put(Entry {
-                    value: Arc::clone(&entry.value().value),
-                    ttl: ttl.min(MAX_TTL),
-                }),
-                _ => Op::Nop,
-            });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        Ok(self.retouch(key, ttl, |value| value == expected))
     }
 }
 

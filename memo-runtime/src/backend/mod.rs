@@ -34,80 +34,19 @@
 //! during the call is replaced within the same deadlines. So a call to a
 //! misbehaving server costs at most `connect_timeout + timeout`.
 
-use std::fmt;
 use std::time::Duration;
 
-#[cfg(any(feature = "memcached", feature = "redis"))]
-mod endpoint;
 pub mod memory;
+#[cfg(any(feature = "memcached", feature = "redis"))]
+mod net;
 
 #[cfg(feature = "memcached")]
 pub mod memcached;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+pub use crate::common::error::{BackendError, BackendErrorKind};
 pub use memory::MemoryBackend;
-
-/// A failure reported by a backend: the server is down, timed out, refused a
-/// value, or answered something the client could not parse.
-///
-/// memo never hands this to the caller of a memoized function: it logs it,
-/// counts it in [`stats`](crate::stats()), and computes the value instead.
-#[derive(Debug)]
-pub struct BackendError {
-    message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
-
-impl BackendError {
-    /// A new error with a message saying what went wrong.
-    ///
-    /// ```
-    /// use memo_runtime::BackendError;
-    /// let err = BackendError::new("connection refused by cache-1:11211");
-    /// assert_eq!(err.to_string(), "connection refused by cache-1:11211");
-    /// ```
-    pub fn new(message: impl Into<String>) -> Self {
-        BackendError {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// A new error that wraps the client library's own error as its source.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        BackendError {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    /// The message, without the source.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for BackendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for BackendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
 
 /// A cache engine storing byte values under string keys.
 ///

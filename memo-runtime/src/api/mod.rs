@@ -1,0 +1,27 @@
+//! The API layer: what a caller programs against. Synchronous entry points
+//! and their options; each hands off to the one policy in `policy`.
+//!
+//! - [`Options`], a call's settings, defined with the policy that reads
+//!   them (`policy::options`);
+//! - `sync`: [`cache_memoize`], [`try_cache_memoize`], [`invalidate`],
+//!   [`make_cache_key`];
+//! - `iter`: [`cache_memoize_iter`] and [`MemoIter`].
+
+use crate::backend::BackendError;
+
+mod iter;
+mod sync;
+
+pub use crate::policy::options::Options;
+pub use iter::{MemoIter, cache_memoize_iter};
+pub use sync::{cache_memoize, invalidate, make_cache_key, try_cache_memoize};
+
+/// A failure of an explicit cache operation such as [`invalidate`].
+/// (Memoized calls never fail because of the cache.)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend failed.
+    #[error("cache backend failed: {0}")]
+    Backend(#[from] BackendError),
+}

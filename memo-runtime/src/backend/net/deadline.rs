@@ -1,0 +1,239 @@
+//! Deadlines, not per-read timeouts: the budget of one call, and a TCP
+//! stream whose every read and write waits at most for the time left (see
+//! the `net` module docs).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::{MAX_TUNING, Settings};
+
+/// `from + duration`, or as late as representable near that: never panics.
+pub(crate) fn later(from: Instant, duration: Duration) -> Instant {
+    from.checked_add(duration.min(MAX_TUNING))
+        .or_else(|| from.checked_add(Duration::from_secs(24 * 60 * 60)))
+        .unwrap_or(from)
+}
+
+/// The deadlines of one call (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// When every connection attempt of the call must be done.
+    connect_by: Instant,
+    /// When every read and write of the call must be done; pushed back by
+    /// the time spent connecting.
+    pub(crate) io_by: Instant,
+}
+
+impl Budget {
+    /// The budget of a call starting now.
+    pub(crate) fn start(settings: &Settings) -> Budget {
+        let now = Instant::now();
+        Budget {
+            connect_by: later(now, settings.connect_timeout),
+            io_by: later(now, settings.timeout),
+        }
+    }
+
+    /// Opens a TCP connection to `host:port` within the connect deadline,
+    /// then runs `handshake` on it (a stream bounded by the same deadline);
+    /// the time it all took is added to the I/O deadline.
+    pub(crate) fn connect<T>(
+        &mut self,
+        host: &str,
+        port: u16,
+        handshake: impl FnOnce(DeadlineStream) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let started = Instant::now();
+        let result = connect(host, port, self.connect_by).and_then(|stream| {
+            stream.set_nodelay(true)?;
+            handshake(DeadlineStream::new(stream, self.connect_by))
+        });
+        self.io_by = later(self.io_by, started.elapsed());
+        result
+    }
+}
+
+/// A TCP stream whose reads and writes fail with `TimedOut` once its
+/// deadline has passed, each one waiting at most for the time left.
+#[derive(Debug)]
+pub(crate) struct DeadlineStream {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    pub(crate) fn new(stream: TcpStream, deadline: Instant) -> Self {
+        DeadlineStream { stream, deadline }
+    }
+
+    pub(crate) fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
+    /// The time left, or `TimedOut` when there is none.
+    fn remaining(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        Ok(left)
+    }
+
+    /// Whether the connection can be reused: nothing unread is waiting on
+    /// it (a stray reply would be read as the answer to the next command)
+    /// and the peer has not closed it.
+    pub(crate) fn is_clean(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let idle = matches!(
+            self.stream.peek(&mut byte),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock
+        );
+        self.stream.set_nonblocking(false).is_ok() && idle
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the call's deadline passed")
+}
+
+/// A socket timeout shows as `WouldBlock` on Unix; name it for what it is.
+fn deadline_error(err: io::Error) -> io::Error {
+    if err.kind() == io::ErrorKind::WouldBlock {
+        timed_out()
+    } else {
+        err
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.remaining()?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf).map_err(deadline_error)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.remaining()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write(buf).map_err(deadline_error)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Connects to `host:port` by `deadline`, trying each address in turn.
+fn connect(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address found");
+    for address in resolve(host, port, deadline)? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        match TcpStream::connect_timeout(&address, left) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = deadline_error(err),
+        }
+    }
+    Err(last_error)
+}
+
+/// The addresses of `host`, resolved by `deadline`. The system resolver
+/// has no timeout (a dead DNS server blocks it for many seconds), so a name
+/// is resolved on a helper thread that this call stops waiting for at the
+/// deadline; the thread finishes on its own later. IP addresses, the usual
+/// case for cache servers, need no thread.
+fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if deadline <= Instant::now() {
+        return Err(timed_out());
+    }
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("memo-resolve".to_owned())
+        .spawn(move || {
+            let addresses = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|found| found.collect::<Vec<_>>());
+            // The caller may have stopped waiting; nothing to do then.
+            let _ = sender.send(addresses);
+        })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    match receiver.recv_timeout(left) {
+        Ok(addresses) => addresses,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} took longer than the connect timeout"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_within_the_deadline_and_addresses_need_no_lookup() {
+        let soon = later(Instant::now(), Duration::from_secs(5));
+        let ip = resolve("127.0.0.1", 7, Instant::now()).unwrap();
+        assert_eq!(ip, [SocketAddr::from(([127, 0, 0, 1], 7))]);
+        let v6 = resolve("::1", 7, Instant::now()).unwrap();
+        assert_eq!(v6.len(), 1);
+        let found = resolve("localhost", 7, soon).unwrap();
+        assert!(found.iter().all(|address| address.ip().is_loopback()));
+        let err = resolve("localhost", 7, Instant::now()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_deadline_stream_times_out_after_its_deadline_not_per_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            // A byte every 100 ms: each read is quick, the whole is not.
+            for _ in 0..20 {
+                if peer.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(350);
+        let mut stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), deadline);
+        let mut all = Vec::new();
+        let err = stream.read_to_end(&mut all).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!((3..=5).contains(&all.len()), "read {} bytes", all.len());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(600), "took {took:?}");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!stream.is_clean(), "a stray byte is waiting");
+        drop(stream);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn only_a_quiet_open_connection_is_clean() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let far = later(Instant::now(), Duration::from_secs(5));
+        let stream = DeadlineStream::new(TcpStream::connect(address).unwrap(), far);
+        let (peer, _) = listener.accept().unwrap();
+        assert!(stream.is_clean());
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!stream.is_clean(), "closed by the peer");
+    }
+}

@@ -1,0 +1,468 @@
+//! The Redis backend: one Redis server, spoken to over RESP2.
+//!
+//! Each memo operation is one Redis round trip: `GET`, `MGET` for
+//! `get_many`, `SET key value PX ms` (pipelined for `set_many`), `SET ... NX
+//! PX` for `add`, `PEXPIRE` for `touch`, `DEL`, and Lua scripts for
+//! `delete_if_value` and `touch_if_value`, so a lock holder whose lock
+//! expired can never delete or extend the token of the caller that took the
+//! lock after it. With a password or a database in the URL, each new
+//! connection first sends `AUTH` and `SELECT`.
+//!
+//! The protocol is spoken here rather than through the `redis` crate's
+//! synchronous connection because that connection only has per-read
+//! timeouts (a server trickling its reply holds a caller for a timeout per
+//! byte) and cannot tell whether a connection is still in step after an
+//! error. RESP2 for these few commands is a short encoder and a strict
+//! parser with bounded lengths.
+//!
+//! This file is the client; `protocol` speaks RESP2, and connections,
+//! deadlines and back-off are `backend::net`, shared with memcached.
+//!
+//! Connections live in a pool of idle ones; a caller takes one or opens a
+//! new one, so concurrent callers never queue behind one socket. Each call
+//! runs under deadlines (see the `net` module): connecting, the
+//! handshake included, within 250 ms and all of its reads and writes within
+//! 1 s by default. After an I/O failure, a timeout or a reply that does not
+//! parse, the server is skipped for a back-off that starts at 500 ms and
+//! doubles up to 5 s: calls fail at once with a [`BackendError`] instead of
+//! waiting on a dead host, and only one caller at a time probes the server
+//! again. Each outage is logged once when it starts and once when the
+//! server is back. An error reply (`-ERR ...`) fails only its call, and
+//! leaves the connection in step. A connection goes back to the pool only
+//! when every reply of the call was read whole; a pooled one with stray
+//! bytes waiting, or closed by a server restart, is never reused.
+//!
+//! TTLs are sent as `PX` milliseconds, at least one, and at most
+//! [`MAX_TTL_MILLIS`]: Redis refuses a `PX` that would overflow its clock
+//! when added to the current time, and a refused `SET` would not cache at
+//! all.
+//!
+//! TLS (`rediss://`) is not built in: it would pull a TLS stack into every
+//! build. Run a TLS proxy such as stunnel next to the service instead.
+
+use std::time::Duration;
+
+use super::net::pool::{Conn, OpError, Pool};
+use super::net::{self, Settings};
+pub use super::net::{
+    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
+    DEFAULT_TIMEOUT,
+};
+use super::{Backend, BackendError};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
+use protocol::Value;
+
+mod protocol;
+
+/// The port Redis listens on when a server is named without one.
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// The longest `PX` sent: Redis refuses one that overflows a signed 64-bit
+/// millisecond clock once the current time is added, so half of that
+/// range, about 146 million years, is always accepted.
+pub const MAX_TTL_MILLIS: u64 = (i64::MAX / 2) as u64;
+
+/// Value bytes sent in one `set_many` pipeline, so a large batch goes out
+/// in slices this size and its replies are read in between.
+const MAX_PIPELINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Deletes `KEYS[1]` only if it holds `ARGV[1]`. Redis runs a script
+/// atomically, so nothing can replace the value between the read and the
+/// delete.
+const DELETE_IF_VALUE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Sets the expiry of `KEYS[1]` to `ARGV[2]` milliseconds only if it holds
+/// `ARGV[1]`, atomically like [`DELETE_IF_VALUE`].
+const TOUCH_IF_VALUE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// A client for one Redis server (or anything speaking its protocol:
+/// Valkey, KeyDB, Dragonfly).
+///
+/// Creating one opens no connection, so a service starts even when its
+/// cache is down; connections are opened on first use and kept in a pool.
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{Config, RedisBackend, configure};
+///
+/// let backend = RedisBackend::new("10.0.0.7:6379")?
+///     .database(2)
+///     .password(None, "s3cret")
+///     .timeout(Duration::from_millis(500));
+/// configure(Config::new(backend).namespace("shop"));
+/// # configure(Config::new(memo_runtime::MemoryBackend::new()));
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+///
+/// The same from a URL (`/2` is the database, the password comes before
+/// the `@`):
+///
+/// ```
+/// use memo_runtime::Config;
+///
+/// let config = Config::from_url("redis://:s3cret@10.0.0.7:6379/2?namespace=shop&timeout_ms=500")?;
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+#[must_use = "a backend does nothing until passed to Config::new"]
+pub struct RedisBackend {
+    name: String,
+    db: u32,
+    username: Option<String>,
+    password: Option<String>,
+    settings: Settings,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("server", &self.name)
+            .field("database", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// A client for the server at `address` (`host:port`, `host` for port
+    /// 6379, or `[v6]:port`), database 0, no password, default timeouts.
+    ///
+    /// Fails only on a malformed address: nothing is resolved or connected
+    /// until the first call.
+    pub fn new(address: &str) -> Result<Self, ConfigError> {
+        let (host, port) = net::split_host_port(address, DEFAULT_PORT)?;
+        Ok(RedisBackend {
+            name: address.to_owned(),
+            db: 0,
+            username: None,
+            password: None,
+            settings: Settings::default(),
+            pool: Pool::new(format!("redis {address}"), host, port, "error reply: "),
+        })
+    }
+
+    /// Selects database `db` (URL: the path, `redis://host:port/2`).
+    pub fn database(mut self, db: u32) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Authenticates with `password`, as `username` when given (Redis 6
+    /// ACLs) or as the default user (URL: `redis://user:password@host` or
+    /// `redis://:password@host`).
+    pub fn password(mut self, username: Option<&str>, password: &str) -> Self {
+        self.username = username.map(str::to_owned);
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    net::tuning_setters!();
+
+    /// The server, as given.
+    pub fn server(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: reason.to_owned(),
+        };
+        if url.scheme == "rediss" {
+            return Err(invalid(
+                "rediss:// (TLS) is not supported; reach Redis over redis:// through a local TLS proxy",
+            ));
+        }
+        let host = match url.hosts.as_slice() {
+            [host] => host,
+            [] => {
+                return Err(invalid(
+                    "redis:// needs a host, e.g. redis://127.0.0.1:6379",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "redis:// takes one host; memo does not shard over several Redis servers",
+                ));
+            }
+        };
+        let mut backend = Self::new(host)?;
+        if !url.path.is_empty() {
+            let db = url.path.parse().map_err(|_| {
+                url.invalid_value(
+                    "database",
+                    &url.path,
+                    "expected a database number, as in redis://host:6379/2",
+                )
+            })?;
+            backend = backend.database(db);
+        }
+        if let Some(userinfo) = &url.userinfo {
+            let (username, password) = userinfo
+                .split_once(':')
+                .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
+            backend = backend.password((!username.is_empty()).then_some(username), password);
+        }
+        backend.settings.apply_url_params(url)?;
+        Ok(backend)
+    }
+
+    /// Runs `op` on a pooled connection (see `net::pool`).
+    fn run<T>(
+        &self,
+        mut op: impl FnMut(&mut Conn) -> Result<T, OpError>,
+    ) -> Result<T, BackendError> {
+        self.pool
+            .run(&self.settings, &|conn| self.handshake(conn), &mut op)
+    }
+
+    /// Authenticates and selects the database on a new connection.
+    fn handshake(&self, conn: &mut Conn) -> Result<(), OpError> {
+        if let Some(password) = &self.password {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(username) = &self.username {
+                auth.push(username.as_bytes());
+            }
+            auth.push(password.as_bytes());
+            conn.command(&auth)?.ok("AUTH")?;
+        }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            conn.command(&[b"SELECT", db.as_bytes()])?.ok("SELECT")?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for RedisBackend {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.run(|conn| conn.command(&[b"GET", key.as_bytes()])?.bulk("GET"))
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(b"MGET");
+        args.extend(keys.iter().map(|key| key.as_bytes()));
+        self.run(|conn| {
+            let Value::Array(values) = conn.command(&args)? else {
+                return Err(OpError::Protocol("MGET answered a non-array".to_owned()));
+            };
+            if values.len() != keys.len() {
+                return Err(OpError::Protocol(format!(
+                    "MGET of {} keys answered {} values",
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            values.into_iter().map(|value| value.bulk("MGET")).collect()
+        })
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            conn.command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?
+                .ok("SET")
+        })
+    }
+
+    fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < items.len() && (end == start || bytes < MAX_PIPELINE_BYTES) {
+                bytes += items[end].1.len();
+                end += 1;
+            }
+            let slice = &items[start..end];
+            self.run(|conn| {
+                conn.out.clear();
+                for (key, value) in slice {
+                    conn.push_command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?;
+                }
+                conn.flush()?;
+                // Every reply is read, even after an error reply, so that
+                // the connection stays in step; the first error is kept.
+                let mut first_error = None;
+                for _ in slice {
+                    match conn.value()?.ok("SET") {
+                        Ok(()) => {}
+                        Err(OpError::Refused(message)) => {
+                            first_error.get_or_insert(OpError::Refused(message));
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            })?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            match conn.command(&[
+                b"SET",
+                key.as_bytes(),
+                value,
+                b"NX",
+                b"PX",
+                millis.as_bytes(),
+            ])? {
+                Value::Status(status) if status == "OK" => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(other.unexpected("SET NX")),
+            }
+        })
+    }
+
+    fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            let touched = conn
+                .command(&[b"PEXPIRE", key.as_bytes(), millis.as_bytes()])?
+                .int("PEXPIRE")?;
+            Ok(touched == 1)
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.run(|conn| Ok(conn.command(&[b"DEL", key.as_bytes()])?.int("DEL")? > 0))
+    }
+
+    /// Atomic, through a Lua script.
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        self.run(|conn| {
+            let deleted = conn
+                .script(DELETE_IF_VALUE, key, &[expected])?
+                .int("EVAL")?;
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Atomic, through a Lua script.
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        self.run(|conn| {
+            let touched = conn
+                .script(TOUCH_IF_VALUE, key, &[expected, millis.as_bytes()])?
+                .int("EVAL")?;
+            Ok(touched == 1)
+        })
+    }
+}
+
+/// `PX` takes whole milliseconds, at least one, at most [`MAX_TTL_MILLIS`].
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(MAX_TTL_MILLIS)
+        .clamp(1, MAX_TTL_MILLIS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str) -> Result<RedisBackend, ConfigError> {
+        RedisBackend::from_url_parts(&CacheUrl::parse(url).unwrap())
+    }
+
+    #[test]
+    fn url_with_database_credentials_and_tuning_is_parsed() {
+        let backend = backend(
+            "redis://app:pa%3Ass@cache:6380/3?connect_timeout_ms=50&timeout_ms=70&pool_size=2&backoff_ms=10&max_backoff_ms=20",
+        )
+        .unwrap();
+        assert_eq!(backend.server(), "cache:6380");
+        assert_eq!(backend.pool.address(), ("cache", 6380));
+        assert_eq!(backend.db, 3);
+        assert_eq!(backend.username.as_deref(), Some("app"));
+        assert_eq!(backend.password.as_deref(), Some("pa:ss"));
+        assert_eq!(backend.settings.connect_timeout, Duration::from_millis(50));
+        assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+        assert_eq!(backend.settings.pool_size, 2);
+        assert_eq!(backend.settings.backoff, Duration::from_millis(10));
+        assert_eq!(backend.settings.max_backoff, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn password_only_and_defaults() {
+        let backend = backend("redis://:secret@[::1]").unwrap();
+        assert_eq!(backend.pool.address(), ("::1", DEFAULT_PORT));
+        assert_eq!(backend.db, 0);
+        assert_eq!(backend.username, None);
+        assert_eq!(backend.password.as_deref(), Some("secret"));
+        assert_eq!(backend.settings.timeout, DEFAULT_TIMEOUT);
+        assert!(
+            !format!("{backend:?}").contains("secret"),
+            "the password is never shown"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_clear_errors() {
+        for url in [
+            "redis://",
+            "redis://a:1,b:2",
+            "redis://a:1/x",
+            "redis://a:1/-1",
+            "redis://user@a:1",
+            "redis://a:0",
+            "redis://a:1?timeout_ms=0",
+            "redis://a:1?pool_size=many",
+            "redis://a:1?colour=blue",
+            "rediss://a:1",
+        ] {
+            assert!(backend(url).is_err(), "{url} was accepted");
+        }
+        let err = backend("rediss://a:1").unwrap_err().to_string();
+        assert!(err.contains("TLS"), "{err}");
+    }
+
+    #[test]
+    fn ttls_are_whole_milliseconds_of_at_least_one() {
+        assert_eq!(ttl_millis(Duration::from_micros(10)), 1);
+        assert_eq!(
+            ttl_millis(Duration::from_secs(30 * 24 * 3600)),
+            2_592_000_000
+        );
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+        assert_eq!(ttl_millis(Duration::MAX), MAX_TTL_MILLIS);
+        assert_eq!(ttl_millis(Duration::from_secs(u64::MAX)), MAX_TTL_MILLIS);
+    }
+
+    #[test]
+    fn a_dead_server_fails_fast_and_is_skipped_during_back_off() {
+        let backend = RedisBackend::new("127.0.0.1:9").unwrap();
+        let started = std::time::Instant::now();
+        assert!(backend.set("k", b"v", Duration::from_secs(60)).is_err());
+        let err = backend.get("k").unwrap_err().to_string();
+        assert!(err.contains("unavailable"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+}

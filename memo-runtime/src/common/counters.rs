@@ -1,0 +1,186 @@
+//! Counters of what the cache did, and the once-per-episode failure log.
+//!
+//! Every configuration carries its own counters, so `stats()` reports what
+//! happened since the last [`configure`](crate::configure) call. Counting is
+//! a relaxed atomic add per event: cheap enough for the hit path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::error::BackendError;
+
+/// A snapshot of the counters of the configuration in force.
+///
+/// ```
+/// use memo_runtime::{cache_memoize, stats, Options};
+///
+/// let before = stats();
+/// let _: u32 = cache_memoize("stats-doc-example", || 7, &Options::new());
+/// let _: u32 = cache_memoize("stats-doc-example", || 7, &Options::new());
+/// let after = stats();
+/// assert!(after.hits > before.hits);
+/// assert!(after.misses > before.misses);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls answered from the cache.
+    pub hits: u64,
+    /// Calls that had to compute (nothing usable in the cache).
+    pub misses: u64,
+    /// Values written to the cache (a chunked value counts once).
+    pub stores: u64,
+    /// Backend operations that failed (errors, timeouts, servers down), and
+    /// values that could not be stored.
+    pub errors: u64,
+    /// Of those failures, the ones that were timeouts
+    /// ([`BackendError::is_timeout`](crate::BackendError::is_timeout)).
+    pub timeouts: u64,
+    /// Entries read back that did not check out (corrupt, truncated,
+    /// tampered with, of another type or format) and were treated as misses.
+    pub invalid: u64,
+    /// Bytes read from the backend.
+    pub bytes_read: u64,
+    /// Bytes written to the backend.
+    pub bytes_written: u64,
+    /// Times a memoized call found its lock held and waited.
+    pub lock_waits: u64,
+    /// Times a wait for a lock timed out (the caller computed anyway).
+    pub lock_timeouts: u64,
+}
+
+/// The live counters behind [`Stats`], counted by event.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stores: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    invalid: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
+    /// Whether the backend is in a failure episode; logging happens on the
+    /// transitions only, so a dead server does not flood the log.
+    failing: AtomicBool,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// A call answered from the cache.
+    pub(crate) fn hit(&self) {
+        bump(&self.hits, 1);
+    }
+
+    /// A call that had to compute.
+    pub(crate) fn miss(&self) {
+        bump(&self.misses, 1);
+    }
+
+    /// A value written to the cache (a chunked one counts once).
+    pub(crate) fn stored(&self) {
+        bump(&self.stores, 1);
+    }
+
+    /// `n` bytes read from the backend.
+    pub(crate) fn read(&self, n: usize) {
+        bump(&self.bytes_read, n as u64);
+    }
+
+    /// `n` bytes written to the backend.
+    pub(crate) fn wrote(&self, n: usize) {
+        bump(&self.bytes_written, n as u64);
+    }
+
+    /// A memoized call found its lock held and waited.
+    pub(crate) fn lock_waited(&self) {
+        bump(&self.lock_waits, 1);
+    }
+
+    /// A wait for a lock timed out.
+    pub(crate) fn lock_timed_out(&self) {
+        bump(&self.lock_timeouts, 1);
+    }
+
+    /// A value that could not be stored for a reason of its own (it does
+    /// not serialize, it is too large), logged by the caller.
+    pub(crate) fn unstorable(&self) {
+        bump(&self.errors, 1);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            stores: get(&self.stores),
+            errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
+            invalid: get(&self.invalid),
+            bytes_read: get(&self.bytes_read),
+            bytes_written: get(&self.bytes_written),
+            lock_waits: get(&self.lock_waits),
+            lock_timeouts: get(&self.lock_timeouts),
+        }
+    }
+
+    /// Counts a failed backend operation; logs a warning, with the kind of
+    /// failure, when it starts a failure episode and a debug line otherwise.
+    pub(crate) fn backend_failed(&self, what: &str, error: &BackendError) {
+        bump(&self.errors, 1);
+        if error.is_timeout() {
+            bump(&self.timeouts, 1);
+        }
+        let kind = error.kind();
+        if self.failing.swap(true, Ordering::Relaxed) {
+            log::debug!("memo: {what} failed ({kind}): {error}");
+        } else {
+            log::warn!(
+                "memo: {what} failed ({kind}): {error}; computing values without the cache until it answers again"
+            );
+        }
+    }
+
+    /// Notes a successful backend operation, ending any failure episode.
+    pub(crate) fn backend_ok(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            log::info!("memo: the cache backend answers again");
+        }
+    }
+
+    /// Counts an entry that did not check out.
+    pub(crate) fn invalid_entry(&self, key: &str, why: &dyn std::fmt::Display) {
+        bump(&self.invalid, 1);
+        log::debug!("memo: entry {key} treated as a miss: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::error::BackendErrorKind;
+
+    #[test]
+    fn snapshot_reflects_every_counter() {
+        let counters = Counters::default();
+        counters.hit();
+        counters.hit();
+        counters.wrote(10);
+        counters.backend_failed("get", &BackendError::new("boom"));
+        counters.backend_failed(
+            "get",
+            &BackendError::new("boom again").with_kind(BackendErrorKind::Timeout),
+        );
+        counters.backend_ok();
+        let stats = counters.snapshot();
+        assert_eq!(stats.hits, 2);
+        assert_eq!(stats.bytes_written, 10);
+        assert_eq!(stats.errors, 2);
+        assert_eq!(stats.timeouts, 1);
+        assert!(!counters.failing.load(Ordering::Relaxed));
+    }
+}

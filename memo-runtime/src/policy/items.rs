@@ -1,0 +1,81 @@
+//! Reading back a cached iterator: the manifest, every chunk verified
+//! before the first item is handed out, then the length-framed items.
+
+use std::io::{self, Read};
+
+use serde::de::DeserializeOwned;
+
+use super::Call;
+use super::stream::{self, LoadError, StreamReader};
+use crate::format::envelope::{self, Invalid, fingerprint};
+use crate::format::manifest::Manifest;
+use crate::format::serial;
+
+/// Reads the manifest and verifies every chunk of a cached iterator; the
+/// item reader on success.
+pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
+    let bytes = call.get_main()?;
+    let opened = Manifest::decode(
+        call.key.full(),
+        &bytes,
+        fingerprint::<T>(true),
+        call.encryption.as_ref(),
+    )
+    .map_err(LoadError::Invalid)
+    .and_then(|manifest| {
+        let kept = stream::verify_chunks(&call.pipeline(), &manifest, stream::BATCH_CHUNKS)?;
+        Ok(ItemReader {
+            reader: call.reader(manifest, kept),
+            read: 0,
+            item: Vec::new(),
+        })
+    });
+    opened.map_err(|err| call.load_failed(err)).ok()
+}
+
+/// Decodes length-framed items from a chunked stream.
+pub(crate) struct ItemReader {
+    reader: StreamReader,
+    read: u64,
+    /// The current item's bytes, reused from item to item.
+    item: Vec<u8>,
+}
+
+impl ItemReader {
+    /// The next item; `Ok(None)` at a verified end.
+    pub(crate) fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LoadError> {
+        let outcome = self.next_inner::<T>();
+        if let Some(err) = self.reader.take_error() {
+            return Err(err);
+        }
+        outcome
+    }
+
+    fn next_inner<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LoadError> {
+        let stream = |err: io::Error| LoadError::Invalid(Invalid::Stream(err.to_string()));
+        let Some(len) = serial::read_varint(&mut self.reader).map_err(stream)? else {
+            let expected = self.reader.manifest().item_count;
+            if self.read != expected {
+                return Err(Invalid::Stream(format!(
+                    "{} items, the manifest says {expected}",
+                    self.read
+                ))
+                .into());
+            }
+            return Ok(None);
+        };
+        if len > self.reader.manifest().plain_len {
+            return Err(Invalid::Stream("item longer than the stream".into()).into());
+        }
+        self.item.clear();
+        (&mut self.reader)
+            .take(len)
+            .read_to_end(&mut self.item)
+            .map_err(stream)?;
+        if self.item.len() as u64 != len {
+            return Err(Invalid::Stream("truncated item".into()).into());
+        }
+        self.read += 1;
+        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
+    }
+}

@@ -47,6 +47,8 @@
 
 pub mod backend;
 pub mod chunk;
+#[allow(dead_code)]
+mod coalesce;
 pub mod codec;
 pub mod config;
 pub mod crypto;

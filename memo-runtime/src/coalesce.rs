@@ -1148,6 +1148,75 @@ mod tests {
     }
 
     #[test]
+    fn latest_waker_is_the_one_woken() {
+        let flights = Flights::default();
+        let guard = leader(&flights, "k");
+        let mut task = waiter(&flights, "k").wait_async();
+        let (old, new) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        // The task moved to another worker between polls.
+        assert!(poll_once(&mut task, &Waker::from(Arc::clone(&old))).is_pending());
+        assert!(poll_once(&mut task, &Waker::from(Arc::clone(&new))).is_pending());
+        guard.publish(bytes("v"));
+        assert_eq!(old.0.load(Ordering::SeqCst), 0);
+        assert_eq!(new.0.load(Ordering::SeqCst), 1);
+        match poll_once(&mut task, Waker::noop()) {
+            Poll::Ready(outcome) => assert_eq!(value(outcome), b"v"),
+            Poll::Pending => panic!("value not delivered"),
+        }
+        // No waker outlives the flight.
+        assert_eq!(Arc::strong_count(&old), 1);
+        assert_eq!(Arc::strong_count(&new), 1);
+        assert!(flights.is_idle());
+    }
+
+    #[test]
+    fn many_tasks_on_one_thread_share_one_computation() {
+        let flights = Flights::default();
+        let computed = Arc::new(AtomicUsize::new(0));
+        // A single-threaded executor in miniature: every task is polled in
+        // turn on this thread, and nothing may block it.
+        let tasks: Vec<Pin<Box<dyn Future<Output = Vec<u8>>>>> = (0..256)
+            .map(|_| {
+                let joined = flights.join("k");
+                let computed = Arc::clone(&computed);
+                let task: Pin<Box<dyn Future<Output = Vec<u8>>>> = Box::pin(async move {
+                    let guard = match joined {
+                        Joined::Leader(guard) => guard,
+                        Joined::Waiter(waiter) => match waiter.wait_async().await {
+                            Outcome::Value(value) => return value.to_vec(),
+                            Outcome::Lead(guard) => guard,
+                            Outcome::TimedOut => panic!("timed out without a deadline"),
+                        },
+                    };
+                    computed.fetch_add(1, Ordering::SeqCst);
+                    guard.publish(bytes("v"));
+                    b"v".to_vec()
+                });
+                task
+            })
+            .collect();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+        // The leader joined first and is polled last, so every waiter has
+        // parked on the flight before the value exists.
+        for _ in 0..2 {
+            for slot in tasks.iter_mut().rev() {
+                if let Some(task) = slot
+                    && let Poll::Ready(got) = task.as_mut().poll(&mut Context::from_waker(&waker))
+                {
+                    assert_eq!(got, b"v");
+                    *slot = None;
+                }
+            }
+        }
+        assert!(tasks.iter().all(Option::is_none));
+        assert_eq!(computed.load(Ordering::SeqCst), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 255);
+        assert!(flights.is_idle());
+    }
+
+    #[test]
     fn completed_future_polled_again_stays_pending() {
         let flights = Flights::default();
         let guard = leader(&flights, "k");

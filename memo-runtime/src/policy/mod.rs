@@ -33,6 +33,8 @@ use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
 
+#[allow(dead_code)]
+pub(crate) mod coalesce;
 pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod stream;

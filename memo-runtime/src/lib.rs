@@ -81,6 +81,8 @@ pub use api::{
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
+#[cfg(feature = "async")]
+pub use backend::{AsyncBackend, BackendFuture};
 pub use backend::{Backend, BackendError, BackendErrorKind, MemoryBackend};
 pub use common::counters::Stats;
 pub use common::error::KeyError;

@@ -83,8 +83,10 @@ fn complete(declaration: &str) -> bool {
         return declaration.ends_with(';');
     }
     // Operators and arrows hold a `<` or `>` that opens or closes nothing.
+    // Shifts are told from the end of nested generics (`Pin<Box<..>>`) by
+    // the spaces rustfmt puts around a binary operator.
     let mut brackets = declaration.to_owned();
-    for operator in ["->", "=>", "<<", ">>", "<=", ">="] {
+    for operator in ["->", "=>", " << ", " >> ", "<=", ">="] {
         brackets = brackets.replace(operator, "");
     }
     let depth = brackets.chars().fold(0i32, |depth, c| match c {

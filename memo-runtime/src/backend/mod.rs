@@ -36,6 +36,8 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "async")]
+mod asynchronous;
 pub mod memory;
 #[cfg(any(feature = "memcached", feature = "redis"))]
 mod net;
@@ -46,6 +48,8 @@ pub mod memcached;
 pub mod redis;
 
 pub use crate::common::error::{BackendError, BackendErrorKind};
+#[cfg(feature = "async")]
+pub use asynchronous::{AsyncBackend, BackendFuture};
 pub use memory::MemoryBackend;
 
 /// A cache engine storing byte values under string keys.

@@ -175,6 +175,16 @@ pub trait Backend: Send + Sync + 'static {
             _ => Ok(false),
         }
     }
+
+    /// The same engine's non-blocking client, if it has one: how one
+    /// `configure` serves async callers natively for the shipped engines.
+    /// A user's engine keeps the default (`None`), and async calls then run
+    /// its blocking methods off the executor.
+    #[cfg(feature = "async")]
+    #[doc(hidden)]
+    fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn AsyncBackend>> {
+        None
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B>
@@ -212,5 +222,9 @@ where
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         (**self).touch_if_value(key, expected, ttl)
+    }
+    #[cfg(feature = "async")]
+    fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn AsyncBackend>> {
+        B::__async(std::sync::Arc::clone(&self))
     }
 }

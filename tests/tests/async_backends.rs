@@ -77,3 +77,59 @@ fn memcached_entries_are_shared_between_sync_and_async() {
 fn redis_entries_are_shared_between_sync_and_async() {
     shares_entries_between_worlds(Kind::Redis);
 }
+
+/// A server that accepts connections and never answers.
+fn silent_server() -> u16 {
+    memo_tests::servers::fake_server(|stream, _| {
+        std::thread::sleep(Duration::from_secs(30));
+        drop(stream);
+    })
+}
+
+/// A hung server costs an async caller its timeout, not its executor: a
+/// heartbeat task on the same current-thread runtime keeps ticking.
+fn a_hung_server_never_stalls_the_executor(scheme: &str) {
+    let _serial = serial();
+    let port = silent_server();
+    configure(
+        Config::from_url(&format!("{scheme}://127.0.0.1:{port}?timeout_ms=300"))
+            .expect("a valid URL"),
+    );
+    let (value, largest_gap) = run(async {
+        let heartbeat = tokio::spawn(async {
+            let mut largest = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                largest = largest.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            largest
+        });
+        // Let the heartbeat start before memo's first poll.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let value: u8 = cache_memoize_async(
+            "hung",
+            || async { 5 },
+            &Options::new().lock(LockOptions::new().timeout(Duration::from_millis(300))),
+        )
+        .await;
+        (value, heartbeat.await.unwrap())
+    });
+    assert_eq!(value, 5, "computed despite the hung server");
+    assert!(
+        largest_gap < Duration::from_millis(100),
+        "the heartbeat stalled for {largest_gap:?}"
+    );
+    assert!(stats().errors >= 1);
+}
+
+#[test]
+fn a_hung_memcached_never_stalls_the_executor() {
+    a_hung_server_never_stalls_the_executor("memcached");
+}
+
+#[test]
+fn a_hung_redis_never_stalls_the_executor() {
+    a_hung_server_never_stalls_the_executor("redis");
+}

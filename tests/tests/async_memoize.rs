@@ -536,3 +536,45 @@ fn a_sync_caller_waits_for_an_async_leader() {
     assert_eq!((waited, runtime.join().unwrap()), (3, 3));
     assert_eq!(computed.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn other_tasks_keep_running_while_a_large_value_is_stored_and_loaded() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let largest_gap = runtime.block_on(async {
+        let heartbeat = tokio::spawn(async {
+            let mut largest = Duration::ZERO;
+            let mut last = Instant::now();
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                largest = largest.max(last.elapsed());
+                last = Instant::now();
+            }
+            largest
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // On the one worker, next to the heartbeat.
+        let memo = tokio::spawn(async {
+            let options = Options::new().large_data(true);
+            let len = 16 << 20;
+            let stored: Vec<u16> =
+                cache_memoize_async("huge", || async move { vec![7; len] }, &options).await;
+            let loaded: Vec<u16> =
+                cache_memoize_async("huge", || async { unreachable!() }, &options).await;
+            assert_eq!((stored.len(), loaded.len()), (len, len));
+        });
+        memo.await.unwrap();
+        heartbeat.await.unwrap()
+    });
+    // Inline, the (de)serialization stalls this worker for about a second
+    // in a debug build; the bound leaves room for a loaded two-core machine.
+    assert!(
+        largest_gap < Duration::from_millis(250),
+        "the heartbeat stalled for {largest_gap:?}"
+    );
+}

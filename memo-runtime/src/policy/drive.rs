@@ -13,8 +13,11 @@
 //!   the CPU-heavy stages of a chunked value (hashing, compression,
 //!   encryption, and the chunk I/O between them) on tokio's blocking pool,
 //!   so that no poll runs long. The postcard (de)serialization of the
-//!   value itself stays in the task: it needs the caller's `T`, which need
-//!   not be `'static`, and it runs at memory speed.
+//!   value itself stays on the task's thread: it needs the caller's `T`,
+//!   which need not be `'static`; on a multi-thread runtime it runs under
+//!   `block_in_place`, so the worker's other tasks move to another thread
+//!   meanwhile, and on a current-thread runtime it runs inline, at memory
+//!   speed (the one stage of a large value that does not yield).
 
 use std::future::Future;
 use std::time::Instant;
@@ -88,6 +91,21 @@ mod tokio_driver {
     use crate::format::envelope::{self, fingerprint};
     use crate::format::manifest::Manifest;
 
+    /// Runs the postcard (de)serialization of a large value, which borrows
+    /// the caller's `T` and so cannot move to the blocking pool: on a
+    /// multi-thread runtime the worker first hands its other tasks to
+    /// another thread (`block_in_place`), so they keep running; on a
+    /// current-thread runtime it runs inline, at memory speed.
+    fn in_place<R>(work: impl FnOnce() -> R) -> R {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(work)
+            }
+            _ => work(),
+        }
+    }
+
     impl Driver for Tokio {
         async fn wait(&self, waiter: Waiter, deadline: Instant) -> Outcome {
             // Dropping the wait when the timer fires leaves the flight.
@@ -122,7 +140,7 @@ mod tokio_driver {
                     }
                 })
                 .await??;
-                Ok(envelope::decode_exact::<T>(&plain)?)
+                Ok(in_place(|| envelope::decode_exact::<T>(&plain))?)
             }
         }
 
@@ -132,7 +150,8 @@ mod tokio_driver {
             value: &T,
         ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
             let writer = call.writer(false);
-            let serialized = postcard::to_allocvec(value).map_err(envelope::EncodeError::from);
+            let serialized =
+                in_place(|| postcard::to_allocvec(value)).map_err(envelope::EncodeError::from);
             let expected = fingerprint::<T>(false);
             async move {
                 let plain = serialized?;

@@ -5,8 +5,11 @@ use std::io::{self, Read};
 
 use serde::de::DeserializeOwned;
 
-use super::Call;
+use std::future::Future;
+
 use super::stream::{self, LoadError, StreamReader};
+use super::{Call, Lookup};
+use crate::backend::drive::Blocking;
 use crate::format::envelope::{self, Invalid, fingerprint};
 use crate::format::manifest::Manifest;
 use crate::format::serial;
@@ -33,6 +36,27 @@ pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader>
     opened.map_err(|err| call.load_failed(err)).ok()
 }
 
+/// Looks up the items of an iterator of `T`, on the caller's thread.
+pub(crate) struct ItemsLookup<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ItemsLookup<T> {
+    pub(crate) fn new() -> Self {
+        ItemsLookup(std::marker::PhantomData)
+    }
+}
+
+impl<T: DeserializeOwned> Lookup<Blocking> for ItemsLookup<T> {
+    type Found = ItemReader;
+
+    fn lookup(
+        &self,
+        call: &Call,
+        _driver: &Blocking,
+    ) -> impl Future<Output = Option<ItemReader>> + Send {
+        std::future::ready(open_items::<T>(call))
+    }
+}
+
 /// Decodes length-framed items from a chunked stream.
 pub(crate) struct ItemReader {
     reader: StreamReader,
@@ -51,7 +75,26 @@ impl ItemReader {
         outcome
     }
 
+    /// The next item's postcard bytes, not decoded; `Ok(None)` at a
+    /// verified end. For streams, which decode in the caller's task.
+    #[cfg(feature = "async")]
+    pub(crate) fn next_bytes(&mut self) -> Result<Option<&[u8]>, LoadError> {
+        let outcome = self.next_frame();
+        if let Some(err) = self.reader.take_error() {
+            return Err(err);
+        }
+        Ok(outcome?.then_some(self.item.as_slice()))
+    }
+
     fn next_inner<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LoadError> {
+        if !self.next_frame()? {
+            return Ok(None);
+        }
+        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
+    }
+
+    /// Reads the next framed item into `item`; `false` at a verified end.
+    fn next_frame(&mut self) -> Result<bool, LoadError> {
         let stream = |err: io::Error| LoadError::Invalid(Invalid::Stream(err.to_string()));
         let Some(len) = serial::read_varint(&mut self.reader).map_err(stream)? else {
             let expected = self.reader.manifest().item_count;
@@ -62,7 +105,7 @@ impl ItemReader {
                 ))
                 .into());
             }
-            return Ok(None);
+            return Ok(false);
         };
         if len > self.reader.manifest().plain_len {
             return Err(Invalid::Stream("item longer than the stream".into()).into());
@@ -76,6 +119,6 @@ impl ItemReader {
             return Err(Invalid::Stream("truncated item".into()).into());
         }
         self.read += 1;
-        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
+        Ok(true)
     }
 }

@@ -25,6 +25,9 @@ pub mod v0_1 {
     pub use std::vec::Vec;
 
     use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     thread_local! {
         /// Set by a generated `<fn>_refresh` for the memoized call it makes.
@@ -47,6 +50,41 @@ pub mod v0_1 {
     impl Drop for RefreshGuard {
         fn drop(&mut self) {
             REFRESH_NEXT_CALL.with(|flag| flag.set(false));
+        }
+    }
+
+    /// The future of an async `<fn>_refresh`: polls `inner` (the memoized
+    /// `async fn`'s future) with the refresh flag set during its first poll
+    /// only, which is when that expansion calls [`apply_refresh`]. A guard
+    /// held across an `.await` instead would leave the flag set for
+    /// whatever task this thread polls next.
+    #[must_use = "futures do nothing unless awaited"]
+    pub fn refreshing<F: Future>(inner: F) -> Refreshing<F> {
+        Refreshing {
+            inner: Box::pin(inner),
+            polled: false,
+        }
+    }
+
+    /// See [`refreshing`].
+    #[derive(Debug)]
+    pub struct Refreshing<F> {
+        // Boxed so that the wrapper is `Unpin` without unsafe projection;
+        // one allocation per refresh.
+        inner: Pin<Box<F>>,
+        polled: bool,
+    }
+
+    impl<F: Future> Future for Refreshing<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            if self.polled {
+                return self.inner.as_mut().poll(cx);
+            }
+            self.polled = true;
+            let _flag = refresh_next_call();
+            self.inner.as_mut().poll(cx)
         }
     }
 
@@ -103,6 +141,56 @@ pub mod v0_1 {
         F: FnOnce() -> I,
     {
         cache_memoize_iter(key, compute, options)
+    }
+
+    #[cfg(feature = "async")]
+    pub use crate::{
+        MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
+        try_cache_memoize_async,
+    };
+
+    /// [`cache_memoize_async`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_async<T, K, F, Fut>(key: K, compute: F, options: &Options) -> T
+    where
+        T: Serialize + DeserializeOwned + Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T> + Send,
+    {
+        cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`try_cache_memoize_async`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn try_memoize_async<T, E, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
+    {
+        try_cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`cache_memoize_stream`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub fn memoize_stream<T, K, F, S>(key: K, compute: F, options: &Options) -> MemoStream<T>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> S + Send + 'static,
+        S: futures_core::Stream<Item = T> + Send + 'static,
+    {
+        cache_memoize_stream(key, compute, options)
     }
 }
 

@@ -100,6 +100,19 @@ fn runtime() -> TokenStream {
     quote!(::memo_runtime::__private::#module)
 }
 
+/// The runtime's path spanned at `span`: a bound that an `async fn`
+/// wrapper's future carries is reported where its path is written, which
+/// must be the user's type rather than the attribute.
+fn runtime_at(span: Span) -> TokenStream {
+    runtime()
+        .into_iter()
+        .map(|mut tree| {
+            tree.set_span(span);
+            tree
+        })
+        .collect()
+}
+
 /// The expansion's own locals, invisible to the user's body (mixed-site
 /// hygiene), so a parameter named like them is not shadowed.
 fn locals() -> (Ident, Ident) {
@@ -266,10 +279,14 @@ fn call(output: &Output, body: &TokenStream, is_async: bool) -> TokenStream {
     let rt = runtime();
     let (options, key) = locals();
     match output {
-        Output::Value(ty) if is_async => quote_spanned! {ty.span()=>
-            #rt::memoize_async::<#ty, _, _, _>(#key, move || async move #body, &#options).await
-        },
+        Output::Value(ty) if is_async => {
+            let rt = runtime_at(ty.span());
+            quote_spanned! {ty.span()=>
+                #rt::memoize_async::<#ty, _, _, _>(#key, move || async move #body, &#options).await
+            }
+        }
         Output::Result(ty) if is_async => {
+            let rt = runtime_at(ty.span());
             let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
             quote_spanned! {ty.span()=>
                 #rt::try_memoize_async::<#ok, _, _, _, _>(#key, move || async move #body, &#options).await

@@ -24,6 +24,7 @@ pub(crate) fn check(
     signature(func, errors);
     asynchrony(func, output, errors);
     arguments(args, errors);
+    stream_borrows(func, args, output, errors);
     return_type(func, output, errors);
     key(attr, func, args, errors);
     options(attr, output, errors);
@@ -89,6 +90,75 @@ fn arguments(args: &[Arg], errors: &mut Errors) {
             arg.pat.span(),
             "this argument has no name to put in the cache key; bind it to a name (`point: Point`) and destructure it in the body",
         );
+    }
+}
+
+/// In stream mode the body runs when the stream is first polled, after the
+/// function has returned, so it may not borrow an argument. Reported at
+/// the borrow, and only when the body names the argument: rustc's own
+/// error would point at the attribute.
+fn stream_borrows(func: &Function, args: &[Arg], output: &Output, errors: &mut Errors) {
+    if !matches!(output, Output::Stream(_)) {
+        return;
+    }
+    let Some(body) = &func.body else { return };
+    let message = |name: &dyn std::fmt::Display, owned: &str| {
+        format!(
+            "the body of `{}` runs when its stream is first polled, after the call has returned, so it cannot borrow `{name}`: take {owned}",
+            func.sig.ident
+        )
+    };
+    if let Some(receiver) = func.receiver() {
+        if receiver.reference.is_some() && mentions(body, "self") {
+            errors.push(
+                receiver.span(),
+                message(&"self", "`self` by value, or `self: Arc<Self>`"),
+            );
+        }
+    }
+    for arg in args {
+        let Some(name) = &arg.name else { continue };
+        let mut finder = BorrowFinder(None);
+        finder.visit_type(&arg.ty);
+        if let Some(span) = finder.0 {
+            if mentions(body, &name.to_string()) {
+                errors.push(
+                    span,
+                    message(name, "it as an owned value (`String`, `Vec<T>`, `Arc<T>`)"),
+                );
+            }
+        }
+    }
+}
+
+/// Whether `tokens` contain the identifier `name`, at any depth.
+fn mentions(tokens: &proc_macro2::TokenStream, name: &str) -> bool {
+    tokens.clone().into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => ident == name,
+        proc_macro2::TokenTree::Group(group) => mentions(&group.stream(), name),
+        _ => false,
+    })
+}
+
+/// The first borrow in a type that is not `'static`: a reference, or a
+/// lifetime argument.
+struct BorrowFinder(Option<proc_macro2::Span>);
+
+impl<'ast> Visit<'ast> for BorrowFinder {
+    fn visit_type_reference(&mut self, ty: &'ast syn::TypeReference) {
+        match &ty.lifetime {
+            Some(lifetime) if lifetime.ident == "static" => {}
+            _ => {
+                self.0.get_or_insert(ty.and_token.span);
+            }
+        }
+        syn::visit::visit_type(self, &ty.elem);
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if lifetime.ident != "static" {
+            self.0.get_or_insert(lifetime.span());
+        }
     }
 }
 

@@ -47,8 +47,9 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     valid::check(&attr, &func, &args, &output, &mut errors);
     if let Err(error) = errors.finish() {
         // Stand-in helpers keep their callers compiling; an opaque
-        // iterator type cannot be stood in for by a diverging body.
-        let opaque = matches!(output, Output::Iter(IterShape::Impl, _) | Output::Stream(_));
+        // type (`impl Iterator`, `impl Stream`, `impl Future`) cannot be
+        // stood in for by a diverging body.
+        let opaque = matches!(&func.sig.output, syn::ReturnType::Type(_, ty) if matches!(**ty, Type::ImplTrait(_)));
         let helpers = if valid::signature_is_usable(&func, &args, &output) && !opaque {
             helpers(&attr, &func, &args, &output, &quote!({ loop {} }))
         } else {

@@ -77,6 +77,8 @@ pub use api::{
     Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
     try_cache_memoize,
 };
+#[cfg(feature = "async")]
+pub use api::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
@@ -98,4 +100,5 @@ pub use lock::{
     LockError, LockOptions,
 };
 pub use memo_macros::{cache_memoize, cache_memoize_iter};
+pub use policy::COALESCE_TIMEOUT;
 pub use policy::stream::{BATCH_CHUNKS, SUPERSEDED_GRACE};

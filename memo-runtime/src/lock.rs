@@ -9,15 +9,22 @@
 //! holder's token, so a holder whose lock expired and was taken over cannot
 //! release the new holder's lock.
 //!
+//! The retry loop is written once, as async code over the backend layer's
+//! `Io`: [`acquire`](CacheLock::acquire) runs it on the caller's thread
+//! (blocking calls, `thread::sleep`), `acquire_async` on tokio (the
+//! engine's async client, tokio timers).
+//!
 //! The lock is advisory and best-effort, like any lock in a cache that may
 //! evict or lose entries: memo uses it to avoid computing the same value
 //! many times at once, never for correctness.
 
 use std::fmt;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "async")]
+use crate::backend::AsyncBackend;
+use crate::backend::drive::{Blocking, Io, block_on};
 use crate::backend::{Backend, BackendError};
 use crate::common::counters::Counters;
 use crate::config::Config;
@@ -146,6 +153,8 @@ pub enum LockError {
 #[must_use = "a lock does nothing until acquired"]
 pub struct CacheLock {
     backend: Arc<dyn Backend>,
+    #[cfg(feature = "async")]
+    async_backend: Arc<dyn AsyncBackend>,
     counters: Arc<Counters>,
     full_cache_key: String,
     token: String,
@@ -183,6 +192,8 @@ impl CacheLock {
         crate::format::crypto::fill_random(&mut token);
         CacheLock {
             backend: Arc::clone(&config.backend),
+            #[cfg(feature = "async")]
+            async_backend: Arc::clone(&config.async_backend),
             counters: Arc::clone(&config.counters),
             full_cache_key: lock_key(config.namespace.as_deref(), stored_key),
             token: crate::format::crypto::hex(&token),
@@ -231,6 +242,31 @@ impl CacheLock {
     /// non-blocking and held elsewhere; `Err(LockError::Timeout)` when a
     /// blocking wait runs out.
     pub fn acquire(&mut self) -> Result<bool, LockError> {
+        let io = self.blocking_io();
+        block_on(self.acquire_via(&io))
+    }
+
+    /// [`acquire`](Self::acquire) for async callers: the engine's async
+    /// client, and tokio timers between attempts, so no executor thread is
+    /// blocked while the lock is held elsewhere. Needs a tokio runtime with
+    /// its time driver.
+    #[cfg(feature = "async")]
+    pub async fn acquire_async(&mut self) -> Result<bool, LockError> {
+        let io = self.tokio_io();
+        self.acquire_via(&io).await
+    }
+
+    fn blocking_io(&self) -> Blocking {
+        Blocking(Arc::clone(&self.backend))
+    }
+
+    #[cfg(feature = "async")]
+    fn tokio_io(&self) -> crate::backend::drive::Tokio {
+        crate::backend::drive::Tokio(Arc::clone(&self.async_backend))
+    }
+
+    /// The one acquire loop, in either world.
+    pub(crate) async fn acquire_via(&mut self, io: &impl Io) -> Result<bool, LockError> {
         if self.locked() {
             return Err(LockError::AlreadyHeld(self.full_cache_key.clone()));
         }
@@ -238,11 +274,15 @@ impl CacheLock {
         let mut waited = false;
         loop {
             let attempt = Instant::now();
-            if self.backend.add(
-                &self.full_cache_key,
-                self.token.as_bytes(),
-                self.options.lock_expiration,
-            )? {
+            if io
+                .backend()
+                .add(
+                    &self.full_cache_key,
+                    self.token.as_bytes(),
+                    self.options.lock_expiration,
+                )
+                .await?
+            {
                 self.expires_at = Some(later(attempt, self.options.lock_expiration));
                 return Ok(true);
             }
@@ -261,7 +301,8 @@ impl CacheLock {
                     waited: elapsed,
                 });
             }
-            thread::sleep(jittered(self.options.retry).min(self.options.timeout - elapsed));
+            io.sleep(jittered(self.options.retry).min(self.options.timeout - elapsed))
+                .await;
         }
     }
 
@@ -269,16 +310,66 @@ impl CacheLock {
     /// holder's token. An `Err` when the lock is not held (never acquired,
     /// released already, or expired).
     pub fn release(&mut self) -> Result<(), LockError> {
+        let io = self.blocking_io();
+        block_on(self.release_via(&io))
+    }
+
+    /// [`release`](Self::release) for async callers, through the engine's
+    /// async client.
+    #[cfg(feature = "async")]
+    pub async fn release_async(&mut self) -> Result<(), LockError> {
+        let io = self.tokio_io();
+        self.release_via(&io).await
+    }
+
+    /// The one release, in either world.
+    pub(crate) async fn release_via(&mut self, io: &impl Io) -> Result<(), LockError> {
         if self.expires_at.take().is_none() {
             return Err(LockError::NotHeld(self.full_cache_key.clone()));
         }
-        if self
-            .backend
-            .delete_if_value(&self.full_cache_key, self.token.as_bytes())?
+        if io
+            .backend()
+            .delete_if_value(&self.full_cache_key, self.token.as_bytes())
+            .await?
         {
             Ok(())
         } else {
             Err(LockError::NotHeld(self.full_cache_key.clone()))
+        }
+    }
+
+    /// Releases a lock whose holder is going away without waiting for the
+    /// outcome, which is logged and counted. Synchronous callers release
+    /// at once; an async holder dropped on a tokio runtime (its future was
+    /// cancelled) has the release spawned there, and elsewhere leaves the
+    /// lock to expire.
+    pub(crate) fn release_quietly(mut self, on_tokio: bool) {
+        if self.expires_at.is_none() {
+            return;
+        }
+        #[cfg(feature = "async")]
+        if on_tokio {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let outcome = self.release_async().await;
+                    self.released(outcome);
+                });
+            }
+            return;
+        }
+        let _ = on_tokio;
+        let outcome = self.release();
+        self.released(outcome);
+    }
+
+    /// Logs and counts how a release nobody waits on ended.
+    pub(crate) fn released(&self, outcome: Result<(), LockError>) {
+        match outcome {
+            Ok(()) => {}
+            // Nobody else hears of a failure on this silent path, so it
+            // is counted like any other backend failure.
+            Err(LockError::Backend(err)) => self.counters.backend_failed("lock release", &err),
+            Err(err) => log::debug!("memo: releasing {}: {err}", self.full_cache_key),
         }
     }
 
@@ -359,18 +450,18 @@ impl std::ops::DerefMut for CacheLockGuard {
     }
 }
 
+impl CacheLockGuard {
+    /// A guard for a lock already held.
+    pub(crate) fn held(lock: CacheLock) -> CacheLockGuard {
+        CacheLockGuard { lock }
+    }
+}
+
 impl Drop for CacheLockGuard {
     fn drop(&mut self) {
         if self.lock.expires_at.is_some() {
-            match self.lock.release() {
-                Ok(()) => {}
-                // Nobody else hears of a failure on this silent path, so it
-                // is counted like any other backend failure.
-                Err(LockError::Backend(err)) => {
-                    self.lock.counters.backend_failed("lock release", &err);
-                }
-                Err(err) => log::debug!("memo: releasing {}: {err}", self.lock.full_cache_key),
-            }
+            let outcome = self.lock.release();
+            self.lock.released(outcome);
         }
     }
 }
@@ -408,6 +499,7 @@ fn later(from: Instant, after: Duration) -> Instant {
 mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
+    use std::thread;
 
     fn config() -> Config {
         Config::new(MemoryBackend::new())

@@ -40,7 +40,11 @@ fn stampede(threads: usize, options: Options, work: Duration) -> (usize, Vec<u64
 fn sixteen_threads_missing_at_once_compute_once() {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()));
-    let options = Options::new().lock(LockOptions::new().retry(Duration::from_millis(5)));
+    // Without coalescing, the threads stand for processes: only the cache
+    // lock keeps them from computing at once.
+    let options = Options::new()
+        .coalesce(false)
+        .lock(LockOptions::new().retry(Duration::from_millis(5)));
     let (computed, values) = stampede(16, options, Duration::from_millis(200));
     assert_eq!(computed, 1);
     assert!(values.iter().all(|&v| v == 42));
@@ -54,7 +58,8 @@ fn sixteen_threads_missing_at_once_compute_once() {
 fn without_a_lock_a_stampede_computes_many_times() {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()));
-    let (computed, values) = stampede(8, Options::new(), Duration::from_millis(100));
+    let options = Options::new().coalesce(false);
+    let (computed, values) = stampede(8, options, Duration::from_millis(100));
     assert!(computed > 1, "the lock is what prevents the stampede");
     assert!(values.iter().all(|&v| v == 42));
 }

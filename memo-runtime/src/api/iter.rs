@@ -4,12 +4,13 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backend::drive::block_on;
 use crate::config::config;
 use crate::format::envelope::fingerprint;
 use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;
 use crate::policy::Call;
-use crate::policy::items::{ItemReader, open_items};
+use crate::policy::items::{ItemReader, ItemsLookup};
 use crate::policy::options::Options;
 use crate::policy::stream::{StoreError, StreamWriter};
 
@@ -97,7 +98,9 @@ where
 {
     fn start(&mut self, key: CacheKey, options: Options) {
         let call = Box::new(Call::new(config(), key, &options));
-        let (found, lock) = call.find_or_lock(open_items::<T>);
+        let driver = call.blocking();
+        let (found, lock) = block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new()));
+        let lock = lock.map(CacheLockGuard::held);
         if let Some(items) = found {
             call.hit();
             self.state = IterState::Hit {

@@ -1,18 +1,24 @@
-//! The API layer: what a caller programs against. Synchronous entry points
-//! and their options; each hands off to the one policy in `policy`.
+//! The API layer: what a caller programs against. Synchronous and async
+//! entry points and their options; each hands off to the one policy in `policy`.
 //!
 //! - [`Options`], a call's settings, defined with the policy that reads
 //!   them (`policy::options`);
 //! - `sync`: [`cache_memoize`], [`try_cache_memoize`], [`invalidate`],
 //!   [`make_cache_key`];
-//! - `iter`: [`cache_memoize_iter`] and [`MemoIter`].
+//! - `iter`: [`cache_memoize_iter`] and [`MemoIter`];
+//! - `asynchronous` (feature `async`): `cache_memoize_async`,
+//!   `try_cache_memoize_async`, `invalidate_async`.
 
 use crate::backend::BackendError;
 
+#[cfg(feature = "async")]
+mod asynchronous;
 mod iter;
 mod sync;
 
 pub use crate::policy::options::Options;
+#[cfg(feature = "async")]
+pub use asynchronous::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
 pub use iter::{MemoIter, cache_memoize_iter};
 pub use sync::{cache_memoize, invalidate, make_cache_key, try_cache_memoize};
 

@@ -4,10 +4,33 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
+use crate::backend::drive::block_on;
 use crate::config::config;
 use crate::format::key::CacheKey;
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
+
+/// Runs the policy on the caller's thread.
+fn memoize_now<T, R>(
+    key: CacheKey,
+    options: &Options,
+    compute: impl FnOnce() -> R,
+    cacheable: impl Fn(&R) -> Option<&T>,
+    from_cache: impl Fn(T) -> R,
+) -> R
+where
+    T: Serialize + DeserializeOwned,
+{
+    let call = Call::new(config(), key, options);
+    let driver = call.blocking();
+    block_on(memoize(
+        &driver,
+        call,
+        move || std::future::ready(compute()),
+        cacheable,
+        from_cache,
+    ))
+}
 
 /// The full key under which `key` is stored: namespaced, then hashed when
 /// the call encrypts, else escaped and shortened to memcached's rules (see
@@ -42,6 +65,9 @@ pub fn make_cache_key(key: impl Into<CacheKey>, options: &Options) -> String {
 /// miss. The cache never makes this call fail: when the backend is down the
 /// value is computed.
 ///
+/// Concurrent calls for the same key in this process share one computation
+/// (see [`Options::coalesce`]).
+///
 /// ```
 /// use memo_runtime::{cache_memoize, Options};
 ///
@@ -58,7 +84,7 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> T,
 {
-    memoize(
+    memoize_now(
         key.into(),
         options,
         compute,
@@ -87,7 +113,7 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Result<T, E>,
 {
-    memoize(
+    memoize_now(
         key.into(),
         options,
         compute,
@@ -109,6 +135,7 @@ where
 /// assert_eq!(again, 2);
 /// ```
 pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Error> {
-    Call::new(config(), key.into(), options).invalidate()?;
+    let call = Call::new(config(), key.into(), options);
+    block_on(call.invalidate(&call.blocking()))?;
     Ok(())
 }

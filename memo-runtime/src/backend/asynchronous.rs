@@ -12,6 +12,10 @@
 //! no blocking socket, no `thread::sleep`, no `std` lock held across an
 //! `.await`.
 
+// Without feature `async` the trait is internal (the policy drives the
+// synchronous world through it), so its `pub` items are not exported.
+#![cfg_attr(not(feature = "async"), allow(unreachable_pub, dead_code))]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;

@@ -234,6 +234,62 @@ impl Backend for MemoryBackend {
     ) -> Result<bool, BackendError> {
         Ok(self.retouch(key, ttl, |value| value == expected))
     }
+
+    #[cfg(feature = "async")]
+    fn __async(self: Arc<Self>) -> Option<Arc<dyn super::AsyncBackend>> {
+        Some(self)
+    }
+}
+
+/// The same store, served to async callers directly: every operation is an
+/// in-memory map access under moka's short per-entry locks, never held
+/// across an `.await`, so each future completes on its first poll.
+#[cfg(feature = "async")]
+impl super::AsyncBackend for MemoryBackend {
+    fn get<'a>(&'a self, key: &'a str) -> super::BackendFuture<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(Backend::get(self, key)))
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> super::BackendFuture<'a, ()> {
+        Box::pin(std::future::ready(Backend::set(self, key, value, ttl)))
+    }
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> super::BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Backend::add(self, key, value, ttl)))
+    }
+    fn touch<'a>(&'a self, key: &'a str, ttl: Duration) -> super::BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Backend::touch(self, key, ttl)))
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> super::BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Backend::delete(self, key)))
+    }
+    fn delete_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> super::BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Backend::delete_if_value(
+            self, key, expected,
+        )))
+    }
+    fn touch_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        ttl: Duration,
+    ) -> super::BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Backend::touch_if_value(
+            self, key, expected, ttl,
+        )))
+    }
 }
 
 #[cfg(test)]

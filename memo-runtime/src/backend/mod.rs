@@ -36,8 +36,8 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "async")]
 mod asynchronous;
+pub(crate) mod drive;
 pub mod memory;
 #[cfg(any(feature = "memcached", feature = "redis"))]
 mod net;
@@ -48,6 +48,10 @@ pub mod memcached;
 pub mod redis;
 
 pub use crate::common::error::{BackendError, BackendErrorKind};
+// The async trait exists in every build because the policy is written once,
+// as async code over it (see `drive`); it is public with feature `async`.
+#[cfg(not(feature = "async"))]
+pub(crate) use asynchronous::{AsyncBackend, BackendFuture};
 #[cfg(feature = "async")]
 pub use asynchronous::{AsyncBackend, BackendFuture};
 pub use memory::MemoryBackend;

@@ -1,8 +1,10 @@
 //! Small primitives every layer may use: the parsed cache URL, the errors of
-//! setting memo up, the counters behind `stats()`, the fixed hash, and the
+//! setting memo up, the counters behind `stats()`, the single-flight registry
+//! (`coalesce`, kept per configuration beside its counters), the fixed hash, and the
 //! limits memcached puts on keys (which every stored key follows, whatever
 //! the backend).
 
+pub(crate) mod coalesce;
 pub(crate) mod counters;
 pub(crate) mod error;
 pub(crate) mod hash;

@@ -17,7 +17,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "async")]
+use crate::backend::AsyncBackend;
 use crate::backend::Backend;
+use crate::common::coalesce::Flights;
 use crate::common::counters::Counters;
 use crate::format::crypto::EncryptionKey;
 
@@ -71,6 +74,14 @@ pub struct Config {
     pub(crate) chunk_size: usize,
     pub(crate) compression_level: u8,
     pub(crate) counters: Arc<Counters>,
+    /// The computations in flight under this configuration: `configure`
+    /// starts afresh, and clones share them as they share counters.
+    pub(crate) flights: Arc<Flights>,
+    /// The same engine for async callers: its own non-blocking client when
+    /// it has one (`Backend::__async`), else its blocking calls run on
+    /// tokio's blocking pool.
+    #[cfg(feature = "async")]
+    pub(crate) async_backend: Arc<dyn AsyncBackend>,
 }
 
 impl fmt::Debug for Config {
@@ -98,6 +109,11 @@ impl Config {
     /// with other code, or chosen at run time).
     pub fn with_shared_backend(backend: Arc<dyn Backend>) -> Self {
         Config {
+            #[cfg(feature = "async")]
+            async_backend: Arc::clone(&backend).__async().unwrap_or_else(|| {
+                Arc::new(crate::backend::drive::SpawnBlocking(Arc::clone(&backend)))
+            }),
+            flights: Arc::default(),
             backend,
             namespace: None,
             default_expiration: DEFAULT_EXPIRATION,
@@ -107,6 +123,22 @@ impl Config {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             counters: Arc::default(),
         }
+    }
+
+    /// A configuration on an async-only engine, with every default of
+    /// [`Config::new`].
+    ///
+    /// Async calls use it directly. Synchronous calls on such a
+    /// configuration still work: each backend call is run on one small
+    /// background runtime thread that memo starts on first use, shared by
+    /// every such configuration, and the calling thread waits for it. The
+    /// caller's own executor is never asked to run it, so a sync call from
+    /// inside async code cannot deadlock, though it does block that thread
+    /// for the call, as any sync call would.
+    #[cfg(feature = "async")]
+    pub fn new_async(backend: impl AsyncBackend) -> Self {
+        let backend: Arc<dyn AsyncBackend> = Arc::new(backend);
+        Self::with_shared_backend(Arc::new(crate::backend::drive::OnBackground(backend)))
     }
 
     /// Prefixes every key with `namespace` and `:`, so that several

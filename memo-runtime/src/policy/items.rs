@@ -5,8 +5,11 @@ use std::io::{self, Read};
 
 use serde::de::DeserializeOwned;
 
-use super::Call;
+use std::future::Future;
+
 use super::stream::{self, LoadError, StreamReader};
+use super::{Call, Lookup};
+use crate::backend::drive::Blocking;
 use crate::format::envelope::{self, Invalid, fingerprint};
 use crate::format::manifest::Manifest;
 use crate::format::serial;
@@ -31,6 +34,27 @@ pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader>
         })
     });
     opened.map_err(|err| call.load_failed(err)).ok()
+}
+
+/// Looks up the items of an iterator of `T`, on the caller's thread.
+pub(crate) struct ItemsLookup<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ItemsLookup<T> {
+    pub(crate) fn new() -> Self {
+        ItemsLookup(std::marker::PhantomData)
+    }
+}
+
+impl<T: DeserializeOwned> Lookup<Blocking> for ItemsLookup<T> {
+    type Found = ItemReader;
+
+    fn lookup(
+        &self,
+        call: &Call,
+        _driver: &Blocking,
+    ) -> impl Future<Output = Option<ItemReader>> + Send {
+        std::future::ready(open_items::<T>(call))
+    }
 }
 
 /// Decodes length-framed items from a chunked stream.

@@ -1,29 +1,51 @@
 //! The policy: the one memoize algorithm, and what a failure means.
 //!
 //! On every call memo reads the current configuration, resolves the key
-//! (`Config::resolve`), and asks the backend; a value that checks out is a
-//! hit. Anything else (absent, expired, corrupt, of another type, a backend
-//! error or timeout) is a miss: the compute function runs, its value is
-//! returned, and memo tries to store it, under the call's lock when it has
-//! one (lookup, lock, look again, compute, store). Backend failures are
-//! logged once per episode and counted in `stats()`; they never reach the
-//! caller, and the only panics are the caller's own.
+//! (`Config::resolve`), and, unless the call opts out, joins the key's
+//! flight (`common::coalesce`): concurrent calls for one key in one process
+//! share one computation. The leader asks the backend; a value that checks
+//! out is a hit. Anything else (absent, expired, corrupt, of another type, a
+//! backend error or timeout) is a miss: with `Options::lock` the leader
+//! takes the cross-process lock and looks again, then the compute function
+//! runs, its value is returned, and memo tries to store it. The leader
+//! hands its value, hit or computed, to the waiters as postcard bytes. A
+//! leader that panics, returns `Err` or is dropped hands the flight over to
+//! a waiter; a waiter waits at most [`COALESCE_TIMEOUT`] (or the call's
+//! lock timeout), then runs the policy alone. Backend failures are logged
+//! once per episode and counted in `stats()`; they never reach the caller,
+//! and the only panics are the caller's own.
 //!
-//! - this file: [`Call`], one call's resolved settings and every step;
+//! # One policy for both worlds
+//!
+//! The algorithm is written once, as async code generic over a
+//! [`Driver`](drive::Driver): the synchronous API runs it with the blocking
+//! driver, whose futures complete on their first poll (blocking backend
+//! calls, thread sleeps and condition-variable waits inside the poll, on the
+//! caller's own thread), under a `block_on` that polls once; the async API
+//! runs it with the tokio driver. A sans-IO state machine would have served
+//! too, but async code keeps the algorithm readable top to bottom, as the
+//! steps read in this paragraph, and the compiler writes the state machine.
+//!
+//! - this file: [`Call`], one call's resolved settings and every step, and
+//!   [`memoize`];
+//! - `drive`: the two drivers, and what differs between the worlds;
 //! - `stream`: the chunked pipeline, for large values and iterators;
 //! - `items`: reading back the framed items of an iterator;
 //! - `options`: [`Options`], the settings of one call, re-exported by the
 //!   API layer.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::BackendError;
+use crate::backend::drive::{Blocking, Io};
+use crate::common::coalesce::{Joined, LeaderGuard, Outcome};
 use crate::common::counters::Counters;
 use crate::config::{Config, Resolved};
 use crate::format::crypto::EncryptionKey;
@@ -31,17 +53,25 @@ use crate::format::envelope::{self, Kind, fingerprint};
 use crate::format::key::{CacheKey, EntryKey};
 use crate::format::manifest::Manifest;
 use crate::format::serial;
-use crate::lock::{CacheLock, CacheLockGuard, LockError, LockOptions};
+use crate::lock::{CacheLock, LockError, LockOptions};
 
-#[allow(dead_code)]
-pub(crate) mod coalesce;
+pub(crate) mod drive;
 pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod stream;
 
+use drive::Driver;
 use options::Options;
 
 use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
+
+/// How long a coalesced caller waits for its flight's leader when the call
+/// has no lock (with one, it waits the lock's timeout): long enough for any
+/// computation worth caching, short enough that a leader stuck for good (or
+/// a cycle of memoized calls waiting on each other) costs a bounded delay.
+/// A waiter that gives up runs the whole policy alone, storing what it
+/// computes.
+pub const COALESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One call's resolved settings.
 pub(crate) struct Call {
@@ -69,9 +99,24 @@ impl Call {
         &self.config.counters
     }
 
+    /// The blocking driver for this call's configuration.
+    pub(crate) fn blocking(&self) -> Blocking {
+        Blocking(Arc::clone(&self.config.backend))
+    }
+
+    /// The tokio driver for this call's configuration.
+    #[cfg(feature = "async")]
+    pub(crate) fn tokio(&self) -> crate::backend::drive::Tokio {
+        crate::backend::drive::Tokio(Arc::clone(&self.config.async_backend))
+    }
+
     /// The main entry's bytes, or `None` (absent, or the backend failed).
     pub(crate) fn get_main(&self) -> Option<Vec<u8>> {
-        match self.config.backend.get(self.key.stored()) {
+        crate::backend::drive::block_on(self.fetch_main(&self.blocking()))
+    }
+
+    async fn fetch_main(&self, io: &impl Io) -> Option<Vec<u8>> {
+        match io.backend().get(self.key.stored()).await {
             Ok(found) => {
                 self.counters().backend_ok();
                 if let Some(bytes) = &found {
@@ -99,19 +144,24 @@ impl Call {
     }
 
     /// A cached value that checks out, in either stored form.
-    pub(crate) fn load<T: DeserializeOwned>(&self) -> Option<T> {
-        let bytes = self.get_main()?;
+    async fn load<T: DeserializeOwned>(&self, driver: &impl Driver) -> Option<T> {
+        let bytes = self.fetch_main(driver).await?;
         let encryption = self.encryption.as_ref();
         let loaded = match envelope::peek_kind(&bytes) {
             Ok(Kind::Value) => envelope::decode_value::<T>(self.key.full(), &bytes, encryption)
                 .map_err(LoadError::Invalid),
-            Ok(Kind::Manifest) => self.load_chunked(&bytes),
+            Ok(Kind::Manifest) => driver.load_chunked::<T>(self, bytes).await,
             Err(why) => Err(LoadError::Invalid(why)),
         };
         loaded.map_err(|err| self.load_failed(err)).ok()
     }
 
-    fn load_chunked<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, LoadError> {
+    /// Decodes a chunked value on this thread, streaming it from the
+    /// backend with memory bounded by a few chunks.
+    pub(crate) fn load_chunked_now<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<T, LoadError> {
         let encryption = self.encryption.as_ref();
         let manifest =
             Manifest::decode(self.key.full(), bytes, fingerprint::<T>(false), encryption)?;
@@ -161,46 +211,73 @@ impl Call {
     }
 
     /// Stores `value`; failures are logged and counted, never returned.
-    fn store<T: Serialize + DeserializeOwned>(&self, value: &T) {
-        if !self.will_store() {
-            return;
+    /// The value is read before the future is returned, so the future does
+    /// not hold on to it (nor need it to be `Sync` to be `Send`).
+    fn store<T: Serialize + DeserializeOwned>(
+        &self,
+        driver: &impl Driver,
+        value: &T,
+    ) -> impl Future<Output = ()> + Send {
+        enum Store<C> {
+            Nothing,
+            Chunked(C),
+            Value(Vec<u8>),
         }
-        if self.options.large_data {
-            let mut writer = self.writer(false);
-            let serialized = {
-                // Dropping the buffer flushes it into the writer, which
-                // cannot fail (a backend failure only stops it storing).
-                let mut buffered = io::BufWriter::with_capacity(64 * 1024, WriteInto(&mut writer));
-                postcard::to_io(value, &mut buffered)
-                    .map(drop)
-                    .map_err(envelope::EncodeError::from)
-            };
-            let outcome = match serialized {
-                Ok(()) => writer.finish(fingerprint::<T>(false)),
-                Err(err) => Err(StoreError::Encode(err)),
+        let plan = if !self.will_store() {
+            Store::Nothing
+        } else if self.options.large_data {
+            Store::Chunked(driver.store_chunked(self, value))
+        } else {
+            match envelope::encode_value(self.key.full(), value, self.encryption.as_ref()) {
+                Err(err) => {
+                    self.store_finished(Err(StoreError::Encode(err)));
+                    Store::Nothing
+                }
+                Ok(encoded) if encoded.len() > self.config.chunk_size => {
+                    self.store_finished(Err(StoreError::TooLarge(format!(
+                        "{} bytes exceed the chunk size of {}; memoize it with large_data",
+                        encoded.len(),
+                        self.config.chunk_size
+                    ))));
+                    Store::Nothing
+                }
+                Ok(encoded) => Store::Value(encoded),
+            }
+        };
+        async move {
+            let outcome = match plan {
+                Store::Nothing => return,
+                Store::Chunked(stored) => stored.await,
+                Store::Value(encoded) => driver
+                    .backend()
+                    .set(self.key.stored(), &encoded, self.ttl)
+                    .await
+                    .map(|()| self.counters().wrote(encoded.len()))
+                    .map_err(StoreError::from),
             };
             self.store_finished(outcome);
-            return;
         }
-        let encoded = match envelope::encode_value(self.key.full(), value, self.encryption.as_ref())
-        {
-            Ok(encoded) => encoded,
-            Err(err) => return self.store_finished(Err(StoreError::Encode(err))),
+    }
+
+    /// Stores `value` chunked on this thread, streaming its serialization
+    /// into the pipeline with memory bounded by a few chunks.
+    pub(crate) fn store_chunked_now<T: Serialize + DeserializeOwned>(
+        &self,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let mut writer = self.writer(false);
+        let serialized = {
+            // Dropping the buffer flushes it into the writer, which
+            // cannot fail (a backend failure only stops it storing).
+            let mut buffered = io::BufWriter::with_capacity(64 * 1024, WriteInto(&mut writer));
+            postcard::to_io(value, &mut buffered)
+                .map(drop)
+                .map_err(envelope::EncodeError::from)
         };
-        if encoded.len() > self.config.chunk_size {
-            return self.store_finished(Err(StoreError::TooLarge(format!(
-                "{} bytes exceed the chunk size of {}; memoize it with large_data",
-                encoded.len(),
-                self.config.chunk_size
-            ))));
+        match serialized {
+            Ok(()) => writer.finish(fingerprint::<T>(false)),
+            Err(err) => Err(StoreError::Encode(err)),
         }
-        let outcome = self
-            .config
-            .backend
-            .set(self.key.stored(), &encoded, self.ttl)
-            .map(|()| self.counters().wrote(encoded.len()))
-            .map_err(StoreError::from);
-        self.store_finished(outcome);
     }
 
     /// Counts and logs how storing a value ended.
@@ -222,15 +299,23 @@ impl Call {
         CacheLock::for_stored_key(&self.config, self.key.stored(), options)
     }
 
-    /// Takes the call's lock if it has one. `Some(guard)` when held; `None`
+    /// Takes the call's lock if it has one. `Some(lock)` when held; `None`
     /// when the call has no lock, or the lock could not be had (held
     /// elsewhere without blocking, timed out, backend down): the caller
     /// then computes without it.
-    fn take_lock(&self) -> Option<CacheLockGuard> {
+    async fn take_lock(&self, io: &impl Io) -> Option<CacheLock> {
         // A call that stores nothing has nothing to make others wait for.
         let options = self.options.lock.filter(|_| self.will_store())?;
-        match self.lock(options).acquire_guard() {
-            Ok(guard) => Some(guard),
+        let mut lock = self.lock(options);
+        match lock.acquire_via(io).await {
+            Ok(true) => Some(lock),
+            Ok(false) => {
+                log::debug!(
+                    "memo: {} is locked elsewhere; computing without it",
+                    lock.full_cache_key()
+                );
+                None
+            }
             Err(LockError::Timeout { key, waited }) => {
                 log::warn!("memo: waited {waited:?} for {key}; computing without it");
                 None
@@ -250,21 +335,42 @@ impl Call {
     /// miss, takes the call's lock, if it has one, and looks again, since
     /// another caller may have stored the entry while this one waited.
     /// Returns what was found, and the lock to hold while computing.
-    pub(crate) fn find_or_lock<V>(
+    pub(crate) async fn find_or_lock<D: Driver, L: Lookup<D>>(
         &self,
-        lookup: impl Fn(&Call) -> Option<V>,
-    ) -> (Option<V>, Option<CacheLockGuard>) {
-        let lookup = || {
-            (!self.options.force_overwrite)
-                .then(|| lookup(self))
-                .flatten()
-        };
-        if let Some(found) = lookup() {
-            return (Some(found), None);
+        driver: &D,
+        lookup: &L,
+    ) -> (Option<L::Found>, Option<CacheLock>) {
+        if !self.options.force_overwrite {
+            if let Some(found) = lookup.lookup(self, driver).await {
+                return (Some(found), None);
+            }
         }
-        let guard = self.take_lock();
-        let found = guard.as_ref().and_then(|_| lookup());
-        (found, guard)
+        let lock = self.take_lock(driver).await;
+        let found = match &lock {
+            Some(_) if !self.options.force_overwrite => lookup.lookup(self, driver).await,
+            _ => None,
+        };
+        (found, lock)
+    }
+
+    /// Whether this call shares its computation with concurrent calls for
+    /// the same key. A refresh does not: it must compute, and handing its
+    /// value to readers that did not ask for a refresh, or theirs to it,
+    /// would defeat it.
+    fn coalesces(&self) -> bool {
+        self.options.coalesce && !self.options.force_overwrite
+    }
+
+    /// How long a waiter waits for its flight's leader.
+    fn coalesce_deadline(&self) -> Instant {
+        let wait = self
+            .options
+            .lock
+            .map_or(COALESCE_TIMEOUT, |lock| lock.timeout);
+        let now = Instant::now();
+        now.checked_add(wait)
+            .or_else(|| now.checked_add(COALESCE_TIMEOUT))
+            .unwrap_or(now)
     }
 
     pub(crate) fn hit(&self) {
@@ -276,18 +382,41 @@ impl Call {
     }
 
     /// Drops the entry and, if it is chunked, its chunks.
-    pub(crate) fn invalidate(&self) -> Result<(), BackendError> {
-        let backend = &self.config.backend;
-        if let Some(bytes) = backend.get(self.key.stored())? {
+    pub(crate) async fn invalidate(&self, io: &impl Io) -> Result<(), BackendError> {
+        let backend = io.backend();
+        if let Some(bytes) = backend.get(self.key.stored()).await? {
             // Any manifest under this key names chunks to remove, whatever type
             // it was written for.
             let manifest = Manifest::decode_any(self.key.full(), &bytes, self.encryption.as_ref());
-            backend.delete(self.key.stored())?;
+            backend.delete(self.key.stored()).await?;
             if let Some(manifest) = manifest {
-                self.pipeline().delete_chunks(&manifest)?;
+                for chunk in manifest.stored_keys(&self.key) {
+                    backend.delete(&chunk).await?;
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// A way of finding an entry, for [`Call::find_or_lock`]: a value, or an
+/// iterator's items.
+pub(crate) trait Lookup<D: Driver>: Sync {
+    /// What a hit yields.
+    type Found;
+
+    /// Looks the entry up.
+    fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<Self::Found>> + Send;
+}
+
+/// Looks up a value of type `T`.
+struct ValueLookup<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<D: Driver, T: DeserializeOwned> Lookup<D> for ValueLookup<T> {
+    type Found = T;
+
+    fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<T>> + Send {
+        call.load::<T>(driver)
     }
 }
 
@@ -306,30 +435,126 @@ impl Write for WriteInto<'_> {
     }
 }
 
-/// The one memoize algorithm behind `cache_memoize` and `try_cache_memoize`: `R` is
-/// what the compute function returns, and `cacheable` picks the part of it
-/// worth storing.
-pub(crate) fn memoize<T, R>(
-    key: CacheKey,
-    options: &Options,
-    compute: impl FnOnce() -> R,
+/// Releases the lock a call holds while it computes: at the end of the
+/// call, or, when the call panics or its future is dropped, as it unwinds.
+struct HeldLock<'d, D: Driver> {
+    lock: Option<CacheLock>,
+    driver: &'d D,
+}
+
+impl<D: Driver> HeldLock<'_, D> {
+    async fn release(mut self) {
+        if let Some(mut lock) = self.lock.take() {
+            let outcome = lock.release_via(self.driver).await;
+            lock.released(outcome);
+        }
+    }
+}
+
+impl<D: Driver> Drop for HeldLock<'_, D> {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            self.driver.drop_lock(lock);
+        }
+    }
+}
+
+/// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`
+/// and their async twins: `R` is what the compute function returns,
+/// `cacheable` picks the part of it worth storing, and `from_cache` makes
+/// an `R` of a cached value.
+pub(crate) async fn memoize<D, T, R, F, Fut>(
+    driver: &D,
+    call: Call,
+    compute: F,
     cacheable: impl Fn(&R) -> Option<&T>,
     from_cache: impl Fn(T) -> R,
 ) -> R
 where
+    D: Driver,
     T: Serialize + DeserializeOwned,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
 {
-    let call = Call::new(crate::config::config(), key, options);
-    let (found, guard) = call.find_or_lock(Call::load::<T>);
+    let mut flight = None;
+    if call.coalesces() {
+        // The type's fingerprint is part of the flight, as it is part of
+        // the envelope: postcard bytes of one type can decode as another,
+        // so calls of two types under one key never share a value.
+        let flight_key = format!("{:016x}:{}", fingerprint::<T>(false), call.key.stored());
+        let joined = call.config.flights.join(&flight_key);
+        let outcome = match joined {
+            Joined::Leader(guard) => Outcome::Lead(guard),
+            Joined::Waiter(waiter) => driver.wait(waiter, call.coalesce_deadline()).await,
+        };
+        match outcome {
+            Outcome::Lead(guard) => flight = Some(guard),
+            Outcome::Value(bytes) => match envelope::decode_exact::<T>(&bytes) {
+                Ok(value) => {
+                    call.hit();
+                    return from_cache(value);
+                }
+                // A value this type cannot read back: compute alone.
+                Err(why) => log::debug!(
+                    "memo: the value shared for {} does not decode here ({why}); computing",
+                    call.key.stored()
+                ),
+            },
+            Outcome::TimedOut => log::warn!(
+                "memo: gave up waiting for the computation of {} in this process; computing",
+                call.key.stored()
+            ),
+        }
+    }
+    let (found, lock) = call
+        .find_or_lock(driver, &ValueLookup::<T>(Default::default()))
+        .await;
+    let lock = HeldLock { lock, driver };
     if let Some(value) = found {
         call.hit();
+        lock.release().await;
+        publish(flight, &value);
         return from_cache(value);
     }
     call.miss();
-    let result = compute();
-    if let Some(value) = cacheable(&result) {
-        call.store(value);
+    let result = compute().await;
+    let Some(value) = cacheable(&result) else {
+        // An `Err`: the flight is handed over as its guard drops here.
+        drop(flight);
+        lock.release().await;
+        return result;
+    };
+    // Serialized for the waiters before storing, so that no borrow of the
+    // value lives across an `.await`; published after storing, so that a
+    // call arriving once the flight has ended finds the value stored.
+    let shared = flight.map(|guard| (share(&guard, value), guard));
+    let stored = call.store(driver, value);
+    stored.await;
+    lock.release().await;
+    if let Some((Some(bytes), guard)) = shared {
+        guard.publish(bytes);
     }
-    drop(guard);
     result
+}
+
+/// The value for the flight's waiters, if it has any.
+fn share<T: Serialize>(guard: &LeaderGuard, value: &T) -> Option<Arc<[u8]>> {
+    if !guard.has_waiters() {
+        // Dropping the guard later promotes a waiter that joined since; it
+        // finds the value in the cache.
+        return None;
+    }
+    postcard::to_allocvec(value)
+        .map_err(|err| log::debug!("memo: cannot share the value of {}: {err}", guard.key()))
+        .ok()
+        .map(Arc::from)
+}
+
+/// Hands `value` to the flight's waiters, if it has any.
+fn publish<T: Serialize>(flight: Option<LeaderGuard>, value: &T) {
+    if let Some(guard) = flight {
+        if let Some(bytes) = share(&guard, value) {
+            guard.publish(bytes);
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub struct Options {
     pub(crate) encrypt: Option<bool>,
     pub(crate) encryption_key: Option<EncryptionKey>,
     pub(crate) lock: Option<LockOptions>,
+    pub(crate) coalesce: bool,
 }
 
 impl Default for Options {
@@ -41,6 +42,7 @@ impl Default for Options {
             encrypt: None,
             encryption_key: None,
             lock: None,
+            coalesce: true,
         }
     }
 }
@@ -48,7 +50,7 @@ impl Default for Options {
 impl Options {
     /// The defaults: the configuration's expiration, no overwrite, no
     /// chunking, compression for chunked values, encryption as the
-    /// configuration says, no lock.
+    /// configuration says, no lock, coalescing.
     pub fn new() -> Self {
         Self::default()
     }
@@ -109,6 +111,24 @@ impl Options {
     /// A caller whose wait times out computes anyway.
     pub fn lock(mut self, lock: LockOptions) -> Self {
         self.lock = Some(lock);
+        self
+    }
+
+    /// Whether concurrent calls for the same key in this process (threads
+    /// or tasks) share one computation (default `true`). One of them leads:
+    /// it looks up, takes the call's lock if any, computes and stores; the
+    /// others wait for its value and decode their own copy. A leader that
+    /// panics, returns `Err` or whose future is dropped hands over to a
+    /// waiter. A waiter waits at most the lock's timeout, or
+    /// [`COALESCE_TIMEOUT`](crate::COALESCE_TIMEOUT) without a lock, then
+    /// computes (and stores) on its own.
+    ///
+    /// Applies to values (`cache_memoize`, `try_cache_memoize` and their
+    /// async twins); iterators and streams each compute. A
+    /// [`force_overwrite`](Self::force_overwrite) call is never coalesced:
+    /// a refresh always computes.
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
         self
     }
 }

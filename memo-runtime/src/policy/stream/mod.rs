@@ -71,6 +71,7 @@ impl Pipeline {
     }
 
     /// Deletes every chunk of the write `manifest` describes.
+    #[cfg(test)]
     pub(crate) fn delete_chunks(&self, manifest: &Manifest) -> Result<(), BackendError> {
         for chunk in manifest.stored_keys(&self.key) {
             self.backend.delete(&chunk)?;

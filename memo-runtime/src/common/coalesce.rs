@@ -53,7 +53,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 /// Number of independently locked parts of the registry.
 const SHARDS: usize = 16;
@@ -166,6 +168,8 @@ pub(crate) struct Waiter {
 /// [`Waiter`]; that is also how a task bounds its wait (drop it when a
 /// timer fires, then compute without leading). Polling it again after it
 /// has completed returns `Pending` forever.
+// Only async callers wait with a future (and the tests).
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 #[must_use = "futures do nothing unless polled"]
 pub(crate) struct WaitFuture {
     waiter: Option<Waiter>,
@@ -269,6 +273,18 @@ impl LeaderGuard {
         &self.ticket.key
     }
 
+    /// Whether anyone waits on this flight right now, so that a leader
+    /// with nobody to serve can skip serializing its value. A waiter that
+    /// joins after a `false` is promoted when the guard drops instead, and
+    /// finds the value in the cache.
+    pub(crate) fn has_waiters(&self) -> bool {
+        let guard = self.ticket.lock();
+        guard
+            .flights
+            .get(&*self.ticket.key)
+            .is_some_and(|flight| flight.id == self.ticket.flight && !flight.waiters.is_empty())
+    }
+
     /// Delivers `value` to every waiter of the flight and ends it: the next
     /// `join` of this key starts a new flight.
     pub(crate) fn publish(mut self, value: Arc<[u8]>) {
@@ -308,6 +324,7 @@ impl LeaderGuard {
 
     /// Gives the flight up without a value: the first waiter, if any, is
     /// promoted to leader; with none the flight ends. Same as dropping.
+    #[cfg(test)]
     pub(crate) fn abandon(self) {}
 }
 
@@ -333,6 +350,7 @@ impl Waiter {
     /// promoted. Has no deadline: it returns [`Outcome::TimedOut`] only if
     /// the registry lost track of this waiter, which its invariants rule
     /// out, rather than sleep forever.
+    #[cfg(test)]
     pub(crate) fn wait(self) -> Outcome {
         self.wait_until(None)
     }
@@ -341,6 +359,7 @@ impl Waiter {
     /// [`Outcome::TimedOut`]. An outcome that arrived by the deadline wins
     /// over the timeout (a promotion at the last moment is taken up, not
     /// passed on). A timeout too large to represent waits without one.
+    #[cfg(test)]
     pub(crate) fn wait_timeout(self, timeout: Duration) -> Outcome {
         self.wait_until(Instant::now().checked_add(timeout))
     }
@@ -355,6 +374,7 @@ impl Waiter {
     /// [`Outcome::Value`] or [`Outcome::Lead`] (or, like [`wait`](Self::wait),
     /// `TimedOut` on a lost waiter) and never blocks the thread polling it.
     /// It has no deadline of its own; see [`WaitFuture`].
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn wait_async(self) -> WaitFuture {
         WaitFuture { waiter: Some(self) }
     }

@@ -1,0 +1,100 @@
+//! The async entry points (feature `async`): the same policy as the
+//! synchronous ones, driven on tokio, so a sync process and an async
+//! process share entries.
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Error;
+use crate::config::config;
+use crate::format::key::CacheKey;
+use crate::policy::options::Options;
+use crate::policy::{Call, memoize};
+
+/// [`cache_memoize`](crate::cache_memoize) for async code: returns the
+/// value cached under `key`, or awaits `compute()`, stores its value and
+/// returns it.
+///
+/// Nothing here blocks the executor: the backend is reached through its
+/// non-blocking client (a user's synchronous [`Backend`](crate::Backend)
+/// runs on tokio's blocking pool), lock retries wait on tokio timers, and
+/// the CPU-heavy stages of a `large_data` value run on the blocking pool.
+/// Concurrent calls for the same key, tasks or threads, share one
+/// computation (see [`Options::coalesce`]); a call whose future is dropped
+/// hands its computation over to a waiting one. The future is `Send`.
+/// Needs a tokio runtime with its time driver (any `#[tokio::main]`).
+///
+/// ```
+/// use memo_runtime::{cache_memoize_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let total: u64 = cache_memoize_async("async-doc", || async { (1..=10).sum() }, &Options::new()).await;
+/// assert_eq!(total, 55);
+/// # });
+/// ```
+pub async fn cache_memoize_async<K, T, F, Fut>(key: K, compute: F, options: &Options) -> T
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T> + Send,
+{
+    let call = Call::new(config(), key.into(), options);
+    let driver = call.tokio();
+    memoize(
+        &driver,
+        call,
+        compute,
+        |value: &T| Some(value),
+        |value| value,
+    )
+    .await
+}
+
+/// [`try_cache_memoize`](crate::try_cache_memoize) for async code: only
+/// `Ok` values are cached; an `Err` is returned as is, nothing is stored,
+/// and a concurrent call for the same key computes in its place.
+///
+/// ```
+/// use memo_runtime::{try_cache_memoize_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let parsed: Result<u32, std::num::ParseIntError> =
+///     try_cache_memoize_async("async-parse", || async { "42".parse() }, &Options::new()).await;
+/// assert_eq!(parsed, Ok(42));
+/// # });
+/// ```
+pub async fn try_cache_memoize_async<K, T, E, F, Fut>(
+    key: K,
+    compute: F,
+    options: &Options,
+) -> Result<T, E>
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send,
+    E: Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = Result<T, E>> + Send,
+{
+    let call = Call::new(config(), key.into(), options);
+    let driver = call.tokio();
+    memoize(
+        &driver,
+        call,
+        compute,
+        |result: &Result<T, E>| result.as_ref().ok(),
+        Ok,
+    )
+    .await
+}
+
+/// [`invalidate`](crate::invalidate) for async code: drops the entry
+/// memoized under `key` (and its chunks, if chunked).
+pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> Result<(), Error> {
+    let call = Call::new(config(), key.into(), options);
+    let driver = call.tokio();
+    call.invalidate(&driver).await?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The policy's two worlds: what differs between a synchronous call and an
+//! async one, and nothing else.
+//!
+//! The memoize policy is written once, as async code generic over a
+//! [`Driver`]: the backend layer's `Io` (the engine as futures, a sleep)
+//! plus how to wait on a flight, how to run the heavy stages of a chunked
+//! value, and how to let go of a lock whose holder is going away.
+//!
+//! - `Blocking` (the synchronous world) does everything inline: its
+//!   futures complete on their first poll, and the synchronous API drives
+//!   them with `block_on` on the caller's own thread.
+//! - `Tokio` (the async world) waits on tokio timers and wakers, and runs
+//!   the CPU-heavy stages of a chunked value (hashing, compression,
+//!   encryption, and the chunk I/O between them) on tokio's blocking pool,
+//!   so that no poll runs long. The postcard (de)serialization of the
+//!   value itself stays in the task: it needs the caller's `T`, which need
+//!   not be `'static`, and it runs at memory speed.
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Call;
+use super::stream::{LoadError, StoreError};
+use crate::backend::drive::{Blocking, Io};
+use crate::common::coalesce::{Outcome, Waiter};
+use crate::lock::CacheLock;
+
+/// How the policy runs in one world.
+pub(crate) trait Driver: Io {
+    /// Waits for the flight's leader until `deadline`.
+    fn wait(&self, waiter: Waiter, deadline: Instant) -> impl Future<Output = Outcome> + Send;
+
+    /// Decodes the chunked value whose manifest is `main`.
+    fn load_chunked<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        main: Vec<u8>,
+    ) -> impl Future<Output = Result<T, LoadError>> + Send;
+
+    /// Stores `value` as a chunked value. The value is read before the
+    /// future is returned, so the future does not hold on to it.
+    fn store_chunked<T: Serialize + DeserializeOwned>(
+        &self,
+        call: &Call,
+        value: &T,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Lets go of a lock whose holder is going away without releasing it
+    /// (its computation panicked, or its future was dropped).
+    fn drop_lock(&self, lock: CacheLock);
+}
+
+impl Driver for Blocking {
+    async fn wait(&self, waiter: Waiter, deadline: Instant) -> Outcome {
+        waiter.wait_deadline(deadline)
+    }
+
+    // Not `ready(..)`, which would hold a `T` and be `Send` only for a
+    // `Send` value.
+    async fn load_chunked<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        main: Vec<u8>,
+    ) -> Result<T, LoadError> {
+        call.load_chunked_now::<T>(&main)
+    }
+
+    fn store_chunked<T: Serialize + DeserializeOwned>(
+        &self,
+        call: &Call,
+        value: &T,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        std::future::ready(call.store_chunked_now(value))
+    }
+
+    fn drop_lock(&self, lock: CacheLock) {
+        lock.release_quietly(false);
+    }
+}
+
+#[cfg(feature = "async")]
+mod tokio_driver {
+    use super::*;
+    use crate::backend::drive::{Tokio, off_executor};
+    use crate::format::envelope::{self, fingerprint};
+    use crate::format::manifest::Manifest;
+
+    impl Driver for Tokio {
+        async fn wait(&self, waiter: Waiter, deadline: Instant) -> Outcome {
+            // Dropping the wait when the timer fires leaves the flight.
+            tokio::time::timeout_at(deadline.into(), waiter.wait_async())
+                .await
+                .unwrap_or(Outcome::TimedOut)
+        }
+
+        fn load_chunked<T: DeserializeOwned>(
+            &self,
+            call: &Call,
+            main: Vec<u8>,
+        ) -> impl Future<Output = Result<T, LoadError>> + Send {
+            let pipeline = call.pipeline();
+            let expected = fingerprint::<T>(false);
+            async move {
+                let plain = off_executor(move || {
+                    let manifest = Manifest::decode(
+                        pipeline.key.full(),
+                        &main,
+                        expected,
+                        pipeline.encryption.as_ref(),
+                    )?;
+                    let mut reader =
+                        super::super::stream::StreamReader::new(pipeline, manifest, None);
+                    let mut plain = Vec::new();
+                    match std::io::Read::read_to_end(&mut reader, &mut plain) {
+                        Ok(_) => Ok(plain),
+                        Err(err) => Err(reader.take_error().unwrap_or_else(|| {
+                            crate::format::envelope::Invalid::Stream(err.to_string()).into()
+                        })),
+                    }
+                })
+                .await??;
+                Ok(envelope::decode_exact::<T>(&plain)?)
+            }
+        }
+
+        fn store_chunked<T: Serialize + DeserializeOwned>(
+            &self,
+            call: &Call,
+            value: &T,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+            let writer = call.writer(false);
+            let serialized = postcard::to_allocvec(value).map_err(envelope::EncodeError::from);
+            let expected = fingerprint::<T>(false);
+            async move {
+                let plain = serialized?;
+                off_executor(move || {
+                    let mut writer = writer;
+                    writer.write_plain(&plain);
+                    writer.finish(expected)
+                })
+                .await?
+            }
+        }
+
+        fn drop_lock(&self, lock: CacheLock) {
+            lock.release_quietly(true);
+        }
+    }
+}

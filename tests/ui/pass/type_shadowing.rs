@@ -34,6 +34,12 @@ fn try_cache_memoize() {}
 fn cache_memoize_iter() {}
 fn invalidate() {}
 fn apply_refresh() {}
+fn cache_memoize_async() {}
+fn try_cache_memoize_async() {}
+fn invalidate_async() {}
+fn refreshing() {}
+struct Future;
+struct Pin;
 
 #[::memo_runtime::cache_memoize(key = "plain:{n}:x{n}y:{n:?}", expiration = 60, lock(timeout = 1, retry = 5))]
 fn plain(n: u32) -> u64 {
@@ -71,11 +77,27 @@ fn locals(__memo_key: u8, __memo_options: u8) -> u8 {
     __memo_key + __memo_options
 }
 
+#[::memo_runtime::cache_memoize(key = "async:{n}", coalesce = false)]
+async fn asynchronous(n: u32) -> u64 {
+    u64::from(n)
+}
+
+#[::memo_runtime::cache_memoize(key = "async-fallible:{text}")]
+async fn async_fallible(text: &str) -> std::result::Result<u32, std::num::ParseIntError> {
+    let n: u32 = text.parse()?;
+    std::result::Result::Ok(n)
+}
+
 struct Service;
 
 impl Service {
     #[::memo_runtime::cache_memoize]
     fn method(&self, n: u8) -> u8 {
+        n
+    }
+
+    #[::memo_runtime::cache_memoize]
+    async fn async_method(&self, n: u8) -> u8 {
         n
     }
 }
@@ -93,4 +115,11 @@ fn main() {
     let _ = plain_refresh(1);
     let _ = Service.method_invalidate(1);
     let _ = Service.method_refresh(1);
+    let _ = asynchronous(1);
+    let _ = asynchronous_invalidate(1);
+    let _ = asynchronous_refresh(1);
+    let _ = async_fallible("1");
+    let _ = Service.async_method(1);
+    let _ = Service.async_method_invalidate(1);
+    let _ = Service.async_method_refresh(1);
 }

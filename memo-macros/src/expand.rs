@@ -287,7 +287,7 @@ fn call(output: &Output, body: &TokenStream, is_async: bool) -> TokenStream {
             }
         }
         Output::Result(ty) if is_async => {
-            let rt = runtime_at(ast::type_argument(ty).map_or_else(|| ty.span(), Spanned::span));
+            let rt = runtime_at(ty.span());
             let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
             quote_spanned! {ty.span()=>
                 #rt::try_memoize_async::<#ok, _, _, _, _>(#key, move || async move #body, &#options).await

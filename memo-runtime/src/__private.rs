@@ -143,6 +143,41 @@ pub mod v0_1 {
         cache_memoize_iter(key, compute, options)
     }
 
+    /// Stands in for the async calls when the `async` feature is off, so
+    /// that a memoized `async fn` fails with a message that names the
+    /// feature, at the function's return type, rather than "cannot find
+    /// `memoize_async`".
+    #[cfg(not(feature = "async"))]
+    #[diagnostic::on_unimplemented(
+        message = "memoizing an `async fn` or a stream needs memo-runtime's cargo feature `async`",
+        label = "memoized here",
+        note = "enable it: memo-runtime = {{ version = \"0.1\", features = [\"async\"] }}"
+    )]
+    pub trait AsyncFeatureEnabled {}
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_async<T: AsyncFeatureEnabled, K, F, Fut>(_: K, _: F, _: &Options) -> T {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn try_memoize_async<T: AsyncFeatureEnabled, E, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+    ) -> Result<T, E> {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]: only ever next to a `memoize_async`
+    /// that fails to compile, which reports the missing feature once.
+    #[cfg(not(feature = "async"))]
+    pub async fn invalidate_async<K>(_: K, _: &Options) -> Result<(), Error> {
+        core::future::pending().await
+    }
+
     #[cfg(feature = "async")]
     pub use crate::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
 

@@ -179,7 +179,10 @@ pub mod v0_1 {
     }
 
     #[cfg(feature = "async")]
-    pub use crate::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
+    pub use crate::{
+        MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
+        try_cache_memoize_async,
+    };
 
     /// [`cache_memoize_async`] with `T` first.
     #[cfg(feature = "async")]
@@ -210,6 +213,19 @@ pub mod v0_1 {
         Fut: Future<Output = Result<T, E>> + Send,
     {
         try_cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`cache_memoize_stream`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub fn memoize_stream<T, K, F, S>(key: K, compute: F, options: &Options) -> MemoStream<T>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> S + Send + 'static,
+        S: futures_core::Stream<Item = T> + Send + 'static,
+    {
+        cache_memoize_stream(key, compute, options)
     }
 }
 

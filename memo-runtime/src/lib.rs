@@ -78,7 +78,10 @@ pub use api::{
     try_cache_memoize,
 };
 #[cfg(feature = "async")]
-pub use api::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
+pub use api::{
+    MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
+    try_cache_memoize_async,
+};
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]

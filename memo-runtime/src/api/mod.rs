@@ -7,19 +7,24 @@
 //!   [`make_cache_key`];
 //! - `iter`: [`cache_memoize_iter`] and [`MemoIter`];
 //! - `asynchronous` (feature `async`): `cache_memoize_async`,
-//!   `try_cache_memoize_async`, `invalidate_async`.
+//!   `try_cache_memoize_async`, `invalidate_async`;
+//! - `stream` (feature `async`): `cache_memoize_stream` and `MemoStream`.
 
 use crate::backend::BackendError;
 
 #[cfg(feature = "async")]
 mod asynchronous;
 mod iter;
+#[cfg(feature = "async")]
+mod stream;
 mod sync;
 
 pub use crate::policy::options::Options;
 #[cfg(feature = "async")]
 pub use asynchronous::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
 pub use iter::{MemoIter, cache_memoize_iter};
+#[cfg(feature = "async")]
+pub use stream::{MemoStream, cache_memoize_stream};
 pub use sync::{cache_memoize, invalidate, make_cache_key, try_cache_memoize};
 
 /// A failure of an explicit cache operation such as [`invalidate`].

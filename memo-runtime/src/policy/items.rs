@@ -75,7 +75,25 @@ impl ItemReader {
         outcome
     }
 
+    /// The next item's postcard bytes, not decoded; `Ok(None)` at a
+    /// verified end.
+    pub(crate) fn next_bytes(&mut self) -> Result<Option<&[u8]>, LoadError> {
+        let outcome = self.next_frame();
+        if let Some(err) = self.reader.take_error() {
+            return Err(err);
+        }
+        Ok(outcome?.then_some(self.item.as_slice()))
+    }
+
     fn next_inner<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LoadError> {
+        if !self.next_frame()? {
+            return Ok(None);
+        }
+        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
+    }
+
+    /// Reads the next framed item into `item`; `false` at a verified end.
+    fn next_frame(&mut self) -> Result<bool, LoadError> {
         let stream = |err: io::Error| LoadError::Invalid(Invalid::Stream(err.to_string()));
         let Some(len) = serial::read_varint(&mut self.reader).map_err(stream)? else {
             let expected = self.reader.manifest().item_count;
@@ -86,7 +104,7 @@ impl ItemReader {
                 ))
                 .into());
             }
-            return Ok(None);
+            return Ok(false);
         };
         if len > self.reader.manifest().plain_len {
             return Err(Invalid::Stream("item longer than the stream".into()).into());
@@ -100,6 +118,6 @@ impl ItemReader {
             return Err(Invalid::Stream("truncated item".into()).into());
         }
         self.read += 1;
-        Ok(Some(envelope::decode_exact::<T>(&self.item)?))
+        Ok(true)
     }
 }

@@ -245,6 +245,34 @@ mod tests {
     }
 
     #[test]
+    fn refreshing_sets_the_flag_for_the_first_poll_only() {
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Poll, Waker};
+
+        let is_set = || super::v0_1::REFRESH_NEXT_CALL.with(|flag| flag.get());
+        let mut seen = Vec::new();
+        let mut polls = 0;
+        let inner = std::future::poll_fn(|_| {
+            seen.push(is_set());
+            polls += 1;
+            if polls < 3 {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        });
+        let mut outer = pin!(super::v0_1::refreshing(inner));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(outer.as_mut().poll(&mut cx).is_pending());
+        assert!(!is_set(), "cleared between polls, for other tasks");
+        assert!(outer.as_mut().poll(&mut cx).is_pending());
+        assert!(outer.as_mut().poll(&mut cx).is_ready());
+        drop(outer);
+        assert_eq!(seen, [true, false, false]);
+    }
+
+    #[test]
     fn refresh_flag_is_taken_by_one_call() {
         use super::v0_1::{Options, apply_refresh, refresh_next_call};
         let is_set = || super::v0_1::REFRESH_NEXT_CALL.with(|flag| flag.get());

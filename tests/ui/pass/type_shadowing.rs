@@ -40,6 +40,9 @@ fn invalidate_async() {}
 fn refreshing() {}
 struct Future;
 struct Pin;
+struct MemoStream;
+fn cache_memoize_stream() {}
+fn memoize_stream() {}
 
 #[::memo_runtime::cache_memoize(key = "plain:{n}:x{n}y:{n:?}", expiration = 60, lock(timeout = 1, retry = 5))]
 fn plain(n: u32) -> u64 {
@@ -88,6 +91,25 @@ async fn async_fallible(text: &str) -> std::result::Result<u32, std::num::ParseI
     std::result::Result::Ok(n)
 }
 
+/// A source stream for stream mode.
+struct Count(u32);
+
+impl futures_core::Stream for Count {
+    type Item = u32;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::option::Option<u32>> {
+        std::task::Poll::Ready(std::option::Option::None)
+    }
+}
+
+#[::memo_runtime::cache_memoize(key = "stream:{n}", large_data, compress = false)]
+fn counted(n: u32) -> impl futures_core::Stream<Item = u32> {
+    Count(n)
+}
+
 struct Service;
 
 impl Service {
@@ -122,4 +144,7 @@ fn main() {
     let _ = Service.async_method(1);
     let _ = Service.async_method_invalidate(1);
     let _ = Service.async_method_refresh(1);
+    let _ = counted(1);
+    let _ = counted_invalidate(1);
+    let _ = counted_refresh(1);
 }

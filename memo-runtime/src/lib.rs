@@ -44,20 +44,26 @@
 //! The modules are layers, each using only those below it:
 //!
 //! 1. `api`: the entry points ([`cache_memoize`](fn@cache_memoize) and
-//!    friends, [`MemoIter`]), each a few lines handing off to the policy.
-//! 2. `policy`: the one memoize algorithm (look up, lock, look again,
-//!    compute, store), what a failure means, and the chunked pipeline that
-//!    drives the backend for large values and iterators.
+//!    friends, [`MemoIter`]; with feature `async`, `cache_memoize_async`
+//!    and friends and `MemoStream`), each a few lines handing off to the
+//!    policy.
+//! 2. `policy`: the one memoize algorithm (coalesce, look up, lock, look
+//!    again, compute, store), written once as async code over a driver
+//!    that is either the caller's thread or tokio; what a failure means;
+//!    and the chunked pipeline that drives the backend for large values
+//!    and iterators.
 //! 3. `lock`: [`CacheLock`], built on the backend's atomic `add`.
 //! 4. `config`: [`Config`], from code, a URL or the environment; the global
 //!    slot; and `Config::resolve`, the one rule turning a key into what is
 //!    stored, for values and locks alike.
-//! 5. `backend`: the [`Backend`] trait, the memory engine, and the network
-//!    clients over one shared connection pool (`backend::net`).
+//! 5. `backend`: the [`Backend`] trait (and `AsyncBackend`), the memory
+//!    engine, the network clients over one shared connection pool
+//!    (`backend::net`), and `backend::drive`, how the layers above reach an
+//!    engine from either world.
 //! 6. `format`: the stored format, pure bytes in and bytes out: keys,
 //!    envelope, postcard, zlib, crypto, manifests, type fingerprints.
 //! 7. `common`: the parsed cache URL, the shared error types, the counters
-//!    behind [`stats`], the fixed hash.
+//!    behind [`stats`], the single-flight registry, the fixed hash.
 
 mod api;
 pub mod backend;

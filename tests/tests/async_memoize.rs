@@ -476,3 +476,63 @@ fn every_memo_future_is_send() {
     let mut lock = CacheLock::new("send");
     assert_send(lock.release_async());
 }
+
+#[test]
+fn a_cancelled_leader_releases_its_lock() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    run_multi(async {
+        let leader = tokio::spawn(async {
+            let options = Options::new().lock(LockOptions::new());
+            let computing = cache_memoize_async(
+                "cancelled-locked",
+                || async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    1u32
+                },
+                &options,
+            );
+            tokio::time::timeout(Duration::from_millis(100), computing).await
+        });
+        assert!(leader.await.unwrap().is_err());
+        // The release was spawned as the future dropped; without it the
+        // lock would stay taken for its 30 s expiration.
+        let mut lock = CacheLock::new("cancelled-locked")
+            .timeout(Duration::from_secs(2))
+            .retry(Duration::from_millis(10));
+        let start = Instant::now();
+        assert!(lock.acquire_async().await.unwrap());
+        assert!(start.elapsed() < Duration::from_secs(1));
+        lock.release_async().await.unwrap();
+    });
+}
+
+#[test]
+fn a_sync_caller_waits_for_an_async_leader() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let computed = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&computed);
+    let runtime = std::thread::spawn(move || {
+        run(cache_memoize_async(
+            "mixed-worlds",
+            || async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                3u8
+            },
+            &Options::new(),
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let waited: u8 = cache_memoize(
+        "mixed-worlds",
+        || {
+            computed.fetch_add(1, Ordering::SeqCst);
+            4
+        },
+        &Options::new(),
+    );
+    assert_eq!((waited, runtime.join().unwrap()), (3, 3));
+    assert_eq!(computed.load(Ordering::SeqCst), 1);
+}

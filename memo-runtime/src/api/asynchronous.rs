@@ -13,7 +13,7 @@ use crate::format::key::CacheKey;
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
-/// [`cache_memoize`](crate::cache_memoize) for async code: returns the
+/// [`cache_memoize`](fn@crate::cache_memoize) for async code: returns the
 /// value cached under `key`, or awaits `compute()`, stores its value and
 /// returns it.
 ///
@@ -53,7 +53,7 @@ where
     .await
 }
 
-/// [`try_cache_memoize`](crate::try_cache_memoize) for async code: only
+/// [`try_cache_memoize`](fn@crate::try_cache_memoize) for async code: only
 /// `Ok` values are cached; an `Err` is returned as is, nothing is stored,
 /// and a concurrent call for the same key computes in its place.
 ///
@@ -90,7 +90,7 @@ where
     .await
 }
 
-/// [`invalidate`](crate::invalidate) for async code: drops the entry
+/// [`invalidate`](fn@crate::invalidate) for async code: drops the entry
 /// memoized under `key` (and its chunks, if chunked).
 pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> Result<(), Error> {
     let call = Call::new(config(), key.into(), options);

@@ -34,7 +34,7 @@ use crate::policy::stream::StoreError;
 const IN_FLIGHT: usize = 4;
 
 /// Memoizes a stream: the async counterpart of
-/// [`cache_memoize_iter`](crate::cache_memoize_iter), with the same format,
+/// [`cache_memoize_iter`](fn@crate::cache_memoize_iter), with the same format,
 /// so a sync process and an async one share entries.
 ///
 /// Nothing runs until the first poll. On a miss, `compute` runs and each

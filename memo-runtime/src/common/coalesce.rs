@@ -53,9 +53,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-#[cfg(test)]
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Number of independently locked parts of the registry.
 const SHARDS: usize = 16;
@@ -324,7 +322,8 @@ impl LeaderGuard {
 
     /// Gives the flight up without a value: the first waiter, if any, is
     /// promoted to leader; with none the flight ends. Same as dropping.
-    #[cfg(test)]
+    // The policy abandons by dropping; the name is for readers and tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn abandon(self) {}
 }
 
@@ -350,7 +349,8 @@ impl Waiter {
     /// promoted. Has no deadline: it returns [`Outcome::TimedOut`] only if
     /// the registry lost track of this waiter, which its invariants rule
     /// out, rather than sleep forever.
-    #[cfg(test)]
+    // The policy always waits with a deadline; these serve the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn wait(self) -> Outcome {
         self.wait_until(None)
     }
@@ -359,7 +359,7 @@ impl Waiter {
     /// [`Outcome::TimedOut`]. An outcome that arrived by the deadline wins
     /// over the timeout (a promotion at the last moment is taken up, not
     /// passed on). A timeout too large to represent waits without one.
-    #[cfg(test)]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn wait_timeout(self, timeout: Duration) -> Outcome {
         self.wait_until(Instant::now().checked_add(timeout))
     }

@@ -76,7 +76,8 @@ impl ItemReader {
     }
 
     /// The next item's postcard bytes, not decoded; `Ok(None)` at a
-    /// verified end.
+    /// verified end. For streams, which decode in the caller's task.
+    #[cfg(feature = "async")]
     pub(crate) fn next_bytes(&mut self) -> Result<Option<&[u8]>, LoadError> {
         let outcome = self.next_frame();
         if let Some(err) = self.reader.take_error() {

@@ -18,7 +18,7 @@
 //! # One policy for both worlds
 //!
 //! The algorithm is written once, as async code generic over a
-//! [`Driver`](drive::Driver): the synchronous API runs it with the blocking
+//! `Driver` (in `drive`): the synchronous API runs it with the blocking
 //! driver, whose futures complete on their first poll (blocking backend
 //! calls, thread sleeps and condition-variable waits inside the poll, on the
 //! caller's own thread), under a `block_on` that polls once; the async API

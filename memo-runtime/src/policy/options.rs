@@ -121,7 +121,8 @@ impl Options {
     /// panics, returns `Err` or whose future is dropped hands over to a
     /// waiter. A waiter waits at most the lock's timeout, or
     /// [`COALESCE_TIMEOUT`](crate::COALESCE_TIMEOUT) without a lock, then
-    /// computes (and stores) on its own.
+    /// computes (and stores) on its own. A waiter served by its leader
+    /// counts as a hit in [`stats`](crate::stats).
     ///
     /// Applies to values (`cache_memoize`, `try_cache_memoize` and their
     /// async twins); iterators and streams each compute. A

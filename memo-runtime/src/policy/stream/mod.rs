@@ -11,6 +11,14 @@
 //! leaves only orphan chunks no reader can reach), lets a superseded
 //! write's chunks expire after a grace period, and fetches and verifies
 //! chunks in batches with the index chunks each batch needs.
+//!
+//! The pipeline is synchronous: it drives the engine's blocking face
+//! (`Backend`) and is CPU-bound between round trips (hashing, zlib, AES).
+//! Async callers never run it on an executor thread: the tokio driver
+//! (`policy::drive`) and `cache_memoize_stream` run it on tokio's blocking
+//! pool, where blocking is what the pool is for. An engine configured with
+//! `Config::new_async` serves it through its own async client, run on
+//! memo's background runtime.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -262,13 +262,14 @@ mod tests {
                 Poll::Ready(())
             }
         });
-        let mut outer = pin!(super::v0_1::refreshing(inner));
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(outer.as_mut().poll(&mut cx).is_pending());
-        assert!(!is_set(), "cleared between polls, for other tasks");
-        assert!(outer.as_mut().poll(&mut cx).is_pending());
-        assert!(outer.as_mut().poll(&mut cx).is_ready());
-        drop(outer);
+        {
+            let mut outer = pin!(super::v0_1::refreshing(inner));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(outer.as_mut().poll(&mut cx).is_pending());
+            assert!(!is_set(), "cleared between polls, for other tasks");
+            assert!(outer.as_mut().poll(&mut cx).is_pending());
+            assert!(outer.as_mut().poll(&mut cx).is_ready());
+        }
         assert_eq!(seen, [true, false, false]);
     }
 

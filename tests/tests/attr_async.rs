@@ -17,6 +17,26 @@ fn fresh() {
     configure(Config::new(MemoryBackend::new()).namespace("attr-async"));
 }
 
+/// Runs `future` on a fresh current-thread runtime, as `#[tokio::test]`
+/// does; tests hold `serial()` outside it, never across an `.await`.
+fn run<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Runs `future` on a fresh multi-thread runtime.
+fn run_multi<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 /// Reads `key` through the synchronous functional API, panicking on a
 /// miss: proves the attribute stored exactly there, in the format a sync
 /// caller reads.
@@ -39,18 +59,20 @@ async fn square(n: u64) -> u64 {
     n * n
 }
 
-#[tokio::test]
-async fn computes_once_and_stores_where_sync_callers_read() {
+#[test]
+fn computes_once_and_stores_where_sync_callers_read() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = SQUARES.load(SeqCst);
-    assert_eq!(square(12).await, 144);
-    assert_eq!(square(12).await, 144);
-    assert_eq!(square(12).await, 144);
-    assert_eq!(SQUARES.load(SeqCst) - before, 1);
-    assert_eq!(square(13).await, 169);
-    assert_eq!(SQUARES.load(SeqCst) - before, 2);
-    assert_eq!(stored::<u64>(&["square", "12"]), 144);
+    run(async {
+        let before = SQUARES.load(SeqCst);
+        assert_eq!(square(12).await, 144);
+        assert_eq!(square(12).await, 144);
+        assert_eq!(square(12).await, 144);
+        assert_eq!(SQUARES.load(SeqCst) - before, 1);
+        assert_eq!(square(13).await, 169);
+        assert_eq!(SQUARES.load(SeqCst) - before, 2);
+        assert_eq!(stored::<u64>(&["square", "12"]), 144);
+    });
 }
 
 static PARSES: AtomicUsize = AtomicUsize::new(0);
@@ -63,18 +85,20 @@ async fn parse(text: &str) -> Result<u32, ParseIntError> {
     Ok(n * 2)
 }
 
-#[tokio::test]
-async fn result_caches_ok_only_and_question_mark_works() {
+#[test]
+fn result_caches_ok_only_and_question_mark_works() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = PARSES.load(SeqCst);
-    assert!(parse("x").await.is_err());
-    assert!(parse("x").await.is_err());
-    assert_eq!(PARSES.load(SeqCst) - before, 2, "an Err is not stored");
-    assert_eq!(parse(" 21 ").await, Ok(42));
-    assert_eq!(parse(" 21 ").await, Ok(42));
-    assert_eq!(PARSES.load(SeqCst) - before, 3, "an Ok is");
-    assert_eq!(stored::<u32>(&["parse", " 21 "]), 42);
+    run(async {
+        let before = PARSES.load(SeqCst);
+        assert!(parse("x").await.is_err());
+        assert!(parse("x").await.is_err());
+        assert_eq!(PARSES.load(SeqCst) - before, 2, "an Err is not stored");
+        assert_eq!(parse(" 21 ").await, Ok(42));
+        assert_eq!(parse(" 21 ").await, Ok(42));
+        assert_eq!(PARSES.load(SeqCst) - before, 3, "an Ok is");
+        assert_eq!(stored::<u32>(&["parse", " 21 "]), 42);
+    });
 }
 
 static GREETINGS: AtomicUsize = AtomicUsize::new(0);
@@ -92,24 +116,26 @@ impl Greeter {
     }
 }
 
-#[tokio::test]
-async fn methods_take_self_and_borrowed_arguments() {
+#[test]
+fn methods_take_self_and_borrowed_arguments() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = GREETINGS.load(SeqCst);
-    let hello = Greeter {
-        salutation: "Hello".into(),
-    };
-    let name = String::from("Ada");
-    assert_eq!(hello.greet(&name).await, "Hello, Ada!");
-    assert_eq!(hello.greet("Ada").await, "Hello, Ada!");
-    assert_eq!(GREETINGS.load(SeqCst) - before, 1);
-    let hi = Greeter {
-        salutation: "Hi".into(),
-    };
-    assert_eq!(hi.greet("Ada").await, "Hi, Ada!");
-    assert_eq!(GREETINGS.load(SeqCst) - before, 2, "self.salutation keys");
-    assert_eq!(stored::<String>(&["greet", "Hi", "Ada"]), "Hi, Ada!");
+    run(async {
+        let before = GREETINGS.load(SeqCst);
+        let hello = Greeter {
+            salutation: "Hello".into(),
+        };
+        let name = String::from("Ada");
+        assert_eq!(hello.greet(&name).await, "Hello, Ada!");
+        assert_eq!(hello.greet("Ada").await, "Hello, Ada!");
+        assert_eq!(GREETINGS.load(SeqCst) - before, 1);
+        let hi = Greeter {
+            salutation: "Hi".into(),
+        };
+        assert_eq!(hi.greet("Ada").await, "Hi, Ada!");
+        assert_eq!(GREETINGS.load(SeqCst) - before, 2, "self.salutation keys");
+        assert_eq!(stored::<String>(&["greet", "Hi", "Ada"]), "Hi, Ada!");
+    });
 }
 
 static DESCRIBED: AtomicUsize = AtomicUsize::new(0);
@@ -120,15 +146,17 @@ async fn describe<T: Display + Send + Sync>(value: T) -> String {
     format!("<{value}>")
 }
 
-#[tokio::test]
-async fn generic_functions_work() {
+#[test]
+fn generic_functions_work() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = DESCRIBED.load(SeqCst);
-    assert_eq!(describe(7u8).await, "<7>");
-    assert_eq!(describe("7").await, "<7>", "same Display, same entry");
-    assert_eq!(describe(7.5f64).await, "<7.5>");
-    assert_eq!(DESCRIBED.load(SeqCst) - before, 2);
+    run(async {
+        let before = DESCRIBED.load(SeqCst);
+        assert_eq!(describe(7u8).await, "<7>");
+        assert_eq!(describe("7").await, "<7>", "same Display, same entry");
+        assert_eq!(describe(7.5f64).await, "<7.5>");
+        assert_eq!(DESCRIBED.load(SeqCst) - before, 2);
+    });
 }
 
 #[cache_memoize(key = "steps:{start}:{limit}")]
@@ -144,13 +172,15 @@ async fn steps(mut start: u32, limit: u32) -> Vec<u32> {
     }
 }
 
-#[tokio::test]
-async fn mutable_arguments_and_early_returns_keep_their_meaning() {
+#[test]
+fn mutable_arguments_and_early_returns_keep_their_meaning() {
     let _serial = memo_tests::serial();
     fresh();
-    assert_eq!(steps(2, 5).await, [2, 3, 4]);
-    assert_eq!(steps(2, 5).await, [2, 3, 4]);
-    assert_eq!(steps(5, 2).await, Vec::<u32>::new());
+    run(async {
+        assert_eq!(steps(2, 5).await, [2, 3, 4]);
+        assert_eq!(steps(2, 5).await, [2, 3, 4]);
+        assert_eq!(steps(5, 2).await, Vec::<u32>::new());
+    });
 }
 
 static REPORTS: AtomicUsize = AtomicUsize::new(0);
@@ -161,30 +191,32 @@ async fn report(id: u32) -> String {
     format!("report {id} run {run}")
 }
 
-#[tokio::test]
-async fn helpers_are_async_and_refresh_once() {
+#[test]
+fn helpers_are_async_and_refresh_once() {
     let _serial = memo_tests::serial();
     fresh();
-    let first = report(1).await;
-    assert_eq!(report(1).await, first);
+    run(async {
+        let first = report(1).await;
+        assert_eq!(report(1).await, first);
 
-    let invalidate = report_invalidate(1);
-    assert_send(&invalidate);
-    invalidate.await.unwrap();
-    let second = report(1).await;
-    assert_ne!(second, first, "invalidated: computed afresh");
+        let invalidate = report_invalidate(1);
+        assert_send(&invalidate);
+        invalidate.await.unwrap();
+        let second = report(1).await;
+        assert_ne!(second, first, "invalidated: computed afresh");
 
-    let refresh = report_refresh(1);
-    assert_send(&refresh);
-    let third = refresh.await;
-    assert_ne!(third, second, "refresh computes even on a hit");
-    assert_eq!(report(1).await, third, "and overwrites the entry");
-    assert_eq!(
-        report(1).await,
-        third,
-        "the refresh flag does not outlive its call"
-    );
-    assert_eq!(stored::<String>(&["report", "1"]), third);
+        let refresh = report_refresh(1);
+        assert_send(&refresh);
+        let third = refresh.await;
+        assert_ne!(third, second, "refresh computes even on a hit");
+        assert_eq!(report(1).await, third, "and overwrites the entry");
+        assert_eq!(
+            report(1).await,
+            third,
+            "the refresh flag does not outlive its call"
+        );
+        assert_eq!(stored::<String>(&["report", "1"]), third);
+    });
 }
 
 static SHARED: AtomicUsize = AtomicUsize::new(0);
@@ -218,26 +250,30 @@ where
     values
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_calls_compute_once() {
+#[test]
+fn fifty_concurrent_calls_compute_once() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = SHARED.load(SeqCst);
-    let values = all_at_once(50, || shared(9)).await;
-    assert!(values.iter().all(|&v| v == 10), "{values:?}");
-    assert_eq!(SHARED.load(SeqCst) - before, 1);
+    run_multi(async {
+        let before = SHARED.load(SeqCst);
+        let values = all_at_once(50, || shared(9)).await;
+        assert!(values.iter().all(|&v| v == 10), "{values:?}");
+        assert_eq!(SHARED.load(SeqCst) - before, 1);
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn coalesce_false_lets_each_call_compute() {
+#[test]
+fn coalesce_false_lets_each_call_compute() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = UNSHARED.load(SeqCst);
-    let values = all_at_once(50, || unshared(9)).await;
-    assert!(values.iter().all(|&v| v == 10), "{values:?}");
-    assert_eq!(UNSHARED.load(SeqCst) - before, 50);
-    assert_eq!(unshared(9).await, 10);
-    assert_eq!(UNSHARED.load(SeqCst) - before, 50, "still stored and read");
+    run_multi(async {
+        let before = UNSHARED.load(SeqCst);
+        let values = all_at_once(50, || unshared(9)).await;
+        assert!(values.iter().all(|&v| v == 10), "{values:?}");
+        assert_eq!(UNSHARED.load(SeqCst) - before, 50);
+        assert_eq!(unshared(9).await, 10);
+        assert_eq!(UNSHARED.load(SeqCst) - before, 50, "still stored and read");
+    });
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,26 +305,28 @@ where
     handler
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn futures_are_send_spawnable_and_fit_a_handler() {
+#[test]
+fn futures_are_send_spawnable_and_fit_a_handler() {
     let _serial = memo_tests::serial();
     fresh();
-    let future = profile(3);
-    assert_send(&future);
-    assert_send(&parse("1"));
-    let hello = Greeter {
-        salutation: "Hey".into(),
-    };
-    assert_send(&hello.greet("you"));
-    assert_send(&describe(1u8));
+    run_multi(async {
+        let future = profile(3);
+        assert_send(&future);
+        assert_send(&parse("1"));
+        let hello = Greeter {
+            salutation: "Hey".into(),
+        };
+        assert_send(&hello.greet("you"));
+        assert_send(&describe(1u8));
 
-    let before = PROFILES.load(SeqCst);
-    let spawned = tokio::spawn(future).await.unwrap();
-    assert_eq!(spawned.name, "user 3");
-    let handler = route(profile);
-    let again = tokio::spawn(handler.clone()(3)).await.unwrap();
-    assert_eq!(again, spawned);
-    assert_eq!(PROFILES.load(SeqCst) - before, 1);
+        let before = PROFILES.load(SeqCst);
+        let spawned = tokio::spawn(future).await.unwrap();
+        assert_eq!(spawned.name, "user 3");
+        let handler = route(profile);
+        let again = tokio::spawn(handler(3)).await.unwrap();
+        assert_eq!(again, spawned);
+        assert_eq!(PROFILES.load(SeqCst) - before, 1);
+    });
 }
 
 #[test]

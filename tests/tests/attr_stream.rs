@@ -3,7 +3,7 @@
 //! hit replays them, and a stream dropped half-way leaves nothing a later
 //! call takes as complete.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -15,6 +15,16 @@ use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, cache_memoize_
 /// A fresh embedded cache, so each test starts from nothing.
 fn fresh() {
     configure(Config::new(MemoryBackend::new()).namespace("attr-stream"));
+}
+
+/// Runs `future` on a fresh current-thread runtime, as `#[tokio::test]`
+/// does; tests hold `serial()` outside it, never across an `.await`.
+fn run<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
 
 /// The body's stream: yields `items` one per poll and counts what it
@@ -62,26 +72,28 @@ fn words(text: String) -> impl Stream<Item = String> {
     }
 }
 
-#[tokio::test]
-async fn nothing_runs_until_the_first_poll_and_a_hit_replays() {
+#[test]
+fn nothing_runs_until_the_first_poll_and_a_hit_replays() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = WORD_RUNS.load(SeqCst);
-    let stream = words("a b c".into());
-    assert_send_unpin(&stream);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 0, "lazy: the body waits");
-    assert_eq!(collect(stream).await, ["a", "b", "c"]);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
-    assert_eq!(collect(words("a b c".into())).await, ["a", "b", "c"]);
-    assert_eq!(
-        WORD_RUNS.load(SeqCst) - before,
-        1,
-        "a hit replays the items"
-    );
-    // Stored in iterator mode's format, under the template's key: a sync
-    // iterator over the same key reads it.
-    assert_eq!(same_words("a b c".into()), ["a", "b", "c"]);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
+    run(async {
+        let before = WORD_RUNS.load(SeqCst);
+        let stream = words("a b c".into());
+        assert_send_unpin(&stream);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 0, "lazy: the body waits");
+        assert_eq!(collect(stream).await, ["a", "b", "c"]);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
+        assert_eq!(collect(words("a b c".into())).await, ["a", "b", "c"]);
+        assert_eq!(
+            WORD_RUNS.load(SeqCst) - before,
+            1,
+            "a hit replays the items"
+        );
+        // Stored in iterator mode's format, under the template's key: a sync
+        // iterator over the same key reads it.
+        assert_eq!(same_words("a b c".into()), ["a", "b", "c"]);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
+    });
 }
 
 #[cache_memoize_iter(key = "words:{text}")]
@@ -100,49 +112,53 @@ fn long(count: u32, yielded: Arc<AtomicUsize>) -> impl futures_core::Stream<Item
     }
 }
 
-#[tokio::test]
-async fn items_reach_the_caller_as_the_source_yields_them() {
+#[test]
+fn items_reach_the_caller_as_the_source_yields_them() {
     let _serial = memo_tests::serial();
     fresh();
-    let yielded = Arc::new(AtomicUsize::new(0));
-    let mut stream = long(10_000, Arc::clone(&yielded));
-    assert_eq!(next(&mut stream).await, Some(0));
-    let after_first = yielded.load(SeqCst);
-    assert!(
-        after_first < 100,
-        "the first item came after {after_first} of 10,000 source items"
-    );
-    let mut rest = 1;
-    while let Some(item) = next(&mut stream).await {
-        assert_eq!(item, rest);
-        rest += 1;
-    }
-    assert_eq!(rest, 10_000);
+    run(async {
+        let yielded = Arc::new(AtomicUsize::new(0));
+        let mut stream = long(10_000, Arc::clone(&yielded));
+        assert_eq!(next(&mut stream).await, Some(0));
+        let after_first = yielded.load(SeqCst);
+        assert!(
+            after_first < 100,
+            "the first item came after {after_first} of 10,000 source items"
+        );
+        let mut rest = 1;
+        while let Some(item) = next(&mut stream).await {
+            assert_eq!(item, rest);
+            rest += 1;
+        }
+        assert_eq!(rest, 10_000);
+    });
 }
 
-#[tokio::test]
-async fn a_stream_dropped_half_way_leaves_nothing_complete() {
+#[test]
+fn a_stream_dropped_half_way_leaves_nothing_complete() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = LONG_RUNS.load(SeqCst);
-    let yielded = Arc::new(AtomicUsize::new(0));
-    let mut stream = long(50, Arc::clone(&yielded));
-    for expected in 0..3 {
-        assert_eq!(next(&mut stream).await, Some(expected));
-    }
-    drop(stream);
-    assert_eq!(LONG_RUNS.load(SeqCst) - before, 1);
+    run(async {
+        let before = LONG_RUNS.load(SeqCst);
+        let yielded = Arc::new(AtomicUsize::new(0));
+        let mut stream = long(50, Arc::clone(&yielded));
+        for expected in 0..3 {
+            assert_eq!(next(&mut stream).await, Some(expected));
+        }
+        drop(stream);
+        assert_eq!(LONG_RUNS.load(SeqCst) - before, 1);
 
-    let items = collect(long(50, Arc::new(AtomicUsize::new(0)))).await;
-    assert_eq!(items, (0..50).collect::<Vec<_>>(), "every item, none lost");
-    assert_eq!(
-        LONG_RUNS.load(SeqCst) - before,
-        2,
-        "the half-read stream stored no entry: computed again"
-    );
-    let items = collect(long(50, Arc::new(AtomicUsize::new(0)))).await;
-    assert_eq!(items.len(), 50);
-    assert_eq!(LONG_RUNS.load(SeqCst) - before, 2, "the full one did");
+        let items = collect(long(50, Arc::new(AtomicUsize::new(0)))).await;
+        assert_eq!(items, (0..50).collect::<Vec<_>>(), "every item, none lost");
+        assert_eq!(
+            LONG_RUNS.load(SeqCst) - before,
+            2,
+            "the half-read stream stored no entry: computed again"
+        );
+        let items = collect(long(50, Arc::new(AtomicUsize::new(0)))).await;
+        assert_eq!(items.len(), 50);
+        assert_eq!(LONG_RUNS.load(SeqCst) - before, 2, "the full one did");
+    });
 }
 
 static TAGGED_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -162,42 +178,46 @@ impl Catalog {
     }
 }
 
-#[tokio::test]
-async fn methods_and_static_borrows_work() {
+#[test]
+fn methods_and_static_borrows_work() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = TAGGED_RUNS.load(SeqCst);
-    let label = String::from("x");
-    let stream = Catalog.tagged("p", &label);
-    drop(label);
-    assert_eq!(collect(stream).await, ["p1", "p2"]);
-    assert_eq!(collect(Catalog.tagged("p", "x")).await, ["p1", "p2"]);
-    assert_eq!(TAGGED_RUNS.load(SeqCst) - before, 1);
-    assert_eq!(collect(Catalog.tagged("p", "y")).await, ["p1", "p2"]);
-    assert_eq!(TAGGED_RUNS.load(SeqCst) - before, 2, "label keys the entry");
+    run(async {
+        let before = TAGGED_RUNS.load(SeqCst);
+        let label = String::from("x");
+        let stream = Catalog.tagged("p", &label);
+        drop(label);
+        assert_eq!(collect(stream).await, ["p1", "p2"]);
+        assert_eq!(collect(Catalog.tagged("p", "x")).await, ["p1", "p2"]);
+        assert_eq!(TAGGED_RUNS.load(SeqCst) - before, 1);
+        assert_eq!(collect(Catalog.tagged("p", "y")).await, ["p1", "p2"]);
+        assert_eq!(TAGGED_RUNS.load(SeqCst) - before, 2, "label keys the entry");
+    });
 }
 
-#[tokio::test]
-async fn invalidate_is_async_and_refresh_recomputes() {
+#[test]
+fn invalidate_is_async_and_refresh_recomputes() {
     let _serial = memo_tests::serial();
     fresh();
-    let before = WORD_RUNS.load(SeqCst);
-    assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
-    assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
+    run(async {
+        let before = WORD_RUNS.load(SeqCst);
+        assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
+        assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 1);
 
-    words_invalidate("x y".into()).await.unwrap();
-    assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 2, "invalidated");
+        words_invalidate("x y".into()).await.unwrap();
+        assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 2, "invalidated");
 
-    assert_eq!(collect(words_refresh("x y".into())).await, ["x", "y"]);
-    assert_eq!(
-        WORD_RUNS.load(SeqCst) - before,
-        3,
-        "refresh computes on a hit"
-    );
-    assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
-    assert_eq!(WORD_RUNS.load(SeqCst) - before, 3, "and the next call hits");
+        assert_eq!(collect(words_refresh("x y".into())).await, ["x", "y"]);
+        assert_eq!(
+            WORD_RUNS.load(SeqCst) - before,
+            3,
+            "refresh computes on a hit"
+        );
+        assert_eq!(collect(words("x y".into())).await, ["x", "y"]);
+        assert_eq!(WORD_RUNS.load(SeqCst) - before, 3, "and the next call hits");
+    });
 }
 
 #[test]

@@ -343,3 +343,32 @@ fn runs_on_a_current_thread_runtime_and_on_one_after_another() {
     }
     assert_eq!(SQUARES.load(SeqCst) - before, 1);
 }
+
+static COUNTS: AtomicUsize = AtomicUsize::new(0);
+
+trait Counter {
+    async fn count(&self, n: u32) -> u32;
+}
+
+struct Doubler;
+
+impl Counter for Doubler {
+    /// In a trait impl no extra method may be added: `helpers = false`.
+    #[cache_memoize(key = "count:{n}", helpers = false)]
+    async fn count(&self, n: u32) -> u32 {
+        COUNTS.fetch_add(1, SeqCst);
+        n * 2
+    }
+}
+
+#[test]
+fn trait_impls_take_async_methods() {
+    let _serial = memo_tests::serial();
+    fresh();
+    let before = COUNTS.load(SeqCst);
+    run(async {
+        assert_eq!(Doubler.count(4).await, 8);
+        assert_eq!(Doubler.count(4).await, 8);
+    });
+    assert_eq!(COUNTS.load(SeqCst) - before, 1);
+}

@@ -41,6 +41,8 @@ pub(crate) enum Output {
     Result(Type),
     /// Iterator mode: `cache_memoize_iter`.
     Iter(IterShape, Type),
+    /// Stream mode, `impl Stream<Item = T>`: `cache_memoize_stream`.
+    Stream(Type),
 }
 
 /// How the runtime's iterator becomes the declared return type.
@@ -105,6 +107,11 @@ impl Function {
             .collect()
     }
 
+    /// Whether this is an `async fn`, memoized by the async API.
+    pub(crate) fn is_async(&self) -> bool {
+        self.sig.asyncness.is_some()
+    }
+
     /// What the function returns; `iter` is true under
     /// `#[cache_memoize_iter]`, which makes any return type iterator mode.
     pub(crate) fn output(&self, iter: bool) -> Output {
@@ -115,7 +122,9 @@ impl Function {
         if matches!(&ty, Type::Tuple(tuple) if tuple.elems.is_empty()) {
             return Output::Nothing(ty.span());
         }
-        if let Some(shape) = iter_shape(&ty) {
+        if is_stream(&ty) {
+            Output::Stream(ty)
+        } else if let Some(shape) = iter_shape(&ty) {
             Output::Iter(shape, ty)
         } else if iter {
             Output::Iter(IterShape::Collect, ty)
@@ -209,6 +218,28 @@ fn iter_shape(ty: &Type) -> Option<IterShape> {
     }
 }
 
+/// `impl Stream<Item = T>`, whatever the path to `Stream`
+/// (`futures_core::Stream`, `futures::Stream`, `tokio_stream::Stream`): a
+/// trait bound whose last segment is `Stream` and binds `Item`. Without
+/// the `Item` binding the cached type is unknown, and the function is
+/// treated as returning a value (which fails at the `impl`).
+fn is_stream(ty: &Type) -> bool {
+    match ty {
+        Type::ImplTrait(imp) => imp.bounds.iter().any(|bound| match bound {
+            TypeParamBound::Trait(bound) => bound.path.segments.last().is_some_and(|last| {
+                last.ident == "Stream"
+                    && matches!(&last.arguments, PathArguments::AngleBracketed(args)
+                        if args.args.iter().any(|arg| matches!(arg,
+                            GenericArgument::AssocType(assoc) if assoc.ident == "Item")))
+            }),
+            _ => false,
+        }),
+        Type::Paren(inner) => is_stream(&inner.elem),
+        Type::Group(inner) => is_stream(&inner.elem),
+        _ => false,
+    }
+}
+
 fn has_iterator_bound<'a>(bounds: impl IntoIterator<Item = &'a TypeParamBound>) -> bool {
     bounds.into_iter().any(|bound| match bound {
         TypeParamBound::Trait(trait_bound) => trait_bound
@@ -233,6 +264,7 @@ mod tests {
             Output::Iter(IterShape::Impl, _) => "iter",
             Output::Iter(IterShape::Boxed, _) => "boxed",
             Output::Iter(IterShape::Collect, _) => "collect",
+            Output::Stream(_) => "stream",
         }
     }
 
@@ -333,6 +365,50 @@ mod tests {
             ),
             "collect"
         );
+    }
+
+    #[test]
+    fn recognises_streams_by_their_item_binding() {
+        let stream = |f: Function| output(f, false);
+        assert_eq!(
+            stream(parse_quote!(
+                fn f() -> impl Stream<Item = u8> {}
+            )),
+            "stream"
+        );
+        assert_eq!(
+            stream(parse_quote!(
+                fn f() -> impl futures_core::Stream<Item = u8> + Send + 'static {}
+            )),
+            "stream"
+        );
+        assert_eq!(
+            stream(parse_quote!(
+                fn f() -> impl ::tokio_stream::Stream<Item = (u8, String)> {}
+            )),
+            "stream"
+        );
+        assert_eq!(
+            stream(parse_quote!(
+                async fn f() -> impl futures::Stream<Item = u8> {}
+            )),
+            "stream"
+        );
+        assert_eq!(
+            stream(parse_quote!(
+                fn f() -> impl Stream {}
+            )),
+            "value",
+            "no `Item`: the cached type is unknown"
+        );
+        assert_eq!(
+            stream(parse_quote!(
+                fn f() -> MyStream<Item> {}
+            )),
+            "value"
+        );
+        let ty: Type = parse_quote!(impl futures::Stream<Item = Vec<u8>> + Send);
+        assert_eq!(iterator_item(&ty), Some(&parse_quote!(Vec<u8>)));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) struct Attr {
     pub ignore: Vec<Ident>,
     /// `helpers = false`: no `<fn>_invalidate` / `<fn>_refresh`.
     pub helpers: Option<Flag>,
+    /// `coalesce` / `coalesce = <bool>`: concurrent calls in one process
+    /// share one computation (the runtime's default).
+    pub coalesce: Option<Flag>,
 }
 
 /// A boolean option and where it was written.
@@ -62,6 +65,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "encrypt",
     "force_overwrite",
     "lock",
+    "coalesce",
     "version",
     "ignore",
     "helpers",
@@ -83,6 +87,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("overwrite", "force_overwrite"),
     ("skip", "ignore"),
     ("exclude", "ignore"),
+    ("single_flight", "coalesce"),
+    ("dedupe", "coalesce"),
+    ("dedup", "coalesce"),
 ];
 
 impl Attr {
@@ -115,6 +122,7 @@ impl Attr {
             "encrypt" => set(&mut self.encrypt, flag(&meta, errors)),
             "force_overwrite" => set(&mut self.force_overwrite, flag(&meta, errors)),
             "helpers" => set(&mut self.helpers, flag(&meta, errors)),
+            "coalesce" => set(&mut self.coalesce, flag(&meta, errors)),
             "lock" => set(&mut self.lock, lock(&meta, errors)),
             "version" => set(&mut self.version, version(&meta, errors)),
             "ignore" => {
@@ -369,7 +377,7 @@ mod tests {
         let (attr, errors) = parse(quote! {
             key = "p:{id}", expiration = 3600, large_data, compress = false, encrypt,
             force_overwrite, lock(timeout = 5, retry = 100, expiration = 30, blocking = false),
-            version = 2, ignore(db, log), helpers = false
+            version = 2, ignore(db, log), helpers = false, coalesce = false
         });
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(attr.key.unwrap().components.len(), 2);
@@ -384,6 +392,19 @@ mod tests {
         assert_eq!(attr.version.unwrap().base10_digits(), "2");
         assert_eq!(attr.ignore.len(), 2);
         assert!(!attr.helpers.unwrap().value);
+        assert!(!attr.coalesce.unwrap().value);
+    }
+
+    #[test]
+    fn coalesce_is_a_flag() {
+        let (attr, errors) = parse(quote!(coalesce));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(attr.coalesce.unwrap().value);
+        let (_, errors) = parse(quote!(coalesce = "no", coalesse = false, single_flight));
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert_eq!(errors[0], "expected `true` or `false`");
+        assert!(errors[1].starts_with("unknown option `coalesse`; did you mean `coalesce`?"));
+        assert!(errors[2].starts_with("unknown option `single_flight`; did you mean `coalesce`?"));
     }
 
     #[test]

@@ -47,10 +47,11 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     valid::check(&attr, &func, &args, &output, &mut errors);
     if let Err(error) = errors.finish() {
         // Stand-in helpers keep their callers compiling; an opaque
-        // iterator type cannot be stood in for by a diverging body.
-        let opaque = matches!(output, Output::Iter(IterShape::Impl, _));
+        // type (`impl Iterator`, `impl Stream`, `impl Future`) cannot be
+        // stood in for by a diverging body.
+        let opaque = matches!(&func.sig.output, syn::ReturnType::Type(_, ty) if matches!(**ty, Type::ImplTrait(_)));
         let helpers = if valid::signature_is_usable(&func, &args, &output) && !opaque {
-            helpers(&attr, &func, &args, &quote!({ loop {} }))
+            helpers(&attr, &func, &args, &output, &quote!({ loop {} }))
         } else {
             TokenStream::new()
         };
@@ -69,9 +70,9 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     let rt = runtime();
     let options = options(&attr);
     let key = key(&attr, &func, &args);
-    let call = call(&output, body);
+    let call = call(&output, body, func.is_async());
     let (options_var, key_var) = locals();
-    let helpers = helpers(&attr, &func, &args, &TokenStream::new());
+    let helpers = helpers(&attr, &func, &args, &output, &TokenStream::new());
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -100,6 +101,19 @@ fn runtime() -> TokenStream {
     quote!(::memo_runtime::__private::#module)
 }
 
+/// The runtime's path spanned at `span`: a bound that an `async fn`
+/// wrapper's future carries is reported where its path is written, which
+/// must be the user's type rather than the attribute.
+fn runtime_at(span: Span) -> TokenStream {
+    runtime()
+        .into_iter()
+        .map(|mut tree| {
+            tree.set_span(span);
+            tree
+        })
+        .collect()
+}
+
 /// The expansion's own locals, invisible to the user's body (mixed-site
 /// hygiene), so a parameter named like them is not shadowed.
 fn locals() -> (Ident, Ident) {
@@ -118,11 +132,12 @@ fn options(attr: &Attr) -> TokenStream {
         let expiration = secs(expiration);
         tokens.extend(quote!(.expiration(#expiration)));
     }
-    let flags: [(&str, &Option<Flag>); 4] = [
+    let flags: [(&str, &Option<Flag>); 5] = [
         ("force_overwrite", &attr.force_overwrite),
         ("large_data", &attr.large_data),
         ("compress", &attr.compress),
         ("encrypt", &attr.encrypt),
+        ("coalesce", &attr.coalesce),
     ];
     for (setter, flag) in flags {
         if let Some(Flag { value, span }) = flag {
@@ -254,10 +269,36 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
 /// The one runtime call, with the body as its closure. The cached type is
 /// named with the span of the user's own type, so that a type the cache
 /// cannot store is reported there, naming the serde traits it lacks.
-fn call(output: &Output, body: &TokenStream) -> TokenStream {
+///
+/// For an `async fn` the closure returns the body as an `async move`
+/// block, and the call is awaited: the expansion runs inside the
+/// function's own future, which holds the arguments, so the block may
+/// borrow what the arguments borrow. Only the key (owned strings), the
+/// options and the closure live across the `.await`, so the future is
+/// `Send` whenever the body's is.
+fn call(output: &Output, body: &TokenStream, is_async: bool) -> TokenStream {
     let rt = runtime();
     let (options, key) = locals();
     match output {
+        Output::Value(ty) if is_async => {
+            let rt = runtime_at(ty.span());
+            quote_spanned! {ty.span()=>
+                #rt::memoize_async::<#ty, _, _, _>(#key, move || async move #body, &#options).await
+            }
+        }
+        Output::Result(ty) if is_async => {
+            let rt = runtime_at(ty.span());
+            let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+            quote_spanned! {ty.span()=>
+                #rt::try_memoize_async::<#ok, _, _, _, _>(#key, move || async move #body, &#options).await
+            }
+        }
+        Output::Stream(ty) => {
+            let item = ast::iterator_item(ty).map_or_else(|| quote!(_), |item| quote!(#item));
+            quote_spanned! {ty.span()=>
+                #rt::memoize_stream::<#item, _, _, _>(#key, move || #body, &#options)
+            }
+        }
         Output::Value(ty) => quote_spanned! {ty.span()=>
             #rt::memoize::<#ty, _, _>(#key, move || -> #ty #body, &#options)
         },
@@ -290,7 +331,16 @@ fn call(output: &Output, body: &TokenStream) -> TokenStream {
 
 /// `<fn>_invalidate` and `<fn>_refresh`, with `body` standing in for both
 /// bodies when the function itself is in error.
-fn helpers(attr: &Attr, func: &Function, args: &[Arg], stand_in: &TokenStream) -> TokenStream {
+///
+/// Helpers of an `async fn` are `async`; so is `_invalidate` in stream
+/// mode, whose callers are async code that a blocking call would stall.
+fn helpers(
+    attr: &Attr,
+    func: &Function,
+    args: &[Arg],
+    output: &Output,
+    stand_in: &TokenStream,
+) -> TokenStream {
     if attr.helpers.as_ref().is_some_and(|flag| !flag.value) {
         return TokenStream::new();
     }
@@ -327,14 +377,21 @@ fn helpers(attr: &Attr, func: &Function, args: &[Arg], stand_in: &TokenStream) -
         .iter()
         .filter(|arg| arg.name.as_ref().is_some_and(|n| !attr.ignore.contains(n)))
         .map(typed);
+    let async_invalidate = func.is_async() || matches!(output, Output::Stream(_));
+    let invalidate_async = async_invalidate.then(|| quote!(async));
     let invalidate_body = if stand_in.is_empty() {
         let (options_var, key_var) = locals();
         let options = options(attr);
         let key = key(attr, func, args);
+        let invalidate = if async_invalidate {
+            quote!(#rt::invalidate_async(#key_var, &#options_var).await)
+        } else {
+            quote!(#rt::invalidate(#key_var, &#options_var))
+        };
         quote!({
             let #options_var = #options;
             let #key_var = #key;
-            #rt::invalidate(#key_var, &#options_var)
+            #invalidate
         })
     } else {
         stand_in.clone()
@@ -362,22 +419,31 @@ fn helpers(attr: &Attr, func: &Function, args: &[Arg], stand_in: &TokenStream) -
             }
             None => quote!(#name(#(#forwarded),*)),
         };
-        let guard = Ident::new("__memo_refresh", Span::mixed_site());
-        quote!({
-            let #guard = #rt::refresh_next_call();
-            #callee
-        })
+        if func.is_async() {
+            // A guard held across the `.await` would leave the flag set
+            // for whatever else runs on this thread; `refreshing` sets it
+            // for the callee's first poll only, which is when its
+            // expansion reads it.
+            quote!({ #rt::refreshing(#callee).await })
+        } else {
+            let guard = Ident::new("__memo_refresh", Span::mixed_site());
+            quote!({
+                let #guard = #rt::refresh_next_call();
+                #callee
+            })
+        }
     } else {
         stand_in.clone()
     };
 
+    let refresh_async = &sig.asyncness;
     let stand_in_lint = (!stand_in.is_empty()).then(|| quote!(#[allow(unused_variables)]));
     quote! {
         #(#carried)*
         #stand_in_lint
         #[doc = #invalidate_doc]
         #[allow(dead_code)]
-        #vis fn #invalidate #generics (#receiver_ref #(#keyed_args),*)
+        #vis #invalidate_async fn #invalidate #generics (#receiver_ref #(#keyed_args),*)
             -> #rt::Result<(), ::memo_runtime::Error> #where_clause
         #invalidate_body
 
@@ -385,7 +451,7 @@ fn helpers(attr: &Attr, func: &Function, args: &[Arg], stand_in: &TokenStream) -
         #stand_in_lint
         #[doc = #refresh_doc]
         #[allow(dead_code)]
-        #vis fn #refresh #generics (#receiver #(#all_args),*) -> #ret #where_clause
+        #vis #refresh_async fn #refresh #generics (#receiver #(#all_args),*) -> #ret #where_clause
         #refresh_body
     }
 }
@@ -485,6 +551,80 @@ mod tests {
         assert!(out.contains(&input.to_string()), "{out}");
         assert_eq!(out.matches("compile_error").count(), 2, "{out}");
         assert!(out.contains("fn f_invalidate"), "stand-in helpers: {out}");
+    }
+
+    #[test]
+    fn async_fn_awaits_the_async_runtime_call() {
+        let out = expand(
+            quote!(key = "u:{id}", coalesce = false),
+            quote!(
+                pub async fn user(&self, id: u64) -> Result<User, E> {
+                    self.load(id).await
+                }
+            ),
+        );
+        assert!(
+            out.contains("pub async fn user (& self , id : u64)"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "try_memoize_async :: < User , _ , _ , _ , _ > (__memo_key , move || async move { self . load (id) . await } , & __memo_options) . await"
+            ),
+            "{out}"
+        );
+        assert!(out.contains(". coalesce (false)"), "{out}");
+        assert!(
+            out.contains("pub async fn user_invalidate (& self , id : u64)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("invalidate_async (__memo_key , & __memo_options) . await"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pub async fn user_refresh (& self , id : u64) -> Result < User , E >"),
+            "{out}"
+        );
+        assert!(
+            out.contains("refreshing (Self :: user (self , id)) . await"),
+            "{out}"
+        );
+        assert!(!out.contains("refresh_next_call"), "{out}");
+    }
+
+    #[test]
+    fn stream_mode_hands_the_body_to_the_stream_call() {
+        let out = expand(
+            quote!(key = "s:{n}"),
+            quote!(
+                fn s(n: u8) -> impl Stream<Item = u8> {
+                    iter(0..n)
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "memoize_stream :: < u8 , _ , _ , _ > (__memo_key , move || { iter (0 .. n) }"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("async fn s_invalidate (n : u8)"), "{out}");
+        assert!(out.contains("fn s_refresh (n : u8)"), "{out}");
+        assert!(!out.contains("async fn s_refresh"), "{out}");
+    }
+
+    #[test]
+    fn async_misuse_keeps_the_function_and_emits_no_stand_in() {
+        let input = quote!(
+            async fn s(n: u8) -> impl Stream<Item = u8> {
+                iter(0..n)
+            }
+        );
+        let out = expand(quote!(), input.clone());
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains(&input.to_string()), "{out}");
+        assert!(!out.contains("s_refresh"), "{out}");
     }
 
     #[test]

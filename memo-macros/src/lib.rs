@@ -96,6 +96,7 @@ mod valid;
 /// | `encrypt` / `encrypt = false` | encrypt key and value; default: the config's `force_encryption` |
 /// | `force_overwrite` | always compute and store, never read |
 /// | `lock`, `lock(timeout = 5, retry = 100, expiration = 30, blocking = true)` | compute under a cache lock so that concurrent misses compute once (`retry` in milliseconds, the others in seconds) |
+/// | `coalesce = false` | let concurrent calls in this process compute each; by default they share one computation (values only) |
 /// | `version = 2` | appended to the key as a last component `v2`: bump it when a value's meaning changes, or when its type cannot be traced (see "What is stored") |
 /// | `ignore(a, b)` | arguments deliberately left out of the key |
 /// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |
@@ -126,6 +127,38 @@ mod valid;
 ///   `E` needs no serde.
 /// - `impl Iterator<Item = T>` or `Box<dyn Iterator<Item = T>>` is iterator
 ///   mode, as with [`macro@cache_memoize_iter`].
+/// - `impl Stream<Item = T>` (any path ending in `Stream`, with an `Item`
+///   binding: `futures::Stream`, `futures_core::Stream`,
+///   `tokio_stream::Stream`) on a plain `fn` is stream mode
+///   (`cache_memoize_stream`, memo-runtime feature `async`): lazy, items
+///   stored as the body's stream yields them. The stream outlives the call,
+///   so the body may not borrow the arguments: take owned ones.
+///
+/// # Async
+///
+/// With memo-runtime's feature `async`, an `async fn` is memoized by
+/// `cache_memoize_async` (or `try_cache_memoize_async` for a `Result`,
+/// which caches only `Ok`; `?` works in the body). The body becomes an
+/// `async move` block awaited inside the function's own future, so `&self`
+/// and borrowed arguments work as in a plain `async fn`, and the future is
+/// `Send` whenever the original is: it can be `tokio::spawn`ed or serve as
+/// an axum handler.
+///
+/// ```ignore
+/// #[cache_memoize(key = "user:{id}", ignore(db), expiration = 60)]
+/// async fn user(db: &Db, id: u64) -> Result<User, sqlx::Error> { .. }
+/// // becomes
+/// async fn user(db: &Db, id: u64) -> Result<User, sqlx::Error> {
+///     let __memo_options = rt::apply_refresh(rt::Options::new()...);
+///     let __memo_key = [..];
+///     rt::try_memoize_async::<User, _, _, _, _>(
+///         __memo_key, move || async move { .. }, &__memo_options,
+///     ).await
+/// }
+/// ```
+///
+/// The helpers of an `async fn` are `async` (`_invalidate` awaits
+/// `invalidate_async`); in stream mode `_invalidate` is `async` too.
 ///
 /// # Helpers
 ///
@@ -147,8 +180,9 @@ mod valid;
 /// a value of the wrong type, a placeholder naming no argument, an argument
 /// the key forgets, `compress` without `large_data` outside iterator mode, a
 /// function returning nothing, an argument pattern that cannot be keyed, an
-/// `async fn` (not supported yet). A return type that is not
-/// `Serialize + DeserializeOwned` fails at the return type.
+/// `async fn` returning an iterator or a stream, `impl Future` instead of
+/// `async fn`, `coalesce` on an iterator or a stream. A return type that is
+/// not `Serialize + DeserializeOwned` fails at the return type.
 #[proc_macro_attribute]
 pub fn cache_memoize(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::memoize(args.into(), input.into(), expand::Mode::Auto).into()

@@ -1,6 +1,6 @@
 //! Checks that the attribute and the function fit together. Each mistake is
 //! recorded at the token to fix — the unknown placeholder's key, the
-//! forgotten argument, the `async` keyword — and checking goes on, so one
+//! forgotten argument, the `const` keyword — and checking goes on, so one
 //! build shows every mistake.
 
 use std::collections::BTreeSet;
@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 
-use crate::ast::{Arg, Function, Output};
+use crate::ast::{Arg, Function, IterShape, Output};
 use crate::attr::Attr;
 use crate::errors::{Errors, did_you_mean};
 use crate::template::Target;
@@ -22,7 +22,9 @@ pub(crate) fn check(
     errors: &mut Errors,
 ) {
     signature(func, errors);
+    asynchrony(func, output, errors);
     arguments(args, errors);
+    stream_borrows(func, args, output, errors);
     return_type(func, output, errors);
     key(attr, func, args, errors);
     options(attr, output, errors);
@@ -32,7 +34,7 @@ pub(crate) fn check(
 /// it can, helpers are emitted even next to an error, so that call sites of
 /// the helpers do not fail in cascade.
 pub(crate) fn signature_is_usable(func: &Function, args: &[Arg], output: &Output) -> bool {
-    func.sig.asyncness.is_none()
+    !async_mismatch(func, output)
         && func.sig.constness.is_none()
         && func.body.is_some()
         && args.iter().all(|arg| arg.name.is_some())
@@ -41,12 +43,6 @@ pub(crate) fn signature_is_usable(func: &Function, args: &[Arg], output: &Output
 
 fn signature(func: &Function, errors: &mut Errors) {
     let name = &func.sig.ident;
-    if let Some(asyncness) = &func.sig.asyncness {
-        errors.push(
-            asyncness.span,
-            "`#[cache_memoize]` does not support `async fn` yet; memoize a synchronous function, or call `memo_runtime::cache_memoize` inside a blocking task",
-        );
-    }
     if let Some(constness) = &func.sig.constness {
         errors.push(
             constness.span,
@@ -61,12 +57,108 @@ fn signature(func: &Function, errors: &mut Errors) {
     }
 }
 
+/// An `async fn` whose return type asks for iterator or stream mode: the
+/// two do not combine, whichever the user meant.
+fn async_mismatch(func: &Function, output: &Output) -> bool {
+    func.is_async() && matches!(output, Output::Iter(..) | Output::Stream(_))
+}
+
+fn asynchrony(func: &Function, output: &Output, errors: &mut Errors) {
+    let Some(asyncness) = &func.sig.asyncness else {
+        return;
+    };
+    match output {
+        Output::Stream(_) => errors.push(
+            asyncness.span,
+            "stream mode memoizes a plain `fn` returning `impl Stream<Item = T>`: remove `async` (the stream is polled asynchronously already)",
+        ),
+        Output::Iter(IterShape::Collect, _) => errors.push(
+            asyncness.span,
+            "`#[cache_memoize_iter]` does not apply to an `async fn`: use `#[cache_memoize]` to cache its value whole, or a plain `fn` returning `impl Stream<Item = T>` for stream mode",
+        ),
+        Output::Iter(_, ty) => errors.push(
+            ty.span(),
+            "an `async fn` cannot be memoized in iterator mode: return a `Vec<T>` to cache the value whole, or make it a plain `fn` returning `impl Stream<Item = T>` for stream mode",
+        ),
+        Output::Nothing(_) | Output::Value(_) | Output::Result(_) => {}
+    }
+}
+
 fn arguments(args: &[Arg], errors: &mut Errors) {
     for arg in args.iter().filter(|arg| arg.name.is_none()) {
         errors.push(
             arg.pat.span(),
             "this argument has no name to put in the cache key; bind it to a name (`point: Point`) and destructure it in the body",
         );
+    }
+}
+
+/// In stream mode the body runs when the stream is first polled, after the
+/// function has returned, so it may not borrow an argument. Reported at
+/// the borrow, and only when the body names the argument: rustc's own
+/// error would point at the attribute.
+fn stream_borrows(func: &Function, args: &[Arg], output: &Output, errors: &mut Errors) {
+    if !matches!(output, Output::Stream(_)) {
+        return;
+    }
+    let Some(body) = &func.body else { return };
+    let message = |name: &dyn std::fmt::Display, owned: &str| {
+        format!(
+            "the body of `{}` runs when its stream is first polled, after the call has returned, so it cannot borrow `{name}`: take {owned}",
+            func.sig.ident
+        )
+    };
+    if let Some(receiver) = func.receiver() {
+        if receiver.reference.is_some() && mentions(body, "self") {
+            errors.push(
+                receiver.span(),
+                message(&"self", "`self` by value, or `self: Arc<Self>`"),
+            );
+        }
+    }
+    for arg in args {
+        let Some(name) = &arg.name else { continue };
+        let mut finder = BorrowFinder(None);
+        finder.visit_type(&arg.ty);
+        if let Some(span) = finder.0 {
+            if mentions(body, &name.to_string()) {
+                errors.push(
+                    span,
+                    message(name, "it as an owned value (`String`, `Vec<T>`, `Arc<T>`)"),
+                );
+            }
+        }
+    }
+}
+
+/// Whether `tokens` contain the identifier `name`, at any depth.
+fn mentions(tokens: &proc_macro2::TokenStream, name: &str) -> bool {
+    tokens.clone().into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => ident == name,
+        proc_macro2::TokenTree::Group(group) => mentions(&group.stream(), name),
+        _ => false,
+    })
+}
+
+/// The first borrow in a type that is not `'static`: a reference, or a
+/// lifetime argument.
+struct BorrowFinder(Option<proc_macro2::Span>);
+
+impl<'ast> Visit<'ast> for BorrowFinder {
+    fn visit_type_reference(&mut self, ty: &'ast syn::TypeReference) {
+        match &ty.lifetime {
+            Some(lifetime) if lifetime.ident == "static" => {}
+            _ => {
+                self.0.get_or_insert(ty.and_token.span);
+            }
+        }
+        syn::visit::visit_type(self, &ty.elem);
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if lifetime.ident != "static" {
+            self.0.get_or_insert(lifetime.span());
+        }
     }
 }
 
@@ -82,22 +174,32 @@ fn return_type(func: &Function, output: &Output, errors: &mut Errors) {
         Output::Value(ty) | Output::Result(ty) => {
             let mut finder = ImplTraitFinder(None);
             finder.visit_type(ty);
-            if let Some(span) = finder.0 {
-                errors.push(
+            match finder.0 {
+                Some((span, true)) => errors.push(
                     span,
-                    "the cache stores a concrete type: return a `Serialize + DeserializeOwned` type, or `impl Iterator<Item = T>` for iterator mode",
-                );
+                    "write the function as an `async fn` returning the value: `#[cache_memoize]` memoizes `async fn`, not `impl Future`",
+                ),
+                Some((span, false)) => errors.push(
+                    span,
+                    "the cache stores a concrete type: return a `Serialize + DeserializeOwned` type, `impl Iterator<Item = T>` for iterator mode, or `impl Stream<Item = T>` for stream mode",
+                ),
+                None => {}
             }
         }
-        Output::Iter(..) => {}
+        Output::Iter(..) | Output::Stream(_) => {}
     }
 }
 
-struct ImplTraitFinder(Option<proc_macro2::Span>);
+/// The first `impl Trait` in a type, and whether it is an `impl Future`.
+struct ImplTraitFinder(Option<(proc_macro2::Span, bool)>);
 
 impl<'ast> Visit<'ast> for ImplTraitFinder {
     fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
-        self.0.get_or_insert(ty.impl_token.span);
+        let future = ty.bounds.iter().any(|bound| {
+            matches!(bound, syn::TypeParamBound::Trait(bound)
+                if bound.path.segments.last().is_some_and(|last| last.ident == "Future"))
+        });
+        self.0.get_or_insert((ty.impl_token.span, future));
     }
 }
 
@@ -174,10 +276,18 @@ fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
 fn options(attr: &Attr, output: &Output, errors: &mut Errors) {
     let large = attr.large_data.as_ref().is_some_and(|flag| flag.value);
     if let Some(compress) = &attr.compress {
-        if !large && !matches!(output, Output::Iter(..)) {
+        if !large && !matches!(output, Output::Iter(..) | Output::Stream(_)) {
             errors.push(
                 compress.span,
-                "`compress` applies to large data and iterators only; add `large_data`, or remove `compress`",
+                "`compress` applies to large data, iterators and streams only; add `large_data`, or remove `compress`",
+            );
+        }
+    }
+    if let Some(coalesce) = &attr.coalesce {
+        if matches!(output, Output::Iter(..) | Output::Stream(_)) {
+            errors.push(
+                coalesce.span,
+                "`coalesce` applies to values: concurrent calls of an iterator or a stream each compute; remove `coalesce`",
             );
         }
     }

@@ -25,6 +25,9 @@ pub mod v0_1 {
     pub use std::vec::Vec;
 
     use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     thread_local! {
         /// Set by a generated `<fn>_refresh` for the memoized call it makes.
@@ -47,6 +50,41 @@ pub mod v0_1 {
     impl Drop for RefreshGuard {
         fn drop(&mut self) {
             REFRESH_NEXT_CALL.with(|flag| flag.set(false));
+        }
+    }
+
+    /// The future of an async `<fn>_refresh`: polls `inner` (the memoized
+    /// `async fn`'s future) with the refresh flag set during its first poll
+    /// only, which is when that expansion calls [`apply_refresh`]. A guard
+    /// held across an `.await` instead would leave the flag set for
+    /// whatever task this thread polls next.
+    #[must_use = "futures do nothing unless awaited"]
+    pub fn refreshing<F: Future>(inner: F) -> Refreshing<F> {
+        Refreshing {
+            inner: Box::pin(inner),
+            polled: false,
+        }
+    }
+
+    /// See [`refreshing`].
+    #[derive(Debug)]
+    pub struct Refreshing<F> {
+        // Boxed so that the wrapper is `Unpin` without unsafe projection;
+        // one allocation per refresh.
+        inner: Pin<Box<F>>,
+        polled: bool,
+    }
+
+    impl<F: Future> Future for Refreshing<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            if self.polled {
+                return self.inner.as_mut().poll(cx);
+            }
+            self.polled = true;
+            let _flag = refresh_next_call();
+            self.inner.as_mut().poll(cx)
         }
     }
 
@@ -104,6 +142,91 @@ pub mod v0_1 {
     {
         cache_memoize_iter(key, compute, options)
     }
+
+    /// Stands in for the async calls when the `async` feature is off, so
+    /// that a memoized `async fn` fails with a message that names the
+    /// feature, at the function's return type, rather than "cannot find
+    /// `memoize_async`".
+    #[cfg(not(feature = "async"))]
+    #[diagnostic::on_unimplemented(
+        message = "memoizing an `async fn` or a stream needs memo-runtime's cargo feature `async`",
+        label = "memoized here",
+        note = "enable it: memo-runtime = {{ version = \"0.1\", features = [\"async\"] }}"
+    )]
+    pub trait AsyncFeatureEnabled {}
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_async<T: AsyncFeatureEnabled, K, F, Fut>(_: K, _: F, _: &Options) -> T {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn try_memoize_async<T: AsyncFeatureEnabled, E, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+    ) -> Result<T, E> {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]: only ever next to a `memoize_async`
+    /// that fails to compile, which reports the missing feature once.
+    #[cfg(not(feature = "async"))]
+    pub async fn invalidate_async<K>(_: K, _: &Options) -> Result<(), Error> {
+        core::future::pending().await
+    }
+
+    #[cfg(feature = "async")]
+    pub use crate::{
+        MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
+        try_cache_memoize_async,
+    };
+
+    /// [`cache_memoize_async`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_async<T, K, F, Fut>(key: K, compute: F, options: &Options) -> T
+    where
+        T: Serialize + DeserializeOwned + Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T> + Send,
+    {
+        cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`try_cache_memoize_async`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn try_memoize_async<T, E, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
+    {
+        try_cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`cache_memoize_stream`] with `T` first.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub fn memoize_stream<T, K, F, S>(key: K, compute: F, options: &Options) -> MemoStream<T>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> S + Send + 'static,
+        S: futures_core::Stream<Item = T> + Send + 'static,
+    {
+        cache_memoize_stream(key, compute, options)
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +242,35 @@ mod tests {
         );
         let path = core::any::type_name::<super::v0_1::RefreshGuard>();
         assert!(path.contains(&format!("::{expected}::")), "{path}");
+    }
+
+    #[test]
+    fn refreshing_sets_the_flag_for_the_first_poll_only() {
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Poll, Waker};
+
+        let is_set = || super::v0_1::REFRESH_NEXT_CALL.with(|flag| flag.get());
+        let mut seen = Vec::new();
+        let mut polls = 0;
+        let inner = std::future::poll_fn(|_| {
+            seen.push(is_set());
+            polls += 1;
+            if polls < 3 {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        });
+        {
+            let mut outer = pin!(super::v0_1::refreshing(inner));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(outer.as_mut().poll(&mut cx).is_pending());
+            assert!(!is_set(), "cleared between polls, for other tasks");
+            assert!(outer.as_mut().poll(&mut cx).is_pending());
+            assert!(outer.as_mut().poll(&mut cx).is_ready());
+        }
+        assert_eq!(seen, [true, false, false]);
     }
 
     #[test]

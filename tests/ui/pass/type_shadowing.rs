@@ -34,6 +34,15 @@ fn try_cache_memoize() {}
 fn cache_memoize_iter() {}
 fn invalidate() {}
 fn apply_refresh() {}
+fn cache_memoize_async() {}
+fn try_cache_memoize_async() {}
+fn invalidate_async() {}
+fn refreshing() {}
+struct Future;
+struct Pin;
+struct MemoStream;
+fn cache_memoize_stream() {}
+fn memoize_stream() {}
 
 #[::memo_runtime::cache_memoize(key = "plain:{n}:x{n}y:{n:?}", expiration = 60, lock(timeout = 1, retry = 5))]
 fn plain(n: u32) -> u64 {
@@ -71,11 +80,46 @@ fn locals(__memo_key: u8, __memo_options: u8) -> u8 {
     __memo_key + __memo_options
 }
 
+#[::memo_runtime::cache_memoize(key = "async:{n}", coalesce = false)]
+async fn asynchronous(n: u32) -> u64 {
+    u64::from(n)
+}
+
+#[::memo_runtime::cache_memoize(key = "async-fallible:{text}")]
+async fn async_fallible(text: &str) -> std::result::Result<u32, std::num::ParseIntError> {
+    let n: u32 = text.parse()?;
+    std::result::Result::Ok(n)
+}
+
+/// A source stream for stream mode.
+struct Count(u32);
+
+impl futures_core::Stream for Count {
+    type Item = u32;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::option::Option<u32>> {
+        std::task::Poll::Ready(std::option::Option::None)
+    }
+}
+
+#[::memo_runtime::cache_memoize(key = "stream:{n}", large_data, compress = false)]
+fn counted(n: u32) -> impl futures_core::Stream<Item = u32> {
+    Count(n)
+}
+
 struct Service;
 
 impl Service {
     #[::memo_runtime::cache_memoize]
     fn method(&self, n: u8) -> u8 {
+        n
+    }
+
+    #[::memo_runtime::cache_memoize]
+    async fn async_method(&self, n: u8) -> u8 {
         n
     }
 }
@@ -93,4 +137,14 @@ fn main() {
     let _ = plain_refresh(1);
     let _ = Service.method_invalidate(1);
     let _ = Service.method_refresh(1);
+    let _ = asynchronous(1);
+    let _ = asynchronous_invalidate(1);
+    let _ = asynchronous_refresh(1);
+    let _ = async_fallible("1");
+    let _ = Service.async_method(1);
+    let _ = Service.async_method_invalidate(1);
+    let _ = Service.async_method_refresh(1);
+    let _ = counted(1);
+    let _ = counted_invalidate(1);
+    let _ = counted_refresh(1);
 }

@@ -1,8 +1,10 @@
+use std::future::Future;
+
 use memo_runtime::cache_memoize;
 
 #[cache_memoize(key = "answer")]
-async fn answer() -> u32 {
-    42
+fn answer() -> impl Future<Output = u32> {
+    async { 42 }
 }
 
 fn main() {

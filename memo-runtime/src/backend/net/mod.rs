@@ -1,7 +1,11 @@
 //! What the network backends share: connection settings and their URL
 //! parameters, server addresses, and
 //!
-//! - `pool`: the one connection pool and call loop of both clients;
+//! - `conn`: a connection and the sans-IO framing every reply parser
+//!   builds on, one for the blocking and the async client;
+//! - `pool`: the one connection pool and call rules of both clients;
+//! - `tokio_io` (feature `async`): tokio sockets, and the loop of an async
+//!   call;
 //! - `health`: the back-off that keeps callers from waiting on a dead host,
 //!   logged once per outage;
 //! - `deadline`: the deadlines every call runs under.
@@ -28,9 +32,12 @@ use std::time::Duration;
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
 
+pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod pool;
+#[cfg(feature = "async")]
+pub(crate) mod tokio_io;
 
 /// How long opening a connection may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);

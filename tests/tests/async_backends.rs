@@ -358,8 +358,9 @@ async fn hung_servers_never_stall_a_current_thread_runtime() {
 }
 
 /// A memcached whose very first reply is the value `first` followed by
-/// `extra`; every later `get` is answered with the value `second`.
-fn confused_memcached(extra: &'static [u8]) -> u16 {
+/// `extra` (at once, or `late`: once the reply has been read); every later
+/// `get` is answered with the value `second`.
+fn confused_memcached(extra: &'static [u8], late: bool) -> u16 {
     let sent = Arc::new(AtomicBool::new(false));
     fake_server(move |mut stream: TcpStream, _| {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -368,9 +369,9 @@ fn confused_memcached(extra: &'static [u8]) -> u16 {
             let reply = if sent.swap(true, Ordering::SeqCst) {
                 format!("VALUE {key} 0 6\r\nsecond\r\nEND\r\n").into_bytes()
             } else {
-                let mut reply = format!("VALUE {key} 0 5\r\nfirst\r\nEND\r\n").into_bytes();
-                reply.extend_from_slice(extra);
-                reply
+                let reply = format!("VALUE {key} 0 5\r\nfirst\r\nEND\r\n").into_bytes();
+                answer(&mut stream, &reply, extra, late);
+                continue;
             };
             if stream.write_all(&reply).is_err() {
                 return;
@@ -379,9 +380,9 @@ fn confused_memcached(extra: &'static [u8]) -> u16 {
     })
 }
 
-/// A Redis whose very first reply is `first` followed by `extra`; every
-/// later `GET` is answered `second`.
-fn confused_redis(extra: &'static [u8]) -> u16 {
+/// A Redis whose very first reply is `first` followed by `extra` (at once,
+/// or `late`); every later `GET` is answered `second`.
+fn confused_redis(extra: &'static [u8], late: bool) -> u16 {
     let sent = Arc::new(AtomicBool::new(false));
     fake_server(move |mut stream: TcpStream, _| {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -389,13 +390,26 @@ fn confused_redis(extra: &'static [u8]) -> u16 {
             let reply = if sent.swap(true, Ordering::SeqCst) {
                 b"$6\r\nsecond\r\n".to_vec()
             } else {
-                [&b"$5\r\nfirst\r\n"[..], extra].concat()
+                answer(&mut stream, b"$5\r\nfirst\r\n", extra, late);
+                continue;
             };
             if stream.write_all(&reply).is_err() {
                 return;
             }
         }
     })
+}
+
+/// Sends `reply` then `extra`: together, or `late`, after the client has
+/// had time to read the reply and pool its connection.
+fn answer(stream: &mut TcpStream, reply: &[u8], extra: &[u8], late: bool) {
+    if late {
+        let _ = stream.write_all(reply);
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = stream.write_all(extra);
+    } else {
+        let _ = stream.write_all(&[reply, extra].concat());
+    }
 }
 
 async fn second_call_reads_its_own_reply(context: &str, backend: &dyn AsyncBackend) {
@@ -414,18 +428,26 @@ async fn a_connection_out_of_step_is_never_reused() {
         b"garbage\r\n",
         b"\x00\xff",
     ];
-    for extra in memcached_extras {
-        let backend = Arc::new(
-            MemcachedBackend::new([format!("127.0.0.1:{}", confused_memcached(extra))]).unwrap(),
+    for (extra, late) in memcached_extras
+        .into_iter()
+        .flat_map(|e| [(e, false), (e, true)])
+    {
+        let port = confused_memcached(extra, late);
+        let backend = Arc::new(MemcachedBackend::new([format!("127.0.0.1:{port}")]).unwrap());
+        let context = format!(
+            "memcached + {:?}, late {late}",
+            String::from_utf8_lossy(extra)
         );
-        let context = format!("memcached + {:?}", String::from_utf8_lossy(extra));
         second_call_reads_its_own_reply(&context, &*async_of(&backend)).await;
     }
     let redis_extras: [&'static [u8]; 3] = [b"$5\r\nfirst\r\n", b"+OK\r\n", b"garbage"];
-    for extra in redis_extras {
-        let backend =
-            Arc::new(RedisBackend::new(&format!("127.0.0.1:{}", confused_redis(extra))).unwrap());
-        let context = format!("redis + {:?}", String::from_utf8_lossy(extra));
+    for (extra, late) in redis_extras
+        .into_iter()
+        .flat_map(|e| [(e, false), (e, true)])
+    {
+        let port = confused_redis(extra, late);
+        let backend = Arc::new(RedisBackend::new(&format!("127.0.0.1:{port}")).unwrap());
+        let context = format!("redis + {:?}, late {late}", String::from_utf8_lossy(extra));
         second_call_reads_its_own_reply(&context, &*async_of(&backend)).await;
     }
 }

@@ -273,7 +273,11 @@ async fn every_call_fails_in_time(
             _ => backend.touch_if_value("k", b"v", TTL).await.map(|_| ()),
         };
         let took = started.elapsed();
-        assert!(result.is_err(), "{context} {op}: no error");
+        let Err(err) = result else {
+            panic!("{context} {op}: no error");
+        };
+        // The same error kinds as the blocking client's.
+        assert!(err.is_timeout(), "{context} {op}: {err}");
         assert!(
             took < limit,
             "{context} {op}: took {took:?}, limit {limit:?}"

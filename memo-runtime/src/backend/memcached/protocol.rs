@@ -473,3 +473,53 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    /// Every reply, cut at every byte: incomplete until whole, then parsed
+    /// with the length it takes, whatever follows.
+    #[test]
+    fn every_prefix_is_incomplete_until_the_item_is_whole() {
+        let big = format!("VALUE k 0 70000 9\r\n{}\r\n", "v".repeat(70_000));
+        let items: [&[u8]; 4] = [
+            b"END\r\n",
+            b"VALUE k 0 0\r\n\r\n",
+            b"VALUE key 7 5 42\r\nEND\r\n\r\n",
+            big.as_bytes(),
+        ];
+        for item in items {
+            for cut in 0..item.len() {
+                assert!(matches!(parse_item(&item[..cut]), Ok(None)), "cut at {cut}");
+            }
+            let followed = [item, b"END\r\n"].concat();
+            for bytes in [item, &followed[..]] {
+                let Ok(Some((parsed, used))) = parse_item(bytes) else {
+                    panic!("{:?} does not parse", String::from_utf8_lossy(item));
+                };
+                assert_eq!(used, item.len());
+                if let Item::Value { data, .. } = parsed {
+                    assert!(data.len() == 5 || data.len() == 70_000 || data.is_empty());
+                }
+            }
+        }
+        for line in [
+            &b"STORED\r\n"[..],
+            b"SERVER_ERROR out of memory\r\n",
+            b"HD\r\n",
+        ] {
+            for cut in 0..line.len() {
+                assert!(matches!(parse_reply(&line[..cut]), Ok(None)));
+            }
+            assert!(matches!(parse_reply(line), Ok(Some((_, used))) if used == line.len()));
+        }
+        assert!(matches!(
+            parse_reply(b"SERVER_ERROR full\r\n"),
+            Ok(Some((Err(OpError::Refused(_)), _)))
+        ));
+        assert!(parse_reply(b"WHAT\r\n").is_err());
+        assert!(parse_item(b"VALUE k 0 1073741825\r\n").is_err());
+        assert!(parse_item(b"VALUE k 0 3\r\nabcXY").is_err());
+    }
+}

@@ -280,3 +280,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    /// Every reply, cut at every byte: incomplete until whole, then the
+    /// same value and length as parsed at once, whatever follows.
+    #[test]
+    fn every_prefix_is_incomplete_until_the_reply_is_whole() {
+        let big = format!("${}\r\n{}\r\n", 70_000, "v".repeat(70_000));
+        let replies: [&[u8]; 8] = [
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b":123\r\n",
+            b"$-1\r\n",
+            b"$0\r\n\r\n",
+            b"$5\r\nab\r\nc\r\n",
+            b"*3\r\n$1\r\na\r\n$-1\r\n:7\r\n",
+            big.as_bytes(),
+        ];
+        for reply in replies {
+            for cut in 0..reply.len() {
+                assert!(
+                    matches!(parse_value(&reply[..cut]), Ok(None)),
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(&reply[..reply.len().min(40)])
+                );
+            }
+            let mut followed = reply.to_vec();
+            followed.extend_from_slice(b"+NEXT\r\n");
+            for bytes in [reply, &followed[..]] {
+                let Ok(Some((value, used))) = parse_value(bytes) else {
+                    panic!("{:?} does not parse", String::from_utf8_lossy(reply));
+                };
+                assert_eq!(used, reply.len());
+                match value {
+                    Ok(Value::Bulk(bytes)) => {
+                        assert!(bytes.len() == 5 || bytes.len() == 70_000 || bytes.is_empty())
+                    }
+                    Ok(Value::Array(values)) => assert_eq!(values.len(), 3),
+                    Ok(_) | Err(OpError::Refused(_)) => {}
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+}

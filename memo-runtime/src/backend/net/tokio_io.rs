@@ -17,6 +17,11 @@
 //! reactor of whichever runtime takes it next. No pooled connection is tied
 //! to a runtime, so none can outlive one and poison a later call; a socket
 //! that cannot be deregistered (its runtime is shutting down) is closed.
+//!
+//! **What a caller needs.** A tokio runtime with I/O and time enabled
+//! (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` build them),
+//! current-thread or multi-thread. Polled outside any tokio runtime, a
+//! call fails with an error instead of panicking.
 
 use std::future::Future;
 use std::io;

@@ -317,7 +317,7 @@ mod incremental {
                 assert_eq!(used, reply.len());
                 match value {
                     Ok(Value::Bulk(bytes)) => {
-                        assert!(bytes.len() == 5 || bytes.len() == 70_000 || bytes.is_empty())
+                        assert!(bytes.len() == 5 || bytes.len() == 70_000 || bytes.is_empty());
                     }
                     Ok(Value::Array(values)) => assert_eq!(values.len(), 3),
                     Ok(_) | Err(OpError::Refused(_)) => {}

@@ -621,3 +621,47 @@ fn outside_a_tokio_runtime_a_call_is_an_error_not_a_panic() {
         std::task::Poll::Pending => panic!("no runtime: nothing can wake it"),
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_call_never_leaves_its_reply_to_the_next() {
+    // The first connection answers its first command late; every other
+    // answer is prompt.
+    let port = fake_server(|mut stream: TcpStream, number| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut first = number == 0;
+        while read_redis_command(&mut reader).is_some() {
+            let reply: &[u8] = if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(200));
+                b"$5\r\nfirst\r\n"
+            } else {
+                b"$6\r\nsecond\r\n"
+            };
+            if stream.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let redis = Arc::new(RedisBackend::new(&format!("127.0.0.1:{port}")).unwrap());
+    let backend = async_of(&redis);
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), backend.get("k")).await;
+    assert!(cancelled.is_err(), "the caller gave up first");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let value = backend.get("k").await.unwrap();
+        assert_eq!(value.as_deref(), Some(&b"second"[..]));
+    }
+}
+
+#[tokio::test]
+async fn a_server_named_by_host_name_is_resolved_without_blocking() {
+    let Some(server) = Server::try_start(Kind::Redis) else {
+        return;
+    };
+    let redis = Arc::new(RedisBackend::new(&format!("localhost:{}", server.port())).unwrap());
+    let backend = async_of(&redis);
+    backend.set("named", b"yes", TTL).await.unwrap();
+    assert_eq!(
+        Backend::get(&*redis, "named").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+}

@@ -18,13 +18,37 @@ use std::io;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use super::pool::OpError;
-
 /// Values at least this large are written straight to the socket instead of
 /// being copied into the request buffer.
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A failed operation, by what it means for the connection and the server.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    /// The socket failed or timed out: drop the connection, back off.
+    Io(io::Error),
+    /// The server said something memo cannot follow: the connection is out
+    /// of step, so drop it and back off.
+    Protocol(String),
+    /// The server refused the request (a value too large, out of memory, an
+    /// error reply) but the connection is in step and the server is fine.
+    Refused(String),
+    /// The server answered with an error where the connection may now be
+    /// out of step (memcached's `CLIENT_ERROR`, which can make it read our
+    /// data as commands; an error inside a reply): drop the connection, but
+    /// the server is up, so no back-off.
+    // Only memcached's replies say this.
+    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
+    Rejected(String),
+}
+
+impl From<io::Error> for OpError {
+    fn from(err: io::Error) -> Self {
+        OpError::Io(err)
+    }
+}
 
 /// A byte transport: a socket, blocking or not.
 pub(crate) trait Io: Send {

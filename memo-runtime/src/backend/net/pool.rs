@@ -3,9 +3,10 @@
 //!
 //! Each server has a pool of idle connections (blocking ones, and async
 //! ones when the `async` feature is on: the same sizes and reuse rules,
-//! and one shared health); a caller takes one (or opens
-//! a new one when none is idle), so concurrent callers never queue behind
-//! one socket. A call runs within one `Budget`. What a failure does depends
+//! and one shared health); a caller takes one (or opens a new one when
+//! none is idle), so concurrent callers never queue behind one socket.
+//! Blocking calls run in [`Pool::run`], async ones in `run_async!`, and
+//! both settle each attempt by the same rules ([`Pool::settle`]). A call runs within one `Budget`. What a failure does depends
 //! on what it says about the connection and the server ([`OpError`]): a
 //! connection goes back to the pool only after a call that left it in step,
 //! a pooled connection found closed by a restarted server is replaced once
@@ -23,31 +24,7 @@ use super::health::Health;
 use super::{Settings, lock};
 use crate::backend::{BackendError, BackendErrorKind};
 
-/// A failed operation, by what it means for the connection and the server.
-#[derive(Debug)]
-pub(crate) enum OpError {
-    /// The socket failed or timed out: drop the connection, back off.
-    Io(io::Error),
-    /// The server said something memo cannot follow: the connection is out
-    /// of step, so drop it and back off.
-    Protocol(String),
-    /// The server refused the request (a value too large, out of memory, an
-    /// error reply) but the connection is in step and the server is fine.
-    Refused(String),
-    /// The server answered with an error where the connection may now be
-    /// out of step (memcached's `CLIENT_ERROR`, which can make it read our
-    /// data as commands; an error inside a reply): drop the connection, but
-    /// the server is up, so no back-off.
-    // Only memcached's replies say this.
-    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
-    Rejected(String),
-}
-
-impl From<io::Error> for OpError {
-    fn from(err: io::Error) -> Self {
-        OpError::Io(err)
-    }
-}
+pub(crate) use super::conn::OpError;
 
 /// A blocking connection.
 pub(crate) type SyncConn = Conn<DeadlineStream>;
@@ -298,3 +275,80 @@ pub(crate) fn is_stale(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
     )
 }
+
+/// Runs one async call on `$pool`, by the rules of the blocking
+/// `Pool::run`: admitted by the shared health, an idle connection or a
+/// fresh one (with `$handshake` on it, `$conn` naming it) within the
+/// connect deadline, `$op` within the I/O deadline, then
+/// `Pool::settle`. Evaluates to the call's `Result`. A macro rather than a
+/// function taking a closure, because the operation is a future borrowing
+/// the connection, which closures cannot return in stable Rust without
+/// losing `Send`.
+#[cfg(feature = "async")]
+macro_rules! run_async {
+    ($pool:expr, $settings:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
+        let pool: &$crate::backend::net::pool::Pool = $pool;
+        let settings: &$crate::backend::net::Settings = $settings;
+        match $crate::backend::net::tokio_io::check_runtime().and_then(|()| pool.begin(settings)) {
+            Err(err) => Err(err),
+            Ok(mut budget) => {
+                let mut replaced = false;
+                loop {
+                    let (mut conn, reused) = match pool.take_idle_async() {
+                        Some(conn) => (conn, true),
+                        None => {
+                            let started = ::std::time::Instant::now();
+                            let (host, port) = pool.address();
+                            let connecting = async {
+                                let mut conn =
+                                    $crate::backend::net::tokio_io::connect(host, port).await?;
+                                {
+                                    let $hconn = &mut conn;
+                                    $handshake
+                                        .await
+                                        .map_err($crate::backend::net::pool::handshake_error)?;
+                                }
+                                Ok::<_, ::std::io::Error>(conn)
+                            };
+                            let connected = ::tokio::time::timeout_at(
+                                ::tokio::time::Instant::from_std(budget.connect_by),
+                                connecting,
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
+                            budget.connected(started);
+                            match connected {
+                                Ok(conn) => (conn, false),
+                                Err(err) => break Err(pool.connect_failed(settings, err)),
+                            }
+                        }
+                    };
+                    let result = {
+                        let $conn = &mut conn;
+                        ::tokio::time::timeout_at(
+                            ::tokio::time::Instant::from_std(budget.io_by),
+                            $op,
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err($crate::backend::net::pool::OpError::Io(
+                                $crate::backend::net::tokio_io::timed_out(),
+                            ))
+                        })
+                    };
+                    match pool.settle(settings, reused, &mut replaced, result) {
+                        $crate::backend::net::pool::Settled::Done { result, keep } => {
+                            if keep {
+                                pool.release_async(conn, settings);
+                            }
+                            break result;
+                        }
+                        $crate::backend::net::pool::Settled::Retry => {}
+                    }
+                }
+            }
+        }
+    }};
+}
+#[cfg(feature = "async")]
+pub(crate) use run_async;

@@ -1,13 +1,14 @@
 //! The tokio side of the network clients: sockets that never block the
-//! executor, connecting under the call's deadlines, and the loop an async
-//! call runs in ([`run_async!`]).
+//! executor, connecting under the call's deadlines, and idle connections
+//! free of any runtime.
 //!
 //! **Deadlines.** Connecting (DNS through `tokio::net::lookup_host`
 //! included) and any handshake run under one `tokio::time::timeout_at` for
 //! the connect deadline, and the operation under another for the I/O
-//! deadline, as the blocking client's `Budget` has it: a whole call takes
-//! at most `connect_timeout + timeout`, however its server trickles, and a
-//! stale connection replaced mid-call stays within the same deadlines.
+//! deadline (`pool::run_async!`), as the blocking client's `Budget` has
+//! it: a whole call takes at most `connect_timeout + timeout`, however its
+//! server trickles, and a stale connection replaced mid-call stays within
+//! the same deadlines.
 //!
 //! **Runtimes.** A tokio socket belongs to the reactor of the runtime that
 //! registered it, and is dead once that runtime shuts down; a process may
@@ -123,78 +124,3 @@ pub(crate) fn check_runtime() -> Result<(), crate::backend::BackendError> {
             )
         })
 }
-
-/// Runs one async call on `$pool`, by the rules of the blocking
-/// `Pool::run`: admitted by the shared health, an idle connection or a
-/// fresh one (with `$handshake` on it, `$conn` naming it) within the
-/// connect deadline, `$op` within the I/O deadline, then
-/// `Pool::settle`. Evaluates to the call's `Result`. A macro rather than a
-/// function taking a closure, because the operation is a future borrowing
-/// the connection, which closures cannot return in stable Rust without
-/// losing `Send`.
-macro_rules! run_async {
-    ($pool:expr, $settings:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
-        let pool: &$crate::backend::net::pool::Pool = $pool;
-        let settings: &$crate::backend::net::Settings = $settings;
-        match $crate::backend::net::tokio_io::check_runtime().and_then(|()| pool.begin(settings)) {
-            Err(err) => Err(err),
-            Ok(mut budget) => {
-                let mut replaced = false;
-                loop {
-                    let (mut conn, reused) = match pool.take_idle_async() {
-                        Some(conn) => (conn, true),
-                        None => {
-                            let started = ::std::time::Instant::now();
-                            let (host, port) = pool.address();
-                            let connecting = async {
-                                let mut conn =
-                                    $crate::backend::net::tokio_io::connect(host, port).await?;
-                                {
-                                    let $hconn = &mut conn;
-                                    $handshake
-                                        .await
-                                        .map_err($crate::backend::net::pool::handshake_error)?;
-                                }
-                                Ok::<_, ::std::io::Error>(conn)
-                            };
-                            let connected = ::tokio::time::timeout_at(
-                                ::tokio::time::Instant::from_std(budget.connect_by),
-                                connecting,
-                            )
-                            .await
-                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
-                            budget.connected(started);
-                            match connected {
-                                Ok(conn) => (conn, false),
-                                Err(err) => break Err(pool.connect_failed(settings, err)),
-                            }
-                        }
-                    };
-                    let result = {
-                        let $conn = &mut conn;
-                        ::tokio::time::timeout_at(
-                            ::tokio::time::Instant::from_std(budget.io_by),
-                            $op,
-                        )
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err($crate::backend::net::pool::OpError::Io(
-                                $crate::backend::net::tokio_io::timed_out(),
-                            ))
-                        })
-                    };
-                    match pool.settle(settings, reused, &mut replaced, result) {
-                        $crate::backend::net::pool::Settled::Done { result, keep } => {
-                            if keep {
-                                pool.release_async(conn, settings);
-                            }
-                            break result;
-                        }
-                        $crate::backend::net::pool::Settled::Retry => {}
-                    }
-                }
-            }
-        }
-    }};
-}
-pub(crate) use run_async;

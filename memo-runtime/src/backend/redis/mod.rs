@@ -55,9 +55,9 @@ use std::time::Duration;
 // would be ambiguous in this module and its tests.
 use super::asynchronous as aio;
 use super::net::conn::{Conn, Io, ready};
-use super::net::pool::{OpError, Pool, SyncConn};
 #[cfg(feature = "async")]
-use super::net::tokio_io::run_async;
+use super::net::pool::run_async;
+use super::net::pool::{OpError, Pool, SyncConn};
 use super::net::{self, Settings};
 pub use super::net::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,

@@ -15,8 +15,15 @@
 //!
 //! - this file: [`MemcachedBackend`], the client;
 //! - `placement`: which server holds a key;
-//! - `protocol`: the commands and replies;
+//! - `protocol`: the commands and replies, one sans-IO parser and one
+//!   conversation per operation for blocking and async callers;
 //! - connections, deadlines and back-off: `backend::net`, shared with Redis.
+//!
+//! With the `async` feature the same backend also implements
+//! [`AsyncBackend`](crate::AsyncBackend) on tokio sockets: one `configure`
+//! serves both worlds, over the same placement, per-server health and pool
+//! rules, so both read the same entries and a server backed off for one is
+//! backed off for the other.
 //!
 //! What the backend guarantees:
 //!
@@ -59,7 +66,14 @@
 
 use std::time::Duration;
 
-use super::net::pool::{Conn, OpError, Pool, no_handshake};
+#[cfg(feature = "async")]
+// Not imported by name: with both traits in scope, `backend.get(..)`
+// would be ambiguous in this module and its tests.
+use super::asynchronous as aio;
+use super::net::conn::ready;
+#[cfg(feature = "async")]
+use super::net::pool::run_async;
+use super::net::pool::{OpError, Pool, SyncConn, no_handshake};
 use super::net::{self, Settings};
 pub use super::net::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
@@ -68,7 +82,7 @@ pub use super::net::{
 use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
-use protocol::{Reply, check_key, expiration};
+use protocol::{check_key, expiration};
 
 mod placement;
 mod protocol;
@@ -190,36 +204,43 @@ impl MemcachedBackend {
         placement::pick(&self.seeds, key)
     }
 
+    /// Runs `op` on a pooled blocking connection to `server`; the
+    /// conversation is the async one, complete in one poll (`net::conn`).
     fn run<T>(
         &self,
         server: usize,
-        mut op: impl FnMut(&mut Conn) -> Result<T, OpError>,
+        mut op: impl FnMut(&mut SyncConn) -> Result<T, OpError>,
     ) -> Result<T, BackendError> {
         self.servers[server]
             .pool
             .run(&self.settings, &no_handshake, &mut op)
+    }
+
+    /// The servers holding `keys`, each with the positions of its keys.
+    fn by_server<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> impl Iterator<Item = (usize, Vec<usize>)> {
+        placement::partition(&self.seeds, keys)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, positions)| !positions.is_empty())
     }
 }
 
 impl Backend for MemcachedBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         check_key(key)?;
-        let mut values = self.run(self.pick(key), |conn| conn.get_many(&[key], None))?;
+        let mut values = self.run(self.pick(key), |conn| ready(conn.get_many(&[key], None)))?;
         Ok(values.pop().flatten())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         keys.iter().try_for_each(|key| check_key(key))?;
         let mut values = vec![None; keys.len()];
-        for (server, positions) in placement::partition(&self.seeds, keys.iter().copied())
-            .into_iter()
-            .enumerate()
-        {
-            if positions.is_empty() {
-                continue;
-            }
+        for (server, positions) in self.by_server(keys.iter().copied()) {
             let server_keys: Vec<&str> = positions.iter().map(|&p| keys[p]).collect();
-            let found = self.run(server, |conn| conn.get_many(&server_keys, None))?;
+            let found = self.run(server, |conn| ready(conn.get_many(&server_keys, None)))?;
             for (position, value) in positions.into_iter().zip(found) {
                 values[position] = value;
             }
@@ -230,27 +251,19 @@ impl Backend for MemcachedBackend {
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
         check_key(key)?;
         let exptime = expiration(ttl);
-        self.run(self.pick(key), |conn| {
-            conn.store("set", key, value, exptime)?.stored(key)
-        })
+        self.run(self.pick(key), |conn| ready(conn.set(key, value, exptime)))
     }
 
     fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
         items.iter().try_for_each(|(key, _)| check_key(key))?;
         let exptime = expiration(ttl);
         let mut first_error = None;
-        let keys = items.iter().map(|(key, _)| *key);
-        for (server, positions) in placement::partition(&self.seeds, keys)
-            .into_iter()
-            .enumerate()
-        {
-            if positions.is_empty() {
-                continue;
-            }
+        for (server, positions) in self.by_server(items.iter().map(|(key, _)| *key)) {
             let server_items: Vec<(&str, &[u8])> = positions.iter().map(|&p| items[p]).collect();
             // Every server gets its share even when another failed, so one
             // dead server costs only its own keys.
-            if let Err(err) = self.run(server, |conn| conn.set_many(&server_items, exptime)) {
+            if let Err(err) = self.run(server, |conn| ready(conn.set_many(&server_items, exptime)))
+            {
                 first_error.get_or_insert(err);
             }
         }
@@ -260,31 +273,18 @@ impl Backend for MemcachedBackend {
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
         check_key(key)?;
         let exptime = expiration(ttl);
-        self.run(self.pick(key), |conn| {
-            match conn.store("add", key, value, exptime)? {
-                Reply::Stored => Ok(true),
-                Reply::NotStored => Ok(false),
-                other => Err(other.unexpected("add")),
-            }
-        })
+        self.run(self.pick(key), |conn| ready(conn.add(key, value, exptime)))
     }
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         check_key(key)?;
         let exptime = expiration(ttl);
-        self.run(self.pick(key), |conn| {
-            conn.send(format!("touch {key} {exptime}\r\n").as_bytes())?;
-            match conn.reply()? {
-                Reply::Touched => Ok(true),
-                Reply::NotFound => Ok(false),
-                other => Err(other.unexpected("touch")),
-            }
-        })
+        self.run(self.pick(key), |conn| ready(conn.touch(key, exptime)))
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
         check_key(key)?;
-        self.run(self.pick(key), |conn| conn.delete(key))
+        self.run(self.pick(key), |conn| ready(conn.delete(key)))
     }
 
     /// Atomic: reads the value with its CAS token (`gets`) and deletes with
@@ -294,18 +294,7 @@ impl Backend for MemcachedBackend {
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         check_key(key)?;
         self.run(self.pick(key), |conn| {
-            let mut cas = None;
-            let current = conn.get_many(&[key], Some(&mut cas))?.pop().flatten();
-            let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
-                return Ok(false);
-            };
-            conn.send(format!("md {key} C{cas}\r\n").as_bytes())?;
-            match conn.reply()? {
-                Reply::Meta(code) if code == "HD" => Ok(true),
-                Reply::Meta(code) if code == "NF" || code == "EX" => Ok(false),
-                Reply::Error => conn.delete(key),
-                other => Err(other.unexpected("md")),
-            }
+            ready(conn.delete_if_value(key, expected))
         })
     }
 
@@ -321,22 +310,145 @@ impl Backend for MemcachedBackend {
         check_key(key)?;
         let exptime = expiration(ttl);
         self.run(self.pick(key), |conn| {
-            let mut cas = None;
-            let current = conn.get_many(&[key], Some(&mut cas))?.pop().flatten();
-            let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
-                return Ok(false);
-            };
-            conn.out.clear();
-            let header = format!("cas {key} 0 {exptime} {} {cas}\r\n", expected.len());
-            conn.out.extend_from_slice(header.as_bytes());
-            conn.push(expected)?;
-            conn.out.extend_from_slice(b"\r\n");
-            conn.flush()?;
-            match conn.reply()? {
-                Reply::Stored => Ok(true),
-                Reply::Exists | Reply::NotFound => Ok(false),
-                other => Err(other.unexpected("cas")),
+            ready(conn.touch_if_value(key, expected, exptime))
+        })
+    }
+
+    /// The same client serves async callers natively, on tokio sockets.
+    #[cfg(feature = "async")]
+    fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn aio::AsyncBackend>> {
+        Some(self)
+    }
+}
+
+/// Runs one async call on `$server`'s pool (see `net::tokio_io`).
+#[cfg(feature = "async")]
+macro_rules! run {
+    ($self:ident, $server:expr, |$conn:ident| $op:expr) => {
+        run_async!(
+            &$self.servers[$server].pool,
+            &$self.settings,
+            handshake: |_conn| async { Ok::<(), OpError>(()) },
+            op: |$conn| $op,
+        )
+    };
+}
+
+/// The same operations, placement, health and pools as the blocking
+/// client, over tokio sockets: nothing here blocks the executor.
+#[cfg(feature = "async")]
+impl aio::AsyncBackend for MemcachedBackend {
+    fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let mut values = run!(self, self.pick(key), |conn| conn.get_many(&[key], None))?;
+            Ok(values.pop().flatten())
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> aio::BackendFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            keys.iter().try_for_each(|key| check_key(key))?;
+            let mut values = vec![None; keys.len()];
+            for (server, positions) in self.by_server(keys.iter().copied()) {
+                let server_keys: Vec<&str> = positions.iter().map(|&p| keys[p]).collect();
+                let found = run!(self, server, |conn| conn.get_many(&server_keys, None))?;
+                for (position, value) in positions.into_iter().zip(found) {
+                    values[position] = value;
+                }
             }
+            Ok(values)
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(async move {
+            check_key(key)?;
+            let exptime = expiration(ttl);
+            run!(self, self.pick(key), |conn| conn.set(key, value, exptime))
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a [u8])],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(async move {
+            items.iter().try_for_each(|(key, _)| check_key(key))?;
+            let exptime = expiration(ttl);
+            let mut first_error = None;
+            for (server, positions) in self.by_server(items.iter().map(|(key, _)| *key)) {
+                let server_items: Vec<(&str, &[u8])> =
+                    positions.iter().map(|&p| items[p]).collect();
+                // As in the blocking client: one dead server costs only its
+                // own keys.
+                if let Err(err) = run!(self, server, |conn| conn.set_many(&server_items, exptime)) {
+                    first_error.get_or_insert(err);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            let exptime = expiration(ttl);
+            run!(self, self.pick(key), |conn| conn.add(key, value, exptime))
+        })
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Duration) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            let exptime = expiration(ttl);
+            run!(self, self.pick(key), |conn| conn.touch(key, exptime))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            run!(self, self.pick(key), |conn| conn.delete(key))
+        })
+    }
+
+    /// Atomic, as [`Backend::delete_if_value`].
+    fn delete_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            run!(self, self.pick(key), |conn| conn
+                .delete_if_value(key, expected))
+        })
+    }
+
+    /// Atomic, as [`Backend::touch_if_value`].
+    fn touch_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            let exptime = expiration(ttl);
+            run!(self, self.pick(key), |conn| conn
+                .touch_if_value(key, expected, exptime))
         })
     }
 }

@@ -1,13 +1,16 @@
 //! memcached's text protocol, as memo speaks it: `get` with many keys
 //! (pipelined in bounded batches), `gets`, `set` (pipelined for
 //! `set_many`), `add`, `touch`, `delete`, `cas`, and meta delete, each
-//! reply parsed strictly with bounded lengths.
+//! reply parsed strictly with bounded lengths by a sans-IO parser, and
+//! each conversation written once for the blocking and the async client
+//! (see `net::conn`).
 
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::BackendError;
-use crate::backend::net::pool::{Conn, OpError};
+use crate::backend::net::conn::{Conn, Io, Parsed, take_data, take_line};
+use crate::backend::net::pool::OpError;
 use crate::common::MAX_KEY_LEN;
 
 /// memcached's largest possible item (its `-I` setting tops out at 1 GiB):
@@ -30,8 +33,7 @@ const MAX_KEYS_PER_GET: usize = 100;
 /// `set`s written before reading their replies. Each reply is at most a
 /// short line, so a batch's replies fit in a socket buffer.
 const MAX_PIPELINED_SETS: usize = 256;
-/// Values at least this large are written straight to the socket instead of
-/// being copied into the request buffer.
+/// The longest reply line accepted.
 const MAX_LINE: usize = 1024;
 
 /// A one-line reply to a storage, touch or delete command.
@@ -50,22 +52,90 @@ pub(super) enum Reply {
 }
 
 impl Reply {
-    pub(super) fn stored(self, key: &str) -> Result<(), OpError> {
-        match self {
-            Reply::Stored => Ok(()),
-            other => Err(OpError::Protocol(format!(
-                "unexpected reply {other:?} to set {key}"
-            ))),
-        }
-    }
-
-    pub(super) fn unexpected(self, command: &str) -> OpError {
+    fn unexpected(self, command: &str) -> OpError {
         OpError::Protocol(format!("unexpected reply {self:?} to {command}"))
     }
 }
 
-impl Conn {
-    pub(super) fn get_many(
+/// One item of a `get` reply.
+#[derive(Debug)]
+enum Item {
+    Value {
+        key: String,
+        data: Vec<u8>,
+        cas: Option<u64>,
+    },
+    End,
+}
+
+/// Parses a one-line reply (sans-IO, see `net::conn`). A refusal
+/// (`SERVER_ERROR`) is a whole reply that leaves the connection in step,
+/// so it is returned as a parsed `Err`, its line consumed.
+fn parse_reply(buf: &[u8]) -> Parsed<Result<Reply, OpError>> {
+    let Some((line, used)) = take_line(buf, MAX_LINE)? else {
+        return Ok(None);
+    };
+    let reply = match line {
+        "STORED" => Ok(Reply::Stored),
+        "NOT_STORED" => Ok(Reply::NotStored),
+        "EXISTS" => Ok(Reply::Exists),
+        "NOT_FOUND" => Ok(Reply::NotFound),
+        "TOUCHED" => Ok(Reply::Touched),
+        "DELETED" => Ok(Reply::Deleted),
+        "ERROR" => Ok(Reply::Error),
+        _ => {
+            if let Some(message) = line.strip_prefix("SERVER_ERROR ") {
+                Err(OpError::Refused(message.to_owned()))
+            } else if let Some(message) = line.strip_prefix("CLIENT_ERROR ") {
+                // The server may now read our data as commands.
+                Err(OpError::Rejected(format!("client error: {message}")))
+            } else {
+                let code = line.split(' ').next().unwrap_or_default();
+                if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                    Ok(Reply::Meta(code.to_owned()))
+                } else {
+                    return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
+                }
+            }
+        }
+    };
+    Ok(Some((reply, used)))
+}
+
+/// Parses one item of a `get`/`gets` reply (sans-IO, see `net::conn`):
+/// `VALUE` with its data, or `END`. An error line there leaves the rest of
+/// the reply unaccounted for, so it is an error and the connection is
+/// dropped.
+fn parse_item(buf: &[u8]) -> Result<Option<(Item, usize)>, OpError> {
+    let Some((line, used)) = take_line(buf, MAX_LINE)? else {
+        return Ok(None);
+    };
+    if line == "END" {
+        return Ok(Some((Item::End, used)));
+    }
+    if line.starts_with("SERVER_ERROR") || line.starts_with("CLIENT_ERROR") {
+        return Err(OpError::Rejected(line.to_owned()));
+    }
+    let (key, length, cas) = parse_value_line(line)?;
+    let Some((range, data_used)) = take_data(&buf[used..], length)? else {
+        return Ok(None);
+    };
+    let data = buf[used..][range].to_vec();
+    let item = Item::Value {
+        key: key.to_owned(),
+        data,
+        cas,
+    };
+    Ok(Some((item, used + data_used)))
+}
+
+/// The conversations of each operation, written once over any transport
+/// (`net::conn`): the blocking client runs them to completion in one poll,
+/// the async one awaits them.
+impl<T: Io> Conn<T> {
+    /// The values of `keys` (`get`), or with `cas` their CAS tokens too
+    /// (`gets`; the last found is kept).
+    pub(super) async fn get_many(
         &mut self,
         keys: &[&str],
         mut cas: Option<&mut Option<u64>>,
@@ -89,21 +159,21 @@ impl Conn {
                 self.out.extend_from_slice(b"\r\n");
                 batches.push(batch_start..end);
             }
-            self.flush()?;
+            self.flush().await?;
             // ...then read their answers, in order.
             for batch in batches {
                 let wanted = &keys[batch];
                 let mut found: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
                 let mut next = 0;
                 loop {
-                    let line = self.line(MAX_LINE)?;
-                    if line == "END" {
+                    let Item::Value {
+                        key,
+                        data,
+                        cas: token,
+                    } = self.next(parse_item).await?
+                    else {
                         break;
-                    }
-                    if line.starts_with("SERVER_ERROR") || line.starts_with("CLIENT_ERROR") {
-                        return Err(OpError::Rejected(line));
-                    }
-                    let (key, length, token) = parse_value_line(&line)?;
+                    };
                     // memcached answers in request order, skipping misses.
                     let offset = wanted[next..]
                         .iter()
@@ -112,7 +182,7 @@ impl Conn {
                             OpError::Protocol(format!("reply for a key not asked for: {key:?}"))
                         })?;
                     next += offset;
-                    found[next] = Some(self.data(length)?);
+                    found[next] = Some(data);
                     if let Some(cas) = cas.as_deref_mut() {
                         *cas = token;
                     }
@@ -125,7 +195,12 @@ impl Conn {
         Ok(values)
     }
 
-    pub(super) fn store(
+    /// The next one-line reply; a refusal is an error.
+    async fn reply(&mut self) -> Result<Reply, OpError> {
+        self.next(parse_reply).await?
+    }
+
+    async fn store(
         &mut self,
         command: &str,
         key: &str,
@@ -133,12 +208,12 @@ impl Conn {
         exptime: u64,
     ) -> Result<Reply, OpError> {
         self.out.clear();
-        self.push_store(command, key, value, exptime)?;
-        self.flush()?;
-        self.reply()
+        self.push_store(command, key, value, exptime).await?;
+        self.flush().await?;
+        self.reply().await
     }
 
-    fn push_store(
+    async fn push_store(
         &mut self,
         command: &str,
         key: &str,
@@ -147,15 +222,42 @@ impl Conn {
     ) -> io::Result<()> {
         let header = format!("{command} {key} 0 {exptime} {}\r\n", value.len());
         self.out.extend_from_slice(header.as_bytes());
-        self.push(value)?;
+        self.push(value).await?;
         self.out.extend_from_slice(b"\r\n");
         Ok(())
+    }
+
+    pub(super) async fn set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        exptime: u64,
+    ) -> Result<(), OpError> {
+        match self.store("set", key, value, exptime).await? {
+            Reply::Stored => Ok(()),
+            other => Err(OpError::Protocol(format!(
+                "unexpected reply {other:?} to set {key}"
+            ))),
+        }
+    }
+
+    pub(super) async fn add(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        exptime: u64,
+    ) -> Result<bool, OpError> {
+        match self.store("add", key, value, exptime).await? {
+            Reply::Stored => Ok(true),
+            Reply::NotStored => Ok(false),
+            other => Err(other.unexpected("add")),
+        }
     }
 
     /// Pipelines the `set`s in batches, reading each batch's replies before
     /// writing the next. Every reply is read even after a refusal, so the
     /// connection stays in step; the first refusal is returned.
-    pub(super) fn set_many(
+    pub(super) async fn set_many(
         &mut self,
         items: &[(&str, &[u8])],
         exptime: u64,
@@ -164,11 +266,11 @@ impl Conn {
         for batch in items.chunks(MAX_PIPELINED_SETS) {
             self.out.clear();
             for (key, value) in batch {
-                self.push_store("set", key, value, exptime)?;
+                self.push_store("set", key, value, exptime).await?;
             }
-            self.flush()?;
+            self.flush().await?;
             for (key, _) in batch {
-                match self.reply() {
+                match self.reply().await {
                     Ok(Reply::Stored) => {}
                     Err(OpError::Refused(message)) => {
                         refused.get_or_insert(format!("set {key}: {message}"));
@@ -181,41 +283,73 @@ impl Conn {
         refused.map_or(Ok(()), |message| Err(OpError::Refused(message)))
     }
 
-    pub(super) fn delete(&mut self, key: &str) -> Result<bool, OpError> {
-        self.send(format!("delete {key}\r\n").as_bytes())?;
-        match self.reply()? {
+    pub(super) async fn touch(&mut self, key: &str, exptime: u64) -> Result<bool, OpError> {
+        self.send(format!("touch {key} {exptime}\r\n").as_bytes())
+            .await?;
+        match self.reply().await? {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(other.unexpected("touch")),
+        }
+    }
+
+    pub(super) async fn delete(&mut self, key: &str) -> Result<bool, OpError> {
+        self.send(format!("delete {key}\r\n").as_bytes()).await?;
+        match self.reply().await? {
             Reply::Deleted => Ok(true),
             Reply::NotFound => Ok(false),
             other => Err(other.unexpected("delete")),
         }
     }
 
-    pub(super) fn reply(&mut self) -> Result<Reply, OpError> {
-        let line = self.line(MAX_LINE)?;
-        Ok(match line.as_str() {
-            "STORED" => Reply::Stored,
-            "NOT_STORED" => Reply::NotStored,
-            "EXISTS" => Reply::Exists,
-            "NOT_FOUND" => Reply::NotFound,
-            "TOUCHED" => Reply::Touched,
-            "DELETED" => Reply::Deleted,
-            "ERROR" => Reply::Error,
-            _ => {
-                if let Some(message) = line.strip_prefix("SERVER_ERROR ") {
-                    return Err(OpError::Refused(message.to_owned()));
-                }
-                if let Some(message) = line.strip_prefix("CLIENT_ERROR ") {
-                    // The server may now read our data as commands.
-                    return Err(OpError::Rejected(format!("client error: {message}")));
-                }
-                let code = line.split(' ').next().unwrap_or_default();
-                if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
-                    Reply::Meta(code.to_owned())
-                } else {
-                    return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
-                }
-            }
-        })
+    /// Reads the value with its CAS token (`gets`) and deletes with a meta
+    /// delete conditioned on that token (`md key C<cas>`), so a value
+    /// replaced in between is left alone. A server older than 1.6, which
+    /// has no meta commands, gets a plain delete.
+    pub(super) async fn delete_if_value(
+        &mut self,
+        key: &str,
+        expected: &[u8],
+    ) -> Result<bool, OpError> {
+        let mut cas = None;
+        let current = self.get_many(&[key], Some(&mut cas)).await?.pop().flatten();
+        let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
+            return Ok(false);
+        };
+        self.send(format!("md {key} C{cas}\r\n").as_bytes()).await?;
+        match self.reply().await? {
+            Reply::Meta(code) if code == "HD" => Ok(true),
+            Reply::Meta(code) if code == "NF" || code == "EX" => Ok(false),
+            Reply::Error => self.delete(key).await,
+            other => Err(other.unexpected("md")),
+        }
+    }
+
+    /// Reads the value with its CAS token (`gets`) and stores the same
+    /// bytes back with the new expiration under that token (`cas`), so a
+    /// value replaced in between is neither extended nor overwritten.
+    pub(super) async fn touch_if_value(
+        &mut self,
+        key: &str,
+        expected: &[u8],
+        exptime: u64,
+    ) -> Result<bool, OpError> {
+        let mut cas = None;
+        let current = self.get_many(&[key], Some(&mut cas)).await?.pop().flatten();
+        let Some(cas) = cas.filter(|_| current.as_deref() == Some(expected)) else {
+            return Ok(false);
+        };
+        self.out.clear();
+        let header = format!("cas {key} 0 {exptime} {} {cas}\r\n", expected.len());
+        self.out.extend_from_slice(header.as_bytes());
+        self.push(expected).await?;
+        self.out.extend_from_slice(b"\r\n");
+        self.flush().await?;
+        match self.reply().await? {
+            Reply::Stored => Ok(true),
+            Reply::Exists | Reply::NotFound => Ok(false),
+            other => Err(other.unexpected("cas")),
+        }
     }
 }
 
@@ -337,5 +471,55 @@ mod tests {
         ] {
             assert!(parse_value_line(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    /// Every reply, cut at every byte: incomplete until whole, then parsed
+    /// with the length it takes, whatever follows.
+    #[test]
+    fn every_prefix_is_incomplete_until_the_item_is_whole() {
+        let big = format!("VALUE k 0 70000 9\r\n{}\r\n", "v".repeat(70_000));
+        let items: [&[u8]; 4] = [
+            b"END\r\n",
+            b"VALUE k 0 0\r\n\r\n",
+            b"VALUE key 7 5 42\r\nEND\r\n\r\n",
+            big.as_bytes(),
+        ];
+        for item in items {
+            for cut in 0..item.len() {
+                assert!(matches!(parse_item(&item[..cut]), Ok(None)), "cut at {cut}");
+            }
+            let followed = [item, b"END\r\n"].concat();
+            for bytes in [item, &followed[..]] {
+                let Ok(Some((parsed, used))) = parse_item(bytes) else {
+                    panic!("{:?} does not parse", String::from_utf8_lossy(item));
+                };
+                assert_eq!(used, item.len());
+                if let Item::Value { data, .. } = parsed {
+                    assert!(data.len() == 5 || data.len() == 70_000 || data.is_empty());
+                }
+            }
+        }
+        for line in [
+            &b"STORED\r\n"[..],
+            b"SERVER_ERROR out of memory\r\n",
+            b"HD\r\n",
+        ] {
+            for cut in 0..line.len() {
+                assert!(matches!(parse_reply(&line[..cut]), Ok(None)));
+            }
+            assert!(matches!(parse_reply(line), Ok(Some((_, used))) if used == line.len()));
+        }
+        assert!(matches!(
+            parse_reply(b"SERVER_ERROR full\r\n"),
+            Ok(Some((Err(OpError::Refused(_)), _)))
+        ));
+        assert!(parse_reply(b"WHAT\r\n").is_err());
+        assert!(parse_item(b"VALUE k 0 1073741825\r\n").is_err());
+        assert!(parse_item(b"VALUE k 0 3\r\nabcXY").is_err());
     }
 }

@@ -6,6 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
+use super::conn::Io;
 use super::{MAX_TUNING, Settings};
 
 /// `from + duration`, or as late as representable near that: never panics.
@@ -19,7 +22,7 @@ pub(crate) fn later(from: Instant, duration: Duration) -> Instant {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
     /// When every connection attempt of the call must be done.
-    connect_by: Instant,
+    pub(crate) connect_by: Instant,
     /// When every read and write of the call must be done; pushed back by
     /// the time spent connecting.
     pub(crate) io_by: Instant,
@@ -49,8 +52,13 @@ impl Budget {
             stream.set_nodelay(true)?;
             handshake(DeadlineStream::new(stream, self.connect_by))
         });
-        self.io_by = later(self.io_by, started.elapsed());
+        self.connected(started);
         result
+    }
+
+    /// Adds the time spent connecting since `started` to the I/O deadline.
+    pub(crate) fn connected(&mut self, started: Instant) {
+        self.io_by = later(self.io_by, started.elapsed());
     }
 }
 
@@ -114,6 +122,24 @@ impl Read for DeadlineStream {
         let left = self.remaining()?;
         self.stream.set_read_timeout(Some(left))?;
         self.stream.read(buf).map_err(deadline_error)
+    }
+}
+
+/// A blocking transport: its futures are ready when first polled, so the
+/// conversations over it run in one poll (`conn::ready`).
+impl Io for DeadlineStream {
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        std::future::ready(Read::read(self, buf))
+    }
+
+    fn write_all<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        std::future::ready(Write::write_all(self, bytes))
     }
 }
 

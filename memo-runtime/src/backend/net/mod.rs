@@ -1,7 +1,11 @@
 //! What the network backends share: connection settings and their URL
 //! parameters, server addresses, and
 //!
-//! - `pool`: the one connection pool and call loop of both clients;
+//! - `conn`: a connection and the sans-IO framing every reply parser
+//!   builds on, one for the blocking and the async client;
+//! - `pool`: the one connection pool and call rules of both clients;
+//! - `tokio_io` (feature `async`): tokio sockets, and the loop of an async
+//!   call;
 //! - `health`: the back-off that keeps callers from waiting on a dead host,
 //!   logged once per outage;
 //! - `deadline`: the deadlines every call runs under.
@@ -16,7 +20,17 @@
 //! whatever the server does and however many times a stale pooled
 //! connection is replaced within the call. `DeadlineStream` enforces it
 //! by setting the socket timeout to the time left before every read and
-//! write.
+//! write; the async client runs the connecting and the I/O of a call each
+//! under a `tokio::time::timeout_at` for the same deadlines.
+//!
+//! **Blocking and async callers share one client.** With the `async`
+//! feature, each server's `Pool` also keeps idle tokio connections, under
+//! the same size and reuse rules, and one `Health` serves both worlds: a
+//! server that failed for a blocking caller is skipped by async callers
+//! too, and the other way round. The replies are parsed by one sans-IO
+//! parser per protocol and each operation's conversation is written once
+//! (`conn`), so both clients send the same bytes, accept the same replies
+//! and fail with the same error kinds.
 //!
 //! **Any duration is accepted.** Timeouts and back-off are clamped to
 //! [`MAX_TUNING`], so that no `Instant + Duration` can overflow (which
@@ -28,9 +42,12 @@ use std::time::Duration;
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
 
+pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod pool;
+#[cfg(feature = "async")]
+pub(crate) mod tokio_io;
 
 /// How long opening a connection may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);

@@ -1,9 +1,12 @@
-//! The one connection pool of both network clients, and the loop every call
-//! runs in.
+//! The one connection pool of both network clients, and the rules every
+//! call runs by, for blocking and async callers alike.
 //!
-//! Each server has a pool of idle connections; a caller takes one (or opens
-//! a new one when none is idle), so concurrent callers never queue behind
-//! one socket. A call runs within one `Budget`. What a failure does depends
+//! Each server has a pool of idle connections (blocking ones, and async
+//! ones when the `async` feature is on: the same sizes and reuse rules,
+//! and one shared health); a caller takes one (or opens a new one when
+//! none is idle), so concurrent callers never queue behind one socket.
+//! Blocking calls run in [`Pool::run`], async ones in `run_async!`, and
+//! both settle each attempt by the same rules ([`Pool::settle`]). A call runs within one `Budget`. What a failure does depends
 //! on what it says about the connection and the server ([`OpError`]): a
 //! connection goes back to the pool only after a call that left it in step,
 //! a pooled connection found closed by a restarted server is replaced once
@@ -12,138 +15,49 @@
 //! closed by the server, is never reused, so a stray reply can never be
 //! taken for the answer to a later command.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::sync::Mutex;
 
+use super::conn::Conn;
 use super::deadline::{Budget, DeadlineStream};
 use super::health::Health;
 use super::{Settings, lock};
 use crate::backend::{BackendError, BackendErrorKind};
 
-/// Values at least this large are written straight to the socket instead of
-/// being copied into the request buffer.
-const DIRECT_WRITE: usize = 16 * 1024;
+pub(crate) use super::conn::OpError;
 
-/// A failed operation, by what it means for the connection and the server.
-#[derive(Debug)]
-pub(crate) enum OpError {
-    /// The socket failed or timed out: drop the connection, back off.
-    Io(io::Error),
-    /// The server said something memo cannot follow: the connection is out
-    /// of step, so drop it and back off.
-    Protocol(String),
-    /// The server refused the request (a value too large, out of memory, an
-    /// error reply) but the connection is in step and the server is fine.
-    Refused(String),
-    /// The server answered with an error where the connection may now be
-    /// out of step (memcached's `CLIENT_ERROR`, which can make it read our
-    /// data as commands; an error inside a reply): drop the connection, but
-    /// the server is up, so no back-off.
-    // Only memcached's replies say this.
-    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
-    Rejected(String),
+/// A blocking connection.
+pub(crate) type SyncConn = Conn<DeadlineStream>;
+
+/// A handshake run on each new blocking connection (authentication,
+/// database selection), within the connect deadline.
+pub(crate) type Handshake<'a> = &'a dyn Fn(&mut SyncConn) -> Result<(), OpError>;
+
+/// What became of one attempt of a call ([`Pool::settle`]).
+pub(crate) enum Settled<T> {
+    /// The call is over; `keep` says whether its connection is in step and
+    /// may go back to the pool.
+    Done {
+        result: Result<T, BackendError>,
+        keep: bool,
+    },
+    /// A stale pooled connection: try once more on a fresh one, within the
+    /// same budget.
+    Retry,
 }
 
-impl From<io::Error> for OpError {
-    fn from(err: io::Error) -> Self {
-        OpError::Io(err)
-    }
-}
-
-/// An open connection: a buffered reader over the socket, and a buffer the
-/// next request is assembled in.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    reader: BufReader<DeadlineStream>,
-    /// The request being assembled; [`flush`](Self::flush) sends it.
-    pub(crate) out: Vec<u8>,
-}
-
-impl Conn {
-    pub(crate) fn new(stream: DeadlineStream) -> Conn {
-        Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            out: Vec::new(),
-        }
-    }
-
-    /// Writes `bytes` to the socket at once, bypassing the buffer.
-    pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reader.get_mut().write_all(bytes)
-    }
-
-    /// Appends `bytes` to the request, writing large ones straight to the
-    /// socket (after what is already buffered) rather than copying them.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if bytes.len() >= DIRECT_WRITE {
-            self.flush()?;
-            self.send(bytes)
-        } else {
-            self.out.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
-
-    /// Sends the buffered request.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            let result = self.reader.get_mut().write_all(&self.out);
-            self.out.clear();
-            result?;
-        }
-        Ok(())
-    }
-
-    /// One reply line without its `\r\n`, refusing lines longer than
-    /// `max_len`, so a confused peer cannot make memo buffer forever.
-    pub(crate) fn line(&mut self, max_len: usize) -> Result<String, OpError> {
-        let mut line = Vec::new();
-        (&mut self.reader)
-            .take(max_len as u64)
-            .read_until(b'\n', &mut line)?;
-        if line.is_empty() {
-            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(OpError::Protocol(
-                "reply line too long or cut short".to_owned(),
-            ));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".to_owned()))
-    }
-
-    /// A value's `length` bytes and the `\r\n` after them. The buffer grows
-    /// as bytes arrive, so a bogus length cannot allocate in advance.
-    pub(crate) fn data(&mut self, length: usize) -> Result<Vec<u8>, OpError> {
-        let mut data = Vec::with_capacity(length.min(1 << 20));
-        let read = (&mut self.reader)
-            .take(length as u64)
-            .read_to_end(&mut data)?;
-        if read < length {
-            return Err(OpError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        let mut end = [0u8; 2];
-        self.reader.read_exact(&mut end)?;
-        if end != *b"\r\n" {
-            return Err(OpError::Protocol("data not followed by \\r\\n".to_owned()));
-        }
-        Ok(data)
-    }
-}
-
-/// A handshake run on each new connection (authentication, database
-/// selection), within the connect deadline.
-pub(crate) type Handshake<'a> = &'a dyn Fn(&mut Conn) -> Result<(), OpError>;
-
-/// One server: its address, its idle connections and its health.
+/// One server: its address, its idle connections and its health, shared
+/// by blocking and async callers (a server that failed for one is skipped
+/// by both).
 #[derive(Debug)]
 pub(crate) struct Pool {
     /// What logs and errors call the server (`memcached host:port`).
     label: String,
     host: String,
     port: u16,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<SyncConn>>,
+    #[cfg(feature = "async")]
+    idle_async: Mutex<Vec<super::tokio_io::Idle>>,
     health: Health,
     /// What an error reply is called in the error it becomes.
     refused: &'static str,
@@ -158,90 +72,128 @@ impl Pool {
             host,
             port,
             idle: Mutex::new(Vec::new()),
+            #[cfg(feature = "async")]
+            idle_async: Mutex::new(Vec::new()),
             health: Health::default(),
             refused,
         }
     }
 
     /// The host and port connections go to.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "async"))]
     pub(crate) fn address(&self) -> (&str, u16) {
         (&self.host, self.port)
     }
 
-    /// Runs `op` on a pooled connection, within one [`Budget`]. A
-    /// connection that turns out to be stale (the server restarted since it
-    /// was pooled) is replaced once with a fresh one, inside the same
-    /// budget; any other transport failure drops the connection and starts
-    /// a back-off. A refusal is returned as is and the connection, still in
-    /// step, is kept: the server is up.
+    /// Admits a call (or fails it at once while the server is skipped) and
+    /// starts its budget.
+    pub(crate) fn begin(&self, settings: &Settings) -> Result<Budget, BackendError> {
+        self.health.admit(&|| self.label.clone(), settings)?;
+        Ok(Budget::start(settings))
+    }
+
+    /// The error of a call that could not connect, starting a back-off.
+    pub(crate) fn connect_failed(&self, settings: &Settings, err: io::Error) -> BackendError {
+        self.health
+            .failed(&|| self.label.clone(), settings, "cannot connect", err)
+    }
+
+    /// What one attempt's `result` means, for blocking and async calls
+    /// alike. A refusal is returned as is and the connection, still in
+    /// step, is kept: the server is up. A connection that turns out to be
+    /// stale (`reused`, and the server restarted since it was pooled) is
+    /// replaced once; any other transport failure drops the connection and
+    /// starts a back-off.
+    pub(crate) fn settle<T>(
+        &self,
+        settings: &Settings,
+        reused: bool,
+        replaced: &mut bool,
+        result: Result<T, OpError>,
+    ) -> Settled<T> {
+        let what = || self.label.clone();
+        let (result, keep) = match result {
+            Ok(value) => {
+                self.health.succeeded(&what);
+                (Ok(value), true)
+            }
+            Err(OpError::Refused(message)) => {
+                self.health.succeeded(&what);
+                let err = BackendError::new(format!("{}: {}{message}", self.label, self.refused))
+                    .with_kind(BackendErrorKind::Server);
+                (Err(err), true)
+            }
+            Err(OpError::Rejected(message)) => {
+                // The server is up and answered; only this connection
+                // may be out of step, so it alone is dropped.
+                self.health.succeeded(&what);
+                let err = BackendError::new(format!("{}: {message}", self.label))
+                    .with_kind(BackendErrorKind::Server);
+                (Err(err), false)
+            }
+            Err(OpError::Io(err)) if reused && !*replaced && is_stale(&err) => {
+                // Every idle connection dates from before the restart.
+                lock(&self.idle).clear();
+                #[cfg(feature = "async")]
+                lock(&self.idle_async).clear();
+                *replaced = true;
+                return Settled::Retry;
+            }
+            Err(OpError::Io(err)) => (
+                Err(self.health.failed(&what, settings, "I/O failed", err)),
+                false,
+            ),
+            Err(OpError::Protocol(message)) => {
+                let err = io::Error::new(io::ErrorKind::InvalidData, message);
+                (
+                    Err(self
+                        .health
+                        .failed(&what, settings, "sent a malformed reply", err)),
+                    false,
+                )
+            }
+        };
+        Settled::Done { result, keep }
+    }
+
+    /// Runs `op` on a pooled blocking connection, within one [`Budget`]
+    /// (see [`settle`](Self::settle)).
     pub(crate) fn run<T>(
         &self,
         settings: &Settings,
         handshake: Handshake<'_>,
-        op: &mut dyn FnMut(&mut Conn) -> Result<T, OpError>,
+        op: &mut dyn FnMut(&mut SyncConn) -> Result<T, OpError>,
     ) -> Result<T, BackendError> {
-        let what = || self.label.clone();
-        self.health.admit(&what, settings)?;
-        let mut budget = Budget::start(settings);
+        let mut budget = self.begin(settings)?;
         let mut replaced = false;
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
                 None => match self.connect(&mut budget, handshake) {
                     Ok(conn) => (conn, false),
-                    Err(err) => {
-                        return Err(self.health.failed(&what, settings, "cannot connect", err));
-                    }
+                    Err(err) => return Err(self.connect_failed(settings, err)),
                 },
             };
-            conn.reader.get_mut().set_deadline(budget.io_by);
-            match op(&mut conn) {
-                Ok(value) => {
-                    self.release(conn, settings);
-                    self.health.succeeded(&what);
-                    return Ok(value);
+            conn.io.set_deadline(budget.io_by);
+            let result = op(&mut conn);
+            match self.settle(settings, reused, &mut replaced, result) {
+                Settled::Done { result, keep } => {
+                    if keep {
+                        self.release(conn, settings);
+                    }
+                    return result;
                 }
-                Err(OpError::Refused(message)) => {
-                    self.release(conn, settings);
-                    self.health.succeeded(&what);
-                    return Err(BackendError::new(format!(
-                        "{}: {}{message}",
-                        self.label, self.refused
-                    ))
-                    .with_kind(BackendErrorKind::Server));
-                }
-                Err(OpError::Rejected(message)) => {
-                    // The server is up and answered; only this connection
-                    // may be out of step, so it alone is dropped.
-                    self.health.succeeded(&what);
-                    return Err(BackendError::new(format!("{}: {message}", self.label))
-                        .with_kind(BackendErrorKind::Server));
-                }
-                Err(OpError::Io(err)) if reused && !replaced && is_stale(&err) => {
-                    // Every idle connection dates from before the restart.
-                    lock(&self.idle).clear();
-                    replaced = true;
-                }
-                Err(OpError::Io(err)) => {
-                    return Err(self.health.failed(&what, settings, "I/O failed", err));
-                }
-                Err(OpError::Protocol(message)) => {
-                    let err = io::Error::new(io::ErrorKind::InvalidData, message);
-                    return Err(self
-                        .health
-                        .failed(&what, settings, "sent a malformed reply", err));
-                }
+                Settled::Retry => {}
             }
         }
     }
 
     /// An idle connection fit for reuse; those with stray bytes waiting or
     /// closed by the server are dropped on the way.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<SyncConn> {
         loop {
             let conn = lock(&self.idle).pop()?;
-            if conn.reader.get_ref().is_clean() {
+            if conn.io.is_clean() {
                 return Some(conn);
             }
         }
@@ -249,22 +201,17 @@ impl Pool {
 
     /// Opens a connection and runs the handshake, all within the connect
     /// deadline.
-    fn connect(&self, budget: &mut Budget, handshake: Handshake<'_>) -> io::Result<Conn> {
+    fn connect(&self, budget: &mut Budget, handshake: Handshake<'_>) -> io::Result<SyncConn> {
         budget.connect(&self.host, self.port, |stream| {
             let mut conn = Conn::new(stream);
-            handshake(&mut conn).map_err(|err| match err {
-                OpError::Io(err) => err,
-                OpError::Protocol(message)
-                | OpError::Refused(message)
-                | OpError::Rejected(message) => io::Error::other(format!("handshake: {message}")),
-            })?;
+            handshake(&mut conn).map_err(handshake_error)?;
             Ok(conn)
         })
     }
 
     /// Pools `conn` unless the pool is full or a reply was left half read.
-    fn release(&self, conn: Conn, settings: &Settings) {
-        if !conn.reader.buffer().is_empty() {
+    fn release(&self, conn: SyncConn, settings: &Settings) {
+        if conn.has_unread() {
             return;
         }
         let mut idle = lock(&self.idle);
@@ -272,17 +219,54 @@ impl Pool {
             idle.push(conn);
         }
     }
+
+    /// Takes an idle async connection for the current runtime, if any.
+    #[cfg(feature = "async")]
+    pub(crate) fn take_idle_async(&self) -> Option<Conn<tokio::net::TcpStream>> {
+        loop {
+            let idle = lock(&self.idle_async).pop()?;
+            // Registering needs no lock: the pool's is already released.
+            if let Some(conn) = idle.resume() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Pools an async connection unless the pool is full or a reply was
+    /// left half read (see `tokio_io` for why it is kept runtime-free).
+    #[cfg(feature = "async")]
+    pub(crate) fn release_async(&self, conn: Conn<tokio::net::TcpStream>, settings: &Settings) {
+        if conn.has_unread() || lock(&self.idle_async).len() >= settings.pool_size {
+            return;
+        }
+        if let Some(idle) = super::tokio_io::Idle::suspend(conn) {
+            let mut pool = lock(&self.idle_async);
+            if pool.len() < settings.pool_size {
+                pool.push(idle);
+            }
+        }
+    }
+}
+
+/// A handshake failure, as the connection failure it is.
+pub(crate) fn handshake_error(err: OpError) -> io::Error {
+    match err {
+        OpError::Io(err) => err,
+        OpError::Protocol(message) | OpError::Refused(message) | OpError::Rejected(message) => {
+            io::Error::other(format!("handshake: {message}"))
+        }
+    }
 }
 
 /// No handshake: the connection is ready once open (memcached).
 #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
-pub(crate) fn no_handshake(_: &mut Conn) -> Result<(), OpError> {
+pub(crate) fn no_handshake(_: &mut SyncConn) -> Result<(), OpError> {
     Ok(())
 }
 
 /// Whether `err` is what a pooled connection to a restarted server gives on
 /// its first use: the peer closed or reset it, not a timeout.
-fn is_stale(err: &io::Error) -> bool {
+pub(crate) fn is_stale(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::UnexpectedEof
@@ -291,3 +275,80 @@ fn is_stale(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
     )
 }
+
+/// Runs one async call on `$pool`, by the rules of the blocking
+/// `Pool::run`: admitted by the shared health, an idle connection or a
+/// fresh one (with `$handshake` on it, `$conn` naming it) within the
+/// connect deadline, `$op` within the I/O deadline, then
+/// `Pool::settle`. Evaluates to the call's `Result`. A macro rather than a
+/// function taking a closure, because the operation is a future borrowing
+/// the connection, which closures cannot return in stable Rust without
+/// losing `Send`.
+#[cfg(feature = "async")]
+macro_rules! run_async {
+    ($pool:expr, $settings:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
+        let pool: &$crate::backend::net::pool::Pool = $pool;
+        let settings: &$crate::backend::net::Settings = $settings;
+        match $crate::backend::net::tokio_io::check_runtime().and_then(|()| pool.begin(settings)) {
+            Err(err) => Err(err),
+            Ok(mut budget) => {
+                let mut replaced = false;
+                loop {
+                    let (mut conn, reused) = match pool.take_idle_async() {
+                        Some(conn) => (conn, true),
+                        None => {
+                            let started = ::std::time::Instant::now();
+                            let (host, port) = pool.address();
+                            let connecting = async {
+                                let mut conn =
+                                    $crate::backend::net::tokio_io::connect(host, port).await?;
+                                {
+                                    let $hconn = &mut conn;
+                                    $handshake
+                                        .await
+                                        .map_err($crate::backend::net::pool::handshake_error)?;
+                                }
+                                Ok::<_, ::std::io::Error>(conn)
+                            };
+                            let connected = ::tokio::time::timeout_at(
+                                ::tokio::time::Instant::from_std(budget.connect_by),
+                                connecting,
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
+                            budget.connected(started);
+                            match connected {
+                                Ok(conn) => (conn, false),
+                                Err(err) => break Err(pool.connect_failed(settings, err)),
+                            }
+                        }
+                    };
+                    let result = {
+                        let $conn = &mut conn;
+                        ::tokio::time::timeout_at(
+                            ::tokio::time::Instant::from_std(budget.io_by),
+                            $op,
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err($crate::backend::net::pool::OpError::Io(
+                                $crate::backend::net::tokio_io::timed_out(),
+                            ))
+                        })
+                    };
+                    match pool.settle(settings, reused, &mut replaced, result) {
+                        $crate::backend::net::pool::Settled::Done { result, keep } => {
+                            if keep {
+                                pool.release_async(conn, settings);
+                            }
+                            break result;
+                        }
+                        $crate::backend::net::pool::Settled::Retry => {}
+                    }
+                }
+            }
+        }
+    }};
+}
+#[cfg(feature = "async")]
+pub(crate) use run_async;

@@ -15,8 +15,16 @@
 //! error. RESP2 for these few commands is a short encoder and a strict
 //! parser with bounded lengths.
 //!
-//! This file is the client; `protocol` speaks RESP2, and connections,
-//! deadlines and back-off are `backend::net`, shared with memcached.
+//! This file is the client; `protocol` speaks RESP2 (one sans-IO parser),
+//! and connections, deadlines and back-off are `backend::net`, shared with
+//! memcached. Each operation's conversation is written once and serves
+//! the blocking client and, with the `async` feature, an
+//! [`AsyncBackend`](crate::AsyncBackend) on tokio sockets: one `configure`
+//! serves both worlds, with one health and the same pool rules, so both
+//! read the same entries and a server backed off for one is backed off
+//! for the other. The async client is memo's own rather than the `redis`
+//! crate's for the same reasons as the blocking one: whole-call deadlines
+//! and knowing when a connection is in step.
 //!
 //! Connections live in a pool of idle ones; a caller takes one or opens a
 //! new one, so concurrent callers never queue behind one socket. Each call
@@ -42,7 +50,14 @@
 
 use std::time::Duration;
 
-use super::net::pool::{Conn, OpError, Pool};
+#[cfg(feature = "async")]
+// Not imported by name: with both traits in scope, `backend.get(..)`
+// would be ambiguous in this module and its tests.
+use super::asynchronous as aio;
+use super::net::conn::{Conn, Io, ready};
+#[cfg(feature = "async")]
+use super::net::pool::run_async;
+use super::net::pool::{OpError, Pool, SyncConn};
 use super::net::{self, Settings};
 pub use super::net::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
@@ -220,144 +235,202 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// Runs `op` on a pooled connection (see `net::pool`).
+    /// Runs `op` on a pooled blocking connection (see `net::pool`).
     fn run<T>(
         &self,
-        mut op: impl FnMut(&mut Conn) -> Result<T, OpError>,
+        mut op: impl FnMut(&mut SyncConn) -> Result<T, OpError>,
     ) -> Result<T, BackendError> {
         self.pool
-            .run(&self.settings, &|conn| self.handshake(conn), &mut op)
+            .run(&self.settings, &|conn| ready(self.handshake(conn)), &mut op)
     }
 
     /// Authenticates and selects the database on a new connection.
-    fn handshake(&self, conn: &mut Conn) -> Result<(), OpError> {
+    async fn handshake<T: Io>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
         if let Some(password) = &self.password {
             let mut auth: Vec<&[u8]> = vec![b"AUTH"];
             if let Some(username) = &self.username {
                 auth.push(username.as_bytes());
             }
             auth.push(password.as_bytes());
-            conn.command(&auth)?.ok("AUTH")?;
+            conn.command(&auth).await?.ok("AUTH")?;
         }
         if self.db != 0 {
             let db = self.db.to_string();
-            conn.command(&[b"SELECT", db.as_bytes()])?.ok("SELECT")?;
+            conn.command(&[b"SELECT", db.as_bytes()])
+                .await?
+                .ok("SELECT")?;
         }
         Ok(())
     }
 }
 
+/// The pieces `set_many` pipelines: slices of at most about
+/// [`MAX_PIPELINE_BYTES`] of values, and at least one item each.
+fn pipeline_slices<'i, 'a>(
+    items: &'i [(&'a str, &'a [u8])],
+) -> impl Iterator<Item = &'i [(&'a str, &'a [u8])]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= items.len() {
+            return None;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        while end < items.len() && (end == start || bytes < MAX_PIPELINE_BYTES) {
+            bytes += items[end].1.len();
+            end += 1;
+        }
+        let slice = &items[start..end];
+        start = end;
+        Some(slice)
+    })
+}
+
+/// Each operation's conversation, written once over any transport
+/// (`net::conn`) for the blocking and the async client.
+impl<T: Io> Conn<T> {
+    async fn get_value(&mut self, key: &str) -> Result<Option<Vec<u8>>, OpError> {
+        self.command(&[b"GET", key.as_bytes()]).await?.bulk("GET")
+    }
+
+    async fn mget(&mut self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, OpError> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(b"MGET");
+        args.extend(keys.iter().map(|key| key.as_bytes()));
+        let Value::Array(values) = self.command(&args).await? else {
+            return Err(OpError::Protocol("MGET answered a non-array".to_owned()));
+        };
+        if values.len() != keys.len() {
+            return Err(OpError::Protocol(format!(
+                "MGET of {} keys answered {} values",
+                keys.len(),
+                values.len()
+            )));
+        }
+        values.into_iter().map(|value| value.bulk("MGET")).collect()
+    }
+
+    async fn set_px(&mut self, key: &str, value: &[u8], millis: &str) -> Result<(), OpError> {
+        self.command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])
+            .await?
+            .ok("SET")
+    }
+
+    /// Pipelines one slice of `set_many`. Every reply is read, even after
+    /// an error reply, so that the connection stays in step; the first
+    /// error is kept.
+    async fn set_slice(&mut self, slice: &[(&str, &[u8])], millis: &str) -> Result<(), OpError> {
+        self.out.clear();
+        for (key, value) in slice {
+            self.push_command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])
+                .await?;
+        }
+        self.flush().await?;
+        let mut first_error = None;
+        for _ in slice {
+            match self.value().await?.ok("SET") {
+                Ok(()) => {}
+                Err(OpError::Refused(message)) => {
+                    first_error.get_or_insert(OpError::Refused(message));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn add_nx(&mut self, key: &str, value: &[u8], millis: &str) -> Result<bool, OpError> {
+        let args: [&[u8]; 6] = [
+            b"SET",
+            key.as_bytes(),
+            value,
+            b"NX",
+            b"PX",
+            millis.as_bytes(),
+        ];
+        match self.command(&args).await? {
+            Value::Status(status) if status == "OK" => Ok(true),
+            Value::Nil => Ok(false),
+            other => Err(other.unexpected("SET NX")),
+        }
+    }
+
+    async fn pexpire(&mut self, key: &str, millis: &str) -> Result<bool, OpError> {
+        let touched = self
+            .command(&[b"PEXPIRE", key.as_bytes(), millis.as_bytes()])
+            .await?
+            .int("PEXPIRE")?;
+        Ok(touched == 1)
+    }
+
+    async fn del(&mut self, key: &str) -> Result<bool, OpError> {
+        Ok(self.command(&[b"DEL", key.as_bytes()]).await?.int("DEL")? > 0)
+    }
+
+    async fn eval_delete_if_value(&mut self, key: &str, expected: &[u8]) -> Result<bool, OpError> {
+        let deleted = self
+            .script(DELETE_IF_VALUE, key, &[expected])
+            .await?
+            .int("EVAL")?;
+        Ok(deleted > 0)
+    }
+
+    async fn eval_touch_if_value(
+        &mut self,
+        key: &str,
+        expected: &[u8],
+        millis: &str,
+    ) -> Result<bool, OpError> {
+        let touched = self
+            .script(TOUCH_IF_VALUE, key, &[expected, millis.as_bytes()])
+            .await?
+            .int("EVAL")?;
+        Ok(touched == 1)
+    }
+}
+
 impl Backend for RedisBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.run(|conn| conn.command(&[b"GET", key.as_bytes()])?.bulk("GET"))
+        self.run(|conn| ready(conn.get_value(key)))
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-        args.push(b"MGET");
-        args.extend(keys.iter().map(|key| key.as_bytes()));
-        self.run(|conn| {
-            let Value::Array(values) = conn.command(&args)? else {
-                return Err(OpError::Protocol("MGET answered a non-array".to_owned()));
-            };
-            if values.len() != keys.len() {
-                return Err(OpError::Protocol(format!(
-                    "MGET of {} keys answered {} values",
-                    keys.len(),
-                    values.len()
-                )));
-            }
-            values.into_iter().map(|value| value.bulk("MGET")).collect()
-        })
+        self.run(|conn| ready(conn.mget(keys)))
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
         let millis = ttl_millis(ttl).to_string();
-        self.run(|conn| {
-            conn.command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?
-                .ok("SET")
-        })
+        self.run(|conn| ready(conn.set_px(key, value, &millis)))
     }
 
     fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
         let millis = ttl_millis(ttl).to_string();
-        let mut start = 0;
-        while start < items.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < items.len() && (end == start || bytes < MAX_PIPELINE_BYTES) {
-                bytes += items[end].1.len();
-                end += 1;
-            }
-            let slice = &items[start..end];
-            self.run(|conn| {
-                conn.out.clear();
-                for (key, value) in slice {
-                    conn.push_command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])?;
-                }
-                conn.flush()?;
-                // Every reply is read, even after an error reply, so that
-                // the connection stays in step; the first error is kept.
-                let mut first_error = None;
-                for _ in slice {
-                    match conn.value()?.ok("SET") {
-                        Ok(()) => {}
-                        Err(OpError::Refused(message)) => {
-                            first_error.get_or_insert(OpError::Refused(message));
-                        }
-                        Err(err) => return Err(err),
-                    }
-                }
-                first_error.map_or(Ok(()), Err)
-            })?;
-            start = end;
+        for slice in pipeline_slices(items) {
+            self.run(|conn| ready(conn.set_slice(slice, &millis)))?;
         }
         Ok(())
     }
 
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
         let millis = ttl_millis(ttl).to_string();
-        self.run(|conn| {
-            match conn.command(&[
-                b"SET",
-                key.as_bytes(),
-                value,
-                b"NX",
-                b"PX",
-                millis.as_bytes(),
-            ])? {
-                Value::Status(status) if status == "OK" => Ok(true),
-                Value::Nil => Ok(false),
-                other => Err(other.unexpected("SET NX")),
-            }
-        })
+        self.run(|conn| ready(conn.add_nx(key, value, &millis)))
     }
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let millis = ttl_millis(ttl).to_string();
-        self.run(|conn| {
-            let touched = conn
-                .command(&[b"PEXPIRE", key.as_bytes(), millis.as_bytes()])?
-                .int("PEXPIRE")?;
-            Ok(touched == 1)
-        })
+        self.run(|conn| ready(conn.pexpire(key, &millis)))
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.run(|conn| Ok(conn.command(&[b"DEL", key.as_bytes()])?.int("DEL")? > 0))
+        self.run(|conn| ready(conn.del(key)))
     }
 
     /// Atomic, through a Lua script.
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        self.run(|conn| {
-            let deleted = conn
-                .script(DELETE_IF_VALUE, key, &[expected])?
-                .int("EVAL")?;
-            Ok(deleted > 0)
-        })
+        self.run(|conn| ready(conn.eval_delete_if_value(key, expected)))
     }
 
     /// Atomic, through a Lua script.
@@ -368,11 +441,116 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let millis = ttl_millis(ttl).to_string();
-        self.run(|conn| {
-            let touched = conn
-                .script(TOUCH_IF_VALUE, key, &[expected, millis.as_bytes()])?
-                .int("EVAL")?;
-            Ok(touched == 1)
+        self.run(|conn| ready(conn.eval_touch_if_value(key, expected, &millis)))
+    }
+
+    /// The same client serves async callers natively, on tokio sockets.
+    #[cfg(feature = "async")]
+    fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn aio::AsyncBackend>> {
+        Some(self)
+    }
+}
+
+/// Runs one async call on the pool (see `net::tokio_io`), with the
+/// handshake on each new connection.
+#[cfg(feature = "async")]
+macro_rules! run {
+    ($self:ident, |$conn:ident| $op:expr) => {
+        run_async!(
+            &$self.pool,
+            &$self.settings,
+            handshake: |new| $self.handshake(new),
+            op: |$conn| $op,
+        )
+    };
+}
+
+/// The same operations, health and pool rules as the blocking client,
+/// over tokio sockets: nothing here blocks the executor.
+#[cfg(feature = "async")]
+impl aio::AsyncBackend for RedisBackend {
+    fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { run!(self, |conn| conn.get_value(key)) })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> aio::BackendFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            run!(self, |conn| conn.mget(keys))
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            run!(self, |conn| conn.set_px(key, value, &millis))
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a [u8])],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            for slice in pipeline_slices(items) {
+                run!(self, |conn| conn.set_slice(slice, &millis))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            run!(self, |conn| conn.add_nx(key, value, &millis))
+        })
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Duration) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            run!(self, |conn| conn.pexpire(key, &millis))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move { run!(self, |conn| conn.del(key)) })
+    }
+
+    /// Atomic, through a Lua script.
+    fn delete_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move { run!(self, |conn| conn.eval_delete_if_value(key, expected)) })
+    }
+
+    /// Atomic, through a Lua script.
+    fn touch_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            run!(self, |conn| conn
+                .eval_touch_if_value(key, expected, &millis))
         })
     }
 }

@@ -1,9 +1,11 @@
 //! RESP2, as memo speaks it: commands as arrays of bulk strings, and a
-//! strict reply parser with bounded lengths and no nesting.
+//! strict sans-IO reply parser with bounded lengths and no nesting, shared
+//! by the blocking and the async client (see `net::conn`).
 
 use std::io;
 
-use crate::backend::net::pool::{Conn, OpError};
+use crate::backend::net::conn::{Conn, Io, Parsed, take_data, take_line};
+use crate::backend::net::pool::OpError;
 
 /// The longest bulk string accepted in a reply: Redis's own default limit
 /// (`proto-max-bulk-len`). A reply claiming more is refused before a byte of
@@ -60,20 +62,123 @@ impl Value {
     }
 }
 
-impl Conn {
+/// Parses one reply (sans-IO, see `net::conn`). An error reply is a
+/// whole reply that leaves the connection in step, so it is returned as a
+/// parsed `Err` ([`OpError::Refused`]), its line consumed.
+///
+/// The bytes are first only measured, allocating nothing, and the reply
+/// is built once they are all there: a large reply arriving in many reads
+/// is copied once, not once per read.
+pub(crate) fn parse_value(buf: &[u8]) -> Parsed<Result<Value, OpError>> {
+    if let Some(rest) = buf.strip_prefix(b"-") {
+        let Some((message, used)) = take_line(rest, MAX_LINE)? else {
+            return Ok(None);
+        };
+        return Ok(Some((Err(OpError::Refused(message.to_owned())), used + 1)));
+    }
+    if value_at(buf, false, false)?.is_none() {
+        return Ok(None);
+    }
+    Ok(value_at(buf, false, true)?.map(|(value, used)| (Ok(value), used)))
+}
+
+/// The value at the start of `buf` and the bytes it takes, `Ok(None)`
+/// while incomplete. Without `build`, only measures it (bulk strings and
+/// arrays come back as `Nil`). `nested` for an array's elements: memo's
+/// commands answer flat arrays, so an element that is itself an array is
+/// refused (which bounds nesting), and so is an error element, which
+/// leaves the rest of the array unread (unlike an error reply, it puts
+/// the connection out of step).
+fn value_at(buf: &[u8], nested: bool, build: bool) -> Result<Option<(Value, usize)>, OpError> {
+    let Some((line, used)) = take_line(buf, MAX_LINE)? else {
+        return Ok(None);
+    };
+    // The first byte says the type; a line starting with a multi-byte
+    // character is no RESP reply (and must not be split inside it).
+    let Some((kind, rest)) = line.split_at_checked(1) else {
+        return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
+    };
+    // A length or count from the reply, refused beyond `max` before
+    // anything is read or allocated on its strength.
+    let within = |n: i64, max: usize, what: &str| {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| OpError::Protocol(format!("{what} length out of range: {line:?}")))
+    };
+    let number = || -> Result<i64, OpError> {
+        rest.parse()
+            .map_err(|_| OpError::Protocol(format!("bad number in reply {line:?}")))
+    };
+    let value = match kind {
+        "+" => Value::Status(rest.to_owned()),
+        "-" => {
+            return Err(OpError::Protocol(format!(
+                "error inside an array reply: {rest}"
+            )));
+        }
+        ":" => Value::Int(number()?),
+        "$" => match number()? {
+            -1 => Value::Nil,
+            length => {
+                let length = within(length, MAX_BULK, "bulk")?;
+                let Some((range, data_used)) = take_data(&buf[used..], length)? else {
+                    return Ok(None);
+                };
+                let data = if build {
+                    Value::Bulk(buf[used..][range].to_vec())
+                } else {
+                    Value::Nil
+                };
+                return Ok(Some((data, used + data_used)));
+            }
+        },
+        "*" => match number()? {
+            -1 => Value::Nil,
+            _ if nested => return Err(OpError::Protocol("nested array reply".to_owned())),
+            count => {
+                let count = within(count, MAX_ARRAY, "array")?;
+                let mut values = Vec::with_capacity(if build { count.min(1024) } else { 0 });
+                let mut end = used;
+                for _ in 0..count {
+                    let Some((value, element)) = value_at(&buf[end..], true, build)? else {
+                        return Ok(None);
+                    };
+                    end += element;
+                    if build {
+                        values.push(value);
+                    }
+                }
+                let array = if build {
+                    Value::Array(values)
+                } else {
+                    Value::Nil
+                };
+                return Ok(Some((array, end)));
+            }
+        },
+        _ => return Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
+    };
+    Ok(Some((value, used)))
+}
+
+/// The conversations, written once over any transport (`net::conn`): the
+/// blocking client runs them to completion in one poll, the async one
+/// awaits them.
+impl<T: Io> Conn<T> {
     /// Sends one command and reads its reply.
-    pub(super) fn command(&mut self, args: &[&[u8]]) -> Result<Value, OpError> {
+    pub(super) async fn command(&mut self, args: &[&[u8]]) -> Result<Value, OpError> {
         self.out.clear();
-        self.push_command(args)?;
-        self.flush()?;
-        self.value()
+        self.push_command(args).await?;
+        self.flush().await?;
+        self.value().await
     }
 
     /// Runs a Lua script on one key. `EVAL` sends the script each time:
     /// Redis caches it by digest, and a script of a hundred bytes costs
     /// less than the extra round trip of `EVALSHA` falling back on a
     /// restarted server.
-    pub(super) fn script(
+    pub(super) async fn script(
         &mut self,
         script: &str,
         key: &str,
@@ -81,83 +186,26 @@ impl Conn {
     ) -> Result<Value, OpError> {
         let mut all: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", key.as_bytes()];
         all.extend_from_slice(args);
-        self.command(&all)
+        self.command(&all).await
     }
 
     /// Appends a command as a RESP array of bulk strings; large arguments
     /// go straight to the socket rather than being copied.
-    pub(super) fn push_command(&mut self, args: &[&[u8]]) -> io::Result<()> {
+    pub(super) async fn push_command(&mut self, args: &[&[u8]]) -> io::Result<()> {
         self.out
             .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
         for arg in args {
             self.out
                 .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            self.push(arg)?;
+            self.push(arg).await?;
             self.out.extend_from_slice(b"\r\n");
         }
         Ok(())
     }
 
     /// Reads one reply; an error reply is [`OpError::Refused`].
-    pub(super) fn value(&mut self) -> Result<Value, OpError> {
-        let line = self.line(MAX_LINE)?;
-        // The first byte says the type; a line starting with a multi-byte
-        // character is no RESP reply (and must not be split inside it).
-        let Some((kind, rest)) = line.split_at_checked(1) else {
-            return Err(OpError::Protocol(format!("unexpected reply {line:?}")));
-        };
-        // A length or count from the reply, refused beyond `max` before
-        // anything is read or allocated on its strength.
-        let within = |n: i64, max: usize, what: &str| {
-            usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| OpError::Protocol(format!("{what} length out of range: {line:?}")))
-        };
-        let number = || -> Result<i64, OpError> {
-            rest.parse()
-                .map_err(|_| OpError::Protocol(format!("bad number in reply {line:?}")))
-        };
-        match kind {
-            "+" => Ok(Value::Status(rest.to_owned())),
-            "-" => Err(OpError::Refused(rest.to_owned())),
-            ":" => Ok(Value::Int(number()?)),
-            "$" => match number()? {
-                -1 => Ok(Value::Nil),
-                length => {
-                    let length = within(length, MAX_BULK, "bulk")?;
-                    Ok(Value::Bulk(self.data(length)?))
-                }
-            },
-            "*" => match number()? {
-                -1 => Ok(Value::Nil),
-                count => {
-                    let count = within(count, MAX_ARRAY, "array")?;
-                    // memo's commands answer flat arrays: an element that
-                    // is itself an array is refused, which bounds nesting.
-                    let mut values = Vec::with_capacity(count.min(1024));
-                    // An error element leaves the rest of the array unread,
-                    // so unlike an error reply it puts the connection out of
-                    // step.
-                    for _ in 0..count {
-                        match self.value() {
-                            Ok(Value::Array(_)) => {
-                                return Err(OpError::Protocol("nested array reply".to_owned()));
-                            }
-                            Ok(value) => values.push(value),
-                            Err(OpError::Refused(message)) => {
-                                return Err(OpError::Protocol(format!(
-                                    "error inside an array reply: {message}"
-                                )));
-                            }
-                            Err(err) => return Err(err),
-                        }
-                    }
-                    Ok(Value::Array(values))
-                }
-            },
-            _ => Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
-        }
+    pub(super) async fn value(&mut self) -> Result<Value, OpError> {
+        self.next(parse_value).await?
     }
 }
 
@@ -167,10 +215,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::backend::net::conn::ready;
     use crate::backend::net::deadline::DeadlineStream;
 
     /// A connection to a loopback peer that has sent `reply` and closed.
-    fn conn_reading(reply: &[u8]) -> Conn {
+    fn conn_reading(reply: &[u8]) -> Conn<DeadlineStream> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
@@ -183,7 +232,7 @@ mod tests {
 
     #[test]
     fn replies_are_parsed_strictly_and_never_panic() {
-        let ok = |reply: &[u8]| conn_reading(reply).value();
+        let ok = |reply: &[u8]| ready(conn_reading(reply).value());
         assert!(matches!(ok(b"+OK\r\n"), Ok(Value::Status(s)) if s == "OK"));
         assert!(matches!(ok(b":-7\r\n"), Ok(Value::Int(-7))));
         assert!(matches!(ok(b"$-1\r\n"), Ok(Value::Nil)));
@@ -228,6 +277,53 @@ mod tests {
                 })
                 .collect();
             let _ = ok(&bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    /// Every reply, cut at every byte: incomplete until whole, then the
+    /// same value and length as parsed at once, whatever follows.
+    #[test]
+    fn every_prefix_is_incomplete_until_the_reply_is_whole() {
+        let big = format!("${}\r\n{}\r\n", 70_000, "v".repeat(70_000));
+        let replies: [&[u8]; 8] = [
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b":123\r\n",
+            b"$-1\r\n",
+            b"$0\r\n\r\n",
+            b"$5\r\nab\r\nc\r\n",
+            b"*3\r\n$1\r\na\r\n$-1\r\n:7\r\n",
+            big.as_bytes(),
+        ];
+        for reply in replies {
+            for cut in 0..reply.len() {
+                assert!(
+                    matches!(parse_value(&reply[..cut]), Ok(None)),
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(&reply[..reply.len().min(40)])
+                );
+            }
+            let mut followed = reply.to_vec();
+            followed.extend_from_slice(b"+NEXT\r\n");
+            for bytes in [reply, &followed[..]] {
+                let Ok(Some((value, used))) = parse_value(bytes) else {
+                    panic!("{:?} does not parse", String::from_utf8_lossy(reply));
+                };
+                assert_eq!(used, reply.len());
+                match value {
+                    Ok(Value::Bulk(bytes)) => {
+                        assert!(bytes.len() == 5 || bytes.len() == 70_000 || bytes.is_empty());
+                    }
+                    Ok(Value::Array(values)) => assert_eq!(values.len(), 3),
+                    Ok(_) | Err(OpError::Refused(_)) => {}
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
         }
     }
 }

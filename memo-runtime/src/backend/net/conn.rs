@@ -1,0 +1,240 @@
+//! One connection, whatever drives it: the request buffer, the reply
+//! buffer, and the loop that feeds sans-IO reply parsers.
+//!
+//! **One parser per protocol, for both worlds.** A protocol's replies are
+//! parsed by plain functions over a byte slice ([`Parse`]): each returns
+//! `Ok(None)` while the reply is incomplete, `Ok(Some((reply, used)))` once
+//! it is whole, or an error. Neither parsers nor the conversations built on
+//! them (`get` batches, pipelined `set`s, compare-and-delete) know how bytes
+//! arrive: they are `async fn`s over an [`Io`] transport. The blocking
+//! client runs them over a [`DeadlineStream`](super::deadline::DeadlineStream),
+//! whose reads never return `Pending`, so [`ready`] completes them in one
+//! poll; the tokio client awaits them over a `tokio::net::TcpStream`. The
+//! bytes on the wire, the lengths refused and the errors returned are
+//! therefore the same in both.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+/// Values at least this large are written straight to the socket instead of
+/// being copied into the request buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A failed operation, by what it means for the connection and the server.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    /// The socket failed or timed out: drop the connection, back off.
+    Io(io::Error),
+    /// The server said something memo cannot follow: the connection is out
+    /// of step, so drop it and back off.
+    Protocol(String),
+    /// The server refused the request (a value too large, out of memory, an
+    /// error reply) but the connection is in step and the server is fine.
+    Refused(String),
+    /// The server answered with an error where the connection may now be
+    /// out of step (memcached's `CLIENT_ERROR`, which can make it read our
+    /// data as commands; an error inside a reply): drop the connection, but
+    /// the server is up, so no back-off.
+    // Only memcached's replies say this.
+    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
+    Rejected(String),
+}
+
+impl From<io::Error> for OpError {
+    fn from(err: io::Error) -> Self {
+        OpError::Io(err)
+    }
+}
+
+/// A byte transport: a socket, blocking or not.
+pub(crate) trait Io: Send {
+    /// Reads some bytes into `buf`; zero means the peer closed.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    /// Writes all of `bytes`.
+    fn write_all<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+}
+
+/// A reply parser: `Ok(None)` while `buf` holds only part of a reply,
+/// `Ok(Some((reply, used)))` when its first `used` bytes are a whole reply.
+pub(crate) type Parse<R> = fn(&[u8]) -> Parsed<R>;
+
+/// What a [`Parse`] returns.
+pub(crate) type Parsed<R> = Result<Option<(R, usize)>, OpError>;
+
+/// An open connection: its transport, the bytes read but not yet parsed,
+/// and the request being assembled.
+#[derive(Debug)]
+pub(crate) struct Conn<T> {
+    pub(crate) io: T,
+    input: Vec<u8>,
+    /// Where the unparsed bytes of `input` start.
+    start: usize,
+    /// The request being assembled; [`flush`](Self::flush) sends it.
+    pub(crate) out: Vec<u8>,
+}
+
+impl<T: Io> Conn<T> {
+    pub(crate) fn new(io: T) -> Conn<T> {
+        Conn {
+            io,
+            input: Vec::new(),
+            start: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether a reply, or part of one, was read and not parsed: such a
+    /// connection is out of step and never reused.
+    pub(crate) fn has_unread(&self) -> bool {
+        self.start < self.input.len()
+    }
+
+    /// Writes `bytes` at once, bypassing the buffer.
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await
+    }
+
+    /// Appends `bytes` to the request, writing large ones straight to the
+    /// socket (after what is already buffered) rather than copying them.
+    pub(crate) async fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() >= DIRECT_WRITE {
+            self.flush().await?;
+            self.send(bytes).await
+        } else {
+            self.out.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    /// Sends the buffered request.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let result = self.io.write_all(&self.out).await;
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The next reply, as `parse` reads it, reading from the socket until
+    /// it is whole. A peer that closes mid-reply cut it short (a protocol
+    /// failure); one that closes between replies is an `UnexpectedEof`,
+    /// what a pooled connection to a restarted server shows.
+    pub(crate) async fn next<R>(&mut self, parse: Parse<R>) -> Result<R, OpError> {
+        loop {
+            if let Some((reply, used)) = parse(&self.input[self.start..])? {
+                self.start += used;
+                if self.start == self.input.len() {
+                    self.input.clear();
+                    self.start = 0;
+                }
+                return Ok(reply);
+            }
+            if self.fill().await? == 0 {
+                return Err(if self.has_unread() {
+                    OpError::Protocol("reply cut short".to_owned())
+                } else {
+                    OpError::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+    }
+
+    /// Reads more bytes after the unparsed ones. The buffer grows only as
+    /// bytes arrive, so a bogus length in a reply allocates nothing ahead.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 {
+            self.input.drain(..self.start);
+            self.start = 0;
+        }
+        let filled = self.input.len();
+        self.input.resize(filled + READ_CHUNK, 0);
+        let result = self.io.read_some(&mut self.input[filled..]).await;
+        let read = *result.as_ref().unwrap_or(&0);
+        self.input.truncate(filled + read);
+        result
+    }
+}
+
+/// Runs `future` to completion on this thread. Only for futures that never
+/// return `Pending`, as every conversation over a blocking transport: it
+/// takes one poll. Should one pend anyway, it is polled again after a
+/// yield rather than lost.
+pub(crate) fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The first line of `buf` without its `\r\n`: `Ok(None)` until it is
+/// whole, an error when it is longer than `max_len` or not UTF-8, so a
+/// confused peer cannot make memo buffer forever.
+pub(crate) fn take_line(buf: &[u8], max_len: usize) -> Result<Option<(&str, usize)>, OpError> {
+    let window = &buf[..buf.len().min(max_len)];
+    let Some(end) = window.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= max_len {
+            return Err(OpError::Protocol("reply line too long".to_owned()));
+        }
+        return Ok(None);
+    };
+    if end == 0 || buf[end - 1] != b'\r' {
+        return Err(OpError::Protocol(
+            "reply line not ended by \\r\\n".to_owned(),
+        ));
+    }
+    let line = std::str::from_utf8(&buf[..end - 1])
+        .map_err(|_| OpError::Protocol("reply line is not UTF-8".to_owned()))?;
+    Ok(Some((line, end + 1)))
+}
+
+/// `length` bytes at the start of `buf` followed by `\r\n`: the range of
+/// the data and the bytes used, or `Ok(None)` until they have all arrived.
+pub(crate) fn take_data(
+    buf: &[u8],
+    length: usize,
+) -> Result<Option<(std::ops::Range<usize>, usize)>, OpError> {
+    let Some(end) = length.checked_add(2) else {
+        return Err(OpError::Protocol("data length out of range".to_owned()));
+    };
+    if buf.len() < end {
+        return Ok(None);
+    }
+    if &buf[length..end] != b"\r\n" {
+        return Err(OpError::Protocol("data not followed by \\r\\n".to_owned()));
+    }
+    Ok(Some((0..length, end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_data_are_framed_strictly() {
+        assert!(matches!(take_line(b"OK\r", 10), Ok(None)));
+        assert!(matches!(take_line(b"OK\r\nx", 10), Ok(Some(("OK", 4)))));
+        assert!(take_line(b"OK\n", 10).is_err());
+        assert!(take_line(b"\n", 10).is_err());
+        assert!(take_line(b"0123456789", 10).is_err());
+        assert!(take_line(b"\xff\r\n", 10).is_err());
+        assert!(matches!(take_data(b"abc\r", 3), Ok(None)));
+        assert!(matches!(take_data(b"abc\r\n", 3), Ok(Some((r, 5))) if r == (0..3)));
+        assert!(take_data(b"abcd\r\n", 3).is_err());
+        assert!(take_data(b"", usize::MAX).is_err());
+    }
+}

@@ -5,11 +5,7 @@
 //! servers on both runtime flavours without stalling the executor,
 //! connections kept in step, one back-off for both worlds, several
 //! runtimes in turn, and many concurrent tasks.
-// This crate's `async` feature (`memo-runtime/async`) is declared in
-// tests/Cargo.toml alongside the async API; a build where it is not yet
-// declared skips this file rather than failing on the name.
-#![allow(unexpected_cfgs)]
-#![cfg(all(feature = "async", feature = "memcached", feature = "redis"))]
+#![cfg(all(feature = "memcached", feature = "redis"))]
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;

@@ -54,15 +54,6 @@ impl Kind {
             Kind::Redis => "redis",
         }
     }
-
-    /// A liveness probe in the server's protocol, and the start of the
-    /// answer it must give.
-    fn probe(self) -> (&'static [u8], &'static [u8]) {
-        match self {
-            Kind::Memcached => (b"version\r\n", b"VERSION "),
-            Kind::Redis => (b"PING\r\n", b"+PONG"),
-        }
-    }
 }
 
 /// A server process on `127.0.0.1:port`, killed when dropped.
@@ -234,7 +225,15 @@ impl Server {
                     "exited at startup ({status}); is port {port} taken?"
                 ));
             }
-            if self.answers() {
+            if let Some(pid) = self.serving_pid() {
+                // The port was free when picked, but another server (another
+                // test's, a benchmark's) may have taken it since, in which
+                // case this one failed to bind and the answer is theirs.
+                if pid != process.id() {
+                    let _ = process.kill();
+                    let _ = process.wait();
+                    return Err(format!("port {port} is served by process {pid}"));
+                }
                 *self.lock() = Some(process);
                 return Ok(());
             }
@@ -247,22 +246,34 @@ impl Server {
         }
     }
 
-    /// Whether something speaking the server's protocol answers on the
-    /// port (not merely accepts: a stopped server's port still accepts).
-    fn answers(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
+    /// The process id of the server answering on the port, as it reports
+    /// it itself (memcached's `stats`, Redis' `INFO server`).
+    fn serving_pid(&self) -> Option<u32> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let timeout = Some(Duration::from_millis(500));
-        if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
-            return false;
+        stream.set_read_timeout(timeout).ok()?;
+        stream.set_write_timeout(timeout).ok()?;
+        let (request, field, last_line) = match self.kind {
+            Kind::Memcached => (&b"stats\r\n"[..], "STAT pid ", "END"),
+            Kind::Redis => (&b"INFO server\r\n"[..], "process_id:", ""),
+        };
+        stream.write_all(request).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let trimmed = line.trim_end();
+            if let Some(pid) = trimmed.strip_prefix(field) {
+                return pid.trim().parse().ok();
+            }
+            if !last_line.is_empty() && trimmed == last_line {
+                return None;
+            }
         }
-        let (request, expected) = self.kind.probe();
-        let mut answer = vec![0; expected.len()];
-        stream.write_all(request).is_ok()
-            && stream.read_exact(&mut answer).is_ok()
-            && answer == expected
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {

@@ -7,7 +7,11 @@
 //!   the same `GET` of the very bytes memo stored. The raw Redis client is
 //!   the `redis` crate's multiplexed async connection (one, cloned into each
 //!   task); the raw memcached client is a minimal text-protocol `get` over
-//!   one tokio `TcpStream` per task. Throughput is in operations per second.
+//!   one tokio `TcpStream` per task. `memo` runs with the default options,
+//!   where concurrent calls for one key share a lookup (coalescing);
+//!   `memo_coalesce_off` makes one lookup per call, as the raw clients do,
+//!   and `memo_coalesce_off_pool512` does so with `pool_size=512`.
+//!   Throughput is in operations per second.
 //! - `latency/<backend>/sync` and `.../async` — one caller, sequential hits:
 //!   `cache_memoize` versus `cache_memoize_async` on a current-thread
 //!   runtime, same server, same entry.
@@ -170,6 +174,7 @@ where
 fn hit_throughput(c: &mut Criterion, rt: &Runtime, name: &str, server: &Server) {
     configure(Config::from_url(&server.url()).expect("a valid URL"));
     let options: &'static Options = Box::leak(Box::new(Options::new()));
+    let uncoalesced: &'static Options = Box::leak(Box::new(Options::new().coalesce(false)));
     let stored: Profile = rt.block_on(cache_memoize_async(KEY, || async { profile() }, options));
     assert_eq!(stored, profile());
     let full_key: &'static str = Box::leak(make_cache_key(KEY, options).into_boxed_str());
@@ -186,19 +191,50 @@ fn hit_throughput(c: &mut Criterion, rt: &Runtime, name: &str, server: &Server) 
     for tasks in CONCURRENCY {
         let mut group = c.benchmark_group(format!("async_hit/{name}/{tasks}"));
         group.throughput(Throughput::Elements(1));
-        group.bench_function("memo", |b| {
+        // Coalescing joins concurrent calls for one key before the lookup,
+        // so with it on, tasks hitting one key share GETs; with it off
+        // every call makes its own, as the raw client does.
+        for (variant, options) in [("memo", options), ("memo_coalesce_off", uncoalesced)] {
+            group.bench_function(variant, |b| {
+                let mut slots: Vec<()> = vec![(); tasks];
+                b.iter_custom(|ops| {
+                    spread(rt, tasks, ops, &mut slots, |(), n| async move {
+                        for _ in 0..n {
+                            let value: Profile = cache_memoize_async(
+                                KEY,
+                                || async { unreachable!("a hit") },
+                                options,
+                            )
+                            .await;
+                            std::hint::black_box(value);
+                        }
+                    })
+                });
+            });
+        }
+        // Above `pool_size` (16 by default) concurrent calls, each extra
+        // call opens a connection and closes it after; a pool as large as
+        // the task count shows what that churn costs.
+        configure(
+            Config::from_url(&format!("{}?pool_size=512", server.url())).expect("a valid URL"),
+        );
+        group.bench_function("memo_coalesce_off_pool512", |b| {
             let mut slots: Vec<()> = vec![(); tasks];
             b.iter_custom(|ops| {
                 spread(rt, tasks, ops, &mut slots, |(), n| async move {
                     for _ in 0..n {
-                        let value: Profile =
-                            cache_memoize_async(KEY, || async { unreachable!("a hit") }, options)
-                                .await;
+                        let value: Profile = cache_memoize_async(
+                            KEY,
+                            || async { unreachable!("a hit") },
+                            uncoalesced,
+                        )
+                        .await;
                         std::hint::black_box(value);
                     }
                 })
             });
         });
+        configure(Config::from_url(&server.url()).expect("a valid URL"));
         if let Some(conn) = &redis_conn {
             let check: Option<Vec<u8>> = rt
                 .block_on(

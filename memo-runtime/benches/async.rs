@@ -17,7 +17,9 @@
 //!   runtime, same server, same entry.
 //! - Printed once, not sampled (criterion has no shape for them):
 //!   `stampede` — 1,000 tasks on one cold key whose computation takes
-//!   100 ms: how many computations ran and the wall time; `heartbeat` — the
+//!   100 ms: how many computations ran and the wall time; the same with
+//!   `lock` across 4 processes (this bench re-run as workers) × 100 tasks;
+//!   `heartbeat` — the
 //!   largest interval seen by a task ticking every 5 ms on a current-thread
 //!   runtime while memo stores and loads a 64 MiB `large_data` value on
 //!   Redis, and while a server accepts connections and never answers
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use memo_runtime::{
-    Config, Options, cache_memoize, cache_memoize_async, configure, make_cache_key,
+    Config, LockOptions, Options, cache_memoize, cache_memoize_async, configure, make_cache_key,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -51,6 +53,11 @@ use servers::Server;
 const LARGE: usize = 64 * 1024 * 1024;
 const KEY: [&str; 3] = ["bench", "async-profile", "42"];
 const CONCURRENCY: [usize; 3] = [1, 64, 512];
+/// Set in the environment of this bench's own child processes for the
+/// cross-process stampede: `<url> <key> <start, ms since the epoch>`.
+const WORKER: &str = "MEMO_ASYNC_BENCH_STAMPEDE_WORKER";
+const PROCESSES: usize = 4;
+const TASKS_PER_PROCESS: usize = 100;
 
 /// A typical memoized result: a small record, about 110 bytes encoded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -458,7 +465,99 @@ fn heartbeat_hung(rt: &Runtime) {
     }
 }
 
+fn epoch_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
+}
+
+/// One process of the cross-process stampede: 100 tasks on one cold key
+/// with `lock`, all released at the same wall-clock instant as the other
+/// processes'; prints how many computations ran here.
+fn stampede_worker(spec: &str) {
+    let mut parts = spec.split(' ');
+    let (Some(url), Some(key), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("a worker spec `<url> <key> <start>`, got {spec:?}");
+    };
+    let start: u128 = start.parse().expect("a start instant");
+    configure(Config::from_url(url).expect("a valid URL"));
+    let options: &'static Options = Box::leak(Box::new(Options::new().lock(LockOptions::new())));
+    let computations = Arc::new(AtomicUsize::new(0));
+    let rt = multi_thread();
+    let wait = start.saturating_sub(epoch_millis());
+    std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
+    let all_right = rt.block_on(async {
+        let handles: Vec<_> = (0..TASKS_PER_PROCESS)
+            .map(|_| {
+                let computations = Arc::clone(&computations);
+                let key = key.to_owned();
+                tokio::spawn(async move {
+                    let value: Profile = cache_memoize_async(
+                        key.as_str(),
+                        || async move {
+                            computations.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            profile()
+                        },
+                        options,
+                    )
+                    .await;
+                    value == profile()
+                })
+            })
+            .collect();
+        let mut all_right = true;
+        for handle in handles {
+            all_right &= handle.await.expect("a task");
+        }
+        all_right
+    });
+    assert!(all_right, "every task got the computed value");
+    println!("computations={}", computations.load(Ordering::SeqCst));
+}
+
+/// 4 processes × 100 tasks on one cold key with `lock`: the computations
+/// summed over the processes, and the wall time from the common start to
+/// the last exit.
+fn stampede_processes(name: &str, server: &Server) {
+    let exe = std::env::current_exe().expect("this bench's path");
+    // Far enough ahead for every process to be up and connected.
+    let start = epoch_millis() + 500;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .env(
+                    WORKER,
+                    format!("{} bench:stampede:processes {start}", server.url()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("a worker process")
+        })
+        .collect();
+    let mut computations = 0;
+    for child in children {
+        let output = child.wait_with_output().expect("a worker's output");
+        assert!(output.status.success(), "a worker failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        computations += text
+            .lines()
+            .find_map(|line| line.strip_prefix("computations="))
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("a worker's count");
+    }
+    let wall = epoch_millis().saturating_sub(start);
+    println!(
+        "stampede_processes/{name}/lock: {PROCESSES} processes x {TASKS_PER_PROCESS} tasks, \
+         {computations} computation(s), wall {wall} ms from the common start"
+    );
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(WORKER) {
+        stampede_worker(&spec);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -476,6 +575,7 @@ fn main() {
     for (name, server) in [("memcached", &memcached), ("redis", &redis)] {
         stampede(&rt, name, server, true);
         stampede(&rt, name, server, false);
+        stampede_processes(name, server);
     }
     let single = current_thread();
     heartbeat_large(&redis, "current_thread", &single);

@@ -6,6 +6,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+pub mod fakes;
 pub mod faulty;
 pub mod recording;
 pub mod servers;

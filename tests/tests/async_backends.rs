@@ -14,16 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memo_runtime::{AsyncBackend, Backend, MemcachedBackend, RedisBackend};
-use memo_tests::servers::{
-    Kind, Server, fake_server, read_memcached_request, read_redis_command, trickle,
-};
+use memo_tests::fakes::{ALL, Misbehaviour, fake_memcached, fake_redis};
+use memo_tests::servers::{Kind, Server, fake_server, read_memcached_request, read_redis_command};
 
 const TTL: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_millis(500);
 /// Scheduling slack on a loaded machine; far below one trickled byte per
 /// read times the bytes of a reply.
 const SLACK: Duration = Duration::from_millis(400);
-const BYTE_PAUSE: Duration = Duration::from_millis(300);
 
 /// The async face of a shipped backend, as `configure` obtains it.
 fn async_of<B: Backend>(backend: &Arc<B>) -> Arc<dyn AsyncBackend> {
@@ -155,88 +153,6 @@ async fn every_async_method_on_a_current_thread_runtime_with_a_redis_database() 
         None,
         "SELECT ran on the async connections"
     );
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Misbehaviour {
-    /// A valid-looking reply, one byte every 300 ms.
-    Trickle,
-    /// A reply claiming a huge value, whose bytes then trickle in.
-    HugeLength,
-    /// Reads the request, answers nothing, keeps the connection open.
-    Silent,
-}
-
-const ALL: [Misbehaviour; 3] = [
-    Misbehaviour::Trickle,
-    Misbehaviour::HugeLength,
-    Misbehaviour::Silent,
-];
-
-fn misbehave(stream: &mut TcpStream, how: Misbehaviour, reply: &[u8]) {
-    match how {
-        Misbehaviour::Silent => std::thread::sleep(Duration::from_secs(30)),
-        Misbehaviour::Trickle => trickle(stream, reply, BYTE_PAUSE),
-        Misbehaviour::HugeLength => {
-            let _ = stream.write_all(reply);
-            trickle(stream, &[b'x'; 100], Duration::from_millis(100));
-        }
-    }
-}
-
-fn fake_memcached(how: Misbehaviour) -> u16 {
-    fake_server(move |mut stream: TcpStream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        while let Some(request) = read_memcached_request(&mut reader) {
-            let parts: Vec<&str> = request.split(' ').collect();
-            let reply = match parts[0] {
-                "get" | "gets" => {
-                    let key = parts.get(1).copied().unwrap_or("k");
-                    match how {
-                        Misbehaviour::HugeLength => format!("VALUE {key} 0 1073741824\r\n"),
-                        _ => format!("VALUE {key} 0 20\r\n{}\r\nEND\r\n", "x".repeat(20)),
-                    }
-                }
-                "touch" => "TOUCHED\r\n".to_owned(),
-                "delete" => "DELETED\r\n".to_owned(),
-                _ => "STORED\r\n".to_owned(),
-            };
-            misbehave(&mut stream, how, reply.as_bytes());
-        }
-    })
-}
-
-fn fake_redis(how: Misbehaviour, slow_auth: bool) -> u16 {
-    fake_server(move |mut stream: TcpStream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        while let Some(command) = read_redis_command(&mut reader) {
-            let name = String::from_utf8_lossy(&command[0]).to_ascii_uppercase();
-            if name == "AUTH" || name == "SELECT" {
-                if slow_auth {
-                    trickle(&mut stream, b"+OK\r\n", Duration::from_secs(1));
-                } else {
-                    let _ = stream.write_all(b"+OK\r\n");
-                }
-                continue;
-            }
-            let bulk = format!("$20\r\n{}\r\n", "x".repeat(20));
-            let reply = match name.as_str() {
-                "GET" if matches!(how, Misbehaviour::HugeLength) => "$536870912\r\n".to_owned(),
-                "GET" => bulk,
-                "MGET" if matches!(how, Misbehaviour::HugeLength) => {
-                    format!("*{}\r\n$536870912\r\n", command.len() - 1)
-                }
-                "MGET" => format!(
-                    "*{}\r\n{}",
-                    command.len() - 1,
-                    bulk.repeat(command.len() - 1)
-                ),
-                "SET" => "+OK\r\n".to_owned(),
-                _ => ":1\r\n".to_owned(),
-            };
-            misbehave(&mut stream, how, reply.as_bytes());
-        }
-    })
 }
 
 const EVERY_OP: [&str; 9] = [

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 pub mod fakes;
 pub mod faulty;
 pub mod recording;
+pub mod runtime;
 pub mod servers;
 
 static SERIAL: Mutex<()> = Mutex::new(());

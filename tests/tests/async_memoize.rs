@@ -2,7 +2,6 @@
 //! policy and stored format as the sync API, without blocking an executor.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,27 +12,8 @@ use memo_runtime::{
     try_cache_memoize_async,
 };
 use memo_tests::recording::{Op, RecordingBackend};
+use memo_tests::runtime::{run, run_multi};
 use memo_tests::serial;
-
-/// Runs `future` on a fresh current-thread runtime, as `#[tokio::test]`
-/// does; tests hold [`serial`] outside it, never across an `.await`.
-fn run<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-/// Runs `future` on a fresh multi-thread runtime.
-fn run_multi<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
 
 #[test]
 fn a_miss_computes_and_a_hit_does_not() {

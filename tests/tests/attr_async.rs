@@ -10,31 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, configure};
+use memo_tests::runtime::{run, run_multi};
 use serde::{Deserialize, Serialize};
 
 /// A fresh embedded cache, so each test starts from nothing.
 fn fresh() {
     configure(Config::new(MemoryBackend::new()).namespace("attr-async"));
-}
-
-/// Runs `future` on a fresh current-thread runtime, as `#[tokio::test]`
-/// does; tests hold `serial()` outside it, never across an `.await`.
-fn run<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-/// Runs `future` on a fresh multi-thread runtime.
-fn run_multi<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 /// Reads `key` through the synchronous functional API, panicking on a

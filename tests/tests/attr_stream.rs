@@ -3,7 +3,7 @@
 //! hit replays them, and a stream dropped half-way leaves nothing a later
 //! call takes as complete.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -11,20 +11,11 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, cache_memoize_iter, configure};
+use memo_tests::runtime::run;
 
 /// A fresh embedded cache, so each test starts from nothing.
 fn fresh() {
     configure(Config::new(MemoryBackend::new()).namespace("attr-stream"));
-}
-
-/// Runs `future` on a fresh current-thread runtime, as `#[tokio::test]`
-/// does; tests hold `serial()` outside it, never across an `.await`.
-fn run<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 /// The body's stream: yields `items` one per poll and counts what it

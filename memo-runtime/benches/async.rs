@@ -47,6 +47,8 @@ use tokio::runtime::Runtime;
 #[path = "../../tests/src/servers.rs"]
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod servers;
+#[path = "support/mod.rs"]
+mod support;
 
 use servers::Server;
 
@@ -79,19 +81,6 @@ fn profile() -> Profile {
         score: 0.97,
         bio: "Analyst, metaphysician, and founder of scientific computing.".to_owned(),
     }
-}
-
-/// Bytes no compressor can shrink (xorshift).
-fn noise(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 fn multi_thread() -> Runtime {
@@ -406,7 +395,7 @@ fn report(what: &str, largest: Duration, wall: Duration) {
 /// its own while memo moves the large value's CPU work off the executor.
 fn heartbeat_large(redis: &Server, flavor: &str, rt: &Runtime) {
     configure(Config::from_url(&redis.url()).expect("a valid URL"));
-    let data = noise(LARGE);
+    let data = support::noise(LARGE);
     let store = Options::new()
         .large_data(true)
         .compress(false)

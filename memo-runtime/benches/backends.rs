@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 #[path = "../../tests/src/servers.rs"]
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod servers;
+#[path = "support/mod.rs"]
+mod support;
 
 use servers::Server;
 
@@ -57,19 +59,6 @@ fn profile() -> Profile {
         roles: vec!["admin".to_owned(), "reviewer".to_owned()],
         score: 0.97,
     }
-}
-
-/// Bytes no compressor can shrink (xorshift), so both sides move 64 MiB.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// A raw client's `get` of one key that must be stored.
@@ -138,7 +127,7 @@ fn hit(c: &mut Criterion, target: &mut Target) {
 
 fn large_data(c: &mut Criterion, target: &mut Target) {
     configure(Config::from_url(&target.url).expect("a valid URL"));
-    let data = noise(LARGE);
+    let data = support::noise(LARGE);
     let store = Options::new()
         .large_data(true)
         .compress(false)

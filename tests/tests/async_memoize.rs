@@ -144,36 +144,54 @@ fn sync_writes_and_async_reads_the_same_entry() {
     assert_eq!(written, read);
 }
 
+/// Spawns `tasks` concurrent calls for `key` on the current runtime, each
+/// computing `value` after `pause`; returns what each got and how many
+/// computed.
+async fn stampede(
+    tasks: usize,
+    key: &'static str,
+    pause: Duration,
+    value: u64,
+    options: Options,
+) -> (Vec<u64>, usize) {
+    let computed = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let computed = Arc::clone(&computed);
+            let options = options.clone();
+            tokio::spawn(async move {
+                cache_memoize_async(
+                    key,
+                    || async move {
+                        computed.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(pause).await;
+                        value
+                    },
+                    &options,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for handle in handles {
+        values.push(handle.await.unwrap());
+    }
+    (values, computed.load(Ordering::SeqCst))
+}
+
 #[test]
 fn a_thousand_tasks_on_one_cold_key_compute_once() {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()));
-    let computed = Arc::new(AtomicUsize::new(0));
-    let values = run_multi(async {
-        let tasks: Vec<_> = (0..1000)
-            .map(|_| {
-                let computed = Arc::clone(&computed);
-                tokio::spawn(async move {
-                    cache_memoize_async(
-                        "thousand",
-                        || async move {
-                            computed.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            42u64
-                        },
-                        &Options::new(),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        let mut values = Vec::new();
-        for task in tasks {
-            values.push(task.await.unwrap());
-        }
-        values
-    });
-    assert_eq!(computed.load(Ordering::SeqCst), 1);
+    let (values, computed) = run_multi(stampede(
+        1000,
+        "thousand",
+        Duration::from_millis(100),
+        42,
+        Options::new(),
+    ));
+    assert_eq!(computed, 1);
     assert!(values.iter().all(|&v| v == 42));
     assert_eq!(stats().misses, 1);
 }
@@ -182,32 +200,14 @@ fn a_thousand_tasks_on_one_cold_key_compute_once() {
 fn many_tasks_coalesce_on_a_current_thread_runtime() {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()));
-    let computed = Arc::new(AtomicUsize::new(0));
-    let values = run(async {
-        let tasks: Vec<_> = (0..50)
-            .map(|_| {
-                let computed = Arc::clone(&computed);
-                tokio::spawn(async move {
-                    cache_memoize_async(
-                        "current-thread",
-                        || async move {
-                            computed.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            1u8
-                        },
-                        &Options::new().lock(LockOptions::new()),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        let mut values = Vec::new();
-        for task in tasks {
-            values.push(task.await.unwrap());
-        }
-        values
-    });
-    assert_eq!(computed.load(Ordering::SeqCst), 1);
+    let (values, computed) = run(stampede(
+        50,
+        "current-thread",
+        Duration::from_millis(50),
+        1,
+        Options::new().lock(LockOptions::new()),
+    ));
+    assert_eq!(computed, 1);
     assert!(values.iter().all(|&v| v == 1));
 }
 

@@ -310,6 +310,41 @@ fn hit_latency(c: &mut Criterion, name: &str, server: &Server) {
     group.finish();
 }
 
+/// Spawns `tasks` concurrent calls for `key`, each computing for 100 ms
+/// and counting in `computations`; whether every task got the computed
+/// value.
+async fn cold_callers(
+    tasks: usize,
+    key: &str,
+    options: &'static Options,
+    computations: &Arc<AtomicUsize>,
+) -> bool {
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let computations = Arc::clone(computations);
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let value: Profile = cache_memoize_async(
+                    key.as_str(),
+                    || async move {
+                        computations.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        profile()
+                    },
+                    options,
+                )
+                .await;
+                value == profile()
+            })
+        })
+        .collect();
+    let mut all_right = true;
+    for handle in handles {
+        all_right &= handle.await.expect("a task");
+    }
+    all_right
+}
+
 /// 1,000 tasks on one cold key, computing for 100 ms.
 fn stampede(rt: &Runtime, name: &str, server: &Server, coalesce: bool) {
     configure(Config::from_url(&server.url()).expect("a valid URL"));
@@ -318,29 +353,7 @@ fn stampede(rt: &Runtime, name: &str, server: &Server, coalesce: bool) {
     let key = format!("bench:stampede:{coalesce}");
     let (wall, all_right) = rt.block_on(async {
         let start = Instant::now();
-        let handles: Vec<_> = (0..1_000)
-            .map(|_| {
-                let computations = Arc::clone(&computations);
-                let key = key.clone();
-                tokio::spawn(async move {
-                    let value: Profile = cache_memoize_async(
-                        key.as_str(),
-                        || async move {
-                            computations.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            profile()
-                        },
-                        options,
-                    )
-                    .await;
-                    value == profile()
-                })
-            })
-            .collect();
-        let mut all_right = true;
-        for handle in handles {
-            all_right &= handle.await.expect("a task");
-        }
+        let all_right = cold_callers(1_000, &key, options, &computations).await;
         (start.elapsed(), all_right)
     });
     assert!(all_right, "every task got the computed value");
@@ -475,32 +488,7 @@ fn stampede_worker(spec: &str) {
     let rt = multi_thread();
     let wait = start.saturating_sub(epoch_millis());
     std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
-    let all_right = rt.block_on(async {
-        let handles: Vec<_> = (0..TASKS_PER_PROCESS)
-            .map(|_| {
-                let computations = Arc::clone(&computations);
-                let key = key.to_owned();
-                tokio::spawn(async move {
-                    let value: Profile = cache_memoize_async(
-                        key.as_str(),
-                        || async move {
-                            computations.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            profile()
-                        },
-                        options,
-                    )
-                    .await;
-                    value == profile()
-                })
-            })
-            .collect();
-        let mut all_right = true;
-        for handle in handles {
-            all_right &= handle.await.expect("a task");
-        }
-        all_right
-    });
+    let all_right = rt.block_on(cold_callers(TASKS_PER_PROCESS, key, options, &computations));
     assert!(all_right, "every task got the computed value");
     println!("computations={}", computations.load(Ordering::SeqCst));
 }

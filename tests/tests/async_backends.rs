@@ -10,7 +10,7 @@
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memo_runtime::{AsyncBackend, Backend, MemcachedBackend, RedisBackend};
@@ -370,6 +370,73 @@ async fn a_connection_out_of_step_is_never_reused() {
         let context = format!("redis + {:?}, late {late}", String::from_utf8_lossy(extra));
         second_call_reads_its_own_reply(&context, &*async_of(&backend)).await;
     }
+}
+
+/// A memcached fake answering every `get` with a miss, counting the
+/// connections it accepts.
+fn counting_memcached() -> (u16, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let port = fake_server(move |stream, _| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
+        let mut stream = stream;
+        while read_memcached_request(&mut reader).is_some() {
+            if stream.write_all(b"END\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_runtime_reuses_its_own_pooled_connections_only() {
+    let (port, accepted) = counting_memcached();
+    let memcached = Arc::new(MemcachedBackend::new([format!("127.0.0.1:{port}")]).unwrap());
+    let backend = async_of(&memcached);
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let calls = |runtime: &tokio::runtime::Runtime| {
+        runtime.block_on(async {
+            for _ in 0..50 {
+                assert_eq!(backend.get("k").await.unwrap(), None);
+            }
+        });
+    };
+    calls(&first);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for 50 calls"
+    );
+    // Both runtimes are alive: the second must not take the first's
+    // connection, whose socket belongs to the first's reactor.
+    calls(&second);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one more for the second runtime"
+    );
+    calls(&first);
+    calls(&second);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "each runtime keeps its own"
+    );
+    drop(first);
+    // The first runtime's connection is dead but still pooled; the second
+    // runtime goes on with its own.
+    calls(&second);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[test]

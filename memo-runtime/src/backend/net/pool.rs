@@ -220,31 +220,43 @@ impl Pool {
         }
     }
 
-    /// Takes an idle async connection for the current runtime, if any.
+    /// Takes an idle async connection of the current runtime, if any,
+    /// the most recently pooled first.
     #[cfg(feature = "async")]
     pub(crate) fn take_idle_async(&self) -> Option<Conn<tokio::net::TcpStream>> {
+        let runtime = super::tokio_io::current_runtime()?;
         loop {
-            let idle = lock(&self.idle_async).pop()?;
-            // Registering needs no lock: the pool's is already released.
+            let idle = {
+                let mut pool = lock(&self.idle_async);
+                let at = pool.iter().rposition(|idle| idle.on(runtime))?;
+                pool.remove(at)
+            };
             if let Some(conn) = idle.resume() {
                 return Some(conn);
             }
         }
     }
 
-    /// Pools an async connection unless the pool is full or a reply was
-    /// left half read (see `tokio_io` for why it is kept runtime-free).
+    /// Pools an async connection unless a reply was left half read. A full
+    /// pool makes room by dropping its oldest connection, so the
+    /// connections of a runtime that has shut down (never taken again, see
+    /// `tokio_io`) age out.
     #[cfg(feature = "async")]
     pub(crate) fn release_async(&self, conn: Conn<tokio::net::TcpStream>, settings: &Settings) {
-        if conn.has_unread() || lock(&self.idle_async).len() >= settings.pool_size {
+        if conn.has_unread() || settings.pool_size == 0 {
             return;
         }
-        if let Some(idle) = super::tokio_io::Idle::suspend(conn) {
+        let Some(idle) = super::tokio_io::Idle::park(conn) else {
+            return;
+        };
+        let evicted = {
             let mut pool = lock(&self.idle_async);
-            if pool.len() < settings.pool_size {
-                pool.push(idle);
-            }
-        }
+            let evicted = (pool.len() >= settings.pool_size).then(|| pool.remove(0));
+            pool.push(idle);
+            evicted
+        };
+        // Closing deregisters from the reactor: not under the pool's lock.
+        drop(evicted);
     }
 }
 

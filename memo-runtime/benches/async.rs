@@ -11,6 +11,9 @@
 //!   where concurrent calls for one key share a lookup (coalescing);
 //!   `memo_coalesce_off` makes one lookup per call, as the raw clients do,
 //!   and `memo_coalesce_off_pool512` does so with `pool_size=512`.
+//!   `async_hit/redis/<tasks>/cached` is what a user would pick instead:
+//!   the `cached` crate's `AsyncRedisCache` on the same server, reading
+//!   the same record (its own entry, in its own format).
 //!   Throughput is in operations per second.
 //! - `latency/<backend>/sync` and `.../async` — one caller, sequential hits:
 //!   `cache_memoize` versus `cache_memoize_async` on a current-thread
@@ -25,7 +28,8 @@
 //!   Redis, and while a server accepts connections and never answers
 //!   (`timeout_ms=500`).
 //!
-//! Run with `cargo bench -p memo-runtime --features async,memcached,redis --bench async`.
+//! Run with `cargo bench -p memo-runtime --features async,memcached,redis --bench async`
+//! (with `MEMO_BENCH_SAMPLED_ONLY=1`, only the sampled benchmarks run).
 
 // A hand-written `main` drives criterion; it needs no docs.
 #![allow(missing_docs)]
@@ -35,6 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use criterion::{Criterion, Throughput};
 use memo_runtime::{
     Config, LockOptions, Options, cache_memoize, cache_memoize_async, configure, make_cache_key,
@@ -57,6 +62,8 @@ const KEY: [&str; 3] = ["bench", "async-profile", "42"];
 const CONCURRENCY: [usize; 3] = [1, 64, 512];
 /// Set in the environment of this bench's own child processes for the
 /// cross-process stampede: `<url> <key> <start, ms since the epoch>`.
+/// The key of the entry `cached` reads.
+const CACHED_KEY: u64 = 42;
 const WORKER: &str = "MEMO_ASYNC_BENCH_STAMPEDE_WORKER";
 const PROCESSES: usize = 4;
 const TASKS_PER_PROCESS: usize = 100;
@@ -183,6 +190,23 @@ fn hit_throughput(c: &mut Criterion, rt: &Runtime, name: &str, server: &Server) 
     } else {
         None
     };
+    // What a user would pick instead: `cached`'s async Redis store, on its
+    // default multiplexed connection.
+    let cached_store = (name == "redis").then(|| {
+        rt.block_on(async {
+            let cache = AsyncRedisCache::<u64, Profile>::builder("memo-bench")
+                .connection_string(&server.url())
+                .ttl(Duration::from_secs(3600))
+                .build()
+                .await
+                .expect("cached connects");
+            cache
+                .async_cache_set(CACHED_KEY, profile())
+                .await
+                .expect("cached stores");
+            cache
+        })
+    });
 
     for tasks in CONCURRENCY {
         let mut group = c.benchmark_group(format!("async_hit/{name}/{tasks}"));
@@ -231,6 +255,20 @@ fn hit_throughput(c: &mut Criterion, rt: &Runtime, name: &str, server: &Server) 
             });
         });
         configure(Config::from_url(&server.url()).expect("a valid URL"));
+        if let Some(cache) = &cached_store {
+            group.bench_function("cached", |b| {
+                let mut caches = vec![cache.clone(); tasks];
+                b.iter_custom(|ops| {
+                    spread(rt, tasks, ops, &mut caches, |cache, n| async move {
+                        for _ in 0..n {
+                            let value = cache.async_cache_get(&CACHED_KEY).await.expect("get");
+                            std::hint::black_box(value.expect("stored"));
+                        }
+                        cache
+                    })
+                });
+            });
+        }
         if let Some(conn) = &redis_conn {
             let check: Option<Vec<u8>> = rt
                 .block_on(
@@ -548,6 +586,11 @@ fn main() {
     }
     for (name, server) in [("memcached", &memcached), ("redis", &redis)] {
         hit_latency(&mut c, name, server);
+    }
+    // For profiling one sampled benchmark: skips the printed experiments.
+    if std::env::var_os("MEMO_BENCH_SAMPLED_ONLY").is_some() {
+        c.final_summary();
+        return;
     }
     for (name, server) in [("memcached", &memcached), ("redis", &redis)] {
         stampede(&rt, name, server, true);

@@ -76,9 +76,16 @@ pub(crate) type Parsed<R> = Result<Option<(R, usize)>, OpError>;
 #[derive(Debug)]
 pub(crate) struct Conn<T> {
     pub(crate) io: T,
+    /// Bytes read from the socket, in `input[start..end]`; the rest is room
+    /// for the next read. Its length only grows (by [`READ_CHUNK`], as
+    /// bytes arrive), so each byte of it is zeroed once per connection,
+    /// not on every read: zeroing a fresh 64 KiB per reply cost more than
+    /// the rest of a small hit.
     input: Vec<u8>,
     /// Where the unparsed bytes of `input` start.
     start: usize,
+    /// Where the bytes read end.
+    end: usize,
     /// The request being assembled; [`flush`](Self::flush) sends it.
     pub(crate) out: Vec<u8>,
 }
@@ -89,6 +96,7 @@ impl<T: Io> Conn<T> {
             io,
             input: Vec::new(),
             start: 0,
+            end: 0,
             out: Vec::new(),
         }
     }
@@ -96,7 +104,7 @@ impl<T: Io> Conn<T> {
     /// Whether a reply, or part of one, was read and not parsed: such a
     /// connection is out of step and never reused.
     pub(crate) fn has_unread(&self) -> bool {
-        self.start < self.input.len()
+        self.start < self.end
     }
 
     /// Writes `bytes` at once, bypassing the buffer.
@@ -132,11 +140,11 @@ impl<T: Io> Conn<T> {
     /// what a pooled connection to a restarted server shows.
     pub(crate) async fn next<R>(&mut self, parse: Parse<R>) -> Result<R, OpError> {
         loop {
-            if let Some((reply, used)) = parse(&self.input[self.start..])? {
+            if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
                 self.start += used;
-                if self.start == self.input.len() {
-                    self.input.clear();
+                if self.start == self.end {
                     self.start = 0;
+                    self.end = 0;
                 }
                 return Ok(reply);
             }
@@ -154,15 +162,16 @@ impl<T: Io> Conn<T> {
     /// bytes arrive, so a bogus length in a reply allocates nothing ahead.
     async fn fill(&mut self) -> io::Result<usize> {
         if self.start > 0 {
-            self.input.drain(..self.start);
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let filled = self.input.len();
-        self.input.resize(filled + READ_CHUNK, 0);
-        let result = self.io.read_some(&mut self.input[filled..]).await;
-        let read = *result.as_ref().unwrap_or(&0);
-        self.input.truncate(filled + read);
-        result
+        if self.input.len() < self.end + READ_CHUNK {
+            self.input.resize(self.end + READ_CHUNK, 0);
+        }
+        let read = self.io.read_some(&mut self.input[self.end..]).await?;
+        self.end += read;
+        Ok(read)
     }
 }
 

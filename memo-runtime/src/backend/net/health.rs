@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::deadline::later;
@@ -15,8 +16,14 @@ use crate::backend::{BackendError, BackendErrorKind};
 /// After a failure the server is skipped until `retry_at`; the first caller
 /// past that time probes it, pushing `retry_at` on so that the others keep
 /// failing fast until the probe has an answer.
+///
+/// A healthy server's calls take no lock: `troubled` is set, under the
+/// lock, from a failure until the success that ends the outage, and only
+/// then do calls look at the state. A mutex on every call was a point
+/// where concurrent callers queued (and, on a busy machine, slept).
 #[derive(Debug, Default)]
 pub(crate) struct Health {
+    troubled: AtomicBool,
     state: Mutex<HealthState>,
 }
 
@@ -34,6 +41,9 @@ impl Health {
         what: &dyn Fn() -> String,
         settings: &Settings,
     ) -> Result<(), BackendError> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut state = lock(&self.state);
         let Some(retry_at) = state.retry_at else {
             return Ok(());
@@ -53,11 +63,15 @@ impl Health {
 
     /// Ends an outage, logging once that the server is back.
     pub(crate) fn succeeded(&self, what: &dyn Fn() -> String) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = lock(&self.state);
         if state.failures > 0 {
             log::info!("{} is reachable again", what());
-            *state = HealthState::default();
         }
+        *state = HealthState::default();
+        self.troubled.store(false, Ordering::Release);
     }
 
     /// Starts or extends an outage (logging only its start) and returns the
@@ -72,6 +86,7 @@ impl Health {
         err: io::Error,
     ) -> BackendError {
         let mut state = lock(&self.state);
+        self.troubled.store(true, Ordering::Release);
         if state.failures == 0 {
             log::warn!(
                 "{}: {doing}: {err}; skipping it for {} ms, then retrying",

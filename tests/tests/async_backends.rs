@@ -333,8 +333,12 @@ fn answer(stream: &mut TcpStream, reply: &[u8], extra: &[u8], late: bool) {
 }
 
 async fn second_call_reads_its_own_reply(context: &str, backend: &dyn AsyncBackend) {
-    let first = backend.get("k").await.unwrap();
-    assert_eq!(first.as_deref(), Some(&b"first"[..]), "{context}");
+    // Bytes arriving with the reply may be a stray reply sent before it,
+    // so a multiplexed call that sees them fails rather than guess; one
+    // that reads the reply alone takes it.
+    if let Ok(first) = backend.get("k").await {
+        assert_eq!(first.as_deref(), Some(&b"first"[..]), "{context}");
+    }
     // Let the stray bytes arrive, if they came apart from the reply.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = backend.get("k").await.unwrap();
@@ -404,39 +408,31 @@ fn a_runtime_reuses_its_own_pooled_connections_only() {
         .enable_all()
         .build()
         .unwrap();
+    // `get` goes over the runtime's multiplexed connection, `get_many`
+    // over a pooled one: two connections per runtime.
     let calls = |runtime: &tokio::runtime::Runtime| {
         runtime.block_on(async {
             for _ in 0..50 {
                 assert_eq!(backend.get("k").await.unwrap(), None);
+                assert_eq!(backend.get_many(&["k", "l"]).await.unwrap(), [None, None]);
             }
         });
     };
+    let opened = || accepted.load(Ordering::SeqCst);
     calls(&first);
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "one connection for 50 calls"
-    );
+    assert_eq!(opened(), 2, "two connections for 100 calls");
     // Both runtimes are alive: the second must not take the first's
-    // connection, whose socket belongs to the first's reactor.
+    // connections, whose sockets belong to the first's reactor.
     calls(&second);
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "one more for the second runtime"
-    );
+    assert_eq!(opened(), 4, "two more for the second runtime");
     calls(&first);
     calls(&second);
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "each runtime keeps its own"
-    );
+    assert_eq!(opened(), 4, "each runtime keeps its own");
     drop(first);
-    // The first runtime's connection is dead but still pooled; the second
-    // runtime goes on with its own.
+    // The first runtime's connections are dead but still held; the
+    // second runtime goes on with its own.
     calls(&second);
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(opened(), 4);
 }
 
 #[test]

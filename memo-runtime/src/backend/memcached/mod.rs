@@ -71,9 +71,9 @@ use std::time::Duration;
 // would be ambiguous in this module and its tests.
 use super::asynchronous as aio;
 use super::net::conn::ready;
-#[cfg(feature = "async")]
-use super::net::pool::run_async;
 use super::net::pool::{OpError, Pool, SyncConn, no_handshake};
+#[cfg(feature = "async")]
+use super::net::pool::{run_async, run_mux};
 use super::net::{self, Settings};
 pub use super::net::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
@@ -334,14 +334,40 @@ macro_rules! run {
     };
 }
 
-/// The same operations, placement, health and pools as the blocking
+/// Runs one small async call over `$server`'s multiplexed connection for
+/// the current runtime (see `net::mux`): pipelined with the other calls in
+/// flight, under the same deadlines, health and rules as `run!`.
+#[cfg(feature = "async")]
+macro_rules! mux {
+    ($self:ident, $server:expr, |$conn:ident| $op:expr) => {
+        run_mux!(
+            &$self.servers[$server].pool,
+            &$self.settings,
+            count: protocol::split_request,
+            split: protocol::split_reply,
+            handshake: |_conn| async { Ok::<(), OpError>(()) },
+            op: |$conn| $op,
+        )
+    };
+}
+
+/// Values up to this size are stored over the multiplexed connection;
+/// larger ones, and every batch, go over a pooled connection of their own,
+/// so that they hold up no other call.
+#[cfg(feature = "async")]
+const MUX_MAX_VALUE: usize = 16 * 1024;
+
+/// The same operations, placement, health and rules as the blocking
 /// client, over tokio sockets: nothing here blocks the executor.
+/// Single-key commands are pipelined with the other calls in flight on
+/// one multiplexed connection per server and runtime (`net::mux`);
+/// batches and large values use the pools.
 #[cfg(feature = "async")]
 impl aio::AsyncBackend for MemcachedBackend {
     fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             check_key(key)?;
-            let mut values = run!(self, self.pick(key), |conn| conn.get_many(&[key], None))?;
+            let mut values = mux!(self, self.pick(key), |conn| conn.get_many(&[key], None))?;
             Ok(values.pop().flatten())
         })
     }
@@ -370,7 +396,11 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            run!(self, self.pick(key), |conn| conn.set(key, value, exptime))
+            if value.len() <= MUX_MAX_VALUE {
+                mux!(self, self.pick(key), |conn| conn.set(key, value, exptime))
+            } else {
+                run!(self, self.pick(key), |conn| conn.set(key, value, exptime))
+            }
         })
     }
 
@@ -405,7 +435,11 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            run!(self, self.pick(key), |conn| conn.add(key, value, exptime))
+            if value.len() <= MUX_MAX_VALUE {
+                mux!(self, self.pick(key), |conn| conn.add(key, value, exptime))
+            } else {
+                run!(self, self.pick(key), |conn| conn.add(key, value, exptime))
+            }
         })
     }
 
@@ -413,14 +447,14 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            run!(self, self.pick(key), |conn| conn.touch(key, exptime))
+            mux!(self, self.pick(key), |conn| conn.touch(key, exptime))
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             check_key(key)?;
-            run!(self, self.pick(key), |conn| conn.delete(key))
+            mux!(self, self.pick(key), |conn| conn.delete(key))
         })
     }
 
@@ -432,7 +466,7 @@ impl aio::AsyncBackend for MemcachedBackend {
     ) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             check_key(key)?;
-            run!(self, self.pick(key), |conn| conn
+            mux!(self, self.pick(key), |conn| conn
                 .delete_if_value(key, expected))
         })
     }
@@ -447,7 +481,7 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            run!(self, self.pick(key), |conn| conn
+            mux!(self, self.pick(key), |conn| conn
                 .touch_if_value(key, expected, exptime))
         })
     }

@@ -353,6 +353,58 @@ impl<T: Io> Conn<T> {
     }
 }
 
+/// Delimits one command of a request memo wrote (for the multiplexed
+/// connection, which counts the commands of each request): a line, and
+/// for a storage command the data block after it.
+#[cfg(feature = "async")]
+pub(super) fn split_request(buf: &[u8]) -> Parsed<()> {
+    // A `get` line names at most `MAX_KEYS_PER_GET` keys.
+    let Some((line, used)) = take_line(buf, 64 * 1024)? else {
+        return Ok(None);
+    };
+    let mut parts = line.split(' ');
+    let stores = matches!(
+        parts.next(),
+        Some("set" | "add" | "replace" | "append" | "prepend" | "cas")
+    );
+    if !stores {
+        return Ok(Some(((), used)));
+    }
+    let length = parts
+        .nth(3)
+        .and_then(|length| length.parse::<usize>().ok())
+        .ok_or_else(|| OpError::Protocol(format!("malformed storage command {line:?}")))?;
+    Ok(take_data(&buf[used..], length)?.map(|(_, data_used)| ((), used + data_used)))
+}
+
+/// Delimits one reply (for the multiplexed connection, which cuts the
+/// replies of a batch): a `get`/`gets` reply up to its `END`, or a single
+/// line. `true` for `CLIENT_ERROR`, after which the server may read our
+/// bytes out of step.
+#[cfg(feature = "async")]
+pub(super) fn split_reply(buf: &[u8]) -> Parsed<bool> {
+    let Some((line, used)) = take_line(buf, MAX_LINE)? else {
+        return Ok(None);
+    };
+    if !line.starts_with("VALUE ") {
+        return Ok(Some((line.starts_with("CLIENT_ERROR"), used)));
+    }
+    let mut at = 0;
+    loop {
+        let Some((line, used)) = take_line(&buf[at..], MAX_LINE)? else {
+            return Ok(None);
+        };
+        if line == "END" {
+            return Ok(Some((false, at + used)));
+        }
+        let (_, length, _) = parse_value_line(line)?;
+        let Some((_, data_used)) = take_data(&buf[at + used..], length)? else {
+            return Ok(None);
+        };
+        at += used + data_used;
+    }
+}
+
 /// Takes apart `VALUE <key> <flags> <bytes> [<cas>]`. Anything else,
 /// `SERVER_ERROR` included, leaves the rest of the reply unaccounted for,
 /// so it is a protocol error and the connection is dropped.

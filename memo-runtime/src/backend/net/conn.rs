@@ -21,8 +21,10 @@ use std::task::{Context, Poll, Waker};
 /// Values at least this large are written straight to the socket instead of
 /// being copied into the request buffer.
 const DIRECT_WRITE: usize = 16 * 1024;
-/// Bytes asked of the socket per read.
+/// Bytes asked of the socket per read, at most.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes asked of the socket per read, at least.
+const MIN_READ: usize = 4 * 1024;
 
 /// A failed operation, by what it means for the connection and the server.
 #[derive(Debug)]
@@ -46,9 +48,30 @@ pub(crate) enum OpError {
 
 impl From<io::Error> for OpError {
     fn from(err: io::Error) -> Self {
+        if err.get_ref().is_some_and(|inner| inner.is::<Carried>()) {
+            if let Some(Ok(carried)) = err.into_inner().map(|inner| inner.downcast::<Carried>()) {
+                return carried.0;
+            }
+            return OpError::Protocol("a carried error was lost".to_owned());
+        }
         OpError::Io(err)
     }
 }
+
+/// An [`OpError`] carried through a transport's `io::Error` (a
+/// multiplexed connection's driver reports to the call's transport this
+/// way), turned back into itself by `OpError::from`, so that a refusal
+/// stays a refusal and does not become an I/O failure.
+#[derive(Debug)]
+pub(crate) struct Carried(pub(crate) OpError);
+
+impl std::fmt::Display for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl std::error::Error for Carried {}
 
 /// A byte transport: a socket, blocking or not.
 pub(crate) trait Io: Send {
@@ -77,10 +100,10 @@ pub(crate) type Parsed<R> = Result<Option<(R, usize)>, OpError>;
 pub(crate) struct Conn<T> {
     pub(crate) io: T,
     /// Bytes read from the socket, in `input[start..end]`; the rest is room
-    /// for the next read. Its length only grows (by [`READ_CHUNK`], as
-    /// bytes arrive), so each byte of it is zeroed once per connection,
-    /// not on every read: zeroing a fresh 64 KiB per reply cost more than
-    /// the rest of a small hit.
+    /// for the next read. Its length only grows (as bytes arrive), so each
+    /// byte of it is zeroed once per connection, not on every read:
+    /// zeroing a fresh 64 KiB per reply cost more than the rest of a small
+    /// hit.
     input: Vec<u8>,
     /// Where the unparsed bytes of `input` start.
     start: usize,
@@ -158,6 +181,36 @@ impl<T: Io> Conn<T> {
         }
     }
 
+    /// Appends the bytes of the next reply, as `parse` delimits it, to
+    /// `out`, reading until it is whole, and returns what `parse` says of
+    /// it: for passing replies on unparsed (a multiplexed connection hands
+    /// each call its own).
+    #[cfg(feature = "async")]
+    pub(crate) async fn next_raw<R>(
+        &mut self,
+        parse: Parse<R>,
+        out: &mut Vec<u8>,
+    ) -> Result<R, OpError> {
+        loop {
+            if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
+                out.extend_from_slice(&self.input[self.start..self.start + used]);
+                self.start += used;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                return Ok(reply);
+            }
+            if self.fill().await? == 0 {
+                return Err(if self.has_unread() {
+                    OpError::Protocol("reply cut short".to_owned())
+                } else {
+                    OpError::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+    }
+
     /// Reads more bytes after the unparsed ones. The buffer grows only as
     /// bytes arrive, so a bogus length in a reply allocates nothing ahead.
     async fn fill(&mut self) -> io::Result<usize> {
@@ -166,8 +219,13 @@ impl<T: Io> Conn<T> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.input.len() < self.end + READ_CHUNK {
-            self.input.resize(self.end + READ_CHUNK, 0);
+        // Room for the next read: as much as the buffer already holds,
+        // from 4 KiB up to `READ_CHUNK`, so a connection that only ever
+        // reads small replies (every multiplexed call has its own) never
+        // zeroes 64 KiB, and a large reply still arrives in large reads.
+        let room = self.input.len().clamp(MIN_READ, READ_CHUNK);
+        if self.input.len() < self.end + room {
+            self.input.resize(self.end + room, 0);
         }
         let read = self.io.read_some(&mut self.input[self.end..]).await?;
         self.end += read;

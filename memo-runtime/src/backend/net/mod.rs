@@ -6,6 +6,8 @@
 //! - `pool`: the one connection pool and call rules of both clients;
 //! - `tokio_io` (feature `async`): tokio sockets, and the loop of an async
 //!   call;
+//! - `mux` (feature `async`): many concurrent calls pipelined over one
+//!   connection per runtime, for protocols that answer in order (Redis);
 //! - `health`: the back-off that keeps callers from waiting on a dead host,
 //!   logged once per outage;
 //! - `deadline`: the deadlines every call runs under.
@@ -45,6 +47,8 @@ use crate::common::url::CacheUrl;
 pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
+#[cfg(feature = "async")]
+pub(crate) mod mux;
 pub(crate) mod pool;
 #[cfg(feature = "async")]
 pub(crate) mod tokio_io;

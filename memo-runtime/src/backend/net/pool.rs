@@ -58,6 +58,9 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<SyncConn>>,
     #[cfg(feature = "async")]
     idle_async: Mutex<Vec<super::tokio_io::Idle>>,
+    /// Multiplexed connections, one per runtime (`mux`).
+    #[cfg(feature = "async")]
+    pub(crate) lanes: super::mux::Lanes,
     health: Health,
     /// What an error reply is called in the error it becomes.
     refused: &'static str,
@@ -74,6 +77,8 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             #[cfg(feature = "async")]
             idle_async: Mutex::new(Vec::new()),
+            #[cfg(feature = "async")]
+            lanes: super::mux::Lanes::default(),
             health: Health::default(),
             refused,
         }
@@ -364,3 +369,96 @@ macro_rules! run_async {
 }
 #[cfg(feature = "async")]
 pub(crate) use run_async;
+
+/// Runs one async call over `$pool`'s multiplexed connection for the
+/// current runtime (`mux`), by the rules of `run_async!`: admitted by the
+/// shared health, the lane opened if need be (with `$handshake` on its
+/// connection, `$split` cutting its replies) within the connect deadline,
+/// `$count` counting the commands of each request,
+/// `$op` within the I/O deadline over a `MuxIo`, then `Pool::settle`; a
+/// lane found closed is replaced once within the same deadlines.
+#[cfg(feature = "async")]
+macro_rules! run_mux {
+    ($pool:expr, $settings:expr, count: $count:expr, split: $split:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
+        let pool: &$crate::backend::net::pool::Pool = $pool;
+        let settings: &$crate::backend::net::Settings = $settings;
+        let count: $crate::backend::net::conn::Parse<()> = $count;
+        let split: $crate::backend::net::conn::Parse<bool> = $split;
+        let runtime = $crate::backend::net::tokio_io::check_runtime().and_then(|()| {
+            $crate::backend::net::tokio_io::current_runtime()
+                .ok_or_else(|| $crate::backend::BackendError::new("no tokio runtime"))
+        });
+        match runtime.and_then(|runtime| pool.begin(settings).map(|budget| (runtime, budget))) {
+            Err(err) => Err(err),
+            Ok((runtime, mut budget)) => {
+                let mut replaced = false;
+                loop {
+                    let (lane, reused) = match pool.lanes.get(runtime) {
+                        Some(lane) => (lane, true),
+                        None => {
+                            let started = ::std::time::Instant::now();
+                            let (host, port) = pool.address();
+                            let connecting = async {
+                                let guard = match pool.lanes.opening(runtime).await {
+                                    // Opened by a concurrent call meanwhile.
+                                    Ok(lane) => return Ok(lane),
+                                    Err(guard) => guard,
+                                };
+                                let mut conn =
+                                    $crate::backend::net::tokio_io::connect(host, port).await?;
+                                {
+                                    let $hconn = &mut conn;
+                                    $handshake
+                                        .await
+                                        .map_err($crate::backend::net::pool::handshake_error)?;
+                                }
+                                let lane = pool.lanes.open(runtime, conn, split);
+                                drop(guard);
+                                Ok::<_, ::std::io::Error>(lane)
+                            };
+                            let connected = ::tokio::time::timeout_at(
+                                ::tokio::time::Instant::from_std(budget.connect_by),
+                                connecting,
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
+                            budget.connected(started);
+                            match connected {
+                                Ok(lane) => (lane, false),
+                                Err(err) => break Err(pool.connect_failed(settings, err)),
+                            }
+                        }
+                    };
+                    let result = {
+                        let mut conn = $crate::backend::net::conn::Conn::new(
+                            $crate::backend::net::mux::MuxIo::new(
+                                lane.clone(),
+                                count,
+                                budget.io_by,
+                            ),
+                        );
+                        let $conn = &mut conn;
+                        ::tokio::time::timeout_at(
+                            ::tokio::time::Instant::from_std(budget.io_by),
+                            $op,
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err($crate::backend::net::pool::OpError::Io(
+                                $crate::backend::net::tokio_io::timed_out(),
+                            ))
+                        })
+                    };
+                    match pool.settle(settings, reused, &mut replaced, result) {
+                        $crate::backend::net::pool::Settled::Done { result, .. } => break result,
+                        $crate::backend::net::pool::Settled::Retry => {
+                            pool.lanes.close(runtime, &lane)
+                        }
+                    }
+                }
+            }
+        }
+    }};
+}
+#[cfg(feature = "async")]
+pub(crate) use run_mux;

@@ -55,9 +55,9 @@ use std::time::Duration;
 // would be ambiguous in this module and its tests.
 use super::asynchronous as aio;
 use super::net::conn::{Conn, Io, ready};
-#[cfg(feature = "async")]
-use super::net::pool::run_async;
 use super::net::pool::{OpError, Pool, SyncConn};
+#[cfg(feature = "async")]
+use super::net::pool::{run_async, run_mux};
 use super::net::{self, Settings};
 pub use super::net::{
     DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
@@ -465,12 +465,38 @@ macro_rules! run {
     };
 }
 
-/// The same operations, health and pool rules as the blocking client,
-/// over tokio sockets: nothing here blocks the executor.
+/// Runs one small async call over the multiplexed connection of the
+/// current runtime (see `net::mux`): pipelined with the other calls in
+/// flight, under the same deadlines, health and rules as `run!`.
+#[cfg(feature = "async")]
+macro_rules! mux {
+    ($self:ident, |$conn:ident| $op:expr) => {
+        run_mux!(
+            &$self.pool,
+            &$self.settings,
+            count: protocol::split,
+            split: protocol::split_reply,
+            handshake: |new| $self.handshake(new),
+            op: |$conn| $op,
+        )
+    };
+}
+
+/// Values up to this size are stored over the multiplexed connection;
+/// larger ones, and every batch, go over a pooled connection of their own,
+/// so that they hold up no other call.
+#[cfg(feature = "async")]
+const MUX_MAX_VALUE: usize = 16 * 1024;
+
+/// The same operations, health and rules as the blocking client, over
+/// tokio sockets: nothing here blocks the executor. Single-key commands
+/// are pipelined with the other calls in flight on one multiplexed
+/// connection per runtime (`net::mux`); batches and large values use the
+/// pool.
 #[cfg(feature = "async")]
 impl aio::AsyncBackend for RedisBackend {
     fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async move { run!(self, |conn| conn.get_value(key)) })
+        Box::pin(async move { mux!(self, |conn| conn.get_value(key)) })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> aio::BackendFuture<'a, Vec<Option<Vec<u8>>>> {
@@ -490,7 +516,11 @@ impl aio::AsyncBackend for RedisBackend {
     ) -> aio::BackendFuture<'a, ()> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            run!(self, |conn| conn.set_px(key, value, &millis))
+            if value.len() <= MUX_MAX_VALUE {
+                mux!(self, |conn| conn.set_px(key, value, &millis))
+            } else {
+                run!(self, |conn| conn.set_px(key, value, &millis))
+            }
         })
     }
 
@@ -516,19 +546,23 @@ impl aio::AsyncBackend for RedisBackend {
     ) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            run!(self, |conn| conn.add_nx(key, value, &millis))
+            if value.len() <= MUX_MAX_VALUE {
+                mux!(self, |conn| conn.add_nx(key, value, &millis))
+            } else {
+                run!(self, |conn| conn.add_nx(key, value, &millis))
+            }
         })
     }
 
     fn touch<'a>(&'a self, key: &'a str, ttl: Duration) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            run!(self, |conn| conn.pexpire(key, &millis))
+            mux!(self, |conn| conn.pexpire(key, &millis))
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, bool> {
-        Box::pin(async move { run!(self, |conn| conn.del(key)) })
+        Box::pin(async move { mux!(self, |conn| conn.del(key)) })
     }
 
     /// Atomic, through a Lua script.
@@ -537,7 +571,7 @@ impl aio::AsyncBackend for RedisBackend {
         key: &'a str,
         expected: &'a [u8],
     ) -> aio::BackendFuture<'a, bool> {
-        Box::pin(async move { run!(self, |conn| conn.eval_delete_if_value(key, expected)) })
+        Box::pin(async move { mux!(self, |conn| conn.eval_delete_if_value(key, expected)) })
     }
 
     /// Atomic, through a Lua script.
@@ -549,7 +583,7 @@ impl aio::AsyncBackend for RedisBackend {
     ) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            run!(self, |conn| conn
+            mux!(self, |conn| conn
                 .eval_touch_if_value(key, expected, &millis))
         })
     }

@@ -162,6 +162,44 @@ fn value_at(buf: &[u8], nested: bool, build: bool) -> Result<Option<(Value, usiz
     Ok(Some((value, used)))
 }
 
+/// Appends a RESP header line, `*3\r\n` or `$5\r\n`: by hand, as
+/// `format!` on every command showed in profiles.
+fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = len;
+    loop {
+        at -= 1;
+        // `rest % 10` is a single digit.
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push(kind);
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Delimits one RESP value (a reply, or a command: an array of bulk
+/// strings) without keeping it, for the multiplexed connection, which
+/// counts the commands of a request and cuts the replies of a batch.
+#[cfg(feature = "async")]
+pub(super) fn split(buf: &[u8]) -> Parsed<()> {
+    if let Some(rest) = buf.strip_prefix(b"-") {
+        return Ok(take_line(rest, MAX_LINE)?.map(|(_, used)| ((), used + 1)));
+    }
+    Ok(value_at(buf, false, false)?.map(|(_, used)| ((), used)))
+}
+
+/// [`split`] for replies: no RESP reply leaves the connection out of step
+/// (an error reply is whole).
+#[cfg(feature = "async")]
+pub(super) fn split_reply(buf: &[u8]) -> Parsed<bool> {
+    Ok(split(buf)?.map(|((), used)| (false, used)))
+}
+
 /// The conversations, written once over any transport (`net::conn`): the
 /// blocking client runs them to completion in one poll, the async one
 /// awaits them.
@@ -192,11 +230,9 @@ impl<T: Io> Conn<T> {
     /// Appends a command as a RESP array of bulk strings; large arguments
     /// go straight to the socket rather than being copied.
     pub(super) async fn push_command(&mut self, args: &[&[u8]]) -> io::Result<()> {
-        self.out
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        header(&mut self.out, b'*', args.len());
         for arg in args {
-            self.out
-                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            header(&mut self.out, b'$', arg.len());
             self.push(arg).await?;
             self.out.extend_from_slice(b"\r\n");
         }
@@ -228,6 +264,17 @@ mod tests {
         client.flush().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         Conn::new(DeadlineStream::new(client, deadline))
+    }
+
+    #[test]
+    fn headers_are_written_as_format_writes_them() {
+        for len in [0, 1, 9, 10, 99, 100, 12_345, u32::MAX as usize, usize::MAX] {
+            for kind in [b'*', b'$'] {
+                let mut out = b"x".to_vec();
+                header(&mut out, kind, len);
+                assert_eq!(out, format!("x{}{len}\r\n", kind as char).into_bytes());
+            }
+        }
     }
 
     #[test]

@@ -203,26 +203,20 @@ impl MuxIo {
 }
 
 impl Io for MuxIo {
-    fn read_some<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        async move {
-            if self.read == self.replies.len() {
-                if self.out.is_empty() {
-                    // Nothing asked and nothing left: the conversation
-                    // wants more than its replies, which is a closed
-                    // stream to it.
-                    return Ok(0);
-                }
-                self.exchange().await?;
+    async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read == self.replies.len() {
+            if self.out.is_empty() {
+                // Nothing asked and nothing left: the conversation wants
+                // more than its replies, which is a closed stream to it.
+                return Ok(0);
             }
-            let left = &self.replies[self.read..];
-            let n = left.len().min(buf.len());
-            buf[..n].copy_from_slice(&left[..n]);
-            self.read += n;
-            Ok(n)
+            self.exchange().await?;
         }
+        let left = &self.replies[self.read..];
+        let n = left.len().min(buf.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.read += n;
+        Ok(n)
     }
 
     fn write_all<'a>(

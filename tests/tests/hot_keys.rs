@@ -10,12 +10,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use memo_runtime::{
-    Backend, CacheLock, Config, Options, cache_memoize, cache_memoize_async, configure,
-    invalidate, invalidate_async, stats, try_cache_memoize,
+    Backend, CacheLock, Config, Options, cache_memoize, cache_memoize_async, configure, invalidate,
+    invalidate_async, stats, try_cache_memoize,
 };
 use memo_tests::runtime::run_multi;
 use memo_tests::serial;
-use memo_tests::servers::every_backend;
+use memo_tests::servers::{Kind, Server, every_backend};
 use serde::{Deserialize, Serialize};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -83,7 +83,9 @@ fn a_local_copy_never_outlives_the_shared_entry() {
     for (name, backend, _server) in every_backend() {
         use_backend(&backend);
         let runs = AtomicUsize::new(0);
-        let options = Options::new().local(Duration::from_secs(60)).expiration(SECOND);
+        let options = Options::new()
+            .local(Duration::from_secs(60))
+            .expiration(SECOND);
         let _: usize = cache_memoize("local:3", counting(&runs, Duration::ZERO), &options);
         thread::sleep(Duration::from_millis(1_100));
         let again: usize = cache_memoize("local:3", counting(&runs, Duration::ZERO), &options);
@@ -189,6 +191,112 @@ fn async_calls_keep_and_drop_local_copies() {
     }
 }
 
+/// Another process with a local copy, driven line by line.
+struct Peer {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Peer {
+    fn start(url: &str) -> Peer {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hot_key_peer"))
+            .env("MEMO_CACHE_URL", url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the peer process");
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        Peer {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn get(&mut self, key: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "get {key}").unwrap();
+        self.input.flush().unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Asks until the peer answers `expected`; how long that took.
+    fn wait_for(&mut self, key: &str, expected: &str, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.get(key) == expected {
+                return Some(started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn with_redis_an_invalidation_reaches_another_process_s_local_copy() {
+    let _serial = serial();
+    let Some(server) = Server::try_start(Kind::Redis) else {
+        return;
+    };
+    configure(Config::from_url(&server.url()).unwrap());
+    let options = Options::new().local(Duration::from_secs(60));
+    let mut peer = Peer::start(&server.url());
+    assert_eq!(peer.get("shared"), "peer-1");
+    // The peer's subscriber connects in the background.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(peer.get("shared"), "peer-1", "its local copy");
+    invalidate("shared", &options).unwrap();
+    let mine: String = cache_memoize("shared", || "parent-1".to_owned(), &options);
+    assert_eq!(mine, "parent-1");
+    let took = peer.wait_for("shared", "parent-1", Duration::from_secs(2));
+    assert!(
+        took.is_some_and(|took| took < Duration::from_millis(500)),
+        "the peer dropped its copy within a fraction of a second: {took:?}"
+    );
+    // A refresh (`force_overwrite`) reaches it as well.
+    let refreshed: String = cache_memoize(
+        "shared",
+        || "parent-2".to_owned(),
+        &options.clone().force_overwrite(true),
+    );
+    assert_eq!(refreshed, "parent-2");
+    let took = peer.wait_for("shared", "parent-2", Duration::from_secs(2));
+    assert!(
+        took.is_some_and(|took| took < Duration::from_millis(500)),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn with_memcached_the_local_duration_bounds_another_process_s_staleness() {
+    let _serial = serial();
+    let Some(server) = Server::try_start(Kind::Memcached) else {
+        return;
+    };
+    configure(Config::from_url(&server.url()).unwrap());
+    let mut peer = Peer::start(&server.url());
+    assert_eq!(peer.get("shared"), "peer-1");
+    let options = Options::new().local(Duration::from_secs(60));
+    invalidate("shared", &options).unwrap();
+    let _: String = cache_memoize("shared", || "parent-1".to_owned(), &options);
+    thread::sleep(Duration::from_millis(300));
+    // No invalidation channel: the peer keeps its copy.
+    assert_eq!(peer.get("shared"), "peer-1");
+}
+
 // ---------------------------------------------------------------------------
 // Stale while revalidate.
 
@@ -226,11 +334,17 @@ fn a_stale_value_is_served_at_once_while_one_caller_refreshes() {
                 .map(|caller| caller.join().unwrap())
                 .collect::<Vec<_>>()
         });
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "{name}: exactly one refresh");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "{name}: exactly one refresh"
+        );
         let stale: Vec<_> = served.iter().filter(|(value, _)| *value == first).collect();
         assert_eq!(stale.len(), 7, "{name}: {served:?}");
         assert!(
-            stale.iter().all(|(_, took)| *took < Duration::from_millis(300)),
+            stale
+                .iter()
+                .all(|(_, took)| *took < Duration::from_millis(300)),
             "{name}: stale values are served at once: {served:?}"
         );
         let fresh: usize = cache_memoize("stale:1", counting(&runs, Duration::ZERO), &options);
@@ -309,8 +423,7 @@ fn async_callers_are_served_stale_values_while_one_refreshes() {
         let runs = Arc::new(AtomicUsize::new(0));
         let options = stale_options();
         run_multi(async {
-            let _: usize =
-                cache_memoize_async("stale:async", || async { 1 }, &options).await;
+            let _: usize = cache_memoize_async("stale:async", || async { 1 }, &options).await;
             tokio::time::sleep(Duration::from_millis(1_200)).await;
             let tasks: Vec<_> = (0..6)
                 .map(|_| {
@@ -359,15 +472,20 @@ fn refresh_ahead_recomputes_before_the_expiry_while_others_keep_hitting() {
         let runs = AtomicUsize::new(0);
         // β at its maximum and a 20 ms computation: a refresh is all but
         // certain within the first few hits of a 2 s entry.
-        let options = Options::new()
-            .expiration(2 * SECOND)
-            .refresh_ahead(1_000.0);
+        let options = Options::new().expiration(2 * SECOND).refresh_ahead(1_000.0);
         let stored_at = Instant::now();
-        let _: usize = cache_memoize("ahead:1", counting(&runs, Duration::from_millis(20)), &options);
+        let _: usize = cache_memoize(
+            "ahead:1",
+            counting(&runs, Duration::from_millis(20)),
+            &options,
+        );
         let mut refreshed_at = None;
         while stored_at.elapsed() < Duration::from_millis(1_500) {
-            let value: usize =
-                cache_memoize("ahead:1", counting(&runs, Duration::from_millis(20)), &options);
+            let value: usize = cache_memoize(
+                "ahead:1",
+                counting(&runs, Duration::from_millis(20)),
+                &options,
+            );
             if value == 2 {
                 refreshed_at = Some(stored_at.elapsed());
                 break;
@@ -388,7 +506,11 @@ fn refresh_ahead_never_triggers_far_from_the_expiry_with_the_default_beta() {
         .expiration(Duration::from_secs(3600))
         .refresh_ahead(1.0);
     for _ in 0..1_000 {
-        let _: usize = cache_memoize("ahead:2", counting(&runs, Duration::from_millis(1)), &options);
+        let _: usize = cache_memoize(
+            "ahead:2",
+            counting(&runs, Duration::from_millis(1)),
+            &options,
+        );
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(stats().early_refreshes, 0);
@@ -399,9 +521,7 @@ fn during_an_early_refresh_other_callers_hit_at_once_and_a_failure_keeps_the_val
     let _serial = serial();
     for (name, backend, _server) in every_backend() {
         use_backend(&backend);
-        let options = Options::new()
-            .expiration(2 * SECOND)
-            .refresh_ahead(1_000.0);
+        let options = Options::new().expiration(2 * SECOND).refresh_ahead(1_000.0);
         let _: Result<u32, String> = try_cache_memoize(
             "ahead:3",
             || {
@@ -433,11 +553,8 @@ fn during_an_early_refresh_other_callers_hit_at_once_and_a_failure_keeps_the_val
             thread::sleep(Duration::from_millis(100));
             for _ in 0..5 {
                 let started = Instant::now();
-                let got: Result<u32, String> = try_cache_memoize(
-                    "ahead:3",
-                    || Err("not me".to_owned()),
-                    &options,
-                );
+                let got: Result<u32, String> =
+                    try_cache_memoize("ahead:3", || Err("not me".to_owned()), &options);
                 // A hit, or (if it won) a failure of its own: never a wait.
                 assert!(started.elapsed() < Duration::from_millis(200), "{name}");
                 assert!(matches!(got, Ok(1) | Err(_)), "{name}: {got:?}");
@@ -457,9 +574,7 @@ fn during_an_early_refresh_other_callers_hit_at_once_and_a_failure_keeps_the_val
 fn async_refresh_ahead_recomputes_before_the_expiry() {
     let _serial = serial();
     configure(Config::new(memo_runtime::MemoryBackend::new()));
-    let options = Options::new()
-        .expiration(2 * SECOND)
-        .refresh_ahead(1_000.0);
+    let options = Options::new().expiration(2 * SECOND).refresh_ahead(1_000.0);
     let runs = Arc::new(AtomicUsize::new(0));
     run_multi(async {
         let stored_at = Instant::now();

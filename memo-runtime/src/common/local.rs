@@ -117,6 +117,42 @@ impl LocalCopies {
     }
 }
 
+/// This process's name on the invalidation channel, so that it ignores its
+/// own messages (its copy was dropped before publishing, and may since
+/// hold a newer value).
+fn process_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let mut id = [0u8; 8];
+        // A failed draw only makes two processes likelier to share a name.
+        let _ = getrandom::fill(&mut id);
+        u64::from_le_bytes(id) | 1
+    })
+}
+
+/// The message that tells other processes to drop their copy of `key`.
+pub(crate) fn invalidation(key: &str) -> Vec<u8> {
+    format!("{:016x}\n{key}", process_id()).into_bytes()
+}
+
+/// The key a message from another process invalidates; `None` for this
+/// process's own messages and anything malformed.
+pub(crate) fn invalidated(message: &[u8]) -> Option<&str> {
+    let message = std::str::from_utf8(message).ok()?;
+    let (sender, key) = message.split_once('\n')?;
+    let sender = u64::from_str_radix(sender, 16).ok()?;
+    (sender != process_id()).then_some(key)
+}
+
+/// The channel invalidations travel on: one per namespace, named under
+/// the namespace like every key memo stores.
+pub(crate) fn channel(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) => format!("{namespace}:memo:invalidations"),
+        None => "memo:invalidations".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +203,16 @@ mod tests {
             "{}",
             copies.cache.entry_count()
         );
+    }
+
+    #[test]
+    fn a_process_ignores_its_own_invalidations_and_garbage() {
+        let own = invalidation("ns:key");
+        assert_eq!(invalidated(&own), None);
+        let other = format!("{:016x}\nns:key", process_id() ^ 2);
+        assert_eq!(invalidated(other.as_bytes()), Some("ns:key"));
+        for garbage in [&b""[..], b"\n", b"zz\nkey", b"\xff\xfe"] {
+            assert_eq!(invalidated(garbage), None);
+        }
     }
 }

@@ -216,10 +216,55 @@ impl Config {
         self
     }
 
-    /// The local copies of this configuration.
+    /// The local copies of this configuration. Made on first use; with an
+    /// engine that carries invalidations (Redis), a subscriber then drops
+    /// the copies that other processes invalidate, for as long as this
+    /// configuration lives.
     pub(crate) fn local_copies(&self) -> &LocalCopies {
-        self.local
-            .get_or_init(|| LocalCopies::new(self.local_capacity))
+        self.local.get_or_init(|| {
+            if let Some(bus) = self.backend.__invalidations() {
+                let local = Arc::downgrade(&self.local);
+                bus.subscribe(
+                    &crate::common::local::channel(self.namespace.as_deref()),
+                    Box::new(move |message| {
+                        let Some(local) = local.upgrade() else {
+                            return false;
+                        };
+                        if let (Some(copies), Some(key)) =
+                            (local.get(), crate::common::local::invalidated(message))
+                        {
+                            copies.remove(key);
+                        }
+                        true
+                    }),
+                );
+            }
+            LocalCopies::new(self.local_capacity)
+        })
+    }
+
+    /// Tells other processes to drop their local copies of `stored_key`,
+    /// when the engine can (Redis); from a thread of its own, so that the
+    /// caller, sync or async, never waits for it.
+    pub(crate) fn publish_invalidation(&self, stored_key: &str) {
+        if self.backend.__invalidations().is_none() {
+            return;
+        }
+        let backend = Arc::clone(&self.backend);
+        let channel = crate::common::local::channel(self.namespace.as_deref());
+        let message = crate::common::local::invalidation(stored_key);
+        let spawned = std::thread::Builder::new()
+            .name("memo-invalidate".into())
+            .spawn(move || {
+                if let Some(bus) = backend.__invalidations() {
+                    if let Err(err) = bus.publish(&channel, &message) {
+                        log::warn!("memo: cannot tell other processes of an invalidation: {err}");
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            log::warn!("memo: cannot start a thread to publish an invalidation: {err}");
+        }
     }
 
     /// The backend.

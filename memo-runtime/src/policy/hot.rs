@@ -141,12 +141,12 @@ impl Call {
         if !self.keeps_locally() {
             return None;
         }
-        let copies = self.config.local_copies();
         if self.options.force_overwrite {
-            // A refresh replaces the value: this process's copy goes first.
-            copies.remove(self.key.stored());
+            // A refresh replaces the value: the copies go first.
+            self.drop_local();
             return None;
         }
+        let copies = self.config.local_copies();
         let kept = copies.get(self.key.stored(), fp)?;
         let (expires_ms, compute_us) = kept.stamp;
         let stamp = Stamp {
@@ -187,6 +187,15 @@ impl Call {
     pub(crate) fn drop_local(&self) {
         if let Some(copies) = self.config.local.get() {
             copies.remove(self.key.stored());
+        }
+    }
+
+    /// For a call that keeps local copies, tells the other processes to
+    /// drop theirs: once the entry has been replaced or deleted, so that
+    /// none of them reads the old value back in between.
+    pub(crate) fn tell_others(&self) {
+        if self.options.local.is_some() {
+            self.config.publish_invalidation(self.key.stored());
         }
     }
 

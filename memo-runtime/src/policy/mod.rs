@@ -405,6 +405,9 @@ impl Call {
                 }
             }
         }
+        // Again, in case a caller here read the old value back meanwhile.
+        self.drop_local();
+        self.tell_others();
         Ok(())
     }
 }
@@ -602,6 +605,9 @@ where
     call.keep_locally(&keep, fp, value, stamp);
     let stored = call.store(driver, value, stamp);
     stored.await;
+    if call.options.force_overwrite {
+        call.tell_others();
+    }
     lock.release().await;
     drop(refreshing);
     if let Some((Some(bytes), guard)) = shared {

@@ -95,10 +95,10 @@ impl LocalCopies {
     }
 
     /// The copy kept under `key` for a type of `fingerprint`, unless it has
-    /// run out.
+    /// run out (moka expires each entry at its `until`).
     pub(crate) fn get(&self, key: &str, fingerprint: u64) -> Option<Kept> {
         let kept = self.cache.get(key)?;
-        (kept.fingerprint == fingerprint && Instant::now() < kept.until).then_some(kept)
+        (kept.fingerprint == fingerprint).then_some(kept)
     }
 
     /// Keeps `kept` under `key`, replacing any earlier copy; nothing when it

@@ -148,13 +148,17 @@ impl Call {
         }
         let copies = self.config.local_copies();
         let kept = copies.get(self.key.stored(), fp)?;
-        let (expires_ms, compute_us) = kept.stamp;
-        let stamp = Stamp {
-            expires_ms,
-            compute_us,
-        };
-        if self.judge(stamp) != Verdict::Fresh {
-            return None;
+        // A copy never outlives the logical expiry, so only an early
+        // refresh can make it unservable.
+        if self.options.refresh_ahead.is_some() {
+            let (expires_ms, compute_us) = kept.stamp;
+            let stamp = Stamp {
+                expires_ms,
+                compute_us,
+            };
+            if self.judge(stamp) != Verdict::Fresh {
+                return None;
+            }
         }
         keep.take(&kept.payload)
     }

@@ -1,10 +1,13 @@
 //! The policy: the one memoize algorithm, and what a failure means.
 //!
 //! On every call memo reads the current configuration, resolves the key
-//! (`Config::resolve`), and, unless the call opts out, joins the key's
+//! (`Config::resolve`), consults the call's local copy (`hot`), and asks
+//! the backend; a value that checks out (and is fresh) is a hit, with no
+//! further work. Otherwise, unless the call opts out, it joins the key's
 //! flight (`common::coalesce`): concurrent calls for one key in one process
-//! share one computation. The leader asks the backend; a value that checks
-//! out is a hit. Anything else (absent, expired, corrupt, of another type, a
+//! share one computation. The leader goes on from what the first lookup
+//! found, unless some flight ended in between (it may have stored the
+//! value), in which case it looks again. Anything else (absent, expired, corrupt, of another type, a
 //! backend error or timeout) is a miss: with `Options::lock` the leader
 //! takes the cross-process lock and looks again, then the compute function
 //! runs, its value is returned, and memo tries to store it. The leader
@@ -348,8 +351,23 @@ impl Call {
         driver: &D,
         lookup: &L,
     ) -> (Option<L::Found>, Option<CacheLock>) {
+        self.find_or_lock_after(driver, lookup, None).await
+    }
+
+    /// [`find_or_lock`](Self::find_or_lock), given what a lookup made
+    /// just before found (`Some`), which then stands for the first lookup.
+    async fn find_or_lock_after<D: Driver, L: Lookup<D>>(
+        &self,
+        driver: &D,
+        lookup: &L,
+        looked: Option<Option<L::Found>>,
+    ) -> (Option<L::Found>, Option<CacheLock>) {
         if !self.options.force_overwrite {
-            if let Some(found) = lookup.lookup(self, driver).await {
+            let found = match looked {
+                Some(found) => found,
+                None => lookup.lookup(self, driver).await,
+            };
+            if let Some(found) = found {
                 return (Some(found), None);
             }
         }
@@ -507,12 +525,30 @@ where
         call.counters().local_hit();
         return from_cache(value);
     }
+    let lookup = ValueLookup::<T>(Default::default());
     let mut flight = None;
+    // What the first lookup found, when it stands for the leader's own.
+    let mut looked = None;
     if call.coalesces() {
+        // A hit needs no flight: look first, and join only to compute.
+        let ended = call.config.flights.ended();
+        let found = lookup.lookup(&call, driver).await;
+        if let Some((value, stamp, Verdict::Fresh)) = found {
+            call.hit();
+            call.keep_locally(&keep, fp, &value, stamp);
+            return from_cache(value);
+        }
         let flight_key = format!("{fp:016x}:{}", call.key.stored());
         let joined = call.config.flights.join(&flight_key);
         let outcome = match joined {
-            Joined::Leader(guard) => Outcome::Lead(guard),
+            Joined::Leader(guard) => {
+                // Unless a flight ended (and stored its value) since, what
+                // was found stands: no second lookup, no second failure.
+                if call.config.flights.ended() == ended {
+                    looked = Some(found);
+                }
+                Outcome::Lead(guard)
+            }
             Joined::Waiter(waiter) => driver.wait(waiter, call.coalesce_deadline()).await,
         };
         match outcome {
@@ -534,9 +570,7 @@ where
             ),
         }
     }
-    let (found, lock) = call
-        .find_or_lock(driver, &ValueLookup::<T>(Default::default()))
-        .await;
+    let (found, lock) = call.find_or_lock_after(driver, &lookup, looked).await;
     let lock = HeldLock { lock, driver };
     // The refresh flight of a caller that won a refresh, held until it
     // returns so that no other caller here refreshes meanwhile.

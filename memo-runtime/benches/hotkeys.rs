@@ -8,7 +8,7 @@
 //! - The steady load (not criterion): `MEMO_STEADY_LOAD=1` runs 200 calls/s
 //!   for 20 s (`MEMO_STEADY_SECS`) of a 100 ms computation expiring every
 //!   5 s, without and with `refresh_ahead` and with `stale`, on the embedded
-//!   store (or `MEMO_CACHE_URL`), and prints caller latencies and
+//!   store (or `MEMO_CACHE_URL`, with the backend's cargo feature), and prints caller latencies and
 //!   computations per expiry period.
 //!
 //! Run with `cargo bench -p memo-runtime --bench hotkeys` and

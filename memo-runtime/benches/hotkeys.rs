@@ -202,7 +202,7 @@ fn steady_load() {
         ("refresh_ahead(1.0)", plain.clone().refresh_ahead(1.0)),
         (
             "stale_while_revalidate(5 s)",
-            plain.clone().stale_while_revalidate(Duration::from_secs(5)),
+            plain.stale_while_revalidate(Duration::from_secs(5)),
         ),
     ];
     println!(

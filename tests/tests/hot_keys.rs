@@ -270,7 +270,7 @@ fn with_redis_an_invalidation_reaches_another_process_s_local_copy() {
     let refreshed: String = cache_memoize(
         "shared",
         || "parent-2".to_owned(),
-        &options.clone().force_overwrite(true),
+        &options.force_overwrite(true),
     );
     assert_eq!(refreshed, "parent-2");
     let took = peer.wait_for("shared", "parent-2", Duration::from_secs(2));

@@ -209,8 +209,12 @@ pub trait Invalidations: Send + Sync {
     /// Starts a background subscriber of `channel` that hands each message
     /// to `deliver`, reconnecting after failures, until `deliver` returns
     /// `false`.
-    fn subscribe(&self, channel: &str, deliver: Box<dyn FnMut(&[u8]) -> bool + Send>);
+    fn subscribe(&self, channel: &str, deliver: Deliver);
 }
+
+/// What a subscriber hands each message to; `false` ends the subscription.
+#[doc(hidden)]
+pub type Deliver = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B>
 where

@@ -49,7 +49,7 @@ pub(crate) enum Verdict {
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| saturating_ms(since))
+        .map_or(0, saturating_ms)
 }
 
 fn saturating_ms(duration: Duration) -> u64 {
@@ -223,16 +223,13 @@ impl Call {
             Joined::Waiter(_) => return None,
         };
         if verdict != Verdict::Stale {
-            return Some(Refresh {
-                flight: flight,
-                lock: None,
-            });
+            return Some(Refresh { flight, lock: None });
         }
         let options = self.options.lock.unwrap_or_default().blocking(false);
         let mut lock = self.lock(options);
         match lock.acquire_via(driver).await {
             Ok(true) => Some(Refresh {
-                flight: flight,
+                flight,
                 lock: Some(lock),
             }),
             Ok(false) => None,
@@ -240,17 +237,11 @@ impl Call {
                 // Refreshing twice beats serving stale values for the rest
                 // of the window.
                 self.counters().backend_failed("lock", &err);
-                Some(Refresh {
-                    flight: flight,
-                    lock: None,
-                })
+                Some(Refresh { flight, lock: None })
             }
             Err(err) => {
                 log::debug!("memo: {err}; refreshing without the lock");
-                Some(Refresh {
-                    flight: flight,
-                    lock: None,
-                })
+                Some(Refresh { flight, lock: None })
             }
         }
     }

@@ -448,13 +448,11 @@ struct ValueLookup<T>(std::marker::PhantomData<fn() -> T>);
 impl<D: Driver, T: DeserializeOwned> Lookup<D> for ValueLookup<T> {
     type Found = (T, Stamp, Verdict);
 
-    fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<Self::Found>> + Send {
-        async move {
-            let (value, stamp) = call.load::<T>(driver).await?;
-            match call.judge(stamp) {
-                Verdict::Expired => None,
-                verdict => Some((value, stamp, verdict)),
-            }
+    async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
+        let (value, stamp) = call.load::<T>(driver).await?;
+        match call.judge(stamp) {
+            Verdict::Expired => None,
+            verdict => Some((value, stamp, verdict)),
         }
     }
 }

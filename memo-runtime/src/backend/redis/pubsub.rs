@@ -20,7 +20,7 @@ use super::protocol::Value;
 use super::{DEFAULT_PORT, RedisBackend};
 use crate::backend::net::conn::{Conn, Io, ready};
 use crate::backend::net::{self, pool::OpError};
-use crate::backend::{BackendError, Invalidations};
+use crate::backend::{BackendError, Deliver, Invalidations};
 
 /// How often an idle subscriber checks whether it is still wanted.
 const POLL: Duration = Duration::from_millis(500);
@@ -55,7 +55,7 @@ impl Invalidations for RedisBackend {
         })
     }
 
-    fn subscribe(&self, channel: &str, mut deliver: Box<dyn FnMut(&[u8]) -> bool + Send>) {
+    fn subscribe(&self, channel: &str, mut deliver: Deliver) {
         let subscriber = Subscriber {
             address: self.name.clone(),
             db: self.db,
@@ -131,10 +131,10 @@ impl Subscriber {
         loop {
             match ready(conn.value()) {
                 Ok(Value::Array(parts)) => match <[Value; 3]>::try_from(parts) {
-                    Ok([Value::Bulk(kind), _, Value::Bulk(message)]) if kind == b"message" => {
-                        if !deliver(&message) {
-                            return Ended::Unwanted;
-                        }
+                    Ok([Value::Bulk(kind), _, Value::Bulk(message)])
+                        if kind == b"message" && !deliver(&message) =>
+                    {
+                        return Ended::Unwanted;
                     }
                     _ => {}
                 },

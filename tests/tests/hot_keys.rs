@@ -415,6 +415,49 @@ fn an_expired_value_is_a_miss_for_a_call_without_a_stale_window() {
     assert_eq!(plain, 2);
 }
 
+static REPORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[memo_runtime::cache_memoize(key = "report:{id}", expiration = 1, stale = 3, refresh_ahead = 2.0)]
+fn report(id: u64) -> usize {
+    thread::sleep(Duration::from_millis(300));
+    REPORT_RUNS.fetch_add(1, Ordering::SeqCst) + id as usize
+}
+
+#[memo_runtime::cache_memoize(key = "async-report:{id}", expiration = 1, stale = 3)]
+async fn async_report(id: u64) -> usize {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    REPORT_RUNS.fetch_add(1, Ordering::SeqCst) + id as usize
+}
+
+#[test]
+fn the_attribute_s_stale_window_serves_while_one_caller_refreshes() {
+    let _serial = serial();
+    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    REPORT_RUNS.store(0, Ordering::SeqCst);
+    assert_eq!(report(0), 0);
+    thread::sleep(Duration::from_millis(1_200));
+    let (refresher, stale) = thread::scope(|scope| {
+        let refresher = scope.spawn(|| report(0));
+        thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let stale = report(0);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        (refresher.join().unwrap(), stale)
+    });
+    assert_eq!((refresher, stale), (1, 0));
+    run_multi(async {
+        assert_eq!(async_report(10).await, 12);
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let refresher = tokio::spawn(async_report(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        assert_eq!(async_report(10).await, 12, "stale, at once");
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert_eq!(refresher.await.unwrap(), 13);
+    });
+    assert!(stats().stale_serves >= 2);
+}
+
 #[test]
 fn async_callers_are_served_stale_values_while_one_refreshes() {
     let _serial = serial();

@@ -638,3 +638,19 @@ fn async_refresh_ahead_recomputes_before_the_expiry() {
     });
     assert_eq!(stats().early_refreshes, 1);
 }
+
+#[test]
+fn a_chunked_entry_is_not_kept_locally() {
+    let _serial = serial();
+    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    let large = Options::new().large_data(true).expiration(SECOND);
+    let _: Vec<u8> = cache_memoize("local:chunked", || vec![1; 10], &large);
+    // A call without `large_data` reads the chunked entry: no expiry to
+    // bound a copy by, so none is kept, and the entry's expiry holds.
+    let local = Options::new().local(Duration::from_secs(60));
+    let read: Vec<u8> = cache_memoize("local:chunked", || vec![2; 10], &local);
+    assert_eq!(read, vec![1; 10]);
+    thread::sleep(Duration::from_millis(1_100));
+    let again: Vec<u8> = cache_memoize("local:chunked", || vec![3; 10], &local);
+    assert_eq!(again, vec![3; 10]);
+}

@@ -169,10 +169,12 @@ impl Call {
         let Some(local) = self.options.local.filter(|_| self.keeps_locally()) else {
             return;
         };
-        let left = match stamp.expires_ms {
-            0 => local,
-            expires => Duration::from_millis(expires.saturating_sub(unix_ms())).min(local),
-        };
+        // A chunked value (read by a call without `large_data`) carries no
+        // expiry to bound a copy by: it is not kept.
+        if stamp.expires_ms == 0 {
+            return;
+        }
+        let left = Duration::from_millis(stamp.expires_ms.saturating_sub(unix_ms())).min(local);
         let now = Instant::now();
         let Some((payload, weight)) = keep.keep(value) else {
             return;

@@ -654,3 +654,24 @@ fn a_chunked_entry_is_not_kept_locally() {
     let again: Vec<u8> = cache_memoize("local:chunked", || vec![3; 10], &local);
     assert_eq!(again, vec![3; 10]);
 }
+
+#[test]
+fn an_entry_of_the_previous_format_is_a_miss_on_every_backend() {
+    let _serial = serial();
+    for (name, backend, _server) in every_backend() {
+        use_backend(&backend);
+        // A version 2 envelope (no expiry, no computation time) as the
+        // previous release stored it: header, one-byte body, checksum.
+        let mut old = b"MEMO\x02\x01\x00\x00".to_vec();
+        old.extend_from_slice(&[0x11; 8]);
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.push(42);
+        old.extend_from_slice(&[0; 16]);
+        let stored = memo_runtime::make_cache_key("old-format", &Options::new());
+        backend.set(&stored, &old, Duration::from_secs(60)).unwrap();
+        let before = stats().invalid;
+        let value: u8 = cache_memoize("old-format", || 7, &stale_options());
+        assert_eq!(value, 7, "{name}");
+        assert_eq!(stats().invalid, before + 1, "{name}");
+    }
+}

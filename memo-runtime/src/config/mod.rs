@@ -86,6 +86,11 @@ pub struct Config {
     /// and shared by clones, as flights are.
     pub(crate) local: Arc<std::sync::OnceLock<LocalCopies>>,
     local_capacity: u64,
+    /// Where invalidations for other processes' local copies are queued:
+    /// one thread publishes them in order, started on first use, ending
+    /// when the configuration and its clones are gone. `None` inside when
+    /// the thread could not be started.
+    publisher: Arc<std::sync::OnceLock<Option<std::sync::mpsc::Sender<Vec<u8>>>>>,
     /// The same engine for async callers: its own non-blocking client when
     /// it has one (`Backend::__async`), else its blocking calls run on
     /// tokio's blocking pool.
@@ -125,6 +130,7 @@ impl Config {
             flights: Arc::default(),
             local: Arc::default(),
             local_capacity: DEFAULT_LOCAL_CAPACITY,
+            publisher: Arc::default(),
             backend,
             namespace: None,
             default_expiration: DEFAULT_EXPIRATION,
@@ -244,26 +250,37 @@ impl Config {
     }
 
     /// Tells other processes to drop their local copies of `stored_key`,
-    /// when the engine can (Redis); from a thread of its own, so that the
-    /// caller, sync or async, never waits for it.
+    /// when the engine can (Redis): queued for this configuration's
+    /// publisher thread, so that the caller, sync or async, never waits
+    /// for it.
     pub(crate) fn publish_invalidation(&self, stored_key: &str) {
         if self.backend.__invalidations().is_none() {
             return;
         }
-        let backend = Arc::clone(&self.backend);
-        let channel = crate::common::local::channel(self.namespace.as_deref());
-        let message = crate::common::local::invalidation(stored_key);
-        let spawned = std::thread::Builder::new()
-            .name("memo-invalidate".into())
-            .spawn(move || {
-                if let Some(bus) = backend.__invalidations() {
-                    if let Err(err) = bus.publish(&channel, &message) {
-                        log::warn!("memo: cannot tell other processes of an invalidation: {err}");
+        let publisher = self.publisher.get_or_init(|| {
+            let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+            let backend = Arc::clone(&self.backend);
+            let channel = crate::common::local::channel(self.namespace.as_deref());
+            std::thread::Builder::new()
+                .name("memo-invalidate".into())
+                .spawn(move || {
+                    for message in receiver {
+                        if let Some(bus) = backend.__invalidations() {
+                            if let Err(err) = bus.publish(&channel, &message) {
+                                log::warn!(
+                                    "memo: cannot tell other processes of an invalidation: {err}"
+                                );
+                            }
+                        }
                     }
-                }
-            });
-        if let Err(err) = spawned {
-            log::warn!("memo: cannot start a thread to publish an invalidation: {err}");
+                })
+                .map_err(|err| log::warn!("memo: cannot start the invalidation publisher: {err}"))
+                .ok()
+                .map(|_| sender)
+        });
+        if let Some(sender) = publisher {
+            // The thread only ends once every sender is gone.
+            let _ = sender.send(crate::common::local::invalidation(stored_key));
         }
     }
 

@@ -39,6 +39,18 @@ pub(crate) struct Attr {
     /// `coalesce` / `coalesce = <bool>`: concurrent calls in one process
     /// share one computation (the runtime's default).
     pub coalesce: Option<Flag>,
+    /// `local = <seconds>`: a per-process copy of the decoded value.
+    pub local: Option<Named<Expr>>,
+    /// `refresh_ahead` / `refresh_ahead = <beta>`.
+    pub refresh_ahead: Option<Named<Option<Expr>>>,
+    /// `stale = <seconds>`: stale-while-revalidate.
+    pub stale: Option<Named<Expr>>,
+}
+
+/// A value and the span of the option's name.
+pub(crate) struct Named<T> {
+    pub span: Span,
+    pub value: T,
 }
 
 /// A boolean option and where it was written.
@@ -66,6 +78,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "force_overwrite",
     "lock",
     "coalesce",
+    "local",
+    "refresh_ahead",
+    "stale",
     "version",
     "ignore",
     "helpers",
@@ -90,6 +105,13 @@ const ALIASES: &[(&str, &str)] = &[
     ("single_flight", "coalesce"),
     ("dedupe", "coalesce"),
     ("dedup", "coalesce"),
+    ("local_copy", "local"),
+    ("in_process", "local"),
+    ("xfetch", "refresh_ahead"),
+    ("early_refresh", "refresh_ahead"),
+    ("refresh_early", "refresh_ahead"),
+    ("stale_while_revalidate", "stale"),
+    ("swr", "stale"),
 ];
 
 impl Attr {
@@ -124,6 +146,9 @@ impl Attr {
             "helpers" => set(&mut self.helpers, flag(&meta, errors)),
             "coalesce" => set(&mut self.coalesce, flag(&meta, errors)),
             "lock" => set(&mut self.lock, lock(&meta, errors)),
+            "local" => set(&mut self.local, spanned(&meta, seconds(&meta, errors))),
+            "stale" => set(&mut self.stale, spanned(&meta, seconds(&meta, errors))),
+            "refresh_ahead" => set(&mut self.refresh_ahead, beta(&meta, errors)),
             "version" => set(&mut self.version, version(&meta, errors)),
             "ignore" => {
                 let repeated = !self.ignore.is_empty();
@@ -231,6 +256,56 @@ fn duration(expr: &Expr, unit: &str, errors: &mut Errors) -> Option<Expr> {
 fn seconds(meta: &Meta, errors: &mut Errors) -> Option<Expr> {
     let value = name_value(meta, "<seconds>", errors)?;
     duration(value, "seconds", errors)
+}
+
+fn spanned<T>(meta: &Meta, value: Option<T>) -> Option<Named<T>> {
+    value.map(|value| Named {
+        span: meta.path().span(),
+        value,
+    })
+}
+
+/// `refresh_ahead` (β = 1) or `refresh_ahead = <beta>`: a number literal
+/// (`2`, `0.5`) or an expression of type `f64`.
+fn beta(meta: &Meta, errors: &mut Errors) -> Option<Named<Option<Expr>>> {
+    let value = match meta {
+        Meta::Path(_) => None,
+        Meta::NameValue(nv) => match &nv.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Float(float),
+                ..
+            }) if float.base10_parse::<f64>().is_ok_and(|beta| beta > 0.0) => {
+                Some(nv.value.clone())
+            }
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(int), ..
+            }) if int.base10_parse::<u32>().is_ok_and(|beta| beta > 0) => {
+                let beta = int.base10_parse::<u32>().ok()?;
+                let lit = syn::LitFloat::new(&format!("{beta}.0"), int.span());
+                Some(syn::parse_quote!(#lit))
+            }
+            bad @ (Expr::Lit(_)
+            | Expr::Unary(syn::ExprUnary {
+                op: syn::UnOp::Neg(_),
+                ..
+            })) => {
+                errors.push(
+                    bad.span(),
+                    "expected β as a positive number, like `refresh_ahead = 2.0`",
+                );
+                return None;
+            }
+            other => Some(other.clone()),
+        },
+        Meta::List(list) => {
+            errors.push(
+                list.delimiter.span().join(),
+                "`refresh_ahead` takes no arguments: write `refresh_ahead` or `refresh_ahead = 2.0`",
+            );
+            return None;
+        }
+    };
+    spanned(meta, Some(value))
 }
 
 fn flag(meta: &Meta, errors: &mut Errors) -> Option<Flag> {
@@ -393,6 +468,27 @@ mod tests {
         assert_eq!(attr.ignore.len(), 2);
         assert!(!attr.helpers.unwrap().value);
         assert!(!attr.coalesce.unwrap().value);
+    }
+
+    #[test]
+    fn hot_key_options_parse() {
+        let (attr, errors) = parse(quote!(local = 5, refresh_ahead, stale = 30));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(attr.local.is_some() && attr.stale.is_some());
+        assert!(attr.refresh_ahead.unwrap().value.is_none());
+        let (attr, errors) = parse(quote!(refresh_ahead = 2));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(attr.refresh_ahead.unwrap().value.is_some());
+        let (_, errors) = parse(quote!(
+            refresh_ahead = -1.0,
+            refresh_ahead = "x",
+            refresh_ahead(2),
+            local = 1.5,
+            swr = 3
+        ));
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[0].starts_with("expected β as a positive number"));
+        assert!(errors[4].starts_with("unknown option `swr`; did you mean `stale`?"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     let rt = runtime();
     let options = options(&attr);
     let key = key(&attr, &func, &args);
-    let call = call(&output, body, func.is_async());
+    let call = call(&output, body, func.is_async(), attr.local.is_some());
     let (options_var, key_var) = locals();
     let helpers = helpers(&attr, &func, &args, &output, &TokenStream::new());
     quote! {
@@ -144,6 +144,24 @@ fn options(attr: &Attr) -> TokenStream {
             let setter = Ident::new(setter, *span);
             tokens.extend(quote!(.#setter(#value)));
         }
+    }
+    if let Some(local) = &attr.local {
+        let duration = secs(&local.value);
+        let setter = Ident::new("local", local.span);
+        tokens.extend(quote!(.#setter(#duration)));
+    }
+    if let Some(refresh) = &attr.refresh_ahead {
+        let setter = Ident::new("refresh_ahead", refresh.span);
+        let beta = match &refresh.value {
+            Some(beta) => quote_spanned!(beta.span()=> #beta),
+            None => quote!(1.0),
+        };
+        tokens.extend(quote!(.#setter(#beta)));
+    }
+    if let Some(stale) = &attr.stale {
+        let window = secs(&stale.value);
+        let setter = Ident::new("stale_while_revalidate", stale.span);
+        tokens.extend(quote!(.#setter(#window)));
     }
     if let Some(lock) = &attr.lock {
         let mut lock_options = quote!(#rt::LockOptions::new());
@@ -276,21 +294,35 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
 /// borrow what the arguments borrow. Only the key (owned strings), the
 /// options and the closure live across the `.await`, so the future is
 /// `Send` whenever the body's is.
-fn call(output: &Output, body: &TokenStream, is_async: bool) -> TokenStream {
+///
+/// With `local`, the `*_local` twins keep the decoded value per process;
+/// they require `Clone`, reported at the return type.
+fn call(output: &Output, body: &TokenStream, is_async: bool, local: bool) -> TokenStream {
     let rt = runtime();
     let (options, key) = locals();
+    // `memoize` → `memoize_local`, `memoize_async` → `memoize_local_async`.
+    let at = |name: &str, ty: &syn::Type| {
+        let name = match (local, name.strip_suffix("_async")) {
+            (false, _) => name.to_owned(),
+            (true, Some(stem)) => format!("{stem}_local_async"),
+            (true, None) => format!("{name}_local"),
+        };
+        Ident::new(&name, ty.span())
+    };
     match output {
         Output::Value(ty) if is_async => {
             let rt = runtime_at(ty.span());
+            let memoize = at("memoize_async", ty);
             quote_spanned! {ty.span()=>
-                #rt::memoize_async::<#ty, _, _, _>(#key, move || async move #body, &#options).await
+                #rt::#memoize::<#ty, _, _, _>(#key, move || async move #body, &#options).await
             }
         }
         Output::Result(ty) if is_async => {
             let rt = runtime_at(ty.span());
             let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+            let memoize = at("try_memoize_async", ty);
             quote_spanned! {ty.span()=>
-                #rt::try_memoize_async::<#ok, _, _, _, _>(#key, move || async move #body, &#options).await
+                #rt::#memoize::<#ok, _, _, _, _>(#key, move || async move #body, &#options).await
             }
         }
         Output::Stream(ty) => {
@@ -299,13 +331,17 @@ fn call(output: &Output, body: &TokenStream, is_async: bool) -> TokenStream {
                 #rt::memoize_stream::<#item, _, _, _>(#key, move || #body, &#options)
             }
         }
-        Output::Value(ty) => quote_spanned! {ty.span()=>
-            #rt::memoize::<#ty, _, _>(#key, move || -> #ty #body, &#options)
-        },
+        Output::Value(ty) => {
+            let memoize = at("memoize", ty);
+            quote_spanned! {ty.span()=>
+                #rt::#memoize::<#ty, _, _>(#key, move || -> #ty #body, &#options)
+            }
+        }
         Output::Result(ty) => {
             let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+            let memoize = at("try_memoize", ty);
             quote_spanned! {ty.span()=>
-                #rt::try_memoize::<#ok, _, _, _>(#key, move || -> #ty #body, &#options)
+                #rt::#memoize::<#ok, _, _, _>(#key, move || -> #ty #body, &#options)
             }
         }
         Output::Iter(shape, ty) => {

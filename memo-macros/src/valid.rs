@@ -283,6 +283,25 @@ fn options(attr: &Attr, output: &Output, errors: &mut Errors) {
             );
         }
     }
+    let hot = [
+        ("local", attr.local.as_ref().map(|o| o.span)),
+        ("refresh_ahead", attr.refresh_ahead.as_ref().map(|o| o.span)),
+        ("stale", attr.stale.as_ref().map(|o| o.span)),
+    ];
+    for (name, span) in hot {
+        let Some(span) = span else { continue };
+        if matches!(output, Output::Iter(..) | Output::Stream(_)) {
+            errors.push(
+                span,
+                format!("`{name}` applies to values, not to iterators or streams; remove `{name}`"),
+            );
+        } else if large {
+            errors.push(
+                span,
+                format!("`{name}` applies to values stored whole, not to `large_data`; remove one of them"),
+            );
+        }
+    }
     if let Some(coalesce) = &attr.coalesce {
         if matches!(output, Output::Iter(..) | Output::Stream(_)) {
             errors.push(

@@ -127,6 +127,53 @@ pub mod v0_1 {
         try_cache_memoize(key, compute, options)
     }
 
+    /// What the attribute's `local` needs of a value: it keeps the decoded
+    /// value in each process and hands out clones.
+    #[diagnostic::on_unimplemented(
+        message = "`local` keeps a decoded copy of `{Self}` in each process and hands out clones, so `{Self}` must implement `Clone`",
+        label = "not `Clone`",
+        note = "derive or implement `Clone` for it, or drop `local`; the functional API's `Options::local` keeps the serialized value instead and needs no `Clone`"
+    )]
+    pub trait LocalCopy: Clone + Send + Sync + 'static {}
+
+    impl<T: Clone + Send + Sync + 'static> LocalCopy for T {}
+
+    /// [`memoize`] keeping the decoded value as the local copy.
+    #[inline]
+    pub fn memoize_local<T, K, F>(key: K, compute: F, options: &Options) -> T
+    where
+        T: Serialize + DeserializeOwned + LocalCopy,
+        K: Into<CacheKey>,
+        F: FnOnce() -> T,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            |value: &T| Some(value),
+            |value| value,
+            crate::policy::hot::Typed,
+        )
+    }
+
+    /// [`try_memoize`] keeping the decoded value as the local copy.
+    #[inline]
+    pub fn try_memoize_local<T, E, K, F>(key: K, compute: F, options: &Options) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + LocalCopy,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Result<T, E>,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            |result: &Result<T, E>| result.as_ref().ok(),
+            Ok,
+            crate::policy::hot::Typed,
+        )
+    }
+
     /// [`cache_memoize_iter`](fn@cache_memoize_iter) with `T` first.
     #[inline]
     pub fn memoize_iter<T, I, K, F>(
@@ -164,6 +211,26 @@ pub mod v0_1 {
     /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
     #[cfg(not(feature = "async"))]
     pub async fn try_memoize_async<T: AsyncFeatureEnabled, E, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+    ) -> Result<T, E> {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_local_async<T: AsyncFeatureEnabled, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+    ) -> T {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn try_memoize_local_async<T: AsyncFeatureEnabled, E, K, F, Fut>(
         _: K,
         _: F,
         _: &Options,
@@ -213,6 +280,53 @@ pub mod v0_1 {
         Fut: Future<Output = Result<T, E>> + Send,
     {
         try_cache_memoize_async(key, compute, options).await
+    }
+
+    /// [`memoize_async`] keeping the decoded value as the local copy.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_local_async<T, K, F, Fut>(key: K, compute: F, options: &Options) -> T
+    where
+        T: Serialize + DeserializeOwned + LocalCopy,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T> + Send,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            |value: &T| Some(value),
+            |value| value,
+            crate::policy::hot::Typed,
+        )
+        .await
+    }
+
+    /// [`try_memoize_async`] keeping the decoded value as the local copy.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn try_memoize_local_async<T, E, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + LocalCopy,
+        E: Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            |result: &Result<T, E>| result.as_ref().ok(),
+            Ok,
+            crate::policy::hot::Typed,
+        )
+        .await
     }
 
     /// [`cache_memoize_stream`] with `T` first.

@@ -99,7 +99,7 @@ pub use common::counters::Stats;
 pub use common::error::KeyError;
 pub use config::{
     CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
-    DEFAULT_EXPIRATION, MIN_CHUNK_SIZE, config, configure, stats,
+    DEFAULT_EXPIRATION, DEFAULT_LOCAL_CAPACITY, MIN_CHUNK_SIZE, config, configure, stats,
 };
 pub use format::crypto::EncryptionKey;
 pub use format::key::CacheKey;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
@@ -49,6 +50,7 @@ where
         compute,
         |value: &T| Some(value),
         |value| value,
+        Encoded,
     )
     .await
 }
@@ -86,8 +88,28 @@ where
         compute,
         |result: &Result<T, E>| result.as_ref().ok(),
         Ok,
+        Encoded,
     )
     .await
+}
+
+/// Runs the policy on tokio, keeping local copies as `keep` says.
+pub(crate) async fn memoize_async_with<T, R, F, Fut>(
+    key: CacheKey,
+    options: &Options,
+    compute: F,
+    cacheable: impl Fn(&R) -> Option<&T> + Send,
+    from_cache: impl Fn(T) -> R + Send,
+    keep: impl Keep<T> + Send,
+) -> R
+where
+    T: Serialize + DeserializeOwned + Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = R> + Send,
+{
+    let call = Call::new(config(), key, options);
+    let driver = call.tokio();
+    memoize(&driver, call, compute, cacheable, from_cache, keep).await
 }
 
 /// [`invalidate`](fn@crate::invalidate) for async code: drops the entry

@@ -27,6 +27,10 @@ pub use iter::{MemoIter, cache_memoize_iter};
 pub use stream::{MemoStream, cache_memoize_stream};
 pub use sync::{cache_memoize, invalidate, make_cache_key, try_cache_memoize};
 
+#[cfg(feature = "async")]
+pub(crate) use asynchronous::memoize_async_with;
+pub(crate) use sync::memoize_now;
+
 /// A failure of an explicit cache operation such as [`invalidate`].
 /// (Memoized calls never fail because of the cache.)
 #[derive(Debug, thiserror::Error)]

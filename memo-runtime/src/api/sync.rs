@@ -7,16 +7,18 @@ use super::Error;
 use crate::backend::drive::block_on;
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
 /// Runs the policy on the caller's thread.
-fn memoize_now<T, R>(
+pub(crate) fn memoize_now<T, R>(
     key: CacheKey,
     options: &Options,
     compute: impl FnOnce() -> R,
     cacheable: impl Fn(&R) -> Option<&T>,
     from_cache: impl Fn(T) -> R,
+    keep: impl Keep<T>,
 ) -> R
 where
     T: Serialize + DeserializeOwned,
@@ -29,6 +31,7 @@ where
         move || std::future::ready(compute()),
         cacheable,
         from_cache,
+        keep,
     ))
 }
 
@@ -90,6 +93,7 @@ where
         compute,
         |value: &T| Some(value),
         |value| value,
+        Encoded,
     )
 }
 
@@ -119,6 +123,7 @@ where
         compute,
         |result: &Result<T, E>| result.as_ref().ok(),
         Ok,
+        Encoded,
     )
 }
 

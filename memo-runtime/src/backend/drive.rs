@@ -108,8 +108,14 @@ impl Wake for Unpark {
 /// future completes on its first poll; should one ever return `Pending`,
 /// the thread parks until woken rather than spin.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    thread_local! {
+        // Made once per thread: a hit costs no allocation for it.
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(thread::current())));
+    }
     let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let waker = WAKER
+        .try_with(Waker::clone)
+        .unwrap_or_else(|_| Waker::from(Arc::new(Unpark(thread::current()))));
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {

@@ -189,7 +189,32 @@ pub trait Backend: Send + Sync + 'static {
     fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn AsyncBackend>> {
         None
     }
+
+    /// The engine's channel for telling other processes which entries to
+    /// drop from their local copies (`Options::local`): Redis pub/sub for
+    /// the shipped Redis engine. A user's engine keeps the default
+    /// (`None`), and other processes' copies then live out their duration.
+    #[doc(hidden)]
+    fn __invalidations(&self) -> Option<&dyn Invalidations> {
+        None
+    }
 }
+
+/// See [`Backend::__invalidations`]. Not a public API.
+#[doc(hidden)]
+pub trait Invalidations: Send + Sync {
+    /// Sends `message` to every subscriber of `channel`, at most once.
+    fn publish(&self, channel: &str, message: &[u8]) -> Result<(), BackendError>;
+
+    /// Starts a background subscriber of `channel` that hands each message
+    /// to `deliver`, reconnecting after failures, until `deliver` returns
+    /// `false`.
+    fn subscribe(&self, channel: &str, deliver: Deliver);
+}
+
+/// What a subscriber hands each message to; `false` ends the subscription.
+#[doc(hidden)]
+pub type Deliver = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B>
 where
@@ -230,5 +255,8 @@ where
     #[cfg(feature = "async")]
     fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn AsyncBackend>> {
         B::__async(std::sync::Arc::clone(&self))
+    }
+    fn __invalidations(&self) -> Option<&dyn Invalidations> {
+        (**self).__invalidations()
     }
 }

@@ -70,6 +70,10 @@ pub(crate) struct Flights {
 #[derive(Default)]
 struct Inner {
     shards: [Mutex<Shard>; SHARDS],
+    /// How many flights have ended, of any key: a caller that looked a key
+    /// up before joining can tell whether a flight ended (and stored a
+    /// value) since, and must look again.
+    ended: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -207,7 +211,21 @@ struct Wakeup {
     cond: Option<Arc<Condvar>>,
 }
 
+impl Inner {
+    fn flight_ended(&self) {
+        self.ended
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Flights {
+    /// How many flights have ended so far. A caller that reads this before
+    /// a lookup and again after joining a flight as its leader knows
+    /// whether some flight ended in between.
+    pub(crate) fn ended(&self) -> u64 {
+        self.inner.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Joins the flight of `key`, starting it if there is none.
     pub(crate) fn join(&self, key: &str) -> Joined {
         let shard = shard_of(key);
@@ -291,7 +309,10 @@ impl LeaderGuard {
             let mut guard = self.ticket.lock();
             let shard = &mut *guard;
             let flight = match shard.flights.remove(&*self.ticket.key) {
-                Some(flight) if flight.id == self.ticket.flight => flight,
+                Some(flight) if flight.id == self.ticket.flight => {
+                    self.ticket.inner.flight_ended();
+                    flight
+                }
                 // Only this guard ends its flight, so another flight under
                 // the key cannot happen; put it back untouched all the same.
                 Some(other) => {
@@ -602,6 +623,7 @@ impl Ticket {
             }
             None => {
                 let ended = shard.flights.remove(&*self.key);
+                self.inner.flight_ended();
                 Wakeup {
                     cond: ended.and_then(|flight| flight.cond),
                     ..Wakeup::default()

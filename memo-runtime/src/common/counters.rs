@@ -46,6 +46,19 @@ pub struct Stats {
     pub lock_waits: u64,
     /// Times a wait for a lock timed out (the caller computed anyway).
     pub lock_timeouts: u64,
+    /// Of the hits, those answered from this process's local copy
+    /// ([`Options::local`](crate::Options::local)), with no backend call.
+    pub local_hits: u64,
+    /// Values recomputed before their expiry by refresh-ahead
+    /// ([`Options::refresh_ahead`](crate::Options::refresh_ahead)).
+    pub early_refreshes: u64,
+    /// Of the hits, those that served a value past its expiry while it was
+    /// being refreshed
+    /// ([`Options::stale_while_revalidate`](crate::Options::stale_while_revalidate)).
+    pub stale_serves: u64,
+    /// Refreshes (ahead of expiry, or of a stale value) whose computation
+    /// failed (`Err`) or panicked; the old value stayed in place.
+    pub refresh_failures: u64,
 }
 
 /// The live counters behind [`Stats`], counted by event.
@@ -61,6 +74,10 @@ pub(crate) struct Counters {
     bytes_written: AtomicU64,
     lock_waits: AtomicU64,
     lock_timeouts: AtomicU64,
+    local_hits: AtomicU64,
+    early_refreshes: AtomicU64,
+    stale_serves: AtomicU64,
+    refresh_failures: AtomicU64,
     /// Whether the backend is in a failure episode; logging happens on the
     /// transitions only, so a dead server does not flood the log.
     failing: AtomicBool,
@@ -106,6 +123,28 @@ impl Counters {
         bump(&self.lock_timeouts, 1);
     }
 
+    /// A call answered from the local copy (counted as a hit too).
+    pub(crate) fn local_hit(&self) {
+        bump(&self.hits, 1);
+        bump(&self.local_hits, 1);
+    }
+
+    /// A value recomputed ahead of its expiry.
+    pub(crate) fn early_refresh(&self) {
+        bump(&self.early_refreshes, 1);
+    }
+
+    /// A stale value served while it is refreshed (counted as a hit too).
+    pub(crate) fn stale_served(&self) {
+        bump(&self.hits, 1);
+        bump(&self.stale_serves, 1);
+    }
+
+    /// A refresh whose computation failed or panicked.
+    pub(crate) fn refresh_failed(&self) {
+        bump(&self.refresh_failures, 1);
+    }
+
     /// A value that could not be stored for a reason of its own (it does
     /// not serialize, it is too large), logged by the caller.
     pub(crate) fn unstorable(&self) {
@@ -125,6 +164,10 @@ impl Counters {
             bytes_written: get(&self.bytes_written),
             lock_waits: get(&self.lock_waits),
             lock_timeouts: get(&self.lock_timeouts),
+            local_hits: get(&self.local_hits),
+            early_refreshes: get(&self.early_refreshes),
+            stale_serves: get(&self.stale_serves),
+            refresh_failures: get(&self.refresh_failures),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::backend::AsyncBackend;
 use crate::backend::Backend;
 use crate::common::coalesce::Flights;
 use crate::common::counters::Counters;
+use crate::common::local::LocalCopies;
 use crate::format::crypto::EncryptionKey;
 
 mod env;
@@ -48,6 +49,10 @@ pub const MIN_CHUNK_SIZE: usize = 1024;
 /// The default zlib compression level: fast, with most of the ratio of the
 /// slower levels on the structured data services cache.
 pub const DEFAULT_COMPRESSION_LEVEL: u8 = 1;
+
+/// The default budget of the local copies ([`Config::local_capacity`]):
+/// 64 MiB.
+pub const DEFAULT_LOCAL_CAPACITY: u64 = 64 << 20;
 
 /// Everything memo needs to know about the cache: the backend and the
 /// defaults that apply to every memoized call.
@@ -77,6 +82,15 @@ pub struct Config {
     /// The computations in flight under this configuration: `configure`
     /// starts afresh, and clones share them as they share counters.
     pub(crate) flights: Arc<Flights>,
+    /// The per-process copies of `Options::local` calls, made on first use
+    /// and shared by clones, as flights are.
+    pub(crate) local: Arc<std::sync::OnceLock<LocalCopies>>,
+    local_capacity: u64,
+    /// Where invalidations for other processes' local copies are queued:
+    /// one thread publishes them in order, started on first use, ending
+    /// when the configuration and its clones are gone. `None` inside when
+    /// the thread could not be started.
+    publisher: Arc<std::sync::OnceLock<Option<std::sync::mpsc::Sender<Vec<u8>>>>>,
     /// The same engine for async callers: its own non-blocking client when
     /// it has one (`Backend::__async`), else its blocking calls run on
     /// tokio's blocking pool.
@@ -114,6 +128,9 @@ impl Config {
                 Arc::new(crate::backend::drive::SpawnBlocking(Arc::clone(&backend)))
             }),
             flights: Arc::default(),
+            local: Arc::default(),
+            local_capacity: DEFAULT_LOCAL_CAPACITY,
+            publisher: Arc::default(),
             backend,
             namespace: None,
             default_expiration: DEFAULT_EXPIRATION,
@@ -192,6 +209,79 @@ impl Config {
     pub fn compression_level(mut self, level: u8) -> Self {
         self.compression_level = level.min(10);
         self
+    }
+
+    /// The budget, in bytes, of the values that calls with
+    /// [`Options::local`](crate::Options::local) keep in this process
+    /// (64 MiB by default). Each copy is charged the size of its value as
+    /// stored plus a small overhead; past the budget the least useful copies
+    /// are dropped (they are read from the backend again on the next call).
+    pub fn local_capacity(mut self, bytes: u64) -> Self {
+        self.local_capacity = bytes;
+        self.local = Arc::default();
+        self
+    }
+
+    /// The local copies of this configuration. Made on first use; with an
+    /// engine that carries invalidations (Redis), a subscriber then drops
+    /// the copies that other processes invalidate, for as long as this
+    /// configuration lives.
+    pub(crate) fn local_copies(&self) -> &LocalCopies {
+        self.local.get_or_init(|| {
+            if let Some(bus) = self.backend.__invalidations() {
+                let local = Arc::downgrade(&self.local);
+                bus.subscribe(
+                    &crate::common::local::channel(self.namespace.as_deref()),
+                    Box::new(move |message| {
+                        let Some(local) = local.upgrade() else {
+                            return false;
+                        };
+                        if let (Some(copies), Some(key)) =
+                            (local.get(), crate::common::local::invalidated(message))
+                        {
+                            copies.remove(key);
+                        }
+                        true
+                    }),
+                );
+            }
+            LocalCopies::new(self.local_capacity)
+        })
+    }
+
+    /// Tells other processes to drop their local copies of `stored_key`,
+    /// when the engine can (Redis): queued for this configuration's
+    /// publisher thread, so that the caller, sync or async, never waits
+    /// for it.
+    pub(crate) fn publish_invalidation(&self, stored_key: &str) {
+        if self.backend.__invalidations().is_none() {
+            return;
+        }
+        let publisher = self.publisher.get_or_init(|| {
+            let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+            let backend = Arc::clone(&self.backend);
+            let channel = crate::common::local::channel(self.namespace.as_deref());
+            std::thread::Builder::new()
+                .name("memo-invalidate".into())
+                .spawn(move || {
+                    for message in receiver {
+                        if let Some(bus) = backend.__invalidations() {
+                            if let Err(err) = bus.publish(&channel, &message) {
+                                log::warn!(
+                                    "memo: cannot tell other processes of an invalidation: {err}"
+                                );
+                            }
+                        }
+                    }
+                })
+                .map_err(|err| log::warn!("memo: cannot start the invalidation publisher: {err}"))
+                .ok()
+                .map(|_| sender)
+        });
+        if let Some(sender) = publisher {
+            // The thread only ends once every sender is gone.
+            let _ = sender.send(crate::common::local::invalidation(stored_key));
+        }
     }
 
     /// The backend.

@@ -13,7 +13,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "MEMO"
-//!      4     1  format version (2)
+//!      4     1  format version (3)
 //!      5     1  kind: 1 = value, 2 = manifest of a chunked value or iterator
 //!      6     1  flags: 1 = compressed, 2 = encrypted, 4 = iterator
 //!      7     1  reserved, 0
@@ -22,12 +22,23 @@
 //!               encrypted: the fingerprint then leads the plaintext, so
 //!               the server cannot tell which type an entry holds
 //!     16     4  body length (little endian)
-//!     20     n  body
-//!   20+n    16  checksum: SHA-256(length of the full key as 8 bytes little
+//!     20     8  logical expiry: milliseconds since the Unix epoch after
+//!               which the value is stale (little endian); 0 = none
+//!     28     8  the value's computation time in microseconds (Δ of
+//!               refresh-ahead; little endian)
+//!     36     n  body
+//!   36+n    16  checksum: SHA-256(length of the full key as 8 bytes little
 //!               endian, full key, header, body), first 16 bytes (absent
 //!               when encrypted: the body is sealed, and its MAC covers
 //!               the length of the full key, the full key and the header)
 //! ```
+//!
+//! Version 3 adds the logical expiry and the computation time, which the
+//! policy needs for refresh-ahead and stale-while-revalidate: the backend
+//! may keep an entry past its logical expiry (the stale window), so the
+//! expiry travels in the header, under the checksum or MAC like every other
+//! field, and a forged or flipped expiry is a miss. Version 2 entries are
+//! misses (the version byte), never read with a guessed expiry.
 //!
 //! Version 2 binds the full key rather than the stored key, lays the
 //! manifest out as the root of a tree of index chunks, stores chunks and
@@ -48,9 +59,9 @@ use sha2::{Digest, Sha256};
 use super::crypto::{EncryptionKey, tags_equal};
 
 const MAGIC: &[u8; 4] = b"MEMO";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// The size of the envelope header.
-pub(crate) const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN: usize = 36;
 /// The size of the checksum of an unencrypted envelope.
 pub(crate) const CHECKSUM_LEN: usize = 16;
 const FINGERPRINT_LEN: usize = 8;
@@ -156,6 +167,28 @@ pub(crate) struct Header {
     pub(crate) fingerprint: u64,
     /// The body length.
     pub(crate) body_len: u32,
+    /// When the value goes stale, and what it cost.
+    pub(crate) stamp: Stamp,
+}
+
+/// When a stored value goes stale and how long it took to compute: what
+/// refresh-ahead and stale-while-revalidate decide by. Part of the header,
+/// so covered by the checksum or MAC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The logical expiry in milliseconds since the Unix epoch; 0 = none
+    /// (manifests, whose values expire with the backend entry).
+    pub(crate) expires_ms: u64,
+    /// The computation time in microseconds.
+    pub(crate) compute_us: u64,
+}
+
+impl Stamp {
+    /// No logical expiry.
+    pub(crate) const NONE: Stamp = Stamp {
+        expires_ms: 0,
+        compute_us: 0,
+    };
 }
 
 impl Header {
@@ -167,6 +200,8 @@ impl Header {
         out[6] = self.flags;
         out[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
         out[16..20].copy_from_slice(&self.body_len.to_le_bytes());
+        out[20..28].copy_from_slice(&self.stamp.expires_ms.to_le_bytes());
+        out[28..36].copy_from_slice(&self.stamp.compute_us.to_le_bytes());
         out
     }
 
@@ -196,6 +231,10 @@ impl Header {
             flags: bytes[6],
             fingerprint: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
             body_len: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
+            stamp: Stamp {
+                expires_ms: u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes")),
+                compute_us: u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes")),
+            },
         })
     }
 }
@@ -205,15 +244,36 @@ pub(crate) fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
     Header::parse(bytes).map(|header| header.kind)
 }
 
-/// Wraps `body` in an envelope bound to `full_key`: sealed under
-/// `encryption`, or followed by a checksum.
+/// Wraps `body` in an envelope bound to `full_key`, with no logical
+/// expiry: sealed under `encryption`, or followed by a checksum.
 pub(crate) fn seal_envelope(
+    full_key: &str,
+    kind: Kind,
+    flags: u8,
+    fingerprint: u64,
+    body: &[u8],
+    encryption: Option<&EncryptionKey>,
+) -> Result<Vec<u8>, EncodeError> {
+    seal_stamped(
+        full_key,
+        kind,
+        flags,
+        fingerprint,
+        body,
+        encryption,
+        Stamp::NONE,
+    )
+}
+
+/// [`seal_envelope`] with a logical expiry and computation time.
+pub(crate) fn seal_stamped(
     full_key: &str,
     kind: Kind,
     mut flags: u8,
     fingerprint: u64,
     body: &[u8],
     encryption: Option<&EncryptionKey>,
+    stamp: Stamp,
 ) -> Result<Vec<u8>, EncodeError> {
     use crate::format::crypto::{BLOCK, TAG};
     let stored_len = match encryption {
@@ -231,6 +291,7 @@ pub(crate) fn seal_envelope(
         // server cannot tell which type an entry holds.
         fingerprint: if encryption.is_some() { 0 } else { fingerprint },
         body_len,
+        stamp,
     }
     .to_bytes();
     let mut out = Vec::with_capacity(HEADER_LEN + stored_len + CHECKSUM_LEN);
@@ -360,38 +421,62 @@ pub(crate) enum EncodeError {
     TooLarge(usize),
 }
 
-/// Serializes `value` into a value envelope bound to `full_key`.
+/// Serializes `value` into a value envelope bound to `full_key`, with no
+/// logical expiry.
+#[cfg_attr(not(any(test, feature = "__fuzz")), allow(dead_code))]
 pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
     full_key: &str,
     value: &T,
     encryption: Option<&EncryptionKey>,
 ) -> Result<Vec<u8>, EncodeError> {
+    encode_stamped(full_key, value, encryption, Stamp::NONE)
+}
+
+/// Serializes `value` into a value envelope bound to `full_key`, stamped
+/// with its logical expiry and computation time.
+pub(crate) fn encode_stamped<T: Serialize + DeserializeOwned>(
+    full_key: &str,
+    value: &T,
+    encryption: Option<&EncryptionKey>,
+    stamp: Stamp,
+) -> Result<Vec<u8>, EncodeError> {
     let body = postcard::to_stdvec(value)?;
     let body = zeroize::Zeroizing::new(body);
-    seal_envelope(
+    seal_stamped(
         full_key,
         Kind::Value,
         0,
         fingerprint::<T>(false),
         &body,
         encryption,
+        stamp,
     )
 }
 
 /// Decodes a value envelope read under `full_key`.
+#[cfg_attr(not(any(test, feature = "__fuzz")), allow(dead_code))]
 pub(crate) fn decode_value<T: DeserializeOwned>(
     full_key: &str,
     bytes: &[u8],
     encryption: Option<&EncryptionKey>,
 ) -> Result<T, Invalid> {
-    let (_, body) = open_envelope(
+    decode_stamped(full_key, bytes, encryption).map(|(value, _)| value)
+}
+
+/// Decodes a value envelope read under `full_key`, with its stamp.
+pub(crate) fn decode_stamped<T: DeserializeOwned>(
+    full_key: &str,
+    bytes: &[u8],
+    encryption: Option<&EncryptionKey>,
+) -> Result<(T, Stamp), Invalid> {
+    let (header, body) = open_envelope(
         full_key,
         bytes,
         Kind::Value,
         Some(fingerprint::<T>(false)),
         encryption,
     )?;
-    decode_exact(body.bytes(bytes))
+    Ok((decode_exact(body.bytes(bytes))?, header.stamp))
 }
 
 /// Decodes `bytes` as exactly one `T`, with nothing left over.
@@ -520,7 +605,7 @@ mod tests {
     #[test]
     fn other_versions_and_garbage_are_misses() {
         let mut bytes = encode_value("k", &profile(), None).unwrap();
-        for version in [1, 3, 0xff] {
+        for version in [1, 2, 4, 0xff] {
             bytes[4] = version;
             assert_eq!(
                 decode_value::<Profile>("k", &bytes, None),
@@ -528,7 +613,7 @@ mod tests {
             );
         }
         assert_eq!(
-            decode_value::<Profile>("k", b"a pickled python object", None),
+            decode_value::<Profile>("k", b"a pickled python object, as long as any header", None),
             Err(Invalid::Magic)
         );
     }
@@ -557,5 +642,40 @@ mod tests {
         assert!(decode_value::<Vec<u64>>("k", &forged, None).is_err());
         assert!(deserialize_from_reader::<Vec<u64>, _>(&body[..]).is_err());
         assert!(deserialize_from_reader::<String, _>(&body[..]).is_err());
+    }
+
+    #[test]
+    fn stamps_round_trip_and_are_covered_by_the_checksum_and_mac() {
+        let stamp = Stamp {
+            expires_ms: 1_700_000_000_123,
+            compute_us: 98_765,
+        };
+        for enc in [None, Some(key())] {
+            let bytes = encode_stamped("k", &profile(), enc.as_ref(), stamp).unwrap();
+            let (value, read) = decode_stamped::<Profile>("k", &bytes, enc.as_ref()).unwrap();
+            assert_eq!((value, read), (profile(), stamp));
+            // Moving the expiry later (to serve a value longer) is a miss.
+            for at in [20, 27, 28, 35] {
+                let mut forged = bytes.clone();
+                forged[at] ^= 0x40;
+                assert!(decode_stamped::<Profile>("k", &forged, enc.as_ref()).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_2_entry_is_a_miss() {
+        // A version 2 header (20 bytes: no expiry, no computation time)
+        // followed by a body: rejected on the version byte, before any
+        // field is read at the new offsets.
+        let mut old = b"MEMO\x02\x01\x00\x00".to_vec();
+        old.extend_from_slice(&fingerprint::<u64>(false).to_le_bytes());
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.push(42);
+        old.extend_from_slice(&[0; CHECKSUM_LEN]);
+        assert_eq!(
+            decode_value::<u64>("k", &old, None),
+            Err(Invalid::Version(2))
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The policy: the one memoize algorithm, and what a failure means.
 //!
 //! On every call memo reads the current configuration, resolves the key
-//! (`Config::resolve`), and, unless the call opts out, joins the key's
+//! (`Config::resolve`), consults the call's local copy (`hot`), and asks
+//! the backend; a value that checks out (and is fresh) is a hit, with no
+//! further work. Otherwise, unless the call opts out, it joins the key's
 //! flight (`common::coalesce`): concurrent calls for one key in one process
-//! share one computation. The leader asks the backend; a value that checks
-//! out is a hit. Anything else (absent, expired, corrupt, of another type, a
+//! share one computation. The leader goes on from what the first lookup
+//! found, unless some flight ended in between (it may have stored the
+//! value), in which case it looks again. Anything else (absent, expired, corrupt, of another type, a
 //! backend error or timeout) is a miss: with `Options::lock` the leader
 //! takes the cross-process lock and looks again, then the compute function
 //! runs, its value is returned, and memo tries to store it. The leader
@@ -49,18 +52,20 @@ use crate::common::coalesce::{Joined, LeaderGuard, Outcome};
 use crate::common::counters::Counters;
 use crate::config::{Config, Resolved};
 use crate::format::crypto::EncryptionKey;
-use crate::format::envelope::{self, Kind, fingerprint};
+use crate::format::envelope::{self, Kind, Stamp, fingerprint};
 use crate::format::key::{CacheKey, EntryKey};
 use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, LockError, LockOptions};
 
 pub(crate) mod drive;
+pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod stream;
 
 use drive::Driver;
+use hot::{Keep, RefreshWatch, Verdict};
 use options::Options;
 
 use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
@@ -143,14 +148,18 @@ impl Call {
         }
     }
 
-    /// A cached value that checks out, in either stored form.
-    async fn load<T: DeserializeOwned>(&self, driver: &impl Driver) -> Option<T> {
+    /// A cached value that checks out, in either stored form, with its
+    /// stamp (none for a chunked value, which expires with its entry).
+    async fn load<T: DeserializeOwned>(&self, driver: &impl Driver) -> Option<(T, Stamp)> {
         let bytes = self.fetch_main(driver).await?;
         let encryption = self.encryption.as_ref();
         let loaded = match envelope::peek_kind(&bytes) {
-            Ok(Kind::Value) => envelope::decode_value::<T>(self.key.full(), &bytes, encryption)
+            Ok(Kind::Value) => envelope::decode_stamped::<T>(self.key.full(), &bytes, encryption)
                 .map_err(LoadError::Invalid),
-            Ok(Kind::Manifest) => driver.load_chunked::<T>(self, bytes).await,
+            Ok(Kind::Manifest) => driver
+                .load_chunked::<T>(self, bytes)
+                .await
+                .map(|value| (value, Stamp::NONE)),
             Err(why) => Err(LoadError::Invalid(why)),
         };
         loaded.map_err(|err| self.load_failed(err)).ok()
@@ -217,6 +226,7 @@ impl Call {
         &self,
         driver: &impl Driver,
         value: &T,
+        stamp: Stamp,
     ) -> impl Future<Output = ()> + Send {
         enum Store<C> {
             Nothing,
@@ -228,7 +238,8 @@ impl Call {
         } else if self.options.large_data {
             Store::Chunked(driver.store_chunked(self, value))
         } else {
-            match envelope::encode_value(self.key.full(), value, self.encryption.as_ref()) {
+            match envelope::encode_stamped(self.key.full(), value, self.encryption.as_ref(), stamp)
+            {
                 Err(err) => {
                     self.store_finished(Err(StoreError::Encode(err)));
                     Store::Nothing
@@ -250,7 +261,7 @@ impl Call {
                 Store::Chunked(stored) => stored.await,
                 Store::Value(encoded) => driver
                     .backend()
-                    .set(self.key.stored(), &encoded, self.ttl)
+                    .set(self.key.stored(), &encoded, self.backend_ttl())
                     .await
                     .map(|()| self.counters().wrote(encoded.len()))
                     .map_err(StoreError::from),
@@ -340,8 +351,23 @@ impl Call {
         driver: &D,
         lookup: &L,
     ) -> (Option<L::Found>, Option<CacheLock>) {
+        self.find_or_lock_after(driver, lookup, None).await
+    }
+
+    /// [`find_or_lock`](Self::find_or_lock), given what a lookup made
+    /// just before found (`Some`), which then stands for the first lookup.
+    async fn find_or_lock_after<D: Driver, L: Lookup<D>>(
+        &self,
+        driver: &D,
+        lookup: &L,
+        looked: Option<Option<L::Found>>,
+    ) -> (Option<L::Found>, Option<CacheLock>) {
         if !self.options.force_overwrite {
-            if let Some(found) = lookup.lookup(self, driver).await {
+            let found = match looked {
+                Some(found) => found,
+                None => lookup.lookup(self, driver).await,
+            };
+            if let Some(found) = found {
                 return (Some(found), None);
             }
         }
@@ -381,8 +407,10 @@ impl Call {
         self.counters().miss();
     }
 
-    /// Drops the entry and, if it is chunked, its chunks.
+    /// Drops the entry and, if it is chunked, its chunks, and this
+    /// process's local copy.
     pub(crate) async fn invalidate(&self, io: &impl Io) -> Result<(), BackendError> {
+        self.drop_local();
         let backend = io.backend();
         if let Some(bytes) = backend.get(self.key.stored()).await? {
             // Any manifest under this key names chunks to remove, whatever type
@@ -395,6 +423,9 @@ impl Call {
                 }
             }
         }
+        // Again, in case a caller here read the old value back meanwhile.
+        self.drop_local();
+        self.tell_others();
         Ok(())
     }
 }
@@ -409,14 +440,20 @@ pub(crate) trait Lookup<D: Driver>: Sync {
     fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<Self::Found>> + Send;
 }
 
-/// Looks up a value of type `T`.
+/// Looks up a value of type `T` that this call may serve (fresh, due for
+/// an early refresh, or stale within the call's window), with its stamp
+/// and verdict.
 struct ValueLookup<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<D: Driver, T: DeserializeOwned> Lookup<D> for ValueLookup<T> {
-    type Found = T;
+    type Found = (T, Stamp, Verdict);
 
-    fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<T>> + Send {
-        call.load::<T>(driver)
+    async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
+        let (value, stamp) = call.load::<T>(driver).await?;
+        match call.judge(stamp) {
+            Verdict::Expired => None,
+            verdict => Some((value, stamp, verdict)),
+        }
     }
 }
 
@@ -461,30 +498,55 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
 
 /// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`
 /// and their async twins: `R` is what the compute function returns,
-/// `cacheable` picks the part of it worth storing, and `from_cache` makes
-/// an `R` of a cached value.
-pub(crate) async fn memoize<D, T, R, F, Fut>(
+/// `cacheable` picks the part of it worth storing, `from_cache` makes an
+/// `R` of a cached value, and `keep` says what a local copy holds.
+pub(crate) async fn memoize<D, T, R, F, Fut, K>(
     driver: &D,
     call: Call,
     compute: F,
     cacheable: impl Fn(&R) -> Option<&T>,
     from_cache: impl Fn(T) -> R,
+    keep: K,
 ) -> R
 where
     D: Driver,
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
+    K: Keep<T>,
 {
+    // The type's fingerprint is part of the flight, as it is part of the
+    // envelope: postcard bytes of one type can decode as another, so calls
+    // of two types under one key never share a value.
+    let fp = fingerprint::<T>(false);
+    if let Some(value) = call.local_copy(&keep, fp) {
+        call.counters().local_hit();
+        return from_cache(value);
+    }
+    let lookup = ValueLookup::<T>(Default::default());
     let mut flight = None;
+    // What the first lookup found, when it stands for the leader's own.
+    let mut looked = None;
     if call.coalesces() {
-        // The type's fingerprint is part of the flight, as it is part of
-        // the envelope: postcard bytes of one type can decode as another,
-        // so calls of two types under one key never share a value.
-        let flight_key = format!("{:016x}:{}", fingerprint::<T>(false), call.key.stored());
+        // A hit needs no flight: look first, and join only to compute.
+        let ended = call.config.flights.ended();
+        let found = lookup.lookup(&call, driver).await;
+        if let Some((value, stamp, Verdict::Fresh)) = found {
+            call.hit();
+            call.keep_locally(&keep, fp, &value, stamp);
+            return from_cache(value);
+        }
+        let flight_key = format!("{fp:016x}:{}", call.key.stored());
         let joined = call.config.flights.join(&flight_key);
         let outcome = match joined {
-            Joined::Leader(guard) => Outcome::Lead(guard),
+            Joined::Leader(guard) => {
+                // Unless a flight ended (and stored its value) since, what
+                // was found stands: no second lookup, no second failure.
+                if call.config.flights.ended() == ended {
+                    looked = Some(found);
+                }
+                Outcome::Lead(guard)
+            }
             Joined::Waiter(waiter) => driver.wait(waiter, call.coalesce_deadline()).await,
         };
         match outcome {
@@ -506,31 +568,80 @@ where
             ),
         }
     }
-    let (found, lock) = call
-        .find_or_lock(driver, &ValueLookup::<T>(Default::default()))
-        .await;
+    let (found, lock) = call.find_or_lock_after(driver, &lookup, looked).await;
     let lock = HeldLock { lock, driver };
-    if let Some(value) = found {
-        call.hit();
-        lock.release().await;
-        publish(flight, &value);
-        return from_cache(value);
-    }
-    call.miss();
+    // The refresh flight of a caller that won a refresh, held until it
+    // returns so that no other caller here refreshes meanwhile.
+    let mut refreshing = None;
+    let lock = match found {
+        Some((value, stamp, Verdict::Fresh)) => {
+            call.hit();
+            lock.release().await;
+            call.keep_locally(&keep, fp, &value, stamp);
+            publish(flight, &value);
+            return from_cache(value);
+        }
+        Some((value, stamp, verdict)) => {
+            // Early or stale: every caller waiting here gets the value at
+            // once; at most one refreshes.
+            lock.release().await;
+            publish(flight.take(), &value);
+            let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
+                if verdict == Verdict::Stale {
+                    call.counters().stale_served();
+                } else {
+                    call.hit();
+                    call.keep_locally(&keep, fp, &value, stamp);
+                }
+                return from_cache(value);
+            };
+            if verdict == Verdict::Stale {
+                call.miss();
+            } else {
+                call.counters().early_refresh();
+            }
+            refreshing = Some(refresh.flight);
+            HeldLock {
+                lock: refresh.lock,
+                driver,
+            }
+        }
+        None => {
+            call.miss();
+            lock
+        }
+    };
+    let mut watch = RefreshWatch {
+        call: &call,
+        armed: refreshing.is_some(),
+    };
+    let started = Instant::now();
     let result = compute().await;
+    let took = started.elapsed();
+    watch.armed = false;
     let Some(value) = cacheable(&result) else {
+        if refreshing.is_some() {
+            // The old value stays for the next caller to try again.
+            call.counters().refresh_failed();
+        }
         // An `Err`: the flight is handed over as its guard drops here.
         drop(flight);
         lock.release().await;
         return result;
     };
+    let stamp = call.stamp(took);
     // Serialized for the waiters before storing, so that no borrow of the
     // value lives across an `.await`; published after storing, so that a
     // call arriving once the flight has ended finds the value stored.
     let shared = flight.map(|guard| (share(&guard, value), guard));
-    let stored = call.store(driver, value);
+    call.keep_locally(&keep, fp, value, stamp);
+    let stored = call.store(driver, value, stamp);
     stored.await;
+    if call.options.force_overwrite {
+        call.tell_others();
+    }
     lock.release().await;
+    drop(refreshing);
     if let Some((Some(bytes), guard)) = shared {
         guard.publish(bytes);
     }

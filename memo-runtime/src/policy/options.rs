@@ -30,7 +30,27 @@ pub struct Options {
     pub(crate) encryption_key: Option<EncryptionKey>,
     pub(crate) lock: Option<LockOptions>,
     pub(crate) coalesce: bool,
+    pub(crate) local: Option<Duration>,
+    pub(crate) refresh_ahead: Option<Beta>,
+    pub(crate) stale: Option<Duration>,
 }
+
+/// The β of refresh-ahead, compared by its bits so that [`Options`] stays
+/// `Eq`. Always finite and positive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beta(pub(crate) f64);
+
+impl PartialEq for Beta {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Beta {}
+
+/// The largest β accepted: beyond it every hit of a value that took any
+/// time to compute would refresh, which is no longer "ahead".
+pub(crate) const MAX_BETA: f64 = 1_000.0;
 
 impl Default for Options {
     fn default() -> Self {
@@ -43,6 +63,9 @@ impl Default for Options {
             encryption_key: None,
             lock: None,
             coalesce: true,
+            local: None,
+            refresh_ahead: None,
+            stale: None,
         }
     }
 }
@@ -130,6 +153,68 @@ impl Options {
     /// a refresh always computes.
     pub fn coalesce(mut self, coalesce: bool) -> Self {
         self.coalesce = coalesce;
+        self
+    }
+
+    /// Keeps a copy of the value in this process for up to `duration`,
+    /// consulted before the shared backend: a hit costs no round trip. The
+    /// copy never outlives the shared entry's own (logical) expiry, and
+    /// [`invalidate`](crate::invalidate) (or a
+    /// [`force_overwrite`](Self::force_overwrite) call) drops this process's
+    /// copy at once. With Redis, other processes are told too and drop theirs
+    /// within a fraction of a second; with other backends another process's
+    /// copy lives out its `duration`, which therefore bounds how stale a value
+    /// may be after an invalidation elsewhere.
+    ///
+    /// The functional API keeps the value's serialized bytes (no round trip,
+    /// still a decode, and `T` need not be `Clone`); the attribute's
+    /// `local = SECS` keeps the decoded value and hands out clones. Values
+    /// stored with [`large_data`](Self::large_data) are not kept. The copies
+    /// of one configuration share a budget set by
+    /// [`Config::local_capacity`](crate::Config::local_capacity). Zero turns
+    /// the local copy off.
+    pub fn local(mut self, duration: Duration) -> Self {
+        self.local = (!duration.is_zero()).then_some(duration);
+        self
+    }
+
+    /// Recomputes a value probabilistically *before* it expires, so that a
+    /// popular entry is refreshed by one caller instead of by a stampede
+    /// after its expiry (Vattani et al., VLDB 2015, "XFetch").
+    ///
+    /// Each hit recomputes when `now − Δ·β·ln(rand()) ≥ expiry`, where Δ is
+    /// how long the value took to compute (stored with it) and `rand()` is
+    /// uniform in (0, 1]: the closer the expiry and the slower the
+    /// computation, the likelier. The caller that wins computes and stores
+    /// the new value (one per process at a time; a concurrent winner keeps
+    /// the value it found); every other caller keeps hitting. β = 1 is the
+    /// paper's optimum; larger refreshes earlier. A β that is not a positive
+    /// number (zero, negative, NaN) turns this off; one above 1,000 is
+    /// clamped to 1,000. Applies to values stored whole (not
+    /// [`large_data`](Self::large_data)).
+    pub fn refresh_ahead(mut self, beta: f64) -> Self {
+        self.refresh_ahead = (beta > 0.0).then(|| Beta(beta.min(MAX_BETA)));
+        self
+    }
+
+    /// Keeps serving a value for up to `window` past its expiry while it is
+    /// recomputed: the backend holds the entry for its expiration plus the
+    /// window, and the value's own (logical) expiry travels in the entry.
+    ///
+    /// A caller that finds the value expired but within the window gets it
+    /// at once, unless it wins the refresh: exactly one caller refreshes,
+    /// chosen in this process by coalescing and across processes by the
+    /// entry's [`CacheLock`](crate::CacheLock) (taken without waiting). The
+    /// winner computes on its own thread or task (the compute function
+    /// borrows the caller's arguments, so it cannot move to a detached
+    /// thread) and returns the fresh value; every other caller is served
+    /// the stale one meanwhile. A refresh that fails or panics leaves the
+    /// stale value in place, so the next caller tries again; once the window
+    /// has passed, the entry is gone and callers compute as on any miss.
+    /// Zero turns this off. Applies to values stored whole (not
+    /// [`large_data`](Self::large_data)).
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale = (!window.is_zero()).then_some(window);
         self
     }
 }

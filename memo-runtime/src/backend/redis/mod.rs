@@ -69,6 +69,7 @@ use crate::common::url::CacheUrl;
 use protocol::Value;
 
 mod protocol;
+mod pubsub;
 
 /// The port Redis listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 6379;
@@ -447,6 +448,11 @@ impl Backend for RedisBackend {
     /// The same client serves async callers natively, on tokio sockets.
     #[cfg(feature = "async")]
     fn __async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn aio::AsyncBackend>> {
+        Some(self)
+    }
+
+    /// Pub/sub tells other processes to drop their local copies (`pubsub`).
+    fn __invalidations(&self) -> Option<&dyn super::Invalidations> {
         Some(self)
     }
 }

@@ -1,0 +1,370 @@
+//! Hot keys: what the policy decides from a value's stamp (its logical
+//! expiry and computation time), and the local copies in front of the
+//! backend.
+//!
+//! - [`Verdict`] and `Call::judge`: fresh, due for an early refresh
+//!   (XFetch, `Options::refresh_ahead`), stale but servable
+//!   (`Options::stale_while_revalidate`), or expired (a miss);
+//! - `Call::lead_refresh`: who refreshes: one caller per process (a flight
+//!   of its own, never waited on) and, for a stale value, one across
+//!   processes (the entry's lock, taken without waiting);
+//! - [`Keep`]: what a local copy holds, the serialized value
+//!   ([`Encoded`], functional API) or the value itself ([`Typed`], the
+//!   attribute's `local`).
+
+use std::any::Any;
+use std::cell::Cell;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Call;
+use super::drive::Driver;
+use super::options::Beta;
+use crate::common::coalesce::{Joined, LeaderGuard};
+use crate::common::local::{Kept, Payload};
+use crate::format::envelope::{self, Stamp};
+use crate::lock::{CacheLock, LockError};
+
+/// What a value's stamp says about serving it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Serve it.
+    Fresh,
+    /// Serve it, unless this caller wins the refresh ahead of its expiry.
+    Early,
+    /// Past its expiry, within the stale window: serve it, unless this
+    /// caller wins the refresh.
+    Stale,
+    /// Past its expiry and any window this call accepts: a miss.
+    Expired,
+}
+
+/// Milliseconds since the Unix epoch: the clock logical expiries are kept
+/// in, since other processes (on other machines) read them. A clock before
+/// the epoch reads as 0, which only makes values look younger.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, saturating_ms)
+}
+
+fn saturating_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A uniform number in (0, 1], from a per-thread xorshift seeded once from
+/// the OS: the hit path of refresh-ahead needs a cheap draw, not a secret.
+fn unit_random() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            // A failed seed still gives a usable, if predictable, sequence.
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        ((x >> 11) + 1) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// XFetch: whether a caller at `now_ms` recomputes a value expiring at
+/// `expires_ms` that took `compute_us` to compute, with `beta` and a draw
+/// `random` in (0, 1].
+fn xfetch(now_ms: u64, expires_ms: u64, compute_us: u64, beta: f64, random: f64) -> bool {
+    let delta_ms = compute_us as f64 / 1_000.0;
+    // ln(random) ≤ 0, so the gap is ≥ 0.
+    let gap = -delta_ms * beta * random.ln();
+    now_ms as f64 + gap >= expires_ms as f64
+}
+
+impl Call {
+    /// The TTL the backend keeps a value for: its expiration, plus the stale
+    /// window when the call has one (values stored whole only).
+    pub(crate) fn backend_ttl(&self) -> Duration {
+        match self.options.stale {
+            Some(window) if !self.options.large_data => self.ttl.saturating_add(window),
+            _ => self.ttl,
+        }
+    }
+
+    /// The stamp of a value computed now in `took`.
+    pub(crate) fn stamp(&self, took: Duration) -> Stamp {
+        Stamp {
+            expires_ms: unix_ms().saturating_add(saturating_ms(self.ttl)).max(1),
+            compute_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// What `stamp` says about serving its value to this call now.
+    pub(crate) fn judge(&self, stamp: Stamp) -> Verdict {
+        if stamp.expires_ms == 0 {
+            // A manifest: the value expires with the backend entry.
+            return Verdict::Fresh;
+        }
+        let now = unix_ms();
+        if now >= stamp.expires_ms {
+            return match self.options.stale {
+                Some(window) if now < stamp.expires_ms.saturating_add(saturating_ms(window)) => {
+                    Verdict::Stale
+                }
+                _ => Verdict::Expired,
+            };
+        }
+        match self.options.refresh_ahead {
+            Some(Beta(beta))
+                if xfetch(now, stamp.expires_ms, stamp.compute_us, beta, unit_random()) =>
+            {
+                Verdict::Early
+            }
+            _ => Verdict::Fresh,
+        }
+    }
+
+    /// Whether this call keeps local copies.
+    pub(crate) fn keeps_locally(&self) -> bool {
+        self.options.local.is_some() && !self.options.large_data
+    }
+
+    /// The local copy of a value of fingerprint `fp`, if one is kept, fresh,
+    /// and not due for an early refresh.
+    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, fp: u64) -> Option<T> {
+        if !self.keeps_locally() {
+            return None;
+        }
+        if self.options.force_overwrite {
+            // A refresh replaces the value: the copies go first.
+            self.drop_local();
+            return None;
+        }
+        let copies = self.config.local_copies();
+        let kept = copies.get(self.key.stored(), fp)?;
+        // A copy never outlives the logical expiry, so only an early
+        // refresh can make it unservable.
+        if self.options.refresh_ahead.is_some() {
+            let (expires_ms, compute_us) = kept.stamp;
+            let stamp = Stamp {
+                expires_ms,
+                compute_us,
+            };
+            if self.judge(stamp) != Verdict::Fresh {
+                return None;
+            }
+        }
+        keep.take(&kept.payload)
+    }
+
+    /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
+    /// duration, never past the value's logical expiry.
+    pub(crate) fn keep_locally<T, K: Keep<T>>(&self, keep: &K, fp: u64, value: &T, stamp: Stamp) {
+        let Some(local) = self.options.local.filter(|_| self.keeps_locally()) else {
+            return;
+        };
+        // A chunked value (read by a call without `large_data`) carries no
+        // expiry to bound a copy by: it is not kept.
+        if stamp.expires_ms == 0 {
+            return;
+        }
+        let left = Duration::from_millis(stamp.expires_ms.saturating_sub(unix_ms())).min(local);
+        let now = Instant::now();
+        let Some((payload, weight)) = keep.keep(value) else {
+            return;
+        };
+        let kept = Kept {
+            fingerprint: fp,
+            until: now.checked_add(left).unwrap_or(now),
+            stamp: (stamp.expires_ms, stamp.compute_us),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            payload,
+        };
+        self.config.local_copies().insert(self.key.stored(), kept);
+    }
+
+    /// Drops this process's local copy of the entry.
+    pub(crate) fn drop_local(&self) {
+        if let Some(copies) = self.config.local.get() {
+            copies.remove(self.key.stored());
+        }
+    }
+
+    /// For a call that keeps local copies, tells the other processes to
+    /// drop theirs: once the entry has been replaced or deleted, so that
+    /// none of them reads the old value back in between.
+    pub(crate) fn tell_others(&self) {
+        if self.options.local.is_some() {
+            self.config.publish_invalidation(self.key.stored());
+        }
+    }
+
+    /// Whether this caller refreshes a value found `verdict` (early or
+    /// stale): `Some` when it won, with what it holds while refreshing;
+    /// `None` when another caller, here or (stale only) in another process,
+    /// is at it.
+    pub(crate) async fn lead_refresh<D: Driver>(
+        &self,
+        driver: &D,
+        fp: u64,
+        verdict: Verdict,
+    ) -> Option<Refresh> {
+        // Never waited on: a caller that loses serves the value it found.
+        let flight = match self
+            .config
+            .flights
+            .join(&format!("refresh:{fp:016x}:{}", self.key.stored()))
+        {
+            Joined::Leader(guard) => guard,
+            Joined::Waiter(_) => return None,
+        };
+        if verdict != Verdict::Stale {
+            return Some(Refresh { flight, lock: None });
+        }
+        let options = self.options.lock.unwrap_or_default().blocking(false);
+        let mut lock = self.lock(options);
+        match lock.acquire_via(driver).await {
+            Ok(true) => Some(Refresh {
+                flight,
+                lock: Some(lock),
+            }),
+            Ok(false) => None,
+            Err(LockError::Backend(err)) => {
+                // Refreshing twice beats serving stale values for the rest
+                // of the window.
+                self.counters().backend_failed("lock", &err);
+                Some(Refresh { flight, lock: None })
+            }
+            Err(err) => {
+                log::debug!("memo: {err}; refreshing without the lock");
+                Some(Refresh { flight, lock: None })
+            }
+        }
+    }
+}
+
+/// What the caller that won a refresh holds while it computes: the
+/// process's refresh flight (so no other caller here refreshes meanwhile)
+/// and, for a stale value, the entry's lock.
+pub(crate) struct Refresh {
+    pub(crate) flight: LeaderGuard,
+    pub(crate) lock: Option<CacheLock>,
+}
+
+/// Counts a refresh whose computation panicked, or whose future was
+/// dropped, as it unwinds; disarmed once the computation returned.
+pub(crate) struct RefreshWatch<'c> {
+    pub(crate) call: &'c Call,
+    pub(crate) armed: bool,
+}
+
+impl Drop for RefreshWatch<'_> {
+    fn drop(&mut self) {
+        if self.armed && std::thread::panicking() {
+            self.call.counters().refresh_failed();
+        }
+    }
+}
+
+/// How a local copy keeps and hands back a value of type `T`.
+pub(crate) trait Keep<T>: Sync {
+    /// The payload to keep for `value`, and what it weighs in bytes.
+    fn keep(&self, value: &T) -> Option<(Payload, usize)>;
+    /// The value a payload holds, if it holds one of `T`.
+    fn take(&self, payload: &Payload) -> Option<T>;
+}
+
+/// Keeps the serialized value: no round trip, still a decode; `T` need not
+/// be `Clone` (the functional API).
+pub(crate) struct Encoded;
+
+impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
+    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
+        let bytes = postcard::to_allocvec(value).ok()?;
+        let len = bytes.len();
+        Some((Payload::Encoded(Arc::from(bytes)), len))
+    }
+
+    fn take(&self, payload: &Payload) -> Option<T> {
+        match payload {
+            Payload::Encoded(bytes) => envelope::decode_exact(bytes).ok(),
+            Payload::Typed(_) => None,
+        }
+    }
+}
+
+/// Keeps the decoded value and hands out clones (the attribute's `local`).
+pub(crate) struct Typed;
+
+impl<T: Serialize + Clone + Send + Sync + 'static> Keep<T> for Typed {
+    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
+        // Charged the size it has as stored, counted without allocating.
+        let mut size = CountBytes(0);
+        postcard::to_io(value, &mut size).ok()?;
+        let kept: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+        Some((Payload::Typed(kept), size.0))
+    }
+
+    fn take(&self, payload: &Payload) -> Option<T> {
+        match payload {
+            Payload::Typed(value) => value.downcast_ref::<T>().cloned(),
+            Payload::Encoded(_) => None,
+        }
+    }
+}
+
+/// An `io::Write` that only counts.
+struct CountBytes(usize);
+
+impl io::Write for CountBytes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfetch_never_refreshes_a_free_computation_and_always_at_expiry() {
+        let now = 1_000_000;
+        assert!(!xfetch(now, now + 1, 0, 1.0, 1e-300));
+        assert!(xfetch(now, now, 0, 1.0, 1.0));
+        // Δ = 100 ms, β = 1: 50 ms before expiry refreshes when
+        // −ln(r) ≥ 0.5, i.e. r ≤ e^−0.5 ≈ 0.607.
+        assert!(xfetch(now, now + 50, 100_000, 1.0, 0.6));
+        assert!(!xfetch(now, now + 50, 100_000, 1.0, 0.61));
+        // A larger β refreshes earlier.
+        assert!(xfetch(now, now + 100, 100_000, 2.0, 0.6));
+    }
+
+    #[test]
+    fn random_draws_are_in_the_unit_interval_and_vary() {
+        let draws: Vec<f64> = (0..10_000).map(|_| unit_random()).collect();
+        assert!(draws.iter().all(|r| *r > 0.0 && *r <= 1.0));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn xfetch_refreshes_about_as_often_as_the_paper_says() {
+        // Δ = 100 ms, β = 1, 100 ms before expiry: P = e^−1 ≈ 0.37.
+        let now = 5_000;
+        let hits = (0..20_000)
+            .filter(|_| xfetch(now, now + 100, 100_000, 1.0, unit_random()))
+            .count();
+        let p = hits as f64 / 20_000.0;
+        assert!((0.33..0.41).contains(&p), "{p}");
+    }
+}

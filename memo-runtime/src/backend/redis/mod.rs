@@ -67,6 +67,8 @@ use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
 use command::Cmd;
+#[cfg(feature = "__fuzz")]
+pub(crate) use command::round_trips;
 
 pub mod cluster;
 mod command;

@@ -2,11 +2,15 @@
 //! `memo_tests::cluster`): the behaviour suite on three masters, sync and
 //! async; redirections while a slot migrates; a master killed mid-run;
 //! and a failover that caching survives without reconfiguring.
+//!
+//! Every test holds [`serial`]: most configure memo globally, and the
+//! others count the process's Redis round trips.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use memo_runtime::__fuzz::redis_round_trips;
 use memo_runtime::backend::redis::cluster::key_slot;
 use memo_runtime::{
     Backend, CacheLock, Config, LockOptions, MemoryBackend, Options, RedisClusterBackend,
@@ -69,6 +73,7 @@ fn port_of(address: &str) -> u16 {
 
 #[test]
 fn the_backend_contract_holds_across_slots_and_masters() {
+    let _serial = serial();
     let Some(cluster) = Cluster::try_start(3, 0) else {
         return;
     };
@@ -89,10 +94,18 @@ fn the_backend_contract_holds_across_slots_and_masters() {
         .zip(&values)
         .map(|(key, value)| (key.as_str(), value.as_slice()))
         .collect();
+    let before = redis_round_trips();
     backend.set_many(&items, MINUTE).unwrap();
+    assert_eq!(redis_round_trips() - before, 3, "one write per master");
     let mut wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
     wanted.extend(["absent", keys[7].as_str(), "k"]);
+    let before = redis_round_trips();
     let found = backend.get_many(&wanted).unwrap();
+    assert_eq!(
+        redis_round_trips() - before,
+        3,
+        "one pipelined round trip per master"
+    );
     assert_eq!(found.len(), wanted.len());
     for (i, value) in values.iter().enumerate() {
         assert_eq!(found[i].as_ref(), Some(value), "key {}", keys[i]);
@@ -345,7 +358,9 @@ fn async_callers_share_the_cluster_with_blocking_ones() {
         let items: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), k.as_bytes())).collect();
         aio.set_many(&items, MINUTE).await.unwrap();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let before = redis_round_trips();
         let found = aio.get_many(&refs).await.unwrap();
+        assert_eq!(redis_round_trips() - before, 3, "the masters in parallel");
         assert!(
             found
                 .iter()
@@ -407,6 +422,7 @@ fn migrate_slot(
 
 #[test]
 fn moved_and_ask_redirections_are_followed() {
+    let _serial = serial();
     let Some(cluster) = Cluster::try_start(3, 0) else {
         return;
     };

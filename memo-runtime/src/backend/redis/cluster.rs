@@ -904,22 +904,20 @@ struct Tokio;
 
 #[cfg(feature = "async")]
 impl World for Tokio {
-    fn run<'a>(
+    async fn run<'a>(
         &'a self,
         backend: &'a RedisClusterBackend,
         node: &'a Node,
         settings: Settings,
         batch: &'a [(&'a Cmd<'a>, bool)],
         millis: &'a str,
-    ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a {
-        async move {
-            run_async!(
-                &node.pool,
-                &settings,
-                handshake: |new| backend.handshake(new),
-                op: |conn| exec(conn, batch, millis),
-            )
-        }
+    ) -> Result<Vec<Outcome>, BackendError> {
+        run_async!(
+            &node.pool,
+            &settings,
+            handshake: |new| backend.handshake(new),
+            op: |conn| exec(conn, batch, millis),
+        )
     }
 }
 

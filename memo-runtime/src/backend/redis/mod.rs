@@ -1,4 +1,5 @@
-//! The Redis backend: one Redis server, spoken to over RESP2.
+//! The Redis backend: one Redis server, or a Redis Cluster
+//! ([`cluster`]), spoken to over RESP2.
 //!
 //! Each memo operation is one Redis round trip: `GET`, `MGET` for
 //! `get_many`, `SET key value PX ms` (pipelined for `set_many`), `SET ... NX
@@ -15,9 +16,11 @@
 //! error. RESP2 for these few commands is a short encoder and a strict
 //! parser with bounded lengths.
 //!
-//! This file is the client; `protocol` speaks RESP2 (one sans-IO parser),
-//! and connections, deadlines and back-off are `backend::net`, shared with
-//! memcached. Each operation's conversation is written once and serves
+//! This file is the single-node client; `protocol` speaks RESP2 (one
+//! sans-IO parser); `command` holds memo's commands as data (what each
+//! sends, how its reply reads), shared with [`cluster`], the Redis Cluster
+//! client, which routes them by key slot; connections, deadlines and
+//! back-off are `backend::net`, shared with memcached. Each operation's conversation is written once and serves
 //! the blocking client and, with the `async` feature, an
 //! [`AsyncBackend`](crate::AsyncBackend) on tokio sockets: one `configure`
 //! serves both worlds, with one health and the same pool rules, so both

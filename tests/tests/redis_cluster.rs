@@ -207,6 +207,17 @@ fn the_behaviour_suite_passes_on_three_masters() {
         }
     }
     assert_eq!(calls.swap(0, Ordering::SeqCst), sizes().len());
+    for address in cluster.addresses() {
+        let keys: u64 = cluster
+            .cli(port_of(&address), &["DBSIZE"])
+            .trim()
+            .parse()
+            .expect("DBSIZE answers a number");
+        assert!(
+            keys > 20,
+            "{address} holds {keys} keys: chunks spread over every master"
+        );
+    }
 
     // Iterators: streamed once, replayed from the cache.
     let items = || (0..400u64).map(|i| (i, noise(i, 300)));

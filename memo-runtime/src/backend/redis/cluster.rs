@@ -337,6 +337,11 @@ impl RedisClusterBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
+        if url.scheme != "redis" && url.scheme != "redis+cluster" {
+            return Err(invalid(
+                "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (no TLS)",
+            ));
+        }
         if url.hosts.is_empty() {
             return Err(invalid(
                 "a Redis Cluster URL needs at least one node, e.g. redis+cluster://127.0.0.1:7000",
@@ -1205,6 +1210,7 @@ mod tests {
             "redis+cluster://a:0",
             "redis+cluster://a:1?colour=blue",
             "redis+cluster://a:1?timeout_ms=0",
+            "rediss://a:1?cluster=true",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
@@ -1219,6 +1225,28 @@ mod tests {
         assert!(backend.get_many(&["a", "b", "c"]).is_err());
         assert!(started.elapsed() < Duration::from_millis(600));
         assert_eq!(backend.node_for("k"), None);
+    }
+
+    #[test]
+    fn one_caller_at_a_time_reads_the_map_and_not_too_often() {
+        let map = SlotMap::default();
+        let first = map.start_refresh();
+        assert!(first.is_some(), "never read: due");
+        assert!(map.start_refresh().is_none(), "one reader at a time");
+        drop(first);
+        assert!(map.start_refresh().is_none(), "rate-limited");
+        lock(&map.refresh).loaded = true;
+        std::thread::sleep(MIN_REFRESH_INTERVAL);
+        assert!(
+            map.start_refresh().is_none(),
+            "loaded and not stale: not due"
+        );
+        map.mark_stale();
+        let again = map.start_refresh();
+        assert!(again.is_some(), "stale, and the interval passed");
+        drop(again);
+        map.mark_stale();
+        assert!(map.start_refresh().is_none(), "rate-limited again");
     }
 
     #[test]

@@ -290,7 +290,11 @@ fn async_callers_share_the_cluster_with_blocking_ones() {
     let Some(cluster) = Cluster::try_start(3, 0) else {
         return;
     };
-    let url = format!("{}?namespace=async", cluster.url());
+    // `redis://` with `cluster=true`, one seed: the rest is discovered.
+    let url = format!(
+        "redis://{}?cluster=true&namespace=async",
+        cluster.addresses()[2]
+    );
     configure(
         Config::from_url(&url)
             .expect("a valid URL")

@@ -126,10 +126,8 @@ fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
         cluster = parse_bool(value)
             .ok_or_else(|| url.invalid_value(name, value, "expected true or false"))?;
     }
-    if cluster {
-        return Ok(Arc::new(RedisClusterBackend::from_url_parts(url)?));
-    }
-    let single = CacheUrl {
+    // The backends see the URL without the parameter that chose them.
+    let url = CacheUrl {
         params: url
             .params
             .iter()
@@ -138,7 +136,10 @@ fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
             .collect(),
         ..url.clone()
     };
-    Ok(Arc::new(RedisBackend::from_url_parts(&single)?))
+    if cluster {
+        return Ok(Arc::new(RedisClusterBackend::from_url_parts(&url)?));
+    }
+    Ok(Arc::new(RedisBackend::from_url_parts(&url)?))
 }
 
 #[cfg(not(feature = "redis"))]

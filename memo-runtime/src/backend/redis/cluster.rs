@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 use super::super::asynchronous as aio;
 use super::command::{Cmd, Reply, count_round_trip};
 use super::protocol::Value;
-use super::{DEFAULT_PORT, handshake, pipeline_slices, ttl_millis};
+use super::{DEFAULT_PORT, handshake, pipeline_slices, ttl_millis, url_credentials};
 use crate::backend::net::conn::{Conn, Io, ready};
 use crate::backend::net::deadline::later;
 #[cfg(feature = "async")]
@@ -330,8 +330,8 @@ impl RedisClusterBackend {
         Some(node.address.clone())
     }
 
-    /// A client from a `redis+cluster://` URL or a `redis://` one with
-    /// `cluster=true`.
+    /// A client from a `redis+cluster://` URL or a `redis://` one that had
+    /// `cluster=true` (the configuration layer takes that parameter out).
     pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
         let invalid = |reason: &str| ConfigError::InvalidUrl {
             url: url.url.clone(),
@@ -353,22 +353,10 @@ impl RedisClusterBackend {
             ));
         }
         let mut backend = Self::new(&url.hosts)?;
-        if let Some(userinfo) = &url.userinfo {
-            let (username, password) = userinfo
-                .split_once(':')
-                .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
-            backend = backend.password((!username.is_empty()).then_some(username), password);
+        if let Some((username, password)) = url_credentials(url)? {
+            backend = backend.password(username, password);
         }
-        let tuning = CacheUrl {
-            params: url
-                .params
-                .iter()
-                .filter(|(name, _)| name != "cluster")
-                .cloned()
-                .collect(),
-            ..url.clone()
-        };
-        backend.settings.apply_url_params(&tuning)?;
+        backend.settings.apply_url_params(url)?;
         Ok(backend)
     }
 
@@ -1201,7 +1189,7 @@ mod tests {
         assert_eq!(backend.settings.timeout, Duration::from_millis(70));
         assert_eq!(backend.settings.pool_size, 2);
         assert!(!format!("{backend:?}").contains("pw"));
-        assert!(parse("redis://a:1?cluster=true").is_ok());
+        assert!(parse("redis://a:1").is_ok());
         assert!(parse("redis+cluster://a:1/0").is_ok());
         for bad in [
             "redis+cluster://",
@@ -1210,7 +1198,7 @@ mod tests {
             "redis+cluster://a:0",
             "redis+cluster://a:1?colour=blue",
             "redis+cluster://a:1?timeout_ms=0",
-            "rediss://a:1?cluster=true",
+            "rediss://a:1",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }

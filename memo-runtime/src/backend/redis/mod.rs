@@ -198,7 +198,7 @@ impl RedisBackend {
             }
             _ => {
                 return Err(invalid(
-                    "redis:// takes one host; memo does not shard over several Redis servers",
+                    "redis:// takes one host; for a Redis Cluster write redis+cluster://h1:p1,h2:p2 (or add ?cluster=true)",
                 ));
             }
         };
@@ -213,11 +213,8 @@ impl RedisBackend {
             })?;
             backend = backend.database(db);
         }
-        if let Some(userinfo) = &url.userinfo {
-            let (username, password) = userinfo
-                .split_once(':')
-                .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
-            backend = backend.password((!username.is_empty()).then_some(username), password);
+        if let Some((username, password)) = url_credentials(url)? {
+            backend = backend.password(username, password);
         }
         backend.settings.apply_url_params(url)?;
         Ok(backend)
@@ -242,6 +239,21 @@ impl RedisBackend {
         )
         .await
     }
+}
+
+/// The credentials of a Redis URL, `user:password@` or `:password@`, as
+/// the username (if any) and the password.
+fn url_credentials(url: &CacheUrl) -> Result<Option<(Option<&str>, &str)>, ConfigError> {
+    let Some(userinfo) = &url.userinfo else {
+        return Ok(None);
+    };
+    let (username, password) = userinfo
+        .split_once(':')
+        .ok_or_else(|| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: "write credentials as user:password@ or :password@".to_owned(),
+        })?;
+    Ok(Some(((!username.is_empty()).then_some(username), password)))
 }
 
 /// Authenticates (as `username` when given) and selects database `db` on

@@ -624,3 +624,54 @@ fn caching_resumes_by_itself_after_a_failover() {
     eprintln!("caching resumed {resumed:?} after the master was killed");
     configure(Config::new(MemoryBackend::new()));
 }
+
+#[test]
+fn a_hung_master_costs_its_callers_at_most_the_deadline() {
+    let _serial = serial();
+    let Some(cluster) = Cluster::try_start(3, 0) else {
+        return;
+    };
+    let client = RedisClusterBackend::new(cluster.addresses())
+        .expect("valid addresses")
+        .connect_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(300));
+    client.get("load-the-map").expect("the cluster answers");
+    let hung = client.node_for("load-the-map").expect("loaded");
+    let key_on = |wanted: bool| {
+        (0..1000)
+            .map(|i| format!("key:{i}"))
+            .find(|key| (client.node_for(key).as_ref() == Some(&hung)) == wanted)
+            .expect("keys on every master")
+    };
+    let (stuck, free) = (key_on(true), key_on(false));
+    client.set(&stuck, b"stuck", MINUTE).unwrap();
+    client.set(&free, b"free", MINUTE).unwrap();
+
+    cluster.node(&hung).pause();
+    let started = Instant::now();
+    assert!(client.get(&stuck).is_err(), "a hung master is an error");
+    let first = started.elapsed();
+    let started = Instant::now();
+    let both = client.get_many(&[&free, &stuck]);
+    let batch = started.elapsed();
+    let started = Instant::now();
+    // The other masters answer at once (before the cluster notices).
+    let other = client.get(&free);
+    let quick = started.elapsed();
+    cluster.node(&hung).resume();
+
+    // connect + I/O deadline, plus scheduling slack.
+    let bound = Duration::from_millis(400 + 250);
+    assert!(first < bound, "the first call took {first:?}");
+    assert!(batch < bound, "a batch with the hung master took {batch:?}");
+    assert!(
+        both.is_err(),
+        "a batch missing a master's share is an error"
+    );
+    assert_eq!(other.unwrap().as_deref(), Some(&b"free"[..]));
+    assert!(quick < Duration::from_millis(200), "took {quick:?}");
+    // Back: the values are still there.
+    cluster.wait_until("the master answers again", || {
+        client.get(&stuck).ok().flatten().as_deref() == Some(&b"stuck"[..])
+    });
+}

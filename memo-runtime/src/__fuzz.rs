@@ -635,3 +635,11 @@ pub fn chunk_key(namespace: Option<&str>, stored: &str, write_id: [u8; 8], index
         },
     )
 }
+
+/// How many request batches this process has written to Redis servers,
+/// single node and cluster alike (each one write, then its replies read):
+/// the benchmarks count round trips per load with it.
+#[cfg(feature = "redis")]
+pub fn redis_round_trips() -> u64 {
+    crate::backend::redis::round_trips()
+}

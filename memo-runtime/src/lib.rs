@@ -92,6 +92,8 @@ pub use api::{
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
+#[cfg(feature = "redis")]
+pub use backend::redis::cluster::RedisClusterBackend;
 #[cfg(feature = "async")]
 pub use backend::{AsyncBackend, BackendFuture};
 pub use backend::{Backend, BackendError, BackendErrorKind, MemoryBackend};

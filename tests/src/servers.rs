@@ -62,6 +62,8 @@ pub struct Server {
     kind: Kind,
     binary: PathBuf,
     port: u16,
+    /// Arguments after the usual ones, `{port}` standing for the port.
+    extra_args: Vec<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -97,6 +99,13 @@ impl Server {
     /// the port between finding it free and the server binding it, so a
     /// server that does not come up is retried on a new port.
     pub fn start(kind: Kind) -> Server {
+        Server::start_with_args(kind, &[])
+    }
+
+    /// Starts a server of `kind` with `extra_args` after the usual ones
+    /// (`{port}` in them stands for the port it listens on), as
+    /// [`Server::start`] does.
+    pub fn start_with_args(kind: Kind, extra_args: &[String]) -> Server {
         let binary = find_binary(kind.binary())
             .unwrap_or_else(|| panic!("`{}` is not installed; {INSTALL_HINT}", kind.binary()));
         let mut last_error = String::new();
@@ -106,6 +115,7 @@ impl Server {
                 kind,
                 binary: binary.clone(),
                 port,
+                extra_args: extra_args.to_vec(),
                 child: Mutex::new(None),
             };
             match server.spawn() {
@@ -207,6 +217,11 @@ impl Server {
                 ]);
             }
         }
+        command.args(
+            self.extra_args
+                .iter()
+                .map(|arg| arg.replace("{port}", &port)),
+        );
         let mut process = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -290,14 +305,16 @@ impl Drop for Server {
 }
 
 /// A port nothing listens on right now: the kernel's pick for port 0.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .unwrap_or_else(|err| panic!("cannot bind a loopback port: {err}"))
 }
 
-fn find_binary(name: &str) -> Option<PathBuf> {
+/// The installed binary called `name`, searched in `PATH` and the usual
+/// system directories.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([

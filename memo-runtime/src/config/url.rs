@@ -18,6 +18,9 @@ impl Config {
     ///   feature `memcached`), with the backend's own parameters such as
     ///   timeouts (see `MemcachedBackend::from_url`).
     /// - `redis://host:port[/db]`: a Redis server (cargo feature `redis`).
+    /// - `redis+cluster://host:port[,host:port...]`, or `redis://...` with
+    ///   `cluster=true`: a Redis Cluster, found from any of the nodes given
+    ///   (see `RedisClusterBackend`).
     ///
     /// Parameters every scheme takes: `namespace`, `expiration` (seconds),
     /// `chunk_size` (bytes), `compression_level` (0-10), `force_encryption`
@@ -49,7 +52,7 @@ impl Config {
         let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
             "memory" => Arc::new(MemoryBackend::from_url_parts(&backend_url)?),
             "memcached" => memcached_from_url(&backend_url)?,
-            "redis" | "rediss" => redis_from_url(&backend_url)?,
+            "redis" | "rediss" | "redis+cluster" => redis_from_url(&backend_url)?,
             other => {
                 return Err(ConfigError::UnsupportedScheme {
                     scheme: other.to_owned(),
@@ -117,9 +120,26 @@ fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 
 #[cfg(feature = "redis")]
 fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
-    Ok(Arc::new(
-        crate::backend::redis::RedisBackend::from_url_parts(url)?,
-    ))
+    use crate::backend::redis::{RedisBackend, cluster::RedisClusterBackend};
+    let mut cluster = url.scheme == "redis+cluster";
+    for (name, value) in url.params.iter().filter(|(name, _)| name == "cluster") {
+        cluster = parse_bool(value)
+            .ok_or_else(|| url.invalid_value(name, value, "expected true or false"))?;
+    }
+    // The backends see the URL without the parameter that chose them.
+    let url = CacheUrl {
+        params: url
+            .params
+            .iter()
+            .filter(|(name, _)| name != "cluster")
+            .cloned()
+            .collect(),
+        ..url.clone()
+    };
+    if cluster {
+        return Ok(Arc::new(RedisClusterBackend::from_url_parts(&url)?));
+    }
+    Ok(Arc::new(RedisBackend::from_url_parts(&url)?))
 }
 
 #[cfg(not(feature = "redis"))]

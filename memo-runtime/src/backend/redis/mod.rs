@@ -1,4 +1,5 @@
-//! The Redis backend: one Redis server, spoken to over RESP2.
+//! The Redis backend: one Redis server, or a Redis Cluster
+//! ([`cluster`]), spoken to over RESP2.
 //!
 //! Each memo operation is one Redis round trip: `GET`, `MGET` for
 //! `get_many`, `SET key value PX ms` (pipelined for `set_many`), `SET ... NX
@@ -15,9 +16,11 @@
 //! error. RESP2 for these few commands is a short encoder and a strict
 //! parser with bounded lengths.
 //!
-//! This file is the client; `protocol` speaks RESP2 (one sans-IO parser),
-//! and connections, deadlines and back-off are `backend::net`, shared with
-//! memcached. Each operation's conversation is written once and serves
+//! This file is the single-node client; `protocol` speaks RESP2 (one
+//! sans-IO parser); `command` holds memo's commands as data (what each
+//! sends, how its reply reads), shared with [`cluster`], the Redis Cluster
+//! client, which routes them by key slot; connections, deadlines and
+//! back-off are `backend::net`, shared with memcached. Each operation's conversation is written once and serves
 //! the blocking client and, with the `async` feature, an
 //! [`AsyncBackend`](crate::AsyncBackend) on tokio sockets: one `configure`
 //! serves both worlds, with one health and the same pool rules, so both
@@ -66,8 +69,12 @@ pub use super::net::{
 use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
-use protocol::Value;
+use command::Cmd;
+#[cfg(feature = "__fuzz")]
+pub(crate) use command::round_trips;
 
+pub mod cluster;
+mod command;
 mod protocol;
 mod pubsub;
 
@@ -82,25 +89,6 @@ pub const MAX_TTL_MILLIS: u64 = (i64::MAX / 2) as u64;
 /// Value bytes sent in one `set_many` pipeline, so a large batch goes out
 /// in slices this size and its replies are read in between.
 const MAX_PIPELINE_BYTES: usize = 8 * 1024 * 1024;
-
-/// Deletes `KEYS[1]` only if it holds `ARGV[1]`. Redis runs a script
-/// atomically, so nothing can replace the value between the read and the
-/// delete.
-const DELETE_IF_VALUE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// Sets the expiry of `KEYS[1]` to `ARGV[2]` milliseconds only if it holds
-/// `ARGV[1]`, atomically like [`DELETE_IF_VALUE`].
-const TOUCH_IF_VALUE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
 
 /// A client for one Redis server (or anything speaking its protocol:
 /// Valkey, KeyDB, Dragonfly).
@@ -211,7 +199,7 @@ impl RedisBackend {
             }
             _ => {
                 return Err(invalid(
-                    "redis:// takes one host; memo does not shard over several Redis servers",
+                    "redis:// takes one host; for a Redis Cluster write redis+cluster://h1:p1,h2:p2 (or add ?cluster=true)",
                 ));
             }
         };
@@ -226,11 +214,8 @@ impl RedisBackend {
             })?;
             backend = backend.database(db);
         }
-        if let Some(userinfo) = &url.userinfo {
-            let (username, password) = userinfo
-                .split_once(':')
-                .ok_or_else(|| invalid("write credentials as user:password@ or :password@"))?;
-            backend = backend.password((!username.is_empty()).then_some(username), password);
+        if let Some((username, password)) = url_credentials(url)? {
+            backend = backend.password(username, password);
         }
         backend.settings.apply_url_params(url)?;
         Ok(backend)
@@ -247,22 +232,54 @@ impl RedisBackend {
 
     /// Authenticates and selects the database on a new connection.
     async fn handshake<T: Io>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
-        if let Some(password) = &self.password {
-            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(username) = &self.username {
-                auth.push(username.as_bytes());
-            }
-            auth.push(password.as_bytes());
-            conn.command(&auth).await?.ok("AUTH")?;
-        }
-        if self.db != 0 {
-            let db = self.db.to_string();
-            conn.command(&[b"SELECT", db.as_bytes()])
-                .await?
-                .ok("SELECT")?;
-        }
-        Ok(())
+        handshake(
+            conn,
+            self.username.as_deref(),
+            self.password.as_deref(),
+            self.db,
+        )
+        .await
     }
+}
+
+/// The credentials of a Redis URL, `user:password@` or `:password@`, as
+/// the username (if any) and the password.
+fn url_credentials(url: &CacheUrl) -> Result<Option<(Option<&str>, &str)>, ConfigError> {
+    let Some(userinfo) = &url.userinfo else {
+        return Ok(None);
+    };
+    let (username, password) = userinfo
+        .split_once(':')
+        .ok_or_else(|| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: "write credentials as user:password@ or :password@".to_owned(),
+        })?;
+    Ok(Some(((!username.is_empty()).then_some(username), password)))
+}
+
+/// Authenticates (as `username` when given) and selects database `db` on
+/// a new connection, as the single-node and the cluster client do.
+async fn handshake<T: Io>(
+    conn: &mut Conn<T>,
+    username: Option<&str>,
+    password: Option<&str>,
+    db: u32,
+) -> Result<(), OpError> {
+    if let Some(password) = password {
+        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(username) = username {
+            auth.push(username.as_bytes());
+        }
+        auth.push(password.as_bytes());
+        conn.command(&auth).await?.ok("AUTH")?;
+    }
+    if db != 0 {
+        let db = db.to_string();
+        conn.command(&[b"SELECT", db.as_bytes()])
+            .await?
+            .ok("SELECT")?;
+    }
+    Ok(())
 }
 
 /// The pieces `set_many` pipelines: slices of at most about
@@ -291,30 +308,15 @@ fn pipeline_slices<'i, 'a>(
 /// (`net::conn`) for the blocking and the async client.
 impl<T: Io> Conn<T> {
     async fn get_value(&mut self, key: &str) -> Result<Option<Vec<u8>>, OpError> {
-        self.command(&[b"GET", key.as_bytes()]).await?.bulk("GET")
+        self.run(&Cmd::Get(key), "").await?.value()
     }
 
     async fn mget(&mut self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, OpError> {
-        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-        args.push(b"MGET");
-        args.extend(keys.iter().map(|key| key.as_bytes()));
-        let Value::Array(values) = self.command(&args).await? else {
-            return Err(OpError::Protocol("MGET answered a non-array".to_owned()));
-        };
-        if values.len() != keys.len() {
-            return Err(OpError::Protocol(format!(
-                "MGET of {} keys answered {} values",
-                keys.len(),
-                values.len()
-            )));
-        }
-        values.into_iter().map(|value| value.bulk("MGET")).collect()
+        self.run(&Cmd::MGet(keys.to_vec()), "").await?.values()
     }
 
     async fn set_px(&mut self, key: &str, value: &[u8], millis: &str) -> Result<(), OpError> {
-        self.command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])
-            .await?
-            .ok("SET")
+        self.run(&Cmd::Set(key, value), millis).await?.done()
     }
 
     /// Pipelines one slice of `set_many`. Every reply is read, even after
@@ -323,14 +325,14 @@ impl<T: Io> Conn<T> {
     async fn set_slice(&mut self, slice: &[(&str, &[u8])], millis: &str) -> Result<(), OpError> {
         self.out.clear();
         for (key, value) in slice {
-            self.push_command(&[b"SET", key.as_bytes(), value, b"PX", millis.as_bytes()])
-                .await?;
+            Cmd::Set(key, value).push(self, millis).await?;
         }
         self.flush().await?;
+        command::count_round_trip();
         let mut first_error = None;
-        for _ in slice {
-            match self.value().await?.ok("SET") {
-                Ok(()) => {}
+        for (key, value) in slice {
+            match Cmd::Set(key, value).read(self).await {
+                Ok(_) => {}
                 Err(OpError::Refused(message)) => {
                     first_error.get_or_insert(OpError::Refused(message));
                 }
@@ -341,39 +343,21 @@ impl<T: Io> Conn<T> {
     }
 
     async fn add_nx(&mut self, key: &str, value: &[u8], millis: &str) -> Result<bool, OpError> {
-        let args: [&[u8]; 6] = [
-            b"SET",
-            key.as_bytes(),
-            value,
-            b"NX",
-            b"PX",
-            millis.as_bytes(),
-        ];
-        match self.command(&args).await? {
-            Value::Status(status) if status == "OK" => Ok(true),
-            Value::Nil => Ok(false),
-            other => Err(other.unexpected("SET NX")),
-        }
+        self.run(&Cmd::Add(key, value), millis).await?.flag()
     }
 
     async fn pexpire(&mut self, key: &str, millis: &str) -> Result<bool, OpError> {
-        let touched = self
-            .command(&[b"PEXPIRE", key.as_bytes(), millis.as_bytes()])
-            .await?
-            .int("PEXPIRE")?;
-        Ok(touched == 1)
+        self.run(&Cmd::Touch(key), millis).await?.flag()
     }
 
     async fn del(&mut self, key: &str) -> Result<bool, OpError> {
-        Ok(self.command(&[b"DEL", key.as_bytes()]).await?.int("DEL")? > 0)
+        self.run(&Cmd::Delete(key), "").await?.flag()
     }
 
     async fn eval_delete_if_value(&mut self, key: &str, expected: &[u8]) -> Result<bool, OpError> {
-        let deleted = self
-            .script(DELETE_IF_VALUE, key, &[expected])
+        self.run(&Cmd::DeleteIfValue(key, expected), "")
             .await?
-            .int("EVAL")?;
-        Ok(deleted > 0)
+            .flag()
     }
 
     async fn eval_touch_if_value(
@@ -382,11 +366,9 @@ impl<T: Io> Conn<T> {
         expected: &[u8],
         millis: &str,
     ) -> Result<bool, OpError> {
-        let touched = self
-            .script(TOUCH_IF_VALUE, key, &[expected, millis.as_bytes()])
+        self.run(&Cmd::TouchIfValue(key, expected), millis)
             .await?
-            .int("EVAL")?;
-        Ok(touched == 1)
+            .flag()
     }
 }
 

@@ -1,6 +1,7 @@
 //! RESP2, as memo speaks it: commands as arrays of bulk strings, and a
-//! strict sans-IO reply parser with bounded lengths and no nesting, shared
-//! by the blocking and the async client (see `net::conn`).
+//! strict sans-IO reply parser with bounded lengths and bounded nesting
+//! (flat arrays, except for the topology reply of a cluster), shared by the
+//! blocking and the async client (see `net::conn`).
 
 use std::io;
 
@@ -16,6 +17,9 @@ const MAX_BULK: usize = 512 * 1024 * 1024;
 const MAX_ARRAY: usize = 1 << 20;
 /// The longest status, error or integer line accepted.
 const MAX_LINE: usize = 64 * 1024;
+/// The deepest arrays accepted in `CLUSTER SLOTS`' reply: slot ranges,
+/// each holding nodes, each holding (since Redis 7) a list of metadata.
+const TOPOLOGY_DEPTH: u8 = 4;
 
 /// A RESP2 reply other than an error, which is an [`OpError::Refused`].
 #[derive(Debug)]
@@ -70,26 +74,37 @@ impl Value {
 /// is built once they are all there: a large reply arriving in many reads
 /// is copied once, not once per read.
 pub(crate) fn parse_value(buf: &[u8]) -> Parsed<Result<Value, OpError>> {
+    parse_within(buf, 1)
+}
+
+/// Parses one reply of `CLUSTER SLOTS`, whose arrays nest
+/// [`TOPOLOGY_DEPTH`] deep; otherwise as [`parse_value`].
+pub(crate) fn parse_topology(buf: &[u8]) -> Parsed<Result<Value, OpError>> {
+    parse_within(buf, TOPOLOGY_DEPTH)
+}
+
+/// One reply with arrays at most `depth` deep.
+fn parse_within(buf: &[u8], depth: u8) -> Parsed<Result<Value, OpError>> {
     if let Some(rest) = buf.strip_prefix(b"-") {
         let Some((message, used)) = take_line(rest, MAX_LINE)? else {
             return Ok(None);
         };
         return Ok(Some((Err(OpError::Refused(message.to_owned())), used + 1)));
     }
-    if value_at(buf, false, false)?.is_none() {
+    if value_at(buf, depth, false)?.is_none() {
         return Ok(None);
     }
-    Ok(value_at(buf, false, true)?.map(|(value, used)| (Ok(value), used)))
+    Ok(value_at(buf, depth, true)?.map(|(value, used)| (Ok(value), used)))
 }
 
 /// The value at the start of `buf` and the bytes it takes, `Ok(None)`
 /// while incomplete. Without `build`, only measures it (bulk strings and
-/// arrays come back as `Nil`). `nested` for an array's elements: memo's
-/// commands answer flat arrays, so an element that is itself an array is
-/// refused (which bounds nesting), and so is an error element, which
-/// leaves the rest of the array unread (unlike an error reply, it puts
-/// the connection out of step).
-fn value_at(buf: &[u8], nested: bool, build: bool) -> Result<Option<(Value, usize)>, OpError> {
+/// arrays come back as `Nil`). `depth` is how many levels of arrays may
+/// still open here: memo's commands answer flat arrays (depth 1), so an
+/// array nested deeper is refused (which bounds nesting), and so is an
+/// error element, which leaves the rest of the array unread (unlike an
+/// error reply, it puts the connection out of step).
+fn value_at(buf: &[u8], depth: u8, build: bool) -> Result<Option<(Value, usize)>, OpError> {
     let Some((line, used)) = take_line(buf, MAX_LINE)? else {
         return Ok(None);
     };
@@ -135,13 +150,13 @@ fn value_at(buf: &[u8], nested: bool, build: bool) -> Result<Option<(Value, usiz
         },
         "*" => match number()? {
             -1 => Value::Nil,
-            _ if nested => return Err(OpError::Protocol("nested array reply".to_owned())),
+            _ if depth == 0 => return Err(OpError::Protocol("nested array reply".to_owned())),
             count => {
                 let count = within(count, MAX_ARRAY, "array")?;
                 let mut values = Vec::with_capacity(if build { count.min(1024) } else { 0 });
                 let mut end = used;
                 for _ in 0..count {
-                    let Some((value, element)) = value_at(&buf[end..], true, build)? else {
+                    let Some((value, element)) = value_at(&buf[end..], depth - 1, build)? else {
                         return Ok(None);
                     };
                     end += element;
@@ -190,7 +205,7 @@ pub(super) fn split(buf: &[u8]) -> Parsed<()> {
     if let Some(rest) = buf.strip_prefix(b"-") {
         return Ok(take_line(rest, MAX_LINE)?.map(|(_, used)| ((), used + 1)));
     }
-    Ok(value_at(buf, false, false)?.map(|(_, used)| ((), used)))
+    Ok(value_at(buf, 1, false)?.map(|(_, used)| ((), used)))
 }
 
 /// [`split`] for replies: no RESP reply leaves the connection out of step
@@ -212,21 +227,6 @@ impl<T: Io> Conn<T> {
         self.value().await
     }
 
-    /// Runs a Lua script on one key. `EVAL` sends the script each time:
-    /// Redis caches it by digest, and a script of a hundred bytes costs
-    /// less than the extra round trip of `EVALSHA` falling back on a
-    /// restarted server.
-    pub(super) async fn script(
-        &mut self,
-        script: &str,
-        key: &str,
-        args: &[&[u8]],
-    ) -> Result<Value, OpError> {
-        let mut all: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", key.as_bytes()];
-        all.extend_from_slice(args);
-        self.command(&all).await
-    }
-
     /// Appends a command as a RESP array of bulk strings; large arguments
     /// go straight to the socket rather than being copied.
     pub(super) async fn push_command(&mut self, args: &[&[u8]]) -> io::Result<()> {
@@ -242,6 +242,11 @@ impl<T: Io> Conn<T> {
     /// Reads one reply; an error reply is [`OpError::Refused`].
     pub(super) async fn value(&mut self) -> Result<Value, OpError> {
         self.next(parse_value).await?
+    }
+
+    /// Reads one reply of `CLUSTER SLOTS` (see [`parse_topology`]).
+    pub(super) async fn topology(&mut self) -> Result<Value, OpError> {
+        self.next(parse_topology).await?
     }
 }
 

@@ -1,0 +1,1255 @@
+//! The Redis Cluster backend: a cluster's masters, found from any seed
+//! node, each key sent to the master serving its slot.
+//!
+//! **memo's own client, not the `redis` crate's cluster clients.** The
+//! contract (DESIGN.md, "Production deployments") named the `redis`
+//! crate's cluster clients; memo speaks to a cluster with the same client
+//! as to a single node instead, for the same reasons: the crate's
+//! connections bound each read rather than the whole call, and cannot
+//! tell whether a connection is still in step after an error. Each node
+//! here is a `backend::net` pool with its own health, so a cluster node
+//! gets the single node's deadlines, pool rules, back-off and (once the
+//! transport has it) TLS.
+//!
+//! **Routing.** A key's slot is the CRC16 (XMODEM) of the key, or of its
+//! hash tag (the text between the first `{` and the next `}`, when not
+//! empty), modulo 16384: Redis's own rule, so memo sends each command to
+//! the master that owns the key. The slot → master map is read with
+//! `CLUSTER SLOTS` from any reachable node (the seeds given, then the
+//! nodes already known) and shared by blocking and async callers. Until it
+//! is known, commands go to a seed and follow its redirections.
+//!
+//! - `MOVED slot host:port`: the slot has a new owner. The command is sent
+//!   there at once, the slot is remapped, and the whole map is read again
+//!   (at most every 200 ms, by one caller at a time, the others routing by
+//!   what they know).
+//! - `ASK slot host:port`: a slot in migration; the command is sent to the
+//!   target preceded by `ASKING`, and the map is left alone.
+//! - `CLUSTERDOWN`, `TRYAGAIN`, a node that cannot be reached or times
+//!   out: the call fails (the caller computes its value, as with any cache
+//!   failure) and the map is marked stale, so the next call reads it again.
+//!   That is how caching resumes by itself after a failover: once a
+//!   replica is promoted, `CLUSTER SLOTS` names it and calls go there.
+//!
+//! Redirections are followed within the call's deadline, at most four
+//! times: a whole call, map reading included, costs at most
+//! `connect_timeout + timeout`, like a call to one node. A dead node is
+//! skipped during its back-off (its calls fail at once), per node.
+//!
+//! **Batches: split per slot, not hash-tagged.** A large value's chunks
+//! and its manifest are read with one `get_many`. `MGET` only works within
+//! one slot, so `get_many` groups its keys by slot (one `GET` or `MGET`
+//! per slot), groups those commands by master, and sends each master's
+//! commands pipelined in one write, reading all their replies in one go:
+//! one round trip per master per batch. Async callers reach the masters in
+//! parallel; blocking callers one after the other. `set_many` does the
+//! same with `SET`s (in slices of at most 8 MiB of values per write, as on
+//! one node). memo does not give a value's derived keys (chunks, lock) a
+//! common hash tag, which would put them in one slot: that would change
+//! the keys memo stores (`format::key`), and a large value on one slot
+//! would load a single master instead of spreading over all of them.
+//!
+//! **Locks.** `add` is `SET NX`, and the compare-and-delete and
+//! compare-and-touch scripts touch one key, so each runs atomically on the
+//! master of that key.
+//!
+//! **Not supported.** A cluster has only database 0, so a database in the
+//! URL is refused. Reads go to masters only (a replica may lag behind, and
+//! memo checks what it reads but would rather not miss).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+#[cfg(feature = "async")]
+use super::super::asynchronous as aio;
+use super::command::{Cmd, Reply, count_round_trip};
+use super::protocol::Value;
+use super::{DEFAULT_PORT, handshake, pipeline_slices, ttl_millis, url_credentials};
+use crate::backend::net::conn::{Conn, Io, ready};
+use crate::backend::net::deadline::later;
+#[cfg(feature = "async")]
+use crate::backend::net::pool::run_async;
+use crate::backend::net::pool::{OpError, Pool};
+use crate::backend::net::{self, Settings, lock};
+use crate::backend::{Backend, BackendError, BackendErrorKind};
+use crate::common::error::ConfigError;
+use crate::common::url::CacheUrl;
+
+/// The number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// How many times one call sends a command: the first time and up to four
+/// redirections.
+const MAX_ROUNDS: usize = 5;
+
+/// The shortest pause between two readings of the slot map, so that a
+/// cluster in trouble is not asked for its topology by every call.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The slot of `key` in a Redis Cluster: CRC16 of the key, or of its hash
+/// tag, modulo 16384, as Redis computes it.
+///
+/// ```
+/// use memo_runtime::backend::redis::cluster::key_slot;
+///
+/// assert_eq!(key_slot("foo"), 12182);
+/// assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+/// assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}")); // `{}` is no tag
+/// ```
+pub fn key_slot(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// A client for a Redis Cluster (or Valkey cluster), reaching every master
+/// found from its seed nodes.
+///
+/// Creating one opens no connection, so a service starts even when its
+/// cache is down; the topology is read on first use.
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{Config, RedisClusterBackend, configure};
+///
+/// let backend = RedisClusterBackend::new(["10.0.0.7:7000", "10.0.0.8:7000"])?
+///     .password(None, "s3cret")
+///     .timeout(Duration::from_millis(500));
+/// configure(Config::new(backend).namespace("shop"));
+/// # configure(Config::new(memo_runtime::MemoryBackend::new()));
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+///
+/// The same from a URL (`redis://...?cluster=true` works too):
+///
+/// ```
+/// use memo_runtime::Config;
+///
+/// let config = Config::from_url("redis+cluster://:s3cret@10.0.0.7:7000,10.0.0.8:7000?timeout_ms=500")?;
+/// # Ok::<(), memo_runtime::ConfigError>(())
+/// ```
+#[must_use = "a backend does nothing until passed to Config::new"]
+pub struct RedisClusterBackend {
+    /// The seed nodes, as `host:port`.
+    seeds: Vec<(String, u16)>,
+    username: Option<String>,
+    password: Option<String>,
+    settings: Settings,
+    map: SlotMap,
+}
+
+impl std::fmt::Debug for RedisClusterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClusterBackend")
+            .field("seeds", &self.seeds())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// One master (or any node met): its address and connections.
+#[derive(Debug)]
+struct Node {
+    /// `host:port` (`[v6]:port`).
+    address: String,
+    host: String,
+    pool: Pool,
+}
+
+/// What the client knows of the cluster, shared by every caller.
+#[derive(Debug, Default)]
+struct SlotMap {
+    /// Each slot's master; empty until the topology was first read.
+    slots: RwLock<Vec<Option<Arc<Node>>>>,
+    /// Every node met, by address, so that a node keeps its pool and its
+    /// health across readings of the map.
+    nodes: Mutex<HashMap<String, Arc<Node>>>,
+    refresh: Mutex<RefreshState>,
+    /// Whether a caller is reading the map right now.
+    refreshing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct RefreshState {
+    loaded: bool,
+    /// Something (a redirection, a failed node) says the map is out of date.
+    stale: bool,
+    last: Option<Instant>,
+}
+
+/// Clears `SlotMap::refreshing` when the reading ends, however it ends
+/// (an async caller may be cancelled mid-way).
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl SlotMap {
+    /// Starts a reading of the map when one is due and none is under way.
+    fn start_refresh(&self) -> Option<Refreshing<'_>> {
+        let mut state = lock(&self.refresh);
+        let due = (!state.loaded || state.stale)
+            && state
+                .last
+                .is_none_or(|last| last.elapsed() >= MIN_REFRESH_INTERVAL);
+        if !due || self.refreshing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        state.last = Some(Instant::now());
+        Some(Refreshing(&self.refreshing))
+    }
+
+    fn mark_stale(&self) {
+        lock(&self.refresh).stale = true;
+    }
+
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<Node>>>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn slots_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Arc<Node>>>> {
+        self.slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What became of one command sent to a node.
+#[derive(Debug)]
+enum Outcome {
+    Reply(Reply),
+    /// `MOVED`: the slot is served by `host:port` now.
+    Moved {
+        slot: u16,
+        host: String,
+        port: u16,
+    },
+    /// `ASK`: this once, ask `host:port`.
+    Ask {
+        host: String,
+        port: u16,
+    },
+    /// Any other error reply.
+    Refused(String),
+}
+
+/// The commands of one node in one round, by position in the call, each
+/// with whether it goes after an `ASKING`.
+type Group = (Arc<Node>, Vec<(usize, bool)>);
+
+impl RedisClusterBackend {
+    /// A client for the cluster that `seeds` belong to, each `host:port`
+    /// (or `host` for port 6379, IPv6 as `[::1]:7000`); one reachable seed
+    /// is enough to find every master.
+    ///
+    /// Fails only on a malformed address or an empty list: nothing is
+    /// resolved or connected until the first call.
+    pub fn new<I>(seeds: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let seeds = seeds
+            .into_iter()
+            .map(|seed| net::split_host_port(seed.as_ref(), DEFAULT_PORT))
+            .collect::<Result<Vec<_>, _>>()?;
+        if seeds.is_empty() {
+            return Err(ConfigError::Backend(
+                "Redis Cluster needs at least one seed node, e.g. 127.0.0.1:7000".to_owned(),
+            ));
+        }
+        Ok(RedisClusterBackend {
+            seeds,
+            username: None,
+            password: None,
+            settings: Settings::default(),
+            map: SlotMap::default(),
+        })
+    }
+
+    /// Authenticates with `password` on every node, as `username` when
+    /// given (Redis 6 ACLs) or as the default user (URL:
+    /// `redis+cluster://user:password@host:port,...`).
+    pub fn password(mut self, username: Option<&str>, password: &str) -> Self {
+        self.username = username.map(str::to_owned);
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    net::tuning_setters!();
+
+    /// The seed nodes, as `host:port`.
+    pub fn seeds(&self) -> Vec<String> {
+        self.seeds
+            .iter()
+            .map(|(host, port)| address(host, *port))
+            .collect()
+    }
+
+    /// The master `key` is sent to as far as this client knows (`host:port`
+    /// as the cluster names it), or `None` before the topology was read.
+    pub fn node_for(&self, key: &str) -> Option<String> {
+        let slots = self.map.slots();
+        let node = slots.get(usize::from(key_slot(key)))?.as_ref()?;
+        Some(node.address.clone())
+    }
+
+    /// A client from a `redis+cluster://` URL or a `redis://` one that had
+    /// `cluster=true` (the configuration layer takes that parameter out).
+    pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: reason.to_owned(),
+        };
+        if url.scheme != "redis" && url.scheme != "redis+cluster" {
+            return Err(invalid(
+                "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (no TLS)",
+            ));
+        }
+        if url.hosts.is_empty() {
+            return Err(invalid(
+                "a Redis Cluster URL needs at least one node, e.g. redis+cluster://127.0.0.1:7000",
+            ));
+        }
+        if !url.path.is_empty() && url.path != "0" {
+            return Err(invalid(
+                "Redis Cluster has only database 0 (SELECT is refused in cluster mode); drop the /database",
+            ));
+        }
+        let mut backend = Self::new(&url.hosts)?;
+        if let Some((username, password)) = url_credentials(url)? {
+            backend = backend.password(username, password);
+        }
+        backend.settings.apply_url_params(url)?;
+        Ok(backend)
+    }
+
+    /// The node at `host:port`, met before or new.
+    fn node(&self, host: &str, port: u16) -> Arc<Node> {
+        let address = address(host, port);
+        let mut nodes = lock(&self.map.nodes);
+        Arc::clone(nodes.entry(address.clone()).or_insert_with(|| {
+            Arc::new(Node {
+                pool: Pool::new(
+                    format!("redis {address}"),
+                    host.to_owned(),
+                    port,
+                    "error reply: ",
+                ),
+                host: host.to_owned(),
+                address,
+            })
+        }))
+    }
+
+    /// Where a command with `key` goes: its slot's master, or a seed while
+    /// the slot's master is unknown (which will redirect it).
+    fn route(&self, slots: &[Option<Arc<Node>>], key: Option<&str>) -> Arc<Node> {
+        let slot = key.map_or(0, key_slot);
+        if let Some(Some(node)) = slots.get(usize::from(slot)) {
+            return Arc::clone(node);
+        }
+        let (host, port) = &self.seeds[usize::from(slot) % self.seeds.len()];
+        self.node(host, *port)
+    }
+
+    /// The pending commands of a round, grouped by the node they go to.
+    fn group(&self, cmds: &[Cmd<'_>], pending: &[(usize, Option<Arc<Node>>)]) -> Vec<Group> {
+        let slots = self.map.slots();
+        let mut groups: Vec<Group> = Vec::new();
+        for (position, asking) in pending {
+            let (node, ask) = match asking {
+                Some(target) => (Arc::clone(target), true),
+                None => (self.route(&slots, cmds[*position].key()), false),
+            };
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                Some((_, members)) => members.push((*position, ask)),
+                None => groups.push((node, vec![(*position, ask)])),
+            }
+        }
+        groups
+    }
+
+    /// The settings for a node call that must end by `deadline`: the
+    /// configured ones while there is time for them, else both timeouts
+    /// cut in proportion. `None` when no time is left.
+    fn settings_within(&self, deadline: Instant) -> Option<Settings> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let full = self
+            .settings
+            .connect_timeout
+            .saturating_add(self.settings.timeout);
+        let mut settings = self.settings;
+        if left < full {
+            let share = left.as_secs_f64() / full.as_secs_f64();
+            settings.connect_timeout = self.settings.connect_timeout.mul_f64(share);
+            settings.timeout = left.saturating_sub(settings.connect_timeout);
+        }
+        (!settings.timeout.is_zero() && !settings.connect_timeout.is_zero()).then_some(settings)
+    }
+
+    /// Sends `cmds` (each with the `PX` `millis`) to their masters,
+    /// following redirections, within one call's deadline; the replies in
+    /// order. Every node of a round gets its commands even when another
+    /// fails; then the first failure is the call's.
+    async fn call<W: World>(
+        &self,
+        world: &W,
+        cmds: &[Cmd<'_>],
+        millis: &str,
+    ) -> Result<Vec<Reply>, BackendError> {
+        let deadline = later(
+            Instant::now(),
+            self.settings
+                .connect_timeout
+                .saturating_add(self.settings.timeout),
+        );
+        let mut replies: Vec<Option<Reply>> = cmds.iter().map(|_| None).collect();
+        let mut pending: Vec<(usize, Option<Arc<Node>>)> =
+            (0..cmds.len()).map(|position| (position, None)).collect();
+        for _ in 0..MAX_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            self.refresh_if_due(world, deadline).await;
+            let settings = self.settings_within(deadline).ok_or_else(out_of_time)?;
+            let groups = self.group(cmds, &pending);
+            let batches: Vec<Vec<(&Cmd<'_>, bool)>> = groups
+                .iter()
+                .map(|(_, members)| {
+                    members
+                        .iter()
+                        .map(|&(position, ask)| (&cmds[position], ask))
+                        .collect()
+                })
+                .collect();
+            let outcomes = join_all(
+                groups
+                    .iter()
+                    .zip(&batches)
+                    .map(|((node, _), batch)| world.run(self, node, settings, batch, millis))
+                    .collect(),
+            )
+            .await;
+            pending.clear();
+            let mut first_error = None;
+            for ((node, members), outcome) in groups.iter().zip(outcomes) {
+                let outcomes = match outcome {
+                    Ok(outcomes) => outcomes,
+                    Err(err) => {
+                        // The node may be gone for good (a failover):
+                        // read the map again before long.
+                        self.map.mark_stale();
+                        first_error.get_or_insert(err);
+                        continue;
+                    }
+                };
+                for (&(position, _), outcome) in members.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Reply(reply) => replies[position] = Some(reply),
+                        Outcome::Moved { slot, host, port } => {
+                            let host = if host.is_empty() { &node.host } else { &host };
+                            let target = self.node(host, port);
+                            if let Some(entry) = self.map.slots_mut().get_mut(usize::from(slot)) {
+                                *entry = Some(target);
+                            }
+                            self.map.mark_stale();
+                            pending.push((position, None));
+                        }
+                        Outcome::Ask { host, port } => {
+                            let host = if host.is_empty() { &node.host } else { &host };
+                            pending.push((position, Some(self.node(host, port))));
+                        }
+                        Outcome::Refused(message) => {
+                            if is_cluster_trouble(&message) {
+                                self.map.mark_stale();
+                            }
+                            first_error.get_or_insert(
+                                BackendError::new(format!(
+                                    "redis {}: error reply: {message}",
+                                    node.address
+                                ))
+                                .with_kind(BackendErrorKind::Server),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(err) = first_error {
+                return Err(err);
+            }
+        }
+        if !pending.is_empty() {
+            return Err(BackendError::new(format!(
+                "redis cluster: still redirected after {MAX_ROUNDS} attempts; the cluster is resharding"
+            ))
+            .with_kind(BackendErrorKind::Server));
+        }
+        replies
+            .into_iter()
+            .map(|reply| reply.ok_or_else(|| mismatch("a command got no reply")))
+            .collect()
+    }
+
+    /// Sends one command (see [`call`](Self::call)) and reads its reply
+    /// with `read`.
+    async fn one<W: World, R>(
+        &self,
+        world: &W,
+        cmd: Cmd<'_>,
+        millis: &str,
+        read: fn(Reply) -> Result<R, OpError>,
+    ) -> Result<R, BackendError> {
+        let reply = self
+            .call(world, std::slice::from_ref(&cmd), millis)
+            .await?
+            .pop()
+            .ok_or_else(|| mismatch("no reply"))?;
+        read(reply).map_err(|err| mismatch(&format!("{err:?}")))
+    }
+
+    /// `get_many`: one `GET` or `MGET` per slot, pipelined per master.
+    async fn get_many_in<W: World>(
+        &self,
+        world: &W,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (position, key) in keys.iter().enumerate() {
+            by_slot.entry(key_slot(key)).or_default().push(position);
+        }
+        let cmds: Vec<Cmd<'_>> = by_slot
+            .values()
+            .map(|positions| match positions.as_slice() {
+                [one] => Cmd::Get(keys[*one]),
+                many => Cmd::MGet(many.iter().map(|&p| keys[p]).collect()),
+            })
+            .collect();
+        let replies = self.call(world, &cmds, "").await?;
+        let mut values = vec![None; keys.len()];
+        for (reply, positions) in replies.into_iter().zip(by_slot.values()) {
+            let found = match reply {
+                Reply::Value(value) => vec![value],
+                Reply::Values(found) => found,
+                other => return Err(mismatch(&format!("{other:?} to a read"))),
+            };
+            if found.len() != positions.len() {
+                return Err(mismatch("a read answered the wrong number of values"));
+            }
+            for (&position, value) in positions.iter().zip(found) {
+                values[position] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// `set_many`: `SET`s pipelined per master, in slices of bounded size.
+    async fn set_many_in<W: World>(
+        &self,
+        world: &W,
+        items: &[(&str, &[u8])],
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        for slice in pipeline_slices(items) {
+            let cmds: Vec<Cmd<'_>> = slice
+                .iter()
+                .map(|(key, value)| Cmd::Set(key, value))
+                .collect();
+            self.call(world, &cmds, &millis).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the slot map again when due (see [`SlotMap::start_refresh`]),
+    /// from the seeds, then the nodes already known, until one answers.
+    async fn refresh_if_due<W: World>(&self, world: &W, deadline: Instant) {
+        let Some(_refreshing) = self.map.start_refresh() else {
+            return;
+        };
+        let slots = Cmd::Slots;
+        let batch = [(&slots, false)];
+        for node in self.refresh_candidates() {
+            let Some(settings) = self.settings_within(deadline) else {
+                return;
+            };
+            let Ok(mut outcomes) = world.run(self, &node, settings, &batch, "").await else {
+                continue;
+            };
+            let Some(Outcome::Reply(Reply::Topology(value))) = outcomes.pop() else {
+                continue;
+            };
+            match parse_slots(value, &node.host) {
+                Ok(ranges) if !ranges.is_empty() => {
+                    self.install(&ranges);
+                    return;
+                }
+                // A node that is not (yet) part of a cluster knows no slots.
+                Ok(_) => {}
+                Err(reason) => {
+                    log::warn!("redis {}: unreadable CLUSTER SLOTS: {reason}", node.address);
+                }
+            }
+        }
+    }
+
+    /// The nodes to ask for the map: the seeds, then every other node met.
+    fn refresh_candidates(&self) -> Vec<Arc<Node>> {
+        let mut candidates: Vec<Arc<Node>> = self
+            .seeds
+            .iter()
+            .map(|(host, port)| self.node(host, *port))
+            .collect();
+        let known: Vec<Arc<Node>> = lock(&self.map.nodes).values().cloned().collect();
+        for node in known {
+            if !candidates.iter().any(|seed| Arc::ptr_eq(seed, &node)) {
+                candidates.push(node);
+            }
+        }
+        candidates
+    }
+
+    /// Installs a map read from the cluster, and forgets the nodes that
+    /// are neither in it nor seeds.
+    fn install(&self, ranges: &[SlotRange]) {
+        let mut slots = vec![None; usize::from(SLOTS)];
+        for range in ranges {
+            let node = self.node(&range.host, range.port);
+            for slot in range.start..=range.end {
+                slots[usize::from(slot)] = Some(Arc::clone(&node));
+            }
+        }
+        let seeds = self.seeds();
+        lock(&self.map.nodes).retain(|address, node| {
+            seeds.contains(address) || slots.iter().flatten().any(|n| Arc::ptr_eq(n, node))
+        });
+        *self.map.slots_mut() = slots;
+        let mut state = lock(&self.map.refresh);
+        state.loaded = true;
+        state.stale = false;
+    }
+
+    /// Authenticates a new connection; a cluster has no database to select.
+    async fn handshake<T: Io>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
+        handshake(conn, self.username.as_deref(), self.password.as_deref(), 0).await
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The error of a call whose deadline passed between redirections.
+fn out_of_time() -> BackendError {
+    BackendError::new("redis cluster: the call's deadline passed while following redirections")
+        .with_kind(BackendErrorKind::Timeout)
+}
+
+/// A reply memo cannot match to its command: reported, never a panic.
+fn mismatch(what: &str) -> BackendError {
+    BackendError::new(format!("redis cluster: {what}")).with_kind(BackendErrorKind::Protocol)
+}
+
+/// Whether an error reply says the cluster itself is in trouble (down,
+/// resharding, a master lost), which a fresh map may cure.
+fn is_cluster_trouble(message: &str) -> bool {
+    [
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "READONLY",
+        "LOADING",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
+}
+
+/// An error reply, as a redirection when it is one.
+fn outcome_of_error(message: String) -> Outcome {
+    let parts: Vec<&str> = message.split(' ').collect();
+    if let [kind @ ("MOVED" | "ASK"), slot, target] = parts.as_slice() {
+        if let (Ok(slot), Some((host, port))) = (slot.parse::<u16>(), split_target(target)) {
+            if slot < SLOTS {
+                return if *kind == "MOVED" {
+                    Outcome::Moved { slot, host, port }
+                } else {
+                    Outcome::Ask { host, port }
+                };
+            }
+        }
+    }
+    Outcome::Refused(message)
+}
+
+/// The `host:port` of a redirection (`::1:7000` for IPv6, as Redis writes
+/// it; an empty host means the node that answered).
+fn split_target(target: &str) -> Option<(String, u16)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let port = port.parse().ok().filter(|port| *port != 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port))
+}
+
+/// One line of the map: slots `start..=end` are served by `host:port`.
+#[derive(Debug, PartialEq, Eq)]
+struct SlotRange {
+    start: u16,
+    end: u16,
+    host: String,
+    port: u16,
+}
+
+/// Reads `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+/// A master without a known host (empty or `?`) is on `default_host`, the
+/// node that answered.
+fn parse_slots(value: Value, default_host: &str) -> Result<Vec<SlotRange>, String> {
+    let Value::Array(entries) = value else {
+        return Err("not an array".to_owned());
+    };
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(fields) = entry else {
+            return Err("a slot range is not an array".to_owned());
+        };
+        let mut fields = fields.into_iter();
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err("a slot range lacks its bounds or its master".to_owned());
+        };
+        let slot = |n: i64| u16::try_from(n).ok().filter(|&n| n < SLOTS);
+        let (Some(start), Some(end)) = (slot(start), slot(end)) else {
+            return Err(format!("slots {start}-{end} are out of range"));
+        };
+        if start > end {
+            return Err(format!("slots {start}-{end} are reversed"));
+        }
+        let mut master = master.into_iter();
+        let (Some(Value::Bulk(host)), Some(Value::Int(port))) = (master.next(), master.next())
+        else {
+            return Err("a master lacks its host or port".to_owned());
+        };
+        let host = String::from_utf8(host).map_err(|_| "a host is not UTF-8".to_owned())?;
+        let host = match host.as_str() {
+            "" | "?" => default_host.to_owned(),
+            _ => host,
+        };
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| format!("port {port} is out of range"))?;
+        ranges.push(SlotRange {
+            start,
+            end,
+            host,
+            port,
+        });
+    }
+    Ok(ranges)
+}
+
+/// Sends `batch` pipelined in one write, then reads every reply (so the
+/// connection stays in step whatever they say): one round trip.
+async fn exec<T: Io>(
+    conn: &mut Conn<T>,
+    batch: &[(&Cmd<'_>, bool)],
+    millis: &str,
+) -> Result<Vec<Outcome>, OpError> {
+    conn.out.clear();
+    for (cmd, asking) in batch {
+        if *asking {
+            conn.push_command(&[b"ASKING"]).await?;
+        }
+        cmd.push(conn, millis).await?;
+    }
+    conn.flush().await?;
+    count_round_trip();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (cmd, asking) in batch {
+        let mut refused_asking = None;
+        if *asking {
+            match conn.value().await {
+                Ok(value) => value.ok("ASKING")?,
+                Err(OpError::Refused(message)) => refused_asking = Some(message),
+                Err(err) => return Err(err),
+            }
+        }
+        let outcome = match cmd.read(conn).await {
+            Ok(reply) => Outcome::Reply(reply),
+            Err(OpError::Refused(message)) => outcome_of_error(message),
+            Err(err) => return Err(err),
+        };
+        outcomes.push(match refused_asking {
+            Some(message) => Outcome::Refused(message),
+            None => outcome,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Polls every future until all are done: the nodes of a round in
+/// parallel for async callers (a blocking caller's futures are done when
+/// made, one node after the other).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(done) => *output = Some(done),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// How a call reaches one node: the blocking pool or the async one. The
+/// routing above is written once, as async code over this.
+trait World: Sync {
+    /// Runs `batch` on `node` (see [`exec`]) under `settings`.
+    fn run<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        node: &'a Node,
+        settings: Settings,
+        batch: &'a [(&'a Cmd<'a>, bool)],
+        millis: &'a str,
+    ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a;
+}
+
+/// Blocking callers: the node call runs when its future is made.
+struct Blocking;
+
+impl World for Blocking {
+    fn run<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        node: &'a Node,
+        settings: Settings,
+        batch: &'a [(&'a Cmd<'a>, bool)],
+        millis: &'a str,
+    ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a {
+        std::future::ready(node.pool.run(
+            &settings,
+            &|conn| ready(backend.handshake(conn)),
+            &mut |conn| ready(exec(conn, batch, millis)),
+        ))
+    }
+}
+
+/// Async callers: tokio sockets from the same pools.
+#[cfg(feature = "async")]
+struct Tokio;
+
+#[cfg(feature = "async")]
+impl World for Tokio {
+    async fn run<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        node: &'a Node,
+        settings: Settings,
+        batch: &'a [(&'a Cmd<'a>, bool)],
+        millis: &'a str,
+    ) -> Result<Vec<Outcome>, BackendError> {
+        run_async!(
+            &node.pool,
+            &settings,
+            handshake: |new| backend.handshake(new),
+            op: |conn| exec(conn, batch, millis),
+        )
+    }
+}
+
+impl Backend for RedisClusterBackend {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        ready(self.one(&Blocking, Cmd::Get(key), "", Reply::value))
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        ready(self.get_many_in(&Blocking, keys))
+    }
+
+    fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        ready(self.one(&Blocking, Cmd::Set(key, value), &millis, Reply::done))
+    }
+
+    fn set_many(&self, items: &[(&str, &[u8])], ttl: Duration) -> Result<(), BackendError> {
+        ready(self.set_many_in(&Blocking, items, ttl))
+    }
+
+    fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        ready(self.one(&Blocking, Cmd::Add(key, value), &millis, Reply::flag))
+    }
+
+    fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        ready(self.one(&Blocking, Cmd::Touch(key), &millis, Reply::flag))
+    }
+
+    fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        ready(self.one(&Blocking, Cmd::Delete(key), "", Reply::flag))
+    }
+
+    /// Atomic, through a Lua script on the key's master.
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        let cmd = Cmd::DeleteIfValue(key, expected);
+        ready(self.one(&Blocking, cmd, "", Reply::flag))
+    }
+
+    /// Atomic, through a Lua script on the key's master.
+    fn touch_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let millis = ttl_millis(ttl).to_string();
+        let cmd = Cmd::TouchIfValue(key, expected);
+        ready(self.one(&Blocking, cmd, &millis, Reply::flag))
+    }
+
+    /// The same client serves async callers natively, on tokio sockets.
+    #[cfg(feature = "async")]
+    fn __async(self: Arc<Self>) -> Option<Arc<dyn aio::AsyncBackend>> {
+        Some(self)
+    }
+}
+
+/// The same routing, map, pools and health as the blocking client, over
+/// tokio sockets: nothing here blocks the executor.
+#[cfg(feature = "async")]
+impl aio::AsyncBackend for RedisClusterBackend {
+    fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
+        Box::pin(self.one(&Tokio, Cmd::Get(key), "", Reply::value))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> aio::BackendFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(self.get_many_in(&Tokio, keys))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            self.one(&Tokio, Cmd::Set(key, value), &millis, Reply::done)
+                .await
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a [u8])],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, ()> {
+        Box::pin(self.set_many_in(&Tokio, items, ttl))
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            self.one(&Tokio, Cmd::Add(key, value), &millis, Reply::flag)
+                .await
+        })
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Duration) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            self.one(&Tokio, Cmd::Touch(key), &millis, Reply::flag)
+                .await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, bool> {
+        Box::pin(self.one(&Tokio, Cmd::Delete(key), "", Reply::flag))
+    }
+
+    /// Atomic, through a Lua script on the key's master.
+    fn delete_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(self.one(&Tokio, Cmd::DeleteIfValue(key, expected), "", Reply::flag))
+    }
+
+    /// Atomic, through a Lua script on the key's master.
+    fn touch_if_value<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        ttl: Duration,
+    ) -> aio::BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let millis = ttl_millis(ttl).to_string();
+            self.one(
+                &Tokio,
+                Cmd::TouchIfValue(key, expected),
+                &millis,
+                Reply::flag,
+            )
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_redis_and_its_hash_tags() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("bar"), 5061);
+        assert_eq!(key_slot(""), 0);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        assert_eq!(key_slot("{user1000}.followers"), key_slot("user1000"));
+        // An empty tag is no tag: the whole key is hashed.
+        assert_eq!(key_slot("foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
+        // Only the first `{` and the first `}` after it count.
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
+        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
+        assert_eq!(key_slot("no}tag{here"), crc16(b"no}tag{here") % SLOTS);
+        assert!((0..5000).all(|i| key_slot(&format!("k{i}")) < SLOTS));
+    }
+
+    #[test]
+    fn redirections_are_read_and_anything_else_is_an_error() {
+        assert!(matches!(
+            outcome_of_error("MOVED 3999 127.0.0.1:6381".to_owned()),
+            Outcome::Moved { slot: 3999, host, port: 6381 } if host == "127.0.0.1"
+        ));
+        assert!(matches!(
+            outcome_of_error("ASK 3999 ::1:6381".to_owned()),
+            Outcome::Ask { host, port: 6381 } if host == "::1"
+        ));
+        assert!(matches!(
+            outcome_of_error("MOVED 3999 :6381".to_owned()),
+            Outcome::Moved { host, .. } if host.is_empty()
+        ));
+        for other in [
+            "MOVED 16384 h:1",
+            "MOVED x h:1",
+            "MOVED 1 h",
+            "MOVED 1 h:0",
+            "MOVED 1 h:1 extra",
+            "ASK",
+            "CLUSTERDOWN The cluster is down",
+            "ERR wrong",
+        ] {
+            assert!(
+                matches!(outcome_of_error(other.to_owned()), Outcome::Refused(m) if m == other),
+                "{other}"
+            );
+        }
+        assert!(is_cluster_trouble("CLUSTERDOWN Hash slot not served"));
+        assert!(is_cluster_trouble("TRYAGAIN Multiple keys request"));
+        assert!(!is_cluster_trouble("ERR unknown command"));
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::Bulk(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_slot_map_is_read_strictly() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("10.0.0.1"), Value::Int(7000), bulk("id")]),
+                Value::Array(vec![bulk("10.0.0.4"), Value::Int(7003), bulk("id")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![
+                    bulk(""),
+                    Value::Int(7001),
+                    bulk("id"),
+                    Value::Array(vec![]),
+                ]),
+            ]),
+        ]);
+        let ranges = parse_slots(reply, "seed").unwrap();
+        assert_eq!(
+            ranges,
+            [
+                SlotRange {
+                    start: 0,
+                    end: 5460,
+                    host: "10.0.0.1".to_owned(),
+                    port: 7000
+                },
+                SlotRange {
+                    start: 5461,
+                    end: 16383,
+                    host: "seed".to_owned(),
+                    port: 7001
+                },
+            ]
+        );
+        let range = |start, end, port| {
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                Value::Array(vec![bulk("h"), Value::Int(port)]),
+            ])])
+        };
+        assert!(parse_slots(range(0, 16383, 1), "s").is_ok());
+        for bad in [
+            range(0, 16384, 1),
+            range(-1, 5, 1),
+            range(9, 5, 1),
+            range(0, 5, 0),
+            range(0, 5, 65536),
+            Value::Int(1),
+            Value::Array(vec![Value::Nil]),
+            Value::Array(vec![Value::Array(vec![Value::Int(0)])]),
+        ] {
+            assert!(parse_slots(bad, "s").is_err());
+        }
+    }
+
+    #[test]
+    fn urls_take_seeds_credentials_and_tuning() {
+        let parse = |url: &str| RedisClusterBackend::from_url_parts(&CacheUrl::parse(url).unwrap());
+        let backend =
+            parse("redis+cluster://app:pw@a:7000,b,[::1]:7002?timeout_ms=70&pool_size=2").unwrap();
+        assert_eq!(backend.seeds(), ["a:7000", "b:6379", "[::1]:7002"]);
+        assert_eq!(backend.username.as_deref(), Some("app"));
+        assert_eq!(backend.password.as_deref(), Some("pw"));
+        assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+        assert_eq!(backend.settings.pool_size, 2);
+        assert!(!format!("{backend:?}").contains("pw"));
+        assert!(parse("redis://a:1").is_ok());
+        assert!(parse("redis+cluster://a:1/0").is_ok());
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1/2",
+            "redis+cluster://user@a:1",
+            "redis+cluster://a:0",
+            "redis+cluster://a:1?colour=blue",
+            "redis+cluster://a:1?timeout_ms=0",
+            "rediss://a:1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_dead_cluster_fails_fast_within_the_deadline() {
+        let backend = RedisClusterBackend::new(["127.0.0.1:9", "127.0.0.1:10"]).unwrap();
+        let started = Instant::now();
+        assert!(backend.get("k").is_err());
+        assert!(backend.set("k", b"v", Duration::from_secs(1)).is_err());
+        assert!(backend.get_many(&["a", "b", "c"]).is_err());
+        assert!(started.elapsed() < Duration::from_millis(600));
+        assert_eq!(backend.node_for("k"), None);
+    }
+
+    #[test]
+    fn one_caller_at_a_time_reads_the_map_and_not_too_often() {
+        let map = SlotMap::default();
+        let first = map.start_refresh();
+        assert!(first.is_some(), "never read: due");
+        assert!(map.start_refresh().is_none(), "one reader at a time");
+        drop(first);
+        assert!(map.start_refresh().is_none(), "rate-limited");
+        lock(&map.refresh).loaded = true;
+        std::thread::sleep(MIN_REFRESH_INTERVAL);
+        assert!(
+            map.start_refresh().is_none(),
+            "loaded and not stale: not due"
+        );
+        map.mark_stale();
+        let again = map.start_refresh();
+        assert!(again.is_some(), "stale, and the interval passed");
+        drop(again);
+        map.mark_stale();
+        assert!(map.start_refresh().is_none(), "rate-limited again");
+    }
+
+    #[test]
+    fn deadlines_shrink_in_proportion_and_end() {
+        let backend = RedisClusterBackend::new(["h:1"])
+            .unwrap()
+            .connect_timeout(Duration::from_millis(100))
+            .timeout(Duration::from_millis(300));
+        let far = Instant::now() + Duration::from_secs(10);
+        let settings = backend.settings_within(far).unwrap();
+        assert_eq!(settings.timeout, Duration::from_millis(300));
+        let near = Instant::now() + Duration::from_millis(200);
+        let settings = backend.settings_within(near).unwrap();
+        assert!(settings.connect_timeout + settings.timeout <= Duration::from_millis(200));
+        assert!(settings.connect_timeout <= Duration::from_millis(50));
+        assert!(backend.settings_within(Instant::now()).is_none());
+    }
+}

@@ -290,7 +290,7 @@ impl Drop for Server {
 }
 
 /// A port nothing listens on right now: the kernel's pick for port 0.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -316,8 +316,9 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// memcached refuses to run as root unless told which user to be.
-fn is_root() -> bool {
+/// Whether tests run as root, as whom memcached refuses to run unless told
+/// which user to be (`-u root`).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -55,6 +55,8 @@ pub(crate) use asynchronous::{AsyncBackend, BackendFuture};
 #[cfg(feature = "async")]
 pub use asynchronous::{AsyncBackend, BackendFuture};
 pub use memory::MemoryBackend;
+#[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
+pub use net::tls::TlsConfig;
 
 /// A cache engine storing byte values under string keys.
 ///

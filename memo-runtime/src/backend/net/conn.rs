@@ -12,6 +12,10 @@
 //! poll; the tokio client awaits them over a `tokio::net::TcpStream`. The
 //! bytes on the wire, the lengths refused and the errors returned are
 //! therefore the same in both.
+//!
+//! **TLS sits inside the connection.** With the `tls` feature a `Conn`
+//! may carry a rustls session (`tls::Session`), through which its reads and
+//! writes go; the conversations above see plaintext either way.
 
 use std::future::Future;
 use std::io;
@@ -71,11 +75,14 @@ pub(crate) type Parse<R> = fn(&[u8]) -> Parsed<R>;
 /// What a [`Parse`] returns.
 pub(crate) type Parsed<R> = Result<Option<(R, usize)>, OpError>;
 
-/// An open connection: its transport, the bytes read but not yet parsed,
-/// and the request being assembled.
+/// An open connection: its transport, its TLS session if any, the bytes
+/// read but not yet parsed, and the request being assembled.
 #[derive(Debug)]
 pub(crate) struct Conn<T> {
     pub(crate) io: T,
+    /// The TLS session the bytes go through, once a handshake set it up.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Box<super::tls::Session>>,
     input: Vec<u8>,
     /// Where the unparsed bytes of `input` start.
     start: usize,
@@ -87,6 +94,8 @@ impl<T: Io> Conn<T> {
     pub(crate) fn new(io: T) -> Conn<T> {
         Conn {
             io,
+            #[cfg(feature = "tls")]
+            tls: None,
             input: Vec::new(),
             start: 0,
             out: Vec::new(),
@@ -99,9 +108,26 @@ impl<T: Io> Conn<T> {
         self.start < self.input.len()
     }
 
+    /// Whether bytes that no reply took were read from the server: those
+    /// not parsed, and with TLS those rustls holds. Such a connection is
+    /// out of step and never pooled.
+    pub(crate) fn has_leftovers(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.as_mut().is_some_and(|tls| tls.has_unread()) {
+            return true;
+        }
+        self.has_unread()
+    }
+
     /// Writes `bytes` at once, bypassing the buffer.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.io.write_all(bytes).await
+        write(
+            &mut self.io,
+            #[cfg(feature = "tls")]
+            &mut self.tls,
+            bytes,
+        )
+        .await
     }
 
     /// Appends `bytes` to the request, writing large ones straight to the
@@ -119,7 +145,13 @@ impl<T: Io> Conn<T> {
     /// Sends the buffered request.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            let result = self.io.write_all(&self.out).await;
+            let result = write(
+                &mut self.io,
+                #[cfg(feature = "tls")]
+                &mut self.tls,
+                &self.out,
+            )
+            .await;
             self.out.clear();
             result?;
         }
@@ -159,11 +191,32 @@ impl<T: Io> Conn<T> {
         }
         let filled = self.input.len();
         self.input.resize(filled + READ_CHUNK, 0);
-        let result = self.io.read_some(&mut self.input[filled..]).await;
+        let into = &mut self.input[filled..];
+        #[cfg(feature = "tls")]
+        let result = match &mut self.tls {
+            Some(tls) => tls.read(&mut self.io, into).await,
+            None => self.io.read_some(into).await,
+        };
+        #[cfg(not(feature = "tls"))]
+        let result = self.io.read_some(into).await;
         let read = *result.as_ref().unwrap_or(&0);
         self.input.truncate(filled + read);
         result
     }
+}
+
+/// Writes `bytes` to a connection's transport `io`, through its TLS
+/// session if any.
+async fn write<T: Io>(
+    io: &mut T,
+    #[cfg(feature = "tls")] tls: &mut Option<Box<super::tls::Session>>,
+    bytes: &[u8],
+) -> io::Result<()> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = tls {
+        return tls.write_all(io, bytes).await;
+    }
+    io.write_all(bytes).await
 }
 
 /// Runs `future` to completion on this thread. Only for futures that never

@@ -55,16 +55,30 @@ pub(crate) struct Idle {
     stream: std::net::TcpStream,
     /// The request buffer, kept for its capacity.
     out: Vec<u8>,
+    /// The TLS session, which lives as long as the socket.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<super::tls::Session>>,
 }
 
 impl Idle {
     /// Deregisters `conn`'s socket for the pool; `None` (the socket is
     /// closed) when its runtime no longer can.
     pub(crate) fn suspend(conn: Conn<TcpStream>) -> Option<Idle> {
-        let Conn { io, mut out, .. } = conn;
+        let Conn {
+            io,
+            mut out,
+            #[cfg(feature = "tls")]
+            tls,
+            ..
+        } = conn;
         out.clear();
         let stream = io.into_std().ok()?;
-        Some(Idle { stream, out })
+        Some(Idle {
+            stream,
+            out,
+            #[cfg(feature = "tls")]
+            tls,
+        })
     }
 
     /// Registers the socket with the current runtime's reactor; `None`
@@ -84,6 +98,10 @@ impl Idle {
         let stream = TcpStream::from_std(self.stream).ok()?;
         let mut conn = Conn::new(stream);
         conn.out = self.out;
+        #[cfg(feature = "tls")]
+        {
+            conn.tls = self.tls;
+        }
         Some(conn)
     }
 }

@@ -701,7 +701,7 @@ fn tls_urls_with_bad_files_or_parameters_are_clear_errors() {
             format!("redis://h:1?ca={}", pki.ca().display()),
             "TLS scheme",
         ),
-        (format!("memcached://h:1?insecure=true"), "TLS scheme"),
+        ("memcached://h:1?insecure=true".to_owned(), "TLS scheme"),
         ("rediss://h:1?insecure=perhaps".to_owned(), "true or false"),
     ];
     for (url, expected) in cases {

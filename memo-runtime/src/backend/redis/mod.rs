@@ -627,12 +627,27 @@ mod tests {
             "redis://a:1?timeout_ms=0",
             "redis://a:1?pool_size=many",
             "redis://a:1?colour=blue",
-            "rediss://a:1",
+            "redis://a:1?insecure=true",
+            "rediss://a:1?ca=/no/such/ca.pem",
         ] {
             assert!(backend(url).is_err(), "{url} was accepted");
         }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_it() {
         let err = backend("rediss://a:1").unwrap_err().to_string();
-        assert!(err.contains("TLS"), "{err}");
+        assert!(err.contains("\"tls\""), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_verifies_by_default_and_insecure_says_so() {
+        let secure = backend("rediss://a:1?insecure=true&timeout_ms=70").unwrap();
+        assert_eq!(secure.settings.timeout, Duration::from_millis(70));
+        let err = backend("rediss://a:1?colour=blue").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
     }
 
     #[test]

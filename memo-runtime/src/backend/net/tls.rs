@@ -270,6 +270,7 @@ impl TlsConfig {
             tls,
             incoming: Vec::new(),
             start: 0,
+            end: 0,
             outgoing: Vec::new(),
             records: Records::default(),
         })
@@ -395,10 +396,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[derive(Debug)]
 pub(crate) struct Session {
     tls: ClientConnection,
-    /// TLS bytes read from the socket; rustls has taken those before
-    /// `start`.
+    /// TLS bytes read from the socket, in `start..end`; rustls has taken
+    /// those before `start`. Allocated once and never zeroed again: a hit
+    /// should not pay for clearing 64 KiB.
     incoming: Vec<u8>,
     start: usize,
+    end: usize,
     /// TLS bytes rustls produced, on their way to the socket.
     outgoing: Vec<u8>,
     /// Where the TLS bytes given to rustls stand in the record framing.
@@ -460,7 +463,7 @@ impl Session {
     /// bytes read and not yet given to rustls, part of a record, or
     /// decrypted plaintext nobody read. Such a connection is out of step.
     pub(crate) fn has_unread(&mut self) -> bool {
-        if self.start < self.incoming.len() || !self.records.at_boundary() {
+        if self.start < self.end || !self.records.at_boundary() {
             return true;
         }
         match self.tls.process_new_packets() {
@@ -473,17 +476,17 @@ impl Session {
     /// over, and processes them; the bytes read, zero when the server
     /// closed.
     async fn receive<T: Io>(&mut self, io: &mut T) -> io::Result<usize> {
-        if self.start == self.incoming.len() {
-            self.incoming.resize(READ_CHUNK, 0);
-            let result = io.read_some(&mut self.incoming).await;
-            let read = *result.as_ref().unwrap_or(&0);
-            self.incoming.truncate(read);
-            self.start = 0;
-            if result? == 0 {
+        if self.start == self.end {
+            if self.incoming.is_empty() {
+                self.incoming = vec![0; READ_CHUNK];
+            }
+            let read = io.read_some(&mut self.incoming).await?;
+            (self.start, self.end) = (0, read);
+            if read == 0 {
                 return Ok(0);
             }
         }
-        let mut rest = &self.incoming[self.start..];
+        let mut rest = &self.incoming[self.start..self.end];
         let taken = self.tls.read_tls(&mut rest)?;
         self.records
             .advance(&self.incoming[self.start..self.start + taken]);
@@ -641,6 +644,91 @@ mod tests {
         let err = read_key(&key).unwrap_err().to_string();
         assert!(!err.contains("c2VjcmV0"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rustls server on a free loopback port that completes one
+    /// handshake, reads a request line, and writes `reply` and then the
+    /// first `partial` bytes of a second record holding `stray`.
+    fn tls_server(reply: &'static [u8], stray: &'static [u8], partial: usize) -> u16 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut tls = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            let mut request = Vec::new();
+            while !request.ends_with(b"\n") {
+                tls.complete_io(&mut tcp).unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(n) = tls.reader().read(&mut buf) {
+                    request.extend_from_slice(&buf[..n]);
+                }
+            }
+            let mut records = Vec::new();
+            tls.writer().write_all(reply).unwrap();
+            tls.write_tls(&mut records).unwrap();
+            let whole = records.len();
+            tls.writer().write_all(stray).unwrap();
+            tls.write_tls(&mut records).unwrap();
+            tcp.write_all(&records[..whole + partial.min(records.len() - whole)])
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        });
+        port
+    }
+
+    /// Sends a request over a fresh TLS connection to `port` and reads one
+    /// reply line; whether the connection then holds leftovers.
+    fn leftovers_after_one_reply(port: u16) -> bool {
+        use super::super::conn::{Conn, ready, take_line};
+        use super::super::deadline::{DeadlineStream, later};
+        let deadline = later(std::time::Instant::now(), std::time::Duration::from_secs(5));
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut conn = Conn::new(DeadlineStream::new(tcp, deadline));
+        let mut session = TlsConfig::insecure()
+            .session(&server_name("127.0.0.1").unwrap())
+            .unwrap();
+        ready(session.handshake(&mut conn.io)).unwrap();
+        conn.tls = Some(Box::new(session));
+        ready(conn.send(b"PING\r\n")).unwrap();
+        // Let the whole burst arrive before the first read.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let line = ready(
+            conn.next(|buf| Ok(take_line(buf, 100)?.map(|(line, used)| (line.to_owned(), used)))),
+        )
+        .unwrap();
+        assert_eq!(line, "+PONG");
+        conn.has_leftovers()
+    }
+
+    #[test]
+    fn a_connection_holding_part_of_a_stray_record_is_never_reused() {
+        assert!(!leftovers_after_one_reply(tls_server(b"+PONG\r\n", b"", 0)));
+        for partial in [1, 4, 5, 6, 20] {
+            let port = tls_server(b"+PONG\r\n", b"+STRAY\r\n", partial);
+            assert!(
+                leftovers_after_one_reply(port),
+                "{partial} bytes of a record"
+            );
+        }
+        let port = tls_server(b"+PONG\r\n", b"+STRAY\r\n", usize::MAX);
+        assert!(leftovers_after_one_reply(port), "a whole stray record");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! broken, as a real cache server: memo checks every byte it reads back.
 //!
 //! Shipped engines: [`MemoryBackend`] (the embedded default), and behind cargo
-//! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`).
+//! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`),
+//! both of which speak TLS with the feature `tls` (`TlsConfig`).
 //! Implement [`Backend`] to bring your own.
 //!
 //! # Durations

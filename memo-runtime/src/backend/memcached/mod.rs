@@ -563,6 +563,22 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_it() {
+        let err = backend("memcacheds://a:1").unwrap_err().to_string();
+        assert!(err.contains("\"tls\""), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn memcacheds_takes_tls_and_tuning_parameters() {
+        let backend = backend("memcacheds://a:1,b:2?insecure=true&pool_size=3").unwrap();
+        assert_eq!(backend.servers(), ["a:1", "b:2"]);
+        assert_eq!(backend.settings.pool_size, 3);
+        assert!(self::backend("memcached://a:1?insecure=true").is_err());
+    }
+
     #[test]
     fn placement_is_fixed_across_builds() {
         // Pinned values: if these change, every deployed cache is reshuffled.

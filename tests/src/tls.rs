@@ -171,6 +171,8 @@ pub struct TlsServer {
     kind: Kind,
     tls_port: u16,
     plain_port: u16,
+    /// The command line, to restart the server on the same ports.
+    args: Vec<String>,
     child: Child,
 }
 
@@ -186,106 +188,48 @@ impl TlsServer {
     ) -> TlsServer {
         let mut last_error = String::new();
         for _ in 0..5 {
-            match TlsServer::spawn(kind, pki, identity, require_client_cert) {
-                Ok(server) => return server,
+            let (tls_port, plain_port) = (free_port(), free_port());
+            let args = arguments(
+                kind,
+                pki,
+                identity,
+                require_client_cert,
+                tls_port,
+                plain_port,
+            );
+            match spawn(kind, &args, tls_port, plain_port) {
+                Ok(child) => {
+                    return TlsServer {
+                        kind,
+                        tls_port,
+                        plain_port,
+                        args,
+                        child,
+                    };
+                }
                 Err(err) => last_error = err,
             }
         }
         panic!("could not start a TLS {kind:?} server: {last_error}");
     }
 
-    fn spawn(
-        kind: Kind,
-        pki: &Pki,
-        identity: &Identity,
-        require_client_cert: bool,
-    ) -> Result<TlsServer, String> {
-        let (tls_port, plain_port) = (free_port(), free_port());
-        let path = |p: &Path| p.display().to_string();
-        let mut command = match kind {
-            Kind::Redis => {
-                let mut command = Command::new("redis-server");
-                command.args([
-                    "--port",
-                    &plain_port.to_string(),
-                    "--tls-port",
-                    &tls_port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--tls-cert-file",
-                    &path(&identity.cert),
-                    "--tls-key-file",
-                    &path(&identity.key),
-                    "--tls-ca-cert-file",
-                    &path(&pki.ca()),
-                    "--tls-auth-clients",
-                    if require_client_cert { "yes" } else { "no" },
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                ]);
-                command
-            }
-            Kind::Memcached => {
-                let mut command = Command::new("memcached");
-                let mut options = format!(
-                    "ssl_chain_cert={},ssl_key={}",
-                    path(&identity.cert),
-                    path(&identity.key)
-                );
-                if require_client_cert {
-                    options.push_str(&format!(
-                        ",ssl_ca_cert={},ssl_verify_mode=2",
-                        path(&pki.ca())
-                    ));
-                }
-                command.args([
-                    "-Z",
-                    "-o",
-                    &options,
-                    "-l",
-                    &format!("127.0.0.1:{tls_port}"),
-                    "-l",
-                    &format!("notls:127.0.0.1:{plain_port}"),
-                    "-U",
-                    "0",
-                    "-m",
-                    "256",
-                ]);
-                if is_root() {
-                    command.args(["-u", "root"]);
-                }
-                command
-            }
-        };
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|err| format!("cannot run the {kind:?} server: {err}"))?;
+    /// Kills the server and starts it again, empty, on the same ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("exited at startup ({status})"));
+            match spawn(self.kind, &self.args, self.tls_port, self.plain_port) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                // The old sockets may linger for a moment after the kill.
+                Err(err) if Instant::now() > deadline => {
+                    panic!("could not restart the TLS {:?} server: {err}", self.kind)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-            if answers(kind, plain_port) && TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
-                return Ok(TlsServer {
-                    kind,
-                    tls_port,
-                    plain_port,
-                    child,
-                });
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("did not come up within 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -320,6 +264,102 @@ impl TlsServer {
             Kind::Memcached => "memcached",
         };
         format!("{scheme}://127.0.0.1:{}", self.plain_port)
+    }
+}
+
+/// The command line of a server of `kind` on the two ports.
+fn arguments(
+    kind: Kind,
+    pki: &Pki,
+    identity: &Identity,
+    require_client_cert: bool,
+    tls_port: u16,
+    plain_port: u16,
+) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    let mut args: Vec<String> = match kind {
+        Kind::Redis => vec![
+            "--port".into(),
+            plain_port.to_string(),
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            path(&identity.cert),
+            "--tls-key-file".into(),
+            path(&identity.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca()),
+            "--tls-auth-clients".into(),
+            if require_client_cert { "yes" } else { "no" }.into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--protected-mode".into(),
+            "no".into(),
+        ],
+        Kind::Memcached => {
+            let mut options = format!(
+                "ssl_chain_cert={},ssl_key={}",
+                path(&identity.cert),
+                path(&identity.key)
+            );
+            if require_client_cert {
+                options.push_str(&format!(
+                    ",ssl_ca_cert={},ssl_verify_mode=2",
+                    path(&pki.ca())
+                ));
+            }
+            vec![
+                "-Z".into(),
+                "-o".into(),
+                options,
+                "-l".into(),
+                format!("127.0.0.1:{tls_port}"),
+                "-l".into(),
+                format!("notls:127.0.0.1:{plain_port}"),
+                "-U".into(),
+                "0".into(),
+                "-m".into(),
+                "256".into(),
+            ]
+        }
+    };
+    if kind == Kind::Memcached && is_root() {
+        args.extend(["-u".into(), "root".into()]);
+    }
+    args
+}
+
+/// Runs the server and waits until both ports answer.
+fn spawn(kind: Kind, args: &[String], tls_port: u16, plain_port: u16) -> Result<Child, String> {
+    let binary = match kind {
+        Kind::Redis => "redis-server",
+        Kind::Memcached => "memcached",
+    };
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|err| format!("cannot run {binary}: {err}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited at startup ({status})"));
+        }
+        if answers(kind, plain_port) && TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("did not come up within 10 s".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -198,6 +198,7 @@ both_kinds!(
     mutual_tls_works_with_a_client_certificate_and_fails_safe_without,
     a_stalled_handshake_costs_at_most_the_connect_timeout,
     insecure_accepts_a_self_signed_certificate,
+    a_restarted_server_is_a_plain_miss_and_its_sessions_are_replaced,
 );
 
 fn values_large_values_iterators_and_locks_work_over_tls(kind: Kind) {
@@ -632,6 +633,22 @@ fn insecure_accepts_a_self_signed_certificate(kind: Kind) {
         &server.url(&format!("ca={}", pki.ca().display())),
         "not signed by a trusted CA",
     );
+    reset();
+}
+
+fn a_restarted_server_is_a_plain_miss_and_its_sessions_are_replaced(kind: Kind) {
+    let _serial = serial();
+    let pki = Pki::new();
+    let mut server = TlsServer::start(kind, &pki, pki.server(), false);
+    configure_url(&server.url(&format!("ca={}", pki.ca().display())));
+    assert_eq!(call_n(3), (1, vec![0; 3]));
+    assert_eq!(runtime::run(call_n_async(3)), (1, vec![0; 3]));
+    server.restart();
+    // Every pooled connection, blocking and async, is from before the
+    // restart: each is found closed and replaced within the call.
+    assert_eq!(call_n(3), (1, vec![0; 3]), "the restarted server is empty");
+    assert_eq!(runtime::run(call_n_async(3)), (1, vec![0; 3]));
+    assert_eq!(stats().errors, 0, "{:?}", stats());
     reset();
 }
 

@@ -54,19 +54,7 @@ impl From<io::Error> for OpError {
     }
 }
 
-/// A byte transport: a socket, blocking or not.
-pub(crate) trait Io: Send {
-    /// Reads some bytes into `buf`; zero means the peer closed.
-    fn read_some<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
-    /// Writes all of `bytes`.
-    fn write_all<'a>(
-        &'a mut self,
-        bytes: &'a [u8],
-    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
-}
+pub(crate) use super::io::Io;
 
 /// A reply parser: `Ok(None)` while `buf` holds only part of a reply,
 /// `Ok(Some((reply, used)))` when its first `used` bytes are a whole reply.

@@ -1,6 +1,7 @@
 //! What the network backends share: connection settings and their URL
 //! parameters, server addresses, and
 //!
+//! - `io`: the byte transport a connection runs over;
 //! - `conn`: a connection and the sans-IO framing every reply parser
 //!   builds on, one for the blocking and the async client;
 //! - `pool`: the one connection pool and call rules of both clients;
@@ -47,6 +48,7 @@ use crate::common::url::CacheUrl;
 pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
+pub(crate) mod io;
 pub(crate) mod pool;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;

@@ -39,7 +39,7 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 
-use super::conn::Io;
+use super::io::Io;
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
 

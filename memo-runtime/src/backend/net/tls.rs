@@ -2,7 +2,7 @@
 //! `memcacheds://`, with rustls on the `ring` provider, no OpenSSL.
 //!
 //! **One TLS layer for both worlds.** memo's clients speak over the small
-//! [`Io`] transport of `conn`, which the blocking client runs over a
+//! [`Io`] transport, which the blocking client runs over a
 //! `DeadlineStream` and the async one over a tokio socket. [`Session`] is a
 //! sans-IO rustls client driven over any such transport, so one TLS layer
 //! serves the blocking and the async client: the same handshake, the same
@@ -14,7 +14,8 @@
 //! connection is opened, within the connect deadline, before any protocol
 //! handshake (`AUTH`, `SELECT`); reusing a pooled connection costs nothing
 //! more than on plaintext. rustls also resumes sessions with the same
-//! server when a new connection is opened.
+//! server when a new connection is opened, except with a client
+//! certificate (see `without_resumption`).
 //!
 //! **In step.** A connection is reused only when no reply bytes are left
 //! over (`pool`); over TLS that includes records rustls has read and not

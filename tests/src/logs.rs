@@ -7,6 +7,9 @@ use std::sync::{Mutex, OnceLock};
 #[derive(Debug)]
 pub struct Logger {
     lines: Mutex<Vec<(log::Level, String)>>,
+    /// Every line since the logger was installed, never cleared: for
+    /// what memo logs once per process.
+    history: Mutex<Vec<String>>,
 }
 
 impl Logger {
@@ -15,6 +18,7 @@ impl Logger {
         static LOGGER: OnceLock<Logger> = OnceLock::new();
         let logger = LOGGER.get_or_init(|| Logger {
             lines: Mutex::new(Vec::new()),
+            history: Mutex::new(Vec::new()),
         });
         if log::set_logger(logger).is_ok() {
             log::set_max_level(log::LevelFilter::Info);
@@ -37,6 +41,17 @@ impl Logger {
         self.lock().clone()
     }
 
+    /// How many lines containing `needle` were logged since the logger was
+    /// installed, whoever cleared it since.
+    pub fn ever_logged(&self, needle: &str) -> usize {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(log::Level, String)>> {
         self.lines
             .lock()
@@ -51,8 +66,12 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            self.lock()
-                .push((record.level(), record.args().to_string()));
+            let line = record.args().to_string();
+            self.history
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(line.clone());
+            self.lock().push((record.level(), line));
         }
     }
 

@@ -88,6 +88,8 @@ pub use api::{
     MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
     try_cache_memoize_async,
 };
+#[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
+pub use backend::TlsConfig;
 #[cfg(feature = "memcached")]
 pub use backend::memcached::MemcachedBackend;
 #[cfg(feature = "redis")]

@@ -9,9 +9,12 @@ use std::sync::{Mutex, MutexGuard};
 pub mod cluster;
 pub mod fakes;
 pub mod faulty;
+pub mod logs;
 pub mod recording;
 pub mod runtime;
 pub mod servers;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

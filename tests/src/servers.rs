@@ -333,8 +333,9 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// memcached refuses to run as root unless told which user to be.
-fn is_root() -> bool {
+/// Whether tests run as root, as whom memcached refuses to run unless told
+/// which user to be (`-u root`).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -7,10 +7,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, configure, stats};
+use memo_tests::logs::Logger;
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server};
 
@@ -324,55 +324,4 @@ fn losing_one_of_two_memcached_servers_loses_only_its_share() {
     );
     assert!(stats().errors > 0);
     reset();
-}
-
-/// Collects what memo's backends log, to count messages per outage.
-struct Logger {
-    lines: Mutex<Vec<(log::Level, String)>>,
-}
-
-impl Logger {
-    fn install() -> &'static Logger {
-        static LOGGER: OnceLock<Logger> = OnceLock::new();
-        let logger = LOGGER.get_or_init(|| Logger {
-            lines: Mutex::new(Vec::new()),
-        });
-        if log::set_logger(logger).is_ok() {
-            log::set_max_level(log::LevelFilter::Info);
-        }
-        logger
-    }
-
-    fn clear(&self) {
-        self.lock().clear();
-    }
-
-    fn count(&self, level: log::Level) -> usize {
-        self.lock().iter().filter(|(l, _)| *l == level).count()
-    }
-
-    fn lines(&self) -> Vec<(log::Level, String)> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(log::Level, String)>> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl log::Log for Logger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with("memo_runtime::backend")
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.lock()
-                .push((record.level(), record.args().to_string()));
-        }
-    }
-
-    fn flush(&self) {}
 }

@@ -7,7 +7,8 @@
 //! broken, as a real cache server: memo checks every byte it reads back.
 //!
 //! Shipped engines: [`MemoryBackend`] (the embedded default), and behind cargo
-//! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`).
+//! features `MemcachedBackend` (`memcached`) and `RedisBackend` (`redis`),
+//! both of which speak TLS with the feature `tls` (`TlsConfig`).
 //! Implement [`Backend`] to bring your own.
 //!
 //! # Durations
@@ -55,6 +56,8 @@ pub(crate) use asynchronous::{AsyncBackend, BackendFuture};
 #[cfg(feature = "async")]
 pub use asynchronous::{AsyncBackend, BackendFuture};
 pub use memory::MemoryBackend;
+#[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
+pub use net::tls::TlsConfig;
 
 /// A cache engine storing byte values under string keys.
 ///

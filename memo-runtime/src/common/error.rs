@@ -20,7 +20,7 @@ pub enum ConfigError {
     /// The URL names a scheme memo does not know, or one whose cargo feature
     /// is off.
     #[error(
-        "unsupported cache URL scheme {scheme:?}: use memory://, memcached:// (feature \"memcached\") or redis:// (feature \"redis\")"
+        "unsupported cache URL scheme {scheme:?}: use memory://, memcached:// (feature \"memcached\"), redis:// (feature \"redis\"), or memcacheds:// or rediss:// (feature \"tls\" too)"
     )]
     UnsupportedScheme {
         /// The scheme as given.

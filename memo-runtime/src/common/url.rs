@@ -188,6 +188,15 @@ impl CacheUrl {
     }
 }
 
+/// Parses `1/true/yes/on` and `0/false/no/off`, any case.
+pub(crate) fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 fn percent_decode(text: &str, url: &str) -> Result<String, ConfigError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

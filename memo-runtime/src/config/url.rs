@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Config, MIN_CHUNK_SIZE};
 use crate::backend::{Backend, MemoryBackend};
 use crate::common::error::ConfigError;
-use crate::common::url::{CacheUrl, GENERAL_PARAMS};
+use crate::common::url::{CacheUrl, GENERAL_PARAMS, parse_bool};
 
 impl Config {
     /// A configuration from a URL naming the backend and, in its query, the
@@ -21,6 +21,10 @@ impl Config {
     /// - `redis+cluster://host:port[,host:port...]`, or `redis://...` with
     ///   `cluster=true`: a Redis Cluster, found from any of the nodes given
     ///   (see `RedisClusterBackend`).
+    /// - `memcacheds://...` and `rediss://...`: the same over TLS (cargo
+    ///   feature `tls` too), with `ca=PATH` for a private CA,
+    ///   `cert=PATH&key=PATH` for a client certificate, `insecure=true` to
+    ///   skip verification (see `TlsConfig`).
     ///
     /// Parameters every scheme takes: `namespace`, `expiration` (seconds),
     /// `chunk_size` (bytes), `compression_level` (0-10), `force_encryption`
@@ -51,7 +55,7 @@ impl Config {
         };
         let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
             "memory" => Arc::new(MemoryBackend::from_url_parts(&backend_url)?),
-            "memcached" => memcached_from_url(&backend_url)?,
+            "memcached" | "memcacheds" => memcached_from_url(&backend_url)?,
             "redis" | "rediss" | "redis+cluster" => redis_from_url(&backend_url)?,
             other => {
                 return Err(ConfigError::UnsupportedScheme {
@@ -154,14 +158,5 @@ fn feature_disabled(url: &CacheUrl, feature: &'static str) -> ConfigError {
     ConfigError::FeatureDisabled {
         scheme: url.scheme.clone(),
         feature,
-    }
-}
-
-/// Parses `1/true/yes/on` and `0/false/no/off`, any case.
-pub(crate) fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
     }
 }

@@ -57,6 +57,12 @@
 //!   half read or unread closes it. A pooled connection with bytes waiting
 //!   on it, or closed by the server, is never reused, so a stray reply can
 //!   never be taken for the answer to a later command.
+//! - **TLS.** With the cargo feature `tls`, `memcacheds://` speaks TLS to
+//!   every server (memcached 1.6 started with `-Z`), verified against the
+//!   system's roots or `?ca=PATH`, with `?cert=PATH&key=PATH` for a client
+//!   certificate and `?insecure=true` to skip verification (logged as a
+//!   warning). The handshake is paid once per pooled connection, within
+//!   the connect timeout (see the `net::tls` module).
 //! - **Expiry.** memcached reads an expiration above 30 days as an absolute
 //!   Unix time, so longer TTLs are sent as one, capped at `i32::MAX`
 //!   (January 2038), the largest memcached parses: a longer TTL is kept as
@@ -165,6 +171,23 @@ impl MemcachedBackend {
 
     net::tuning_setters!();
 
+    /// Speaks TLS to every server, verifying each as `tls` says (URL:
+    /// `memcacheds://`, with `ca`, `cert`, `key` and `insecure`). Each
+    /// server's certificate must name its host as given here.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.set_tls(&tls);
+        self
+    }
+
+    // Without the `tls` feature there is no `TlsConfig` to clone.
+    #[cfg_attr(not(feature = "tls"), allow(unreachable_code))]
+    fn set_tls(&mut self, tls: &net::TlsConfig) {
+        for server in &mut self.servers {
+            server.pool.set_tls(tls.clone());
+        }
+    }
+
     /// The servers, as given.
     pub fn servers(&self) -> Vec<&str> {
         self.servers.iter().map(|s| s.name.as_str()).collect()
@@ -177,6 +200,8 @@ impl MemcachedBackend {
     }
 
     pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
+        let (tls, url) = net::split_tls(url, url.scheme == "memcacheds")?;
+        let url = &url;
         let invalid = |reason: &str| ConfigError::InvalidUrl {
             url: url.url.clone(),
             reason: reason.to_owned(),
@@ -196,6 +221,9 @@ impl MemcachedBackend {
         }
         let mut backend = Self::new(&url.hosts)?;
         backend.settings.apply_url_params(url)?;
+        if let Some(tls) = tls {
+            backend.set_tls(&tls);
+        }
         Ok(backend)
     }
 
@@ -567,6 +595,22 @@ mod tests {
             err.contains("timeout_ms"),
             "the error lists known parameters: {err}"
         );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_it() {
+        let err = backend("memcacheds://a:1").unwrap_err().to_string();
+        assert!(err.contains("\"tls\""), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn memcacheds_takes_tls_and_tuning_parameters() {
+        let backend = backend("memcacheds://a:1,b:2?insecure=true&pool_size=3").unwrap();
+        assert_eq!(backend.servers(), ["a:1", "b:2"]);
+        assert_eq!(backend.settings.pool_size, 3);
+        assert!(self::backend("memcached://a:1?insecure=true").is_err());
     }
 
     #[test]

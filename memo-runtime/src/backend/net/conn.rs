@@ -12,6 +12,10 @@
 //! poll; the tokio client awaits them over a `tokio::net::TcpStream`. The
 //! bytes on the wire, the lengths refused and the errors returned are
 //! therefore the same in both.
+//!
+//! **TLS sits inside the connection.** With the `tls` feature a `Conn`
+//! may carry a rustls session (`tls::Session`), through which its reads and
+//! writes go; the conversations above see plaintext either way.
 
 use std::future::Future;
 use std::io;
@@ -73,19 +77,7 @@ impl std::fmt::Display for Carried {
 
 impl std::error::Error for Carried {}
 
-/// A byte transport: a socket, blocking or not.
-pub(crate) trait Io: Send {
-    /// Reads some bytes into `buf`; zero means the peer closed.
-    fn read_some<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
-    /// Writes all of `bytes`.
-    fn write_all<'a>(
-        &'a mut self,
-        bytes: &'a [u8],
-    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
-}
+pub(crate) use super::io::Io;
 
 /// A reply parser: `Ok(None)` while `buf` holds only part of a reply,
 /// `Ok(Some((reply, used)))` when its first `used` bytes are a whole reply.
@@ -94,11 +86,14 @@ pub(crate) type Parse<R> = fn(&[u8]) -> Parsed<R>;
 /// What a [`Parse`] returns.
 pub(crate) type Parsed<R> = Result<Option<(R, usize)>, OpError>;
 
-/// An open connection: its transport, the bytes read but not yet parsed,
-/// and the request being assembled.
+/// An open connection: its transport, its TLS session if any, the bytes
+/// read but not yet parsed, and the request being assembled.
 #[derive(Debug)]
 pub(crate) struct Conn<T> {
     pub(crate) io: T,
+    /// The TLS session the bytes go through, once a handshake set it up.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Box<super::tls::Session>>,
     /// Bytes read from the socket, in `input[start..end]`; the rest is room
     /// for the next read. Its length only grows (as bytes arrive), so each
     /// byte of it is zeroed once per connection, not on every read:
@@ -117,6 +112,8 @@ impl<T: Io> Conn<T> {
     pub(crate) fn new(io: T) -> Conn<T> {
         Conn {
             io,
+            #[cfg(feature = "tls")]
+            tls: None,
             input: Vec::new(),
             start: 0,
             end: 0,
@@ -130,9 +127,26 @@ impl<T: Io> Conn<T> {
         self.start < self.end
     }
 
+    /// Whether bytes that no reply took were read from the server: those
+    /// not parsed, and with TLS those rustls holds. Such a connection is
+    /// out of step and never pooled.
+    pub(crate) fn has_leftovers(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.as_mut().is_some_and(|tls| tls.has_unread()) {
+            return true;
+        }
+        self.has_unread()
+    }
+
     /// Writes `bytes` at once, bypassing the buffer.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.io.write_all(bytes).await
+        write(
+            &mut self.io,
+            #[cfg(feature = "tls")]
+            &mut self.tls,
+            bytes,
+        )
+        .await
     }
 
     /// Appends `bytes` to the request, writing large ones straight to the
@@ -150,7 +164,13 @@ impl<T: Io> Conn<T> {
     /// Sends the buffered request.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            let result = self.io.write_all(&self.out).await;
+            let result = write(
+                &mut self.io,
+                #[cfg(feature = "tls")]
+                &mut self.tls,
+                &self.out,
+            )
+            .await;
             self.out.clear();
             result?;
         }
@@ -227,10 +247,31 @@ impl<T: Io> Conn<T> {
         if self.input.len() < self.end + room {
             self.input.resize(self.end + room, 0);
         }
-        let read = self.io.read_some(&mut self.input[self.end..]).await?;
+        let into = &mut self.input[self.end..];
+        #[cfg(feature = "tls")]
+        let read = match &mut self.tls {
+            Some(tls) => tls.read(&mut self.io, into).await?,
+            None => self.io.read_some(into).await?,
+        };
+        #[cfg(not(feature = "tls"))]
+        let read = self.io.read_some(into).await?;
         self.end += read;
         Ok(read)
     }
+}
+
+/// Writes `bytes` to a connection's transport `io`, through its TLS
+/// session if any.
+async fn write<T: Io>(
+    io: &mut T,
+    #[cfg(feature = "tls")] tls: &mut Option<Box<super::tls::Session>>,
+    bytes: &[u8],
+) -> io::Result<()> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = tls {
+        return tls.write_all(io, bytes).await;
+    }
+    io.write_all(bytes).await
 }
 
 /// Runs `future` to completion on this thread. Only for futures that never

@@ -1,6 +1,7 @@
 //! What the network backends share: connection settings and their URL
 //! parameters, server addresses, and
 //!
+//! - `io`: the byte transport a connection runs over;
 //! - `conn`: a connection and the sans-IO framing every reply parser
 //!   builds on, one for the blocking and the async client;
 //! - `pool`: the one connection pool and call rules of both clients;
@@ -10,7 +11,9 @@
 //!   connection per runtime, for protocols that answer in order (Redis);
 //! - `health`: the back-off that keeps callers from waiting on a dead host,
 //!   logged once per outage;
-//! - `deadline`: the deadlines every call runs under.
+//! - `deadline`: the deadlines every call runs under;
+//! - `tls` (feature `tls`): rustls sessions over either transport, and how
+//!   they verify servers ([`TlsConfig`](tls::TlsConfig)).
 //!
 //! **Deadlines, not per-read timeouts.** A socket timeout bounds one read,
 //! so a server that trickles a reply a byte at a time could hold a caller
@@ -47,9 +50,12 @@ use crate::common::url::CacheUrl;
 pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
+pub(crate) mod io;
 #[cfg(feature = "async")]
 pub(crate) mod mux;
 pub(crate) mod pool;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 #[cfg(feature = "async")]
 pub(crate) mod tokio_io;
 
@@ -78,6 +84,46 @@ pub(crate) const URL_PARAMS: &[&str] = &[
     "backoff_ms",
     "max_backoff_ms",
 ];
+
+/// How a backend speaks TLS: rustls settings with the `tls` feature; in a
+/// build without it, a type with no values.
+#[cfg(feature = "tls")]
+pub(crate) use tls::TlsConfig;
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum TlsConfig {}
+
+/// The TLS settings `url` asks for (`secure`: its scheme is `rediss` or
+/// `memcacheds`), and `url` without the TLS parameters. A TLS scheme in a
+/// build without the `tls` feature is an error naming the feature.
+pub(crate) fn split_tls(
+    url: &CacheUrl,
+    secure: bool,
+) -> Result<(Option<TlsConfig>, CacheUrl), ConfigError> {
+    #[cfg(feature = "tls")]
+    {
+        let tls = TlsConfig::from_url(url, secure)?;
+        let rest = CacheUrl {
+            params: url
+                .params
+                .iter()
+                .filter(|(name, _)| !tls::URL_PARAMS.contains(&name.as_str()))
+                .cloned()
+                .collect(),
+            ..url.clone()
+        };
+        Ok((tls, rest))
+    }
+    #[cfg(not(feature = "tls"))]
+    if secure {
+        Err(ConfigError::FeatureDisabled {
+            scheme: url.scheme.clone(),
+            feature: "tls",
+        })
+    } else {
+        Ok((None, url.clone()))
+    }
+}
 
 /// Timeouts, pool size and back-off of a network backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

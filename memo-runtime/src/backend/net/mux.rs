@@ -445,9 +445,12 @@ enum Waiting {
 /// is `Pending` on a quiet socket (and cancelling a pending read loses
 /// nothing).
 fn waiting<S: Io>(conn: &mut Conn<S>) -> Waiting {
-    if conn.has_unread() {
+    if conn.has_leftovers() {
         return Waiting::Bytes;
     }
+    // The socket itself, under any TLS session: bytes there are a record
+    // nobody asked for (the session's own tickets are read with the
+    // handshake and the replies they precede).
     let mut byte = [0u8; 1];
     let read = pin!(conn.io.read_some(&mut byte));
     let mut cx = Context::from_waker(Waker::noop());

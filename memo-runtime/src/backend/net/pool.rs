@@ -14,6 +14,11 @@
 //! back-off (`health`). A pooled connection with bytes waiting on it, or
 //! closed by the server, is never reused, so a stray reply can never be
 //! taken for the answer to a later command.
+//!
+//! With the `tls` feature a pool may speak TLS to its server
+//! ([`Pool::set_tls`]): each new connection, blocking or async, runs its
+//! TLS handshake within the connect deadline, before the protocol's own
+//! handshake, and keeps its session for as long as it is pooled.
 
 use std::io;
 use std::sync::Mutex;
@@ -64,6 +69,9 @@ pub(crate) struct Pool {
     health: Health,
     /// What an error reply is called in the error it becomes.
     refused: &'static str,
+    /// How connections speak TLS, when they do.
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::TlsConfig>,
 }
 
 impl Pool {
@@ -81,7 +89,48 @@ impl Pool {
             lanes: super::mux::Lanes::default(),
             health: Health::default(),
             refused,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Makes every new connection speak TLS as `tls` says, verifying that
+    /// the server's certificate names this pool's host.
+    pub(crate) fn set_tls(&mut self, tls: super::TlsConfig) {
+        #[cfg(feature = "tls")]
+        {
+            self.tls = Some(tls);
+        }
+        #[cfg(not(feature = "tls"))]
+        match tls {}
+    }
+
+    /// Runs the TLS handshake on a new connection when this pool speaks
+    /// TLS, within the deadline of `conn`'s transport (blocking) or the
+    /// caller's (async); nothing otherwise.
+    pub(crate) async fn secure<T: super::conn::Io>(&self, conn: &mut Conn<T>) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let name = super::tls::server_name(&self.host)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
+            let mut session = tls.session(&name)?;
+            session.handshake(&mut conn.io).await?;
+            conn.tls = Some(Box::new(session));
+        }
+        let _ = conn;
+        Ok(())
+    }
+
+    /// [`secure`](Self::secure) for an async connection, by `deadline`.
+    #[cfg(feature = "async")]
+    pub(crate) async fn secure_async(
+        &self,
+        conn: &mut Conn<tokio::net::TcpStream>,
+        deadline: std::time::Instant,
+    ) -> io::Result<()> {
+        tokio::time::timeout_at(deadline.into(), self.secure(conn))
+            .await
+            .unwrap_or_else(|_| Err(handshake_timed_out()))
     }
 
     /// The host and port connections go to.
@@ -198,6 +247,7 @@ impl Pool {
     fn take_idle(&self) -> Option<SyncConn> {
         loop {
             let conn = lock(&self.idle).pop()?;
+            // The session's own leftovers were checked when it was pooled.
             if conn.io.is_clean() {
                 return Some(conn);
             }
@@ -209,14 +259,15 @@ impl Pool {
     fn connect(&self, budget: &mut Budget, handshake: Handshake<'_>) -> io::Result<SyncConn> {
         budget.connect(&self.host, self.port, |stream| {
             let mut conn = Conn::new(stream);
+            super::conn::ready(self.secure(&mut conn))?;
             handshake(&mut conn).map_err(handshake_error)?;
             Ok(conn)
         })
     }
 
     /// Pools `conn` unless the pool is full or a reply was left half read.
-    fn release(&self, conn: SyncConn, settings: &Settings) {
-        if conn.has_unread() {
+    fn release(&self, mut conn: SyncConn, settings: &Settings) {
+        if conn.has_leftovers() {
             return;
         }
         let mut idle = lock(&self.idle);
@@ -247,8 +298,8 @@ impl Pool {
     /// connections of a runtime that has shut down (never taken again, see
     /// `tokio_io`) age out.
     #[cfg(feature = "async")]
-    pub(crate) fn release_async(&self, conn: Conn<tokio::net::TcpStream>, settings: &Settings) {
-        if conn.has_unread() || settings.pool_size == 0 {
+    pub(crate) fn release_async(&self, mut conn: Conn<tokio::net::TcpStream>, settings: &Settings) {
+        if conn.has_leftovers() || settings.pool_size == 0 {
             return;
         }
         let Some(idle) = super::tokio_io::Idle::park(conn) else {
@@ -263,6 +314,16 @@ impl Pool {
         // Closing deregisters from the reactor: not under the pool's lock.
         drop(evicted);
     }
+}
+
+/// The error of a TLS handshake that did not finish by the connect
+/// deadline.
+#[cfg(feature = "async")]
+fn handshake_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "TLS: the handshake did not finish within the connect timeout",
+    )
 }
 
 /// A handshake failure, as the connection failure it is.
@@ -319,6 +380,7 @@ macro_rules! run_async {
                             let connecting = async {
                                 let mut conn =
                                     $crate::backend::net::tokio_io::connect(host, port).await?;
+                                pool.secure_async(&mut conn, budget.connect_by).await?;
                                 {
                                     let $hconn = &mut conn;
                                     $handshake
@@ -406,6 +468,7 @@ macro_rules! run_mux {
                                 };
                                 let mut conn =
                                     $crate::backend::net::tokio_io::connect(host, port).await?;
+                                pool.secure_async(&mut conn, budget.connect_by).await?;
                                 {
                                     let $hconn = &mut conn;
                                     $handshake

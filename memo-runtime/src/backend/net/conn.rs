@@ -231,6 +231,26 @@ impl<T: Io> Conn<T> {
         }
     }
 
+    /// What waits on this connection while no reply is expected: one poll
+    /// of a read, which is `Pending` on a quiet connection. Through the
+    /// TLS session if any, so that records the server sends on its own
+    /// (TLS 1.3 session tickets) are taken in, and only bytes of a reply
+    /// nobody asked for count. Cancelling the pending read loses nothing:
+    /// the session keeps whatever it has read.
+    #[cfg(feature = "async")]
+    pub(crate) fn waiting(&mut self) -> Waiting {
+        if self.has_leftovers() {
+            return Waiting::Bytes;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = pin!(self.fill()).poll(&mut cx);
+        match polled {
+            Poll::Pending => Waiting::Nothing,
+            Poll::Ready(Ok(0) | Err(_)) => Waiting::Closed,
+            Poll::Ready(Ok(_)) => Waiting::Bytes,
+        }
+    }
+
     /// Reads more bytes after the unparsed ones. The buffer grows only as
     /// bytes arrive, so a bogus length in a reply allocates nothing ahead.
     async fn fill(&mut self) -> io::Result<usize> {
@@ -258,6 +278,18 @@ impl<T: Io> Conn<T> {
         self.end += read;
         Ok(read)
     }
+}
+
+/// What waits on an idle connection ([`Conn::waiting`]).
+#[cfg(feature = "async")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Nothing: the connection is in step.
+    Nothing,
+    /// The server closed the connection, or it failed.
+    Closed,
+    /// Bytes nobody asked for: the connection is out of step.
+    Bytes,
 }
 
 /// Writes `bytes` to a connection's transport `io`, through its TLS

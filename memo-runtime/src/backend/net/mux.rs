@@ -42,15 +42,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::runtime::Id;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{Carried, Conn, Io, OpError, Parse};
+use super::conn::{Carried, Conn, Io, OpError, Parse, Waiting};
 use super::lock;
 
 /// Request bytes sent in one write at most; the driver leaves the rest of
@@ -329,7 +327,7 @@ async fn serve<S: Io>(
         if batch.is_empty() {
             continue;
         }
-        if waiting(&mut conn) != Waiting::Nothing {
+        if conn.waiting() != Waiting::Nothing {
             // The server closed the connection (a restart), or sent bytes
             // nobody asked for since the last batch: nothing of this batch
             // was sent, so its calls see a closed connection and retry
@@ -364,7 +362,7 @@ async fn serve<S: Io>(
         // that turns up later still fails the next batch, as a stray
         // reply on a pooled connection fails its next use.)
         let after = if in_step {
-            waiting(&mut conn)
+            conn.waiting()
         } else {
             Waiting::Closed
         };
@@ -428,36 +426,6 @@ async fn exchange<S: Io>(
 fn fail(batch: impl IntoIterator<Item = Request>, err: &OpError) {
     for request in batch {
         let _ = request.reply.send(Err(copy_error(err)));
-    }
-}
-
-/// What waits on an idle connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Waiting {
-    Nothing,
-    /// The server closed the connection, or it failed.
-    Closed,
-    /// Bytes nobody asked for: the connection is out of step.
-    Bytes,
-}
-
-/// What waits to be read on an idle connection: one poll of a read, which
-/// is `Pending` on a quiet socket (and cancelling a pending read loses
-/// nothing).
-fn waiting<S: Io>(conn: &mut Conn<S>) -> Waiting {
-    if conn.has_leftovers() {
-        return Waiting::Bytes;
-    }
-    // The socket itself, under any TLS session: bytes there are a record
-    // nobody asked for (the session's own tickets are read with the
-    // handshake and the replies they precede).
-    let mut byte = [0u8; 1];
-    let read = pin!(conn.io.read_some(&mut byte));
-    let mut cx = Context::from_waker(Waker::noop());
-    match read.poll(&mut cx) {
-        Poll::Pending => Waiting::Nothing,
-        Poll::Ready(Ok(0) | Err(_)) => Waiting::Closed,
-        Poll::Ready(Ok(_)) => Waiting::Bytes,
     }
 }
 

@@ -27,8 +27,9 @@ use std::task::{Context, Poll, Waker};
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Bytes asked of the socket per read, at most.
 const READ_CHUNK: usize = 64 * 1024;
-/// Bytes asked of the socket per read, at least.
-const MIN_READ: usize = 4 * 1024;
+/// Bytes asked of the socket per read, at least: a small reply fits, and
+/// a large one grows the buffer to [`READ_CHUNK`] in a few reads.
+const MIN_READ: usize = 1024;
 
 /// A failed operation, by what it means for the connection and the server.
 #[derive(Debug)]
@@ -260,7 +261,7 @@ impl<T: Io> Conn<T> {
             self.start = 0;
         }
         // Room for the next read: as much as the buffer already holds,
-        // from 4 KiB up to `READ_CHUNK`, so a connection that only ever
+        // from `MIN_READ` up to `READ_CHUNK`, so a connection that only ever
         // reads small replies (every multiplexed call has its own) never
         // zeroes 64 KiB, and a large reply still arrives in large reads.
         let room = self.input.len().clamp(MIN_READ, READ_CHUNK);

@@ -55,6 +55,10 @@ use super::lock;
 /// the queue for the next batch.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// What a call's request buffers start with: most single-key commands
+/// fit, so they are written without reallocating.
+pub(crate) const REQUEST_CAPACITY: usize = 256;
+
 /// One call's request: its bytes, how many replies it expects, by when,
 /// and where its replies go.
 struct Request {
@@ -167,7 +171,7 @@ impl MuxIo {
             lane,
             count,
             deadline,
-            out: Vec::new(),
+            out: Vec::with_capacity(REQUEST_CAPACITY),
             replies: Vec::new(),
             read: 0,
         }

@@ -500,6 +500,8 @@ macro_rules! run_mux {
                                 budget.io_by,
                             ),
                         );
+                        conn.out
+                            .reserve($crate::backend::net::mux::REQUEST_CAPACITY);
                         let $conn = &mut conn;
                         ::tokio::time::timeout_at(
                             ::tokio::time::Instant::from_std(budget.io_by),

@@ -345,7 +345,7 @@ async fn serve<S: Io>(
             .map(|request| request.deadline)
             .max()
             .unwrap_or_else(Instant::now);
-        let read = tokio::time::timeout_at(deadline.into(), exchange(&mut conn, &batch, split))
+        let read = tokio::time::timeout_at(deadline.into(), exchange(&mut conn, &mut batch, split))
             .await
             .unwrap_or_else(|_| {
                 Err(OpError::Io(io::Error::new(
@@ -403,17 +403,21 @@ async fn serve<S: Io>(
 /// (the requests after it then have no replies).
 async fn exchange<S: Io>(
     conn: &mut Conn<S>,
-    batch: &VecDeque<Request>,
+    batch: &mut VecDeque<Request>,
     split: Parse<bool>,
 ) -> Result<(Vec<Vec<u8>>, bool), OpError> {
     conn.out.clear();
-    for request in batch {
+    for request in batch.iter() {
         conn.out.extend_from_slice(&request.bytes);
     }
     conn.flush().await?;
     let mut all = Vec::with_capacity(batch.len());
-    for request in batch {
-        let mut replies = Vec::new();
+    for request in batch.iter_mut() {
+        // The request's own buffer, sent, takes its replies: no
+        // allocation here, and the call frees what it allocated (memory
+        // freed on another thread than it came from is slow to free).
+        let mut replies = std::mem::take(&mut request.bytes);
+        replies.clear();
         let mut in_step = true;
         for _ in 0..request.replies {
             in_step &= !conn.next_raw(split, &mut replies).await?;

@@ -183,14 +183,24 @@ impl<T: Io> Conn<T> {
     /// failure); one that closes between replies is an `UnexpectedEof`,
     /// what a pooled connection to a restarted server shows.
     pub(crate) async fn next<R>(&mut self, parse: Parse<R>) -> Result<R, OpError> {
+        Ok(self.next_span(parse).await?.0)
+    }
+
+    /// The next reply, and where its bytes are in `input` (valid until the
+    /// next read).
+    async fn next_span<R>(
+        &mut self,
+        parse: Parse<R>,
+    ) -> Result<(R, std::ops::Range<usize>), OpError> {
         loop {
             if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
+                let span = self.start..self.start + used;
                 self.start += used;
                 if self.start == self.end {
                     self.start = 0;
                     self.end = 0;
                 }
-                return Ok(reply);
+                return Ok((reply, span));
             }
             if self.fill().await? == 0 {
                 return Err(if self.has_unread() {
@@ -212,24 +222,9 @@ impl<T: Io> Conn<T> {
         parse: Parse<R>,
         out: &mut Vec<u8>,
     ) -> Result<R, OpError> {
-        loop {
-            if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
-                out.extend_from_slice(&self.input[self.start..self.start + used]);
-                self.start += used;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
-                return Ok(reply);
-            }
-            if self.fill().await? == 0 {
-                return Err(if self.has_unread() {
-                    OpError::Protocol("reply cut short".to_owned())
-                } else {
-                    OpError::Io(io::ErrorKind::UnexpectedEof.into())
-                });
-            }
-        }
+        let (reply, span) = self.next_span(parse).await?;
+        out.extend_from_slice(&self.input[span]);
+        Ok(reply)
     }
 
     /// What waits on this connection while no reply is expected: one poll

@@ -122,14 +122,34 @@ impl CacheKey {
             CacheKey::Parts(parts) if parts.len() == 1 => Cow::Borrowed(&parts[0]),
             CacheKey::Parts(parts) => {
                 let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+                self.write_normalized(&mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Appends [`normalized`](Self::normalized) to `out`, without building
+    /// it on its own first.
+    fn write_normalized(&self, out: &mut String) {
+        match self {
+            CacheKey::Raw(key) => out.push_str(key),
+            CacheKey::Parts(parts) if parts.len() == 1 => out.push_str(&parts[0]),
+            CacheKey::Parts(parts) => {
                 for (i, part) in parts.iter().enumerate() {
                     if i > 0 {
                         out.push(':');
                     }
-                    escape_component(part, &mut out);
+                    escape_component(part, out);
                 }
-                Cow::Owned(out)
             }
+        }
+    }
+
+    /// An upper bound on the normalized key's length, short of escapes.
+    fn normalized_len_hint(&self) -> usize {
+        match self {
+            CacheKey::Raw(key) => key.len(),
+            CacheKey::Parts(parts) => parts.iter().map(|p| p.len() + 1).sum(),
         }
     }
 }
@@ -209,11 +229,15 @@ impl From<Vec<&str>> for CacheKey {
 /// key, so two keys that share a stored key (a long key's shortened form
 /// and a raw key equal to it) read each other's entries as a miss.
 pub(crate) fn full_key(namespace: Option<&str>, key: &CacheKey) -> String {
-    let normalized = key.normalized();
-    match namespace {
-        Some(ns) => format!("{ns}:{normalized}"),
-        None => normalized.into_owned(),
+    // Built in one allocation: this runs on every memoized call.
+    let mut full =
+        String::with_capacity(namespace.map_or(0, |ns| ns.len() + 1) + key.normalized_len_hint());
+    if let Some(ns) = namespace {
+        full.push_str(ns);
+        full.push(':');
     }
+    key.write_normalized(&mut full);
+    full
 }
 
 /// The full key as stored: namespaced, then hashed under `encryption` if
@@ -227,10 +251,21 @@ fn stored_key_of(
     stored_key(&full_key(namespace, key), encryption)
 }
 
+#[cfg(test)]
 fn stored_key(full: &str, encryption: Option<&EncryptionKey>) -> String {
+    stored_key_unless_full(full, encryption).unwrap_or_else(|| full.to_owned())
+}
+
+/// The stored key of `full`, or `None` when it is `full` itself (no
+/// encryption, nothing to escape, short enough): the common case, which
+/// then needs no second string.
+fn stored_key_unless_full(full: &str, encryption: Option<&EncryptionKey>) -> Option<String> {
     match encryption {
-        Some(enc) => enc.hash_key(full),
-        None => shorten(escape_for_memcached(full).into_owned(), MAX_KEY),
+        Some(enc) => Some(enc.hash_key(full)),
+        None => match escape_for_memcached(full) {
+            Cow::Borrowed(_) if full.len() <= MAX_KEY => None,
+            escaped => Some(shorten(escaped.into_owned(), MAX_KEY)),
+        },
     }
 }
 
@@ -278,7 +313,8 @@ fn shorten(key: String, limit: usize) -> String {
 /// keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EntryKey {
-    stored: String,
+    /// `None` when the stored key is the full key itself.
+    stored: Option<String>,
     full: String,
     prefix_len: usize,
 }
@@ -291,9 +327,9 @@ impl EntryKey {
         encryption: Option<&EncryptionKey>,
     ) -> EntryKey {
         let full = full_key(namespace, key);
-        let stored = stored_key(&full, encryption);
+        let stored = stored_key_unless_full(&full, encryption);
         EntryKey {
-            prefix_len: derived_prefix_len(namespace, &stored),
+            prefix_len: derived_prefix_len(namespace, stored.as_deref().unwrap_or(&full)),
             stored,
             full,
         }
@@ -304,14 +340,14 @@ impl EntryKey {
     pub(crate) fn from_parts(namespace: Option<&str>, stored: &str, full: &str) -> EntryKey {
         EntryKey {
             prefix_len: derived_prefix_len(namespace, stored),
-            stored: stored.to_owned(),
+            stored: (stored != full).then(|| stored.to_owned()),
             full: full.to_owned(),
         }
     }
 
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
     pub(crate) fn stored(&self) -> &str {
-        &self.stored
+        self.stored.as_deref().unwrap_or(&self.full)
     }
 
     /// The caller's full key, which envelopes bind.
@@ -321,7 +357,7 @@ impl EntryKey {
 
     /// The key of a derived item of this entry (see the module docs).
     pub(crate) fn derived(&self, kind: Derived<'_>) -> String {
-        derived(&self.stored, self.prefix_len, kind)
+        derived(self.stored(), self.prefix_len, kind)
     }
 }
 
@@ -354,10 +390,13 @@ pub(crate) const MAX_DERIVED_PREFIX: usize = 140;
 
 fn derived_prefix_len(namespace: Option<&str>, stored: &str) -> usize {
     let Some(ns) = namespace else { return 0 };
-    let mut prefix = escape_for_memcached(ns).into_owned();
-    prefix.push(':');
-    if prefix.len() <= MAX_DERIVED_PREFIX && stored.starts_with(&prefix) {
-        prefix.len()
+    let escaped = escape_for_memcached(ns);
+    let len = escaped.len() + 1;
+    let starts = stored
+        .strip_prefix(&*escaped)
+        .is_some_and(|rest| rest.starts_with(':'));
+    if len <= MAX_DERIVED_PREFIX && starts {
+        len
     } else {
         0
     }

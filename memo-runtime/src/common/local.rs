@@ -155,37 +155,44 @@ impl LocalCopies {
         }
     }
 
-    /// Brings the total weight under the budget: in each shard in turn,
-    /// from the one after `index` round to it, expired copies first, then
-    /// arbitrary ones, sparing `fresh`, the copy just kept. Down to seven
-    /// eighths of the budget, so that the sweeps (a pass over a shard)
-    /// happen once in many inserts rather than on each. One shard is
-    /// locked at a time.
+    /// Brings the total weight under the budget: expired copies first, in
+    /// every shard, then arbitrary ones, sparing `fresh`, the copy just
+    /// kept; each pass goes from the shard after `index` round to it. Down
+    /// to seven eighths of the budget, so that the sweeps (a pass over the
+    /// shards) happen once in many inserts rather than on each. One shard
+    /// is locked at a time.
     fn evict(&self, fresh: &str, index: usize) {
         let target = self.capacity - self.capacity / 8;
+        let under = || self.weight.load(Ordering::Relaxed) <= target;
         let now = Instant::now();
-        for offset in 1..=SHARDS {
-            let mut shard = self.lock((index + offset) % SHARDS);
-            let mut freed = 0;
-            shard.retain(|key, kept| {
-                let keep = now < kept.until;
-                if !keep {
-                    freed += kept.charge(key);
+        for expired_only in [true, false] {
+            for offset in 1..=SHARDS {
+                let mut shard = self.lock((index + offset) % SHARDS);
+                if expired_only {
+                    let mut freed = 0;
+                    shard.retain(|key, kept| {
+                        let keep = now < kept.until;
+                        if !keep {
+                            freed += kept.charge(key);
+                        }
+                        keep
+                    });
+                    self.weight.fetch_sub(freed, Ordering::Relaxed);
+                } else {
+                    while !under() {
+                        let Some(victim) = shard.keys().find(|key| ***key != *fresh).cloned()
+                        else {
+                            break;
+                        };
+                        if let Some(kept) = shard.remove(&victim) {
+                            self.weight
+                                .fetch_sub(kept.charge(&victim), Ordering::Relaxed);
+                        }
+                    }
                 }
-                keep
-            });
-            self.weight.fetch_sub(freed, Ordering::Relaxed);
-            while self.weight.load(Ordering::Relaxed) > target {
-                let Some(victim) = shard.keys().find(|key| ***key != *fresh).cloned() else {
-                    break;
-                };
-                if let Some(kept) = shard.remove(&victim) {
-                    self.weight
-                        .fetch_sub(kept.charge(&victim), Ordering::Relaxed);
+                if under() {
+                    return;
                 }
-            }
-            if self.weight.load(Ordering::Relaxed) <= target {
-                return;
             }
         }
     }

@@ -35,6 +35,12 @@ thread_local! {
 
 /// Installs `config` for every later memoized call, replacing the previous
 /// one. Statistics start again from zero with each configuration.
+///
+/// Every call that starts after this returns, on any thread, uses `config`.
+/// The configuration it replaces is released once the calls in flight have
+/// finished and each thread that used it has made its next memoized call
+/// (or ended): until then that thread's copy keeps it, and its backend's
+/// connections, alive.
 pub fn configure(config: Config) {
     let config = Arc::new(config);
     let old = match GLOBAL.write() {

@@ -90,7 +90,7 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
         let Resolved { key, encryption } =
-            config.resolve(&key, options.encrypt, options.encryption_key.as_ref());
+            config.resolve(key, options.encrypt, options.encryption_key.as_ref());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
             key,

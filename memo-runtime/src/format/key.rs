@@ -339,7 +339,12 @@ fn stored_key_unless_full(full: &str, encryption: Option<&EncryptionKey>) -> Opt
 /// Replaces each character from `\x00` to `\x20`, `\x7f` and `\` with
 /// `\xNN`.
 fn escape_for_memcached(key: &str) -> Cow<'_, str> {
-    if !key.chars().any(needs_escape) {
+    // Every character escaped is ASCII, and no byte of a multi-byte
+    // character is, so a byte scan finds the same (and faster).
+    if !key
+        .bytes()
+        .any(|byte| byte <= 0x20 || byte == 0x7f || byte == b'\\')
+    {
         return Cow::Borrowed(key);
     }
     let mut out = String::with_capacity(key.len() + 16);

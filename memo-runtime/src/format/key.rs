@@ -392,7 +392,9 @@ pub(crate) struct EntryKey {
 }
 
 impl EntryKey {
-    /// The keys of `key` under `namespace`, encrypted or not.
+    /// The keys of `key` under `namespace`, encrypted or not (tests; calls
+    /// use [`EntryKey::from_owned`]).
+    #[cfg(test)]
     pub(crate) fn new(
         namespace: Option<&str>,
         key: &CacheKey,

@@ -185,12 +185,15 @@ fn options(attr: &Attr) -> TokenStream {
     tokens
 }
 
-/// The key as an array of components, `[String; N]`: the template's
-/// components, or the function's path and every argument not ignored; then
-/// `v<N>` when a version is set.
+/// The key: the template's components, or the function's path and every
+/// argument not ignored; then `v<N>` when a version is set. One component
+/// is passed as its `String` (used as is); two or more are escaped and
+/// joined into one string as they are built (`KeyParts`), the same key a
+/// `[String; N]` would normalize to, with one allocation instead of one per
+/// component and a vector.
 fn key(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
     let rt = runtime();
-    let mut components: Vec<TokenStream> = match &attr.key {
+    let mut components: Vec<Component> = match &attr.key {
         Some(template) => template
             .components
             .iter()
@@ -203,22 +206,59 @@ fn key(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
             } else {
                 quote!(#rt::module_path!())
             };
-            let mut components = vec![
-                quote!(#rt::String::from(#scope)),
-                quote!(#rt::String::from(#name)),
-            ];
-            components.extend(
-                keyed(attr, args)
-                    .map(|ident| quote_spanned!(ident.span()=> #rt::ToString::to_string(&#ident))),
-            );
+            let mut components = vec![Component::Text(scope), Component::Text(quote!(#name))];
+            components.extend(keyed(attr, args).map(|ident| Component::Display(quote!(#ident))));
             components
         }
     };
     if let Some(version) = &attr.version {
         let version = format!("v{}", version.base10_digits());
-        components.push(quote!(#rt::String::from(#version)));
+        components.push(Component::Text(quote!(#version)));
     }
-    quote!([#(#components),*])
+    match components.as_slice() {
+        [] => quote!([] as [#rt::String; 0]),
+        [only] => only.to_string_tokens(),
+        many => {
+            let parts = many.iter().map(Component::to_part_tokens);
+            quote!(#rt::KeyParts::new()#(#parts)*.finish())
+        }
+    }
+}
+
+/// One key component, as the expansion builds it.
+enum Component {
+    /// An expression of type `&str`.
+    Text(TokenStream),
+    /// A value written with its `Display`, spanned at the user's argument.
+    Display(TokenStream),
+    /// A `format!` string and its values.
+    Format(String, Vec<TokenStream>),
+}
+
+impl Component {
+    /// The component as a `String` of its own.
+    fn to_string_tokens(&self) -> TokenStream {
+        let rt = runtime();
+        match self {
+            Component::Text(text) => quote!(#rt::String::from(#text)),
+            Component::Display(value) => {
+                quote_spanned!(value.span()=> #rt::ToString::to_string(&#value))
+            }
+            Component::Format(format, values) => quote!(#rt::format!(#format, #(#values),*)),
+        }
+    }
+
+    /// The component appended to a `KeyParts`.
+    fn to_part_tokens(&self) -> TokenStream {
+        let rt = runtime();
+        match self {
+            Component::Text(text) => quote!(.text(#text)),
+            Component::Display(value) => quote_spanned!(value.span()=> .display(&#value)),
+            Component::Format(format, values) => {
+                quote!(.display(&#rt::format_args!(#format, #(#values),*)))
+            }
+        }
+    }
 }
 
 /// The arguments that enter the key: every named one not in `ignore(...)`.
@@ -228,20 +268,16 @@ fn keyed<'a>(attr: &'a Attr, args: &'a [Arg]) -> impl Iterator<Item = &'a Ident>
         .filter(|name| !attr.ignore.contains(name))
 }
 
-/// One key component: a literal, one value's `to_string()`, or a `format!`.
-fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> TokenStream {
-    let rt = runtime();
+/// One key component: a literal, one value's `Display`, or a format.
+fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
     match pieces {
-        [Piece::Text(text)] => quote!(#rt::String::from(#text)),
+        [Piece::Text(text)] => Component::Text(quote!(#text)),
         [
             Piece::Value(Placeholder {
                 target,
                 debug: false,
             }),
-        ] => {
-            let value = target_expr(target, func, args);
-            quote!(#rt::ToString::to_string(&#value))
-        }
+        ] => Component::Display(target_expr(target, func, args)),
         _ => {
             let mut format = String::new();
             let mut values = Vec::new();
@@ -256,7 +292,7 @@ fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> TokenStream {
                     }
                 }
             }
-            quote!(#rt::format!(#format, #(#values),*))
+            Component::Format(format, values)
         }
     }
 }
@@ -519,7 +555,7 @@ mod tests {
         );
         assert!(out.contains("from_secs (60)"), "{out}");
         assert!(
-            out.contains(&format!("{rt} :: String :: from (\"v3\")")),
+            out.contains(&format!("{rt} :: KeyParts :: new () . text (\"profile\") . display (& id) . text (\"v3\") . finish ()")),
             "{out}"
         );
         assert!(
@@ -568,9 +604,8 @@ mod tests {
             ),
         );
         assert!(out.contains("type_name :: < Self > ()"), "{out}");
-        assert!(out.contains("String :: from (\"f\") , "), "{out}");
-        assert!(out.contains("to_string (& a)"), "{out}");
-        assert!(!out.contains("to_string (& db)"), "{out}");
+        assert!(out.contains(". text (\"f\") . display (& a)"), "{out}");
+        assert!(!out.contains("(& db)"), "{out}");
         assert!(out.contains("fn f_invalidate (& self , a : u8)"), "{out}");
         assert!(out.contains("Self :: f (self , a , db)"), "{out}");
     }

@@ -9,11 +9,13 @@
 //! `Result`, `String`, `serde` or `log` in scope cannot capture a name.
 
 pub mod v0_1 {
+    pub use crate::format::key::KeyParts;
     pub use crate::{
         CacheKey, Error, LockOptions, Options, cache_memoize, cache_memoize_iter, invalidate,
         make_cache_key, try_cache_memoize,
     };
     pub use core::any::type_name;
+    pub use core::format_args;
     pub use core::iter::FromIterator;
     pub use core::module_path;
     pub use core::result::Result;

@@ -178,7 +178,7 @@ impl CacheLock {
     /// acquired until [`acquire`](Self::acquire).
     pub fn new(key: impl Into<CacheKey>) -> CacheLock {
         let config = crate::config::config();
-        let resolved = config.resolve(&key.into(), None, None);
+        let resolved = config.resolve(key.into(), None, None);
         Self::for_stored_key(&config, resolved.key.stored(), LockOptions::default())
     }
 

@@ -24,6 +24,11 @@ where
     T: Serialize + DeserializeOwned,
 {
     let call = Call::new(config(), key, options);
+    if let Some(value) = call.local_hit(&keep) {
+        return from_cache(value);
+    }
+    // On a local miss, the policy looks again: another lookup in memory,
+    // against the backend's lookup that follows.
     let driver = call.blocking();
     block_on(memoize(
         &driver,

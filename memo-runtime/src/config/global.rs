@@ -1,6 +1,20 @@
 //! The configuration in force: the slot [`configure`] fills and [`config`]
 //! reads, and the counters of that configuration ([`stats`]).
+//!
+//! Every memoized call reads the slot, so reading it is on the hit path. A
+//! read-write lock there costs two atomic read-modify-writes on one shared
+//! word per call, a cache line that every thread of a busy process fights
+//! over. Instead each thread keeps its own clone of the `Arc`, tagged with
+//! the generation it was read at; [`configure`] bumps a global generation
+//! after replacing the slot, and a thread whose tag differs re-reads the
+//! slot. A call therefore pays one atomic load of a word that is only ever
+//! written by `configure`, and sees a configuration installed by a
+//! `configure` that returned before it started (the generation is
+//! published with release ordering after the slot is written, and read
+//! with acquire ordering).
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::Config;
@@ -9,22 +23,70 @@ use crate::common::counters::Stats;
 
 static GLOBAL: RwLock<Option<Arc<Config>>> = RwLock::new(None);
 static DEFAULT: OnceLock<Arc<Config>> = OnceLock::new();
+/// Bumped by every [`configure`], after the slot holds the new
+/// configuration. Starts at 1 so that a thread's empty cache (generation 0)
+/// never matches.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's copy of the slot and the generation it was read at.
+    static CACHED: RefCell<(u64, Option<Arc<Config>>)> = const { RefCell::new((0, None)) };
+}
 
 /// Installs `config` for every later memoized call, replacing the previous
 /// one. Statistics start again from zero with each configuration.
+///
+/// Every call that starts after this returns, on any thread, uses `config`.
+/// The configuration it replaces is released once the calls in flight have
+/// finished and each thread that used it has made its next memoized call
+/// (or ended): until then that thread's copy keeps it, and its backend's
+/// connections, alive.
 pub fn configure(config: Config) {
     let config = Arc::new(config);
-    match GLOBAL.write() {
-        Ok(mut slot) => *slot = Some(config),
+    let old = match GLOBAL.write() {
+        Ok(mut slot) => {
+            let old = slot.replace(config);
+            // Bumped under the write lock: two concurrent `configure`s
+            // publish their generations in the order they wrote the slot,
+            // so a reader tagged with the last generation holds the last
+            // configuration.
+            GENERATION.fetch_add(1, Ordering::Release);
+            old
+        }
         // A panic while holding the lock cannot leave the slot half-written
         // (it holds one Arc), so the poisoned value is safe to replace.
-        Err(poisoned) => *poisoned.into_inner() = Some(config),
-    }
+        Err(poisoned) => {
+            let mut slot = poisoned.into_inner();
+            let old = slot.replace(config);
+            GENERATION.fetch_add(1, Ordering::Release);
+            old
+        }
+    };
+    // Dropped outside the lock: the last reference to a configuration may
+    // take its publisher thread down with it.
+    drop(old);
 }
 
 /// The configuration in force: the last one passed to [`configure`], or the
 /// embedded default.
 pub fn config() -> Arc<Config> {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let cached = CACHED.try_with(|cached| {
+        // Only this function borrows it, and nothing it calls comes back
+        // here, so the borrow cannot fail; a failure would only cost a read
+        // of the slot.
+        let mut cached = cached.try_borrow_mut().ok()?;
+        if cached.0 != generation || cached.1.is_none() {
+            *cached = (generation, Some(read_slot()));
+        }
+        cached.1.clone()
+    });
+    // During this thread's teardown the cache is gone: read the slot.
+    cached.ok().flatten().unwrap_or_else(read_slot)
+}
+
+/// The slot's configuration, or the embedded default.
+fn read_slot() -> Arc<Config> {
     let slot = match GLOBAL.read() {
         Ok(slot) => slot,
         Err(poisoned) => poisoned.into_inner(),

@@ -31,14 +31,14 @@ impl Config {
     /// configuration's key).
     pub(crate) fn resolve(
         &self,
-        key: &CacheKey,
+        key: CacheKey,
         encrypt: Option<bool>,
         explicit: Option<&EncryptionKey>,
     ) -> Resolved {
         let encrypted = self.force_encryption || encrypt == Some(true);
         let encryption = encrypted.then(|| self.effective_key(explicit));
         Resolved {
-            key: EntryKey::new(self.namespace.as_deref(), key, encryption.as_ref()),
+            key: EntryKey::from_owned(self.namespace.as_deref(), key, encryption.as_ref()),
             encryption,
         }
     }

@@ -122,25 +122,112 @@ impl CacheKey {
             CacheKey::Parts(parts) if parts.len() == 1 => Cow::Borrowed(&parts[0]),
             CacheKey::Parts(parts) => {
                 let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+                self.write_normalized(&mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Appends [`normalized`](Self::normalized) to `out`, without building
+    /// it on its own first.
+    fn write_normalized(&self, out: &mut String) {
+        match self {
+            CacheKey::Raw(key) => out.push_str(key),
+            CacheKey::Parts(parts) if parts.len() == 1 => out.push_str(&parts[0]),
+            CacheKey::Parts(parts) => {
                 for (i, part) in parts.iter().enumerate() {
                     if i > 0 {
                         out.push(':');
                     }
-                    escape_component(part, &mut out);
+                    escape_component(part, out);
                 }
-                Cow::Owned(out)
             }
+        }
+    }
+
+    /// An upper bound on the normalized key's length, short of escapes.
+    fn normalized_len_hint(&self) -> usize {
+        match self {
+            CacheKey::Raw(key) => key.len(),
+            CacheKey::Parts(parts) => parts.iter().map(|p| p.len() + 1).sum(),
         }
     }
 }
 
 fn escape_component(part: &str, out: &mut String) {
+    if !part.contains(['%', ':']) {
+        out.push_str(part);
+        return;
+    }
     for c in part.chars() {
         match c {
             '%' => out.push_str("%25"),
             ':' => out.push_str("%3A"),
             c => out.push(c),
         }
+    }
+}
+
+/// A key of two or more components built in one string, as
+/// [`CacheKey::Parts`] would normalize it: what `#[cache_memoize]`'s
+/// expansion builds, so that a call allocates one string for its key
+/// rather than one per component and a vector. Not a public API.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+#[must_use]
+pub struct KeyParts {
+    joined: String,
+    any: bool,
+}
+
+impl KeyParts {
+    /// No components yet.
+    pub fn new() -> KeyParts {
+        KeyParts {
+            joined: String::with_capacity(64),
+            any: false,
+        }
+    }
+
+    fn separate(&mut self) {
+        if self.any {
+            self.joined.push(':');
+        }
+        self.any = true;
+    }
+
+    /// Appends a component given as text.
+    pub fn text(mut self, part: &str) -> KeyParts {
+        self.separate();
+        escape_component(part, &mut self.joined);
+        self
+    }
+
+    /// Appends a component given as a value's `Display`, as its
+    /// `to_string()` would read.
+    pub fn display<T: std::fmt::Display + ?Sized>(mut self, part: &T) -> KeyParts {
+        self.separate();
+        // Writing into a String cannot fail; a `Display` that reports an
+        // error leaves what it wrote, as `to_string` would have panicked.
+        let _ = write!(EscapeComponent(&mut self.joined), "{part}");
+        self
+    }
+
+    /// The key: the components escaped and joined with `:`. Meant for two
+    /// or more components; a single one would be escaped, where
+    /// [`CacheKey::Parts`] keeps a lone component as it is.
+    pub fn finish(self) -> CacheKey {
+        CacheKey::Raw(self.joined)
+    }
+}
+
+/// `fmt::Write` that escapes a component as it is written.
+struct EscapeComponent<'a>(&'a mut String);
+
+impl std::fmt::Write for EscapeComponent<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_component(s, self.0);
+        Ok(())
     }
 }
 
@@ -209,11 +296,15 @@ impl From<Vec<&str>> for CacheKey {
 /// key, so two keys that share a stored key (a long key's shortened form
 /// and a raw key equal to it) read each other's entries as a miss.
 pub(crate) fn full_key(namespace: Option<&str>, key: &CacheKey) -> String {
-    let normalized = key.normalized();
-    match namespace {
-        Some(ns) => format!("{ns}:{normalized}"),
-        None => normalized.into_owned(),
+    // Built in one allocation: this runs on every memoized call.
+    let mut full =
+        String::with_capacity(namespace.map_or(0, |ns| ns.len() + 1) + key.normalized_len_hint());
+    if let Some(ns) = namespace {
+        full.push_str(ns);
+        full.push(':');
     }
+    key.write_normalized(&mut full);
+    full
 }
 
 /// The full key as stored: namespaced, then hashed under `encryption` if
@@ -227,17 +318,33 @@ fn stored_key_of(
     stored_key(&full_key(namespace, key), encryption)
 }
 
+#[cfg(test)]
 fn stored_key(full: &str, encryption: Option<&EncryptionKey>) -> String {
+    stored_key_unless_full(full, encryption).unwrap_or_else(|| full.to_owned())
+}
+
+/// The stored key of `full`, or `None` when it is `full` itself (no
+/// encryption, nothing to escape, short enough): the common case, which
+/// then needs no second string.
+fn stored_key_unless_full(full: &str, encryption: Option<&EncryptionKey>) -> Option<String> {
     match encryption {
-        Some(enc) => enc.hash_key(full),
-        None => shorten(escape_for_memcached(full).into_owned(), MAX_KEY),
+        Some(enc) => Some(enc.hash_key(full)),
+        None => match escape_for_memcached(full) {
+            Cow::Borrowed(_) if full.len() <= MAX_KEY => None,
+            escaped => Some(shorten(escaped.into_owned(), MAX_KEY)),
+        },
     }
 }
 
 /// Replaces each character from `\x00` to `\x20`, `\x7f` and `\` with
 /// `\xNN`.
 fn escape_for_memcached(key: &str) -> Cow<'_, str> {
-    if !key.chars().any(needs_escape) {
+    // Every character escaped is ASCII, and no byte of a multi-byte
+    // character is, so a byte scan finds the same (and faster).
+    if !key
+        .bytes()
+        .any(|byte| byte <= 0x20 || byte == 0x7f || byte == b'\\')
+    {
         return Cow::Borrowed(key);
     }
     let mut out = String::with_capacity(key.len() + 16);
@@ -278,22 +385,47 @@ fn shorten(key: String, limit: usize) -> String {
 /// keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EntryKey {
-    stored: String,
+    /// `None` when the stored key is the full key itself.
+    stored: Option<String>,
     full: String,
     prefix_len: usize,
 }
 
 impl EntryKey {
-    /// The keys of `key` under `namespace`, encrypted or not.
+    /// The keys of `key` under `namespace`, encrypted or not (tests; calls
+    /// use [`EntryKey::from_owned`]).
+    #[cfg(test)]
     pub(crate) fn new(
         namespace: Option<&str>,
         key: &CacheKey,
         encryption: Option<&EncryptionKey>,
     ) -> EntryKey {
-        let full = full_key(namespace, key);
-        let stored = stored_key(&full, encryption);
+        EntryKey::with_full(namespace, full_key(namespace, key), encryption)
+    }
+
+    /// [`EntryKey::new`] taking the key, whose string becomes the full key
+    /// as it is when there is no namespace to prefix (one allocation fewer
+    /// on every call).
+    pub(crate) fn from_owned(
+        namespace: Option<&str>,
+        key: CacheKey,
+        encryption: Option<&EncryptionKey>,
+    ) -> EntryKey {
+        let full = match (namespace, key) {
+            (None, CacheKey::Raw(key)) => key,
+            (namespace, key) => full_key(namespace, &key),
+        };
+        EntryKey::with_full(namespace, full, encryption)
+    }
+
+    fn with_full(
+        namespace: Option<&str>,
+        full: String,
+        encryption: Option<&EncryptionKey>,
+    ) -> EntryKey {
+        let stored = stored_key_unless_full(&full, encryption);
         EntryKey {
-            prefix_len: derived_prefix_len(namespace, &stored),
+            prefix_len: derived_prefix_len(namespace, stored.as_deref().unwrap_or(&full)),
             stored,
             full,
         }
@@ -304,14 +436,14 @@ impl EntryKey {
     pub(crate) fn from_parts(namespace: Option<&str>, stored: &str, full: &str) -> EntryKey {
         EntryKey {
             prefix_len: derived_prefix_len(namespace, stored),
-            stored: stored.to_owned(),
+            stored: (stored != full).then(|| stored.to_owned()),
             full: full.to_owned(),
         }
     }
 
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
     pub(crate) fn stored(&self) -> &str {
-        &self.stored
+        self.stored.as_deref().unwrap_or(&self.full)
     }
 
     /// The caller's full key, which envelopes bind.
@@ -321,7 +453,7 @@ impl EntryKey {
 
     /// The key of a derived item of this entry (see the module docs).
     pub(crate) fn derived(&self, kind: Derived<'_>) -> String {
-        derived(&self.stored, self.prefix_len, kind)
+        derived(self.stored(), self.prefix_len, kind)
     }
 }
 
@@ -354,10 +486,13 @@ pub(crate) const MAX_DERIVED_PREFIX: usize = 140;
 
 fn derived_prefix_len(namespace: Option<&str>, stored: &str) -> usize {
     let Some(ns) = namespace else { return 0 };
-    let mut prefix = escape_for_memcached(ns).into_owned();
-    prefix.push(':');
-    if prefix.len() <= MAX_DERIVED_PREFIX && stored.starts_with(&prefix) {
-        prefix.len()
+    let escaped = escape_for_memcached(ns);
+    let len = escaped.len() + 1;
+    let starts = stored
+        .strip_prefix(&*escaped)
+        .is_some_and(|rest| rest.starts_with(':'));
+    if len <= MAX_DERIVED_PREFIX && starts {
+        len
     } else {
         0
     }
@@ -612,6 +747,50 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn key_parts_build_the_key_parts_normalize_to(
+            parts in proptest::collection::vec(".{0,12}", 2..6),
+            number in any::<i64>(),
+        ) {
+            let mut built = KeyParts::new();
+            for part in &parts {
+                built = built.text(part);
+            }
+            built = built.display(&number).display(&format_args!("{:?}:{}", parts[0], parts[1]));
+            let mut expected = parts.clone();
+            expected.push(number.to_string());
+            expected.push(format!("{:?}:{}", parts[0], parts[1]));
+            let expected = CacheKey::from(expected);
+            let built = built.finish();
+            prop_assert_eq!(built.normalized(), expected.normalized());
+            for ns in [None, Some("shop")] {
+                prop_assert_eq!(EntryKey::new(ns, &built, None), EntryKey::new(ns, &expected, None));
+                prop_assert_eq!(
+                    EntryKey::from_owned(ns, built.clone(), None),
+                    EntryKey::new(ns, &expected, None)
+                );
+                prop_assert_eq!(
+                    EntryKey::from_owned(ns, expected.clone(), None),
+                    EntryKey::new(ns, &expected, None)
+                );
+            }
+        }
+
+        #[test]
+        fn entry_keys_store_what_the_full_key_escapes_and_shortens_to(
+            key in any::<String>(),
+            namespaced in any::<bool>(),
+        ) {
+            // The stored key, shared with the full key or not, is the rule
+            // applied to the full key.
+            let ns = namespaced.then_some("shop");
+            let entry = EntryKey::new(ns, &CacheKey::from(key.as_str()), None);
+            let full = full_key(ns, &CacheKey::from(key.as_str()));
+            prop_assert_eq!(entry.full(), full.as_str());
+            let stored = shorten(escape_for_memcached(&full).into_owned(), MAX_KEY);
+            prop_assert_eq!(entry.stored(), stored.as_str());
+        }
+
         #[test]
         fn distinct_component_sequences_never_share_a_key(
             a in proptest::collection::vec(".{0,12}", 2..5),

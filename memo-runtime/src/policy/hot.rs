@@ -135,6 +135,20 @@ impl Call {
         self.options.local.is_some() && !self.options.large_data
     }
 
+    /// The local copy of a `T`, counted as a local hit, if one is kept,
+    /// fresh, and not due for an early refresh: the first step of the
+    /// policy, which the synchronous API also takes before building the
+    /// policy's future (a large one, moved on every call), so that a local
+    /// hit costs no more than the lookup.
+    pub(crate) fn local_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
+        if !self.keeps_locally() {
+            return None;
+        }
+        let value = self.local_copy(keep, envelope::fingerprint::<T>(false))?;
+        self.counters().local_hit();
+        Some(value)
+    }
+
     /// The local copy of a value of fingerprint `fp`, if one is kept, fresh,
     /// and not due for an early refresh.
     pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, fp: u64) -> Option<T> {

@@ -90,7 +90,7 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
         let Resolved { key, encryption } =
-            config.resolve(&key, options.encrypt, options.encryption_key.as_ref());
+            config.resolve(key, options.encrypt, options.encryption_key.as_ref());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
             key,
@@ -519,8 +519,7 @@ where
     // envelope: postcard bytes of one type can decode as another, so calls
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
-    if let Some(value) = call.local_copy(&keep, fp) {
-        call.counters().local_hit();
+    if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);
     }
     let lookup = ValueLookup::<T>(Default::default());

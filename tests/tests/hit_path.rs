@@ -1,0 +1,212 @@
+//! The cache-hit path's shortcuts keep every promise of the slow path:
+//!
+//! - each thread keeps its own copy of the configuration, yet a
+//!   configuration installed by `configure` is seen by the very next call
+//!   on every thread;
+//! - the local copies (a sharded map of their own) are never served past an
+//!   invalidation or the shared entry's expiry, on any thread;
+//! - the attribute builds a key of several components in one string, the
+//!   same key the functional API builds from the components.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use memo_runtime::{
+    Config, MemoryBackend, Options, cache_memoize, cache_memoize_async, configure, invalidate,
+};
+use memo_tests::runtime::run_multi;
+use memo_tests::serial;
+
+const THREADS: usize = 8;
+
+#[test]
+fn configure_is_seen_by_the_very_next_call_on_every_thread() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let rounds = 20;
+    // Both barriers are met once per round by every worker and the main
+    // thread: the workers call, the main thread configures afresh, the
+    // workers call again.
+    let called = Barrier::new(THREADS + 1);
+    let configured = Barrier::new(THREADS + 1);
+    let stale = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        for worker in 0..THREADS {
+            let (called, configured, stale) = (&called, &configured, &stale);
+            scope.spawn(move || {
+                let key = format!("configure:{worker}");
+                for round in 0..rounds {
+                    // Stores `round` in this round's configuration, and
+                    // reads it back from this thread's copy of it.
+                    // (Counted rather than asserted, so that a failure
+                    // cannot leave the other threads at a barrier.)
+                    let stored: usize = cache_memoize(&key, || round, &Options::new());
+                    let again: usize = cache_memoize(&key, || usize::MAX, &Options::new());
+                    if (stored, again) != (round, round) {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    called.wait();
+                    configured.wait();
+                    // A fresh, empty backend: the call must compute. An
+                    // old configuration would answer `round`.
+                    let next: usize = cache_memoize(&key, || round + 1, &Options::new());
+                    if next != round + 1 {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let copy = Options::new().local(Duration::from_secs(60));
+                    let local: usize = cache_memoize(&key, || usize::MAX, &copy);
+                    if local != round + 1 {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        for _ in 0..rounds {
+            called.wait();
+            configure(Config::new(MemoryBackend::new()));
+            configured.wait();
+        }
+    });
+    assert_eq!(stale.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn configure_from_another_thread_is_seen_by_async_tasks() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    run_multi(async {
+        let first: u32 =
+            cache_memoize_async("configure:async", || async { 1 }, &Options::new()).await;
+        assert_eq!(first, 1);
+        thread::spawn(|| configure(Config::new(MemoryBackend::new())))
+            .join()
+            .unwrap();
+        let next: u32 =
+            cache_memoize_async("configure:async", || async { 2 }, &Options::new()).await;
+        assert_eq!(next, 2, "the new, empty configuration computes");
+    });
+}
+
+#[test]
+fn no_thread_serves_a_local_copy_after_invalidate_returns() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let options = Options::new().local(Duration::from_secs(60));
+    let rounds = 20;
+    let hit = Barrier::new(THREADS + 1);
+    let invalidated = Barrier::new(THREADS + 1);
+    let wrong = AtomicUsize::new(0);
+    let generation = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (hit, invalidated, wrong, generation, options) =
+                (&hit, &invalidated, &wrong, &generation, &options);
+            scope.spawn(move || {
+                for _ in 0..rounds {
+                    // Many local hits, on every thread, of this round's
+                    // value.
+                    for _ in 0..100 {
+                        let now = generation.load(Ordering::SeqCst);
+                        let got: usize = cache_memoize("invalidated", || now, options);
+                        if got != now {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    hit.wait();
+                    invalidated.wait();
+                }
+            });
+        }
+        for _ in 0..rounds {
+            hit.wait();
+            generation.fetch_add(1, Ordering::SeqCst);
+            invalidate("invalidated", &options).unwrap();
+            invalidated.wait();
+        }
+    });
+    assert_eq!(wrong.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn no_thread_serves_a_local_copy_past_the_shared_entry_s_expiry() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let options = Options::new()
+        .local(Duration::from_secs(3600))
+        .expiration(Duration::from_millis(300));
+    let expired = AtomicBool::new(false);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let first: usize = cache_memoize(
+        "expiring",
+        || runs.fetch_add(1, Ordering::SeqCst) + 1,
+        &options,
+    );
+    assert_eq!(first, 1);
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (expired, options, runs) = (&expired, &options, &runs);
+            scope.spawn(move || {
+                // Hits of the first value until it expires (on any
+                // thread's copy), then never again.
+                for _ in 0..200_000 {
+                    let past = expired.load(Ordering::SeqCst);
+                    let got: usize = cache_memoize(
+                        "expiring",
+                        || runs.fetch_add(1, Ordering::SeqCst) + 1,
+                        options,
+                    );
+                    if past {
+                        assert_ne!(got, 1, "a copy served past the entry's expiry");
+                        return;
+                    }
+                }
+                panic!("never saw the expiry");
+            });
+        }
+        // The shared entry's logical expiry is 300 ms after it was stored;
+        // memo's clocks are read after that on every later call.
+        thread::sleep(Duration::from_millis(350));
+        expired.store(true, Ordering::SeqCst);
+    });
+}
+
+#[memo_runtime::cache_memoize(key = "parts:{a}:{b}:v{n}")]
+fn joined(a: &str, b: String, n: u32) -> String {
+    format!("{a}/{b}/{n}")
+}
+
+#[memo_runtime::cache_memoize(key = "{a}", local = 60)]
+fn alone(a: &str) -> String {
+    format!("computed {a}")
+}
+
+#[test]
+fn the_attribute_s_joined_key_is_the_functional_api_s() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    for (a, b) in [
+        ("x", "y"),
+        ("a:b", "%3A"),
+        ("%", ":"),
+        ("", ""),
+        ("é ü", "\\x20"),
+    ] {
+        let value = joined(a, b.to_owned(), 7);
+        let expected = format!("{a}/{b}/7");
+        assert_eq!(value, expected);
+        // The same key built from components: a hit.
+        let parts = ["parts", a, b, "v7"];
+        let found: String =
+            cache_memoize(parts, || panic!("a miss for {parts:?}"), &Options::new());
+        assert_eq!(found, expected);
+        joined_invalidate(a, b.to_owned(), 7).unwrap();
+        let hit: String = cache_memoize(parts, || "recomputed".to_owned(), &Options::new());
+        assert_eq!(hit, "recomputed", "the helper dropped the same key");
+    }
+    // One component is used as is, unescaped, as a one-element sequence.
+    assert_eq!(alone("a:b%"), "computed a:b%");
+    let found: String = cache_memoize(["a:b%"], || panic!("a miss"), &Options::new());
+    assert_eq!(found, "computed a:b%");
+}

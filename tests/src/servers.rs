@@ -408,6 +408,28 @@ pub fn read_redis_command(reader: &mut impl std::io::BufRead) -> Option<Vec<Vec<
     Some(args)
 }
 
+/// The reply a real Redis gives to `command` when it is the `ECHO` that
+/// memo's multiplexed connections end each batch with, so that a fake
+/// server answering everything else its own way still passes that check.
+pub fn redis_echo(command: &[Vec<u8>]) -> Option<Vec<u8>> {
+    match command {
+        [name, token] if name.eq_ignore_ascii_case(b"ECHO") => {
+            let mut reply = format!("${}\r\n", token.len()).into_bytes();
+            reply.extend_from_slice(token);
+            reply.extend_from_slice(b"\r\n");
+            Some(reply)
+        }
+        _ => None,
+    }
+}
+
+/// The reply a real memcached gives to `request` when it is the `version`
+/// that memo's multiplexed connections end each batch with (see
+/// [`redis_echo`]).
+pub fn memcached_version(request: &str) -> Option<&'static [u8]> {
+    (request == "version").then_some(b"VERSION 1.6.18\r\n")
+}
+
 /// Writes `bytes` one at a time, `pause` apart, as a server choking on its
 /// reply would; stops when the client has gone.
 pub fn trickle(stream: &mut TcpStream, bytes: &[u8], pause: Duration) {

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use memo_runtime::{AsyncBackend, Backend, MemcachedBackend, RedisBackend};
 use memo_tests::fakes::{ALL, Misbehaviour, fake_memcached, fake_redis};
-use memo_tests::servers::{Kind, Server, fake_server, read_memcached_request, read_redis_command};
+use memo_tests::servers::{
+    Kind, Server, fake_server, memcached_version, read_memcached_request, read_redis_command,
+    redis_echo,
+};
 
 const TTL: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -288,6 +291,12 @@ fn confused_memcached(extra: &'static [u8], late: bool) -> u16 {
     fake_server(move |mut stream: TcpStream, _| {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         while let Some(request) = read_memcached_request(&mut reader) {
+            if let Some(version) = memcached_version(&request) {
+                if stream.write_all(version).is_err() {
+                    return;
+                }
+                continue;
+            }
             let key = request.split(' ').nth(1).unwrap_or("k").to_owned();
             let reply = if sent.swap(true, Ordering::SeqCst) {
                 format!("VALUE {key} 0 6\r\nsecond\r\nEND\r\n").into_bytes()
@@ -309,7 +318,13 @@ fn confused_redis(extra: &'static [u8], late: bool) -> u16 {
     let sent = Arc::new(AtomicBool::new(false));
     fake_server(move |mut stream: TcpStream, _| {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
-        while read_redis_command(&mut reader).is_some() {
+        while let Some(command) = read_redis_command(&mut reader) {
+            if let Some(echo) = redis_echo(&command) {
+                if stream.write_all(&echo).is_err() {
+                    return;
+                }
+                continue;
+            }
             let reply = if sent.swap(true, Ordering::SeqCst) {
                 b"$6\r\nsecond\r\n".to_vec()
             } else {
@@ -388,8 +403,9 @@ fn counting_memcached() -> (u16, Arc<AtomicUsize>) {
         counter.fetch_add(1, Ordering::SeqCst);
         let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
         let mut stream = stream;
-        while read_memcached_request(&mut reader).is_some() {
-            if stream.write_all(b"END\r\n").is_err() {
+        while let Some(request) = read_memcached_request(&mut reader) {
+            let reply = memcached_version(&request).unwrap_or(b"END\r\n");
+            if stream.write_all(reply).is_err() {
                 return;
             }
         }
@@ -611,14 +627,16 @@ async fn a_cancelled_call_never_leaves_its_reply_to_the_next() {
     let port = fake_server(|mut stream: TcpStream, number| {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut first = number == 0;
-        while read_redis_command(&mut reader).is_some() {
-            let reply: &[u8] = if std::mem::take(&mut first) {
+        while let Some(command) = read_redis_command(&mut reader) {
+            let reply = if let Some(echo) = redis_echo(&command) {
+                echo
+            } else if std::mem::take(&mut first) {
                 std::thread::sleep(Duration::from_millis(200));
-                b"$5\r\nfirst\r\n"
+                b"$5\r\nfirst\r\n".to_vec()
             } else {
-                b"$6\r\nsecond\r\n"
+                b"$6\r\nsecond\r\n".to_vec()
             };
-            if stream.write_all(reply).is_err() {
+            if stream.write_all(&reply).is_err() {
                 return;
             }
         }

@@ -372,7 +372,7 @@ macro_rules! mux {
             &$self.servers[$server].pool,
             &$self.settings,
             count: protocol::split_request,
-            split: protocol::split_reply,
+            framing: protocol::FRAMING,
             handshake: |_conn| async { Ok::<(), OpError>(()) },
             op: |$conn| $op,
         )

@@ -382,7 +382,7 @@ pub(super) fn split_request(buf: &[u8]) -> Parsed<()> {
 /// line. `true` for `CLIENT_ERROR`, after which the server may read our
 /// bytes out of step.
 #[cfg(feature = "async")]
-pub(super) fn split_reply(buf: &[u8]) -> Parsed<bool> {
+fn split_reply(buf: &[u8]) -> Parsed<bool> {
     let Some((line, used)) = take_line(buf, MAX_LINE)? else {
         return Ok(None);
     };
@@ -404,6 +404,16 @@ pub(super) fn split_reply(buf: &[u8]) -> Parsed<bool> {
         at += used + data_used;
     }
 }
+
+/// memcached's text protocol on a multiplexed connection: each batch ends
+/// with `version`, whose `VERSION ...` line no other command of memo's
+/// answers.
+#[cfg(feature = "async")]
+pub(super) const FRAMING: crate::backend::net::mux::Framing = crate::backend::net::mux::Framing {
+    split: split_reply,
+    check: |_, out| out.extend_from_slice(b"version\r\n"),
+    checked: |_, reply| reply.starts_with(b"VERSION "),
+};
 
 /// Takes apart `VALUE <key> <flags> <bytes> [<cas>]`. Anything else,
 /// `SERVER_ERROR` included, leaves the rest of the reply unaccounted for,

@@ -26,7 +26,13 @@
 //! replies at most until the latest deadline in it, then drops the
 //! connection, failing every call still waiting. Any transport failure or
 //! reply that does not parse drops the connection the same way, so a later
-//! call never reads an earlier call's reply. Before each batch the driver
+//! call never reads an earlier call's reply. Each batch ends with a check
+//! command whose reply nothing else can have (Redis `ECHO n`, memcached
+//! `version`): a reply the server slipped in anywhere in the batch would
+//! stand where the check's reply belongs, so the batch fails (its calls
+//! compute) instead of handing replies to the wrong calls, however the
+//! bytes were spread over reads; and no reply is handed out before the
+//! check's has been read. Before each batch the driver
 //! checks that nothing arrived unasked (a stray reply, or the server
 //! closing the connection); if something did, the connection is dropped
 //! and the batch's calls retry once on a fresh one, as a stale pooled
@@ -54,6 +60,19 @@ use super::lock;
 /// Request bytes sent in one write at most; the driver leaves the rest of
 /// the queue for the next batch.
 const MAX_BATCH: usize = 256 * 1024;
+
+/// How a protocol is framed for a multiplexed connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Framing {
+    /// Delimits one reply; `true` when it leaves the connection out of
+    /// step (memcached's `CLIENT_ERROR`).
+    pub(crate) split: Parse<bool>,
+    /// Appends the check that ends batch `n`: a command whose reply only
+    /// the check can have (Redis `ECHO n`).
+    pub(crate) check: fn(u64, &mut Vec<u8>),
+    /// Whether `reply`, one whole reply, answers batch `n`'s check.
+    pub(crate) checked: fn(u64, &[u8]) -> bool,
+}
 
 /// What a call's request buffers start with: most single-key commands
 /// fit, so they are written without reallocating.
@@ -125,7 +144,7 @@ impl Lanes {
     /// cutting replies (and saying which leave the connection out of
     /// step), and returns its sender: the lane already opened
     /// meanwhile by a concurrent call, if any (`conn` is then closed).
-    pub(crate) fn open<S>(&self, runtime: Id, conn: Conn<S>, split: Parse<bool>) -> Sender
+    pub(crate) fn open<S>(&self, runtime: Id, conn: Conn<S>, framing: Framing) -> Sender
     where
         S: Io + 'static,
     {
@@ -135,7 +154,7 @@ impl Lanes {
             return Sender(lane.requests.clone());
         }
         let (requests, queue) = mpsc::unbounded_channel();
-        tokio::spawn(drive(conn, queue, split));
+        tokio::spawn(drive(conn, queue, framing));
         lanes.push(Lane {
             runtime,
             requests: requests.clone(),
@@ -286,9 +305,9 @@ fn copy_error(err: &OpError) -> OpError {
 async fn drive<S: Io>(
     conn: Conn<S>,
     mut queue: mpsc::UnboundedReceiver<Request>,
-    split: Parse<bool>,
+    framing: Framing,
 ) {
-    let Err(err) = serve(conn, &mut queue, split).await else {
+    let Err(err) = serve(conn, &mut queue, framing).await else {
         return;
     };
     // The calls still queued fail as the connection did, rather than
@@ -304,9 +323,10 @@ async fn drive<S: Io>(
 async fn serve<S: Io>(
     mut conn: Conn<S>,
     queue: &mut mpsc::UnboundedReceiver<Request>,
-    split: Parse<bool>,
+    framing: Framing,
 ) -> Result<(), OpError> {
     let mut next: Option<Request> = None;
+    let mut batches: u64 = 0;
     loop {
         let first = match next.take() {
             Some(request) => request,
@@ -345,14 +365,18 @@ async fn serve<S: Io>(
             .map(|request| request.deadline)
             .max()
             .unwrap_or_else(Instant::now);
-        let read = tokio::time::timeout_at(deadline.into(), exchange(&mut conn, &mut batch, split))
-            .await
-            .unwrap_or_else(|_| {
-                Err(OpError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the call's deadline passed",
-                )))
-            });
+        let read = tokio::time::timeout_at(
+            deadline.into(),
+            exchange(&mut conn, &mut batch, framing, batches),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(OpError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the call's deadline passed",
+            )))
+        });
+        batches = batches.wrapping_add(1);
         let (replies, in_step) = match read {
             Ok(read) => read,
             Err(err) => {
@@ -404,12 +428,15 @@ async fn serve<S: Io>(
 async fn exchange<S: Io>(
     conn: &mut Conn<S>,
     batch: &mut VecDeque<Request>,
-    split: Parse<bool>,
+    framing: Framing,
+    number: u64,
 ) -> Result<(Vec<Vec<u8>>, bool), OpError> {
+    let split = framing.split;
     conn.out.clear();
     for request in batch.iter() {
         conn.out.extend_from_slice(&request.bytes);
     }
+    (framing.check)(number, &mut conn.out);
     conn.flush().await?;
     let mut all = Vec::with_capacity(batch.len());
     for request in batch.iter_mut() {
@@ -426,6 +453,18 @@ async fn exchange<S: Io>(
         if !in_step {
             return Ok((all, false));
         }
+    }
+    // The check's reply must come right after the batch's own: a reply
+    // the server slipped in anywhere before it would stand in its place,
+    // however the replies were spread over reads.
+    let mut check = Vec::new();
+    match conn.next_raw(split, &mut check).await {
+        Ok(_) if (framing.checked)(number, &check) => {}
+        // Bytes after the batch's replies that are not the check's, even
+        // ones that do not parse: out of step, as a stray reply on a
+        // pooled connection is, and no sign that the server is down.
+        Ok(_) | Err(OpError::Protocol(_)) => return Err(out_of_step()),
+        Err(err) => return Err(err),
     }
     Ok((all, true))
 }

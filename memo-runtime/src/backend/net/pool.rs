@@ -411,17 +411,18 @@ pub(crate) use run_async;
 /// Runs one async call over `$pool`'s multiplexed connection for the
 /// current runtime (`mux`), by the rules of `run_async!`: admitted by the
 /// shared health, the lane opened if need be (with `$handshake` on its
-/// connection, `$split` cutting its replies) within the connect deadline,
+/// connection, `$framing` cutting and checking its replies) within the
+/// connect deadline,
 /// `$count` counting the commands of each request,
 /// `$op` within the I/O deadline over a `MuxIo`, then `Pool::settle`; a
 /// lane found closed is replaced once within the same deadlines.
 #[cfg(feature = "async")]
 macro_rules! run_mux {
-    ($pool:expr, $settings:expr, count: $count:expr, split: $split:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
+    ($pool:expr, $settings:expr, count: $count:expr, framing: $framing:expr, handshake: |$hconn:ident| $handshake:expr, op: |$conn:ident| $op:expr $(,)?) => {{
         let pool: &$crate::backend::net::pool::Pool = $pool;
         let settings: &$crate::backend::net::Settings = $settings;
         let count: $crate::backend::net::conn::Parse<()> = $count;
-        let split: $crate::backend::net::conn::Parse<bool> = $split;
+        let framing: $crate::backend::net::mux::Framing = $framing;
         let runtime = $crate::backend::net::tokio_io::check_runtime().and_then(|()| {
             $crate::backend::net::tokio_io::current_runtime()
                 .ok_or_else(|| $crate::backend::BackendError::new("no tokio runtime"))
@@ -447,7 +448,7 @@ macro_rules! run_mux {
                                         |$hconn| $handshake
                                     )
                                     .await?;
-                                    let lane = pool.lanes.open(runtime, conn, split);
+                                    let lane = pool.lanes.open(runtime, conn, framing);
                                     drop(guard);
                                     Ok::<_, ::std::io::Error>(lane)
                                 });

@@ -476,7 +476,7 @@ macro_rules! mux {
             &$self.pool,
             &$self.settings,
             count: protocol::split,
-            split: protocol::split_reply,
+            framing: protocol::FRAMING,
             handshake: |new| $self.handshake(new),
             op: |$conn| $op,
         )

@@ -211,8 +211,45 @@ pub(super) fn split(buf: &[u8]) -> Parsed<()> {
 /// [`split`] for replies: no RESP reply leaves the connection out of step
 /// (an error reply is whole).
 #[cfg(feature = "async")]
-pub(super) fn split_reply(buf: &[u8]) -> Parsed<bool> {
+fn split_reply(buf: &[u8]) -> Parsed<bool> {
     Ok(split(buf)?.map(|((), used)| (false, used)))
+}
+
+/// RESP on a multiplexed connection: each batch ends with `ECHO n`, whose
+/// reply no other command of memo's can have.
+#[cfg(feature = "async")]
+pub(super) const FRAMING: crate::backend::net::mux::Framing = crate::backend::net::mux::Framing {
+    split: split_reply,
+    check: echo,
+    checked: echoed,
+};
+
+#[cfg(feature = "async")]
+fn echo(n: u64, out: &mut Vec<u8>) {
+    let n = n.to_string();
+    header(out, b'*', 2);
+    header(out, b'$', 4);
+    out.extend_from_slice(b"ECHO\r\n");
+    header(out, b'$', n.len());
+    out.extend_from_slice(n.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reply to `ECHO n` is `n`. A user whose ACL forbids `ECHO` gets an
+/// error naming it instead, which stands in the same place.
+#[cfg(feature = "async")]
+fn echoed(n: u64, reply: &[u8]) -> bool {
+    let n = n.to_string();
+    let mut expected = Vec::with_capacity(n.len() + 8);
+    header(&mut expected, b'$', n.len());
+    expected.extend_from_slice(n.as_bytes());
+    expected.extend_from_slice(b"\r\n");
+    reply == expected.as_slice()
+        || (reply.starts_with(b"-")
+            && reply
+                .to_ascii_lowercase()
+                .windows(6)
+                .any(|w| w == b"'echo'"))
 }
 
 /// The conversations, written once over any transport (`net::conn`): the

@@ -74,7 +74,7 @@ use crate::backend::net::conn::{Conn, Io, ready};
 use crate::backend::net::deadline::later;
 #[cfg(feature = "async")]
 use crate::backend::net::pool::run_async;
-use crate::backend::net::pool::{OpError, Pool};
+use crate::backend::net::pool::{OpError, Pool, SyncConn};
 use crate::backend::net::{self, Settings, lock};
 use crate::backend::{Backend, BackendError, BackendErrorKind};
 use crate::common::error::ConfigError;
@@ -161,10 +161,13 @@ fn crc16(bytes: &[u8]) -> u16 {
 pub struct RedisClusterBackend {
     /// The seed nodes, as `host:port`.
     seeds: Vec<(String, u16)>,
-    username: Option<String>,
-    password: Option<String>,
-    settings: Settings,
-    map: SlotMap,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) settings: Settings,
+    /// How every node's connections speak TLS, when they do.
+    pub(super) tls: Option<net::TlsConfig>,
+    /// Shared with the invalidation subscriber, which follows the nodes.
+    map: Arc<SlotMap>,
 }
 
 impl std::fmt::Debug for RedisClusterBackend {
@@ -174,6 +177,7 @@ impl std::fmt::Debug for RedisClusterBackend {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -299,7 +303,8 @@ impl RedisClusterBackend {
             username: None,
             password: None,
             settings: Settings::default(),
-            map: SlotMap::default(),
+            tls: None,
+            map: Arc::default(),
         })
     }
 
@@ -313,6 +318,34 @@ impl RedisClusterBackend {
     }
 
     net::tuning_setters!();
+
+    /// Speaks TLS to every node, verifying it as `tls` says (URL:
+    /// `rediss+cluster://`, or `rediss://...?cluster=true`, with `ca`,
+    /// `cert`, `key` and `insecure`).
+    ///
+    /// Each node's certificate must name the node as this client reaches
+    /// it: a seed by the host it was given, and a node found from the
+    /// cluster (`CLUSTER SLOTS`, `MOVED`, `ASK`) by the address the cluster
+    /// announces for it, usually an IP address, so its certificate needs
+    /// that IP address as a subject alternative name (or the cluster
+    /// announces host names with `cluster-announce-hostname` and
+    /// `cluster-preferred-endpoint-type hostname`). With Redis 7's
+    /// `tls-cluster yes`, nodes announce their TLS port to TLS clients.
+    ///
+    /// ```no_run
+    /// use memo_runtime::{RedisClusterBackend, TlsConfig};
+    ///
+    /// let tls = TlsConfig::with_ca_file("/etc/cache/ca.pem")?;
+    /// let backend = RedisClusterBackend::new(["10.0.0.7:7000", "10.0.0.8:7000"])?.tls(tls);
+    /// # Ok::<(), memo_runtime::ConfigError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        // Forgets any node met by calls made before, with its plaintext pool.
+        self.map = Arc::default();
+        self
+    }
 
     /// The seed nodes, as `host:port`.
     pub fn seeds(&self) -> Vec<String> {
@@ -337,11 +370,17 @@ impl RedisClusterBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
-        if url.scheme != "redis" && url.scheme != "redis+cluster" {
-            return Err(invalid(
-                "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (no TLS)",
-            ));
-        }
+        let secure = match url.scheme.as_str() {
+            "redis" | "redis+cluster" => false,
+            "rediss" | "rediss+cluster" => true,
+            _ => {
+                return Err(invalid(
+                    "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (rediss+cluster:// or rediss://...?cluster=true over TLS)",
+                ));
+            }
+        };
+        let (tls, url) = net::split_tls(url, secure)?;
+        let url = &url;
         if url.hosts.is_empty() {
             return Err(invalid(
                 "a Redis Cluster URL needs at least one node, e.g. redis+cluster://127.0.0.1:7000",
@@ -357,7 +396,65 @@ impl RedisClusterBackend {
             backend = backend.password(username, password);
         }
         backend.settings.apply_url_params(url)?;
+        backend.tls = tls;
         Ok(backend)
+    }
+
+    /// Runs `op` on one node, for a command any node serves (`PUBLISH`):
+    /// the master of `key`'s slot, then the other nodes known, until one
+    /// succeeds or the call's deadline passes; the last failure otherwise.
+    pub(super) fn on_any_node(
+        &self,
+        key: &str,
+        op: &mut dyn FnMut(&mut SyncConn) -> Result<(), OpError>,
+    ) -> Result<(), BackendError> {
+        let deadline = later(
+            Instant::now(),
+            self.settings
+                .connect_timeout
+                .saturating_add(self.settings.timeout),
+        );
+        let first = self.route(&self.map.slots(), Some(key));
+        let mut nodes = vec![Arc::clone(&first)];
+        nodes.extend(
+            self.refresh_candidates()
+                .into_iter()
+                .filter(|node| !Arc::ptr_eq(node, &first)),
+        );
+        let mut last = None;
+        for node in nodes {
+            let Some(settings) = self.settings_within(deadline) else {
+                break;
+            };
+            match node
+                .pool
+                .run(&settings, &|conn| ready(self.handshake(conn)), op)
+            {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    self.map.mark_stale();
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(out_of_time))
+    }
+
+    /// Lists the nodes an invalidation subscriber may use, at the time it
+    /// is asked: the seeds, then every node met since.
+    pub(super) fn node_lister(&self) -> super::pubsub::NodeLister {
+        let seeds = self.seeds.clone();
+        let map = Arc::clone(&self.map);
+        Box::new(move || {
+            let mut nodes = seeds.clone();
+            for node in lock(&map.nodes).values() {
+                let (host, port) = node.pool.address();
+                if !nodes.iter().any(|(h, p)| h == host && *p == port) {
+                    nodes.push((host.to_owned(), port));
+                }
+            }
+            nodes
+        })
     }
 
     /// The node at `host:port`, met before or new.
@@ -365,13 +462,15 @@ impl RedisClusterBackend {
         let address = address(host, port);
         let mut nodes = lock(&self.map.nodes);
         Arc::clone(nodes.entry(address.clone()).or_insert_with(|| {
+            let mut pool = Pool::new(
+                format!("redis {address}"),
+                host.to_owned(),
+                port,
+                "error reply: ",
+            );
+            pool.use_tls(self.tls.as_ref());
             Arc::new(Node {
-                pool: Pool::new(
-                    format!("redis {address}"),
-                    host.to_owned(),
-                    port,
-                    "error reply: ",
-                ),
+                pool,
                 host: host.to_owned(),
                 address,
             })
@@ -969,6 +1068,12 @@ impl Backend for RedisClusterBackend {
     fn __async(self: Arc<Self>) -> Option<Arc<dyn aio::AsyncBackend>> {
         Some(self)
     }
+
+    /// Cluster-wide pub/sub tells other processes to drop their local
+    /// copies (`pubsub`).
+    fn __invalidations(&self) -> Option<&dyn crate::backend::Invalidations> {
+        Some(self)
+    }
 }
 
 /// The same routing, map, pools and health as the blocking client, over
@@ -1217,7 +1322,7 @@ mod tests {
 
     #[test]
     fn one_caller_at_a_time_reads_the_map_and_not_too_often() {
-        let map = SlotMap::default();
+        let map = Arc::default();
         let first = map.start_refresh();
         assert!(first.is_some(), "never read: due");
         assert!(map.start_refresh().is_none(), "one reader at a time");

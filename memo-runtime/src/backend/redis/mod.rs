@@ -198,7 +198,8 @@ impl RedisBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
-        let (tls, url) = net::split_tls(url, url.scheme == "rediss")?;
+        // `rediss+cluster://...?cluster=false` is one node over TLS.
+        let (tls, url) = net::split_tls(url, url.scheme.starts_with("rediss"))?;
         let url = &url;
         let host = match url.hosts.as_slice() {
             [host] => host,

@@ -30,8 +30,13 @@ mod cluster;
 #[path = "../../tests/src/servers.rs"]
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod servers;
+// `cluster` starts TLS clusters too when the `tls` feature is on.
 #[path = "support/mod.rs"]
 mod support;
+#[cfg(feature = "tls")]
+#[path = "../../tests/src/tls.rs"]
+#[allow(dead_code, unreachable_pub, missing_docs)]
+mod tls;
 
 const LARGE: usize = 64 * 1024 * 1024;
 const KEY: &str = "bench:cluster:large";

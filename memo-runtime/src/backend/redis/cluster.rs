@@ -59,10 +59,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "async")]
@@ -558,14 +556,12 @@ impl RedisClusterBackend {
                         .collect()
                 })
                 .collect();
-            let outcomes = join_all(
-                groups
-                    .iter()
-                    .zip(&batches)
-                    .map(|((node, _), batch)| world.run(self, node, settings, batch, millis))
-                    .collect(),
-            )
-            .await;
+            let jobs: Vec<(&Node, &[(&Cmd<'_>, bool)])> = groups
+                .iter()
+                .zip(&batches)
+                .map(|((node, _), batch)| (&**node, batch.as_slice()))
+                .collect();
+            let outcomes = world.run_all(self, &jobs, settings, millis).await;
             pending.clear();
             let mut first_error = None;
             for ((node, members), outcome) in groups.iter().zip(outcomes) {
@@ -931,9 +927,11 @@ async fn exec<T: Io>(
 }
 
 /// Polls every future until all are done: the nodes of a round in
-/// parallel for async callers (a blocking caller's futures are done when
-/// made, one node after the other).
+/// parallel for async callers.
+#[cfg(feature = "async")]
 async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::pin::Pin;
+    use std::task::Poll;
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -968,10 +966,62 @@ trait World: Sync {
         batch: &'a [(&'a Cmd<'a>, bool)],
         millis: &'a str,
     ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a;
+
+    /// Runs each node's batch of one round, the nodes in parallel: the
+    /// outcomes in the order of `jobs`.
+    fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> impl Future<Output = Vec<Result<Vec<Outcome>, BackendError>>> + Send + 'a;
+}
+
+/// Keys read, or value bytes written, from which a blocking round over
+/// several nodes reaches them on threads of its own (see
+/// [`Blocking::run_all`]).
+const PARALLEL_MIN_KEYS: usize = 4;
+const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+
+/// Whether a round is worth a thread per extra node: it spans several
+/// nodes and moves enough data (the chunks of a large value) that its
+/// round trips cost more than starting threads (some tens of
+/// microseconds).
+fn worth_threads(jobs: &[(&Node, &[(&Cmd<'_>, bool)])]) -> bool {
+    if jobs.len() < 2 {
+        return false;
+    }
+    let (mut keys, mut bytes) = (0, 0);
+    for (cmd, _) in jobs.iter().flat_map(|(_, batch)| batch.iter()) {
+        match cmd {
+            Cmd::MGet(many) => keys += many.len(),
+            Cmd::Get(_) => keys += 1,
+            Cmd::Set(_, value) | Cmd::Add(_, value) => bytes += value.len(),
+            _ => {}
+        }
+    }
+    keys >= PARALLEL_MIN_KEYS || bytes >= PARALLEL_MIN_BYTES
 }
 
 /// Blocking callers: the node call runs when its future is made.
 struct Blocking;
+
+impl Blocking {
+    fn run_now(
+        backend: &RedisClusterBackend,
+        node: &Node,
+        settings: &Settings,
+        batch: &[(&Cmd<'_>, bool)],
+        millis: &str,
+    ) -> Result<Vec<Outcome>, BackendError> {
+        node.pool.run(
+            settings,
+            &|conn| ready(backend.handshake(conn)),
+            &mut |conn| ready(exec(conn, batch, millis)),
+        )
+    }
+}
 
 impl World for Blocking {
     fn run<'a>(
@@ -982,11 +1032,50 @@ impl World for Blocking {
         batch: &'a [(&'a Cmd<'a>, bool)],
         millis: &'a str,
     ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a {
-        std::future::ready(node.pool.run(
-            &settings,
-            &|conn| ready(backend.handshake(conn)),
-            &mut |conn| ready(exec(conn, batch, millis)),
-        ))
+        std::future::ready(Self::run_now(backend, node, &settings, batch, millis))
+    }
+
+    /// One node after the other, except for a round that spans several
+    /// nodes and moves a large value's chunks: then every node but the
+    /// first is reached from a scoped thread of its own, so that the round
+    /// costs the slowest node's round trip rather than the sum of them
+    /// (each thread runs under the same deadline). A thread that cannot be
+    /// started runs its node here instead.
+    fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> impl Future<Output = Vec<Result<Vec<Outcome>, BackendError>>> + Send + 'a {
+        let run = |&(node, batch): &(&Node, &[(&Cmd<'_>, bool)])| {
+            Self::run_now(backend, node, &settings, batch, millis)
+        };
+        let outcomes = if worth_threads(jobs) {
+            std::thread::scope(|scope| {
+                let spawned: Vec<_> = jobs[1..]
+                    .iter()
+                    .map(|job| {
+                        std::thread::Builder::new()
+                            .name("memo-cluster".into())
+                            .spawn_scoped(scope, move || run(job))
+                    })
+                    .collect();
+                let mut outcomes = vec![run(&jobs[0])];
+                for (job, handle) in jobs[1..].iter().zip(spawned) {
+                    outcomes.push(match handle {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(mismatch("a node call panicked").with_kind(BackendErrorKind::Other))
+                        }),
+                        Err(_) => run(job),
+                    });
+                }
+                outcomes
+            })
+        } else {
+            jobs.iter().map(run).collect()
+        };
+        std::future::ready(outcomes)
     }
 }
 
@@ -1010,6 +1099,22 @@ impl World for Tokio {
             handshake: |new| backend.handshake(new),
             op: |conn| exec(conn, batch, millis),
         )
+    }
+
+    /// The nodes' futures polled together: in parallel on one task.
+    async fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> Vec<Result<Vec<Outcome>, BackendError>> {
+        join_all(
+            jobs.iter()
+                .map(|&(node, batch)| self.run(backend, node, settings, batch, millis))
+                .collect(),
+        )
+        .await
     }
 }
 

@@ -3,9 +3,9 @@
 //! this bench on free ports).
 //!
 //! - `cluster_large_data/<target>/load` and `.../load_async` — the value
-//!   loaded with `cache_memoize` (blocking: the masters of a batch one
-//!   after the other) and `cache_memoize_async` (the masters of a batch in
-//!   parallel) from `single` (one `redis-server`) and `cluster` (three
+//!   loaded with `cache_memoize` (blocking: the masters of a batch in
+//!   parallel, from a thread per extra master) and `cache_memoize_async`
+//!   (the masters of a batch in parallel on the task) from `single` (one `redis-server`) and `cluster` (three
 //!   masters, no replicas). Compression off, random bytes, default chunk
 //!   size; throughput in bytes per second.
 //! - `.../store` — the same value stored (`force_overwrite`).

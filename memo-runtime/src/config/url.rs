@@ -21,10 +21,10 @@ impl Config {
     /// - `redis+cluster://host:port[,host:port...]`, or `redis://...` with
     ///   `cluster=true`: a Redis Cluster, found from any of the nodes given
     ///   (see `RedisClusterBackend`).
-    /// - `memcacheds://...` and `rediss://...`: the same over TLS (cargo
-    ///   feature `tls` too), with `ca=PATH` for a private CA,
-    ///   `cert=PATH&key=PATH` for a client certificate, `insecure=true` to
-    ///   skip verification (see `TlsConfig`).
+    /// - `memcacheds://...`, `rediss://...` and `rediss+cluster://...`: the
+    ///   same over TLS (cargo feature `tls` too), with `ca=PATH` for a
+    ///   private CA, `cert=PATH&key=PATH` for a client certificate,
+    ///   `insecure=true` to skip verification (see `TlsConfig`).
     ///
     /// Parameters every scheme takes: `namespace`, `expiration` (seconds),
     /// `chunk_size` (bytes), `compression_level` (0-10), `force_encryption`

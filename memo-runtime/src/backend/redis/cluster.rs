@@ -8,8 +8,7 @@
 //! connections bound each read rather than the whole call, and cannot
 //! tell whether a connection is still in step after an error. Each node
 //! here is a `backend::net` pool with its own health, so a cluster node
-//! gets the single node's deadlines, pool rules, back-off and (once the
-//! transport has it) TLS.
+//! gets the single node's deadlines, pool rules, back-off and TLS.
 //!
 //! **Routing.** A key's slot is the CRC16 (XMODEM) of the key, or of its
 //! hash tag (the text between the first `{` and the next `}`, when not
@@ -42,12 +41,27 @@
 //! per slot), groups those commands by master, and sends each master's
 //! commands pipelined in one write, reading all their replies in one go:
 //! one round trip per master per batch. Async callers reach the masters in
-//! parallel; blocking callers one after the other. `set_many` does the
+//! parallel on their task. Blocking callers reach them one after the
+//! other, except when a batch spans several masters and carries a large
+//! value's chunks (at least four keys read, or 64 KiB of values written):
+//! then each extra master is reached from a scoped thread of its own, so
+//! the batch costs its slowest master's round trip instead of the sum of
+//! them, for the price of starting a thread or two (tens of microseconds,
+//! small next to moving megabytes). `set_many` does the
 //! same with `SET`s (in slices of at most 8 MiB of values per write, as on
 //! one node). memo does not give a value's derived keys (chunks, lock) a
 //! common hash tag, which would put them in one slot: that would change
 //! the keys memo stores (`format::key`), and a large value on one slot
 //! would load a single master instead of spreading over all of them.
+//!
+//! **TLS** (`rediss+cluster://`, `rediss://...?cluster=true`,
+//! [`RedisClusterBackend::tls`]): every node's pool gets the same TLS
+//! settings, the nodes found from `CLUSTER SLOTS`, `MOVED` and `ASK`
+//! included. A node's certificate is checked against the host memo reaches
+//! it by: a seed's as given in the URL, a found node's as the cluster
+//! announces it (an IP address unless the cluster announces host names),
+//! so node certificates need that address as a subject alternative name.
+//! With `tls-cluster yes`, Redis 7 announces the TLS ports to TLS clients.
 //!
 //! **Locks.** `add` is `SET NX`, and the compare-and-delete and
 //! compare-and-touch scripts touch one key, so each runs atomically on the
@@ -1408,10 +1422,39 @@ mod tests {
             "redis+cluster://a:0",
             "redis+cluster://a:1?colour=blue",
             "redis+cluster://a:1?timeout_ms=0",
-            "rediss://a:1",
+            "memcached://a:1",
+            "redis+cluster://a:1?ca=/tmp/ca.pem",
+            "rediss+cluster://a:1?ca=/no/such/ca.pem",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_give_every_node_the_tls_settings() {
+        let parse = |url: &str| RedisClusterBackend::from_url_parts(&CacheUrl::parse(url).unwrap());
+        for url in [
+            "rediss+cluster://a:7000,b:7001?insecure=true&timeout_ms=70",
+            "rediss://a:7000,b:7001?insecure=true&timeout_ms=70",
+        ] {
+            let backend = parse(url).unwrap();
+            assert!(backend.tls.is_some(), "{url}");
+            assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+            // Seeds and nodes found later alike.
+            assert!(backend.node("a", 7000).pool.tls().is_some());
+            assert!(backend.node("10.0.0.9", 7005).pool.tls().is_some());
+        }
+        let plain = parse("redis+cluster://a:7000").unwrap();
+        assert!(plain.node("10.0.0.9", 7005).pool.tls().is_none());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_it() {
+        let url = CacheUrl::parse("rediss+cluster://a:7000").unwrap();
+        let err = RedisClusterBackend::from_url_parts(&url).unwrap_err();
+        assert!(err.to_string().contains("\"tls\""), "{err}");
     }
 
     #[test]
@@ -1427,7 +1470,7 @@ mod tests {
 
     #[test]
     fn one_caller_at_a_time_reads_the_map_and_not_too_often() {
-        let map = Arc::default();
+        let map = SlotMap::default();
         let first = map.start_refresh();
         assert!(first.is_some(), "never read: due");
         assert!(map.start_refresh().is_none(), "one reader at a time");
@@ -1445,6 +1488,29 @@ mod tests {
         drop(again);
         map.mark_stale();
         assert!(map.start_refresh().is_none(), "rate-limited again");
+    }
+
+    #[test]
+    fn only_batches_of_a_large_value_over_several_nodes_take_threads() {
+        let node = |port| Node {
+            address: address("h", port),
+            host: "h".to_owned(),
+            pool: Pool::new(String::new(), "h".to_owned(), port, ""),
+        };
+        let (a, b) = (node(1), node(2));
+        let big = vec![0u8; PARALLEL_MIN_BYTES];
+        let (get, mget) = (Cmd::Get("k"), Cmd::MGet(vec!["x", "y", "z"]));
+        let (small_set, big_set) = (Cmd::Set("k", b"v"), Cmd::Set("k", &big));
+        let reads: &[(&Cmd<'_>, bool)] = &[(&get, false), (&mget, false)];
+        let one_read: &[(&Cmd<'_>, bool)] = &[(&get, false)];
+        let small: &[(&Cmd<'_>, bool)] = &[(&small_set, false)];
+        let large: &[(&Cmd<'_>, bool)] = &[(&big_set, false)];
+        assert!(worth_threads(&[(&a, one_read), (&b, reads)]), "4 keys");
+        assert!(!worth_threads(&[(&a, one_read), (&b, one_read)]));
+        assert!(worth_threads(&[(&a, small), (&b, large)]), "64 KiB");
+        assert!(!worth_threads(&[(&a, small), (&b, small)]));
+        assert!(!worth_threads(&[(&a, reads), (&a, reads)][..1]), "one node");
+        assert!(!worth_threads(&[]));
     }
 
     #[test]

@@ -454,7 +454,7 @@ impl RedisClusterBackend {
 
     /// Lists the nodes an invalidation subscriber may use, at the time it
     /// is asked: the seeds, then every node met since.
-    pub(super) fn node_lister(&self) -> super::pubsub::NodeLister {
+    pub(super) fn node_lister(&self) -> Box<dyn Fn() -> Vec<(String, u16)> + Send> {
         let seeds = self.seeds.clone();
         let map = Arc::clone(&self.map);
         Box::new(move || {

@@ -108,7 +108,7 @@ impl Invalidations for RedisClusterBackend {
 
 /// The nodes a subscriber may use, asked again before each attempt (a
 /// cluster's nodes change as it fails over).
-pub(super) type NodeLister = Box<dyn Fn() -> Vec<(String, u16)> + Send>;
+type NodeLister = Box<dyn Fn() -> Vec<(String, u16)> + Send>;
 
 /// What the subscriber thread needs to (re)connect.
 struct Subscriber {

@@ -265,6 +265,19 @@ fn over_tls_an_invalidation_reaches_another_process_s_local_copy() {
     let _peer = an_invalidation_reaches_a_peer(&server.url(&format!("ca={}", pki.ca().display())));
 }
 
+/// On a Redis Cluster over TLS, the subscriber speaks TLS to its node.
+#[cfg(feature = "tls")]
+#[test]
+fn on_a_tls_cluster_an_invalidation_reaches_another_process_s_local_copy() {
+    let _serial = serial();
+    let pki = memo_tests::tls::Pki::new();
+    let Some(cluster) = memo_tests::cluster::Cluster::try_start_tls(3, 0, &pki) else {
+        return;
+    };
+    let _peer =
+        an_invalidation_reaches_a_peer(&cluster.tls_url(&format!("ca={}", pki.ca().display())));
+}
+
 /// On a Redis Cluster, one subscription on any node hears every
 /// invalidation (pub/sub is cluster-wide), and when that node dies the
 /// subscriber moves on to another.

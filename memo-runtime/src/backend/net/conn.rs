@@ -27,8 +27,9 @@ use std::task::{Context, Poll, Waker};
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Bytes asked of the socket per read, at most.
 const READ_CHUNK: usize = 64 * 1024;
-/// Bytes asked of the socket per read, at least.
-const MIN_READ: usize = 4 * 1024;
+/// Bytes asked of the socket per read, at least: a small reply fits, and
+/// a large one grows the buffer to [`READ_CHUNK`] in a few reads.
+const MIN_READ: usize = 1024;
 
 /// A failed operation, by what it means for the connection and the server.
 #[derive(Debug)]
@@ -182,14 +183,24 @@ impl<T: Io> Conn<T> {
     /// failure); one that closes between replies is an `UnexpectedEof`,
     /// what a pooled connection to a restarted server shows.
     pub(crate) async fn next<R>(&mut self, parse: Parse<R>) -> Result<R, OpError> {
+        Ok(self.next_span(parse).await?.0)
+    }
+
+    /// The next reply, and where its bytes are in `input` (valid until the
+    /// next read).
+    async fn next_span<R>(
+        &mut self,
+        parse: Parse<R>,
+    ) -> Result<(R, std::ops::Range<usize>), OpError> {
         loop {
             if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
+                let span = self.start..self.start + used;
                 self.start += used;
                 if self.start == self.end {
                     self.start = 0;
                     self.end = 0;
                 }
-                return Ok(reply);
+                return Ok((reply, span));
             }
             if self.fill().await? == 0 {
                 return Err(if self.has_unread() {
@@ -211,23 +222,28 @@ impl<T: Io> Conn<T> {
         parse: Parse<R>,
         out: &mut Vec<u8>,
     ) -> Result<R, OpError> {
-        loop {
-            if let Some((reply, used)) = parse(&self.input[self.start..self.end])? {
-                out.extend_from_slice(&self.input[self.start..self.start + used]);
-                self.start += used;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
-                return Ok(reply);
-            }
-            if self.fill().await? == 0 {
-                return Err(if self.has_unread() {
-                    OpError::Protocol("reply cut short".to_owned())
-                } else {
-                    OpError::Io(io::ErrorKind::UnexpectedEof.into())
-                });
-            }
+        let (reply, span) = self.next_span(parse).await?;
+        out.extend_from_slice(&self.input[span]);
+        Ok(reply)
+    }
+
+    /// What waits on this connection while no reply is expected: one poll
+    /// of a read, which is `Pending` on a quiet connection. Through the
+    /// TLS session if any, so that records the server sends on its own
+    /// (TLS 1.3 session tickets) are taken in, and only bytes of a reply
+    /// nobody asked for count. Cancelling the pending read loses nothing:
+    /// the session keeps whatever it has read.
+    #[cfg(feature = "async")]
+    pub(crate) fn waiting(&mut self) -> Waiting {
+        if self.has_leftovers() {
+            return Waiting::Bytes;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = pin!(self.fill()).poll(&mut cx);
+        match polled {
+            Poll::Pending => Waiting::Nothing,
+            Poll::Ready(Ok(0) | Err(_)) => Waiting::Closed,
+            Poll::Ready(Ok(_)) => Waiting::Bytes,
         }
     }
 
@@ -240,7 +256,7 @@ impl<T: Io> Conn<T> {
             self.start = 0;
         }
         // Room for the next read: as much as the buffer already holds,
-        // from 4 KiB up to `READ_CHUNK`, so a connection that only ever
+        // from `MIN_READ` up to `READ_CHUNK`, so a connection that only ever
         // reads small replies (every multiplexed call has its own) never
         // zeroes 64 KiB, and a large reply still arrives in large reads.
         let room = self.input.len().clamp(MIN_READ, READ_CHUNK);
@@ -258,6 +274,18 @@ impl<T: Io> Conn<T> {
         self.end += read;
         Ok(read)
     }
+}
+
+/// What waits on an idle connection ([`Conn::waiting`]).
+#[cfg(feature = "async")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Nothing: the connection is in step.
+    Nothing,
+    /// The server closed the connection, or it failed.
+    Closed,
+    /// Bytes nobody asked for: the connection is out of step.
+    Bytes,
 }
 
 /// Writes `bytes` to a connection's transport `io`, through its TLS

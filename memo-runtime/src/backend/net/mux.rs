@@ -42,20 +42,22 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::runtime::Id;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{Carried, Conn, Io, OpError, Parse};
+use super::conn::{Carried, Conn, Io, OpError, Parse, Waiting};
 use super::lock;
 
 /// Request bytes sent in one write at most; the driver leaves the rest of
 /// the queue for the next batch.
 const MAX_BATCH: usize = 256 * 1024;
+
+/// What a call's request buffers start with: most single-key commands
+/// fit, so they are written without reallocating.
+pub(crate) const REQUEST_CAPACITY: usize = 256;
 
 /// One call's request: its bytes, how many replies it expects, by when,
 /// and where its replies go.
@@ -169,7 +171,7 @@ impl MuxIo {
             lane,
             count,
             deadline,
-            out: Vec::new(),
+            out: Vec::with_capacity(REQUEST_CAPACITY),
             replies: Vec::new(),
             read: 0,
         }
@@ -329,7 +331,7 @@ async fn serve<S: Io>(
         if batch.is_empty() {
             continue;
         }
-        if waiting(&mut conn) != Waiting::Nothing {
+        if conn.waiting() != Waiting::Nothing {
             // The server closed the connection (a restart), or sent bytes
             // nobody asked for since the last batch: nothing of this batch
             // was sent, so its calls see a closed connection and retry
@@ -343,7 +345,7 @@ async fn serve<S: Io>(
             .map(|request| request.deadline)
             .max()
             .unwrap_or_else(Instant::now);
-        let read = tokio::time::timeout_at(deadline.into(), exchange(&mut conn, &batch, split))
+        let read = tokio::time::timeout_at(deadline.into(), exchange(&mut conn, &mut batch, split))
             .await
             .unwrap_or_else(|_| {
                 Err(OpError::Io(io::Error::new(
@@ -364,7 +366,7 @@ async fn serve<S: Io>(
         // that turns up later still fails the next batch, as a stray
         // reply on a pooled connection fails its next use.)
         let after = if in_step {
-            waiting(&mut conn)
+            conn.waiting()
         } else {
             Waiting::Closed
         };
@@ -401,17 +403,21 @@ async fn serve<S: Io>(
 /// (the requests after it then have no replies).
 async fn exchange<S: Io>(
     conn: &mut Conn<S>,
-    batch: &VecDeque<Request>,
+    batch: &mut VecDeque<Request>,
     split: Parse<bool>,
 ) -> Result<(Vec<Vec<u8>>, bool), OpError> {
     conn.out.clear();
-    for request in batch {
+    for request in batch.iter() {
         conn.out.extend_from_slice(&request.bytes);
     }
     conn.flush().await?;
     let mut all = Vec::with_capacity(batch.len());
-    for request in batch {
-        let mut replies = Vec::new();
+    for request in batch.iter_mut() {
+        // The request's own buffer, sent, takes its replies: no
+        // allocation here, and the call frees what it allocated (memory
+        // freed on another thread than it came from is slow to free).
+        let mut replies = std::mem::take(&mut request.bytes);
+        replies.clear();
         let mut in_step = true;
         for _ in 0..request.replies {
             in_step &= !conn.next_raw(split, &mut replies).await?;
@@ -428,36 +434,6 @@ async fn exchange<S: Io>(
 fn fail(batch: impl IntoIterator<Item = Request>, err: &OpError) {
     for request in batch {
         let _ = request.reply.send(Err(copy_error(err)));
-    }
-}
-
-/// What waits on an idle connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Waiting {
-    Nothing,
-    /// The server closed the connection, or it failed.
-    Closed,
-    /// Bytes nobody asked for: the connection is out of step.
-    Bytes,
-}
-
-/// What waits to be read on an idle connection: one poll of a read, which
-/// is `Pending` on a quiet socket (and cancelling a pending read loses
-/// nothing).
-fn waiting<S: Io>(conn: &mut Conn<S>) -> Waiting {
-    if conn.has_leftovers() {
-        return Waiting::Bytes;
-    }
-    // The socket itself, under any TLS session: bytes there are a record
-    // nobody asked for (the session's own tickets are read with the
-    // handshake and the replies they precede).
-    let mut byte = [0u8; 1];
-    let read = pin!(conn.io.read_some(&mut byte));
-    let mut cx = Context::from_waker(Waker::noop());
-    match read.poll(&mut cx) {
-        Poll::Pending => Waiting::Nothing,
-        Poll::Ready(Ok(0) | Err(_)) => Waiting::Closed,
-        Poll::Ready(Ok(_)) => Waiting::Bytes,
     }
 }
 

@@ -394,27 +394,12 @@ macro_rules! run_async {
                     let (mut conn, reused) = match pool.take_idle_async() {
                         Some(conn) => (conn, true),
                         None => {
-                            let started = ::std::time::Instant::now();
-                            let (host, port) = pool.address();
-                            let connecting = async {
-                                let mut conn =
-                                    $crate::backend::net::tokio_io::connect(host, port).await?;
-                                pool.secure_async(&mut conn, budget.connect_by).await?;
-                                {
-                                    let $hconn = &mut conn;
+                            let connected = $crate::backend::net::pool::within_connect!(
+                                budget,
+                                $crate::backend::net::pool::open_async!(pool, budget, |$hconn| {
                                     $handshake
-                                        .await
-                                        .map_err($crate::backend::net::pool::handshake_error)?;
-                                }
-                                Ok::<_, ::std::io::Error>(conn)
-                            };
-                            let connected = ::tokio::time::timeout_at(
-                                ::tokio::time::Instant::from_std(budget.connect_by),
-                                connecting,
-                            )
-                            .await
-                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
-                            budget.connected(started);
+                                })
+                            );
                             match connected {
                                 Ok(conn) => (conn, false),
                                 Err(err) => break Err(pool.connect_failed(settings, err)),
@@ -423,16 +408,7 @@ macro_rules! run_async {
                     };
                     let result = {
                         let $conn = &mut conn;
-                        ::tokio::time::timeout_at(
-                            ::tokio::time::Instant::from_std(budget.io_by),
-                            $op,
-                        )
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err($crate::backend::net::pool::OpError::Io(
-                                $crate::backend::net::tokio_io::timed_out(),
-                            ))
-                        })
+                        $crate::backend::net::pool::within_io!(budget, $op)
                     };
                     match pool.settle(settings, reused, &mut replaced, result) {
                         $crate::backend::net::pool::Settled::Done { result, keep } => {
@@ -477,34 +453,23 @@ macro_rules! run_mux {
                     let (lane, reused) = match pool.lanes.get(runtime) {
                         Some(lane) => (lane, true),
                         None => {
-                            let started = ::std::time::Instant::now();
-                            let (host, port) = pool.address();
-                            let connecting = async {
-                                let guard = match pool.lanes.opening(runtime).await {
-                                    // Opened by a concurrent call meanwhile.
-                                    Ok(lane) => return Ok(lane),
-                                    Err(guard) => guard,
-                                };
-                                let mut conn =
-                                    $crate::backend::net::tokio_io::connect(host, port).await?;
-                                pool.secure_async(&mut conn, budget.connect_by).await?;
-                                {
-                                    let $hconn = &mut conn;
-                                    $handshake
-                                        .await
-                                        .map_err($crate::backend::net::pool::handshake_error)?;
-                                }
-                                let lane = pool.lanes.open(runtime, conn, split);
-                                drop(guard);
-                                Ok::<_, ::std::io::Error>(lane)
-                            };
-                            let connected = ::tokio::time::timeout_at(
-                                ::tokio::time::Instant::from_std(budget.connect_by),
-                                connecting,
-                            )
-                            .await
-                            .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
-                            budget.connected(started);
+                            let connected =
+                                $crate::backend::net::pool::within_connect!(budget, async {
+                                    let guard = match pool.lanes.opening(runtime).await {
+                                        // Opened by a concurrent call meanwhile.
+                                        Ok(lane) => return Ok(lane),
+                                        Err(guard) => guard,
+                                    };
+                                    let conn = $crate::backend::net::pool::open_async!(
+                                        pool,
+                                        budget,
+                                        |$hconn| $handshake
+                                    )
+                                    .await?;
+                                    let lane = pool.lanes.open(runtime, conn, split);
+                                    drop(guard);
+                                    Ok::<_, ::std::io::Error>(lane)
+                                });
                             match connected {
                                 Ok(lane) => (lane, false),
                                 Err(err) => break Err(pool.connect_failed(settings, err)),
@@ -519,17 +484,10 @@ macro_rules! run_mux {
                                 budget.io_by,
                             ),
                         );
+                        conn.out
+                            .reserve($crate::backend::net::mux::REQUEST_CAPACITY);
                         let $conn = &mut conn;
-                        ::tokio::time::timeout_at(
-                            ::tokio::time::Instant::from_std(budget.io_by),
-                            $op,
-                        )
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err($crate::backend::net::pool::OpError::Io(
-                                $crate::backend::net::tokio_io::timed_out(),
-                            ))
-                        })
+                        $crate::backend::net::pool::within_io!(budget, $op)
                     };
                     match pool.settle(settings, reused, &mut replaced, result) {
                         $crate::backend::net::pool::Settled::Done { result, .. } => break result,
@@ -544,3 +502,63 @@ macro_rules! run_mux {
 }
 #[cfg(feature = "async")]
 pub(crate) use run_mux;
+
+/// A new async connection to `$pool`'s server with its TLS and protocol
+/// handshakes (`$handshake` on it, `$hconn` naming it): an async block,
+/// evaluating to `io::Result<Conn>`, for `within_connect!`.
+#[cfg(feature = "async")]
+macro_rules! open_async {
+    ($pool:expr, $budget:expr, |$hconn:ident| $handshake:expr) => {
+        async {
+            let (host, port) = $pool.address();
+            let mut conn = $crate::backend::net::tokio_io::connect(host, port).await?;
+            $pool.secure_async(&mut conn, $budget.connect_by).await?;
+            {
+                let $hconn = &mut conn;
+                $handshake
+                    .await
+                    .map_err($crate::backend::net::pool::handshake_error)?;
+            }
+            Ok::<_, ::std::io::Error>(conn)
+        }
+    };
+}
+#[cfg(feature = "async")]
+pub(crate) use open_async;
+
+/// Awaits `$connecting` (an `io::Result`) within `$budget`'s connect
+/// deadline, a timeout failing it, and adds the time it took to the I/O
+/// deadline, as the blocking `Budget::connect` does.
+#[cfg(feature = "async")]
+macro_rules! within_connect {
+    ($budget:expr, $connecting:expr) => {{
+        let started = ::std::time::Instant::now();
+        let connected = ::tokio::time::timeout_at(
+            ::tokio::time::Instant::from_std($budget.connect_by),
+            $connecting,
+        )
+        .await
+        .unwrap_or_else(|_| Err($crate::backend::net::tokio_io::timed_out()));
+        $budget.connected(started);
+        connected
+    }};
+}
+#[cfg(feature = "async")]
+pub(crate) use within_connect;
+
+/// Awaits `$op` (a `Result<_, OpError>`) within `$budget`'s I/O
+/// deadline, a timeout failing it as an I/O error.
+#[cfg(feature = "async")]
+macro_rules! within_io {
+    ($budget:expr, $op:expr) => {
+        ::tokio::time::timeout_at(::tokio::time::Instant::from_std($budget.io_by), $op)
+            .await
+            .unwrap_or_else(|_| {
+                Err($crate::backend::net::pool::OpError::Io(
+                    $crate::backend::net::tokio_io::timed_out(),
+                ))
+            })
+    };
+}
+#[cfg(feature = "async")]
+pub(crate) use within_io;

@@ -7,8 +7,10 @@
 //! sans-IO rustls client driven over any such transport, so one TLS layer
 //! serves the blocking and the async client: the same handshake, the same
 //! errors, and the connect and call deadlines of the transport under it.
-//! A `Conn` carries its session; an idle async connection keeps it while
-//! its socket is off any runtime (`tokio_io::Idle`).
+//! A `Conn` carries its session, pooled or idle with it; an idle
+//! connection is checked through its session (`Conn::waiting`), so that
+//! the session tickets a TLS 1.3 server sends after the handshake are
+//! taken in rather than mistaken for a stray reply.
 //!
 //! **Paid once per connection.** The handshake runs when a pooled
 //! connection is opened, within the connect deadline, before any protocol

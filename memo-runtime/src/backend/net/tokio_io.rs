@@ -30,13 +30,12 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Id};
 
-use super::conn::{Conn, Io};
+use super::conn::{Conn, Io, Waiting};
 
 impl Io for TcpStream {
     fn read_some<'a>(
@@ -79,18 +78,8 @@ impl Idle {
     /// The connection, if it can be reused: `None` (the socket is closed)
     /// when bytes are waiting on it (a stray reply would be read as the
     /// answer to the next command), the peer closed it, or it failed.
-    pub(crate) fn resume(self) -> Option<Conn<TcpStream>> {
-        // A peek, not the reactor's readiness: readiness stays set after a
-        // reply was read whole, so only the socket can tell whether bytes
-        // are waiting. `Pending` means none are; the no-op waker is
-        // replaced by the next real read's.
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.conn.io.poll_peek(&mut cx, &mut buf) {
-            Poll::Pending => Some(self.conn),
-            Poll::Ready(_) => None,
-        }
+    pub(crate) fn resume(mut self) -> Option<Conn<TcpStream>> {
+        (self.conn.waiting() == Waiting::Nothing).then_some(self.conn)
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -164,13 +164,26 @@ impl Cluster {
             replicas.to_string(),
             "--cluster-yes".to_owned(),
         ]);
-        let output = Command::new(find_binary("redis-cli").expect("redis-cli is installed"))
+        let mut creating = Command::new(find_binary("redis-cli").expect("redis-cli is installed"))
             .args(&create)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run redis-cli: {err}"));
+        // redis-cli waits for the nodes to meet for as long as it takes;
+        // nodes that cannot (a cluster bus refusing their certificates)
+        // would hold the test forever.
+        let deadline = Instant::now() + SETTLE;
+        while creating.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = creating.kill();
+        let output = creating
+            .wait_with_output()
             .unwrap_or_else(|err| panic!("cannot run redis-cli: {err}"));
         assert!(
             output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            "redis-cli --cluster create failed or did not finish within {SETTLE:?}: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );

@@ -3,9 +3,9 @@
 //! this bench on free ports).
 //!
 //! - `cluster_large_data/<target>/load` and `.../load_async` — the value
-//!   loaded with `cache_memoize` (blocking: the masters of a batch one
-//!   after the other) and `cache_memoize_async` (the masters of a batch in
-//!   parallel) from `single` (one `redis-server`) and `cluster` (three
+//!   loaded with `cache_memoize` (blocking: the masters of a batch in
+//!   parallel, from a thread per extra master) and `cache_memoize_async`
+//!   (the masters of a batch in parallel on the task) from `single` (one `redis-server`) and `cluster` (three
 //!   masters, no replicas). Compression off, random bytes, default chunk
 //!   size; throughput in bytes per second.
 //! - `.../store` — the same value stored (`force_overwrite`).
@@ -30,8 +30,13 @@ mod cluster;
 #[path = "../../tests/src/servers.rs"]
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod servers;
+// `cluster` starts TLS clusters too when the `tls` feature is on.
 #[path = "support/mod.rs"]
 mod support;
+#[cfg(feature = "tls")]
+#[path = "../../tests/src/tls.rs"]
+#[allow(dead_code, unreachable_pub, missing_docs)]
+mod tls;
 
 const LARGE: usize = 64 * 1024 * 1024;
 const KEY: &str = "bench:cluster:large";

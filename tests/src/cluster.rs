@@ -10,12 +10,17 @@
 //! cluster.kill("127.0.0.1:P1"); // a node gone, as a crashed host
 //! ```
 //!
+//! With the `tls` feature, [`Cluster::try_start_tls`] starts one whose
+//! nodes also serve TLS (`--tls-port`) and speak TLS to each other
+//! (`--tls-cluster yes`); TLS clients are then told the nodes' TLS ports.
+//! Each node keeps a plaintext port too, for the helpers here.
+//!
 //! Like [`Server::try_start`], a missing `redis-server` or `redis-cli`
 //! skips the test with a note, except in CI, where it fails.
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,6 +34,8 @@ const SETTLE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<Server>,
+    /// Each node's TLS port, in the order of `nodes`; empty without TLS.
+    tls_ports: Vec<u16>,
     dir: PathBuf,
 }
 
@@ -37,6 +44,48 @@ impl Cluster {
     /// or `None` (after a note on stderr) when `redis-server` or
     /// `redis-cli` is not installed and this is not CI.
     pub fn try_start(masters: usize, replicas: usize) -> Option<Cluster> {
+        Cluster::try_start_with(masters, replicas, &|_| Vec::new())
+    }
+
+    /// [`try_start`](Self::try_start), with every node also serving TLS
+    /// with `pki`'s server certificate (which names `127.0.0.1`, the
+    /// address the nodes announce) and the nodes speaking TLS to each
+    /// other; clients need no certificate.
+    #[cfg(feature = "tls")]
+    pub fn try_start_tls(
+        masters: usize,
+        replicas: usize,
+        pki: &crate::tls::Pki,
+    ) -> Option<Cluster> {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let tls_args = |tls_port: u16| {
+            vec![
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cluster".to_owned(),
+                "yes".to_owned(),
+                "--tls-replication".to_owned(),
+                "yes".to_owned(),
+                "--tls-cert-file".to_owned(),
+                path(&pki.server().cert),
+                "--tls-key-file".to_owned(),
+                path(&pki.server().key),
+                "--tls-ca-cert-file".to_owned(),
+                path(&pki.ca()),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]
+        };
+        Cluster::try_start_with(masters, replicas, &tls_args)
+    }
+
+    /// Starts a cluster whose nodes take `tls_args(tls_port)` too when it
+    /// returns any.
+    fn try_start_with(
+        masters: usize,
+        replicas: usize,
+        tls_args: &dyn Fn(u16) -> Vec<String>,
+    ) -> Option<Cluster> {
         let missing = ["redis-server", "redis-cli"]
             .into_iter()
             .find(|binary| find_binary(binary).is_none());
@@ -49,7 +98,7 @@ impl Cluster {
                 );
                 None
             }
-            _ => Some(Cluster::start(masters, replicas)),
+            _ => Some(Cluster::start_with(masters, replicas, tls_args)),
         }
     }
 
@@ -57,6 +106,14 @@ impl Cluster {
     /// minimum) with `replicas` replicas each, and waits until every node
     /// reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(masters, replicas, &|_| Vec::new())
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas: usize,
+        tls_args: &dyn Fn(u16) -> Vec<String>,
+    ) -> Cluster {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "memo-cluster-{}-{}",
@@ -65,9 +122,15 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
+        let mut tls_ports = Vec::new();
         let nodes: Vec<Server> = (0..masters * (1 + replicas))
             .map(|_| {
-                let args = [
+                let tls_port = free_port();
+                let tls = tls_args(tls_port);
+                if !tls.is_empty() {
+                    tls_ports.push(tls_port);
+                }
+                let mut args = vec![
                     "--cluster-enabled".to_owned(),
                     "yes".to_owned(),
                     "--cluster-config-file".to_owned(),
@@ -85,10 +148,15 @@ impl Cluster {
                     "--cluster-port".to_owned(),
                     free_port().to_string(),
                 ];
+                args.extend(tls);
                 Server::start_with_args(Kind::Redis, &args)
             })
             .collect();
-        let cluster = Cluster { nodes, dir };
+        let cluster = Cluster {
+            nodes,
+            tls_ports,
+            dir,
+        };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(cluster.addresses());
         create.extend([
@@ -96,13 +164,26 @@ impl Cluster {
             replicas.to_string(),
             "--cluster-yes".to_owned(),
         ]);
-        let output = Command::new(find_binary("redis-cli").expect("redis-cli is installed"))
+        let mut creating = Command::new(find_binary("redis-cli").expect("redis-cli is installed"))
             .args(&create)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run redis-cli: {err}"));
+        // redis-cli waits for the nodes to meet for as long as it takes;
+        // nodes that cannot (a cluster bus refusing their certificates)
+        // would hold the test forever.
+        let deadline = Instant::now() + SETTLE;
+        while creating.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = creating.kill();
+        let output = creating
+            .wait_with_output()
             .unwrap_or_else(|err| panic!("cannot run redis-cli: {err}"));
         assert!(
             output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            "redis-cli --cluster create failed or did not finish within {SETTLE:?}: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -135,11 +216,34 @@ impl Cluster {
         format!("redis+cluster://{}", self.addresses().join(","))
     }
 
-    /// The node at `address` (`127.0.0.1:port`).
+    /// Every node's `127.0.0.1:tls_port`, masters first; empty for a
+    /// cluster without TLS.
+    pub fn tls_addresses(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// `rediss+cluster://` and every node's TLS port, then `?query`.
+    pub fn tls_url(&self, query: &str) -> String {
+        format!(
+            "rediss+cluster://{}?{query}",
+            self.tls_addresses().join(",")
+        )
+    }
+
+    /// The node at `address` (`127.0.0.1:port`, its plaintext or its TLS
+    /// port).
     pub fn node(&self, address: &str) -> &Server {
+        let tls = self.tls_addresses();
         self.nodes
             .iter()
-            .find(|node| node.address() == address)
+            .enumerate()
+            .find(|(at, node)| {
+                node.address() == address || tls.get(*at).is_some_and(|a| a == address)
+            })
+            .map(|(_, node)| node)
             .unwrap_or_else(|| panic!("no node at {address}"))
     }
 

@@ -77,7 +77,12 @@ impl Pki {
 
         let server_key = KeyPair::generate().expect("a key");
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("SANs");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client use too: the nodes of a TLS cluster present it to each
+        // other on the cluster bus, which always verifies its peers.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let server = params
             .signed_by(&server_key, &ca, &ca_key)
             .expect("a server certificate");
@@ -128,7 +133,8 @@ impl Pki {
         self.dir.join("other-ca.pem")
     }
 
-    /// The server certificate: names `127.0.0.1` only.
+    /// The server certificate: names `127.0.0.1` only (as an IP address
+    /// entry), for server and client use.
     pub fn server(&self) -> &Identity {
         &self.server
     }

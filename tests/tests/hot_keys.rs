@@ -251,9 +251,82 @@ fn with_redis_an_invalidation_reaches_another_process_s_local_copy() {
     let Some(server) = Server::try_start(Kind::Redis) else {
         return;
     };
-    configure(Config::from_url(&server.url()).unwrap());
+    let _peer = an_invalidation_reaches_a_peer(&server.url());
+}
+
+/// Over TLS, the subscriber speaks TLS with the backend's CA.
+#[cfg(feature = "tls")]
+#[test]
+fn over_tls_an_invalidation_reaches_another_process_s_local_copy() {
+    use memo_tests::tls::{Pki, TlsServer};
+    let _serial = serial();
+    let pki = Pki::new();
+    let server = TlsServer::start(Kind::Redis, &pki, pki.server(), false);
+    let _peer = an_invalidation_reaches_a_peer(&server.url(&format!("ca={}", pki.ca().display())));
+}
+
+/// On a Redis Cluster over TLS, the subscriber speaks TLS to its node.
+#[cfg(feature = "tls")]
+#[test]
+fn on_a_tls_cluster_an_invalidation_reaches_another_process_s_local_copy() {
+    let _serial = serial();
+    let pki = memo_tests::tls::Pki::new();
+    let Some(cluster) = memo_tests::cluster::Cluster::try_start_tls(3, 0, &pki) else {
+        return;
+    };
+    let _peer =
+        an_invalidation_reaches_a_peer(&cluster.tls_url(&format!("ca={}", pki.ca().display())));
+}
+
+/// On a Redis Cluster, one subscription on any node hears every
+/// invalidation (pub/sub is cluster-wide), and when that node dies the
+/// subscriber moves on to another.
+#[test]
+fn on_a_redis_cluster_an_invalidation_reaches_another_process_after_its_node_dies() {
+    let _serial = serial();
+    let Some(cluster) = memo_tests::cluster::Cluster::try_start(3, 1) else {
+        return;
+    };
+    let mut peer = an_invalidation_reaches_a_peer(&cluster.url());
+    // The peer subscribed on its first seed, a master: kill it, and wait
+    // for its replica to take over.
+    let seeds = cluster.addresses();
+    cluster.kill(&seeds[0]);
+    let survivor = cluster.node(&seeds[1]).port();
+    thread::sleep(Duration::from_millis(1500));
+    cluster.wait_until("the cluster recovers", || {
+        cluster
+            .cli(survivor, &["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+    });
     let options = Options::new().local(Duration::from_secs(60));
-    let mut peer = Peer::start(&server.url());
+    assert_eq!(peer.get("shared"), "parent-2", "its local copy");
+    let started = Instant::now();
+    while invalidate("shared", &options).is_err() {
+        assert!(started.elapsed() < 10 * SECOND, "the cluster answers again");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mine: String = cache_memoize("shared", || "parent-3".to_owned(), &options);
+    assert_eq!(mine, "parent-3");
+    // The peer's own client may still be finding the new master, and
+    // compute its own value: either way its copy of `parent-2` is gone.
+    let started = Instant::now();
+    while peer.get("shared") == "parent-2" {
+        assert!(
+            started.elapsed() < 3 * SECOND,
+            "the peer's new subscription heard the invalidation"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Configures this process and a peer with `url` and checks that an
+/// invalidation and a refresh here drop the peer's local copy within a
+/// fraction of a second; the peer, holding `parent-2`.
+fn an_invalidation_reaches_a_peer(url: &str) -> Peer {
+    configure(Config::from_url(url).unwrap());
+    let options = Options::new().local(Duration::from_secs(60));
+    let mut peer = Peer::start(url);
     assert_eq!(peer.get("shared"), "peer-1");
     // The peer's subscriber connects in the background.
     thread::sleep(Duration::from_millis(500));
@@ -278,6 +351,7 @@ fn with_redis_an_invalidation_reaches_another_process_s_local_copy() {
         took.is_some_and(|took| took < Duration::from_millis(500)),
         "{took:?}"
     );
+    peer
 }
 
 #[test]

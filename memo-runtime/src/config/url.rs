@@ -21,10 +21,10 @@ impl Config {
     /// - `redis+cluster://host:port[,host:port...]`, or `redis://...` with
     ///   `cluster=true`: a Redis Cluster, found from any of the nodes given
     ///   (see `RedisClusterBackend`).
-    /// - `memcacheds://...` and `rediss://...`: the same over TLS (cargo
-    ///   feature `tls` too), with `ca=PATH` for a private CA,
-    ///   `cert=PATH&key=PATH` for a client certificate, `insecure=true` to
-    ///   skip verification (see `TlsConfig`).
+    /// - `memcacheds://...`, `rediss://...` and `rediss+cluster://...`: the
+    ///   same over TLS (cargo feature `tls` too), with `ca=PATH` for a
+    ///   private CA, `cert=PATH&key=PATH` for a client certificate,
+    ///   `insecure=true` to skip verification (see `TlsConfig`).
     ///
     /// Parameters every scheme takes: `namespace`, `expiration` (seconds),
     /// `chunk_size` (bytes), `compression_level` (0-10), `force_encryption`
@@ -56,7 +56,9 @@ impl Config {
         let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
             "memory" => Arc::new(MemoryBackend::from_url_parts(&backend_url)?),
             "memcached" | "memcacheds" => memcached_from_url(&backend_url)?,
-            "redis" | "rediss" | "redis+cluster" => redis_from_url(&backend_url)?,
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+                redis_from_url(&backend_url)?
+            }
             other => {
                 return Err(ConfigError::UnsupportedScheme {
                     scheme: other.to_owned(),
@@ -125,7 +127,7 @@ fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 #[cfg(feature = "redis")]
 fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
     use crate::backend::redis::{RedisBackend, cluster::RedisClusterBackend};
-    let mut cluster = url.scheme == "redis+cluster";
+    let mut cluster = url.scheme.ends_with("+cluster");
     for (name, value) in url.params.iter().filter(|(name, _)| name == "cluster") {
         cluster = parse_bool(value)
             .ok_or_else(|| url.invalid_value(name, value, "expected true or false"))?;

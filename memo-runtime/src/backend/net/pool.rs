@@ -105,6 +105,18 @@ impl Pool {
         match tls {}
     }
 
+    /// [`set_tls`](Self::set_tls) when `tls` is given; plaintext otherwise.
+    pub(crate) fn use_tls(&mut self, tls: Option<&super::TlsConfig>) {
+        #[cfg(feature = "tls")]
+        {
+            self.tls = tls.cloned();
+        }
+        #[cfg(not(feature = "tls"))]
+        if let Some(tls) = tls {
+            match *tls {}
+        }
+    }
+
     /// Runs the TLS handshake on a new connection when this pool speaks
     /// TLS, within the deadline of `conn`'s transport (blocking) or the
     /// caller's (async); nothing otherwise.
@@ -133,8 +145,15 @@ impl Pool {
             .unwrap_or_else(|_| Err(handshake_timed_out()))
     }
 
+    /// How this pool's connections speak TLS, if they do.
+    pub(crate) fn tls(&self) -> Option<&super::TlsConfig> {
+        #[cfg(feature = "tls")]
+        return self.tls.as_ref();
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
     /// The host and port connections go to.
-    #[cfg(any(test, feature = "async"))]
     pub(crate) fn address(&self) -> (&str, u16) {
         (&self.host, self.port)
     }

@@ -8,8 +8,7 @@
 //! connections bound each read rather than the whole call, and cannot
 //! tell whether a connection is still in step after an error. Each node
 //! here is a `backend::net` pool with its own health, so a cluster node
-//! gets the single node's deadlines, pool rules, back-off and (once the
-//! transport has it) TLS.
+//! gets the single node's deadlines, pool rules, back-off and TLS.
 //!
 //! **Routing.** A key's slot is the CRC16 (XMODEM) of the key, or of its
 //! hash tag (the text between the first `{` and the next `}`, when not
@@ -42,12 +41,27 @@
 //! per slot), groups those commands by master, and sends each master's
 //! commands pipelined in one write, reading all their replies in one go:
 //! one round trip per master per batch. Async callers reach the masters in
-//! parallel; blocking callers one after the other. `set_many` does the
+//! parallel on their task. Blocking callers reach them one after the
+//! other, except when a batch spans several masters and carries a large
+//! value's chunks (at least four keys read, or 64 KiB of values written):
+//! then each extra master is reached from a scoped thread of its own, so
+//! the batch costs its slowest master's round trip instead of the sum of
+//! them, for the price of starting a thread or two (tens of microseconds,
+//! small next to moving megabytes). `set_many` does the
 //! same with `SET`s (in slices of at most 8 MiB of values per write, as on
 //! one node). memo does not give a value's derived keys (chunks, lock) a
 //! common hash tag, which would put them in one slot: that would change
 //! the keys memo stores (`format::key`), and a large value on one slot
 //! would load a single master instead of spreading over all of them.
+//!
+//! **TLS** (`rediss+cluster://`, `rediss://...?cluster=true`,
+//! [`RedisClusterBackend::tls`]): every node's pool gets the same TLS
+//! settings, the nodes found from `CLUSTER SLOTS`, `MOVED` and `ASK`
+//! included. A node's certificate is checked against the host memo reaches
+//! it by: a seed's as given in the URL, a found node's as the cluster
+//! announces it (an IP address unless the cluster announces host names),
+//! so node certificates need that address as a subject alternative name.
+//! With `tls-cluster yes`, Redis 7 announces the TLS ports to TLS clients.
 //!
 //! **Locks.** `add` is `SET NX`, and the compare-and-delete and
 //! compare-and-touch scripts touch one key, so each runs atomically on the
@@ -59,10 +73,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "async")]
@@ -74,7 +86,7 @@ use crate::backend::net::conn::{Conn, Io, ready};
 use crate::backend::net::deadline::later;
 #[cfg(feature = "async")]
 use crate::backend::net::pool::run_async;
-use crate::backend::net::pool::{OpError, Pool};
+use crate::backend::net::pool::{OpError, Pool, SyncConn};
 use crate::backend::net::{self, Settings, lock};
 use crate::backend::{Backend, BackendError, BackendErrorKind};
 use crate::common::error::ConfigError;
@@ -161,10 +173,13 @@ fn crc16(bytes: &[u8]) -> u16 {
 pub struct RedisClusterBackend {
     /// The seed nodes, as `host:port`.
     seeds: Vec<(String, u16)>,
-    username: Option<String>,
-    password: Option<String>,
-    settings: Settings,
-    map: SlotMap,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) settings: Settings,
+    /// How every node's connections speak TLS, when they do.
+    pub(super) tls: Option<net::TlsConfig>,
+    /// Shared with the invalidation subscriber, which follows the nodes.
+    map: Arc<SlotMap>,
 }
 
 impl std::fmt::Debug for RedisClusterBackend {
@@ -174,6 +189,7 @@ impl std::fmt::Debug for RedisClusterBackend {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -299,7 +315,8 @@ impl RedisClusterBackend {
             username: None,
             password: None,
             settings: Settings::default(),
-            map: SlotMap::default(),
+            tls: None,
+            map: Arc::default(),
         })
     }
 
@@ -313,6 +330,34 @@ impl RedisClusterBackend {
     }
 
     net::tuning_setters!();
+
+    /// Speaks TLS to every node, verifying it as `tls` says (URL:
+    /// `rediss+cluster://`, or `rediss://...?cluster=true`, with `ca`,
+    /// `cert`, `key` and `insecure`).
+    ///
+    /// Each node's certificate must name the node as this client reaches
+    /// it: a seed by the host it was given, and a node found from the
+    /// cluster (`CLUSTER SLOTS`, `MOVED`, `ASK`) by the address the cluster
+    /// announces for it, usually an IP address, so its certificate needs
+    /// that IP address as a subject alternative name (or the cluster
+    /// announces host names with `cluster-announce-hostname` and
+    /// `cluster-preferred-endpoint-type hostname`). With Redis 7's
+    /// `tls-cluster yes`, nodes announce their TLS port to TLS clients.
+    ///
+    /// ```no_run
+    /// use memo_runtime::{RedisClusterBackend, TlsConfig};
+    ///
+    /// let tls = TlsConfig::with_ca_file("/etc/cache/ca.pem")?;
+    /// let backend = RedisClusterBackend::new(["10.0.0.7:7000", "10.0.0.8:7000"])?.tls(tls);
+    /// # Ok::<(), memo_runtime::ConfigError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        // Forgets any node met by calls made before, with its plaintext pool.
+        self.map = Arc::default();
+        self
+    }
 
     /// The seed nodes, as `host:port`.
     pub fn seeds(&self) -> Vec<String> {
@@ -337,11 +382,17 @@ impl RedisClusterBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
-        if url.scheme != "redis" && url.scheme != "redis+cluster" {
-            return Err(invalid(
-                "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (no TLS)",
-            ));
-        }
+        let secure = match url.scheme.as_str() {
+            "redis" | "redis+cluster" => false,
+            "rediss" | "rediss+cluster" => true,
+            _ => {
+                return Err(invalid(
+                    "a Redis Cluster is reached over redis+cluster:// or redis://...?cluster=true (rediss+cluster:// or rediss://...?cluster=true over TLS)",
+                ));
+            }
+        };
+        let (tls, url) = net::split_tls(url, secure)?;
+        let url = &url;
         if url.hosts.is_empty() {
             return Err(invalid(
                 "a Redis Cluster URL needs at least one node, e.g. redis+cluster://127.0.0.1:7000",
@@ -357,7 +408,65 @@ impl RedisClusterBackend {
             backend = backend.password(username, password);
         }
         backend.settings.apply_url_params(url)?;
+        backend.tls = tls;
         Ok(backend)
+    }
+
+    /// Runs `op` on one node, for a command any node serves (`PUBLISH`):
+    /// the master of `key`'s slot, then the other nodes known, until one
+    /// succeeds or the call's deadline passes; the last failure otherwise.
+    pub(super) fn on_any_node(
+        &self,
+        key: &str,
+        op: &mut dyn FnMut(&mut SyncConn) -> Result<(), OpError>,
+    ) -> Result<(), BackendError> {
+        let deadline = later(
+            Instant::now(),
+            self.settings
+                .connect_timeout
+                .saturating_add(self.settings.timeout),
+        );
+        let first = self.route(&self.map.slots(), Some(key));
+        let mut nodes = vec![Arc::clone(&first)];
+        nodes.extend(
+            self.refresh_candidates()
+                .into_iter()
+                .filter(|node| !Arc::ptr_eq(node, &first)),
+        );
+        let mut last = None;
+        for node in nodes {
+            let Some(settings) = self.settings_within(deadline) else {
+                break;
+            };
+            match node
+                .pool
+                .run(&settings, &|conn| ready(self.handshake(conn)), op)
+            {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    self.map.mark_stale();
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(out_of_time))
+    }
+
+    /// Lists the nodes an invalidation subscriber may use, at the time it
+    /// is asked: the seeds, then every node met since.
+    pub(super) fn node_lister(&self) -> Box<dyn Fn() -> Vec<(String, u16)> + Send> {
+        let seeds = self.seeds.clone();
+        let map = Arc::clone(&self.map);
+        Box::new(move || {
+            let mut nodes = seeds.clone();
+            for node in lock(&map.nodes).values() {
+                let (host, port) = node.pool.address();
+                if !nodes.iter().any(|(h, p)| h == host && *p == port) {
+                    nodes.push((host.to_owned(), port));
+                }
+            }
+            nodes
+        })
     }
 
     /// The node at `host:port`, met before or new.
@@ -365,13 +474,15 @@ impl RedisClusterBackend {
         let address = address(host, port);
         let mut nodes = lock(&self.map.nodes);
         Arc::clone(nodes.entry(address.clone()).or_insert_with(|| {
+            let mut pool = Pool::new(
+                format!("redis {address}"),
+                host.to_owned(),
+                port,
+                "error reply: ",
+            );
+            pool.use_tls(self.tls.as_ref());
             Arc::new(Node {
-                pool: Pool::new(
-                    format!("redis {address}"),
-                    host.to_owned(),
-                    port,
-                    "error reply: ",
-                ),
+                pool,
                 host: host.to_owned(),
                 address,
             })
@@ -459,14 +570,12 @@ impl RedisClusterBackend {
                         .collect()
                 })
                 .collect();
-            let outcomes = join_all(
-                groups
-                    .iter()
-                    .zip(&batches)
-                    .map(|((node, _), batch)| world.run(self, node, settings, batch, millis))
-                    .collect(),
-            )
-            .await;
+            let jobs: Vec<(&Node, &[(&Cmd<'_>, bool)])> = groups
+                .iter()
+                .zip(&batches)
+                .map(|((node, _), batch)| (&**node, batch.as_slice()))
+                .collect();
+            let outcomes = world.run_all(self, &jobs, settings, millis).await;
             pending.clear();
             let mut first_error = None;
             for ((node, members), outcome) in groups.iter().zip(outcomes) {
@@ -832,9 +941,11 @@ async fn exec<T: Io>(
 }
 
 /// Polls every future until all are done: the nodes of a round in
-/// parallel for async callers (a blocking caller's futures are done when
-/// made, one node after the other).
+/// parallel for async callers.
+#[cfg(feature = "async")]
 async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::pin::Pin;
+    use std::task::Poll;
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -869,10 +980,62 @@ trait World: Sync {
         batch: &'a [(&'a Cmd<'a>, bool)],
         millis: &'a str,
     ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a;
+
+    /// Runs each node's batch of one round, the nodes in parallel: the
+    /// outcomes in the order of `jobs`.
+    fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> impl Future<Output = Vec<Result<Vec<Outcome>, BackendError>>> + Send + 'a;
+}
+
+/// Keys read, or value bytes written, from which a blocking round over
+/// several nodes reaches them on threads of its own (see
+/// [`Blocking::run_all`]).
+const PARALLEL_MIN_KEYS: usize = 4;
+const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+
+/// Whether a round is worth a thread per extra node: it spans several
+/// nodes and moves enough data (the chunks of a large value) that its
+/// round trips cost more than starting threads (some tens of
+/// microseconds).
+fn worth_threads(jobs: &[(&Node, &[(&Cmd<'_>, bool)])]) -> bool {
+    if jobs.len() < 2 {
+        return false;
+    }
+    let (mut keys, mut bytes) = (0, 0);
+    for (cmd, _) in jobs.iter().flat_map(|(_, batch)| batch.iter()) {
+        match cmd {
+            Cmd::MGet(many) => keys += many.len(),
+            Cmd::Get(_) => keys += 1,
+            Cmd::Set(_, value) | Cmd::Add(_, value) => bytes += value.len(),
+            _ => {}
+        }
+    }
+    keys >= PARALLEL_MIN_KEYS || bytes >= PARALLEL_MIN_BYTES
 }
 
 /// Blocking callers: the node call runs when its future is made.
 struct Blocking;
+
+impl Blocking {
+    fn run_now(
+        backend: &RedisClusterBackend,
+        node: &Node,
+        settings: &Settings,
+        batch: &[(&Cmd<'_>, bool)],
+        millis: &str,
+    ) -> Result<Vec<Outcome>, BackendError> {
+        node.pool.run(
+            settings,
+            &|conn| ready(backend.handshake(conn)),
+            &mut |conn| ready(exec(conn, batch, millis)),
+        )
+    }
+}
 
 impl World for Blocking {
     fn run<'a>(
@@ -883,11 +1046,50 @@ impl World for Blocking {
         batch: &'a [(&'a Cmd<'a>, bool)],
         millis: &'a str,
     ) -> impl Future<Output = Result<Vec<Outcome>, BackendError>> + Send + 'a {
-        std::future::ready(node.pool.run(
-            &settings,
-            &|conn| ready(backend.handshake(conn)),
-            &mut |conn| ready(exec(conn, batch, millis)),
-        ))
+        std::future::ready(Self::run_now(backend, node, &settings, batch, millis))
+    }
+
+    /// One node after the other, except for a round that spans several
+    /// nodes and moves a large value's chunks: then every node but the
+    /// first is reached from a scoped thread of its own, so that the round
+    /// costs the slowest node's round trip rather than the sum of them
+    /// (each thread runs under the same deadline). A thread that cannot be
+    /// started runs its node here instead.
+    fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> impl Future<Output = Vec<Result<Vec<Outcome>, BackendError>>> + Send + 'a {
+        let run = |&(node, batch): &(&Node, &[(&Cmd<'_>, bool)])| {
+            Self::run_now(backend, node, &settings, batch, millis)
+        };
+        let outcomes = if worth_threads(jobs) {
+            std::thread::scope(|scope| {
+                let spawned: Vec<_> = jobs[1..]
+                    .iter()
+                    .map(|job| {
+                        std::thread::Builder::new()
+                            .name("memo-cluster".into())
+                            .spawn_scoped(scope, move || run(job))
+                    })
+                    .collect();
+                let mut outcomes = vec![run(&jobs[0])];
+                for (job, handle) in jobs[1..].iter().zip(spawned) {
+                    outcomes.push(match handle {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(mismatch("a node call panicked").with_kind(BackendErrorKind::Other))
+                        }),
+                        Err(_) => run(job),
+                    });
+                }
+                outcomes
+            })
+        } else {
+            jobs.iter().map(run).collect()
+        };
+        std::future::ready(outcomes)
     }
 }
 
@@ -911,6 +1113,22 @@ impl World for Tokio {
             handshake: |new| backend.handshake(new),
             op: |conn| exec(conn, batch, millis),
         )
+    }
+
+    /// The nodes' futures polled together: in parallel on one task.
+    async fn run_all<'a>(
+        &'a self,
+        backend: &'a RedisClusterBackend,
+        jobs: &'a [(&'a Node, &'a [(&'a Cmd<'a>, bool)])],
+        settings: Settings,
+        millis: &'a str,
+    ) -> Vec<Result<Vec<Outcome>, BackendError>> {
+        join_all(
+            jobs.iter()
+                .map(|&(node, batch)| self.run(backend, node, settings, batch, millis))
+                .collect(),
+        )
+        .await
     }
 }
 
@@ -967,6 +1185,12 @@ impl Backend for RedisClusterBackend {
     /// The same client serves async callers natively, on tokio sockets.
     #[cfg(feature = "async")]
     fn __async(self: Arc<Self>) -> Option<Arc<dyn aio::AsyncBackend>> {
+        Some(self)
+    }
+
+    /// Cluster-wide pub/sub tells other processes to drop their local
+    /// copies (`pubsub`).
+    fn __invalidations(&self) -> Option<&dyn crate::backend::Invalidations> {
         Some(self)
     }
 }
@@ -1198,10 +1422,39 @@ mod tests {
             "redis+cluster://a:0",
             "redis+cluster://a:1?colour=blue",
             "redis+cluster://a:1?timeout_ms=0",
-            "rediss://a:1",
+            "memcached://a:1",
+            "redis+cluster://a:1?ca=/tmp/ca.pem",
+            "rediss+cluster://a:1?ca=/no/such/ca.pem",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_give_every_node_the_tls_settings() {
+        let parse = |url: &str| RedisClusterBackend::from_url_parts(&CacheUrl::parse(url).unwrap());
+        for url in [
+            "rediss+cluster://a:7000,b:7001?insecure=true&timeout_ms=70",
+            "rediss://a:7000,b:7001?insecure=true&timeout_ms=70",
+        ] {
+            let backend = parse(url).unwrap();
+            assert!(backend.tls.is_some(), "{url}");
+            assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+            // Seeds and nodes found later alike.
+            assert!(backend.node("a", 7000).pool.tls().is_some());
+            assert!(backend.node("10.0.0.9", 7005).pool.tls().is_some());
+        }
+        let plain = parse("redis+cluster://a:7000").unwrap();
+        assert!(plain.node("10.0.0.9", 7005).pool.tls().is_none());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_it() {
+        let url = CacheUrl::parse("rediss+cluster://a:7000").unwrap();
+        let err = RedisClusterBackend::from_url_parts(&url).unwrap_err();
+        assert!(err.to_string().contains("\"tls\""), "{err}");
     }
 
     #[test]
@@ -1235,6 +1488,29 @@ mod tests {
         drop(again);
         map.mark_stale();
         assert!(map.start_refresh().is_none(), "rate-limited again");
+    }
+
+    #[test]
+    fn only_batches_of_a_large_value_over_several_nodes_take_threads() {
+        let node = |port| Node {
+            address: address("h", port),
+            host: "h".to_owned(),
+            pool: Pool::new(String::new(), "h".to_owned(), port, ""),
+        };
+        let (a, b) = (node(1), node(2));
+        let big = vec![0u8; PARALLEL_MIN_BYTES];
+        let (get, mget) = (Cmd::Get("k"), Cmd::MGet(vec!["x", "y", "z"]));
+        let (small_set, big_set) = (Cmd::Set("k", b"v"), Cmd::Set("k", &big));
+        let reads: &[(&Cmd<'_>, bool)] = &[(&get, false), (&mget, false)];
+        let one_read: &[(&Cmd<'_>, bool)] = &[(&get, false)];
+        let small: &[(&Cmd<'_>, bool)] = &[(&small_set, false)];
+        let large: &[(&Cmd<'_>, bool)] = &[(&big_set, false)];
+        assert!(worth_threads(&[(&a, one_read), (&b, reads)]), "4 keys");
+        assert!(!worth_threads(&[(&a, one_read), (&b, one_read)]));
+        assert!(worth_threads(&[(&a, small), (&b, large)]), "64 KiB");
+        assert!(!worth_threads(&[(&a, small), (&b, small)]));
+        assert!(!worth_threads(&[(&a, reads), (&a, reads)][..1]), "one node");
+        assert!(!worth_threads(&[]));
     }
 
     #[test]

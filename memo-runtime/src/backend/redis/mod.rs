@@ -53,7 +53,10 @@
 //! system's roots or, with `?ca=PATH`, a private CA, and must name the host
 //! of the URL; `?cert=PATH&key=PATH` adds a client certificate, and
 //! `?insecure=true` skips verification (logged as a warning). The handshake
-//! is paid once per pooled connection, within the connect timeout.
+//! is paid once per pooled connection, within the connect timeout. A Redis
+//! Cluster takes the same parameters (`rediss+cluster://`, see
+//! [`cluster`]), and so does the invalidation subscriber of local copies
+//! (`pubsub`).
 
 use std::time::Duration;
 
@@ -198,7 +201,8 @@ impl RedisBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
-        let (tls, url) = net::split_tls(url, url.scheme == "rediss")?;
+        // `rediss+cluster://...?cluster=false` is one node over TLS.
+        let (tls, url) = net::split_tls(url, url.scheme.starts_with("rediss"))?;
         let url = &url;
         let host = match url.hosts.as_slice() {
             [host] => host,

@@ -6,20 +6,32 @@
 //!
 //! Publishing goes through the backend's pool like any command. The
 //! subscriber holds a connection of its own (a subscribed connection
-//! cannot serve other commands) on a background thread; after a failure
-//! it reconnects with a back-off of up to 5 s. Messages published while it
-//! was disconnected are lost, as pub/sub does not queue them, so during an
-//! outage the local copies' own duration bounds their staleness, as with
-//! any backend without invalidations.
+//! cannot serve other commands) on a background thread, speaking TLS when
+//! the backend does (same CA, client certificate and name checks); after a
+//! failure it reconnects with a back-off of up to 5 s. Messages published
+//! while it was disconnected are lost, as pub/sub does not queue them, so
+//! during an outage the local copies' own duration bounds their staleness,
+//! as with any backend without invalidations.
+//!
+//! **Redis Cluster.** Classic pub/sub (`PUBLISH`, `SUBSCRIBE`) is
+//! cluster-wide: a message published on any node is broadcast over the
+//! cluster bus to every node, masters and replicas. So one subscription on
+//! one node is enough: the subscriber connects to a seed or a node met
+//! since, and after a failure moves on to the next one, so a dead node
+//! costs one reconnection, not the channel. Publishing tries the master of
+//! the channel's slot first, then every other node known, within one
+//! call's deadline.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use super::cluster::RedisClusterBackend;
 use super::protocol::Value;
-use super::{DEFAULT_PORT, RedisBackend};
+use super::{RedisBackend, handshake};
+use crate::backend::net::TlsConfig;
 use crate::backend::net::conn::{Conn, Io, ready};
-use crate::backend::net::{self, pool::OpError};
+use crate::backend::net::pool::{OpError, Pool};
 use crate::backend::{BackendError, Deliver, Invalidations};
 
 /// How often an idle subscriber checks whether it is still wanted.
@@ -55,27 +67,54 @@ impl Invalidations for RedisBackend {
         })
     }
 
-    fn subscribe(&self, channel: &str, mut deliver: Deliver) {
-        let subscriber = Subscriber {
-            address: self.name.clone(),
+    fn subscribe(&self, channel: &str, deliver: Deliver) {
+        let (host, port) = self.pool.address();
+        let node = (host.to_owned(), port);
+        Subscriber {
+            nodes: Box::new(move || vec![node.clone()]),
+            tls: self.pool.tls().cloned(),
             db: self.db,
             username: self.username.clone(),
             password: self.password.clone(),
             connect_timeout: self.settings.connect_timeout,
             channel: channel.to_owned(),
-        };
-        let spawned = std::thread::Builder::new()
-            .name("memo-invalidations".into())
-            .spawn(move || subscriber.run(&mut *deliver));
-        if let Err(err) = spawned {
-            log::warn!("memo: cannot start the invalidation subscriber: {err}");
         }
+        .spawn(deliver);
     }
 }
 
+impl Invalidations for RedisClusterBackend {
+    fn publish(&self, channel: &str, message: &[u8]) -> Result<(), BackendError> {
+        self.on_any_node(channel, &mut |conn| {
+            ready(conn.command(&[b"PUBLISH", channel.as_bytes(), message]))?
+                .int("PUBLISH")
+                .map(drop)
+        })
+    }
+
+    fn subscribe(&self, channel: &str, deliver: Deliver) {
+        Subscriber {
+            nodes: self.node_lister(),
+            tls: self.tls.clone(),
+            db: 0,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            connect_timeout: self.settings.connect_timeout,
+            channel: channel.to_owned(),
+        }
+        .spawn(deliver);
+    }
+}
+
+/// The nodes a subscriber may use, asked again before each attempt (a
+/// cluster's nodes change as it fails over).
+type NodeLister = Box<dyn Fn() -> Vec<(String, u16)> + Send>;
+
 /// What the subscriber thread needs to (re)connect.
 struct Subscriber {
-    address: String,
+    /// The nodes to subscribe on, one at a time, in turn after failures.
+    nodes: NodeLister,
+    tls: Option<TlsConfig>,
     db: u32,
     username: Option<String>,
     password: Option<String>,
@@ -91,18 +130,42 @@ enum Ended {
     Failed(OpError),
 }
 
+/// The first pause before reconnecting.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
 impl Subscriber {
+    /// Runs the subscriber on a thread of its own.
+    fn spawn(self, mut deliver: Deliver) {
+        let spawned = std::thread::Builder::new()
+            .name("memo-invalidations".into())
+            .spawn(move || self.run(&mut *deliver));
+        if let Err(err) = spawned {
+            log::warn!("memo: cannot start the invalidation subscriber: {err}");
+        }
+    }
+
     fn run(&self, deliver: &mut dyn FnMut(&[u8]) -> bool) {
-        let mut retry = Duration::from_millis(100);
+        let mut retry = FIRST_RETRY;
+        let mut turn = 0usize;
         loop {
-            match self.session(deliver) {
-                Ended::Unwanted => return,
-                Ended::Failed(err) => {
-                    log::debug!(
-                        "memo: invalidation subscriber for {}: {err:?}; reconnecting in {retry:?}",
-                        self.address
-                    );
+            let nodes = (self.nodes)();
+            if let Some((host, port)) = nodes.get(turn % nodes.len().max(1)) {
+                let (ended, subscribed) = self.session(host, *port, deliver);
+                match ended {
+                    Ended::Unwanted => return,
+                    Ended::Failed(err) => {
+                        log::debug!(
+                            "memo: invalidation subscriber for {host}:{port}: {err:?}; \
+                             reconnecting in {retry:?}"
+                        );
+                    }
                 }
+                // A subscription that worked for a while starts the
+                // back-off over; either way the next node is tried next.
+                if subscribed {
+                    retry = FIRST_RETRY;
+                }
+                turn = turn.wrapping_add(1);
             }
             // Sleeps in steps, so a configuration dropped meanwhile ends
             // the thread promptly.
@@ -118,16 +181,26 @@ impl Subscriber {
         }
     }
 
-    /// One connection: subscribes, then hands over messages until it fails
-    /// or is no longer wanted.
-    fn session(&self, deliver: &mut dyn FnMut(&[u8]) -> bool) -> Ended {
-        let mut conn = match self.connect() {
+    /// One connection to `host:port`: subscribes, then hands over messages
+    /// until it fails or is no longer wanted; and whether it subscribed.
+    fn session(
+        &self,
+        host: &str,
+        port: u16,
+        deliver: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> (Ended, bool) {
+        let mut conn = match self.connect(host, port) {
             Ok(conn) => conn,
-            Err(err) => return Ended::Failed(err),
+            Err(err) => return (Ended::Failed(err), false),
         };
         if let Err(err) = ready(conn.command(&[b"SUBSCRIBE", self.channel.as_bytes()])) {
-            return Ended::Failed(err);
+            return (Ended::Failed(err), false);
         }
+        (self.listen(&mut conn, deliver), true)
+    }
+
+    /// Hands over the messages of a subscribed connection.
+    fn listen(&self, conn: &mut Conn<Subscribed>, deliver: &mut dyn FnMut(&[u8]) -> bool) -> Ended {
         loop {
             match ready(conn.value()) {
                 Ok(Value::Array(parts)) => match <[Value; 3]>::try_from(parts) {
@@ -156,31 +229,35 @@ impl Subscriber {
         }
     }
 
-    fn connect(&self) -> Result<Conn<Subscribed>, OpError> {
-        let (host, port) = net::split_host_port(&self.address, DEFAULT_PORT)
-            .map_err(|err| OpError::Protocol(err.to_string()))?;
-        let addr = (host.as_str(), port)
+    /// Connects to `host:port`, within the connect timeout: TCP, TLS
+    /// when the backend speaks it, then `AUTH` and `SELECT`.
+    fn connect(&self, host: &str, port: u16) -> Result<Conn<Subscribed>, OpError> {
+        let addr = (host, port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
         let stream = TcpStream::connect_timeout(&addr, self.connect_timeout)?;
-        stream.set_read_timeout(Some(POLL))?;
         stream.set_nodelay(true)?;
+        // The handshakes run within the connect timeout; then reads wake up
+        // every `POLL` to check whether the subscription is still wanted.
+        stream.set_read_timeout(Some(self.connect_timeout))?;
+        stream.set_write_timeout(Some(self.connect_timeout))?;
         let mut conn = Conn::new(Subscribed(stream));
-        if let Some(password) = &self.password {
-            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(username) = &self.username {
-                auth.push(username.as_bytes());
-            }
-            auth.push(password.as_bytes());
-            ready(conn.command(&auth))?.ok("AUTH")?;
-        }
-        if self.db != 0 {
-            // Pub/sub channels ignore the database; selecting it anyway
-            // keeps the connection the same as the pool's.
-            let db = self.db.to_string();
-            ready(conn.command(&[b"SELECT", db.as_bytes()]))?.ok("SELECT")?;
-        }
+        // A pool of no connections, for its TLS handshake (none in
+        // plaintext): the same verification as the backend's own
+        // connections.
+        let mut pool = Pool::new(format!("redis {host}:{port}"), host.to_owned(), port, "");
+        pool.use_tls(self.tls.as_ref());
+        ready(pool.secure(&mut conn))?;
+        // Pub/sub channels ignore the database; selecting it anyway keeps
+        // the connection the same as the pool's.
+        ready(handshake(
+            &mut conn,
+            self.username.as_deref(),
+            self.password.as_deref(),
+            self.db,
+        ))?;
+        conn.io.0.set_read_timeout(Some(POLL))?;
         Ok(conn)
     }
 }

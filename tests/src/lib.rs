@@ -6,6 +6,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+pub mod behaviour;
 pub mod cluster;
 pub mod fakes;
 pub mod faulty;

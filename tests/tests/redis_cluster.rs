@@ -17,25 +17,12 @@ use memo_runtime::{
     cache_memoize, cache_memoize_async, cache_memoize_iter, configure, invalidate,
     invalidate_async, make_cache_key, stats,
 };
+use memo_tests::behaviour::{self, noise};
 use memo_tests::cluster::Cluster;
 use memo_tests::{runtime, serial};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const CHUNK: usize = 4096;
-
-/// Bytes zlib cannot shrink (xorshift), so a value spans as many chunks as
-/// its length says.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// Sizes around the chunk boundaries: empty, one chunk, just over, many.
 fn sizes() -> Vec<usize> {
@@ -256,30 +243,7 @@ fn the_behaviour_suite_passes_on_three_masters() {
     assert!(second.acquire().expect("the cluster answers"));
     second.release().expect("the holder releases");
 
-    // Eight threads on one cold key with a lock: one computation.
-    let stampede = Arc::new(AtomicUsize::new(0));
-    let locked = Options::new().lock(LockOptions::new());
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let stampede = Arc::clone(&stampede);
-            let locked = locked.clone();
-            std::thread::spawn(move || {
-                cache_memoize(
-                    "expensive",
-                    || {
-                        stampede.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(300));
-                        42u64
-                    },
-                    &locked,
-                )
-            })
-        })
-        .collect();
-    for thread in threads {
-        assert_eq!(thread.join().expect("no panic"), 42);
-    }
-    assert_eq!(stampede.load(Ordering::SeqCst), 1, "computed exactly once");
+    behaviour::a_locked_stampede_computes_once("expensive", Duration::from_millis(300));
     assert_eq!(stats().errors, 0, "{:?}", stats());
     configure(Config::new(MemoryBackend::new()));
 }

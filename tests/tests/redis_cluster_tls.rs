@@ -11,29 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use memo_runtime::{
-    AsyncBackend, Backend, CacheLock, Config, LockOptions, MemoryBackend, Options,
-    RedisClusterBackend, TlsConfig, cache_memoize, cache_memoize_async, cache_memoize_iter,
-    configure, stats,
+    AsyncBackend, Backend, Config, MemoryBackend, Options, RedisClusterBackend, TlsConfig,
+    cache_memoize, cache_memoize_async, configure, stats,
 };
+use memo_tests::behaviour::{self, noise};
 use memo_tests::cluster::Cluster;
 use memo_tests::tls::Pki;
 use memo_tests::{runtime, serial};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// Bytes zlib cannot shrink (xorshift), so a value spans as many chunks as
-/// its length says.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// Keys stored on each master, over its plaintext port.
 fn keys_per_master(cluster: &Cluster) -> Vec<usize> {
@@ -98,52 +84,9 @@ fn values_large_values_iterators_and_locks_work_on_a_tls_cluster() {
         "the chunks are spread over the masters: {spread:?}"
     );
 
-    let items = || (0..300u64).map(|i| (i, noise(i, 200)));
-    for _ in 0..2 {
-        let collected: Vec<(u64, Vec<u8>)> = cache_memoize_iter(
-            "rows",
-            || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                items()
-            },
-            &Options::new(),
-        )
-        .collect();
-        assert_eq!(collected, items().collect::<Vec<_>>());
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "the iterator replays");
-
-    let locked = Options::new().lock(LockOptions::new());
-    let computed = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let computed = Arc::clone(&computed);
-            let locked = locked.clone();
-            std::thread::spawn(move || {
-                cache_memoize(
-                    "stampede",
-                    || {
-                        computed.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(200));
-                        42u64
-                    },
-                    &locked,
-                )
-            })
-        })
-        .collect();
-    for thread in threads {
-        assert_eq!(thread.join().expect("no panic"), 42);
-    }
-    assert_eq!(computed.load(Ordering::SeqCst), 1, "computed exactly once");
-
-    let mut first = CacheLock::new("resource").blocking(false);
-    assert!(first.acquire().expect("the cluster answers"));
-    let mut second = CacheLock::new("resource").blocking(false);
-    assert!(!second.acquire().expect("the cluster answers"), "held");
-    first.release().expect("the holder releases");
-    assert!(second.acquire().expect("the cluster answers"), "free again");
-    second.release().expect("the holder releases");
+    behaviour::an_iterator_replays("rows", &calls);
+    behaviour::a_locked_stampede_computes_once("stampede", Duration::from_millis(200));
+    behaviour::a_lock_excludes_a_second_holder("resource");
 
     assert_eq!(stats().errors, 0, "{:?}", stats());
     reset();

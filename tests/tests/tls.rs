@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memo_runtime::{
-    AsyncBackend, Backend, CacheLock, Config, ConfigError, LockOptions, MemcachedBackend,
-    MemoryBackend, Options, RedisBackend, TlsConfig, cache_memoize, cache_memoize_async,
-    cache_memoize_iter, configure, make_cache_key, stats,
+    AsyncBackend, Backend, Config, ConfigError, LockOptions, MemcachedBackend, MemoryBackend,
+    Options, RedisBackend, TlsConfig, cache_memoize, cache_memoize_async, configure,
+    make_cache_key, stats,
 };
+use memo_tests::behaviour::{self, noise};
 use memo_tests::logs::Logger;
 use memo_tests::runtime;
 use memo_tests::serial;
@@ -54,19 +55,6 @@ const SIZES: [usize; 16] = [
 fn value_of(size: usize, salt: u8) -> Vec<u8> {
     (0..size)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 11) as u8)
-        .collect()
-}
-
-/// Bytes zlib cannot shrink, so large values really span many chunks.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
         .collect()
 }
 
@@ -240,52 +228,9 @@ fn values_large_values_iterators_and_locks_work_over_tls(kind: Kind) {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
-    let items = || (0..300u64).map(|i| (i, noise(i, 200)));
-    for _ in 0..2 {
-        let collected: Vec<(u64, Vec<u8>)> = cache_memoize_iter(
-            "rows",
-            || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                items()
-            },
-            &Options::new(),
-        )
-        .collect();
-        assert_eq!(collected, items().collect::<Vec<_>>());
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "the iterator replays");
-
-    let locked = Options::new().lock(LockOptions::new());
-    let computed = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let computed = Arc::clone(&computed);
-            let locked = locked.clone();
-            std::thread::spawn(move || {
-                cache_memoize(
-                    "stampede",
-                    || {
-                        computed.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(200));
-                        42u64
-                    },
-                    &locked,
-                )
-            })
-        })
-        .collect();
-    for thread in threads {
-        assert_eq!(thread.join().expect("no panic"), 42);
-    }
-    assert_eq!(computed.load(Ordering::SeqCst), 1, "computed exactly once");
-
-    let mut first = CacheLock::new("resource").blocking(false);
-    assert!(first.acquire().expect("the server answers"));
-    let mut second = CacheLock::new("resource").blocking(false);
-    assert!(!second.acquire().expect("the server answers"), "held");
-    first.release().expect("the holder releases");
-    assert!(second.acquire().expect("the server answers"), "free again");
-    second.release().expect("the holder releases");
+    behaviour::an_iterator_replays("rows", &calls);
+    behaviour::a_locked_stampede_computes_once("stampede", Duration::from_millis(200));
+    behaviour::a_lock_excludes_a_second_holder("resource");
 
     assert_eq!(stats().errors, 0, "{:?}", stats());
     reset();

@@ -388,12 +388,6 @@ macro_rules! mux {
     };
 }
 
-/// Values up to this size are stored over the multiplexed connection;
-/// larger ones, and every batch, go over a pooled connection of their own,
-/// so that they hold up no other call.
-#[cfg(feature = "async")]
-const MUX_MAX_VALUE: usize = 16 * 1024;
-
 /// The same operations, placement, health and rules as the blocking
 /// client, over tokio sockets: nothing here blocks the executor.
 /// Single-key commands are pipelined with the other calls in flight on
@@ -433,7 +427,7 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            if value.len() <= MUX_MAX_VALUE {
+            if value.len() <= super::net::mux::MAX_VALUE {
                 mux!(self, self.pick(key), |conn| conn.set(key, value, exptime))
             } else {
                 run!(self, self.pick(key), |conn| conn.set(key, value, exptime))
@@ -472,7 +466,7 @@ impl aio::AsyncBackend for MemcachedBackend {
         Box::pin(async move {
             check_key(key)?;
             let exptime = expiration(ttl);
-            if value.len() <= MUX_MAX_VALUE {
+            if value.len() <= super::net::mux::MAX_VALUE {
                 mux!(self, self.pick(key), |conn| conn.add(key, value, exptime))
             } else {
                 run!(self, self.pick(key), |conn| conn.add(key, value, exptime))

@@ -74,6 +74,11 @@ pub(crate) struct Framing {
     pub(crate) checked: fn(u64, &[u8]) -> bool,
 }
 
+/// Values up to this size are stored over the multiplexed connection;
+/// larger ones, and every batch, go over a pooled connection of their own,
+/// so that they hold up no other call.
+pub(crate) const MAX_VALUE: usize = 16 * 1024;
+
 /// What a call's request buffers start with: most single-key commands
 /// fit, so they are written without reallocating.
 pub(crate) const REQUEST_CAPACITY: usize = 256;

@@ -487,12 +487,6 @@ macro_rules! mux {
     };
 }
 
-/// Values up to this size are stored over the multiplexed connection;
-/// larger ones, and every batch, go over a pooled connection of their own,
-/// so that they hold up no other call.
-#[cfg(feature = "async")]
-const MUX_MAX_VALUE: usize = 16 * 1024;
-
 /// The same operations, health and rules as the blocking client, over
 /// tokio sockets: nothing here blocks the executor. Single-key commands
 /// are pipelined with the other calls in flight on one multiplexed
@@ -521,7 +515,7 @@ impl aio::AsyncBackend for RedisBackend {
     ) -> aio::BackendFuture<'a, ()> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            if value.len() <= MUX_MAX_VALUE {
+            if value.len() <= super::net::mux::MAX_VALUE {
                 mux!(self, |conn| conn.set_px(key, value, &millis))
             } else {
                 run!(self, |conn| conn.set_px(key, value, &millis))
@@ -551,7 +545,7 @@ impl aio::AsyncBackend for RedisBackend {
     ) -> aio::BackendFuture<'a, bool> {
         Box::pin(async move {
             let millis = ttl_millis(ttl).to_string();
-            if value.len() <= MUX_MAX_VALUE {
+            if value.len() <= super::net::mux::MAX_VALUE {
                 mux!(self, |conn| conn.add_nx(key, value, &millis))
             } else {
                 run!(self, |conn| conn.add_nx(key, value, &millis))

@@ -85,3 +85,35 @@ pub fn a_lock_excludes_a_second_holder(name: &str) {
     assert!(second.acquire().expect("the cache answers"), "free again");
     second.release().expect("the holder releases");
 }
+
+/// Eight tasks on one cold `key` with a lock, the computation (counted in
+/// `calls`) taking `compute`: every task gets its value. The caller checks
+/// `calls`, which may count other computations too.
+pub async fn a_locked_task_stampede(
+    key: &'static str,
+    compute: Duration,
+    calls: &Arc<AtomicUsize>,
+) {
+    let locked = Options::new().lock(LockOptions::new());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let calls = Arc::clone(calls);
+            let locked = locked.clone();
+            tokio::spawn(async move {
+                memo_runtime::cache_memoize_async(
+                    key,
+                    || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(compute).await;
+                        7u32
+                    },
+                    &locked,
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("no panic"), 7);
+    }
+}

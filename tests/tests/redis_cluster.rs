@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use memo_runtime::__fuzz::redis_round_trips;
 use memo_runtime::backend::redis::cluster::key_slot;
 use memo_runtime::{
-    Backend, CacheLock, Config, LockOptions, MemoryBackend, Options, RedisClusterBackend,
-    cache_memoize, cache_memoize_async, cache_memoize_iter, configure, invalidate,
-    invalidate_async, make_cache_key, stats,
+    Backend, CacheLock, Config, MemoryBackend, Options, RedisClusterBackend, cache_memoize,
+    cache_memoize_async, cache_memoize_iter, configure, invalidate, invalidate_async,
+    make_cache_key, stats,
 };
 use memo_tests::behaviour::{self, noise};
 use memo_tests::cluster::Cluster;
@@ -292,29 +292,8 @@ fn async_callers_share_the_cluster_with_blocking_ones() {
             .await
             .expect("the cluster answers");
 
-        // Eight tasks on one cold key with a lock: one computation.
-        let locked = Options::new().lock(LockOptions::new());
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let calls = Arc::clone(&calls);
-                let locked = locked.clone();
-                tokio::spawn(async move {
-                    cache_memoize_async(
-                        "async-expensive",
-                        || async move {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            7u32
-                        },
-                        &locked,
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.expect("no panic"), 7);
-        }
+        behaviour::a_locked_task_stampede("async-expensive", Duration::from_millis(300), &calls)
+            .await;
     });
     assert_eq!(calls.load(Ordering::SeqCst), 1, "computed exactly once");
     for size in sizes() {

@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memo_runtime::{
-    AsyncBackend, Backend, Config, ConfigError, LockOptions, MemcachedBackend, MemoryBackend,
-    Options, RedisBackend, TlsConfig, cache_memoize, cache_memoize_async, configure,
-    make_cache_key, stats,
+    AsyncBackend, Backend, Config, ConfigError, MemcachedBackend, MemoryBackend, Options,
+    RedisBackend, TlsConfig, cache_memoize, cache_memoize_async, configure, make_cache_key, stats,
 };
 use memo_tests::behaviour::{self, noise};
 use memo_tests::logs::Logger;
@@ -256,28 +255,7 @@ fn async_values_large_values_and_locks_work_over_tls(kind: Kind) {
             .await;
             assert_eq!(value, noise(9, 250_000));
         }
-        let locked = Options::new().lock(LockOptions::new());
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let calls = Arc::clone(&calls);
-                let locked = locked.clone();
-                tokio::spawn(async move {
-                    cache_memoize_async(
-                        "stampede",
-                        || async move {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            7u32
-                        },
-                        &locked,
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.expect("no panic"), 7);
-        }
+        behaviour::a_locked_task_stampede("stampede", Duration::from_millis(200), &calls).await;
     });
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one large, one locked");
     // Another runtime, with connections of its own.

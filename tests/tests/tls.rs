@@ -5,7 +5,9 @@
 //! missing client certificate cost callers nothing but the cache (every
 //! call returns its computed value, the failure is counted and logged
 //! once); a server stalling its handshake costs at most the connect
-//! timeout; `insecure=true` against a self-signed certificate.
+//! timeout; `insecure=true` against a self-signed certificate; two
+//! memcached servers over TLS share the keys, and losing one loses only its
+//! share.
 #![cfg(all(feature = "tls", feature = "memcached", feature = "redis"))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -662,4 +664,105 @@ fn tls_urls_with_bad_files_or_parameters_are_clear_errors() {
         .unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");
+}
+
+/// Whether a blocking call for `key` computed (a miss); the value is
+/// checked either way.
+fn computed(key: &str) -> bool {
+    let computed = AtomicUsize::new(0);
+    let value: String = cache_memoize(
+        ["spread", key],
+        || {
+            computed.fetch_add(1, Ordering::SeqCst);
+            format!("value of {key}")
+        },
+        &Options::new(),
+    );
+    assert_eq!(value, format!("value of {key}"), "the caller's own value");
+    computed.load(Ordering::SeqCst) > 0
+}
+
+/// [`computed`], async.
+async fn computed_async(key: &str) -> bool {
+    let computed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&computed);
+    let owned = key.to_owned();
+    let value: String = cache_memoize_async(
+        ["spread", key],
+        || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            format!("value of {owned}")
+        },
+        &Options::new(),
+    )
+    .await;
+    assert_eq!(value, format!("value of {key}"), "the caller's own value");
+    computed.load(Ordering::SeqCst) > 0
+}
+
+#[test]
+fn two_memcached_tls_servers_share_the_keys_and_losing_one_loses_only_its_share() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let first = TlsServer::start(Kind::Memcached, &pki, pki.server(), false);
+    let second = TlsServer::start(Kind::Memcached, &pki, pki.server(), false);
+    let url = format!(
+        "memcacheds://127.0.0.1:{},127.0.0.1:{}?ca={}&timeout_ms=500",
+        first.tls_port(),
+        second.tls_port(),
+        pki.ca().display()
+    );
+    configure_url(&url);
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let (sync_keys, async_keys) = keys.split_at(20);
+    for key in sync_keys {
+        assert!(computed(key), "{key} starts cold");
+        assert!(!computed(key), "{key} is a hit over TLS");
+    }
+    runtime::run(async {
+        for key in async_keys {
+            assert!(computed_async(key).await, "{key} starts cold");
+            assert!(!computed_async(key).await, "{key} is a hit over TLS");
+        }
+    });
+    // Each server, read through its plaintext port, holds some of the keys,
+    // and no key is on both.
+    let options = Options::new();
+    let held = |server: &TlsServer| -> Vec<bool> {
+        let raw = plain(Kind::Memcached, server);
+        keys.iter()
+            .map(|key| {
+                let stored = make_cache_key(["spread", key.as_str()], &options);
+                raw.get(&stored).unwrap().is_some()
+            })
+            .collect()
+    };
+    let (on_first, on_second) = (held(&first), held(&second));
+    let on_first_count = on_first.iter().filter(|held| **held).count();
+    assert!(
+        (5..35).contains(&on_first_count),
+        "{on_first_count} of 40 keys on the first server; expected a share"
+    );
+    for (index, (a, b)) in on_first.iter().zip(&on_second).enumerate() {
+        assert!(a ^ b, "key {index} is on exactly one server");
+    }
+    assert_eq!(stats().errors, 0, "{:?}", stats());
+
+    drop(second);
+    // The lost server's keys are misses that still return their values, the
+    // live server's keys are still hits, blocking and async alike.
+    for (key, on_first) in sync_keys.iter().zip(&on_first) {
+        assert_eq!(computed(key), !on_first, "{key} after losing a server");
+    }
+    runtime::run(async {
+        for (key, on_first) in async_keys.iter().zip(&on_first[20..]) {
+            assert_eq!(
+                computed_async(key).await,
+                !on_first,
+                "{key} after losing a server"
+            );
+        }
+    });
+    assert!(stats().errors > 0, "the lost server is counted");
+    reset();
 }

@@ -155,6 +155,7 @@ pub mod v0_1 {
             |value: &T| Some(value),
             |value| value,
             crate::policy::hot::Typed,
+            crate::policy::detach::Borrowed,
         )
     }
 
@@ -173,6 +174,7 @@ pub mod v0_1 {
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
             crate::policy::hot::Typed,
+            crate::policy::detach::Borrowed,
         )
     }
 
@@ -301,6 +303,7 @@ pub mod v0_1 {
             |value: &T| Some(value),
             |value| value,
             crate::policy::hot::Typed,
+            crate::policy::detach::Borrowed,
         )
         .await
     }
@@ -327,6 +330,7 @@ pub mod v0_1 {
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
             crate::policy::hot::Typed,
+            crate::policy::detach::Borrowed,
         )
         .await
     }

@@ -26,13 +26,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Call;
+use super::detach::{self, Detached};
 use super::stream::{LoadError, StoreError};
 use crate::backend::drive::{Blocking, Io};
 use crate::common::coalesce::{Outcome, Waiter};
 use crate::lock::CacheLock;
 
 /// How the policy runs in one world.
-pub(crate) trait Driver: Io {
+pub(crate) trait Driver: Io + Clone {
     /// Waits for the flight's leader until `deadline`.
     fn wait(&self, waiter: Waiter, deadline: Instant) -> impl Future<Output = Outcome> + Send;
 
@@ -54,6 +55,14 @@ pub(crate) trait Driver: Io {
     /// Lets go of a lock whose holder is going away without releasing it
     /// (its computation panicked, or its future was dropped).
     fn drop_lock(&self, lock: CacheLock);
+
+    /// Where a job detached from its caller runs in this world.
+    type Detached: Detached;
+
+    /// Room to run a job detached from its caller, if there is any: a place
+    /// in the bounded background pool (synchronous), the caller's runtime
+    /// (async).
+    fn detached(&self) -> Option<Self::Detached>;
 }
 
 impl Driver for Blocking {
@@ -81,6 +90,12 @@ impl Driver for Blocking {
 
     fn drop_lock(&self, lock: CacheLock) {
         lock.release_quietly(false);
+    }
+
+    type Detached = detach::Slot;
+
+    fn detached(&self) -> Option<detach::Slot> {
+        detach::slot()
     }
 }
 
@@ -166,6 +181,12 @@ mod tokio_driver {
 
         fn drop_lock(&self, lock: CacheLock) {
             lock.release_quietly(true);
+        }
+
+        type Detached = tokio::runtime::Handle;
+
+        fn detached(&self) -> Option<tokio::runtime::Handle> {
+            tokio::runtime::Handle::try_current().ok()
         }
     }
 }

@@ -40,6 +40,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,12 +59,14 @@ use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, LockError, LockOptions};
 
+pub(crate) mod detach;
 pub(crate) mod drive;
 pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod stream;
 
+use detach::{Compute, Ownership, RefreshJob};
 use drive::Driver;
 use hot::{Keep, RefreshWatch, Verdict};
 use options::Options;
@@ -474,9 +477,9 @@ impl Write for WriteInto<'_> {
 
 /// Releases the lock a call holds while it computes: at the end of the
 /// call, or, when the call panics or its future is dropped, as it unwinds.
-struct HeldLock<'d, D: Driver> {
-    lock: Option<CacheLock>,
-    driver: &'d D,
+pub(crate) struct HeldLock<'d, D: Driver> {
+    pub(crate) lock: Option<CacheLock>,
+    pub(crate) driver: &'d D,
 }
 
 impl<D: Driver> HeldLock<'_, D> {
@@ -496,24 +499,29 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
     }
 }
 
-/// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`
-/// and their async twins: `R` is what the compute function returns,
-/// `cacheable` picks the part of it worth storing, `from_cache` makes an
-/// `R` of a cached value, and `keep` says what a local copy holds.
-pub(crate) async fn memoize<D, T, R, F, Fut, K>(
+/// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`,
+/// their async twins and their `_owned` twins: `R` is what the compute
+/// function returns, `cacheable` picks the part of it worth storing,
+/// `from_cache` makes an `R` of a cached value, `keep` says what a local
+/// copy holds, and `ownership` whether a refresh this caller wins runs in
+/// the foreground or detached (`detach`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn memoize<D, T, R, P, C, K, O>(
     driver: &D,
     call: Call,
-    compute: F,
-    cacheable: impl Fn(&R) -> Option<&T>,
+    compute: P,
+    cacheable: C,
     from_cache: impl Fn(T) -> R,
     keep: K,
+    ownership: O,
 ) -> R
 where
     D: Driver,
     T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = R>,
+    P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
+    O: Ownership<RefreshJob<D, T, P, C, K>>,
 {
     // The type's fingerprint is part of the flight, as it is part of the
     // envelope: postcard bytes of one type can decode as another, so calls
@@ -569,10 +577,7 @@ where
     }
     let (found, lock) = call.find_or_lock_after(driver, &lookup, looked).await;
     let lock = HeldLock { lock, driver };
-    // The refresh flight of a caller that won a refresh, held until it
-    // returns so that no other caller here refreshes meanwhile.
-    let mut refreshing = None;
-    let lock = match found {
+    let (value, stamp, verdict) = match found {
         Some((value, stamp, Verdict::Fresh)) => {
             call.hit();
             lock.release().await;
@@ -580,42 +585,106 @@ where
             publish(flight, &value);
             return from_cache(value);
         }
-        Some((value, stamp, verdict)) => {
-            // Early or stale: every caller waiting here gets the value at
-            // once; at most one refreshes.
-            lock.release().await;
-            publish(flight.take(), &value);
-            let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
-                if verdict == Verdict::Stale {
-                    call.counters().stale_served();
-                } else {
-                    call.hit();
-                    call.keep_locally(&keep, fp, &value, stamp);
-                }
-                return from_cache(value);
-            };
-            if verdict == Verdict::Stale {
-                call.miss();
-            } else {
-                call.counters().early_refresh();
-            }
-            refreshing = Some(refresh.flight);
-            HeldLock {
-                lock: refresh.lock,
-                driver,
-            }
-        }
+        Some(found) => found,
         None => {
             call.miss();
-            lock
+            return compute_then_store(
+                driver, &call, compute, &cacheable, &keep, fp, flight, lock, None,
+            )
+            .await;
         }
     };
+    // Early or stale: every caller waiting here gets the value at once; at
+    // most one refreshes.
+    lock.release().await;
+    publish(flight, &value);
+    let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
+        if verdict == Verdict::Stale {
+            call.counters().stale_served();
+        } else {
+            call.hit();
+            call.keep_locally(&keep, fp, &value, stamp);
+        }
+        return from_cache(value);
+    };
+    if verdict == Verdict::Early {
+        call.counters().early_refresh();
+    }
+    let counters = Arc::clone(&call.config.counters);
+    let job = RefreshJob {
+        driver: driver.clone(),
+        call,
+        compute,
+        cacheable,
+        keep,
+        refresh,
+        fp,
+        value: PhantomData,
+    };
+    let job = match ownership.detach(job) {
+        Ok(()) => {
+            // The caller is served the value it found, as the losers are.
+            match verdict {
+                Verdict::Stale => counters.stale_served(),
+                _ => counters.hit(),
+            }
+            return from_cache(value);
+        }
+        Err(job) => job,
+    };
+    if verdict == Verdict::Stale {
+        job.call.miss();
+    }
+    // The refresh flight is held until the refresh returns, so that no
+    // other caller here refreshes meanwhile.
+    let lock = HeldLock {
+        lock: job.refresh.lock,
+        driver,
+    };
+    compute_then_store(
+        driver,
+        &job.call,
+        job.compute,
+        &job.cacheable,
+        &job.keep,
+        fp,
+        None,
+        lock,
+        Some(job.refresh.flight),
+    )
+    .await
+}
+
+/// Runs the computation and stores what it returns, for a caller that
+/// found nothing (holding the coalescing `flight`, if any) or one that won
+/// a refresh (holding the `refreshing` flight), in the foreground or
+/// detached: stamps it, keeps it locally, stores it, tells other processes,
+/// releases the lock, ends the refresh flight and hands the value to the
+/// waiters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn compute_then_store<D, T, R, P, K>(
+    driver: &D,
+    call: &Call,
+    compute: P,
+    cacheable: &impl Fn(&R) -> Option<&T>,
+    keep: &K,
+    fp: u64,
+    flight: Option<LeaderGuard>,
+    lock: HeldLock<'_, D>,
+    refreshing: Option<LeaderGuard>,
+) -> R
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+    P: Compute<Output = R>,
+    K: Keep<T>,
+{
     let mut watch = RefreshWatch {
-        call: &call,
+        call,
         armed: refreshing.is_some(),
     };
     let started = Instant::now();
-    let result = compute().await;
+    let result = compute.start().await;
     let took = started.elapsed();
     watch.armed = false;
     let Some(value) = cacheable(&result) else {
@@ -633,7 +702,7 @@ where
     // value lives across an `.await`; published after storing, so that a
     // call arriving once the flight has ended finds the value stored.
     let shared = flight.map(|guard| (share(&guard, value), guard));
-    call.keep_locally(&keep, fp, value, stamp);
+    call.keep_locally(keep, fp, value, stamp);
     let stored = call.store(driver, value, stamp);
     stored.await;
     if call.options.force_overwrite {

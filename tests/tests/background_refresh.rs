@@ -505,3 +505,68 @@ fn across_two_processes_exactly_one_background_refresh_runs() {
         assert_eq!(peer.ask("count"), "0", "{kind:?}: the peer never refreshed");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The attribute.
+
+static ATTR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Owned, with a local copy kept decoded: the owned call with `Decoded`.
+#[memo_runtime::cache_memoize(key = "owned-attr:{id}", expiration = 1, stale = 4, local = 60)]
+fn owned_report(id: u64) -> Vec<usize> {
+    thread::sleep(REFRESH);
+    vec![id as usize, ATTR_RUNS.fetch_add(1, Ordering::SeqCst) + 1]
+}
+
+/// Borrows its argument: refreshed in the foreground, as before.
+#[memo_runtime::cache_memoize(key = "borrowed-attr:{name}", expiration = 1, stale = 4)]
+fn borrowed_report(name: &str) -> String {
+    thread::sleep(REFRESH);
+    format!("{name}-{}", ATTR_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// Async and owned, fallible.
+#[memo_runtime::cache_memoize(key = "owned-attr-async:{id}", expiration = 1, stale = 4)]
+async fn owned_async_report(id: u64) -> Result<usize, String> {
+    tokio::time::sleep(REFRESH).await;
+    Ok(id as usize + ATTR_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[test]
+fn the_attribute_refreshes_owned_signatures_in_the_background_and_borrowed_ones_in_front() {
+    let _serial = serial();
+    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    ATTR_RUNS.store(0, Ordering::SeqCst);
+    assert_eq!(owned_report(7), [7, 1]);
+    assert_eq!(borrowed_report("b"), "b-2");
+    thread::sleep(Duration::from_millis(1_200));
+
+    let started = Instant::now();
+    assert_eq!(owned_report(7), [7, 1], "stale, to the winner too");
+    assert!(started.elapsed() < AT_ONCE, "{:?}", started.elapsed());
+    assert!(
+        eventually(3 * SECOND, || owned_report(7) == [7, 3]),
+        "the background refresh's value, through the local copy"
+    );
+
+    let started = Instant::now();
+    assert_eq!(borrowed_report("b"), "b-4", "computed by the winner");
+    assert!(started.elapsed() >= REFRESH, "in the foreground");
+
+    run(async {
+        assert_eq!(owned_async_report(10).await, Ok(15));
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let started = Instant::now();
+        assert_eq!(owned_async_report(10).await, Ok(15), "stale, at once");
+        assert!(started.elapsed() < AT_ONCE, "{:?}", started.elapsed());
+        let started = Instant::now();
+        loop {
+            if owned_async_report(10).await == Ok(16) {
+                break;
+            }
+            assert!(started.elapsed() < 3 * SECOND, "no background refresh");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(stats().local_hits >= 1);
+}

@@ -111,8 +111,10 @@ impl<R, F: FnOnce() -> R> Compute for Now<F> {
 }
 
 /// An async compute function.
+#[cfg(feature = "async")]
 pub(crate) struct Later<F>(pub(crate) F);
 
+#[cfg(feature = "async")]
 impl<F: FnOnce() -> Fut, Fut: Future> Compute for Later<F> {
     type Output = Fut::Output;
     type Fut = Fut;

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use super::Call;
 use super::drive::Driver;
 use super::options::Beta;
+use crate::__private::v0_1::LocalCopy;
 use crate::common::coalesce::{Joined, LeaderGuard};
 use crate::common::local::{Kept, Payload};
 use crate::format::envelope::{self, Stamp};
@@ -286,8 +287,10 @@ impl Drop for RefreshWatch<'_> {
     }
 }
 
-/// How a local copy keeps and hands back a value of type `T`.
-pub(crate) trait Keep<T>: Sync {
+/// How a local copy keeps and hands back a value of type `T`. Nominally
+/// `pub` (in a private module): the attribute's generated code picks one
+/// through `__private`.
+pub trait Keep<T>: Sync {
     /// The payload to keep for `value`, and what it weighs in bytes.
     fn keep(&self, value: &T) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
@@ -296,7 +299,8 @@ pub(crate) trait Keep<T>: Sync {
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
 /// be `Clone` (the functional API).
-pub(crate) struct Encoded;
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded;
 
 impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
     fn keep(&self, value: &T) -> Option<(Payload, usize)> {
@@ -314,20 +318,41 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 }
 
 /// Keeps the decoded value and hands out clones (the attribute's `local`).
-pub(crate) struct Typed;
+/// Made only for a [`LocalCopy`] type, whose clone and downcast it keeps as
+/// function pointers: the one bound is then the constructor's, where a
+/// missing `Clone` is reported with `LocalCopy`'s message rather than as a
+/// bare `Clone` deep inside the call's bounds.
+pub struct Typed<T> {
+    share: fn(&T) -> Arc<dyn Any + Send + Sync>,
+    take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
+}
 
-impl<T: Serialize + Clone + Send + Sync + 'static> Keep<T> for Typed {
+impl<T> std::fmt::Debug for Typed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Typed")
+    }
+}
+
+impl<T: LocalCopy> Default for Typed<T> {
+    fn default() -> Self {
+        Typed {
+            share: |value| Arc::new(value.clone()),
+            take: |kept| kept.downcast_ref::<T>().cloned(),
+        }
+    }
+}
+
+impl<T: Serialize> Keep<T> for Typed<T> {
     fn keep(&self, value: &T) -> Option<(Payload, usize)> {
         // Charged the size it has as stored, counted without allocating.
         let mut size = CountBytes(0);
         postcard::to_io(value, &mut size).ok()?;
-        let kept: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
-        Some((Payload::Typed(kept), size.0))
+        Some((Payload::Typed((self.share)(value)), size.0))
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
         match payload {
-            Payload::Typed(value) => value.downcast_ref::<T>().cloned(),
+            Payload::Typed(value) => (self.take)(&**value),
             Payload::Encoded(_) => None,
         }
     }

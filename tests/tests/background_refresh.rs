@@ -570,3 +570,87 @@ fn the_attribute_refreshes_owned_signatures_in_the_background_and_borrowed_ones_
     });
     assert!(stats().local_hits >= 1);
 }
+
+// ---------------------------------------------------------------------------
+// Large values off the executor.
+
+/// The largest gap a task ticking every millisecond sees on a
+/// current-thread runtime while `work` runs there.
+async fn largest_gap<F: std::future::Future>(work: F) -> (F::Output, Duration) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heartbeat = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut largest = Duration::ZERO;
+            let mut last = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                largest = largest.max(last.elapsed());
+                last = Instant::now();
+            }
+            largest
+        }
+    });
+    // Let the heartbeat start ticking.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let output = work.await;
+    stop.store(true, Ordering::SeqCst);
+    (output, heartbeat.await.unwrap())
+}
+
+fn large_value() -> Vec<u64> {
+    (0..1_000_000u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect()
+}
+
+#[test]
+fn owned_async_calls_keep_a_large_value_s_serialization_off_the_executor() {
+    let _serial = serial();
+    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    let options = Options::new().large_data(true);
+    let expected = large_value();
+    run(async {
+        // Borrowed calls serialize inline: the yardstick.
+        let (stored, inline_store) = largest_gap(memo_runtime::cache_memoize_async(
+            "large:borrowed",
+            || async { large_value() },
+            &options,
+        ))
+        .await;
+        let (loaded, inline_load) = largest_gap(memo_runtime::cache_memoize_async(
+            "large:borrowed",
+            || async { Vec::<u64>::new() },
+            &options,
+        ))
+        .await;
+        assert_eq!((stored == expected, loaded == expected), (true, true));
+
+        let (stored, owned_store) = largest_gap(cache_memoize_owned_async(
+            "large:owned",
+            || async { large_value() },
+            &options,
+        ))
+        .await;
+        let (loaded, owned_load) = largest_gap(cache_memoize_owned_async(
+            "large:owned",
+            || async { Vec::<u64>::new() },
+            &options,
+        ))
+        .await;
+        assert_eq!((stored == expected, loaded == expected), (true, true));
+        eprintln!(
+            "largest heartbeat gap, 8 MiB: borrowed store {inline_store:?} load {inline_load:?}, owned store {owned_store:?} load {owned_load:?}"
+        );
+        // The compute function builds the value inline in both cases; only
+        // the (de)serialization differs. The load has no such share.
+        assert!(
+            owned_store * 2 < inline_store,
+            "owned store {owned_store:?}, borrowed store {inline_store:?}"
+        );
+        assert!(
+            owned_load * 3 < inline_load,
+            "owned load {owned_load:?}, borrowed load {inline_load:?}"
+        );
+    });
+}

@@ -12,6 +12,7 @@ use super::sync::{as_ok, as_value};
 use crate::backend::drive::Tokio;
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::codec::{Encode, Serde};
 use crate::policy::detach::{Borrowed, Later, Owned, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
@@ -199,7 +200,7 @@ where
     Fut: Future<Output = R> + Send,
     C: Fn(&R) -> Option<&T> + Send,
     K: Keep<T> + Send,
-    O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>>,
+    O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>> + Serde<Tokio, T> + Encode<Tokio, T, R, C>,
 {
     let call = Call::new(config(), key, options);
     let driver = call.tokio();

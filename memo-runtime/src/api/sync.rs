@@ -7,6 +7,7 @@ use super::Error;
 use crate::backend::drive::{Blocking, block_on};
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::codec::{Encode, Serde};
 use crate::policy::detach::{Borrowed, Now, Owned, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
@@ -28,7 +29,9 @@ where
     F: FnOnce() -> R,
     C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
-    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>,
+    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>
+        + Serde<Blocking, T>
+        + Encode<Blocking, T, R, C>,
 {
     let call = Call::new(config(), key, options);
     if let Some(value) = call.local_hit(&keep) {

@@ -40,6 +40,7 @@ use std::thread;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::codec::Encode;
 use super::drive::Driver;
 use super::hot::{Keep, Refresh};
 use super::{Call, HeldLock, compute_then_store};
@@ -75,6 +76,7 @@ where
     P::Fut: Send,
     C: Fn(&R) -> Option<&T> + Send + Sync + 'static,
     K: Keep<T> + Send + 'static,
+    Owned: Encode<D, T, R, C>,
 {
     fn detach(&self, job: RefreshJob<D, T, P, C, K>) -> Result<(), RefreshJob<D, T, P, C, K>> {
         match job.driver.detached() {
@@ -147,6 +149,7 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
         P: Compute<Output = R>,
         C: Fn(&R) -> Option<&T>,
         K: Keep<T>,
+        Owned: Encode<D, T, R, C>,
     {
         async move {
             let RefreshJob {
@@ -171,6 +174,7 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
                     compute,
                     &cacheable,
                     &keep,
+                    &Owned,
                     fp,
                     None,
                     lock,

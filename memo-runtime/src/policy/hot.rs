@@ -180,7 +180,15 @@ impl Call {
 
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
     /// duration, never past the value's logical expiry.
-    pub(crate) fn keep_locally<T, K: Keep<T>>(&self, keep: &K, fp: u64, value: &T, stamp: Stamp) {
+    /// `plain`, when given, holds the value's postcard bytes, made once.
+    pub(crate) fn keep_locally<T, K: Keep<T>>(
+        &self,
+        keep: &K,
+        fp: u64,
+        value: &T,
+        stamp: Stamp,
+        plain: Option<&Arc<[u8]>>,
+    ) {
         let Some(local) = self.options.local.filter(|_| self.keeps_locally()) else {
             return;
         };
@@ -191,7 +199,7 @@ impl Call {
         }
         let left = Duration::from_millis(stamp.expires_ms.saturating_sub(unix_ms())).min(local);
         let now = Instant::now();
-        let Some((payload, weight)) = keep.keep(value) else {
+        let Some((payload, weight)) = keep.keep(value, plain) else {
             return;
         };
         let kept = Kept {
@@ -291,8 +299,9 @@ impl Drop for RefreshWatch<'_> {
 /// `pub` (in a private module): the attribute's generated code picks one
 /// through `__private`.
 pub trait Keep<T>: Sync {
-    /// The payload to keep for `value`, and what it weighs in bytes.
-    fn keep(&self, value: &T) -> Option<(Payload, usize)>;
+    /// The payload to keep for `value`, and what it weighs in bytes;
+    /// `plain`, when given, holds its postcard bytes.
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
 }
@@ -303,10 +312,13 @@ pub trait Keep<T>: Sync {
 pub struct Encoded;
 
 impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
-    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
-        let bytes = postcard::to_allocvec(value).ok()?;
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)> {
+        let bytes = match plain {
+            Some(plain) => Arc::clone(plain),
+            None => Arc::from(postcard::to_allocvec(value).ok()?),
+        };
         let len = bytes.len();
-        Some((Payload::Encoded(Arc::from(bytes)), len))
+        Some((Payload::Encoded(bytes), len))
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
@@ -343,11 +355,17 @@ impl<T: LocalCopy> Default for Typed<T> {
 }
 
 impl<T: Serialize> Keep<T> for Typed<T> {
-    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)> {
         // Charged the size it has as stored, counted without allocating.
-        let mut size = CountBytes(0);
-        postcard::to_io(value, &mut size).ok()?;
-        Some((Payload::Typed((self.share)(value)), size.0))
+        let size = match plain {
+            Some(plain) => plain.len(),
+            None => {
+                let mut size = CountBytes(0);
+                postcard::to_io(value, &mut size).ok()?;
+                size.0
+            }
+        };
+        Some((Payload::Typed((self.share)(value)), size))
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {

@@ -59,6 +59,7 @@ use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, LockError, LockOptions};
 
+pub(crate) mod codec;
 pub(crate) mod detach;
 pub(crate) mod drive;
 pub(crate) mod hot;
@@ -66,6 +67,7 @@ pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod stream;
 
+use codec::{Encode, Serde};
 use detach::{Compute, Ownership, RefreshJob};
 use drive::Driver;
 use hot::{Keep, RefreshWatch, Verdict};
@@ -153,14 +155,20 @@ impl Call {
 
     /// A cached value that checks out, in either stored form, with its
     /// stamp (none for a chunked value, which expires with its entry).
-    async fn load<T: DeserializeOwned>(&self, driver: &impl Driver) -> Option<(T, Stamp)> {
+    async fn load<D, T, S>(&self, driver: &D, serde: &S) -> Option<(T, Stamp)>
+    where
+        D: Driver,
+        T: Serialize + DeserializeOwned,
+        S: Serde<D, T>,
+    {
         let bytes = self.fetch_main(driver).await?;
-        let encryption = self.encryption.as_ref();
         let loaded = match envelope::peek_kind(&bytes) {
-            Ok(Kind::Value) => envelope::decode_stamped::<T>(self.key.full(), &bytes, encryption)
+            Ok(Kind::Value) => serde
+                .decode_value(self, bytes)
+                .await
                 .map_err(LoadError::Invalid),
-            Ok(Kind::Manifest) => driver
-                .load_chunked::<T>(self, bytes)
+            Ok(Kind::Manifest) => serde
+                .load_chunked(driver, self, bytes)
                 .await
                 .map(|value| (value, Stamp::NONE)),
             Err(why) => Err(LoadError::Invalid(why)),
@@ -225,24 +233,57 @@ impl Call {
     /// Stores `value`; failures are logged and counted, never returned.
     /// The value is read before the future is returned, so the future does
     /// not hold on to it (nor need it to be `Sync` to be `Send`).
+    /// `plain`, when given, holds the value's postcard bytes, made once.
     fn store<T: Serialize + DeserializeOwned>(
         &self,
         driver: &impl Driver,
         value: &T,
         stamp: Stamp,
+        plain: Option<&Arc<[u8]>>,
     ) -> impl Future<Output = ()> + Send {
         enum Store<C> {
             Nothing,
             Chunked(C),
             Value(Vec<u8>),
         }
+        enum Either<L, R> {
+            Left(L),
+            Right(R),
+        }
         let plan = if !self.will_store() {
             Store::Nothing
         } else if self.options.large_data {
-            Store::Chunked(driver.store_chunked(self, value))
+            match plain {
+                Some(plain) => Store::Chunked(Either::Left(driver.store_chunked_plain(
+                    self,
+                    Arc::clone(plain),
+                    fingerprint::<T>(false),
+                ))),
+                None => Store::Chunked(Either::Right(driver.store_chunked(self, value))),
+            }
         } else {
-            match envelope::encode_stamped(self.key.full(), value, self.encryption.as_ref(), stamp)
-            {
+            let encoded = match plain {
+                // Too large for one entry: not sealed only to be dropped.
+                Some(plain) if plain.len() > self.config.chunk_size => {
+                    Err(envelope::EncodeError::TooLarge(plain.len()))
+                }
+                Some(plain) => envelope::seal_stamped(
+                    self.key.full(),
+                    Kind::Value,
+                    0,
+                    fingerprint::<T>(false),
+                    plain,
+                    self.encryption.as_ref(),
+                    stamp,
+                ),
+                None => envelope::encode_stamped(
+                    self.key.full(),
+                    value,
+                    self.encryption.as_ref(),
+                    stamp,
+                ),
+            };
+            match encoded {
                 Err(err) => {
                     self.store_finished(Err(StoreError::Encode(err)));
                     Store::Nothing
@@ -261,7 +302,8 @@ impl Call {
         async move {
             let outcome = match plan {
                 Store::Nothing => return,
-                Store::Chunked(stored) => stored.await,
+                Store::Chunked(Either::Left(stored)) => stored.await,
+                Store::Chunked(Either::Right(stored)) => stored.await,
                 Store::Value(encoded) => driver
                     .backend()
                     .set(self.key.stored(), &encoded, self.backend_ttl())
@@ -446,13 +488,19 @@ pub(crate) trait Lookup<D: Driver>: Sync {
 /// Looks up a value of type `T` that this call may serve (fresh, due for
 /// an early refresh, or stale within the call's window), with its stamp
 /// and verdict.
-struct ValueLookup<T>(std::marker::PhantomData<fn() -> T>);
+/// Decoded as `S` says.
+struct ValueLookup<'s, T, S>(&'s S, PhantomData<fn() -> T>);
 
-impl<D: Driver, T: DeserializeOwned> Lookup<D> for ValueLookup<T> {
+impl<D, T, S> Lookup<D> for ValueLookup<'_, T, S>
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+    S: Serde<D, T>,
+{
     type Found = (T, Stamp, Verdict);
 
     async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
-        let (value, stamp) = call.load::<T>(driver).await?;
+        let (value, stamp) = call.load(driver, self.0).await?;
         match call.judge(stamp) {
             Verdict::Expired => None,
             verdict => Some((value, stamp, verdict)),
@@ -521,7 +569,7 @@ where
     P: Compute<Output = R>,
     C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
-    O: Ownership<RefreshJob<D, T, P, C, K>>,
+    O: Ownership<RefreshJob<D, T, P, C, K>> + Serde<D, T> + Encode<D, T, R, C>,
 {
     // The type's fingerprint is part of the flight, as it is part of the
     // envelope: postcard bytes of one type can decode as another, so calls
@@ -530,7 +578,7 @@ where
     if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);
     }
-    let lookup = ValueLookup::<T>(Default::default());
+    let lookup = ValueLookup::<T, O>(&ownership, PhantomData);
     let mut flight = None;
     // What the first lookup found, when it stands for the leader's own.
     let mut looked = None;
@@ -540,7 +588,7 @@ where
         let found = lookup.lookup(&call, driver).await;
         if let Some((value, stamp, Verdict::Fresh)) = found {
             call.hit();
-            call.keep_locally(&keep, fp, &value, stamp);
+            call.keep_locally(&keep, fp, &value, stamp, None);
             return from_cache(value);
         }
         let flight_key = format!("{fp:016x}:{}", call.key.stored());
@@ -558,7 +606,7 @@ where
         };
         match outcome {
             Outcome::Lead(guard) => flight = Some(guard),
-            Outcome::Value(bytes) => match envelope::decode_exact::<T>(&bytes) {
+            Outcome::Value(bytes) => match ownership.decode_shared(bytes).await {
                 Ok(value) => {
                     call.hit();
                     return from_cache(value);
@@ -581,15 +629,15 @@ where
         Some((value, stamp, Verdict::Fresh)) => {
             call.hit();
             lock.release().await;
-            call.keep_locally(&keep, fp, &value, stamp);
-            publish(flight, &value);
+            call.keep_locally(&keep, fp, &value, stamp, None);
+            let value = ownership.publish(flight, value).get().await;
             return from_cache(value);
         }
         Some(found) => found,
         None => {
             call.miss();
             return compute_then_store(
-                driver, &call, compute, &cacheable, &keep, fp, flight, lock, None,
+                driver, &call, compute, &cacheable, &keep, &ownership, fp, flight, lock, None,
             )
             .await;
         }
@@ -597,13 +645,13 @@ where
     // Early or stale: every caller waiting here gets the value at once; at
     // most one refreshes.
     lock.release().await;
-    publish(flight, &value);
+    let value = ownership.publish(flight, value).get().await;
     let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
         if verdict == Verdict::Stale {
             call.counters().stale_served();
         } else {
             call.hit();
-            call.keep_locally(&keep, fp, &value, stamp);
+            call.keep_locally(&keep, fp, &value, stamp, None);
         }
         return from_cache(value);
     };
@@ -647,6 +695,7 @@ where
         job.compute,
         &job.cacheable,
         &job.keep,
+        &ownership,
         fp,
         None,
         lock,
@@ -662,12 +711,13 @@ where
 /// releases the lock, ends the refresh flight and hands the value to the
 /// waiters.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn compute_then_store<D, T, R, P, K>(
+pub(crate) async fn compute_then_store<D, T, R, P, C, K>(
     driver: &D,
     call: &Call,
     compute: P,
-    cacheable: &impl Fn(&R) -> Option<&T>,
+    cacheable: &C,
     keep: &K,
+    encode: &impl Encode<D, T, R, C>,
     fp: u64,
     flight: Option<LeaderGuard>,
     lock: HeldLock<'_, D>,
@@ -677,6 +727,7 @@ where
     D: Driver,
     T: Serialize + DeserializeOwned,
     P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
 {
     let mut watch = RefreshWatch {
@@ -687,6 +738,9 @@ where
     let result = compute.start().await;
     let took = started.elapsed();
     watch.armed = false;
+    // Serialized once, off the executor for a large owned value, for the
+    // waiters, the local copy and the store alike.
+    let (result, plain) = encode.encode(result, cacheable).get().await;
     let Some(value) = cacheable(&result) else {
         if refreshing.is_some() {
             // The old value stays for the next caller to try again.
@@ -701,9 +755,9 @@ where
     // Serialized for the waiters before storing, so that no borrow of the
     // value lives across an `.await`; published after storing, so that a
     // call arriving once the flight has ended finds the value stored.
-    let shared = flight.map(|guard| (share(&guard, value), guard));
-    call.keep_locally(keep, fp, value, stamp);
-    let stored = call.store(driver, value, stamp);
+    let shared = flight.map(|guard| (share(&guard, value, plain.as_ref()), guard));
+    call.keep_locally(keep, fp, value, stamp, plain.as_ref());
+    let stored = call.store(driver, value, stamp, plain.as_ref());
     stored.await;
     if call.options.force_overwrite {
         call.tell_others();
@@ -716,12 +770,20 @@ where
     result
 }
 
-/// The value for the flight's waiters, if it has any.
-fn share<T: Serialize>(guard: &LeaderGuard, value: &T) -> Option<Arc<[u8]>> {
+/// The value for the flight's waiters, if it has any: `plain`, its
+/// postcard bytes when they were made already, or serialized now.
+fn share<T: Serialize>(
+    guard: &LeaderGuard,
+    value: &T,
+    plain: Option<&Arc<[u8]>>,
+) -> Option<Arc<[u8]>> {
     if !guard.has_waiters() {
         // Dropping the guard later promotes a waiter that joined since; it
         // finds the value in the cache.
         return None;
+    }
+    if let Some(plain) = plain {
+        return Some(Arc::clone(plain));
     }
     postcard::to_allocvec(value)
         .map_err(|err| log::debug!("memo: cannot share the value of {}: {err}", guard.key()))
@@ -732,7 +794,7 @@ fn share<T: Serialize>(guard: &LeaderGuard, value: &T) -> Option<Arc<[u8]>> {
 /// Hands `value` to the flight's waiters, if it has any.
 fn publish<T: Serialize>(flight: Option<LeaderGuard>, value: &T) {
     if let Some(guard) = flight {
-        if let Some(bytes) = share(&guard, value) {
+        if let Some(bytes) = share(&guard, value, None) {
             guard.publish(bytes);
         }
     }

@@ -654,3 +654,66 @@ fn owned_async_calls_keep_a_large_value_s_serialization_off_the_executor() {
         );
     });
 }
+
+#[test]
+fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_values() {
+    let _serial = serial();
+    for (name, backend, _server) in every_backend() {
+        use_backend(&backend);
+        // Above the inline budget (64 KiB), below a chunk: sealed from the
+        // bytes serialized once, and decoded off the executor.
+        let mid: Vec<u64> = (0..40_000u64).map(|i| i << 40).collect();
+        let large = large_value();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let whole = Options::new();
+        let chunked = Options::new().large_data(true).compress(true);
+        run(async {
+            let value = mid.clone();
+            let stored: Vec<u64> =
+                cache_memoize_owned_async("owned-format:mid", move || async move { value }, &whole)
+                    .await;
+            assert_eq!(stored, mid, "{name}");
+            let read: Vec<u64> =
+                cache_memoize_owned_async("owned-format:mid", || async { Vec::new() }, &whole)
+                    .await;
+            assert_eq!(read, mid, "{name}");
+            // Eight tasks miss a large value at once: one computes, the
+            // others get the bytes it shares.
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (runs, chunked) = (Arc::clone(&runs), chunked.clone());
+                    tokio::spawn(async move {
+                        let value: Vec<u64> = cache_memoize_owned_async(
+                            "owned-format:large",
+                            move || async move {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                large_value()
+                            },
+                            &chunked,
+                        )
+                        .await;
+                        value
+                    })
+                })
+                .collect();
+            for task in tasks {
+                assert!(task.await.unwrap() == large, "{name}");
+            }
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{name}: one computation");
+        // What the owned calls stored, the borrowed ones read, and back.
+        let read: Vec<u64> = memo_runtime::cache_memoize("owned-format:mid", Vec::new, &whole);
+        assert_eq!(read, mid, "{name}");
+        let read: Vec<u64> = memo_runtime::cache_memoize("owned-format:large", Vec::new, &chunked);
+        assert!(read == large, "{name}");
+        let _: Vec<u64> =
+            memo_runtime::cache_memoize("owned-format:borrowed", || large_value(), &chunked);
+        let read: Vec<u64> = run(cache_memoize_owned_async(
+            "owned-format:borrowed",
+            || async { Vec::new() },
+            &chunked,
+        ));
+        assert!(read == large, "{name}");
+    }
+}

@@ -708,7 +708,7 @@ fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_v
         let read: Vec<u64> = memo_runtime::cache_memoize("owned-format:large", Vec::new, &chunked);
         assert!(read == large, "{name}");
         let _: Vec<u64> =
-            memo_runtime::cache_memoize("owned-format:borrowed", || large_value(), &chunked);
+            memo_runtime::cache_memoize("owned-format:borrowed", large_value, &chunked);
         let read: Vec<u64> = run(cache_memoize_owned_async(
             "owned-format:borrowed",
             || async { Vec::new() },

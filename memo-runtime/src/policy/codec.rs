@@ -19,14 +19,13 @@
 //!   that the waiters, the local copy and the store then all use.
 //!
 //! A value's encoded size is not known in advance: the encoding is first
-//! tried inline into a buffer that gives up past [`INLINE`] bytes, and
+//! tried inline into a buffer that gives up past `INLINE` bytes, and
 //! only a value larger than that moves to the blocking pool.
 //!
 //! [`Borrowed`] calls, and owned synchronous calls (which run on their
 //! caller's thread anyway), keep every pass where it was.
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -42,6 +41,7 @@ use crate::format::envelope::{self, Invalid, Stamp};
 
 /// Encoded or decoded values up to this size are handled inline: copying
 /// them to the blocking pool would cost more than the pass itself.
+#[cfg(feature = "async")]
 pub(crate) const INLINE: usize = 64 * 1024;
 
 /// A result ready now, or one being made on the blocking pool.
@@ -173,21 +173,22 @@ impl<T: Serialize + DeserializeOwned> Serde<Blocking, T> for Owned {
     }
 }
 
-/// The postcard bytes of `value` if they fit in [`INLINE`]: `Ok(None)`
+/// The postcard bytes of `value` if they fit in `INLINE`: `Ok(None)`
 /// when they do not (nothing is kept of the attempt).
+#[cfg(feature = "async")]
 fn encode_within_budget<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, postcard::Error> {
     /// Collects bytes until the budget runs out, then fails.
     struct Budget(Vec<u8>, bool);
-    impl io::Write for Budget {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    impl std::io::Write for Budget {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             if self.0.len() + buf.len() > INLINE {
                 self.1 = true;
-                return Err(io::ErrorKind::WriteZero.into());
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.0.extend_from_slice(buf);
             Ok(buf.len())
         }
-        fn flush(&mut self) -> io::Result<()> {
+        fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
@@ -202,6 +203,7 @@ fn encode_within_budget<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, post
 
 /// The bytes of `value`, or why they cannot be had (logged by the caller's
 /// uses as an unstorable value).
+#[cfg(feature = "async")]
 fn encode_whole<T: Serialize>(value: &T) -> Option<Arc<[u8]>> {
     postcard::to_allocvec(value).ok().map(Arc::from)
 }

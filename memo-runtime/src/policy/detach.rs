@@ -142,7 +142,7 @@ pub(crate) struct RefreshJob<D, T, P, C, K> {
 
 impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
     /// The refresh, as a future that owns everything it uses.
-    fn run<R>(self) -> impl Future<Output = ()>
+    async fn run<R>(self)
     where
         D: Driver,
         T: Serialize + DeserializeOwned,
@@ -151,38 +151,36 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
         K: Keep<T>,
         Owned: Encode<D, T, R, C>,
     {
-        async move {
-            let RefreshJob {
-                driver,
-                call,
+        let RefreshJob {
+            driver,
+            call,
+            compute,
+            cacheable,
+            keep,
+            refresh,
+            fp,
+            value: _,
+        } = self;
+        let lock = HeldLock {
+            lock: refresh.lock,
+            driver: &driver,
+        };
+        // An `Err` was counted as a refresh failure; nobody waits for it.
+        drop(
+            compute_then_store(
+                &driver,
+                &call,
                 compute,
-                cacheable,
-                keep,
-                refresh,
+                &cacheable,
+                &keep,
+                &Owned,
                 fp,
-                value: _,
-            } = self;
-            let lock = HeldLock {
-                lock: refresh.lock,
-                driver: &driver,
-            };
-            // An `Err` was counted as a refresh failure; nobody waits for it.
-            drop(
-                compute_then_store(
-                    &driver,
-                    &call,
-                    compute,
-                    &cacheable,
-                    &keep,
-                    &Owned,
-                    fp,
-                    None,
-                    lock,
-                    Some(refresh.flight),
-                )
-                .await,
-            );
-        }
+                None,
+                lock,
+                Some(refresh.flight),
+            )
+            .await,
+        );
     }
 }
 
@@ -247,7 +245,7 @@ impl Pool {
                             queue = self
                                 .ready
                                 .wait(queue)
-                                .unwrap_or_else(PoisonError::into_inner)
+                                .unwrap_or_else(PoisonError::into_inner);
                         }
                     }
                 }

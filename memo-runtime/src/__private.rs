@@ -174,7 +174,7 @@ pub mod v0_1 {
             crate::api::as_value::<T>,
             |value| value,
             keep,
-            crate::policy::detach::Owned,
+            crate::policy::codec::Owned,
         )
     }
 
@@ -201,7 +201,7 @@ pub mod v0_1 {
             crate::api::as_ok::<T, E>,
             Ok,
             keep,
-            crate::policy::detach::Owned,
+            crate::policy::codec::Owned,
         )
     }
 
@@ -220,7 +220,7 @@ pub mod v0_1 {
             |value: &T| Some(value),
             |value| value,
             crate::policy::hot::Typed::<T>::default(),
-            crate::policy::detach::Borrowed,
+            crate::policy::codec::Borrowed,
         )
     }
 
@@ -239,7 +239,7 @@ pub mod v0_1 {
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
             crate::policy::hot::Typed::<T>::default(),
-            crate::policy::detach::Borrowed,
+            crate::policy::codec::Borrowed,
         )
     }
 
@@ -390,7 +390,7 @@ pub mod v0_1 {
             |value: &T| Some(value),
             |value| value,
             crate::policy::hot::Typed::<T>::default(),
-            crate::policy::detach::Borrowed,
+            crate::policy::codec::Borrowed,
         )
         .await
     }
@@ -417,7 +417,7 @@ pub mod v0_1 {
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
             crate::policy::hot::Typed::<T>::default(),
-            crate::policy::detach::Borrowed,
+            crate::policy::codec::Borrowed,
         )
         .await
     }
@@ -446,7 +446,7 @@ pub mod v0_1 {
             crate::api::as_value::<T>,
             |value| value,
             keep,
-            crate::policy::detach::Owned,
+            crate::policy::codec::Owned,
         )
         .await
     }
@@ -476,7 +476,7 @@ pub mod v0_1 {
             crate::api::as_ok::<T, E>,
             Ok,
             keep,
-            crate::policy::detach::Owned,
+            crate::policy::codec::Owned,
         )
         .await
     }

@@ -32,7 +32,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Call;
-use super::detach::{Borrowed, Owned};
 use super::drive::Driver;
 use super::stream::LoadError;
 use crate::backend::drive::Blocking;
@@ -43,6 +42,16 @@ use crate::format::envelope::{self, Invalid, Stamp};
 /// them to the blocking pool would cost more than the pass itself.
 #[cfg(feature = "async")]
 pub(crate) const INLINE: usize = 64 * 1024;
+
+/// The compute function and value of a call may borrow from the caller: a
+/// won refresh runs in the foreground (`detach`), and every pass over the
+/// value runs where it is.
+pub(crate) struct Borrowed;
+
+/// The compute function and value of a call are `'static` and `Send`: a
+/// won refresh runs detached (`detach`), and an async call's large value is
+/// (de)serialized on the blocking pool.
+pub(crate) struct Owned;
 
 /// A result ready now, or one being made on the blocking pool.
 pub(crate) enum Offloaded<X> {

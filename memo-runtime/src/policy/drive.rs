@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Call;
-use super::detach::{self, Detached};
+use super::pool::{self, Detached};
 use super::stream::{LoadError, StoreError};
 use crate::backend::drive::{Blocking, Io};
 use crate::common::coalesce::{Outcome, Waiter};
@@ -113,10 +113,10 @@ impl Driver for Blocking {
         lock.release_quietly(false);
     }
 
-    type Detached = detach::Slot;
+    type Detached = pool::Slot;
 
-    fn detached(&self) -> Option<detach::Slot> {
-        detach::slot()
+    fn detached(&self) -> Option<pool::Slot> {
+        pool::slot()
     }
 }
 

@@ -24,7 +24,6 @@ use serde::de::DeserializeOwned;
 use super::Call;
 use super::drive::Driver;
 use super::options::Beta;
-use crate::__private::v0_1::LocalCopy;
 use crate::common::coalesce::{Joined, LeaderGuard};
 use crate::common::local::{Kept, Payload};
 use crate::format::envelope::{self, Stamp};
@@ -330,10 +329,11 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 }
 
 /// Keeps the decoded value and hands out clones (the attribute's `local`).
-/// Made only for a [`LocalCopy`] type, whose clone and downcast it keeps as
-/// function pointers: the one bound is then the constructor's, where a
-/// missing `Clone` is reported with `LocalCopy`'s message rather than as a
-/// bare `Clone` deep inside the call's bounds.
+/// Made only for a `Clone` type, whose clone and downcast it keeps as
+/// function pointers: the one bound is then the constructor's, which the
+/// attribute's expansion reaches through `__private::decoded` and its
+/// `LocalCopy` bound, so that a missing `Clone` is reported with that
+/// trait's message rather than deep inside the call's bounds.
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
     take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
@@ -345,7 +345,7 @@ impl<T> std::fmt::Debug for Typed<T> {
     }
 }
 
-impl<T: LocalCopy> Default for Typed<T> {
+impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
     fn default() -> Self {
         Typed {
             share: |value| Arc::new(value.clone()),

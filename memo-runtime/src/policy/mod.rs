@@ -65,6 +65,7 @@ pub(crate) mod drive;
 pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod options;
+pub(crate) mod pool;
 pub(crate) mod stream;
 
 use codec::{Encode, Serde};

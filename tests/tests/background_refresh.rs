@@ -717,3 +717,36 @@ fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_v
         assert!(read == large, "{name}");
     }
 }
+
+#[test]
+fn an_encrypted_value_serialized_up_front_reads_back() {
+    let _serial = serial();
+    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    let key = memo_runtime::EncryptionKey::new(b"0123456789abcdef").unwrap();
+    let mid: Vec<u64> = (0..40_000u64).map(|i| i << 40).collect();
+    for options in [
+        Options::new().encrypt(true).encryption_key(key.clone()),
+        Options::new()
+            .large_data(true)
+            .encrypt(true)
+            .encryption_key(key.clone()),
+    ] {
+        let value = mid.clone();
+        let stored: Vec<u64> = run(cache_memoize_owned_async(
+            "owned-encrypted",
+            move || async move { value },
+            &options,
+        ));
+        let read: Vec<u64> = memo_runtime::cache_memoize("owned-encrypted", Vec::new, &options);
+        let read_async: Vec<u64> = run(cache_memoize_owned_async(
+            "owned-encrypted",
+            || async { Vec::new() },
+            &options,
+        ));
+        assert_eq!(
+            (stored == mid, read == mid, read_async == mid),
+            (true, true, true)
+        );
+        memo_runtime::invalidate("owned-encrypted", &options).unwrap();
+    }
+}

@@ -768,6 +768,13 @@ where
     if let Some((Some(bytes), guard)) = shared {
         guard.publish(bytes);
     }
+    // An encrypted value's plaintext, made up front, is wiped as the
+    // envelope's own is, unless a waiter or the local copy still holds it.
+    if let Some(mut plain) = plain.filter(|_| call.encryption.is_some()) {
+        if let Some(bytes) = Arc::get_mut(&mut plain) {
+            zeroize::Zeroize::zeroize(bytes);
+        }
+    }
     result
 }
 

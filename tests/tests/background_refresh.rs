@@ -729,7 +729,7 @@ fn an_encrypted_value_serialized_up_front_reads_back() {
         Options::new()
             .large_data(true)
             .encrypt(true)
-            .encryption_key(key.clone()),
+            .encryption_key(key),
     ] {
         let value = mid.clone();
         let stored: Vec<u64> = run(cache_memoize_owned_async(

@@ -152,8 +152,10 @@ mod valid;
 /// - an `async fn` (with or without those options) also moves the postcard
 ///   (de)serialization of a value over 64 KiB to tokio's blocking pool.
 ///
-/// Any other signature keeps the foreground refresh: the winner computes,
-/// every other caller is served the stale value. An argument whose type
+/// The owned twins also need the arguments and the value to be `Send`
+/// (an `async fn` needed that already). Any other signature keeps the
+/// foreground refresh: the winner computes, every other caller is served
+/// the stale value. An argument whose type
 /// hides an elided lifetime (`Cow<str>` written without `'_`) or names the
 /// type parameters of a surrounding generic `impl` looks owned but is not,
 /// and fails to compile ("borrowed data escapes", "may not live long

@@ -32,6 +32,13 @@
 //! - this file: [`Call`], one call's resolved settings and every step, and
 //!   [`memoize`];
 //! - `drive`: the two drivers, and what differs between the worlds;
+//! - `detach` and `pool`: a refresh won by an owned call (`'static` compute
+//!   function and value), run detached from its caller on a bounded
+//!   background pool or a spawned task; `codec`: where such a call's value
+//!   is (de)serialized (off the executor once large, for async). Both are
+//!   parameters of [`memoize`] (`Borrowed` or `Owned`), not a second copy
+//!   of it: the general API's compute function may borrow from its caller,
+//!   so it keeps the foreground refresh and inline serialization;
 //! - `stream`: the chunked pipeline, for large values and iterators;
 //! - `items`: reading back the framed items of an iterator;
 //! - `options`: [`Options`], the settings of one call, re-exported by the

@@ -265,40 +265,44 @@ fn a_refresh_that_panics_or_fails_keeps_the_stale_value_then_the_foreground_comp
 #[test]
 fn async_refresh_failures_are_counted_and_the_stale_value_stays() {
     let _serial = serial();
-    configure(Config::new(memo_runtime::MemoryBackend::new()));
-    let options = stale_options();
-    run_multi(async {
-        let key = "owned:async-failing";
-        let _: Result<u32, String> =
-            try_cache_memoize_owned_async(key, || async { Ok(1) }, &options).await;
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let failed: Result<u32, String> =
-            try_cache_memoize_owned_async(key, || async { Err("down".to_owned()) }, &options).await;
-        assert_eq!(failed, Ok(1));
-        let started = Instant::now();
-        while stats().refresh_failures < 1 {
-            assert!(started.elapsed() < SECOND, "{:?}", stats());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let panicked: Result<u32, String> =
-            try_cache_memoize_owned_async(key, || async { panic!("refresh panics") }, &options)
-                .await;
-        assert_eq!(panicked, Ok(1));
-        let started = Instant::now();
-        while stats().refresh_failures < 2 {
-            assert!(started.elapsed() < SECOND, "{:?}", stats());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let refreshed = loop {
-            let value: Result<u32, String> =
-                try_cache_memoize_owned_async(key, || async { Ok(2) }, &options).await;
-            if value == Ok(2) || started.elapsed() > 2 * SECOND {
-                break value;
+    for (name, backend, _server) in every_backend() {
+        use_backend(&backend);
+        let options = stale_options();
+        run_multi(async {
+            let key = "owned:async-failing";
+            let _: Result<u32, String> =
+                try_cache_memoize_owned_async(key, || async { Ok(1) }, &options).await;
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let failed: Result<u32, String> =
+                try_cache_memoize_owned_async(key, || async { Err("down".to_owned()) }, &options)
+                    .await;
+            assert_eq!(failed, Ok(1), "{name}");
+            let started = Instant::now();
+            while stats().refresh_failures < 1 {
+                assert!(started.elapsed() < SECOND, "{name}: {:?}", stats());
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        assert_eq!(refreshed, Ok(2));
-    });
+            let panicked: Result<u32, String> =
+                try_cache_memoize_owned_async(key, || async { panic!("refresh panics") }, &options)
+                    .await;
+            assert_eq!(panicked, Ok(1), "{name}");
+            let started = Instant::now();
+            while stats().refresh_failures < 2 {
+                assert!(started.elapsed() < SECOND, "{name}: {:?}", stats());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Neither left the refresh flight or the lock behind.
+            let refreshed = loop {
+                let value: Result<u32, String> =
+                    try_cache_memoize_owned_async(key, || async { Ok(2) }, &options).await;
+                if value == Ok(2) || started.elapsed() > 2 * SECOND {
+                    break value;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert_eq!(refreshed, Ok(2), "{name}");
+        });
+    }
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! closure without looking inside, which keeps the macro fast on big
 //! functions.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{
@@ -107,6 +108,27 @@ impl Function {
             .collect()
     }
 
+    /// Whether the signature is owned as written, so that its arguments
+    /// and return value may be required to be `'static`: no receiver (a
+    /// `self` by value may still carry a lifetime), no generic or lifetime
+    /// parameters, and no argument type or return type with a reference, a
+    /// lifetime, `impl`, `dyn`, `Self` or a macro in it. With no input
+    /// lifetime, an elided lifetime can then hide only in a path written
+    /// without `'_` (`Cow<str>`), which is the documented edge.
+    pub(crate) fn is_owned(&self, args: &[Arg]) -> bool {
+        let returns_owned = match &self.sig.output {
+            ReturnType::Default => true,
+            ReturnType::Type(_, ty) => is_owned_type(ty.to_token_stream()),
+        };
+        self.receiver().is_none()
+            && self.sig.generics.params.is_empty()
+            && self.sig.generics.where_clause.is_none()
+            && returns_owned
+            && args
+                .iter()
+                .all(|arg| is_owned_type(arg.ty.to_token_stream()))
+    }
+
     /// Whether this is an `async fn`, memoized by the async API.
     pub(crate) fn is_async(&self) -> bool {
         self.sig.asyncness.is_some()
@@ -134,6 +156,18 @@ impl Function {
             Output::Value(ty)
         }
     }
+}
+
+/// Whether a type, as written, is free of anything that may borrow: `&`, a
+/// lifetime, `impl`, `dyn`, `Self`, or a macro that could expand to any of
+/// them. Read token by token, so nothing nested escapes.
+fn is_owned_type(tokens: TokenStream) -> bool {
+    tokens.into_iter().all(|tree| match tree {
+        TokenTree::Punct(punct) => !matches!(punct.as_char(), '&' | '\'' | '!'),
+        TokenTree::Ident(ident) => !(ident == "impl" || ident == "dyn" || ident == "Self"),
+        TokenTree::Group(group) => is_owned_type(group.stream()),
+        TokenTree::Literal(_) => true,
+    })
 }
 
 /// The name a simple binding (`x`, `mut x`, `ref x`) introduces.
@@ -254,6 +288,7 @@ fn has_iterator_bound<'a>(bounds: impl IntoIterator<Item = &'a TypeParamBound>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quote::quote;
     use syn::parse_quote;
 
     fn output(f: Function, iter: bool) -> &'static str {
@@ -438,6 +473,74 @@ mod tests {
             .map(|a| a.name.as_ref().map(Ident::to_string))
             .collect();
         assert_eq!(names, [Some("id".into()), Some("name".into()), None, None]);
+    }
+
+    #[test]
+    fn tells_owned_signatures() {
+        let owned = |f: Function| f.is_owned(&f.args());
+        for f in [
+            quote!(
+                fn f(id: u64, name: String) -> Vec<String> {}
+            ),
+            quote!(
+                async fn f(ids: Vec<(u8, Option<String>)>) -> Result<u8, String> {}
+            ),
+            quote!(
+                fn f(cb: fn(u8) -> u8) -> std::collections::HashMap<u8, u8> {}
+            ),
+        ] {
+            assert!(owned(syn::parse2(f.clone()).unwrap()), "{f}");
+        }
+        for f in [
+            quote!(
+                fn f(&self) -> u8 {}
+            ),
+            quote!(
+                fn f(self) -> u8 {}
+            ),
+            quote!(
+                fn f(name: &str) -> u8 {}
+            ),
+            quote!(
+                fn f(name: Cow<'_, str>) -> u8 {}
+            ),
+            quote!(
+                fn f<T>(x: T) -> u8 {}
+            ),
+            quote!(
+                fn f<'a>(x: u8) -> u8 {}
+            ),
+            quote!(
+                fn f(x: u8) -> u8
+                where
+                    u8: Copy,
+                {
+                }
+            ),
+            quote!(
+                fn f(x: Box<dyn Fn()>) -> u8 {}
+            ),
+            quote!(
+                fn f(x: impl Into<u8>) -> u8 {}
+            ),
+            quote!(
+                fn f(x: Vec<Self>) -> u8 {}
+            ),
+            quote!(
+                fn f(x: ty!()) -> u8 {}
+            ),
+            quote!(
+                fn f(x: u8) -> Self {}
+            ),
+            quote!(
+                async fn f(x: u8) -> &'static str {}
+            ),
+            quote!(
+                fn f(x: u8) -> Box<dyn Send> {}
+            ),
+        ] {
+            assert!(!owned(syn::parse2(f.clone()).unwrap()), "{f}");
+        }
     }
 
     #[test]

@@ -70,7 +70,13 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     let rt = runtime();
     let options = options(&attr);
     let key = key(&attr, &func, &args);
-    let call = call(&output, body, func.is_async(), attr.local.is_some());
+    let call = call(
+        &output,
+        body,
+        func.is_async(),
+        attr.local.is_some(),
+        owned(&attr, &func, &args),
+    );
     let (options_var, key_var) = locals();
     let helpers = helpers(&attr, &func, &args, &output, &TokenStream::new());
     quote! {
@@ -320,6 +326,18 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
     }
 }
 
+/// Whether the expansion uses the runtime's owned calls, which require the
+/// compute closure and the value to be `'static` and `Send`: when the
+/// signature is owned as written (`Function::is_owned`), and the function
+/// is async (large values are then (de)serialized off the executor, and a
+/// won refresh runs as a spawned task) or sets `stale` or `refresh_ahead`
+/// (a won refresh runs on the background pool). Otherwise a won refresh
+/// runs in the foreground, as the borrowed calls do.
+fn owned(attr: &Attr, func: &Function, args: &[Arg]) -> bool {
+    let hot = attr.stale.is_some() || attr.refresh_ahead.is_some();
+    (func.is_async() || hot) && func.is_owned(args)
+}
+
 /// The one runtime call, with the body as its closure. The cached type is
 /// named with the span of the user's own type, so that a type the cache
 /// cannot store is reported there, naming the serde traits it lacks.
@@ -332,10 +350,22 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
 /// `Send` whenever the body's is.
 ///
 /// With `local`, the `*_local` twins keep the decoded value per process;
-/// they require `Clone`, reported at the return type.
-fn call(output: &Output, body: &TokenStream, is_async: bool, local: bool) -> TokenStream {
+/// they require `Clone`, reported at the return type. With `owned` (see
+/// [`owned`]), the `*_owned` calls take the local copy's kind as a value.
+fn call(
+    output: &Output,
+    body: &TokenStream,
+    is_async: bool,
+    local: bool,
+    owned: bool,
+) -> TokenStream {
     let rt = runtime();
     let (options, key) = locals();
+    if owned {
+        if let Some(call) = owned_call(output, body, is_async, local) {
+            return call;
+        }
+    }
     // `memoize` → `memoize_local`, `memoize_async` → `memoize_local_async`.
     let at = |name: &str, ty: &syn::Type| {
         let name = match (local, name.strip_suffix("_async")) {
@@ -399,6 +429,58 @@ fn call(output: &Output, body: &TokenStream, is_async: bool, local: bool) -> Tok
         }
         Output::Nothing(_) => unreachable!("validated: the function returns a value"),
     }
+}
+
+/// The owned runtime call for a value or a `Result`, if that is what the
+/// function returns.
+fn owned_call(
+    output: &Output,
+    body: &TokenStream,
+    is_async: bool,
+    local: bool,
+) -> Option<TokenStream> {
+    let (options, key) = locals();
+    let ok = |ty: &syn::Type| ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+    let kind = |ty: &syn::Type| {
+        if local {
+            let decoded = Ident::new("decoded", ty.span());
+            let cached = match output {
+                Output::Result(_) => ok(ty),
+                _ => quote!(#ty),
+            };
+            quote_spanned!(ty.span()=> #decoded::<#cached>())
+        } else {
+            let serialized = Ident::new("Serialized", ty.span());
+            quote!(#serialized)
+        }
+    };
+    Some(match output {
+        Output::Value(ty) if is_async => {
+            let (rt, kind) = (runtime_at(ty.span()), kind(ty));
+            quote_spanned! {ty.span()=>
+                #rt::memoize_owned_async::<#ty, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
+            }
+        }
+        Output::Result(ty) if is_async => {
+            let (rt, kind, ok) = (runtime_at(ty.span()), kind(ty), ok(ty));
+            quote_spanned! {ty.span()=>
+                #rt::try_memoize_owned_async::<#ok, _, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
+            }
+        }
+        Output::Value(ty) => {
+            let (rt, kind) = (runtime(), kind(ty));
+            quote_spanned! {ty.span()=>
+                #rt::memoize_owned::<#ty, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
+            }
+        }
+        Output::Result(ty) => {
+            let (rt, kind, ok) = (runtime(), kind(ty), ok(ty));
+            quote_spanned! {ty.span()=>
+                #rt::try_memoize_owned::<#ok, _, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// `<fn>_invalidate` and `<fn>_refresh`, with `body` standing in for both
@@ -696,6 +778,80 @@ mod tests {
         assert_eq!(out.matches("compile_error").count(), 1, "{out}");
         assert!(out.contains(&input.to_string()), "{out}");
         assert!(!out.contains("s_refresh"), "{out}");
+    }
+
+    #[test]
+    fn owned_signatures_use_the_owned_calls() {
+        let rt = runtime().to_string();
+        let out = expand(
+            quote!(stale = 60),
+            quote!(
+                fn f(id: u64) -> Vec<u8> {
+                    vec![1]
+                }
+            ),
+        );
+        assert!(
+            out.contains(&format!(
+                "{rt} :: memoize_owned :: < Vec < u8 > , _ , _ , _ > (__memo_key , move || -> Vec < u8 > {{ vec ! [1] }} , & __memo_options , {rt} :: Serialized)"
+            )),
+            "{out}"
+        );
+        let out = expand(
+            quote!(refresh_ahead, local = 5),
+            quote!(
+                fn f(id: u64) -> Result<u8, String> {
+                    Ok(1)
+                }
+            ),
+        );
+        assert!(
+            out.contains("try_memoize_owned :: < u8 , _ , _ , _ , _ >"),
+            "{out}"
+        );
+        assert!(out.contains(":: decoded :: < u8 > ())"), "{out}");
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn f(id: u64) -> u8 {
+                    1
+                }
+            ),
+        );
+        assert!(
+            out.contains("memoize_owned_async :: < u8 , _ , _ , _ , _ > (__memo_key , move || async move { 1 }"),
+            "{out}"
+        );
+        // Borrowed, or a sync fn without a refresh option: as before.
+        for (args, f) in [
+            (
+                quote!(stale = 60),
+                quote!(
+                    fn f(name: &str) -> u8 {
+                        1
+                    }
+                ),
+            ),
+            (
+                quote!(),
+                quote!(
+                    fn f(id: u64) -> u8 {
+                        1
+                    }
+                ),
+            ),
+            (
+                quote!(),
+                quote!(
+                    async fn f(id: u64) -> Cow<'static, str> {
+                        1
+                    }
+                ),
+            ),
+        ] {
+            let out = expand(args, f);
+            assert!(!out.contains("_owned"), "{out}");
+        }
     }
 
     #[test]

@@ -98,6 +98,9 @@ mod valid;
 /// | `lock`, `lock(timeout = 5, retry = 100, expiration = 30, blocking = true)` | compute under a cache lock so that concurrent misses compute once (`retry` in milliseconds, the others in seconds) |
 /// | `coalesce = false` | let concurrent calls in this process compute each; by default they share one computation (values only) |
 /// | `version = 2` | appended to the key as a last component `v2`: bump it when a value's meaning changes, or when its type cannot be traced (see "What is stored") |
+/// | `local = 10` | keep a decoded copy in each process for up to that many seconds (the return type must be `Clone`) |
+/// | `refresh_ahead`, `refresh_ahead = 2.0` | refresh a value early, before it expires (XFetch, with β) |
+/// | `stale = 60` | serve a value up to that many seconds past its expiry while one caller refreshes it |
 /// | `ignore(a, b)` | arguments deliberately left out of the key |
 /// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |
 ///
@@ -134,11 +137,37 @@ mod valid;
 ///   stored as the body's stream yields them. The stream outlives the call,
 ///   so the body may not borrow the arguments: take owned ones.
 ///
+/// # Owned signatures: background refresh
+///
+/// A signature is *owned as written* when it has no receiver, no generic or
+/// lifetime parameters, and no argument or return type containing `&`, a
+/// lifetime, `impl`, `dyn`, `Self` or a macro. For such a function the
+/// expansion calls memo-runtime's owned twins (`cache_memoize_owned` and
+/// friends), which require the arguments and the value to be `'static` and
+/// `Send`:
+///
+/// - with `stale` or `refresh_ahead`, the caller that wins a refresh is
+///   served the value it found at once, and the refresh runs on a
+///   background thread (sync) or a spawned task (async);
+/// - an `async fn` (with or without those options) also moves the postcard
+///   (de)serialization of a value over 64 KiB to tokio's blocking pool.
+///
+/// The owned twins also need the arguments and the value to be `Send`
+/// (an `async fn` needed that already). Any other signature keeps the
+/// foreground refresh: the winner computes, every other caller is served
+/// the stale value. An argument whose type
+/// hides an elided lifetime (`Cow<str>` written without `'_`) or names the
+/// type parameters of a surrounding generic `impl` looks owned but is not,
+/// and fails to compile ("borrowed data escapes", "may not live long
+/// enough"); write the lifetime (`Cow<'_, str>`) or take the argument by
+/// reference to keep the foreground refresh.
+///
 /// # Async
 ///
 /// With memo-runtime's feature `async`, an `async fn` is memoized by
 /// `cache_memoize_async` (or `try_cache_memoize_async` for a `Result`,
-/// which caches only `Ok`; `?` works in the body). The body becomes an
+/// which caches only `Ok`; `?` works in the body), or by their owned twins
+/// for an owned signature (above). The body becomes an
 /// `async move` block awaited inside the function's own future, so `&self`
 /// and borrowed arguments work as in a plain `async fn`, and the future is
 /// `Send` whenever the original is: it can be `tokio::spawn`ed or serve as

@@ -7,7 +7,9 @@
 //!   the time shown is the wall time of 8 calls made in parallel.
 //! - The steady load (not criterion): `MEMO_STEADY_LOAD=1` runs 200 calls/s
 //!   for 20 s (`MEMO_STEADY_SECS`) of a 100 ms computation expiring every
-//!   5 s, without and with `refresh_ahead` and with `stale`, on the embedded
+//!   5 s, without and with `refresh_ahead` and with `stale` (through
+//!   `cache_memoize` and through `cache_memoize_owned`, whose won refreshes
+//!   run in the background), on the embedded
 //!   store (or `MEMO_CACHE_URL`, with the backend's cargo feature), and prints caller latencies and
 //!   computations per expiry period.
 //!
@@ -18,14 +20,14 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cached::proc_macro::cached;
 use criterion::{Criterion, Throughput};
-use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, configure};
+use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, cache_memoize_owned, configure};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,10 +136,12 @@ struct Steady {
     calls: usize,
 }
 
-fn steady_run(options: &Options, seconds: u64, key: &str) -> Steady {
+/// `owned`: through `cache_memoize_owned`, whose won refreshes run in the
+/// background, rather than `cache_memoize`.
+fn steady_run(options: &Options, seconds: u64, key: &str, owned: bool) -> Steady {
     const CALLERS: u64 = 20;
     const PERIOD: Duration = Duration::from_millis(100); // 20 callers × 10/s = 200/s
-    let computations = AtomicUsize::new(0);
+    let computations = Arc::new(AtomicUsize::new(0));
     let latencies = Mutex::new(Vec::new());
     let begin = Instant::now();
     let end = begin + Duration::from_secs(seconds);
@@ -150,14 +154,16 @@ fn steady_run(options: &Options, seconds: u64, key: &str) -> Steady {
                 while next < end {
                     thread::sleep(next.saturating_duration_since(Instant::now()));
                     let started = Instant::now();
-                    let value: u64 = cache_memoize(
-                        key,
-                        || {
-                            thread::sleep(Duration::from_millis(100));
-                            computations.fetch_add(1, Ordering::Relaxed) as u64
-                        },
-                        options,
-                    );
+                    let counter = Arc::clone(computations);
+                    let compute = move || {
+                        thread::sleep(Duration::from_millis(100));
+                        counter.fetch_add(1, Ordering::Relaxed) as u64
+                    };
+                    let value: u64 = if owned {
+                        cache_memoize_owned(key, compute, options)
+                    } else {
+                        cache_memoize(key, compute, options)
+                    };
                     black_box(value);
                     mine.push((started.elapsed(), started - begin));
                     next += PERIOD;
@@ -181,7 +187,7 @@ fn steady_run(options: &Options, seconds: u64, key: &str) -> Steady {
         p99: at(0.99),
         max: *latencies.last().unwrap(),
         waited,
-        computations: computations.into_inner(),
+        computations: computations.load(Ordering::Relaxed),
         calls: latencies.len(),
     }
 }
@@ -197,13 +203,14 @@ fn steady_load() {
     }
     let expiration = Duration::from_secs(5);
     let plain = Options::new().expiration(expiration);
+    let ahead = plain.clone().refresh_ahead(1.0);
+    let stale = plain.clone().stale_while_revalidate(Duration::from_secs(5));
     let runs = [
-        ("no option", plain.clone()),
-        ("refresh_ahead(1.0)", plain.clone().refresh_ahead(1.0)),
-        (
-            "stale_while_revalidate(5 s)",
-            plain.stale_while_revalidate(Duration::from_secs(5)),
-        ),
+        ("no option", plain, false),
+        ("refresh_ahead(1.0)", ahead.clone(), false),
+        ("stale_while_revalidate(5 s)", stale.clone(), false),
+        ("refresh_ahead(1.0), owned", ahead, true),
+        ("stale_while_revalidate(5 s), owned", stale, true),
     ];
     println!(
         "steady load: 200 calls/s for {seconds} s, compute 100 ms, expiration 5 s ({} periods)",
@@ -213,8 +220,8 @@ fn steady_load() {
         "| option | calls | p50 | p99 | max | callers after the cold start that waited ≥ 50 ms | computations per 5 s |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (i, (name, options)) in runs.iter().enumerate() {
-        let run = steady_run(options, seconds, &format!("bench:steady:{i}"));
+    for (i, (name, options, owned)) in runs.iter().enumerate() {
+        let run = steady_run(options, seconds, &format!("bench:steady:{i}"), *owned);
         println!(
             "| {name} | {} | {:.1?} | {:.1?} | {:.1?} | {} | {:.2} |",
             run.calls,

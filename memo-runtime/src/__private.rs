@@ -140,6 +140,71 @@ pub mod v0_1 {
 
     impl<T: Clone + Send + Sync + 'static> LocalCopy for T {}
 
+    /// How an owned call's local copy keeps a value: serialized (no
+    /// `local`, or the functional API's) or decoded ([`decoded`]).
+    pub use crate::policy::hot::{Encoded as Serialized, Keep, Typed as Decoded};
+
+    /// The attribute's `local` for an owned call: keeps the decoded value,
+    /// which must be a [`LocalCopy`] (reported here, at the return type).
+    #[inline]
+    pub fn decoded<T: LocalCopy>() -> Decoded<T> {
+        Decoded::default()
+    }
+
+    // The owned calls, for a function whose signature is owned (no
+    // receiver, no generics, no borrowed argument): a refresh the caller
+    // wins runs in the background, and for async, large values are
+    // (de)serialized off the executor. One function per shape, generic over
+    // the local copy's kind (`keep`).
+
+    /// [`cache_memoize_owned`](fn@crate::cache_memoize_owned) with `T`
+    /// first, keeping local copies as `keep` says.
+    #[inline]
+    pub fn memoize_owned<T, L, K, F>(key: K, compute: F, options: &Options, keep: L) -> T
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            crate::api::as_value::<T>,
+            |value| value,
+            keep,
+            crate::policy::codec::Owned,
+        )
+    }
+
+    /// [`try_cache_memoize_owned`](fn@crate::try_cache_memoize_owned) with
+    /// `T` first, keeping local copies as `keep` says.
+    #[inline]
+    pub fn try_memoize_owned<T, E, L, K, F>(
+        key: K,
+        compute: F,
+        options: &Options,
+        keep: L,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Send + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            crate::api::as_ok::<T, E>,
+            Ok,
+            keep,
+            crate::policy::codec::Owned,
+        )
+    }
+
     /// [`memoize`] keeping the decoded value as the local copy.
     #[inline]
     pub fn memoize_local<T, K, F>(key: K, compute: F, options: &Options) -> T
@@ -154,7 +219,8 @@ pub mod v0_1 {
             compute,
             |value: &T| Some(value),
             |value| value,
-            crate::policy::hot::Typed,
+            crate::policy::hot::Typed::<T>::default(),
+            crate::policy::codec::Borrowed,
         )
     }
 
@@ -172,7 +238,8 @@ pub mod v0_1 {
             compute,
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
-            crate::policy::hot::Typed,
+            crate::policy::hot::Typed::<T>::default(),
+            crate::policy::codec::Borrowed,
         )
     }
 
@@ -240,6 +307,28 @@ pub mod v0_1 {
         core::future::pending().await
     }
 
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_owned_async<T: AsyncFeatureEnabled, L, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+        _: L,
+    ) -> T {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn try_memoize_owned_async<T: AsyncFeatureEnabled, E, L, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+        _: L,
+    ) -> Result<T, E> {
+        core::future::pending().await
+    }
+
     /// See [`AsyncFeatureEnabled`]: only ever next to a `memoize_async`
     /// that fails to compile, which reports the missing feature once.
     #[cfg(not(feature = "async"))]
@@ -300,7 +389,8 @@ pub mod v0_1 {
             compute,
             |value: &T| Some(value),
             |value| value,
-            crate::policy::hot::Typed,
+            crate::policy::hot::Typed::<T>::default(),
+            crate::policy::codec::Borrowed,
         )
         .await
     }
@@ -326,7 +416,67 @@ pub mod v0_1 {
             compute,
             |result: &Result<T, E>| result.as_ref().ok(),
             Ok,
-            crate::policy::hot::Typed,
+            crate::policy::hot::Typed::<T>::default(),
+            crate::policy::codec::Borrowed,
+        )
+        .await
+    }
+
+    /// [`cache_memoize_owned_async`](fn@crate::cache_memoize_owned_async)
+    /// with `T` first, keeping local copies as `keep` says.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_owned_async<T, L, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+        keep: L,
+    ) -> T
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            crate::api::as_value::<T>,
+            |value| value,
+            keep,
+            crate::policy::codec::Owned,
+        )
+        .await
+    }
+
+    /// [`try_cache_memoize_owned_async`](fn@crate::try_cache_memoize_owned_async)
+    /// with `T` first, keeping local copies as `keep` says.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn try_memoize_owned_async<T, E, L, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+        keep: L,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Send + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            crate::api::as_ok::<T, E>,
+            Ok,
+            keep,
+            crate::policy::codec::Owned,
         )
         .await
     }

@@ -80,13 +80,13 @@ pub mod __fuzz;
 pub mod __private;
 
 pub use api::{
-    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, invalidate, make_cache_key,
-    try_cache_memoize,
+    Error, MemoIter, Options, cache_memoize, cache_memoize_iter, cache_memoize_owned, invalidate,
+    make_cache_key, try_cache_memoize, try_cache_memoize_owned,
 };
 #[cfg(feature = "async")]
 pub use api::{
-    MemoStream, cache_memoize_async, cache_memoize_stream, invalidate_async,
-    try_cache_memoize_async,
+    MemoStream, cache_memoize_async, cache_memoize_owned_async, cache_memoize_stream,
+    invalidate_async, try_cache_memoize_async, try_cache_memoize_owned_async,
 };
 #[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
 pub use backend::TlsConfig;

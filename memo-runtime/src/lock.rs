@@ -341,18 +341,41 @@ impl CacheLock {
     /// Releases a lock whose holder is going away without waiting for the
     /// outcome, which is logged and counted. Synchronous callers release
     /// at once; an async holder dropped on a tokio runtime (its future was
-    /// cancelled) has the release spawned there, and elsewhere leaves the
-    /// lock to expire.
+    /// cancelled) has the release spawned there. Where there is no runtime,
+    /// or the runtime is shutting down (a detached refresh ended by its
+    /// runtime's shutdown) and drops the spawned release before it ends,
+    /// a short-lived thread releases it through the synchronous engine, so
+    /// that no dead holder keeps it until it expires.
     pub(crate) fn release_quietly(mut self, on_tokio: bool) {
         if self.expires_at.is_none() {
             return;
         }
         #[cfg(feature = "async")]
         if on_tokio {
+            /// The lock until its release has ended; released on a thread
+            /// of its own if dropped before.
+            struct Releasing(Option<CacheLock>);
+            impl Drop for Releasing {
+                fn drop(&mut self) {
+                    if let Some(lock) = self.0.take() {
+                        let spawned = std::thread::Builder::new()
+                            .name("memo-lock-release".into())
+                            .spawn(move || lock.release_quietly(false));
+                        if let Err(err) = spawned {
+                            log::debug!("memo: cannot release a lock on a thread: {err}");
+                        }
+                    }
+                }
+            }
+            let mut releasing = Releasing(Some(self));
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let outcome = self.release_async().await;
-                    self.released(outcome);
+                    if let Some(lock) = releasing.0.as_mut() {
+                        let outcome = lock.release_async().await;
+                        lock.released(outcome);
+                    }
+                    // Ended: nothing left for the guard to release.
+                    releasing.0.take();
                 });
             }
             return;

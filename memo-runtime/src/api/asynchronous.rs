@@ -8,8 +8,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
+use super::sync::{as_ok, as_value};
+use crate::backend::drive::Tokio;
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
+use crate::policy::detach::{Later, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
@@ -47,10 +51,11 @@ where
     memoize(
         &driver,
         call,
-        compute,
+        Later(compute),
         |value: &T| Some(value),
         |value| value,
         Encoded,
+        Borrowed,
     )
     .await
 }
@@ -85,31 +90,130 @@ where
     memoize(
         &driver,
         call,
-        compute,
+        Later(compute),
         |result: &Result<T, E>| result.as_ref().ok(),
         Ok,
         Encoded,
+        Borrowed,
     )
     .await
 }
 
-/// Runs the policy on tokio, keeping local copies as `keep` says.
-pub(crate) async fn memoize_async_with<T, R, F, Fut>(
+/// [`cache_memoize_async`] for an owned computation (`'static` and `Send`,
+/// as is the value): the same policy, except that a refresh this caller
+/// wins runs as a task spawned on the caller's runtime while it returns
+/// the value it found at once (see
+/// [`cache_memoize_owned`](fn@crate::cache_memoize_owned)), and that the
+/// postcard encoding and decoding of a large value run on tokio's blocking
+/// pool, so that no poll of this future runs long.
+///
+/// A refresh cut short by its runtime's shutdown lets go of what it held
+/// (the entry's lock is released or expires); the next caller, on any
+/// runtime, finds the stale value and refreshes again.
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{cache_memoize_owned_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let options = Options::new()
+///     .expiration(Duration::from_secs(60))
+///     .stale_while_revalidate(Duration::from_secs(600));
+/// let id = 7;
+/// let report: String =
+///     cache_memoize_owned_async("owned-async-doc", move || async move { format!("report {id}") }, &options)
+///         .await;
+/// assert_eq!(report, "report 7");
+/// # });
+/// ```
+pub async fn cache_memoize_owned_async<K, T, F, Fut>(key: K, compute: F, options: &Options) -> T
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    memoize_async_with(
+        key.into(),
+        options,
+        compute,
+        as_value::<T>,
+        |value| value,
+        Encoded,
+        Owned,
+    )
+    .await
+}
+
+/// [`try_cache_memoize_async`] for an owned computation: see
+/// [`cache_memoize_owned_async`]; a refresh that returns `Err` counts as a
+/// refresh failure and stores nothing.
+///
+/// ```
+/// use memo_runtime::{try_cache_memoize_owned_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let parsed: Result<u32, std::num::ParseIntError> =
+///     try_cache_memoize_owned_async("owned-async-parse", || async { "42".parse() }, &Options::new())
+///         .await;
+/// assert_eq!(parsed, Ok(42));
+/// # });
+/// ```
+pub async fn try_cache_memoize_owned_async<K, T, E, F, Fut>(
+    key: K,
+    compute: F,
+    options: &Options,
+) -> Result<T, E>
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    memoize_async_with(
+        key.into(),
+        options,
+        compute,
+        as_ok::<T, E>,
+        Ok,
+        Encoded,
+        Owned,
+    )
+    .await
+}
+
+/// Runs the policy on tokio, keeping local copies as `keep` says; a
+/// refresh it wins runs as `ownership` says.
+pub(crate) async fn memoize_async_with<T, R, F, Fut, C, K, O>(
     key: CacheKey,
     options: &Options,
     compute: F,
-    cacheable: impl Fn(&R) -> Option<&T> + Send,
+    cacheable: C,
     from_cache: impl Fn(T) -> R + Send,
-    keep: impl Keep<T> + Send,
+    keep: K,
+    ownership: O,
 ) -> R
 where
     T: Serialize + DeserializeOwned + Send,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = R> + Send,
+    C: Fn(&R) -> Option<&T> + Send,
+    K: Keep<T> + Send,
+    O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>> + Serde<Tokio, T> + Encode<Tokio, T, R, C>,
 {
     let call = Call::new(config(), key, options);
     let driver = call.tokio();
-    memoize(&driver, call, compute, cacheable, from_cache, keep).await
+    memoize(
+        &driver,
+        call,
+        Later(compute),
+        cacheable,
+        from_cache,
+        keep,
+        ownership,
+    )
+    .await
 }
 
 /// [`invalidate`](fn@crate::invalidate) for async code: drops the entry

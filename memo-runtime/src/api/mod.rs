@@ -3,11 +3,12 @@
 //!
 //! - [`Options`], a call's settings, defined with the policy that reads
 //!   them (`policy::options`);
-//! - `sync`: [`cache_memoize`], [`try_cache_memoize`], [`invalidate`],
+//! - `sync`: [`cache_memoize`], [`try_cache_memoize`], their `_owned`
+//!   twins (a won refresh runs in the background), [`invalidate`],
 //!   [`make_cache_key`];
 //! - `iter`: [`cache_memoize_iter`] and [`MemoIter`];
 //! - `asynchronous` (feature `async`): `cache_memoize_async`,
-//!   `try_cache_memoize_async`, `invalidate_async`;
+//!   `try_cache_memoize_async`, their `_owned` twins, `invalidate_async`;
 //! - `stream` (feature `async`): `cache_memoize_stream` and `MemoStream`.
 
 use crate::backend::BackendError;
@@ -21,15 +22,21 @@ mod sync;
 
 pub use crate::policy::options::Options;
 #[cfg(feature = "async")]
-pub use asynchronous::{cache_memoize_async, invalidate_async, try_cache_memoize_async};
+pub use asynchronous::{
+    cache_memoize_async, cache_memoize_owned_async, invalidate_async, try_cache_memoize_async,
+    try_cache_memoize_owned_async,
+};
 pub use iter::{MemoIter, cache_memoize_iter};
 #[cfg(feature = "async")]
 pub use stream::{MemoStream, cache_memoize_stream};
-pub use sync::{cache_memoize, invalidate, make_cache_key, try_cache_memoize};
+pub use sync::{
+    cache_memoize, cache_memoize_owned, invalidate, make_cache_key, try_cache_memoize,
+    try_cache_memoize_owned,
+};
 
 #[cfg(feature = "async")]
 pub(crate) use asynchronous::memoize_async_with;
-pub(crate) use sync::memoize_now;
+pub(crate) use sync::{as_ok, as_value, memoize_now};
 
 /// A failure of an explicit cache operation such as [`invalidate`].
 /// (Memoized calls never fail because of the cache.)

@@ -4,24 +4,34 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use crate::backend::drive::block_on;
+use crate::backend::drive::{Blocking, block_on};
 use crate::config::config;
 use crate::format::key::CacheKey;
+use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
+use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
-/// Runs the policy on the caller's thread.
-pub(crate) fn memoize_now<T, R>(
+/// Runs the policy on the caller's thread; a refresh it wins runs as
+/// `ownership` says.
+pub(crate) fn memoize_now<T, R, F, C, K, O>(
     key: CacheKey,
     options: &Options,
-    compute: impl FnOnce() -> R,
-    cacheable: impl Fn(&R) -> Option<&T>,
+    compute: F,
+    cacheable: C,
     from_cache: impl Fn(T) -> R,
-    keep: impl Keep<T>,
+    keep: K,
+    ownership: O,
 ) -> R
 where
     T: Serialize + DeserializeOwned,
+    F: FnOnce() -> R,
+    C: Fn(&R) -> Option<&T>,
+    K: Keep<T>,
+    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>
+        + Serde<Blocking, T>
+        + Encode<Blocking, T, R, C>,
 {
     let call = Call::new(config(), key, options);
     if let Some(value) = call.local_hit(&keep) {
@@ -33,10 +43,11 @@ where
     block_on(memoize(
         &driver,
         call,
-        move || std::future::ready(compute()),
+        Now(compute),
         cacheable,
         from_cache,
         keep,
+        ownership,
     ))
 }
 
@@ -99,6 +110,7 @@ where
         |value: &T| Some(value),
         |value| value,
         Encoded,
+        Borrowed,
     )
 }
 
@@ -129,7 +141,99 @@ where
         |result: &Result<T, E>| result.as_ref().ok(),
         Ok,
         Encoded,
+        Borrowed,
     )
+}
+
+/// [`cache_memoize`] for an owned computation (`'static` and `Send`, as
+/// is the value): the same policy, except that a refresh this caller wins
+/// runs in the background while it returns the value it found at once.
+///
+/// With [`Options::stale_while_revalidate`] a caller that finds the value
+/// expired (within the window), or with [`Options::refresh_ahead`] one
+/// that draws an early refresh, gets the value it found, and the refresh
+/// (one per process, and for a stale value one across processes, through
+/// the entry's lock) runs on a small background pool: a few threads and a
+/// bounded queue; when that is full, the caller refreshes in the
+/// foreground, as [`cache_memoize`] does. A refresh that panics or fails is
+/// counted in [`Stats::refresh_failures`](crate::Stats::refresh_failures);
+/// the stale value keeps being served until its window ends, after which a
+/// caller computes in the foreground. Without either option this is
+/// [`cache_memoize`].
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{cache_memoize_owned, Options};
+///
+/// let options = Options::new()
+///     .expiration(Duration::from_secs(60))
+///     .stale_while_revalidate(Duration::from_secs(600));
+/// let id = 7;
+/// let report: String = cache_memoize_owned(
+///     ["report", "7"],
+///     move || format!("report {id}"),
+///     &options,
+/// );
+/// assert_eq!(report, "report 7");
+/// ```
+pub fn cache_memoize_owned<K, T, F>(key: K, compute: F, options: &Options) -> T
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    memoize_now(
+        key.into(),
+        options,
+        compute,
+        as_value::<T>,
+        |value| value,
+        Encoded,
+        Owned,
+    )
+}
+
+/// [`try_cache_memoize`] for an owned computation: a refresh this caller
+/// wins runs in the background, as with [`cache_memoize_owned`]; a refresh
+/// that returns `Err` counts as a refresh failure and stores nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use memo_runtime::{try_cache_memoize_owned, Options};
+///
+/// let options = Options::new().refresh_ahead(1.0).expiration(Duration::from_secs(60));
+/// let parsed: Result<u32, std::num::ParseIntError> =
+///     try_cache_memoize_owned("owned-parse:42", || "42".parse(), &options);
+/// assert_eq!(parsed, Ok(42));
+/// ```
+pub fn try_cache_memoize_owned<K, T, E, F>(key: K, compute: F, options: &Options) -> Result<T, E>
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    memoize_now(
+        key.into(),
+        options,
+        compute,
+        as_ok::<T, E>,
+        Ok,
+        Encoded,
+        Owned,
+    )
+}
+
+/// The whole value, to store. A function rather than a closure, whose type
+/// would carry the caller's key type and so not be `'static` for a
+/// borrowed key.
+pub(crate) fn as_value<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
+
+/// The `Ok` value, to store; see [`as_value`].
+pub(crate) fn as_ok<T, E>(result: &Result<T, E>) -> Option<&T> {
+    result.as_ref().ok()
 }
 
 /// Drops the entry memoized under `key` (and its chunks, if chunked). The

@@ -37,6 +37,7 @@ pub(crate) trait Io: Send + Sync {
 }
 
 /// The synchronous world: a blocking engine behind the async interface.
+#[derive(Clone)]
 pub(crate) struct Blocking(pub(crate) Arc<dyn Backend>);
 
 impl Io for Blocking {
@@ -146,6 +147,7 @@ mod bridges {
     /// The async world: an async engine and tokio's timers. The async API
     /// needs a tokio runtime with its time driver (`enable_time`, part of
     /// `enable_all` and of `#[tokio::main]`/`#[tokio::test]`).
+    #[derive(Clone)]
     pub(crate) struct Tokio(pub(crate) Arc<dyn AsyncBackend>);
 
     impl Io for Tokio {

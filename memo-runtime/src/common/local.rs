@@ -33,9 +33,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// What a local copy holds.
-#[derive(Clone)]
-pub(crate) enum Payload {
+/// What a local copy holds. Nominally `pub` (in a private module) because
+/// the `Keep` trait, which the attribute's generated code names through
+/// `__private`, hands it around.
+#[derive(Debug, Clone)]
+pub enum Payload {
     /// The value's postcard bytes, decoded on every hit.
     Encoded(Arc<[u8]>),
     /// The decoded value, cloned out on every hit.

@@ -20,19 +20,21 @@
 //!   speed (the one stage of a large value that does not yield).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Call;
+use super::pool::{self, Detached};
 use super::stream::{LoadError, StoreError};
 use crate::backend::drive::{Blocking, Io};
 use crate::common::coalesce::{Outcome, Waiter};
 use crate::lock::CacheLock;
 
 /// How the policy runs in one world.
-pub(crate) trait Driver: Io {
+pub(crate) trait Driver: Io + Clone {
     /// Waits for the flight's leader until `deadline`.
     fn wait(&self, waiter: Waiter, deadline: Instant) -> impl Future<Output = Outcome> + Send;
 
@@ -51,9 +53,26 @@ pub(crate) trait Driver: Io {
         value: &T,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
+    /// Stores a value already serialized to `plain` (postcard bytes of a
+    /// type of fingerprint `fp`) as a chunked value.
+    fn store_chunked_plain(
+        &self,
+        call: &Call,
+        plain: Arc<[u8]>,
+        fp: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
+
     /// Lets go of a lock whose holder is going away without releasing it
     /// (its computation panicked, or its future was dropped).
     fn drop_lock(&self, lock: CacheLock);
+
+    /// Where a job detached from its caller runs in this world.
+    type Detached: Detached;
+
+    /// Room to run a job detached from its caller, if there is any: a place
+    /// in the bounded background pool (synchronous), the caller's runtime
+    /// (async).
+    fn detached(&self) -> Option<Self::Detached>;
 }
 
 impl Driver for Blocking {
@@ -79,14 +98,74 @@ impl Driver for Blocking {
         std::future::ready(call.store_chunked_now(value))
     }
 
+    fn store_chunked_plain(
+        &self,
+        call: &Call,
+        plain: Arc<[u8]>,
+        fp: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let mut writer = call.writer(false);
+        writer.write_plain(&plain);
+        std::future::ready(writer.finish(fp))
+    }
+
     fn drop_lock(&self, lock: CacheLock) {
         lock.release_quietly(false);
+    }
+
+    type Detached = pool::Slot;
+
+    fn detached(&self) -> Option<pool::Slot> {
+        pool::slot()
     }
 }
 
 #[cfg(feature = "async")]
+pub(crate) use tokio_driver::load_chunked_off;
+
+#[cfg(feature = "async")]
 mod tokio_driver {
     use super::*;
+
+    /// Reads back the plain (decrypted, decompressed, checked) bytes of the
+    /// chunked value whose manifest is `main`: a blocking job.
+    fn read_plain(
+        pipeline: super::super::stream::Pipeline,
+        main: &[u8],
+        expected: u64,
+    ) -> Result<Vec<u8>, LoadError> {
+        let manifest = Manifest::decode(
+            pipeline.key.full(),
+            main,
+            expected,
+            pipeline.encryption.as_ref(),
+        )?;
+        let mut reader = super::super::stream::StreamReader::new(pipeline, manifest, None);
+        let mut plain = Vec::new();
+        match std::io::Read::read_to_end(&mut reader, &mut plain) {
+            Ok(_) => Ok(plain),
+            Err(err) => Err(reader.take_error().unwrap_or_else(|| {
+                crate::format::envelope::Invalid::Stream(err.to_string()).into()
+            })),
+        }
+    }
+
+    /// Reads back and decodes a chunked value of an owned `T` in one job on
+    /// the blocking pool: the postcard pass too leaves the executor.
+    pub(crate) fn load_chunked_off<T: DeserializeOwned + Send + 'static>(
+        call: &Call,
+        main: Vec<u8>,
+    ) -> impl Future<Output = Result<T, LoadError>> + Send + use<T> {
+        let pipeline = call.pipeline();
+        let expected = fingerprint::<T>(false);
+        async move {
+            off_executor(move || {
+                let plain = read_plain(pipeline, &main, expected)?;
+                Ok(envelope::decode_exact::<T>(&plain)?)
+            })
+            .await?
+        }
+    }
     use crate::backend::drive::{Tokio, off_executor};
     use crate::format::envelope::{self, fingerprint};
     use crate::format::manifest::Manifest;
@@ -122,25 +201,25 @@ mod tokio_driver {
             let pipeline = call.pipeline();
             let expected = fingerprint::<T>(false);
             async move {
-                let plain = off_executor(move || {
-                    let manifest = Manifest::decode(
-                        pipeline.key.full(),
-                        &main,
-                        expected,
-                        pipeline.encryption.as_ref(),
-                    )?;
-                    let mut reader =
-                        super::super::stream::StreamReader::new(pipeline, manifest, None);
-                    let mut plain = Vec::new();
-                    match std::io::Read::read_to_end(&mut reader, &mut plain) {
-                        Ok(_) => Ok(plain),
-                        Err(err) => Err(reader.take_error().unwrap_or_else(|| {
-                            crate::format::envelope::Invalid::Stream(err.to_string()).into()
-                        })),
-                    }
-                })
-                .await??;
+                let plain = off_executor(move || read_plain(pipeline, &main, expected)).await??;
                 Ok(in_place(|| envelope::decode_exact::<T>(&plain))?)
+            }
+        }
+
+        fn store_chunked_plain(
+            &self,
+            call: &Call,
+            plain: Arc<[u8]>,
+            fp: u64,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+            let writer = call.writer(false);
+            async move {
+                off_executor(move || {
+                    let mut writer = writer;
+                    writer.write_plain(&plain);
+                    writer.finish(fp)
+                })
+                .await?
             }
         }
 
@@ -166,6 +245,12 @@ mod tokio_driver {
 
         fn drop_lock(&self, lock: CacheLock) {
             lock.release_quietly(true);
+        }
+
+        type Detached = tokio::runtime::Handle;
+
+        fn detached(&self) -> Option<tokio::runtime::Handle> {
+            tokio::runtime::Handle::try_current().ok()
         }
     }
 }

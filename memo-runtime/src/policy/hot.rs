@@ -179,7 +179,15 @@ impl Call {
 
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
     /// duration, never past the value's logical expiry.
-    pub(crate) fn keep_locally<T, K: Keep<T>>(&self, keep: &K, fp: u64, value: &T, stamp: Stamp) {
+    /// `plain`, when given, holds the value's postcard bytes, made once.
+    pub(crate) fn keep_locally<T, K: Keep<T>>(
+        &self,
+        keep: &K,
+        fp: u64,
+        value: &T,
+        stamp: Stamp,
+        plain: Option<&Arc<[u8]>>,
+    ) {
         let Some(local) = self.options.local.filter(|_| self.keeps_locally()) else {
             return;
         };
@@ -190,7 +198,7 @@ impl Call {
         }
         let left = Duration::from_millis(stamp.expires_ms.saturating_sub(unix_ms())).min(local);
         let now = Instant::now();
-        let Some((payload, weight)) = keep.keep(value) else {
+        let Some((payload, weight)) = keep.keep(value, plain) else {
             return;
         };
         let kept = Kept {
@@ -286,23 +294,30 @@ impl Drop for RefreshWatch<'_> {
     }
 }
 
-/// How a local copy keeps and hands back a value of type `T`.
-pub(crate) trait Keep<T>: Sync {
-    /// The payload to keep for `value`, and what it weighs in bytes.
-    fn keep(&self, value: &T) -> Option<(Payload, usize)>;
+/// How a local copy keeps and hands back a value of type `T`. Nominally
+/// `pub` (in a private module): the attribute's generated code picks one
+/// through `__private`.
+pub trait Keep<T>: Sync {
+    /// The payload to keep for `value`, and what it weighs in bytes;
+    /// `plain`, when given, holds its postcard bytes.
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
 }
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
 /// be `Clone` (the functional API).
-pub(crate) struct Encoded;
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded;
 
 impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
-    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
-        let bytes = postcard::to_allocvec(value).ok()?;
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)> {
+        let bytes = match plain {
+            Some(plain) => Arc::clone(plain),
+            None => Arc::from(postcard::to_allocvec(value).ok()?),
+        };
         let len = bytes.len();
-        Some((Payload::Encoded(Arc::from(bytes)), len))
+        Some((Payload::Encoded(bytes), len))
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
@@ -314,20 +329,48 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 }
 
 /// Keeps the decoded value and hands out clones (the attribute's `local`).
-pub(crate) struct Typed;
+/// Made only for a `Clone` type, whose clone and downcast it keeps as
+/// function pointers: the one bound is then the constructor's, which the
+/// attribute's expansion reaches through `__private::decoded` and its
+/// `LocalCopy` bound, so that a missing `Clone` is reported with that
+/// trait's message rather than deep inside the call's bounds.
+pub struct Typed<T> {
+    share: fn(&T) -> Arc<dyn Any + Send + Sync>,
+    take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
+}
 
-impl<T: Serialize + Clone + Send + Sync + 'static> Keep<T> for Typed {
-    fn keep(&self, value: &T) -> Option<(Payload, usize)> {
+impl<T> std::fmt::Debug for Typed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Typed")
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
+    fn default() -> Self {
+        Typed {
+            share: |value| Arc::new(value.clone()),
+            take: |kept| kept.downcast_ref::<T>().cloned(),
+        }
+    }
+}
+
+impl<T: Serialize> Keep<T> for Typed<T> {
+    fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)> {
         // Charged the size it has as stored, counted without allocating.
-        let mut size = CountBytes(0);
-        postcard::to_io(value, &mut size).ok()?;
-        let kept: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
-        Some((Payload::Typed(kept), size.0))
+        let size = match plain {
+            Some(plain) => plain.len(),
+            None => {
+                let mut size = CountBytes(0);
+                postcard::to_io(value, &mut size).ok()?;
+                size.0
+            }
+        };
+        Some((Payload::Typed((self.share)(value)), size))
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
         match payload {
-            Payload::Typed(value) => value.downcast_ref::<T>().cloned(),
+            Payload::Typed(value) => (self.take)(&**value),
             Payload::Encoded(_) => None,
         }
     }

@@ -32,6 +32,13 @@
 //! - this file: [`Call`], one call's resolved settings and every step, and
 //!   [`memoize`];
 //! - `drive`: the two drivers, and what differs between the worlds;
+//! - `detach` and `pool`: a refresh won by an owned call (`'static` compute
+//!   function and value), run detached from its caller on a bounded
+//!   background pool or a spawned task; `codec`: where such a call's value
+//!   is (de)serialized (off the executor once large, for async). Both are
+//!   parameters of [`memoize`] (`Borrowed` or `Owned`), not a second copy
+//!   of it: the general API's compute function may borrow from its caller,
+//!   so it keeps the foreground refresh and inline serialization;
 //! - `stream`: the chunked pipeline, for large values and iterators;
 //! - `items`: reading back the framed items of an iterator;
 //! - `options`: [`Options`], the settings of one call, re-exported by the
@@ -40,6 +47,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,12 +66,17 @@ use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, LockError, LockOptions};
 
+pub(crate) mod codec;
+pub(crate) mod detach;
 pub(crate) mod drive;
 pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod options;
+pub(crate) mod pool;
 pub(crate) mod stream;
 
+use codec::{Encode, Serde};
+use detach::{Compute, Ownership, RefreshJob};
 use drive::Driver;
 use hot::{Keep, RefreshWatch, Verdict};
 use options::Options;
@@ -150,14 +163,20 @@ impl Call {
 
     /// A cached value that checks out, in either stored form, with its
     /// stamp (none for a chunked value, which expires with its entry).
-    async fn load<T: DeserializeOwned>(&self, driver: &impl Driver) -> Option<(T, Stamp)> {
+    async fn load<D, T, S>(&self, driver: &D, serde: &S) -> Option<(T, Stamp)>
+    where
+        D: Driver,
+        T: Serialize + DeserializeOwned,
+        S: Serde<D, T>,
+    {
         let bytes = self.fetch_main(driver).await?;
-        let encryption = self.encryption.as_ref();
         let loaded = match envelope::peek_kind(&bytes) {
-            Ok(Kind::Value) => envelope::decode_stamped::<T>(self.key.full(), &bytes, encryption)
+            Ok(Kind::Value) => serde
+                .decode_value(self, bytes)
+                .await
                 .map_err(LoadError::Invalid),
-            Ok(Kind::Manifest) => driver
-                .load_chunked::<T>(self, bytes)
+            Ok(Kind::Manifest) => serde
+                .load_chunked(driver, self, bytes)
                 .await
                 .map(|value| (value, Stamp::NONE)),
             Err(why) => Err(LoadError::Invalid(why)),
@@ -222,24 +241,57 @@ impl Call {
     /// Stores `value`; failures are logged and counted, never returned.
     /// The value is read before the future is returned, so the future does
     /// not hold on to it (nor need it to be `Sync` to be `Send`).
+    /// `plain`, when given, holds the value's postcard bytes, made once.
     fn store<T: Serialize + DeserializeOwned>(
         &self,
         driver: &impl Driver,
         value: &T,
         stamp: Stamp,
+        plain: Option<&Arc<[u8]>>,
     ) -> impl Future<Output = ()> + Send {
         enum Store<C> {
             Nothing,
             Chunked(C),
             Value(Vec<u8>),
         }
+        enum Either<L, R> {
+            Left(L),
+            Right(R),
+        }
         let plan = if !self.will_store() {
             Store::Nothing
         } else if self.options.large_data {
-            Store::Chunked(driver.store_chunked(self, value))
+            match plain {
+                Some(plain) => Store::Chunked(Either::Left(driver.store_chunked_plain(
+                    self,
+                    Arc::clone(plain),
+                    fingerprint::<T>(false),
+                ))),
+                None => Store::Chunked(Either::Right(driver.store_chunked(self, value))),
+            }
         } else {
-            match envelope::encode_stamped(self.key.full(), value, self.encryption.as_ref(), stamp)
-            {
+            let encoded = match plain {
+                // Too large for one entry: not sealed only to be dropped.
+                Some(plain) if plain.len() > self.config.chunk_size => {
+                    Err(envelope::EncodeError::TooLarge(plain.len()))
+                }
+                Some(plain) => envelope::seal_stamped(
+                    self.key.full(),
+                    Kind::Value,
+                    0,
+                    fingerprint::<T>(false),
+                    plain,
+                    self.encryption.as_ref(),
+                    stamp,
+                ),
+                None => envelope::encode_stamped(
+                    self.key.full(),
+                    value,
+                    self.encryption.as_ref(),
+                    stamp,
+                ),
+            };
+            match encoded {
                 Err(err) => {
                     self.store_finished(Err(StoreError::Encode(err)));
                     Store::Nothing
@@ -258,7 +310,8 @@ impl Call {
         async move {
             let outcome = match plan {
                 Store::Nothing => return,
-                Store::Chunked(stored) => stored.await,
+                Store::Chunked(Either::Left(stored)) => stored.await,
+                Store::Chunked(Either::Right(stored)) => stored.await,
                 Store::Value(encoded) => driver
                     .backend()
                     .set(self.key.stored(), &encoded, self.backend_ttl())
@@ -443,13 +496,19 @@ pub(crate) trait Lookup<D: Driver>: Sync {
 /// Looks up a value of type `T` that this call may serve (fresh, due for
 /// an early refresh, or stale within the call's window), with its stamp
 /// and verdict.
-struct ValueLookup<T>(std::marker::PhantomData<fn() -> T>);
+/// Decoded as `S` says.
+struct ValueLookup<'s, T, S>(&'s S, PhantomData<fn() -> T>);
 
-impl<D: Driver, T: DeserializeOwned> Lookup<D> for ValueLookup<T> {
+impl<D, T, S> Lookup<D> for ValueLookup<'_, T, S>
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+    S: Serde<D, T>,
+{
     type Found = (T, Stamp, Verdict);
 
     async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
-        let (value, stamp) = call.load::<T>(driver).await?;
+        let (value, stamp) = call.load(driver, self.0).await?;
         match call.judge(stamp) {
             Verdict::Expired => None,
             verdict => Some((value, stamp, verdict)),
@@ -474,9 +533,9 @@ impl Write for WriteInto<'_> {
 
 /// Releases the lock a call holds while it computes: at the end of the
 /// call, or, when the call panics or its future is dropped, as it unwinds.
-struct HeldLock<'d, D: Driver> {
-    lock: Option<CacheLock>,
-    driver: &'d D,
+pub(crate) struct HeldLock<'d, D: Driver> {
+    pub(crate) lock: Option<CacheLock>,
+    pub(crate) driver: &'d D,
 }
 
 impl<D: Driver> HeldLock<'_, D> {
@@ -496,24 +555,29 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
     }
 }
 
-/// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`
-/// and their async twins: `R` is what the compute function returns,
-/// `cacheable` picks the part of it worth storing, `from_cache` makes an
-/// `R` of a cached value, and `keep` says what a local copy holds.
-pub(crate) async fn memoize<D, T, R, F, Fut, K>(
+/// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`,
+/// their async twins and their `_owned` twins: `R` is what the compute
+/// function returns, `cacheable` picks the part of it worth storing,
+/// `from_cache` makes an `R` of a cached value, `keep` says what a local
+/// copy holds, and `ownership` whether a refresh this caller wins runs in
+/// the foreground or detached (`detach`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn memoize<D, T, R, P, C, K, O>(
     driver: &D,
     call: Call,
-    compute: F,
-    cacheable: impl Fn(&R) -> Option<&T>,
+    compute: P,
+    cacheable: C,
     from_cache: impl Fn(T) -> R,
     keep: K,
+    ownership: O,
 ) -> R
 where
     D: Driver,
     T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = R>,
+    P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
+    O: Ownership<RefreshJob<D, T, P, C, K>> + Serde<D, T> + Encode<D, T, R, C>,
 {
     // The type's fingerprint is part of the flight, as it is part of the
     // envelope: postcard bytes of one type can decode as another, so calls
@@ -522,7 +586,7 @@ where
     if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);
     }
-    let lookup = ValueLookup::<T>(Default::default());
+    let lookup = ValueLookup::<T, O>(&ownership, PhantomData);
     let mut flight = None;
     // What the first lookup found, when it stands for the leader's own.
     let mut looked = None;
@@ -532,7 +596,7 @@ where
         let found = lookup.lookup(&call, driver).await;
         if let Some((value, stamp, Verdict::Fresh)) = found {
             call.hit();
-            call.keep_locally(&keep, fp, &value, stamp);
+            call.keep_locally(&keep, fp, &value, stamp, None);
             return from_cache(value);
         }
         let flight_key = format!("{fp:016x}:{}", call.key.stored());
@@ -550,7 +614,7 @@ where
         };
         match outcome {
             Outcome::Lead(guard) => flight = Some(guard),
-            Outcome::Value(bytes) => match envelope::decode_exact::<T>(&bytes) {
+            Outcome::Value(bytes) => match ownership.decode_shared(bytes).await {
                 Ok(value) => {
                     call.hit();
                     return from_cache(value);
@@ -569,55 +633,122 @@ where
     }
     let (found, lock) = call.find_or_lock_after(driver, &lookup, looked).await;
     let lock = HeldLock { lock, driver };
-    // The refresh flight of a caller that won a refresh, held until it
-    // returns so that no other caller here refreshes meanwhile.
-    let mut refreshing = None;
-    let lock = match found {
+    let (value, stamp, verdict) = match found {
         Some((value, stamp, Verdict::Fresh)) => {
             call.hit();
             lock.release().await;
-            call.keep_locally(&keep, fp, &value, stamp);
-            publish(flight, &value);
+            call.keep_locally(&keep, fp, &value, stamp, None);
+            let value = ownership.publish(flight, value).get().await;
             return from_cache(value);
         }
-        Some((value, stamp, verdict)) => {
-            // Early or stale: every caller waiting here gets the value at
-            // once; at most one refreshes.
-            lock.release().await;
-            publish(flight.take(), &value);
-            let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
-                if verdict == Verdict::Stale {
-                    call.counters().stale_served();
-                } else {
-                    call.hit();
-                    call.keep_locally(&keep, fp, &value, stamp);
-                }
-                return from_cache(value);
-            };
-            if verdict == Verdict::Stale {
-                call.miss();
-            } else {
-                call.counters().early_refresh();
-            }
-            refreshing = Some(refresh.flight);
-            HeldLock {
-                lock: refresh.lock,
-                driver,
-            }
-        }
+        Some(found) => found,
         None => {
             call.miss();
-            lock
+            return compute_then_store(
+                driver, &call, compute, &cacheable, &keep, &ownership, fp, flight, lock, None,
+            )
+            .await;
         }
     };
+    // Early or stale: every caller waiting here gets the value at once; at
+    // most one refreshes.
+    lock.release().await;
+    let value = ownership.publish(flight, value).get().await;
+    let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
+        if verdict == Verdict::Stale {
+            call.counters().stale_served();
+        } else {
+            call.hit();
+            call.keep_locally(&keep, fp, &value, stamp, None);
+        }
+        return from_cache(value);
+    };
+    if verdict == Verdict::Early {
+        call.counters().early_refresh();
+    }
+    let counters = Arc::clone(&call.config.counters);
+    let job = RefreshJob {
+        driver: driver.clone(),
+        call,
+        compute,
+        cacheable,
+        keep,
+        refresh,
+        fp,
+        value: PhantomData,
+    };
+    let job = match ownership.detach(job) {
+        Ok(()) => {
+            // The caller is served the value it found, as the losers are.
+            match verdict {
+                Verdict::Stale => counters.stale_served(),
+                _ => counters.hit(),
+            }
+            return from_cache(value);
+        }
+        Err(job) => job,
+    };
+    if verdict == Verdict::Stale {
+        job.call.miss();
+    }
+    // The refresh flight is held until the refresh returns, so that no
+    // other caller here refreshes meanwhile.
+    let lock = HeldLock {
+        lock: job.refresh.lock,
+        driver,
+    };
+    compute_then_store(
+        driver,
+        &job.call,
+        job.compute,
+        &job.cacheable,
+        &job.keep,
+        &ownership,
+        fp,
+        None,
+        lock,
+        Some(job.refresh.flight),
+    )
+    .await
+}
+
+/// Runs the computation and stores what it returns, for a caller that
+/// found nothing (holding the coalescing `flight`, if any) or one that won
+/// a refresh (holding the `refreshing` flight), in the foreground or
+/// detached: stamps it, keeps it locally, stores it, tells other processes,
+/// releases the lock, ends the refresh flight and hands the value to the
+/// waiters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn compute_then_store<D, T, R, P, C, K>(
+    driver: &D,
+    call: &Call,
+    compute: P,
+    cacheable: &C,
+    keep: &K,
+    encode: &impl Encode<D, T, R, C>,
+    fp: u64,
+    flight: Option<LeaderGuard>,
+    lock: HeldLock<'_, D>,
+    refreshing: Option<LeaderGuard>,
+) -> R
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+    P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
+    K: Keep<T>,
+{
     let mut watch = RefreshWatch {
-        call: &call,
+        call,
         armed: refreshing.is_some(),
     };
     let started = Instant::now();
-    let result = compute().await;
+    let result = compute.start().await;
     let took = started.elapsed();
     watch.armed = false;
+    // Serialized once, off the executor for a large owned value, for the
+    // waiters, the local copy and the store alike.
+    let (result, plain) = encode.encode(result, cacheable).get().await;
     let Some(value) = cacheable(&result) else {
         if refreshing.is_some() {
             // The old value stays for the next caller to try again.
@@ -632,9 +763,9 @@ where
     // Serialized for the waiters before storing, so that no borrow of the
     // value lives across an `.await`; published after storing, so that a
     // call arriving once the flight has ended finds the value stored.
-    let shared = flight.map(|guard| (share(&guard, value), guard));
-    call.keep_locally(&keep, fp, value, stamp);
-    let stored = call.store(driver, value, stamp);
+    let shared = flight.map(|guard| (share(&guard, value, plain.as_ref()), guard));
+    call.keep_locally(keep, fp, value, stamp, plain.as_ref());
+    let stored = call.store(driver, value, stamp, plain.as_ref());
     stored.await;
     if call.options.force_overwrite {
         call.tell_others();
@@ -644,15 +775,30 @@ where
     if let Some((Some(bytes), guard)) = shared {
         guard.publish(bytes);
     }
+    // An encrypted value's plaintext, made up front, is wiped as the
+    // envelope's own is, unless a waiter or the local copy still holds it.
+    if let Some(mut plain) = plain.filter(|_| call.encryption.is_some()) {
+        if let Some(bytes) = Arc::get_mut(&mut plain) {
+            zeroize::Zeroize::zeroize(bytes);
+        }
+    }
     result
 }
 
-/// The value for the flight's waiters, if it has any.
-fn share<T: Serialize>(guard: &LeaderGuard, value: &T) -> Option<Arc<[u8]>> {
+/// The value for the flight's waiters, if it has any: `plain`, its
+/// postcard bytes when they were made already, or serialized now.
+fn share<T: Serialize>(
+    guard: &LeaderGuard,
+    value: &T,
+    plain: Option<&Arc<[u8]>>,
+) -> Option<Arc<[u8]>> {
     if !guard.has_waiters() {
         // Dropping the guard later promotes a waiter that joined since; it
         // finds the value in the cache.
         return None;
+    }
+    if let Some(plain) = plain {
+        return Some(Arc::clone(plain));
     }
     postcard::to_allocvec(value)
         .map_err(|err| log::debug!("memo: cannot share the value of {}: {err}", guard.key()))
@@ -663,7 +809,7 @@ fn share<T: Serialize>(guard: &LeaderGuard, value: &T) -> Option<Arc<[u8]>> {
 /// Hands `value` to the flight's waiters, if it has any.
 fn publish<T: Serialize>(flight: Option<LeaderGuard>, value: &T) {
     if let Some(guard) = flight {
-        if let Some(bytes) = share(&guard, value) {
+        if let Some(bytes) = share(&guard, value, None) {
             guard.publish(bytes);
         }
     }

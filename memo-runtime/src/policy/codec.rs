@@ -1,0 +1,314 @@
+//! Where an owned async call (de)serializes its value: off the executor
+//! once it is large.
+//!
+//! The postcard encoding and decoding of a value are full passes over it
+//! that cannot yield. A borrowed call runs them where the value is, inline
+//! (on a current-thread runtime that stalls every other task for as long
+//! as a 64 MiB value takes), because its value need not be `'static` and
+//! so cannot be lent to another thread from a future that may be dropped
+//! half-way. An owned async call's value is `Send + 'static`: it moves to
+//! tokio's blocking pool and back. Every full pass of the policy goes
+//! through here:
+//!
+//! - [`Serde::decode_value`]: a value envelope found in the cache;
+//! - [`Serde::load_chunked`]: a chunked value, decoded in the same blocking
+//!   job that reads its chunks;
+//! - [`Serde::decode_shared`]: the bytes a coalescing leader shares;
+//! - [`Serde::publish`]: sharing a found value with the waiters;
+//! - [`Encode::encode`]: a computed value, serialized once into the bytes
+//!   that the waiters, the local copy and the store then all use.
+//!
+//! A value's encoded size is not known in advance: the encoding is first
+//! tried inline into a buffer that gives up past `INLINE` bytes, and
+//! only a value larger than that moves to the blocking pool.
+//!
+//! [`Borrowed`] calls, and owned synchronous calls (which run on their
+//! caller's thread anyway), keep every pass where it was.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Call;
+use super::drive::Driver;
+use super::stream::LoadError;
+use crate::backend::drive::Blocking;
+use crate::common::coalesce::LeaderGuard;
+use crate::format::envelope::{self, Invalid, Stamp};
+
+/// Encoded or decoded values up to this size are handled inline: copying
+/// them to the blocking pool would cost more than the pass itself.
+#[cfg(feature = "async")]
+pub(crate) const INLINE: usize = 64 * 1024;
+
+/// The compute function and value of a call may borrow from the caller: a
+/// won refresh runs in the foreground (`detach`), and every pass over the
+/// value runs where it is.
+pub(crate) struct Borrowed;
+
+/// The compute function and value of a call are `'static` and `Send`: a
+/// won refresh runs detached (`detach`), and an async call's large value is
+/// (de)serialized on the blocking pool.
+pub(crate) struct Owned;
+
+/// A result ready now, or one being made on the blocking pool.
+pub(crate) enum Offloaded<X> {
+    Ready(X),
+    #[cfg(feature = "async")]
+    Blocking(tokio::task::JoinHandle<X>),
+}
+
+impl<X> Offloaded<X> {
+    /// The result. A pass that panicked on the blocking pool panics here,
+    /// as it would have inline.
+    pub(crate) async fn get(self) -> X {
+        match self {
+            Offloaded::Ready(x) => x,
+            #[cfg(feature = "async")]
+            Offloaded::Blocking(job) => match job.await {
+                Ok(x) => x,
+                Err(err) => match err.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Only a runtime shutting down cancels a blocking job,
+                    // and then this future is being dropped too.
+                    Err(_) => panic!("memo: the runtime shut down while serializing a value"),
+                },
+            },
+        }
+    }
+}
+
+/// How a call decodes values of type `T` in world `D`, and shares found
+/// ones.
+pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync {
+    /// Decodes a value envelope found under the call's key.
+    fn decode_value(
+        &self,
+        call: &Call,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send;
+
+    /// Reads back and decodes the chunked value whose manifest is `main`.
+    fn load_chunked(
+        &self,
+        driver: &D,
+        call: &Call,
+        main: Vec<u8>,
+    ) -> impl Future<Output = Result<T, LoadError>> + Send;
+
+    /// Decodes the bytes a coalescing leader shared.
+    fn decode_shared(&self, bytes: Arc<[u8]>) -> impl Future<Output = Result<T, Invalid>> + Send;
+
+    /// Hands `value` to the flight's waiters, if it has any, and gives it
+    /// back.
+    fn publish(&self, flight: Option<LeaderGuard>, value: T) -> Offloaded<T> {
+        super::publish(flight, &value);
+        Offloaded::Ready(value)
+    }
+}
+
+/// How a call in world `D` serializes what its compute function returned
+/// (`R`, of which `C` picks the value, a `T`, to store).
+pub(crate) trait Encode<D, T, R, C> {
+    /// The result, with the postcard bytes of its value when this call
+    /// serializes once up front; `None` leaves each use to serialize the
+    /// value itself, inline, as borrowed calls always have.
+    fn encode(&self, result: R, cacheable: &C) -> Offloaded<(R, Option<Arc<[u8]>>)> {
+        let _ = cacheable;
+        Offloaded::Ready((result, None))
+    }
+}
+
+/// Inline, as every pass has always run.
+async fn decode_inline<T: DeserializeOwned>(
+    call: &Call,
+    bytes: Vec<u8>,
+) -> Result<(T, Stamp), Invalid> {
+    envelope::decode_stamped::<T>(call.key.full(), &bytes, call.encryption.as_ref())
+}
+
+impl<D: Driver, T: Serialize + DeserializeOwned> Serde<D, T> for Borrowed {
+    fn decode_value(
+        &self,
+        call: &Call,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
+        decode_inline(call, bytes)
+    }
+
+    fn load_chunked(
+        &self,
+        driver: &D,
+        call: &Call,
+        main: Vec<u8>,
+    ) -> impl Future<Output = Result<T, LoadError>> + Send {
+        driver.load_chunked::<T>(call, main)
+    }
+
+    async fn decode_shared(&self, bytes: Arc<[u8]>) -> Result<T, Invalid> {
+        envelope::decode_exact::<T>(&bytes)
+    }
+}
+
+impl<D, T, R, C> Encode<D, T, R, C> for Borrowed {}
+
+/// An owned synchronous call serializes where each use needs it, on its
+/// caller's thread, as a borrowed one does.
+impl<T, R, C> Encode<Blocking, T, R, C> for Owned {}
+
+/// An owned synchronous call runs on its caller's thread: inline.
+impl<T: Serialize + DeserializeOwned> Serde<Blocking, T> for Owned {
+    fn decode_value(
+        &self,
+        call: &Call,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
+        decode_inline(call, bytes)
+    }
+
+    fn load_chunked(
+        &self,
+        driver: &Blocking,
+        call: &Call,
+        main: Vec<u8>,
+    ) -> impl Future<Output = Result<T, LoadError>> + Send {
+        driver.load_chunked::<T>(call, main)
+    }
+
+    async fn decode_shared(&self, bytes: Arc<[u8]>) -> Result<T, Invalid> {
+        envelope::decode_exact::<T>(&bytes)
+    }
+}
+
+/// The postcard bytes of `value` if they fit in `INLINE`: `Ok(None)`
+/// when they do not (nothing is kept of the attempt).
+#[cfg(feature = "async")]
+fn encode_within_budget<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, postcard::Error> {
+    /// Collects bytes until the budget runs out, then fails.
+    struct Budget(Vec<u8>, bool);
+    impl std::io::Write for Budget {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > INLINE {
+                self.1 = true;
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut budget = Budget(Vec::new(), false);
+    let outcome = postcard::to_io(value, &mut budget).map(drop);
+    match outcome {
+        Ok(()) => Ok(Some(budget.0)),
+        Err(_) if budget.1 => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// The bytes of `value`, or why they cannot be had (logged by the caller's
+/// uses as an unstorable value).
+#[cfg(feature = "async")]
+fn encode_whole<T: Serialize>(value: &T) -> Option<Arc<[u8]>> {
+    postcard::to_allocvec(value).ok().map(Arc::from)
+}
+
+#[cfg(feature = "async")]
+mod off {
+    use super::*;
+    use crate::backend::drive::Tokio;
+
+    fn on_runtime() -> bool {
+        tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    impl<T: Serialize + DeserializeOwned + Send + 'static> Serde<Tokio, T> for Owned {
+        fn decode_value(
+            &self,
+            call: &Call,
+            bytes: Vec<u8>,
+        ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
+            let key = call.key.full().to_owned();
+            let encryption = call.encryption.clone();
+            async move {
+                if bytes.len() <= INLINE || !on_runtime() {
+                    return envelope::decode_stamped::<T>(&key, &bytes, encryption.as_ref());
+                }
+                let job = tokio::task::spawn_blocking(move || {
+                    envelope::decode_stamped::<T>(&key, &bytes, encryption.as_ref())
+                });
+                Offloaded::Blocking(job).get().await
+            }
+        }
+
+        fn load_chunked(
+            &self,
+            _: &Tokio,
+            call: &Call,
+            main: Vec<u8>,
+        ) -> impl Future<Output = Result<T, LoadError>> + Send {
+            super::super::drive::load_chunked_off::<T>(call, main)
+        }
+
+        async fn decode_shared(&self, bytes: Arc<[u8]>) -> Result<T, Invalid> {
+            if bytes.len() <= INLINE || !on_runtime() {
+                return envelope::decode_exact::<T>(&bytes);
+            }
+            let job = tokio::task::spawn_blocking(move || envelope::decode_exact::<T>(&bytes));
+            Offloaded::Blocking(job).get().await
+        }
+
+        fn publish(&self, flight: Option<LeaderGuard>, value: T) -> Offloaded<T> {
+            let Some(guard) = flight.filter(LeaderGuard::has_waiters) else {
+                return Offloaded::Ready(value);
+            };
+            match encode_within_budget(&value) {
+                Ok(Some(bytes)) => {
+                    guard.publish(Arc::from(bytes));
+                    Offloaded::Ready(value)
+                }
+                Ok(None) if on_runtime() => {
+                    Offloaded::Blocking(tokio::task::spawn_blocking(move || {
+                        if let Some(bytes) = encode_whole(&value) {
+                            guard.publish(bytes);
+                        }
+                        value
+                    }))
+                }
+                _ => {
+                    super::super::publish(Some(guard), &value);
+                    Offloaded::Ready(value)
+                }
+            }
+        }
+    }
+
+    impl<T, R, C> Encode<Tokio, T, R, C> for Owned
+    where
+        T: Serialize + Send + 'static,
+        R: Send + 'static,
+        C: Fn(&R) -> Option<&T> + Copy + Send + 'static,
+    {
+        fn encode(&self, result: R, cacheable: &C) -> Offloaded<(R, Option<Arc<[u8]>>)> {
+            let Some(value) = cacheable(&result) else {
+                return Offloaded::Ready((result, None));
+            };
+            match encode_within_budget(value) {
+                Ok(Some(bytes)) => Offloaded::Ready((result, Some(Arc::from(bytes)))),
+                Ok(None) if on_runtime() => {
+                    let cacheable = *cacheable;
+                    Offloaded::Blocking(tokio::task::spawn_blocking(move || {
+                        let bytes = cacheable(&result).and_then(encode_whole);
+                        (result, bytes)
+                    }))
+                }
+                // Not serializable: each use reports it, as before.
+                _ => Offloaded::Ready((result, None)),
+            }
+        }
+    }
+}

@@ -57,25 +57,75 @@ pub(crate) struct Owned;
 pub(crate) enum Offloaded<X> {
     Ready(X),
     #[cfg(feature = "async")]
-    Blocking(tokio::task::JoinHandle<X>),
+    Blocking(Job<X>),
 }
 
 impl<X> Offloaded<X> {
     /// The result. A pass that panicked on the blocking pool panics here,
-    /// as it would have inline.
+    /// as it would have inline (the panic is the caller's own `Serialize`
+    /// or `Deserialize`).
     pub(crate) async fn get(self) -> X {
         match self {
             Offloaded::Ready(x) => x,
             #[cfg(feature = "async")]
-            Offloaded::Blocking(job) => match job.await {
-                Ok(x) => x,
-                Err(err) => match err.try_into_panic() {
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    // Only a runtime shutting down cancels a blocking job,
-                    // and then this future is being dropped too.
-                    Err(_) => panic!("memo: the runtime shut down while serializing a value"),
-                },
-            },
+            Offloaded::Blocking(job) => job.get().await,
+        }
+    }
+}
+
+/// A pass moved to the blocking pool, with the work kept where this side
+/// can take it back: a runtime that shuts down before the pool starts the
+/// job cancels it, and the work (and the value it owns) would otherwise be
+/// lost with it.
+#[cfg(feature = "async")]
+pub(crate) struct Job<X> {
+    handle: tokio::task::JoinHandle<Option<X>>,
+    work: Arc<std::sync::Mutex<Option<Work<X>>>>,
+}
+
+/// What a [`Job`] runs.
+#[cfg(feature = "async")]
+type Work<X> = Box<dyn FnOnce() -> X + Send>;
+
+#[cfg(feature = "async")]
+impl<X: Send + 'static> Job<X> {
+    /// Starts `work` on the blocking pool of the current runtime.
+    pub(crate) fn start(work: impl FnOnce() -> X + Send + 'static) -> Offloaded<X> {
+        let work: Arc<std::sync::Mutex<Option<Work<X>>>> =
+            Arc::new(std::sync::Mutex::new(Some(Box::new(work))));
+        let slot = Arc::clone(&work);
+        let handle = tokio::task::spawn_blocking(move || {
+            let work = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()?;
+            Some(work())
+        });
+        Offloaded::Blocking(Job { handle, work })
+    }
+}
+
+#[cfg(feature = "async")]
+impl<X> Job<X> {
+    /// The job's result; if the job never ran (its runtime shut down
+    /// first), the work runs here instead.
+    async fn get(self) -> X {
+        match self.handle.await {
+            Ok(Some(x)) => return x,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Cancelled before it started, so the work is still here.
+            Ok(None) | Err(_) => {}
+        }
+        let work = self
+            .work
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match work {
+            Some(work) => work(),
+            // The job takes the work only to run it, and then returned
+            // its result above or panicked.
+            None => unreachable!("a blocking job took its work and neither returned nor panicked"),
         }
     }
 }
@@ -238,10 +288,9 @@ mod off {
                 if bytes.len() <= INLINE || !on_runtime() {
                     return envelope::decode_stamped::<T>(&key, &bytes, encryption.as_ref());
                 }
-                let job = tokio::task::spawn_blocking(move || {
-                    envelope::decode_stamped::<T>(&key, &bytes, encryption.as_ref())
-                });
-                Offloaded::Blocking(job).get().await
+                Job::start(move || envelope::decode_stamped::<T>(&key, &bytes, encryption.as_ref()))
+                    .get()
+                    .await
             }
         }
 
@@ -258,8 +307,9 @@ mod off {
             if bytes.len() <= INLINE || !on_runtime() {
                 return envelope::decode_exact::<T>(&bytes);
             }
-            let job = tokio::task::spawn_blocking(move || envelope::decode_exact::<T>(&bytes));
-            Offloaded::Blocking(job).get().await
+            Job::start(move || envelope::decode_exact::<T>(&bytes))
+                .get()
+                .await
         }
 
         fn publish(&self, flight: Option<LeaderGuard>, value: T) -> Offloaded<T> {
@@ -271,14 +321,12 @@ mod off {
                     guard.publish(Arc::from(bytes));
                     Offloaded::Ready(value)
                 }
-                Ok(None) if on_runtime() => {
-                    Offloaded::Blocking(tokio::task::spawn_blocking(move || {
-                        if let Some(bytes) = encode_whole(&value) {
-                            guard.publish(bytes);
-                        }
-                        value
-                    }))
-                }
+                Ok(None) if on_runtime() => Job::start(move || {
+                    if let Some(bytes) = encode_whole(&value) {
+                        guard.publish(bytes);
+                    }
+                    value
+                }),
                 _ => {
                     super::super::publish(Some(guard), &value);
                     Offloaded::Ready(value)
@@ -301,14 +349,46 @@ mod off {
                 Ok(Some(bytes)) => Offloaded::Ready((result, Some(Arc::from(bytes)))),
                 Ok(None) if on_runtime() => {
                     let cacheable = *cacheable;
-                    Offloaded::Blocking(tokio::task::spawn_blocking(move || {
+                    Job::start(move || {
                         let bytes = cacheable(&result).and_then(encode_whole);
                         (result, bytes)
-                    }))
+                    })
                 }
                 // Not serializable: each use reports it, as before.
                 _ => Offloaded::Ready((result, None)),
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "async"))]
+mod tests {
+    use super::*;
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_returns_what_its_work_made() {
+        let runtime = current_thread();
+        let made = runtime.block_on(async { Job::start(|| vec![7u8; 100_000]).get().await });
+        assert_eq!(made, vec![7u8; 100_000]);
+    }
+
+    #[test]
+    fn a_job_its_runtime_cancelled_runs_where_it_is_awaited() {
+        let runtime = current_thread();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        // A runtime that has shut down cancels a blocking job at once.
+        let job = {
+            let _entered = handle.enter();
+            Job::start(|| String::from("the value the job owns"))
+        };
+        let other = current_thread();
+        assert_eq!(other.block_on(job.get()), "the value the job owns");
     }
 }

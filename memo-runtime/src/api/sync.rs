@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use crate::backend::drive::block_on;
 use crate::config::config;
-use crate::format::key::CacheKey;
-use crate::policy::hot::{Encoded, Keep};
+use crate::format::key::{CacheKey, recycle_key};
+use crate::policy::hot::{Encoded, Keep, quick_local_hit};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
@@ -23,6 +23,10 @@ pub(crate) fn memoize_now<T, R>(
 where
     T: Serialize + DeserializeOwned,
 {
+    if let Some(value) = quick_local_hit(&key, options, &keep) {
+        recycle_key(key);
+        return from_cache(value);
+    }
     let call = Call::new(config(), key, options);
     if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);

@@ -85,6 +85,29 @@ pub fn config() -> Arc<Config> {
     cached.ok().flatten().unwrap_or_else(read_slot)
 }
 
+/// Runs `f` on the configuration in force, borrowed from this thread's
+/// cache rather than cloned out of it: no write to the `Arc`'s count,
+/// which every thread calling at once would otherwise share. What `f` does
+/// must not need this thread's cache: a [`config`] inside it reads the
+/// slot.
+pub(crate) fn with_config<R>(f: impl FnOnce(&Config) -> R) -> R {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let mut f = Some(f);
+    let done = CACHED.try_with(|cached| {
+        let mut cached = cached.try_borrow_mut().ok()?;
+        if cached.0 != generation || cached.1.is_none() {
+            *cached = (generation, Some(read_slot()));
+        }
+        let config = cached.1.as_deref()?;
+        f.take().map(|f| f(config))
+    });
+    match (done, f) {
+        (Ok(Some(result)), _) => result,
+        (_, Some(f)) => f(&read_slot()),
+        (_, None) => unreachable!("`f` ran, so it returned"),
+    }
+}
+
 /// The slot's configuration, or the embedded default.
 fn read_slot() -> Arc<Config> {
     let slot = match GLOBAL.read() {
@@ -99,5 +122,5 @@ fn read_slot() -> Arc<Config> {
 
 /// The counters of the configuration in force, since it was installed.
 pub fn stats() -> Stats {
-    config().counters.snapshot()
+    config().stats()
 }

@@ -23,10 +23,12 @@ use serde::de::DeserializeOwned;
 
 use super::Call;
 use super::drive::Driver;
-use super::options::Beta;
+use super::options::{Beta, Options};
 use crate::common::coalesce::{Joined, LeaderGuard};
-use crate::common::local::{Kept, Payload};
+use crate::common::local::{Kept, KeyPieces, Payload};
+use crate::config::with_config;
 use crate::format::envelope::{self, Stamp};
+use crate::format::key::{CacheKey, FullKeyPieces};
 use crate::lock::{CacheLock, LockError};
 
 /// What a value's stamp says about serving it now.
@@ -263,6 +265,60 @@ impl Call {
     }
 }
 
+/// The local copy of a `T` for `key`, counted as a local hit, when the
+/// call's settings let a copy be served as it is (a `local` call that
+/// neither refreshes, nor encrypts, nor stores its value chunked, nor
+/// refreshes ahead) and its key is stored as it is: found before the call
+/// is resolved at all, with no key built, no configuration cloned, and no
+/// counter shared by every thread written. Any other call, and any miss,
+/// returns `None` and takes the whole path, which looks again.
+///
+/// The stored key is then the full key, so the lookup hashes and compares
+/// the full key's pieces; the map compares the key kept with the copy, so
+/// a key whose hash collides with another's stays a miss.
+pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
+    key: &CacheKey,
+    options: &Options,
+    keep: &K,
+) -> Option<T> {
+    if options.local.is_none()
+        || options.large_data
+        || options.force_overwrite
+        || options.refresh_ahead.is_some()
+        || options.encrypt == Some(true)
+    {
+        return None;
+    }
+    let fingerprint = envelope::fingerprint::<T>(false);
+    with_config(|config| {
+        if config.force_encryption {
+            return None;
+        }
+        let copies = config.local.get()?;
+        let full = FullKey(FullKeyPieces {
+            namespace: config.namespace.as_deref(),
+            key,
+        });
+        if !full.0.stored_as_is() {
+            return None;
+        }
+        let hash = copies.hash(&full);
+        let payload = copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
+            keep.holds(payload)
+        })?;
+        keep.take(&payload)
+    })
+}
+
+/// A full key in pieces, as the local copies take it.
+struct FullKey<'a>(FullKeyPieces<'a>);
+
+impl KeyPieces for FullKey<'_> {
+    fn pieces(&self, piece: &mut dyn FnMut(&[u8])) {
+        self.0.each(piece);
+    }
+}
+
 /// What the caller that won a refresh holds while it computes: the
 /// process's refresh flight (so no other caller here refreshes meanwhile)
 /// and, for a stale value, the entry's lock.
@@ -292,6 +348,9 @@ pub(crate) trait Keep<T>: Sync {
     fn keep(&self, value: &T) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
+    /// Whether [`take`](Self::take) would read a value of `T` out of
+    /// `payload` (decoding aside).
+    fn holds(&self, payload: &Payload) -> bool;
 }
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
@@ -310,6 +369,10 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
             Payload::Encoded(bytes) => envelope::decode_exact(bytes).ok(),
             Payload::Typed(_) => None,
         }
+    }
+
+    fn holds(&self, payload: &Payload) -> bool {
+        matches!(payload, Payload::Encoded(_))
     }
 }
 
@@ -330,6 +393,10 @@ impl<T: Serialize + Clone + Send + Sync + 'static> Keep<T> for Typed {
             Payload::Typed(value) => value.downcast_ref::<T>().cloned(),
             Payload::Encoded(_) => None,
         }
+    }
+
+    fn holds(&self, payload: &Payload) -> bool {
+        matches!(payload, Payload::Typed(value) if value.is::<T>())
     }
 }
 

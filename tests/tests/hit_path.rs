@@ -6,7 +6,12 @@
 //! - the local copies (a sharded map of their own) are never served past an
 //!   invalidation or the shared entry's expiry, on any thread;
 //! - the attribute builds a key of several components in one string, the
-//!   same key the functional API builds from the components.
+//!   same key the functional API builds from the components;
+//! - a synchronous local hit, found before the call is resolved by a hash
+//!   of the full key's pieces, finds the copy of every form of its key
+//!   (and only its key), and counts as the slow path does;
+//! - a hit on the embedded store that skips the checksum of bytes already
+//!   checked still checks new bytes, and another key's entry is a miss.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -209,4 +214,82 @@ fn the_attribute_s_joined_key_is_the_functional_api_s() {
     assert_eq!(alone("a:b%"), "computed a:b%");
     let found: String = cache_memoize(["a:b%"], || panic!("a miss"), &Options::new());
     assert_eq!(found, "computed a:b%");
+}
+
+#[test]
+fn a_local_copy_is_found_by_every_form_of_its_key_and_counted() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()).namespace("shop"));
+    let options = Options::new().local(Duration::from_secs(60));
+    let runs = AtomicUsize::new(0);
+    let compute = || runs.fetch_add(1, Ordering::SeqCst) + 1;
+    // Stored as is, the raw form and the components' form are one key;
+    // a component's `:` is escaped, so it is another key.
+    let first: usize = cache_memoize("user:42", compute, &options);
+    let parts: usize = cache_memoize(["user", "42"], compute, &options);
+    let other: usize = cache_memoize(["user:42"], compute, &options);
+    let escaped: usize = cache_memoize(["user", "4:2"], compute, &options);
+    assert_eq!((first, parts, other, escaped), (1, 1, 1, 2));
+    // `["user:42"]` is used as is: the same key as `"user:42"`.
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // A key with a space is stored escaped: found by the slow path.
+    let spaced: usize = cache_memoize("a b", compute, &options);
+    let again: usize = cache_memoize("a b", compute, &options);
+    assert_eq!((spaced, again), (3, 3));
+    // Another key whose bytes differ only past a common prefix.
+    let longer: usize = cache_memoize("user:421", compute, &options);
+    assert_eq!(longer, 4);
+    let stats = memo_runtime::stats();
+    // Two hits found before resolving the call, one by the slow path.
+    assert_eq!(stats.local_hits, 3, "{stats:?}");
+    assert_eq!(stats.hits, 3, "{stats:?}");
+    assert_eq!(stats.misses, 4, "{stats:?}");
+}
+
+#[test]
+fn an_embedded_hit_checks_bytes_it_has_not_checked_before() {
+    use memo_runtime::Backend;
+    let _serial = serial();
+    let backend = MemoryBackend::new();
+    configure(Config::new(backend.clone()));
+    let options = Options::new();
+    let runs = AtomicUsize::new(0);
+    let compute = || runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let first: usize = cache_memoize("checked", compute, &options);
+    // Hits: the second and later reuse the first one's check.
+    for _ in 0..3 {
+        assert_eq!(
+            cache_memoize::<_, usize, _>("checked", compute, &options),
+            first
+        );
+    }
+    // A flipped byte in a copy of the entry, written back: new bytes, not
+    // checked yet, so the checksum catches it.
+    let mut bytes = backend.get("checked").unwrap().unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    backend
+        .set("checked", &bytes, Duration::from_secs(60))
+        .unwrap();
+    let invalid_before = memo_runtime::stats().invalid;
+    let recomputed: usize = cache_memoize("checked", compute, &options);
+    assert_eq!(recomputed, 2);
+    assert_eq!(memo_runtime::stats().invalid, invalid_before + 1);
+    // Another key's entry, checked under that key, copied under this one:
+    // a miss, never the other key's value.
+    let theirs: usize = cache_memoize("theirs", || 100, &options);
+    assert_eq!(
+        cache_memoize::<_, usize, _>("theirs", compute, &options),
+        theirs
+    );
+    let foreign = backend.get("theirs").unwrap().unwrap();
+    backend
+        .set("mine", &foreign, Duration::from_secs(60))
+        .unwrap();
+    let mine: usize = cache_memoize("mine", compute, &options);
+    assert_eq!(mine, 3);
+    assert_eq!(cache_memoize::<_, usize, _>("mine", compute, &options), 3);
+    let stats = memo_runtime::stats();
+    assert_eq!(stats.hits, 5, "{stats:?}");
+    assert_eq!(stats.misses, 4, "{stats:?}");
 }

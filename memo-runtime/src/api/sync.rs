@@ -28,7 +28,7 @@ where
         return from_cache(value);
     }
     let call = Call::new(config(), key, options);
-    if let Some(value) = call.local_hit(&keep) {
+    if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
         return from_cache(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,

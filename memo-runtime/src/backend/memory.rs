@@ -8,7 +8,7 @@
 //! full, which for a chunked value means storing most chunks and losing one,
 //! a wasted write; under LRU the newest write is always whole.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -34,8 +34,54 @@ pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 #[derive(Clone)]
 struct Entry {
-    value: Arc<[u8]>,
+    value: Arc<Stored>,
     ttl: Duration,
+}
+
+/// The bytes of one entry, never changed once stored (a write replaces the
+/// whole entry), and the full key whose envelope checksum they were last
+/// found to match (see [`Stored::checked_for`]).
+pub(crate) struct Stored {
+    bytes: Box<[u8]>,
+    checked: OnceLock<Box<str>>,
+}
+
+/// The longest full key an entry remembers having been checked for: the
+/// memory is not charged to the byte budget, so it stays small.
+const MAX_CHECKED_KEY: usize = 256;
+
+impl Stored {
+    /// The stored bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Whether these bytes were found to be an envelope whose checksum
+    /// matches under `full_key` (see [`checked`](Self::checked)). Their
+    /// checksum then still matches, as neither side can have changed: a
+    /// read in this process need not hash them again.
+    pub(crate) fn checked_for(&self, full_key: &str) -> bool {
+        self.checked
+            .get()
+            .is_some_and(|checked| **checked == *full_key)
+    }
+
+    /// Records that these bytes' envelope checksum matched under
+    /// `full_key`. Only one full key can match (the checksum binds it), so
+    /// the first record is the only one.
+    pub(crate) fn checked(&self, full_key: &str) {
+        if full_key.len() <= MAX_CHECKED_KEY {
+            let _ = self.checked.set(Box::from(full_key));
+        }
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 struct EntryExpiry;
@@ -162,7 +208,10 @@ impl MemoryBackend {
 
     fn entry(value: &[u8], ttl: Duration) -> Entry {
         Entry {
-            value: Arc::from(value),
+            value: Arc::new(Stored {
+                bytes: Box::from(value),
+                checked: OnceLock::new(),
+            }),
             ttl: ttl.min(MAX_TTL),
         }
     }
@@ -184,6 +233,14 @@ impl MemoryBackend {
                 _ => Op::Nop,
             });
         matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
+    }
+}
+
+impl MemoryBackend {
+    /// The entry under `key`, shared rather than copied: the hit path of
+    /// memo's own calls on the embedded store. `None` when absent.
+    pub(crate) fn get_shared(&self, key: &str) -> Option<Arc<Stored>> {
+        self.cache.get(key).map(|entry| entry.value)
     }
 }
 
@@ -218,7 +275,7 @@ impl Backend for MemoryBackend {
             .cache
             .entry(key.to_owned())
             .and_compute_with(|existing| match existing {
-                Some(entry) if &*entry.value().value == expected => Op::Remove,
+                Some(entry) if **entry.value().value == *expected => Op::Remove,
                 _ => Op::Nop,
             });
         Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
@@ -237,6 +294,10 @@ impl Backend for MemoryBackend {
 
     #[cfg(feature = "async")]
     fn __async(self: Arc<Self>) -> Option<Arc<dyn super::AsyncBackend>> {
+        Some(self)
+    }
+
+    fn __memory(&self) -> Option<&MemoryBackend> {
         Some(self)
     }
 }
@@ -297,6 +358,33 @@ mod tests {
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn an_entry_remembers_the_one_key_it_was_checked_for_until_replaced() {
+        let backend = MemoryBackend::new();
+        backend.set("k", b"bytes", MINUTE).unwrap();
+        let entry = backend.get_shared("k").unwrap();
+        assert_eq!(entry.bytes(), b"bytes");
+        assert!(!entry.checked_for("full"));
+        entry.checked("full");
+        assert!(entry.checked_for("full"));
+        assert!(!entry.checked_for("ful"));
+        assert!(!entry.checked_for("full:"));
+        // The first record stays.
+        entry.checked("other");
+        assert!(!entry.checked_for("other"));
+        // The same bytes with a new expiry keep it; new bytes start afresh.
+        assert!(backend.touch("k", MINUTE).unwrap());
+        assert!(backend.get_shared("k").unwrap().checked_for("full"));
+        backend.set("k", b"bytes", MINUTE).unwrap();
+        assert!(!backend.get_shared("k").unwrap().checked_for("full"));
+        // A key too long to remember is not.
+        let long = "x".repeat(MAX_CHECKED_KEY + 1);
+        let entry = backend.get_shared("k").unwrap();
+        entry.checked(&long);
+        assert!(!entry.checked_for(&long));
+        assert!(backend.get_shared("absent").is_none());
+    }
 
     #[test]
     fn values_expire_after_their_ttl() {

@@ -179,6 +179,41 @@ impl Call {
         keep.take(&kept.payload)
     }
 
+    /// A plain hit on the embedded store, taken on the caller's thread
+    /// before the policy's future is built: the entry read shared rather
+    /// than copied, and its checksum not hashed again when this process
+    /// already found it to match under this full key. Only for a fresh
+    /// value of a call that neither refreshes, nor encrypts, nor refreshes
+    /// ahead (whose random draw must be made once); anything else, a miss,
+    /// a value that does not check out and a manifest included, is `None`,
+    /// with nothing counted: the policy then looks again, in memory, and
+    /// counts what it finds.
+    pub(crate) fn memory_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
+        if self.options.force_overwrite
+            || self.options.refresh_ahead.is_some()
+            || self.encryption.is_some()
+        {
+            return None;
+        }
+        let memory = self.config.backend.__memory()?;
+        let entry = memory.get_shared(self.key.stored())?;
+        let full = self.key.full();
+        let known = entry.checked_for(full);
+        let (value, stamp) =
+            envelope::decode_stamped_known::<T>(full, entry.bytes(), known).ok()?;
+        if !known {
+            entry.checked(full);
+        }
+        if self.judge(stamp) != Verdict::Fresh {
+            return None;
+        }
+        self.counters().backend_ok();
+        self.counters().read(entry.bytes().len());
+        self.hit();
+        self.keep_locally(keep, envelope::fingerprint::<T>(false), &value, stamp);
+        Some(value)
+    }
+
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
     /// duration, never past the value's logical expiry.
     pub(crate) fn keep_locally<T, K: Keep<T>>(&self, keep: &K, fp: u64, value: &T, stamp: Stamp) {

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::backend::drive::block_on;
-use crate::config::config;
+use crate::config::{config, give_back, take_config};
 use crate::format::key::{CacheKey, recycle_key};
 use crate::policy::hot::{Encoded, Keep, quick_local_hit};
 use crate::policy::options::Options;
@@ -27,8 +27,10 @@ where
         recycle_key(key);
         return from_cache(value);
     }
-    let call = Call::new(config(), key, options);
+    let (config, generation) = take_config();
+    let call = Call::new(config, key, options);
     if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
+        give_back(call.config, generation);
         return from_cache(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,

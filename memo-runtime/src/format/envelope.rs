@@ -45,6 +45,11 @@
 //! locks under the derived keys of `format::key`, and fingerprints a
 //! type's shape as well as its name; version 1 entries are misses.
 //!
+//! The embedded store remembers, per entry, the full key whose checksum its
+//! bytes were found to match; a read of those same bytes for that key skips
+//! only the checksum (`decode_stamped_known`): the bytes cannot have
+//! changed, and no other key can match.
+//!
 //! A wrong magic, another version or kind, unknown flags, an encryption flag
 //! that does not match the caller's, another type, a length that does not
 //! match the bytes present (truncated or extended), a checksum or MAC that

@@ -10,7 +10,13 @@
 //!   processes (the entry's lock, taken without waiting);
 //! - [`Keep`]: what a local copy holds, the serialized value
 //!   ([`Encoded`], functional API) or the value itself ([`Typed`], the
-//!   attribute's `local`).
+//!   attribute's `local`);
+//! - the synchronous API's shortcuts for hits, each taken only when it
+//!   decides exactly as the policy would, and otherwise leaving the call to
+//!   it: [`quick_local_hit`], a local copy found before the call is
+//!   resolved (by a hash of the full key's pieces), and `Call::memory_hit`,
+//!   a plain hit on the embedded store read before the policy's future is
+//!   built.
 
 use std::any::Any;
 use std::cell::Cell;

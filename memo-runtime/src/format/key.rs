@@ -873,8 +873,8 @@ mod tests {
             let mut joined = Vec::new();
             pieces.each(&mut |piece| joined.extend_from_slice(piece));
             let full = full_key(ns, &key);
-            prop_assert_eq!(String::from_utf8(joined).unwrap(), full.clone());
             prop_assert_eq!(pieces.stored_as_is(), stored_key_unless_full(&full, None).is_none());
+            prop_assert_eq!(String::from_utf8(joined).unwrap(), full);
         }
 
         #[test]

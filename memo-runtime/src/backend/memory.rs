@@ -2,8 +2,9 @@
 //!
 //! Built on moka's concurrent cache: lock-free reads, per-entry expiry, and a
 //! bound on the total bytes held (keys and values, plus a fixed per-entry
-//! overhead), so a process cannot grow without limit however much it
-//! memoizes. Eviction is least-recently-used rather than moka's default
+//! overhead; keys count twice, as an entry may also remember the full key
+//! its checksum was checked for), so a process cannot grow without limit
+//! however much it memoizes. Eviction is least-recently-used rather than moka's default
 //! TinyLFU admission: TinyLFU may refuse a brand-new entry when the cache is
 //! full, which for a chunked value means storing most chunks and losing one,
 //! a wasted write; under LRU the newest write is always whole.
@@ -44,11 +45,12 @@ struct Entry {
 pub(crate) struct Stored {
     bytes: Box<[u8]>,
     checked: OnceLock<Box<str>>,
+    /// The longest full key the entry remembers: as long as the key it is
+    /// stored under, which the byte budget charges twice for it (memo's
+    /// full key is its stored key whenever nothing was escaped, shortened
+    /// or hashed).
+    checked_limit: usize,
 }
-
-/// The longest full key an entry remembers having been checked for: the
-/// memory is not charged to the byte budget, so it stays small.
-const MAX_CHECKED_KEY: usize = 256;
 
 impl Stored {
     /// The stored bytes.
@@ -67,10 +69,11 @@ impl Stored {
     }
 
     /// Records that these bytes' envelope checksum matched under
-    /// `full_key`. Only one full key can match (the checksum binds it), so
-    /// the first record is the only one.
+    /// `full_key`, unless it is longer than the entry's key. Only one full
+    /// key can match (the checksum binds it), so the first record is the
+    /// only one.
     pub(crate) fn checked(&self, full_key: &str) {
-        if full_key.len() <= MAX_CHECKED_KEY {
+        if full_key.len() <= self.checked_limit {
             let _ = self.checked.set(Box::from(full_key));
         }
     }
@@ -148,7 +151,9 @@ impl MemoryBackend {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &Entry| {
-                let weight = key.len() as u64 + entry.value.len() as u64 + ENTRY_OVERHEAD;
+                // The key twice: the map's, and the full key the entry may
+                // remember having checked (`Stored::checked`).
+                let weight = 2 * key.len() as u64 + entry.value.len() as u64 + ENTRY_OVERHEAD;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry)
@@ -206,11 +211,12 @@ impl MemoryBackend {
         Ok(Self::with_max_bytes(max_bytes))
     }
 
-    fn entry(value: &[u8], ttl: Duration) -> Entry {
+    fn entry(key: &str, value: &[u8], ttl: Duration) -> Entry {
         Entry {
             value: Arc::new(Stored {
                 bytes: Box::from(value),
                 checked: OnceLock::new(),
+                checked_limit: key.len(),
             }),
             ttl: ttl.min(MAX_TTL),
         }
@@ -250,7 +256,8 @@ impl Backend for MemoryBackend {
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
-        self.cache.insert(key.to_owned(), Self::entry(value, ttl));
+        self.cache
+            .insert(key.to_owned(), Self::entry(key, value, ttl));
         Ok(())
     }
 
@@ -258,7 +265,7 @@ impl Backend for MemoryBackend {
         let entry = self
             .cache
             .entry(key.to_owned())
-            .or_insert_with(|| Self::entry(value, ttl));
+            .or_insert_with(|| Self::entry(key, value, ttl));
         Ok(entry.is_fresh())
     }
 
@@ -362,8 +369,8 @@ mod tests {
     #[test]
     fn an_entry_remembers_the_one_key_it_was_checked_for_until_replaced() {
         let backend = MemoryBackend::new();
-        backend.set("k", b"bytes", MINUTE).unwrap();
-        let entry = backend.get_shared("k").unwrap();
+        backend.set("key1", b"bytes", MINUTE).unwrap();
+        let entry = backend.get_shared("key1").unwrap();
         assert_eq!(entry.bytes(), b"bytes");
         assert!(!entry.checked_for("full"));
         entry.checked("full");
@@ -371,18 +378,20 @@ mod tests {
         assert!(!entry.checked_for("ful"));
         assert!(!entry.checked_for("full:"));
         // The first record stays.
-        entry.checked("other");
-        assert!(!entry.checked_for("other"));
+        entry.checked("othe");
+        assert!(!entry.checked_for("othe"));
         // The same bytes with a new expiry keep it; new bytes start afresh.
-        assert!(backend.touch("k", MINUTE).unwrap());
-        assert!(backend.get_shared("k").unwrap().checked_for("full"));
-        backend.set("k", b"bytes", MINUTE).unwrap();
-        assert!(!backend.get_shared("k").unwrap().checked_for("full"));
-        // A key too long to remember is not.
-        let long = "x".repeat(MAX_CHECKED_KEY + 1);
-        let entry = backend.get_shared("k").unwrap();
-        entry.checked(&long);
-        assert!(!entry.checked_for(&long));
+        assert!(backend.touch("key1", MINUTE).unwrap());
+        assert!(backend.get_shared("key1").unwrap().checked_for("full"));
+        backend.set("key1", b"bytes", MINUTE).unwrap();
+        assert!(!backend.get_shared("key1").unwrap().checked_for("full"));
+        // A full key longer than the entry's key (the budget charges the
+        // key twice, for this) is not remembered.
+        let entry = backend.get_shared("key1").unwrap();
+        entry.checked("fuller");
+        assert!(!entry.checked_for("fuller"));
+        entry.checked("ful");
+        assert!(entry.checked_for("ful"));
         assert!(backend.get_shared("absent").is_none());
     }
 

@@ -293,3 +293,41 @@ fn an_embedded_hit_checks_bytes_it_has_not_checked_before() {
     assert_eq!(stats.hits, 5, "{stats:?}");
     assert_eq!(stats.misses, 4, "{stats:?}");
 }
+
+/// A value whose `Clone` makes memoized calls of its own, local and not.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CallsWhenCloned(u32);
+
+impl Clone for CallsWhenCloned {
+    fn clone(&self) -> Self {
+        CallsWhenCloned(inner_local(self.0) + inner_plain(self.0) - self.0)
+    }
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:inner:{n}", local = 60)]
+fn inner_local(n: u32) -> u32 {
+    n
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:plain:{n}")]
+fn inner_plain(n: u32) -> u32 {
+    n
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:outer:{n}", local = 60)]
+fn outer(n: u32) -> CallsWhenCloned {
+    CallsWhenCloned(n)
+}
+
+#[test]
+fn a_value_whose_clone_calls_memo_is_served_from_its_local_copy() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    // Computed, then hits: each clones the kept value, and the clone's
+    // own memoized calls hit (or fill) their entries and copies.
+    for _ in 0..3 {
+        assert_eq!(outer(5), CallsWhenCloned(5));
+    }
+    let stats = memo_runtime::stats();
+    assert!(stats.local_hits >= 2, "{stats:?}");
+}

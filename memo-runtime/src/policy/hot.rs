@@ -344,11 +344,13 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             return None;
         }
         let hash = copies.hash(&full);
-        let payload = copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
+        copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
             keep.holds(payload)
-        })?;
-        keep.take(&payload)
+        })
     })
+    // Cloned (or decoded) once the configuration is no longer borrowed: a
+    // `Clone` or `Deserialize` of the caller's may itself call memo.
+    .and_then(|payload| keep.take(&payload))
 }
 
 /// A full key in pieces, as the local copies take it.

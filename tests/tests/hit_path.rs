@@ -331,3 +331,59 @@ fn a_value_whose_clone_calls_memo_is_served_from_its_local_copy() {
     let stats = memo_runtime::stats();
     assert!(stats.local_hits >= 2, "{stats:?}");
 }
+
+#[test]
+fn no_thread_reads_an_embedded_entry_after_it_is_replaced_or_dropped() {
+    use memo_runtime::Backend;
+    let _serial = serial();
+    let backend = MemoryBackend::new();
+    configure(Config::new(backend.clone()));
+    let options = Options::new();
+    let rounds = 20;
+    let hit = Barrier::new(THREADS + 1);
+    let written = Barrier::new(THREADS + 1);
+    let wrong = AtomicUsize::new(0);
+    let generation = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (hit, written, wrong, generation, options) =
+                (&hit, &written, &wrong, &generation, &options);
+            scope.spawn(move || {
+                for _ in 0..rounds {
+                    for _ in 0..100 {
+                        let now = generation.load(Ordering::SeqCst);
+                        let got: usize = cache_memoize("replaced", || now, options);
+                        if got != now {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    hit.wait();
+                    written.wait();
+                }
+            });
+        }
+        for round in 0..rounds {
+            hit.wait();
+            generation.fetch_add(1, Ordering::SeqCst);
+            if round % 2 == 0 {
+                invalidate("replaced", &options).unwrap();
+            } else {
+                // Overwritten with the next generation's value, as another
+                // writer of the store would.
+                let next = generation.load(Ordering::SeqCst);
+                let stored = {
+                    let _: usize = cache_memoize("scratch", || next, &options);
+                    backend.get("scratch").unwrap().unwrap()
+                };
+                // The scratch entry is bound to its own key: written under
+                // "replaced" it is a miss, and the call recomputes.
+                backend
+                    .set("replaced", &stored, Duration::from_secs(60))
+                    .unwrap();
+                backend.delete("scratch").unwrap();
+            }
+            written.wait();
+        }
+    });
+    assert_eq!(wrong.load(Ordering::SeqCst), 0);
+}

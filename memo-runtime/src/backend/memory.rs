@@ -9,6 +9,8 @@
 //! full, which for a chunked value means storing most chunks and losing one,
 //! a wasted write; under LRU the newest write is always whole.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 struct Entry {
     value: Arc<Stored>,
     ttl: Duration,
+    /// When the entry expires, by our own reading of the clock taken just
+    /// before moka's: never later than moka's own expiry of it.
+    expires: Instant,
 }
 
 /// The bytes of one entry, never changed once stored (a write replaces the
@@ -121,6 +126,91 @@ impl Expiry<String, Entry> for EntryExpiry {
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
     max_bytes: u64,
+    /// What the threads' recent reads are checked against (shared by
+    /// clones, which share the cache).
+    writes: Arc<Writes>,
+}
+
+/// The store's identity and its count of writes: every operation that can
+/// change or drop an entry bumps the count before and after (see
+/// [`Writes::around`]), which turns every thread's recent reads of this
+/// store (see [`Recent`]) stale.
+struct Writes {
+    id: u64,
+    count: AtomicU64,
+}
+
+impl Writes {
+    fn new() -> Writes {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Writes {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `op`, a write, between two bumps of the count. A thread's
+    /// remembered read is served only if the count it read first still
+    /// matches, so such a read falls wholly before the write began (the
+    /// first bump): sequentially consistent, so that no read that comes
+    /// after the write took effect can still match.
+    fn around<R>(&self, op: impl FnOnce() -> R) -> R {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let result = op();
+        self.count.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    fn now(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// One entry a thread read recently, served again without asking moka
+/// while nothing was written to the store since, the entry has not
+/// expired, and it was read from moka less than [`RECENCY`] ago.
+///
+/// What this saves is moka's `get`, which records each read for its LRU
+/// (a channel send, an epoch pin, a clock read, and now and then draining
+/// the channel): most of a hit of a hot entry. What it gives up: moka
+/// sees a hot entry's reads once per [`RECENCY`] per thread rather than
+/// each one (plenty for LRU), and an entry that moka evicts for room may
+/// still be served from here until the next write or [`RECENCY`] (the value
+/// last written under the key, unexpired: a hit, never a wrong value);
+/// each thread keeps at most [`RECENT_SLOTS`] entries of at most
+/// [`RECENT_MAX_BYTES`] alive outside the byte budget.
+struct Recent {
+    store: u64,
+    writes: u64,
+    key: Box<str>,
+    value: Arc<Stored>,
+    expires: Instant,
+    read: Instant,
+}
+
+/// How many entries a thread remembers, one per slot by a hash of the key.
+const RECENT_SLOTS: usize = 64;
+/// The largest entry a thread remembers.
+const RECENT_MAX_BYTES: usize = 1024;
+/// How long a remembered entry is served before moka is asked again.
+const RECENCY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static RECENT: RefCell<[Option<Recent>; RECENT_SLOTS]> =
+        const { RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// A key's slot: a multiply-rotate hash, enough to spread keys (a
+/// collision only costs a read from moka).
+fn slot_of(key: &str) -> usize {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut hash = key.len() as u64;
+    for chunk in key.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    (hash >> 58) as usize % RECENT_SLOTS
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -159,7 +249,11 @@ impl MemoryBackend {
             .expire_after(EntryExpiry)
             .eviction_policy(EvictionPolicy::lru())
             .build();
-        MemoryBackend { cache, max_bytes }
+        MemoryBackend {
+            cache,
+            max_bytes,
+            writes: Arc::new(Writes::new()),
+        }
     }
 
     /// The byte budget.
@@ -182,8 +276,10 @@ impl MemoryBackend {
 
     /// Drops every entry.
     pub fn clear(&self) {
-        self.cache.invalidate_all();
-        self.cache.run_pending_tasks();
+        self.writes.around(|| {
+            self.cache.invalidate_all();
+            self.cache.run_pending_tasks();
+        });
     }
 
     pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
@@ -212,13 +308,25 @@ impl MemoryBackend {
     }
 
     fn entry(key: &str, value: &[u8], ttl: Duration) -> Entry {
-        Entry {
-            value: Arc::new(Stored {
+        Self::entry_of(
+            Arc::new(Stored {
                 bytes: Box::from(value),
                 checked: OnceLock::new(),
                 checked_limit: key.len(),
             }),
-            ttl: ttl.min(MAX_TTL),
+            ttl,
+        )
+    }
+
+    fn entry_of(value: Arc<Stored>, ttl: Duration) -> Entry {
+        let ttl = ttl.min(MAX_TTL);
+        let now = Instant::now();
+        Entry {
+            value,
+            ttl,
+            // Unrepresentable: expired at once for `Recent`, which then
+            // never serves it (moka still holds it for its TTL).
+            expires: now.checked_add(ttl).unwrap_or(now),
         }
     }
 }
@@ -228,16 +336,16 @@ impl MemoryBackend {
     /// in one compute on the entry, which moka runs under the key's lock;
     /// whether it did.
     fn retouch(&self, key: &str, ttl: Duration, keep: impl Fn(&[u8]) -> bool) -> bool {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) if keep(&entry.value().value) => Op::Put(Entry {
-                    value: Arc::clone(&entry.value().value),
-                    ttl: ttl.min(MAX_TTL),
-                }),
-                _ => Op::Nop,
-            });
+        let result = self.writes.around(|| {
+            self.cache
+                .entry(key.to_owned())
+                .and_compute_with(|existing| match existing {
+                    Some(entry) if keep(&entry.value().value) => {
+                        Op::Put(Self::entry_of(Arc::clone(&entry.value().value), ttl))
+                    }
+                    _ => Op::Nop,
+                })
+        });
         matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
     }
 }
@@ -246,7 +354,61 @@ impl MemoryBackend {
     /// The entry under `key`, shared rather than copied: the hit path of
     /// memo's own calls on the embedded store. `None` when absent.
     pub(crate) fn get_shared(&self, key: &str) -> Option<Arc<Stored>> {
-        self.cache.get(key).map(|entry| entry.value)
+        // Read before moka: a write that ends after this read leaves what
+        // is remembered below stale.
+        let writes = self.writes.now();
+        let now = Instant::now();
+        let slot = slot_of(key);
+        let recent = RECENT.try_with(|recent| {
+            let recent = recent.try_borrow().ok()?;
+            let recent = recent[slot].as_ref()?;
+            (recent.store == self.writes.id
+                && recent.writes == writes
+                && now < recent.expires
+                && now.saturating_duration_since(recent.read) < RECENCY
+                && *recent.key == *key)
+                .then(|| Arc::clone(&recent.value))
+        });
+        if let Ok(Some(value)) = recent {
+            return Some(value);
+        }
+        let entry = self.cache.get(key)?;
+        if entry.value.len() <= RECENT_MAX_BYTES {
+            self.remember(slot, key, &entry, writes, now);
+        }
+        Some(entry.value)
+    }
+
+    /// Remembers `entry`, read at `now` with the store at `writes`, in
+    /// this thread's `slot`: unless the slot holds another key read less
+    /// than [`RECENCY`] ago, so that keys read in turn do not keep
+    /// replacing each other.
+    fn remember(&self, slot: usize, key: &str, entry: &Entry, writes: u64, now: Instant) {
+        let _ = RECENT.try_with(|recent| {
+            let Ok(mut recent) = recent.try_borrow_mut() else {
+                return;
+            };
+            let slot = &mut recent[slot];
+            let key = match slot.take() {
+                Some(old) if *old.key == *key => old.key,
+                Some(old)
+                    if old.store == self.writes.id
+                        && now.saturating_duration_since(old.read) < RECENCY =>
+                {
+                    *slot = Some(old);
+                    return;
+                }
+                _ => Box::from(key),
+            };
+            *slot = Some(Recent {
+                store: self.writes.id,
+                writes,
+                key,
+                value: Arc::clone(&entry.value),
+                expires: entry.expires,
+                read: now,
+            });
+        });
     }
 }
 
@@ -256,16 +418,19 @@ impl Backend for MemoryBackend {
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
-        self.cache
-            .insert(key.to_owned(), Self::entry(key, value, ttl));
+        self.writes.around(|| {
+            self.cache
+                .insert(key.to_owned(), Self::entry(key, value, ttl));
+        });
         Ok(())
     }
 
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
-        let entry = self
-            .cache
-            .entry(key.to_owned())
-            .or_insert_with(|| Self::entry(key, value, ttl));
+        let entry = self.writes.around(|| {
+            self.cache
+                .entry(key.to_owned())
+                .or_insert_with(|| Self::entry(key, value, ttl))
+        });
         Ok(entry.is_fresh())
     }
 
@@ -274,17 +439,18 @@ impl Backend for MemoryBackend {
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        Ok(self.cache.remove(key).is_some())
+        Ok(self.writes.around(|| self.cache.remove(key).is_some()))
     }
 
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) if **entry.value().value == *expected => Op::Remove,
-                _ => Op::Nop,
-            });
+        let result = self.writes.around(|| {
+            self.cache
+                .entry(key.to_owned())
+                .and_compute_with(|existing| match existing {
+                    Some(entry) if **entry.value().value == *expected => Op::Remove,
+                    _ => Op::Nop,
+                })
+        });
         Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
     }
 
@@ -393,6 +559,99 @@ mod tests {
         entry.checked("ful");
         assert!(entry.checked_for("ful"));
         assert!(backend.get_shared("absent").is_none());
+    }
+
+    fn shared(backend: &MemoryBackend, key: &str) -> Option<Vec<u8>> {
+        backend
+            .get_shared(key)
+            .map(|stored| stored.bytes().to_vec())
+    }
+
+    #[test]
+    fn remembered_reads_follow_every_write() {
+        let backend = MemoryBackend::new();
+        backend.set("k", b"one", MINUTE).unwrap();
+        for _ in 0..3 {
+            assert_eq!(shared(&backend, "k").as_deref(), Some(&b"one"[..]));
+        }
+        backend.set("k", b"two", MINUTE).unwrap();
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"two"[..]));
+        assert!(backend.delete("k").unwrap());
+        assert_eq!(shared(&backend, "k"), None);
+        assert!(backend.add("k", b"three", MINUTE).unwrap());
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"three"[..]));
+        assert!(backend.delete_if_value("k", b"three").unwrap());
+        assert_eq!(shared(&backend, "k"), None);
+        backend.set("k", b"four", MINUTE).unwrap();
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"four"[..]));
+        // A touch to a short TTL is seen: the entry expires with it.
+        assert!(
+            backend
+                .touch_if_value("k", b"four", Duration::from_millis(30))
+                .unwrap()
+        );
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"four"[..]));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(shared(&backend, "k"), None);
+        backend.set("k", b"five", MINUTE).unwrap();
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"five"[..]));
+        backend.clear();
+        assert_eq!(shared(&backend, "k"), None);
+    }
+
+    #[test]
+    fn a_remembered_read_is_never_served_past_the_entry_s_expiry() {
+        let backend = MemoryBackend::new();
+        backend
+            .set("short", b"v", Duration::from_millis(40))
+            .unwrap();
+        // Remembered well within the recency window, with no write since.
+        assert_eq!(shared(&backend, "short").as_deref(), Some(&b"v"[..]));
+        assert_eq!(shared(&backend, "short").as_deref(), Some(&b"v"[..]));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(shared(&backend, "short"), None);
+    }
+
+    #[test]
+    fn stores_and_keys_sharing_a_slot_keep_their_own_entries() {
+        let a = MemoryBackend::new();
+        let b = MemoryBackend::new();
+        a.set("k", b"a", MINUTE).unwrap();
+        b.set("k", b"b", MINUTE).unwrap();
+        for _ in 0..3 {
+            assert_eq!(shared(&a, "k").as_deref(), Some(&b"a"[..]));
+            assert_eq!(shared(&b, "k").as_deref(), Some(&b"b"[..]));
+        }
+        // Two keys in one slot.
+        let first = "slot-0";
+        let other = (1..)
+            .map(|i| format!("slot-{i}"))
+            .find(|key| slot_of(key) == slot_of(first))
+            .unwrap();
+        a.set(first, b"first", MINUTE).unwrap();
+        a.set(&other, b"other", MINUTE).unwrap();
+        for _ in 0..3 {
+            assert_eq!(shared(&a, first).as_deref(), Some(&b"first"[..]));
+            assert_eq!(shared(&a, &other).as_deref(), Some(&b"other"[..]));
+        }
+        // A clone is the same store.
+        let clone = a.clone();
+        clone.set(first, b"changed", MINUTE).unwrap();
+        assert_eq!(shared(&a, first).as_deref(), Some(&b"changed"[..]));
+    }
+
+    #[test]
+    fn a_large_entry_is_not_remembered_but_still_read() {
+        let backend = MemoryBackend::new();
+        let large = vec![7u8; RECENT_MAX_BYTES + 1];
+        backend.set("large", &large, MINUTE).unwrap();
+        assert_eq!(shared(&backend, "large"), Some(large.clone()));
+        let remembered = RECENT.with(|recent| {
+            recent.borrow()[slot_of("large")]
+                .as_ref()
+                .is_some_and(|recent| &*recent.key == "large")
+        });
+        assert!(!remembered);
     }
 
     #[test]

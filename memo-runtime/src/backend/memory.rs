@@ -8,6 +8,12 @@
 //! TinyLFU admission: TinyLFU may refuse a brand-new entry when the cache is
 //! full, which for a chunked value means storing most chunks and losing one,
 //! a wasted write; under LRU the newest write is always whole.
+//!
+//! memo's own hits read an entry shared rather than copied, and a thread
+//! serves its most recent reads of small entries again without asking moka
+//! (whose `get` records every read for its LRU) for as long as nothing was
+//! written to the store since, within a second and the entry's expiry (see
+//! `Recent`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};

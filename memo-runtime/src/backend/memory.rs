@@ -651,7 +651,7 @@ mod tests {
         let backend = MemoryBackend::new();
         let large = vec![7u8; RECENT_MAX_BYTES + 1];
         backend.set("large", &large, MINUTE).unwrap();
-        assert_eq!(shared(&backend, "large"), Some(large.clone()));
+        assert_eq!(shared(&backend, "large"), Some(large));
         let remembered = RECENT.with(|recent| {
             recent.borrow()[slot_of("large")]
                 .as_ref()

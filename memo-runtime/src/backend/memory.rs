@@ -4,10 +4,11 @@
 //! bound on the total bytes held (keys and values, plus a fixed per-entry
 //! overhead; keys count twice, as an entry may also remember the full key
 //! its checksum was checked for), so a process cannot grow without limit
-//! however much it memoizes. Eviction is least-recently-used rather than moka's default
-//! TinyLFU admission: TinyLFU may refuse a brand-new entry when the cache is
-//! full, which for a chunked value means storing most chunks and losing one,
-//! a wasted write; under LRU the newest write is always whole.
+//! however much it memoizes. Eviction is least-recently-used rather than
+//! moka's default TinyLFU admission: TinyLFU may refuse a brand-new entry
+//! when the cache is full, which for a chunked value means storing most
+//! chunks and losing one, a wasted write; under LRU the newest write is
+//! always whole.
 //!
 //! memo's own hits read an entry shared rather than copied, and a thread
 //! serves its most recent reads of small entries again without asking moka
@@ -137,13 +138,14 @@ pub struct MemoryBackend {
     writes: Arc<Writes>,
 }
 
-/// The store's identity and its count of writes: every operation that can
-/// change or drop an entry bumps the count before and after (see
-/// [`Writes::around`]), which turns every thread's recent reads of this
-/// store (see [`Recent`]) stale.
+/// The store's identity, its count of finished writes and its number of
+/// writes under way: every operation that can change or drop an entry runs
+/// inside [`Writes::around`], which turns every thread's recent reads of
+/// this store (see [`Recent`]) stale.
 struct Writes {
     id: u64,
-    count: AtomicU64,
+    done: AtomicU64,
+    busy: AtomicU64,
 }
 
 impl Writes {
@@ -151,24 +153,35 @@ impl Writes {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Writes {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            count: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         }
     }
 
-    /// Runs `op`, a write, between two bumps of the count. A thread's
-    /// remembered read is served only if the count it read first still
-    /// matches, so such a read falls wholly before the write began (the
-    /// first bump): sequentially consistent, so that no read that comes
-    /// after the write took effect can still match.
+    /// Runs `op`, a write, counted as under way while it runs and as done
+    /// once it has. A remembered read is served only when [`now`](Self::now)
+    /// finds no write under way and the count of finished ones unchanged
+    /// since it was remembered: no write has then begun between the read
+    /// from moka and now (one that began and ended in between changed the
+    /// count; one that began and is still running is under way), so the
+    /// value is still the current one. Sequentially consistent, so that
+    /// these orders are the same for every thread.
     fn around<R>(&self, op: impl FnOnce() -> R) -> R {
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.busy.fetch_add(1, Ordering::SeqCst);
         let result = op();
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.done.fetch_add(1, Ordering::SeqCst);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
         result
     }
 
-    fn now(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
+    /// The count of finished writes, or `None` while a write is under way.
+    /// The writes under way are read first: a write that ends between the
+    /// two reads is then seen in the count.
+    fn now(&self) -> Option<u64> {
+        if self.busy.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        Some(self.done.load(Ordering::SeqCst))
     }
 }
 
@@ -361,25 +374,28 @@ impl MemoryBackend {
     /// memo's own calls on the embedded store. `None` when absent.
     pub(crate) fn get_shared(&self, key: &str) -> Option<Arc<Stored>> {
         // Read before moka: a write that ends after this read leaves what
-        // is remembered below stale.
+        // is remembered below stale. While a write is under way, nothing is
+        // served from or kept in this thread's slots.
         let writes = self.writes.now();
         let now = Instant::now();
         let slot = slot_of(key);
-        let recent = RECENT.try_with(|recent| {
-            let recent = recent.try_borrow().ok()?;
-            let recent = recent[slot].as_ref()?;
-            (recent.store == self.writes.id
-                && recent.writes == writes
-                && now < recent.expires
-                && now.saturating_duration_since(recent.read) < RECENCY
-                && *recent.key == *key)
-                .then(|| Arc::clone(&recent.value))
-        });
-        if let Ok(Some(value)) = recent {
-            return Some(value);
+        if let Some(writes) = writes {
+            let recent = RECENT.try_with(|recent| {
+                let recent = recent.try_borrow().ok()?;
+                let recent = recent[slot].as_ref()?;
+                (recent.store == self.writes.id
+                    && recent.writes == writes
+                    && now < recent.expires
+                    && now.saturating_duration_since(recent.read) < RECENCY
+                    && *recent.key == *key)
+                    .then(|| Arc::clone(&recent.value))
+            });
+            if let Ok(Some(value)) = recent {
+                return Some(value);
+            }
         }
         let entry = self.cache.get(key)?;
-        if entry.value.len() <= RECENT_MAX_BYTES {
+        if let Some(writes) = writes.filter(|_| entry.value.len() <= RECENT_MAX_BYTES) {
             self.remember(slot, key, &entry, writes, now);
         }
         Some(entry.value)
@@ -644,6 +660,34 @@ mod tests {
         let clone = a.clone();
         clone.set(first, b"changed", MINUTE).unwrap();
         assert_eq!(shared(&a, first).as_deref(), Some(&b"changed"[..]));
+    }
+
+    #[test]
+    fn nothing_is_served_from_or_kept_in_the_slots_while_a_write_is_under_way() {
+        let backend = MemoryBackend::new();
+        backend.set("k", b"old", MINUTE).unwrap();
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"old"[..]));
+        // A write under way: its new value is in moka, its count not yet.
+        backend.writes.busy.fetch_add(1, Ordering::SeqCst);
+        backend
+            .cache
+            .insert("k".to_owned(), MemoryBackend::entry("k", b"new", MINUTE));
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"new"[..]));
+        // Read meanwhile, a key is not remembered.
+        backend.cache.insert(
+            "other".to_owned(),
+            MemoryBackend::entry("other", b"o", MINUTE),
+        );
+        assert_eq!(shared(&backend, "other").as_deref(), Some(&b"o"[..]));
+        let remembered = RECENT.with(|recent| {
+            recent.borrow()[slot_of("other")]
+                .as_ref()
+                .is_some_and(|recent| &*recent.key == "other")
+        });
+        assert!(!remembered);
+        backend.writes.done.fetch_add(1, Ordering::SeqCst);
+        backend.writes.busy.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(shared(&backend, "k").as_deref(), Some(&b"new"[..]));
     }
 
     #[test]

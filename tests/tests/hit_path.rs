@@ -6,7 +6,12 @@
 //! - the local copies (a sharded map of their own) are never served past an
 //!   invalidation or the shared entry's expiry, on any thread;
 //! - the attribute builds a key of several components in one string, the
-//!   same key the functional API builds from the components.
+//!   same key the functional API builds from the components;
+//! - a synchronous local hit, found before the call is resolved by a hash
+//!   of the full key's pieces, finds the copy of every form of its key
+//!   (and only its key), and counts as the slow path does;
+//! - a hit on the embedded store that skips the checksum of bytes already
+//!   checked still checks new bytes, and another key's entry is a miss.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -209,4 +214,176 @@ fn the_attribute_s_joined_key_is_the_functional_api_s() {
     assert_eq!(alone("a:b%"), "computed a:b%");
     let found: String = cache_memoize(["a:b%"], || panic!("a miss"), &Options::new());
     assert_eq!(found, "computed a:b%");
+}
+
+#[test]
+fn a_local_copy_is_found_by_every_form_of_its_key_and_counted() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()).namespace("shop"));
+    let options = Options::new().local(Duration::from_secs(60));
+    let runs = AtomicUsize::new(0);
+    let compute = || runs.fetch_add(1, Ordering::SeqCst) + 1;
+    // Stored as is, the raw form and the components' form are one key;
+    // a component's `:` is escaped, so it is another key.
+    let first: usize = cache_memoize("user:42", compute, &options);
+    let parts: usize = cache_memoize(["user", "42"], compute, &options);
+    let other: usize = cache_memoize(["user:42"], compute, &options);
+    let escaped: usize = cache_memoize(["user", "4:2"], compute, &options);
+    assert_eq!((first, parts, other, escaped), (1, 1, 1, 2));
+    // `["user:42"]` is used as is: the same key as `"user:42"`.
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // A key with a space is stored escaped: found by the slow path.
+    let spaced: usize = cache_memoize("a b", compute, &options);
+    let again: usize = cache_memoize("a b", compute, &options);
+    assert_eq!((spaced, again), (3, 3));
+    // Another key whose bytes differ only past a common prefix.
+    let longer: usize = cache_memoize("user:421", compute, &options);
+    assert_eq!(longer, 4);
+    let stats = memo_runtime::stats();
+    // Two hits found before resolving the call, one by the slow path.
+    assert_eq!(stats.local_hits, 3, "{stats:?}");
+    assert_eq!(stats.hits, 3, "{stats:?}");
+    assert_eq!(stats.misses, 4, "{stats:?}");
+}
+
+#[test]
+fn an_embedded_hit_checks_bytes_it_has_not_checked_before() {
+    use memo_runtime::Backend;
+    let _serial = serial();
+    let backend = MemoryBackend::new();
+    configure(Config::new(backend.clone()));
+    let options = Options::new();
+    let runs = AtomicUsize::new(0);
+    let compute = || runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let first: usize = cache_memoize("checked", compute, &options);
+    // Hits: the second and later reuse the first one's check.
+    for _ in 0..3 {
+        assert_eq!(
+            cache_memoize::<_, usize, _>("checked", compute, &options),
+            first
+        );
+    }
+    // A flipped byte in a copy of the entry, written back: new bytes, not
+    // checked yet, so the checksum catches it.
+    let mut bytes = backend.get("checked").unwrap().unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    backend
+        .set("checked", &bytes, Duration::from_secs(60))
+        .unwrap();
+    let invalid_before = memo_runtime::stats().invalid;
+    let recomputed: usize = cache_memoize("checked", compute, &options);
+    assert_eq!(recomputed, 2);
+    assert_eq!(memo_runtime::stats().invalid, invalid_before + 1);
+    // Another key's entry, checked under that key, copied under this one:
+    // a miss, never the other key's value.
+    let theirs: usize = cache_memoize("theirs", || 100, &options);
+    assert_eq!(
+        cache_memoize::<_, usize, _>("theirs", compute, &options),
+        theirs
+    );
+    let foreign = backend.get("theirs").unwrap().unwrap();
+    backend
+        .set("mine", &foreign, Duration::from_secs(60))
+        .unwrap();
+    let mine: usize = cache_memoize("mine", compute, &options);
+    assert_eq!(mine, 3);
+    assert_eq!(cache_memoize::<_, usize, _>("mine", compute, &options), 3);
+    let stats = memo_runtime::stats();
+    assert_eq!(stats.hits, 5, "{stats:?}");
+    assert_eq!(stats.misses, 4, "{stats:?}");
+}
+
+/// A value whose `Clone` makes memoized calls of its own, local and not.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CallsWhenCloned(u32);
+
+impl Clone for CallsWhenCloned {
+    fn clone(&self) -> Self {
+        CallsWhenCloned(inner_local(self.0) + inner_plain(self.0) - self.0)
+    }
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:inner:{n}", local = 60)]
+fn inner_local(n: u32) -> u32 {
+    n
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:plain:{n}")]
+fn inner_plain(n: u32) -> u32 {
+    n
+}
+
+#[memo_runtime::cache_memoize(key = "reentrant:outer:{n}", local = 60)]
+fn outer(n: u32) -> CallsWhenCloned {
+    CallsWhenCloned(n)
+}
+
+#[test]
+fn a_value_whose_clone_calls_memo_is_served_from_its_local_copy() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    // Computed, then hits: each clones the kept value, and the clone's
+    // own memoized calls hit (or fill) their entries and copies.
+    for _ in 0..3 {
+        assert_eq!(outer(5), CallsWhenCloned(5));
+    }
+    let stats = memo_runtime::stats();
+    assert!(stats.local_hits >= 2, "{stats:?}");
+}
+
+#[test]
+fn no_thread_reads_an_embedded_entry_after_it_is_replaced_or_dropped() {
+    use memo_runtime::Backend;
+    let _serial = serial();
+    let backend = MemoryBackend::new();
+    configure(Config::new(backend.clone()));
+    let options = Options::new();
+    let rounds = 20;
+    let hit = Barrier::new(THREADS + 1);
+    let written = Barrier::new(THREADS + 1);
+    let wrong = AtomicUsize::new(0);
+    let generation = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (hit, written, wrong, generation, options) =
+                (&hit, &written, &wrong, &generation, &options);
+            scope.spawn(move || {
+                for _ in 0..rounds {
+                    for _ in 0..100 {
+                        let now = generation.load(Ordering::SeqCst);
+                        let got: usize = cache_memoize("replaced", || now, options);
+                        if got != now {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    hit.wait();
+                    written.wait();
+                }
+            });
+        }
+        for round in 0..rounds {
+            hit.wait();
+            generation.fetch_add(1, Ordering::SeqCst);
+            if round % 2 == 0 {
+                invalidate("replaced", &options).unwrap();
+            } else {
+                // Overwritten with the next generation's value, as another
+                // writer of the store would.
+                let next = generation.load(Ordering::SeqCst);
+                let stored = {
+                    let _: usize = cache_memoize("scratch", || next, &options);
+                    backend.get("scratch").unwrap().unwrap()
+                };
+                // The scratch entry is bound to its own key: written under
+                // "replaced" it is a miss, and the call recomputes.
+                backend
+                    .set("replaced", &stored, Duration::from_secs(60))
+                    .unwrap();
+                backend.delete("scratch").unwrap();
+            }
+            written.wait();
+        }
+    });
+    assert_eq!(wrong.load(Ordering::SeqCst), 0);
 }

@@ -5,11 +5,11 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::backend::drive::{Blocking, block_on};
-use crate::config::config;
-use crate::format::key::CacheKey;
+use crate::config::{config, give_back, take_config};
+use crate::format::key::{CacheKey, recycle_key};
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
-use crate::policy::hot::{Encoded, Keep};
+use crate::policy::hot::{Encoded, Keep, quick_local_hit};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
@@ -33,8 +33,14 @@ where
         + Serde<Blocking, T>
         + Encode<Blocking, T, R, C>,
 {
-    let call = Call::new(config(), key, options);
-    if let Some(value) = call.local_hit(&keep) {
+    if let Some(value) = quick_local_hit(&key, options, &keep) {
+        recycle_key(key);
+        return from_cache(value);
+    }
+    let (config, generation) = take_config();
+    let call = Call::new(config, key, options);
+    if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
+        give_back(call.config, generation);
         return from_cache(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,

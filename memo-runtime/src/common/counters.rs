@@ -2,9 +2,12 @@
 //!
 //! Every configuration carries its own counters, so `stats()` reports what
 //! happened since the last [`configure`](crate::configure) call. Counting is
-//! a relaxed atomic add per event: cheap enough for the hit path.
+//! a relaxed atomic add per event: cheap enough for the hit path. What every
+//! hit counts (hits, bytes read, local hits) is spread over stripes, each on
+//! a cache line of its own, a thread always adding to the same one: threads
+//! hitting at once then do not all write one line.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::error::BackendError;
 
@@ -64,17 +67,16 @@ pub struct Stats {
 /// The live counters behind [`Stats`], counted by event.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    hits: AtomicU64,
+    /// The counts of the hit path, by stripe; summed by `snapshot`.
+    stripes: [Stripe; STRIPES],
     misses: AtomicU64,
     stores: AtomicU64,
     errors: AtomicU64,
     timeouts: AtomicU64,
     invalid: AtomicU64,
-    bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     lock_waits: AtomicU64,
     lock_timeouts: AtomicU64,
-    local_hits: AtomicU64,
     early_refreshes: AtomicU64,
     stale_serves: AtomicU64,
     refresh_failures: AtomicU64,
@@ -87,10 +89,37 @@ fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// How many stripes the hit path's counts are spread over: about as many
+/// threads as hit at once on a large machine; more only cost memory.
+const STRIPES: usize = 16;
+
+/// One stripe of the hit path's counts, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe {
+    hits: AtomicU64,
+    bytes_read: AtomicU64,
+    local_hits: AtomicU64,
+}
+
+/// This thread's stripe: threads take them in turn as they first count.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    // During a thread's teardown, any stripe will do.
+    INDEX.try_with(|index| *index).unwrap_or(0)
+}
+
 impl Counters {
     /// A call answered from the cache.
     pub(crate) fn hit(&self) {
-        bump(&self.hits, 1);
+        bump(&self.stripe().hits, 1);
+    }
+
+    fn stripe(&self) -> &Stripe {
+        &self.stripes[stripe_index()]
     }
 
     /// A call that had to compute.
@@ -105,7 +134,7 @@ impl Counters {
 
     /// `n` bytes read from the backend.
     pub(crate) fn read(&self, n: usize) {
-        bump(&self.bytes_read, n as u64);
+        bump(&self.stripe().bytes_read, n as u64);
     }
 
     /// `n` bytes written to the backend.
@@ -125,8 +154,9 @@ impl Counters {
 
     /// A call answered from the local copy (counted as a hit too).
     pub(crate) fn local_hit(&self) {
-        bump(&self.hits, 1);
-        bump(&self.local_hits, 1);
+        let stripe = self.stripe();
+        bump(&stripe.hits, 1);
+        bump(&stripe.local_hits, 1);
     }
 
     /// A value recomputed ahead of its expiry.
@@ -136,7 +166,7 @@ impl Counters {
 
     /// A stale value served while it is refreshed (counted as a hit too).
     pub(crate) fn stale_served(&self) {
-        bump(&self.hits, 1);
+        bump(&self.stripe().hits, 1);
         bump(&self.stale_serves, 1);
     }
 
@@ -153,18 +183,21 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let sum = |counter: fn(&Stripe) -> &AtomicU64| {
+            self.stripes.iter().map(|stripe| get(counter(stripe))).sum()
+        };
         Stats {
-            hits: get(&self.hits),
+            hits: sum(|stripe| &stripe.hits),
             misses: get(&self.misses),
             stores: get(&self.stores),
             errors: get(&self.errors),
             timeouts: get(&self.timeouts),
             invalid: get(&self.invalid),
-            bytes_read: get(&self.bytes_read),
+            bytes_read: sum(|stripe| &stripe.bytes_read),
             bytes_written: get(&self.bytes_written),
             lock_waits: get(&self.lock_waits),
             lock_timeouts: get(&self.lock_timeouts),
-            local_hits: get(&self.local_hits),
+            local_hits: sum(|stripe| &stripe.local_hits),
             early_refreshes: get(&self.early_refreshes),
             stale_serves: get(&self.stale_serves),
             refresh_failures: get(&self.refresh_failures),
@@ -206,6 +239,29 @@ impl Counters {
 mod tests {
     use super::*;
     use crate::common::error::BackendErrorKind;
+
+    #[test]
+    fn counts_from_more_threads_than_stripes_are_all_summed() {
+        let counters = Counters::default();
+        std::thread::scope(|scope| {
+            for _ in 0..STRIPES * 2 + 3 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        counters.hit();
+                        counters.local_hit();
+                        counters.stale_served();
+                        counters.read(3);
+                    }
+                });
+            }
+        });
+        let threads = (STRIPES * 2 + 3) as u64;
+        let stats = counters.snapshot();
+        assert_eq!(stats.hits, threads * 300);
+        assert_eq!(stats.local_hits, threads * 100);
+        assert_eq!(stats.stale_serves, threads * 100);
+        assert_eq!(stats.bytes_read, threads * 300);
+    }
 
     #[test]
     fn snapshot_reflects_every_counter() {

@@ -28,7 +28,8 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -71,14 +72,55 @@ impl Kept {
 /// hitting different keys rarely meet on one lock.
 const SHARDS: usize = 32;
 
-/// One shard: its copies, by stored key.
-type Shard = HashMap<Box<str>, Kept>;
+/// One kept copy and the stored key it was kept under: the map is keyed by
+/// the key's 64-bit hash, so a lookup compares the key itself before
+/// taking the copy, and two keys whose hashes collide share a slot (the
+/// later one replaces the earlier) but never each other's copy.
+struct Slot {
+    key: Box<str>,
+    kept: Kept,
+}
+
+/// One shard: its copies, by the hash of their stored key.
+type Shard = HashMap<u64, Slot, BuildHasherDefault<KeyHash>>;
+
+/// The hasher of a shard's map: its keys already are seeded SipHash
+/// values, so it takes them as they are.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; fold anything else in anyway.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+/// A shard's lock and its count of local hits, on a cache line of its own,
+/// so that threads working in different shards never write one line.
+#[repr(align(128))]
+struct ShardCell {
+    map: Mutex<Shard>,
+    hits: AtomicU64,
+}
 
 /// The local copies of one configuration.
 pub(crate) struct LocalCopies {
-    shards: Box<[Mutex<Shard>]>,
-    /// Seeds the choice of a key's shard; random per map.
-    seed: u64,
+    shards: Box<[ShardCell]>,
+    /// SipHash keyed at random per map: what a stored key is looked up by.
+    /// Keys may come from outside (user ids in a template), so the hash is
+    /// keyed, as `HashMap`'s own is, rather than guessable.
+    hasher: RandomState,
     /// What every copy in every shard weighs, in all.
     weight: AtomicU64,
     capacity: u64,
@@ -96,45 +138,71 @@ impl std::fmt::Debug for LocalCopies {
 /// What each copy costs beyond its value: the key and the bookkeeping.
 const OVERHEAD: u32 = 128;
 
+/// A stored key given in pieces (the namespace, `:`, the escaped
+/// components and their separators), hashed and compared as the string
+/// they join into, without building it.
+pub(crate) trait KeyPieces {
+    /// Calls `piece` with each piece in order.
+    fn pieces(&self, piece: &mut dyn FnMut(&[u8]));
+}
+
+impl KeyPieces for str {
+    fn pieces(&self, piece: &mut dyn FnMut(&[u8])) {
+        piece(self.as_bytes());
+    }
+}
+
+/// Whether `key` is the string `pieces` join into.
+fn same_key(key: &str, pieces: &(impl KeyPieces + ?Sized)) -> bool {
+    let mut rest = key.as_bytes();
+    let mut same = true;
+    pieces.pieces(&mut |piece| {
+        if same {
+            match rest.split_at_checked(piece.len()) {
+                Some((head, tail)) if head == piece => rest = tail,
+                _ => same = false,
+            }
+        }
+    });
+    same && rest.is_empty()
+}
+
 impl LocalCopies {
     /// Copies weighing at most `capacity` bytes in all (at times a little
     /// more, for the moment between a copy being kept and others evicted).
     pub(crate) fn new(capacity: u64) -> LocalCopies {
         LocalCopies {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            seed: {
-                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-                hasher.write_u8(0);
-                hasher.finish()
-            },
+            shards: (0..SHARDS)
+                .map(|_| ShardCell {
+                    map: Mutex::default(),
+                    hits: AtomicU64::new(0),
+                })
+                .collect(),
+            hasher: RandomState::new(),
             weight: AtomicU64::new(0),
             capacity,
         }
     }
 
-    /// A key's shard, by a multiply-rotate hash seeded per map: cheaper
-    /// than the shards' own SipHash, and enough to spread keys, since only
-    /// the choice of one of 32 locks hangs on it (a key that collides in
-    /// it costs contention, never a wrong entry).
-    fn shard_of(&self, key: &str) -> usize {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut hash = self.seed;
-        let mut chunks = key.as_bytes().chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        let mut word = [0u8; 8];
-        word[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word) ^ key.len() as u64).wrapping_mul(K);
-        (hash >> 59) as usize % SHARDS
+    /// The hash a stored key is looked up by. SipHash takes its input as a
+    /// stream, so the pieces of a key hash as the joined string would.
+    pub(crate) fn hash(&self, key: &(impl KeyPieces + ?Sized)) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        key.pieces(&mut |piece| hasher.write(piece));
+        hasher.finish()
+    }
+
+    /// A hash's shard: bits the shard's own map does not index by (it
+    /// takes the low bits for the bucket and the top seven for its tags).
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 32) as usize % SHARDS
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
         // A panic under this lock can only have come from the allocator;
         // the map itself is whole, so a poisoned shard stays usable.
         self.shards[index]
+            .map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -142,34 +210,97 @@ impl LocalCopies {
     /// The copy kept under `key` for a type of `fingerprint`, unless it has
     /// run out.
     pub(crate) fn get(&self, key: &str, fingerprint: u64) -> Option<Kept> {
-        let mut shard = self.lock(self.shard_of(key));
-        let kept = shard.get(key)?;
-        if Instant::now() >= kept.until {
-            let charge = kept.charge(key);
-            shard.remove(key);
+        let hash = self.hash(key);
+        let mut shard = self.lock(Self::shard_of(hash));
+        self.live(&mut shard, hash, key, Instant::now())
+            .filter(|kept| kept.fingerprint == fingerprint)
+            .cloned()
+    }
+
+    /// A local hit for a key given in pieces, whose hash is `hash`, at
+    /// `now`: the payload of the copy kept for a type of `fingerprint`,
+    /// unless it has run out or `holds` refuses it; counted as a hit.
+    pub(crate) fn hit(
+        &self,
+        hash: u64,
+        key: &(impl KeyPieces + ?Sized),
+        fingerprint: u64,
+        now: Instant,
+        holds: impl FnOnce(&Payload) -> bool,
+    ) -> Option<Payload> {
+        let index = Self::shard_of(hash);
+        let mut shard = self.lock(index);
+        let kept = self
+            .live(&mut shard, hash, key, now)
+            .filter(|kept| kept.fingerprint == fingerprint && holds(&kept.payload))?;
+        // Counted under the shard's lock, which every writer of this count
+        // holds: a plain store, not a locked add.
+        let hits = &self.shards[index].hits;
+        hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Some(kept.payload.clone())
+    }
+
+    /// The copy in `shard` under `hash` if it is `key`'s and has not run
+    /// out at `now`; one that has is dropped.
+    fn live<'s>(
+        &self,
+        shard: &'s mut Shard,
+        hash: u64,
+        key: &(impl KeyPieces + ?Sized),
+        now: Instant,
+    ) -> Option<&'s Kept> {
+        let slot = shard.get(&hash)?;
+        if !same_key(&slot.key, key) {
+            // Another key with the same hash: a miss.
+            return None;
+        }
+        if now >= slot.kept.until {
+            let charge = slot.kept.charge(&slot.key);
+            shard.remove(&hash);
             self.weight.fetch_sub(charge, Ordering::Relaxed);
             return None;
         }
-        (kept.fingerprint == fingerprint).then(|| kept.clone())
+        shard.get(&hash).map(|slot| &slot.kept)
+    }
+
+    /// The local hits counted by [`hit`](Self::hit).
+    pub(crate) fn hits(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.hits.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Keeps `kept` under `key`, replacing any earlier copy; nothing when it
     /// would run out at once, or alone weighs more than the budget.
     pub(crate) fn insert(&self, key: &str, kept: Kept) {
-        let index = self.shard_of(key);
+        self.insert_hashed(self.hash(key), key, kept);
+    }
+
+    fn insert_hashed(&self, hash: u64, key: &str, kept: Kept) {
+        let index = Self::shard_of(hash);
         let charge = kept.charge(key);
         let mut shard = self.lock(index);
-        if let Some(old) = shard.remove(key) {
-            self.weight.fetch_sub(old.charge(key), Ordering::Relaxed);
+        // Whatever held the slot goes: an earlier copy of this key, or of
+        // another key with the same hash.
+        if let Some(old) = shard.remove(&hash) {
+            self.weight
+                .fetch_sub(old.kept.charge(&old.key), Ordering::Relaxed);
         }
         if Instant::now() >= kept.until || charge > self.capacity {
             return;
         }
-        shard.insert(Box::from(key), kept);
+        shard.insert(
+            hash,
+            Slot {
+                key: Box::from(key),
+                kept,
+            },
+        );
         let total = self.weight.fetch_add(charge, Ordering::Relaxed) + charge;
         drop(shard);
         if total > self.capacity {
-            self.evict(key, index);
+            self.evict(hash, index);
         }
     }
 
@@ -179,7 +310,7 @@ impl LocalCopies {
     /// to seven eighths of the budget, so that the sweeps (a pass over the
     /// shards) happen once in many inserts rather than on each. One shard
     /// is locked at a time.
-    fn evict(&self, fresh: &str, index: usize) {
+    fn evict(&self, fresh: u64, index: usize) {
         let target = self.capacity - self.capacity / 8;
         let under = || self.weight.load(Ordering::Relaxed) <= target;
         let now = Instant::now();
@@ -188,23 +319,22 @@ impl LocalCopies {
                 let mut shard = self.lock((index + offset) % SHARDS);
                 if expired_only {
                     let mut freed = 0;
-                    shard.retain(|key, kept| {
-                        let keep = now < kept.until;
+                    shard.retain(|_, slot| {
+                        let keep = now < slot.kept.until;
                         if !keep {
-                            freed += kept.charge(key);
+                            freed += slot.kept.charge(&slot.key);
                         }
                         keep
                     });
                     self.weight.fetch_sub(freed, Ordering::Relaxed);
                 } else {
                     while !under() {
-                        let Some(victim) = shard.keys().find(|key| ***key != *fresh).cloned()
-                        else {
+                        let Some(victim) = shard.keys().copied().find(|hash| *hash != fresh) else {
                             break;
                         };
-                        if let Some(kept) = shard.remove(&victim) {
+                        if let Some(slot) = shard.remove(&victim) {
                             self.weight
-                                .fetch_sub(kept.charge(&victim), Ordering::Relaxed);
+                                .fetch_sub(slot.kept.charge(&slot.key), Ordering::Relaxed);
                         }
                     }
                 }
@@ -215,12 +345,25 @@ impl LocalCopies {
         }
     }
 
-    /// Drops the copy kept under `key`, whatever its type.
+    /// Drops the copy kept under `key`, whatever its type (and nothing of
+    /// another key that shares its hash).
     pub(crate) fn remove(&self, key: &str) {
-        let mut shard = self.lock(self.shard_of(key));
-        if let Some(old) = shard.remove(key) {
-            self.weight.fetch_sub(old.charge(key), Ordering::Relaxed);
+        let hash = self.hash(key);
+        let mut shard = self.lock(Self::shard_of(hash));
+        if shard.get(&hash).is_some_and(|slot| *slot.key == *key) {
+            if let Some(old) = shard.remove(&hash) {
+                self.weight
+                    .fetch_sub(old.kept.charge(&old.key), Ordering::Relaxed);
+            }
         }
+    }
+
+    /// The stamp of the copy in the slot of `hash`, if it is `key`'s (tests).
+    #[cfg(test)]
+    fn get_hashed_stamp(&self, hash: u64, key: &str) -> Option<(u64, u64)> {
+        let mut shard = self.lock(Self::shard_of(hash));
+        self.live(&mut shard, hash, key, Instant::now())
+            .map(|kept| kept.stamp)
     }
 
     /// How many copies are kept (tests).
@@ -353,10 +496,144 @@ mod tests {
         let copies = LocalCopies::new(1 << 20);
         let mut used = [0usize; SHARDS];
         for i in 0..3_200 {
-            used[copies.shard_of(&format!("app:user:{i}"))] += 1;
+            used[LocalCopies::shard_of(copies.hash(format!("app:user:{i}").as_str()))] += 1;
         }
         // 100 a shard on average; none starved or flooded.
         assert!(used.iter().all(|n| (50..200).contains(n)), "{used:?}");
+    }
+
+    /// A key in pieces, split at every given offset.
+    struct Split<'a>(&'a str, &'a [usize]);
+
+    impl KeyPieces for Split<'_> {
+        fn pieces(&self, piece: &mut dyn FnMut(&[u8])) {
+            let mut start = 0;
+            for &end in self.1 {
+                piece(&self.0.as_bytes()[start..end]);
+                start = end;
+            }
+            piece(&self.0.as_bytes()[start..]);
+        }
+    }
+
+    #[test]
+    fn a_key_in_pieces_hashes_and_compares_as_the_joined_string() {
+        let copies = LocalCopies::new(1 << 20);
+        let key = "shop:app:user:%3A42:a-rather-longer-component-than-eight";
+        for cuts in [&[][..], &[0], &[4, 5], &[1, 2, 3, 9, 17, 18], &[key.len()]] {
+            let split = Split(key, cuts);
+            assert_eq!(copies.hash(&split), copies.hash(key), "{cuts:?}");
+            assert!(same_key(key, &split));
+            assert!(!same_key(&key[1..], &split));
+            assert!(!same_key(&format!("{key}x"), &split));
+        }
+        assert!(same_key("", ""));
+        assert!(!same_key("a", ""));
+        copies.insert(key, kept(1, Duration::from_secs(60)));
+        let hash = copies.hash(&Split(key, &[3, 11]));
+        assert!(
+            copies
+                .hit(hash, &Split(key, &[3, 11]), 1, Instant::now(), |_| true)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn keys_whose_hashes_collide_never_take_each_others_copy() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        // Two keys forced onto one hash.
+        copies.insert_hashed(7, "a", kept(1, Duration::from_secs(60)));
+        assert!(copies.hit(7, "a", 1, now, |_| true).is_some());
+        assert!(copies.hit(7, "b", 1, now, |_| true).is_none());
+        // The later key takes the slot; the earlier one is then a miss,
+        // never the later one's value.
+        let mut other = kept(1, Duration::from_secs(60));
+        other.stamp = (42, 0);
+        copies.insert_hashed(7, "b", other);
+        assert!(copies.hit(7, "a", 1, now, |_| true).is_none());
+        assert_eq!(copies.get_hashed_stamp(7, "b"), Some((42, 0)));
+        assert_eq!(copies.len(), 1);
+        // Weights follow the replacement: one copy's worth left.
+        assert_eq!(
+            copies.weight.load(Ordering::Relaxed),
+            u64::from(3 + OVERHEAD) + 1
+        );
+        // Removing a key does not drop another's copy that shares its slot
+        // (here by the real hash, which "a" and "b" do not share: the slot
+        // at 7 stays).
+        copies.remove("a");
+        assert!(copies.hit(7, "b", 1, now, |_| true).is_some());
+    }
+
+    #[test]
+    fn removing_a_key_spares_a_colliding_key_in_its_slot() {
+        let copies = LocalCopies::new(1 << 20);
+        let hash_of_a = copies.hash("a");
+        copies.insert_hashed(hash_of_a, "b", kept(1, Duration::from_secs(60)));
+        copies.remove("a");
+        assert!(
+            copies
+                .hit(hash_of_a, "b", 1, Instant::now(), |_| true)
+                .is_some()
+        );
+        copies.insert("a", kept(1, Duration::from_secs(60)));
+        assert!(
+            copies
+                .hit(hash_of_a, "b", 1, Instant::now(), |_| true)
+                .is_none()
+        );
+        copies.remove("a");
+        assert_eq!(copies.len(), 0);
+        assert_eq!(copies.weight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn local_hits_are_counted_per_shard_and_summed() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        for key in ["a", "b", "c"] {
+            copies.insert(key, kept(1, Duration::from_secs(60)));
+        }
+        for key in ["a", "b", "c", "a"] {
+            assert!(
+                copies
+                    .hit(copies.hash(key), key, 1, now, |_| true)
+                    .is_some()
+            );
+        }
+        // Misses, refusals and the slow path's `get` are not counted.
+        assert!(
+            copies
+                .hit(copies.hash("d"), "d", 1, now, |_| true)
+                .is_none()
+        );
+        assert!(
+            copies
+                .hit(copies.hash("a"), "a", 2, now, |_| true)
+                .is_none()
+        );
+        assert!(
+            copies
+                .hit(copies.hash("a"), "a", 1, now, |_| false)
+                .is_none()
+        );
+        assert!(copies.get("a", 1).is_some());
+        assert_eq!(copies.hits(), 4);
+    }
+
+    #[test]
+    fn a_hit_at_or_past_the_copys_instant_is_a_miss_and_drops_it() {
+        let copies = LocalCopies::new(1 << 20);
+        let copy = kept(1, Duration::from_secs(60));
+        let until = copy.until;
+        copies.insert("k", copy);
+        let hash = copies.hash("k");
+        let just_before = until - Duration::from_nanos(1);
+        assert!(copies.hit(hash, "k", 1, just_before, |_| true).is_some());
+        assert!(copies.hit(hash, "k", 1, until, |_| true).is_none());
+        assert_eq!(copies.len(), 0);
+        assert_eq!(copies.weight.load(Ordering::Relaxed), 0);
     }
 
     #[test]

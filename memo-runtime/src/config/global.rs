@@ -85,6 +85,71 @@ pub fn config() -> Arc<Config> {
     cached.ok().flatten().unwrap_or_else(read_slot)
 }
 
+/// Runs `f` on the configuration in force, borrowed from this thread's
+/// cache rather than cloned out of it: no write to the `Arc`'s count,
+/// which every thread calling at once would otherwise share. What `f` does
+/// must not need this thread's cache: a [`config`] inside it reads the
+/// slot.
+pub(crate) fn with_config<R>(f: impl FnOnce(&Config) -> R) -> R {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let mut f = Some(f);
+    let done = CACHED.try_with(|cached| {
+        let mut cached = cached.try_borrow_mut().ok()?;
+        if cached.0 != generation || cached.1.is_none() {
+            *cached = (generation, Some(read_slot()));
+        }
+        let config = cached.1.as_deref()?;
+        f.take().map(|f| f(config))
+    });
+    match (done, f) {
+        (Ok(Some(result)), _) => result,
+        (_, Some(f)) => f(&read_slot()),
+        (_, None) => unreachable!("`f` ran, so it returned"),
+    }
+}
+
+/// The configuration in force, taken out of this thread's cache rather
+/// than cloned (no write to the `Arc`'s count, which every thread calling
+/// at once would otherwise share), with the generation it was cached
+/// under, for a call that hands both back with [`give_back`] when it is
+/// done. Until then this thread's [`config`] reads the slot, as after a
+/// `configure`.
+pub(crate) fn take_config() -> (Arc<Config>, u64) {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let taken = CACHED.try_with(|cached| {
+        let mut cached = cached.try_borrow_mut().ok()?;
+        if cached.0 == generation {
+            cached.1.take()
+        } else {
+            None
+        }
+    });
+    match taken {
+        Ok(Some(taken)) => (taken, generation),
+        // Nothing to give back to: a clone, which `give_back` drops unless
+        // the cache is empty at this generation.
+        _ => (config(), generation),
+    }
+}
+
+/// Puts a configuration taken with [`take_config`] at `generation` back in
+/// this thread's cache, if no `configure` happened since and the cache is
+/// empty at that generation; else drops it. (A call nested in between may
+/// have refilled the cache, or emptied it at a later generation: the
+/// configuration then stays out.)
+pub(crate) fn give_back(taken: Arc<Config>, generation: u64) {
+    if GENERATION.load(Ordering::Acquire) != generation {
+        return;
+    }
+    let _ = CACHED.try_with(|cached| {
+        if let Ok(mut cached) = cached.try_borrow_mut() {
+            if cached.0 == generation && cached.1.is_none() {
+                cached.1 = Some(taken);
+            }
+        }
+    });
+}
+
 /// The slot's configuration, or the embedded default.
 fn read_slot() -> Arc<Config> {
     let slot = match GLOBAL.read() {
@@ -99,5 +164,52 @@ fn read_slot() -> Arc<Config> {
 
 /// The counters of the configuration in force, since it was installed.
 pub fn stats() -> Stats {
-    config().counters.snapshot()
+    config().stats()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached_is_empty() -> bool {
+        CACHED.with(|cached| cached.borrow().1.is_none())
+    }
+
+    // One test, in sequence: it moves the generation, which a test of the
+    // cache's contents on another thread would see.
+    #[test]
+    fn a_taken_configuration_goes_back_unless_a_new_generation_came() {
+        // Filled, taken, found meanwhile, given back, taken again.
+        let current = config();
+        let (first, generation) = take_config();
+        assert!(Arc::ptr_eq(&first, &current));
+        assert!(cached_is_empty());
+        assert!(Arc::ptr_eq(&config(), &first));
+        let (second, again) = take_config();
+        give_back(second, again);
+        give_back(first, generation);
+        assert!(!cached_is_empty());
+        let (third, generation) = take_config();
+        with_config(|config| assert!(std::ptr::eq(config, &*third)));
+        give_back(third, generation);
+        assert!(!cached_is_empty());
+
+        // Taken before a new generation: it stays out.
+        let (taken, generation) = take_config();
+        // As `configure` does (the slot is the same here: harmless to
+        // other tests, whose threads only read it again).
+        GENERATION.fetch_add(1, Ordering::Release);
+        // A nested call that took at the new generation and never gave
+        // back (it missed) leaves the cache empty at that generation.
+        let (nested, _) = take_config();
+        let _ = CACHED.with(|cached| cached.borrow_mut().1.take());
+        give_back(taken, generation);
+        assert!(
+            cached_is_empty(),
+            "an old generation's configuration went back"
+        );
+        drop(nested);
+        drop(config());
+        assert!(!cached_is_empty());
+    }
 }

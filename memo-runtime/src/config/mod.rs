@@ -33,6 +33,7 @@ mod url;
 pub use crate::common::error::ConfigError;
 pub use crate::common::url::CacheUrl;
 pub use global::{config, configure, stats};
+pub(crate) use global::{give_back, take_config, with_config};
 pub(crate) use resolve::Resolved;
 
 /// The default expiration of a memoized value: 30 days, as in Djblets.
@@ -247,6 +248,18 @@ impl Config {
             }
             LocalCopies::new(self.local_capacity)
         })
+    }
+
+    /// The counters since this configuration was installed, with the local
+    /// hits its local copies counted on their own.
+    pub(crate) fn stats(&self) -> crate::Stats {
+        let mut stats = self.counters.snapshot();
+        if let Some(copies) = self.local.get() {
+            let hits = copies.hits();
+            stats.hits += hits;
+            stats.local_hits += hits;
+        }
+        stats
     }
 
     /// Tells other processes to drop their local copies of `stored_key`,

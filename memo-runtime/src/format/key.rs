@@ -181,12 +181,16 @@ pub struct KeyParts {
 }
 
 impl KeyParts {
-    /// No components yet.
+    /// No components yet, in a string this thread used for a key before
+    /// when one was handed back (see [`recycle_key`]): a local hit then
+    /// allocates nothing for its key.
     pub fn new() -> KeyParts {
-        KeyParts {
-            joined: String::with_capacity(64),
-            any: false,
-        }
+        let joined = SPARE_KEY
+            .try_with(std::cell::Cell::take)
+            .ok()
+            .filter(|spare| spare.capacity() > 0)
+            .unwrap_or_else(|| String::with_capacity(64));
+        KeyParts { joined, any: false }
     }
 
     fn separate(&mut self) {
@@ -218,6 +222,24 @@ impl KeyParts {
     /// [`CacheKey::Parts`] keeps a lone component as it is.
     pub fn finish(self) -> CacheKey {
         CacheKey::Raw(self.joined)
+    }
+}
+
+thread_local! {
+    /// A key string a finished call handed back, for the next
+    /// [`KeyParts`] on this thread.
+    static SPARE_KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// Hands `key`'s string back for the next [`KeyParts`] on this thread, once
+/// the call that took it is done with it; a key grown past a few hundred
+/// bytes is dropped instead, so a thread keeps no large buffer.
+pub(crate) fn recycle_key(key: CacheKey) {
+    if let CacheKey::Raw(mut joined) = key {
+        if joined.capacity() <= 512 {
+            joined.clear();
+            let _ = SPARE_KEY.try_with(|spare| spare.set(joined));
+        }
     }
 }
 
@@ -305,6 +327,64 @@ pub(crate) fn full_key(namespace: Option<&str>, key: &CacheKey) -> String {
     }
     key.write_normalized(&mut full);
     full
+}
+
+/// The full key of `key` under `namespace` (see [`full_key`]) as the
+/// pieces it joins from, for a lookup that hashes and compares it without
+/// building it: the local copies' fast path.
+pub(crate) struct FullKeyPieces<'a> {
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) key: &'a CacheKey,
+}
+
+impl FullKeyPieces<'_> {
+    /// Calls `piece` with each piece of the full key, in order.
+    pub(crate) fn each(&self, piece: &mut dyn FnMut(&[u8])) {
+        if let Some(ns) = self.namespace {
+            piece(ns.as_bytes());
+            piece(b":");
+        }
+        match self.key {
+            CacheKey::Raw(key) => piece(key.as_bytes()),
+            CacheKey::Parts(parts) if parts.len() == 1 => piece(parts[0].as_bytes()),
+            CacheKey::Parts(parts) => {
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        piece(b":");
+                    }
+                    // As `escape_component`: runs between `%` and `:` as
+                    // they are, those two escaped.
+                    let mut run = 0;
+                    for (at, byte) in part.bytes().enumerate() {
+                        let escaped: &[u8] = match byte {
+                            b'%' => b"%25",
+                            b':' => b"%3A",
+                            _ => continue,
+                        };
+                        piece(&part.as_bytes()[run..at]);
+                        piece(escaped);
+                        run = at + 1;
+                    }
+                    piece(&part.as_bytes()[run..]);
+                }
+            }
+        }
+    }
+
+    /// Whether an unencrypted call stores this full key as it is: nothing
+    /// in it to escape, and short enough (as `stored_key_unless_full`
+    /// decides).
+    pub(crate) fn stored_as_is(&self) -> bool {
+        let mut len = 0;
+        let mut clean = true;
+        self.each(&mut |piece| {
+            len += piece.len();
+            clean &= !piece
+                .iter()
+                .any(|&byte| byte <= 0x20 || byte == 0x7f || byte == b'\\');
+        });
+        clean && len <= MAX_KEY
+    }
 }
 
 /// The full key as stored: namespaced, then hashed under `encryption` if
@@ -774,6 +854,27 @@ mod tests {
                     EntryKey::new(ns, &expected, None)
                 );
             }
+        }
+
+        #[test]
+        fn full_key_pieces_join_into_the_full_key(
+            parts in proptest::collection::vec("[a-z%: \\\\\\x7f\u{e9}]{0,12}", 0..5),
+            long in any::<bool>(),
+            namespaced in any::<bool>(),
+            raw in any::<bool>(),
+        ) {
+            let mut parts = parts;
+            if long {
+                parts.push("x".repeat(MAX_KEY));
+            }
+            let key = if raw { CacheKey::from(parts.join(":")) } else { CacheKey::from(parts) };
+            let ns = namespaced.then_some("shop");
+            let pieces = FullKeyPieces { namespace: ns, key: &key };
+            let mut joined = Vec::new();
+            pieces.each(&mut |piece| joined.extend_from_slice(piece));
+            let full = full_key(ns, &key);
+            prop_assert_eq!(pieces.stored_as_is(), stored_key_unless_full(&full, None).is_none());
+            prop_assert_eq!(String::from_utf8(joined).unwrap(), full);
         }
 
         #[test]

@@ -10,7 +10,13 @@
 //!   processes (the entry's lock, taken without waiting);
 //! - [`Keep`]: what a local copy holds, the serialized value
 //!   ([`Encoded`], functional API) or the value itself ([`Typed`], the
-//!   attribute's `local`).
+//!   attribute's `local`);
+//! - the synchronous API's shortcuts for hits, each taken only when it
+//!   decides exactly as the policy would, and otherwise leaving the call to
+//!   it: [`quick_local_hit`], a local copy found before the call is
+//!   resolved (by a hash of the full key's pieces), and `Call::memory_hit`,
+//!   a plain hit on the embedded store read before the policy's future is
+//!   built.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -23,10 +29,12 @@ use serde::de::DeserializeOwned;
 
 use super::Call;
 use super::drive::Driver;
-use super::options::Beta;
+use super::options::{Beta, Options};
 use crate::common::coalesce::{Joined, LeaderGuard};
-use crate::common::local::{Kept, Payload};
+use crate::common::local::{Kept, KeyPieces, Payload};
+use crate::config::with_config;
 use crate::format::envelope::{self, Stamp};
+use crate::format::key::{CacheKey, FullKeyPieces};
 use crate::lock::{CacheLock, LockError};
 
 /// What a value's stamp says about serving it now.
@@ -177,6 +185,41 @@ impl Call {
         keep.take(&kept.payload)
     }
 
+    /// A plain hit on the embedded store, taken on the caller's thread
+    /// before the policy's future is built: the entry read shared rather
+    /// than copied, and its checksum not hashed again when this process
+    /// already found it to match under this full key. Only for a fresh
+    /// value of a call that neither refreshes, nor encrypts, nor refreshes
+    /// ahead (whose random draw must be made once); anything else, a miss,
+    /// a value that does not check out and a manifest included, is `None`,
+    /// with nothing counted: the policy then looks again, in memory, and
+    /// counts what it finds.
+    pub(crate) fn memory_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
+        if self.options.force_overwrite
+            || self.options.refresh_ahead.is_some()
+            || self.encryption.is_some()
+        {
+            return None;
+        }
+        let memory = self.config.backend.__memory()?;
+        let entry = memory.get_shared(self.key.stored())?;
+        let full = self.key.full();
+        let known = entry.checked_for(full);
+        let (value, stamp) =
+            envelope::decode_stamped_known::<T>(full, entry.bytes(), known).ok()?;
+        if !known {
+            entry.checked(full);
+        }
+        if self.judge(stamp) != Verdict::Fresh {
+            return None;
+        }
+        self.counters().backend_ok();
+        self.counters().read(entry.bytes().len());
+        self.hit();
+        self.keep_locally(keep, envelope::fingerprint::<T>(false), &value, stamp, None);
+        Some(value)
+    }
+
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
     /// duration, never past the value's logical expiry.
     /// `plain`, when given, holds the value's postcard bytes, made once.
@@ -271,6 +314,62 @@ impl Call {
     }
 }
 
+/// The local copy of a `T` for `key`, counted as a local hit, when the
+/// call's settings let a copy be served as it is (a `local` call that
+/// neither refreshes, nor encrypts, nor stores its value chunked, nor
+/// refreshes ahead) and its key is stored as it is: found before the call
+/// is resolved at all, with no key built, no configuration cloned, and no
+/// counter shared by every thread written. Any other call, and any miss,
+/// returns `None` and takes the whole path, which looks again.
+///
+/// The stored key is then the full key, so the lookup hashes and compares
+/// the full key's pieces; the map compares the key kept with the copy, so
+/// a key whose hash collides with another's stays a miss.
+pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
+    key: &CacheKey,
+    options: &Options,
+    keep: &K,
+) -> Option<T> {
+    if options.local.is_none()
+        || options.large_data
+        || options.force_overwrite
+        || options.refresh_ahead.is_some()
+        || options.encrypt == Some(true)
+    {
+        return None;
+    }
+    let fingerprint = envelope::fingerprint::<T>(false);
+    with_config(|config| {
+        if config.force_encryption {
+            return None;
+        }
+        let copies = config.local.get()?;
+        let full = FullKey(FullKeyPieces {
+            namespace: config.namespace.as_deref(),
+            key,
+        });
+        if !full.0.stored_as_is() {
+            return None;
+        }
+        let hash = copies.hash(&full);
+        copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
+            keep.holds(payload)
+        })
+    })
+    // Cloned (or decoded) once the configuration is no longer borrowed: a
+    // `Clone` or `Deserialize` of the caller's may itself call memo.
+    .and_then(|payload| keep.take(&payload))
+}
+
+/// A full key in pieces, as the local copies take it.
+struct FullKey<'a>(FullKeyPieces<'a>);
+
+impl KeyPieces for FullKey<'_> {
+    fn pieces(&self, piece: &mut dyn FnMut(&[u8])) {
+        self.0.each(piece);
+    }
+}
+
 /// What the caller that won a refresh holds while it computes: the
 /// process's refresh flight (so no other caller here refreshes meanwhile)
 /// and, for a stale value, the entry's lock.
@@ -303,6 +402,9 @@ pub trait Keep<T>: Sync {
     fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
+    /// Whether [`take`](Self::take) would read a value of `T` out of
+    /// `payload` (decoding aside).
+    fn holds(&self, payload: &Payload) -> bool;
 }
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
@@ -326,6 +428,10 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
             Payload::Typed(_) => None,
         }
     }
+
+    fn holds(&self, payload: &Payload) -> bool {
+        matches!(payload, Payload::Encoded(_))
+    }
 }
 
 /// Keeps the decoded value and hands out clones (the attribute's `local`).
@@ -337,6 +443,7 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
     take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
+    holds: fn(&(dyn Any + Send + Sync)) -> bool,
 }
 
 impl<T> std::fmt::Debug for Typed<T> {
@@ -350,6 +457,7 @@ impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
         Typed {
             share: |value| Arc::new(value.clone()),
             take: |kept| kept.downcast_ref::<T>().cloned(),
+            holds: |kept| kept.is::<T>(),
         }
     }
 }
@@ -373,6 +481,10 @@ impl<T: Serialize> Keep<T> for Typed<T> {
             Payload::Typed(value) => (self.take)(&**value),
             Payload::Encoded(_) => None,
         }
+    }
+
+    fn holds(&self, payload: &Payload) -> bool {
+        matches!(payload, Payload::Typed(value) if (self.holds)(&**value))
     }
 }
 

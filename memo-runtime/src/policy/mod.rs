@@ -750,13 +750,16 @@ where
     // waiters, the local copy and the store alike.
     let (result, plain) = encode.encode(result, cacheable).get().await;
     let Some(value) = cacheable(&result) else {
-        if refreshing.is_some() {
-            // The old value stays for the next caller to try again.
-            call.counters().refresh_failed();
-        }
         // An `Err`: the flight is handed over as its guard drops here.
         drop(flight);
         lock.release().await;
+        if let Some(refreshing) = refreshing {
+            // The old value stays for the next caller to try again: counted
+            // once the lock and the refresh flight are let go, so that a
+            // caller who sees the count can win the next refresh.
+            drop(refreshing);
+            call.counters().refresh_failed();
+        }
         return result;
     };
     let stamp = call.stamp(took);

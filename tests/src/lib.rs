@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod fakes;
 pub mod faulty;
 pub mod logs;
+pub mod peer;
 pub mod recording;
 pub mod runtime;
 pub mod servers;

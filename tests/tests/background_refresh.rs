@@ -17,6 +17,7 @@ use memo_runtime::{
     Backend, Config, Options, cache_memoize_owned, cache_memoize_owned_async, configure, stats,
     try_cache_memoize_owned, try_cache_memoize_owned_async,
 };
+use memo_tests::peer::Peer;
 use memo_tests::runtime::{run, run_multi};
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server, every_backend};
@@ -427,45 +428,8 @@ fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
 }
 
 /// Another process, driven line by line (see `src/bin/hot_key_peer.rs`).
-struct Peer {
-    child: std::process::Child,
-    input: std::process::ChildStdin,
-    output: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl Peer {
-    fn start(url: &str) -> Peer {
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hot_key_peer"))
-            .env("MEMO_CACHE_URL", url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the peer process");
-        let input = child.stdin.take().unwrap();
-        let output = std::io::BufReader::new(child.stdout.take().unwrap());
-        Peer {
-            child,
-            input,
-            output,
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        use std::io::{BufRead, Write};
-        writeln!(self.input, "{line}").unwrap();
-        self.input.flush().unwrap();
-        let mut answer = String::new();
-        self.output.read_line(&mut answer).unwrap();
-        answer.trim().to_owned()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn peer(url: &str) -> Peer {
+    Peer::start(env!("CARGO_BIN_EXE_hot_key_peer"), url)
 }
 
 #[test]
@@ -480,7 +444,7 @@ fn across_two_processes_exactly_one_background_refresh_runs() {
         let options = Options::new()
             .expiration(SECOND)
             .stale_while_revalidate(Duration::from_secs(10));
-        let mut peer = Peer::start(&server.url());
+        let mut peer = peer(&server.url());
         let key = "owned:peers";
         let _: String = cache_memoize_owned(key, || "first".to_owned(), &options);
         thread::sleep(Duration::from_millis(1_100));

@@ -13,6 +13,7 @@ use memo_runtime::{
     Backend, CacheLock, Config, Options, cache_memoize, cache_memoize_async, configure, invalidate,
     invalidate_async, stats, try_cache_memoize,
 };
+use memo_tests::peer::Peer;
 use memo_tests::runtime::run_multi;
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server, every_backend};
@@ -192,57 +193,25 @@ fn async_calls_keep_and_drop_local_copies() {
 }
 
 /// Another process with a local copy, driven line by line.
-struct Peer {
-    child: std::process::Child,
-    input: std::process::ChildStdin,
-    output: std::io::BufReader<std::process::ChildStdout>,
+fn peer(url: &str) -> Peer {
+    Peer::start(env!("CARGO_BIN_EXE_hot_key_peer"), url)
 }
 
-impl Peer {
-    fn start(url: &str) -> Peer {
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hot_key_peer"))
-            .env("MEMO_CACHE_URL", url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the peer process");
-        let input = child.stdin.take().unwrap();
-        let output = std::io::BufReader::new(child.stdout.take().unwrap());
-        Peer {
-            child,
-            input,
-            output,
-        }
-    }
-
-    fn get(&mut self, key: &str) -> String {
-        use std::io::{BufRead, Write};
-        writeln!(self.input, "get {key}").unwrap();
-        self.input.flush().unwrap();
-        let mut line = String::new();
-        self.output.read_line(&mut line).unwrap();
-        line.trim().to_owned()
-    }
-
-    /// Asks until the peer answers `expected`; how long that took.
-    fn wait_for(&mut self, key: &str, expected: &str, within: Duration) -> Option<Duration> {
-        let started = Instant::now();
-        while started.elapsed() < within {
-            if self.get(key) == expected {
-                return Some(started.elapsed());
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
+/// What the peer's call for `key` returns.
+fn get(peer: &mut Peer, key: &str) -> String {
+    peer.ask(&format!("get {key}"))
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Asks until the peer answers `expected`; how long that took.
+fn wait_for(peer: &mut Peer, key: &str, expected: &str, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if get(peer, key) == expected {
+            return Some(started.elapsed());
+        }
+        thread::sleep(Duration::from_millis(10));
     }
+    None
 }
 
 #[test]
@@ -300,7 +269,7 @@ fn on_a_redis_cluster_an_invalidation_reaches_another_process_after_its_node_die
             .contains("cluster_state:ok")
     });
     let options = Options::new().local(Duration::from_secs(60));
-    assert_eq!(peer.get("shared"), "parent-2", "its local copy");
+    assert_eq!(get(&mut peer, "shared"), "parent-2", "its local copy");
     let started = Instant::now();
     while invalidate("shared", &options).is_err() {
         assert!(started.elapsed() < 10 * SECOND, "the cluster answers again");
@@ -311,7 +280,7 @@ fn on_a_redis_cluster_an_invalidation_reaches_another_process_after_its_node_die
     // The peer's own client may still be finding the new master, and
     // compute its own value: either way its copy of `parent-2` is gone.
     let started = Instant::now();
-    while peer.get("shared") == "parent-2" {
+    while get(&mut peer, "shared") == "parent-2" {
         assert!(
             started.elapsed() < 3 * SECOND,
             "the peer's new subscription heard the invalidation"
@@ -326,15 +295,15 @@ fn on_a_redis_cluster_an_invalidation_reaches_another_process_after_its_node_die
 fn an_invalidation_reaches_a_peer(url: &str) -> Peer {
     configure(Config::from_url(url).unwrap());
     let options = Options::new().local(Duration::from_secs(60));
-    let mut peer = Peer::start(url);
-    assert_eq!(peer.get("shared"), "peer-1");
+    let mut peer = peer(url);
+    assert_eq!(get(&mut peer, "shared"), "peer-1");
     // The peer's subscriber connects in the background.
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(peer.get("shared"), "peer-1", "its local copy");
+    assert_eq!(get(&mut peer, "shared"), "peer-1", "its local copy");
     invalidate("shared", &options).unwrap();
     let mine: String = cache_memoize("shared", || "parent-1".to_owned(), &options);
     assert_eq!(mine, "parent-1");
-    let took = peer.wait_for("shared", "parent-1", Duration::from_secs(2));
+    let took = wait_for(&mut peer, "shared", "parent-1", Duration::from_secs(2));
     assert!(
         took.is_some_and(|took| took < Duration::from_millis(500)),
         "the peer dropped its copy within a fraction of a second: {took:?}"
@@ -346,7 +315,7 @@ fn an_invalidation_reaches_a_peer(url: &str) -> Peer {
         &options.force_overwrite(true),
     );
     assert_eq!(refreshed, "parent-2");
-    let took = peer.wait_for("shared", "parent-2", Duration::from_secs(2));
+    let took = wait_for(&mut peer, "shared", "parent-2", Duration::from_secs(2));
     assert!(
         took.is_some_and(|took| took < Duration::from_millis(500)),
         "{took:?}"
@@ -361,14 +330,14 @@ fn with_memcached_the_local_duration_bounds_another_process_s_staleness() {
         return;
     };
     configure(Config::from_url(&server.url()).unwrap());
-    let mut peer = Peer::start(&server.url());
-    assert_eq!(peer.get("shared"), "peer-1");
+    let mut peer = peer(&server.url());
+    assert_eq!(get(&mut peer, "shared"), "peer-1");
     let options = Options::new().local(Duration::from_secs(60));
     invalidate("shared", &options).unwrap();
     let _: String = cache_memoize("shared", || "parent-1".to_owned(), &options);
     thread::sleep(Duration::from_millis(300));
     // No invalidation channel: the peer keeps its copy.
-    assert_eq!(peer.get("shared"), "peer-1");
+    assert_eq!(get(&mut peer, "shared"), "peer-1");
 }
 
 // ---------------------------------------------------------------------------

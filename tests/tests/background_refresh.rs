@@ -6,7 +6,9 @@
 //!
 //! Expirations are 1 s and refreshes take 300–600 ms, so a caller served
 //! in the foreground is told apart from one served at once by a wide
-//! margin: [`AT_ONCE`] is well below any refresh.
+//! margin: [`AT_ONCE`] is well below any refresh. The extremes of every
+//! hot-key setting (zero, `Duration::MAX`, a NaN or infinite β) are taken
+//! without a panic or a wrong value.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -720,5 +722,94 @@ fn an_encrypted_value_serialized_up_front_reads_back() {
             (true, true, true)
         );
         memo_runtime::invalidate("owned-encrypted", &options).unwrap();
+    }
+}
+
+/// Every extreme of the hot-key settings a caller controls: windows and
+/// local durations of zero and `Duration::MAX`, a β that is zero,
+/// negative, NaN, infinite or tiny, with expirations from zero to
+/// `Duration::MAX`. Each call returns its own value, never panics, and a
+/// second call is a hit wherever anything is stored (an expiration of zero
+/// stores nothing).
+#[test]
+fn extreme_hot_key_settings_are_taken_without_a_panic_or_a_wrong_value() {
+    let _serial = serial();
+    let durations = [
+        Duration::ZERO,
+        SECOND,
+        Duration::from_secs(u64::MAX),
+        Duration::MAX,
+    ];
+    let betas = [
+        0.0,
+        -1.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        1.0,
+    ];
+    for (name, backend, _server) in every_backend() {
+        use_backend(&backend);
+        let mut case = 0;
+        for expiration in [Duration::ZERO, SECOND, Duration::MAX] {
+            for (index, &window) in durations.iter().enumerate() {
+                let beta = betas[index % betas.len()];
+                let local = durations[(index + 1) % durations.len()];
+                for options in [
+                    Options::new()
+                        .expiration(expiration)
+                        .stale_while_revalidate(window),
+                    Options::new().expiration(expiration).refresh_ahead(beta),
+                    Options::new().expiration(expiration).local(local),
+                    Options::new()
+                        .expiration(expiration)
+                        .stale_while_revalidate(window)
+                        .refresh_ahead(beta)
+                        .local(local),
+                ] {
+                    case += 1;
+                    let key = format!("owned:extreme:{case}");
+                    let stored = !expiration.is_zero();
+                    let runs = Arc::new(AtomicUsize::new(0));
+                    for round in 0..2 {
+                        let value: String =
+                            cache_memoize_owned(key.clone(), value_of(&runs, &key), &options);
+                        assert_eq!(value, key, "{name} {options:?}");
+                        let expected = if stored { 1 } else { round + 1 };
+                        assert_eq!(runs.load(Ordering::SeqCst), expected, "{name} {options:?}");
+                    }
+                    let async_key = format!("{key}:async");
+                    let async_runs = Arc::new(AtomicUsize::new(0));
+                    run(async {
+                        for round in 0..2 {
+                            let compute = value_of(&async_runs, &async_key);
+                            let value: String = cache_memoize_owned_async(
+                                async_key.clone(),
+                                || async move { compute() },
+                                &options,
+                            )
+                            .await;
+                            assert_eq!(value, async_key, "{name} {options:?}");
+                            let expected = if stored { 1 } else { round + 1 };
+                            assert_eq!(
+                                async_runs.load(Ordering::SeqCst),
+                                expected,
+                                "{name} {options:?}"
+                            );
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// An owned compute function returning `key`, counting its runs.
+fn value_of(runs: &Arc<AtomicUsize>, key: &str) -> impl FnOnce() -> String + Send + 'static {
+    let (runs, key) = (Arc::clone(runs), key.to_owned());
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        key
     }
 }

@@ -813,3 +813,82 @@ fn value_of(runs: &Arc<AtomicUsize>, key: &str) -> impl FnOnce() -> String + Sen
         key
     }
 }
+
+/// Owned async calls encode a value inline until its postcard bytes pass
+/// 64 KiB, and decode a found entry inline until its stored bytes do:
+/// every size from well below to just above both boundaries round-trips,
+/// stored and hit, plain, encrypted and kept as a local copy, and
+/// coalesced waiters of a value on the boundary get the leader's value.
+#[test]
+fn owned_async_values_round_trip_across_the_inline_budget() {
+    let _serial = serial();
+    // A `Vec<u8>` of n bytes is n + 3 postcard bytes here (a three-byte
+    // length); the stored entry adds its header.
+    const BUDGET: usize = 64 * 1024;
+    let sizes: Vec<usize> = (BUDGET - 160..=BUDGET + 4).collect();
+    let key = memo_runtime::EncryptionKey::new(b"0123456789abcdef").unwrap();
+    for (name, backend, _server) in every_backend() {
+        use_backend(&backend);
+        for (label, options) in [
+            ("plain", Options::new()),
+            (
+                "encrypted",
+                Options::new().encrypt(true).encryption_key(key.clone()),
+            ),
+            ("local", Options::new().local(Duration::from_secs(60))),
+        ] {
+            run(async {
+                for &size in &sizes {
+                    let key = format!("owned:budget:{label}:{size}");
+                    let value = memo_tests::behaviour::noise(size as u64, size);
+                    for round in 0..2 {
+                        let expected = value.clone();
+                        let got: Vec<u8> = cache_memoize_owned_async(
+                            key.clone(),
+                            move || async move {
+                                assert_eq!(round, 0, "computed once");
+                                expected
+                            },
+                            &options,
+                        )
+                        .await;
+                        assert!(got == value, "{name} {label} {size} round {round}");
+                    }
+                }
+            });
+        }
+        // Sixteen tasks on one cold key of each boundary size: one computes,
+        // the others are handed its bytes.
+        run_multi(async {
+            for size in [BUDGET - 3, BUDGET - 2, BUDGET + 1] {
+                let runs = Arc::new(AtomicUsize::new(0));
+                let key = format!("owned:budget:coalesced:{size}");
+                let tasks: Vec<_> = (0..16)
+                    .map(|_| {
+                        let (runs, key) = (Arc::clone(&runs), key.clone());
+                        tokio::spawn(async move {
+                            cache_memoize_owned_async(
+                                key,
+                                move || async move {
+                                    runs.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    memo_tests::behaviour::noise(size as u64, size)
+                                },
+                                &Options::new(),
+                            )
+                            .await
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    let got: Vec<u8> = task.await.unwrap();
+                    assert!(
+                        got == memo_tests::behaviour::noise(size as u64, size),
+                        "{name} {size}"
+                    );
+                }
+                assert_eq!(runs.load(Ordering::SeqCst), 1, "{name} {size}");
+            }
+        });
+    }
+}

@@ -182,6 +182,16 @@ fn joined(a: &str, b: String, n: u32) -> String {
     format!("{a}/{b}/{n}")
 }
 
+#[memo_runtime::cache_memoize(key = "lit%:more:{a}:tail%:end", version = 2)]
+fn literal_runs(a: &str) -> String {
+    format!("runs {a}")
+}
+
+#[memo_runtime::cache_memoize]
+fn default_key(a: u32) -> u32 {
+    a + 1
+}
+
 #[memo_runtime::cache_memoize(key = "{a}", local = 60)]
 fn alone(a: &str) -> String {
     format!("computed {a}")
@@ -210,6 +220,19 @@ fn the_attribute_s_joined_key_is_the_functional_api_s() {
         let hit: String = cache_memoize(parts, || "recomputed".to_owned(), &Options::new());
         assert_eq!(hit, "recomputed", "the helper dropped the same key");
     }
+    // Runs of literal components, escaped and joined when the function
+    // was compiled, make the key the components would.
+    for a in ["x", "a:b%", ""] {
+        assert_eq!(literal_runs(a), format!("runs {a}"));
+        let parts = ["lit%", "more", a, "tail%", "end", "v2"];
+        let found: String =
+            cache_memoize(parts, || panic!("a miss for {parts:?}"), &Options::new());
+        assert_eq!(found, format!("runs {a}"));
+    }
+    assert_eq!(default_key(5), 6);
+    let parts = [module_path!(), "default_key", "5"];
+    let found: u32 = cache_memoize(parts, || panic!("a miss for {parts:?}"), &Options::new());
+    assert_eq!(found, 6);
     // One component is used as is, unescaped, as a one-element sequence.
     assert_eq!(alone("a:b%"), "computed a:b%");
     let found: String = cache_memoize(["a:b%"], || panic!("a miss"), &Options::new());

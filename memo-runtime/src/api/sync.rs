@@ -41,6 +41,7 @@ where
     let call = Call::new(config, key, options);
     if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
         give_back(call.config, generation);
+        call.key.recycle();
         return from_cache(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,

@@ -217,6 +217,17 @@ impl KeyParts {
         self
     }
 
+    /// Appends one or more components the attribute's expansion escaped
+    /// and joined with `:` when it was compiled (the template's literal
+    /// text, the function's name, the version): no scan at run time.
+    /// `joined` must already be in that form; anything else only changes
+    /// the caller's own keys.
+    pub fn escaped(mut self, joined: &'static str) -> KeyParts {
+        self.separate();
+        self.joined.push_str(joined);
+        self
+    }
+
     /// Appends a component given as a value's `Display`, as its
     /// `to_string()` would read.
     pub fn display<T: std::fmt::Display + ?Sized>(mut self, part: &T) -> KeyParts {
@@ -531,6 +542,14 @@ impl EntryKey {
         }
     }
 
+    /// Hands the full key's string back for the next [`KeyParts`] on this
+    /// thread (see [`recycle_key`]), once the call is done with it: a hit
+    /// found through the whole call then allocates nothing for its next
+    /// key either.
+    pub(crate) fn recycle(self) {
+        recycle_key(CacheKey::Raw(self.full));
+    }
+
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
     pub(crate) fn stored(&self) -> &str {
         self.stored.as_deref().unwrap_or(&self.full)
@@ -683,6 +702,22 @@ mod tests {
             escape_component(part, &mut out);
             assert_eq!(out, format!("prefix{}", by_chars(part)), "{part:?}");
         }
+    }
+
+    #[test]
+    fn a_recycled_full_key_is_the_next_keys_buffer_emptied() {
+        let key = KeyParts::new().text("user").display(&42).finish();
+        let entry = EntryKey::from_owned(Some("ns"), key, None);
+        assert_eq!(entry.full(), "ns:user:42");
+        let buffer = entry.full().as_ptr();
+        entry.recycle();
+        let next = KeyParts::new().text("a").text("b");
+        assert_eq!(next.joined.as_ptr(), buffer);
+        assert_eq!(next.finish(), CacheKey::Raw("a:b".to_owned()));
+        // A buffer grown past 512 bytes is dropped rather than kept.
+        let long = EntryKey::from_owned(None, CacheKey::Raw("x".repeat(600)), None);
+        long.recycle();
+        assert_eq!(SPARE_KEY.with(std::cell::Cell::take).capacity(), 0);
     }
 
     #[test]

@@ -27,12 +27,13 @@
 //! trade.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a local copy holds. Nominally `pub` (in a private module) because
 /// the `Keep` trait, which the attribute's generated code names through
@@ -106,6 +107,11 @@ impl Hasher for KeyHash {
     }
 }
 
+/// The generation of a map, on a cache line of its own: read on every
+/// local hit, written only by changes.
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
 /// A shard's lock and its count of local hits, on a cache line of its own,
 /// so that threads working in different shards never write one line.
 #[repr(align(128))]
@@ -117,6 +123,17 @@ struct ShardCell {
 /// The local copies of one configuration.
 pub(crate) struct LocalCopies {
     shards: Box<[ShardCell]>,
+    /// This map's name in the threads' fronts ([`Front`]): unique in the
+    /// process, never reused.
+    id: u64,
+    /// Bumped by every change to any shard, under that shard's lock and
+    /// before the change: a front entry filled at one generation is the
+    /// map's current copy while the generation is still the same.
+    generation: Generation,
+    /// The local hits counted by each thread's front, one counter per
+    /// thread (written by that thread alone), and the hits of threads
+    /// gone.
+    stripes: Mutex<(Vec<Arc<AtomicU64>>, u64)>,
     /// The seeds of [`KeyHasher`], drawn at random per map: what a stored
     /// key is looked up by. Keys may come from outside (user ids in a
     /// template), so the hash is keyed, as `HashMap`'s own is, rather than
@@ -162,7 +179,7 @@ fn fold(a: u64, b: u64) -> u64 {
 /// which is what a hash map's defence against chosen collisions needs, and
 /// a collision is never more than a miss (the map compares the key kept
 /// with each copy).
-struct KeyHasher {
+pub(crate) struct KeyHasher {
     seeds: [u64; 2],
     state: u64,
     /// The bytes of an unfinished word, from its low byte up.
@@ -188,7 +205,7 @@ impl KeyHasher {
         self.state = fold(self.state ^ word, self.seeds[1] ^ 0x9e37_79b9_7f4a_7c15);
     }
 
-    fn write(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) {
         self.len = self.len.wrapping_add(bytes.len() as u64);
         if self.tail_len > 0 {
             while self.tail_len < 8 {
@@ -214,7 +231,7 @@ impl KeyHasher {
         self.tail_len = bytes.len() as u32;
     }
 
-    fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         let last = fold(
             self.state ^ self.tail,
             self.seeds[1] ^ 0x9e37_79b9_7f4a_7c15,
@@ -267,6 +284,12 @@ impl LocalCopies {
                 })
                 .collect(),
             seeds: seeds(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
+            generation: Generation(AtomicU64::new(0)),
+            stripes: Mutex::default(),
             weight: AtomicU64::new(0),
             capacity,
         }
@@ -276,9 +299,15 @@ impl LocalCopies {
     /// input as a stream, so the pieces of a key hash as the joined string
     /// would.
     pub(crate) fn hash(&self, key: &(impl KeyPieces + ?Sized)) -> u64 {
-        let mut hasher = KeyHasher::new(self.seeds);
+        let mut hasher = self.hasher();
         key.pieces(&mut |piece| hasher.write(piece));
         hasher.finish()
+    }
+
+    /// A hasher to feed a stored key to: [`hash`](Self::hash) for a caller
+    /// that walks the key's pieces itself.
+    pub(crate) fn hasher(&self) -> KeyHasher {
+        KeyHasher::new(self.seeds)
     }
 
     /// A hash's shard: bits the shard's own map does not index by (it
@@ -309,14 +338,56 @@ impl LocalCopies {
     /// A local hit for a key given in pieces, whose hash is `hash`, at
     /// `now`: the payload of the copy kept for a type of `fingerprint`,
     /// unless it has run out or `holds` refuses it; counted as a hit.
+    #[cfg(test)]
     pub(crate) fn hit(
         &self,
         hash: u64,
         key: &(impl KeyPieces + ?Sized),
         fingerprint: u64,
         now: Instant,
-        holds: impl FnOnce(&Payload) -> bool,
+        holds: impl Fn(&Payload) -> bool,
     ) -> Option<Payload> {
+        match self.lookup(hash, key, fingerprint, now, holds)? {
+            Found::Front(ticket) => take_front(ticket, |payload| Some(payload.clone())),
+            Found::Map(payload) => Some(payload),
+        }
+    }
+
+    /// A local hit for a key given in pieces, whose hash is `hash`, at
+    /// `now`: the copy kept for a type of `fingerprint`, unless it has run
+    /// out or `holds` refuses it. Found in this thread's front when the
+    /// copy there is still the map's (no lock taken, no count shared with
+    /// other threads written); else in the map, counted as a hit there,
+    /// and then kept in the front for the next hit.
+    pub(crate) fn lookup(
+        &self,
+        hash: u64,
+        key: &(impl KeyPieces + ?Sized),
+        fingerprint: u64,
+        now: Instant,
+        holds: impl Fn(&Payload) -> bool,
+    ) -> Option<Found> {
+        let generation = self.generation.0.load(Ordering::Acquire);
+        let ticket = Ticket {
+            map: self.id,
+            generation,
+            hash,
+        };
+        let in_front = FRONT
+            .try_with(|front| {
+                let front = front.try_borrow().ok()?;
+                let slot = front.slot(ticket)?;
+                (now < slot.kept.until
+                    && slot.kept.fingerprint == fingerprint
+                    && holds(&slot.kept.payload)
+                    && same_key(&slot.key, key))
+                .then_some(())
+            })
+            .ok()
+            .flatten();
+        if in_front.is_some() {
+            return Some(Found::Front(ticket));
+        }
         let index = Self::shard_of(hash);
         let mut shard = self.lock(index);
         let kept = self
@@ -326,7 +397,85 @@ impl LocalCopies {
         // holds: a plain store, not a locked add.
         let hits = &self.shards[index].hits;
         hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some(kept.payload.clone())
+        let payload = kept.payload.clone();
+        if kept.weight <= FRONT_MAX_BYTES {
+            // The generation read under this shard's lock: any change to
+            // this copy bumps it under the same lock, so after this read.
+            let generation = self.generation.0.load(Ordering::Acquire);
+            let kept = kept.clone();
+            self.keep_in_front(hash, generation, key, kept, now);
+        }
+        Some(Found::Map(payload))
+    }
+
+    /// Keeps `kept` in this thread's front, unless its slot holds another
+    /// key of this map's current generation kept less than [`RECENCY`]
+    /// ago, so that keys hit in turn do not keep replacing each other.
+    fn keep_in_front(
+        &self,
+        hash: u64,
+        generation: u64,
+        key: &(impl KeyPieces + ?Sized),
+        kept: Kept,
+        now: Instant,
+    ) {
+        let _ = FRONT.try_with(|front| {
+            // Borrowed already: a hit nested in a clone of this thread's
+            // (which reads the front); it is simply not kept.
+            let Ok(mut front) = front.try_borrow_mut() else {
+                return;
+            };
+            if front.map != self.id {
+                *front = Front {
+                    map: self.id,
+                    stripe: Some(self.stripe()),
+                    slots: Default::default(),
+                };
+            }
+            let slot = &mut front.slots[front_index(hash)];
+            if let Some(old) = slot {
+                if old.generation == generation
+                    && (old.hash != hash || !same_key(&old.key, key))
+                    && now.saturating_duration_since(old.kept_at) < RECENCY
+                {
+                    return;
+                }
+            }
+            let mut joined = Vec::new();
+            key.pieces(&mut |piece| joined.extend_from_slice(piece));
+            let Ok(joined) = String::from_utf8(joined) else {
+                return;
+            };
+            *slot = Some(FrontSlot {
+                generation,
+                hash,
+                key: joined.into_boxed_str(),
+                kept,
+                kept_at: now,
+            });
+        });
+    }
+
+    /// A new hit counter for the calling thread, registered with the map;
+    /// the counters of threads gone are folded into one.
+    fn stripe(&self) -> Arc<AtomicU64> {
+        let stripe = Arc::new(AtomicU64::new(0));
+        let mut stripes = self
+            .stripes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (live, gone) = &mut *stripes;
+        live.retain(|stripe| {
+            if Arc::strong_count(stripe) > 1 {
+                return true;
+            }
+            // Its thread dropped its reference after its last count.
+            std::sync::atomic::fence(Ordering::Acquire);
+            *gone += stripe.load(Ordering::Relaxed);
+            false
+        });
+        live.push(Arc::clone(&stripe));
+        stripe
     }
 
     /// The copy in `shard` under `hash` if it is `key`'s and has not run
@@ -345,6 +494,7 @@ impl LocalCopies {
         }
         if now >= slot.kept.until {
             let charge = slot.kept.charge(&slot.key);
+            self.changing();
             shard.remove(&hash);
             self.weight.fetch_sub(charge, Ordering::Relaxed);
             return None;
@@ -352,12 +502,30 @@ impl LocalCopies {
         shard.get(&hash).map(|slot| &slot.kept)
     }
 
-    /// The local hits counted by [`hit`](Self::hit).
+    /// The local hits counted by [`lookup`](Self::lookup) and
+    /// [`take_front`].
     pub(crate) fn hits(&self) -> u64 {
-        self.shards
+        let in_shards: u64 = self
+            .shards
             .iter()
             .map(|shard| shard.hits.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        let stripes = self
+            .stripes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_fronts: u64 = stripes
+            .0
+            .iter()
+            .map(|stripe| stripe.load(Ordering::Relaxed))
+            .sum();
+        in_shards + in_fronts + stripes.1
+    }
+
+    /// Marks a change to a shard, whose lock the caller holds, before it
+    /// is made: every front entry kept so far stops being served.
+    fn changing(&self) {
+        self.generation.0.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Keeps `kept` under `key`, replacing any earlier copy; nothing when it
@@ -370,6 +538,7 @@ impl LocalCopies {
         let index = Self::shard_of(hash);
         let charge = kept.charge(key);
         let mut shard = self.lock(index);
+        self.changing();
         // Whatever held the slot goes: an earlier copy of this key, or of
         // another key with the same hash.
         if let Some(old) = shard.remove(&hash) {
@@ -407,6 +576,7 @@ impl LocalCopies {
             for offset in 1..=SHARDS {
                 let mut shard = self.lock((index + offset) % SHARDS);
                 if expired_only {
+                    self.changing();
                     let mut freed = 0;
                     shard.retain(|_, slot| {
                         let keep = now < slot.kept.until;
@@ -421,6 +591,7 @@ impl LocalCopies {
                         let Some(victim) = shard.keys().copied().find(|hash| *hash != fresh) else {
                             break;
                         };
+                        self.changing();
                         if let Some(slot) = shard.remove(&victim) {
                             self.weight
                                 .fetch_sub(slot.kept.charge(&slot.key), Ordering::Relaxed);
@@ -440,6 +611,7 @@ impl LocalCopies {
         let hash = self.hash(key);
         let mut shard = self.lock(Self::shard_of(hash));
         if shard.get(&hash).is_some_and(|slot| *slot.key == *key) {
+            self.changing();
             if let Some(old) = shard.remove(&hash) {
                 self.weight
                     .fetch_sub(old.kept.charge(&old.key), Ordering::Relaxed);
@@ -460,6 +632,91 @@ impl LocalCopies {
     fn len(&self) -> usize {
         (0..SHARDS).map(|index| self.lock(index).len()).sum()
     }
+}
+
+/// What [`LocalCopies::lookup`] found: a copy in this thread's front, to
+/// take with [`take_front`], or one from the map.
+pub(crate) enum Found {
+    Front(Ticket),
+    Map(Payload),
+}
+
+/// Which front entry a lookup found, and the map and generation it was
+/// found current for.
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket {
+    map: u64,
+    generation: u64,
+    hash: u64,
+}
+
+/// The value `take` reads from the front entry a lookup on this thread
+/// just found, counted as a local hit on this thread's counter; `None` if
+/// the entry is gone (nothing runs in between on this thread that could
+/// replace it) or `take` finds nothing. The front is borrowed only shared
+/// meanwhile: a `Clone` of the caller's that calls memo again looks it up
+/// too, and keeps nothing new in it.
+pub(crate) fn take_front<T>(ticket: Ticket, take: impl FnOnce(&Payload) -> Option<T>) -> Option<T> {
+    FRONT
+        .try_with(|front| {
+            let front = front.try_borrow().ok()?;
+            let slot = front.slot(ticket)?;
+            if let Some(stripe) = &front.stripe {
+                // This thread is the counter's only writer.
+                stripe.store(stripe.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            take(&slot.kept.payload)
+        })
+        .ok()
+        .flatten()
+}
+
+/// How many copies a thread's front keeps: a few hot keys.
+const FRONT_SLOTS: usize = 8;
+/// The heaviest copy a front keeps: a front holds its copies outside the
+/// budget, so only small ones.
+const FRONT_MAX_BYTES: u32 = 1024;
+/// How long a front entry keeps its slot against another key's.
+const RECENCY: Duration = Duration::from_secs(1);
+
+/// A thread's latest local hits of one map, served again without its lock
+/// while the map's generation says nothing changed since (the way the
+/// embedded store's `Recent` serves its reads).
+#[derive(Default)]
+struct Front {
+    /// The map the entries are of (0: none).
+    map: u64,
+    /// This thread's hit counter in that map.
+    stripe: Option<Arc<AtomicU64>>,
+    slots: [Option<FrontSlot>; FRONT_SLOTS],
+}
+
+struct FrontSlot {
+    generation: u64,
+    hash: u64,
+    key: Box<str>,
+    kept: Kept,
+    kept_at: Instant,
+}
+
+impl Front {
+    /// The entry a ticket names, if the front still holds it.
+    fn slot(&self, ticket: Ticket) -> Option<&FrontSlot> {
+        if self.map != ticket.map {
+            return None;
+        }
+        self.slots[front_index(ticket.hash)]
+            .as_ref()
+            .filter(|slot| slot.generation == ticket.generation && slot.hash == ticket.hash)
+    }
+}
+
+fn front_index(hash: u64) -> usize {
+    (hash >> 40) as usize % FRONT_SLOTS
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = RefCell::default();
 }
 
 /// This process's name on the invalidation channel, so that it ignores its
@@ -783,6 +1040,154 @@ mod tests {
         assert!(copies.hit(hash, "k", 1, until, |_| true).is_none());
         assert_eq!(copies.len(), 0);
         assert_eq!(copies.weight.load(Ordering::Relaxed), 0);
+    }
+
+    /// A copy holding `value`, kept for a minute, weighing `weight`.
+    fn numbered(value: u64, weight: u32) -> Kept {
+        Kept {
+            weight,
+            payload: Payload::Encoded(Arc::from(&value.to_le_bytes()[..])),
+            ..kept(1, Duration::from_secs(60))
+        }
+    }
+
+    fn number(payload: &Payload) -> u64 {
+        match payload {
+            Payload::Encoded(bytes) => u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            Payload::Typed(_) => panic!("typed"),
+        }
+    }
+
+    /// What a lookup of `key` finds at `now`: whether it came from the
+    /// front, and the number it holds (counted as a hit).
+    fn look(copies: &LocalCopies, hash: u64, key: &str, now: Instant) -> Option<(bool, u64)> {
+        match copies.lookup(hash, key, 1, now, |_| true)? {
+            Found::Front(ticket) => take_front(ticket, |payload| Some((true, number(payload)))),
+            Found::Map(payload) => Some((false, number(&payload))),
+        }
+    }
+
+    #[test]
+    fn the_front_serves_a_copy_only_while_the_map_holds_it() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(1, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 1)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 1)));
+        // Replaced: the new copy, from the map, then from the front.
+        copies.insert("k", numbered(2, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 2)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 2)));
+        // Removed: gone from the front too.
+        copies.remove("k");
+        assert_eq!(look(&copies, hash, "k", now), None);
+        // Any change to the map, here another key's copy, sends the next
+        // hit back to the map.
+        copies.insert("k", numbered(3, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 3)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 3)));
+        copies.insert("other", numbered(9, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 3)));
+        // Another type, or a payload `holds` refuses, is not served.
+        assert!(copies.lookup(hash, "k", 2, now, |_| true).is_none());
+        assert!(copies.lookup(hash, "k", 1, now, |_| false).is_none());
+        // Nor is another key: by hash, or by the key itself.
+        assert_eq!(look(&copies, hash, "k2", now), None);
+        assert_eq!(look(&copies, hash ^ 1, "k", now), None);
+        // At the copy's instant, neither serves it.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(look(&copies, hash, "k", later), None);
+        // Every hit was counted, front or map.
+        assert_eq!(copies.hits(), 7);
+    }
+
+    #[test]
+    fn the_front_keeps_only_small_copies_and_only_its_maps() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        copies.insert_hashed(7, "big", numbered(1, FRONT_MAX_BYTES + 1));
+        assert_eq!(look(&copies, 7, "big", now), Some((false, 1)));
+        assert_eq!(look(&copies, 7, "big", now), Some((false, 1)));
+        copies.insert_hashed(7, "k", numbered(2, FRONT_MAX_BYTES));
+        assert_eq!(look(&copies, 7, "k", now), Some((false, 2)));
+        assert_eq!(look(&copies, 7, "k", now), Some((true, 2)));
+        // Another map (a new configuration) with the same key and hash, at
+        // the same generation: not the first map's copy.
+        let other = LocalCopies::new(1 << 20);
+        other.insert_hashed(7, "k", numbered(3, 8));
+        assert_eq!(
+            other.generation.0.load(Ordering::Relaxed),
+            copies.generation.0.load(Ordering::Relaxed) - 1
+        );
+        other.changing();
+        assert_eq!(look(&other, 7, "k", now), Some((false, 3)));
+        assert_eq!(look(&other, 7, "k", now), Some((true, 3)));
+        assert_eq!(look(&copies, 7, "k", now), Some((false, 2)));
+    }
+
+    #[test]
+    fn a_thread_that_saw_a_replacement_never_reads_the_copy_before_it() {
+        let copies = Arc::new(LocalCopies::new(1 << 20));
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(0, 8));
+        let published = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (copies, published) = (Arc::clone(&copies), Arc::clone(&published));
+                std::thread::spawn(move || {
+                    let mut from_front = 0;
+                    loop {
+                        let seen = published.load(Ordering::Acquire);
+                        if let Some((front, value)) = look(&copies, hash, "k", Instant::now()) {
+                            assert!(value >= seen, "read {value} after {seen} was written");
+                            from_front += usize::from(front);
+                        }
+                        if seen == 2_000 {
+                            return from_front;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for value in 1..=2_000 {
+            copies.insert("k", numbered(value, 8));
+            published.store(value, Ordering::Release);
+            if value % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        let from_front: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        // The front was in play, not just the map.
+        assert!(from_front > 0);
+    }
+
+    #[test]
+    fn the_hits_of_threads_gone_stay_counted() {
+        let copies = Arc::new(LocalCopies::new(1 << 20));
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(1, 8));
+        for _ in 0..3 {
+            let copies = Arc::clone(&copies);
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    assert!(look(&copies, hash, "k", Instant::now()).is_some());
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        assert_eq!(copies.hits(), 15);
+        // A new thread's counter folds the gone ones into one.
+        let copies2 = Arc::clone(&copies);
+        std::thread::spawn(move || {
+            look(&copies2, hash, "k", Instant::now());
+            look(&copies2, hash, "k", Instant::now());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(copies.hits(), 17);
+        assert!(copies.stripes.lock().unwrap().0.len() <= 2);
     }
 
     #[test]

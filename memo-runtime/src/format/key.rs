@@ -194,6 +194,7 @@ impl KeyParts {
     /// No components yet, in a string this thread used for a key before
     /// when one was handed back (see [`recycle_key`]): a local hit then
     /// allocates nothing for its key.
+    #[inline]
     pub fn new() -> KeyParts {
         let joined = SPARE_KEY
             .try_with(std::cell::Cell::take)
@@ -203,6 +204,7 @@ impl KeyParts {
         KeyParts { joined, any: false }
     }
 
+    #[inline]
     fn separate(&mut self) {
         if self.any {
             self.joined.push(':');
@@ -211,6 +213,7 @@ impl KeyParts {
     }
 
     /// Appends a component given as text.
+    #[inline]
     pub fn text(mut self, part: &str) -> KeyParts {
         self.separate();
         escape_component(part, &mut self.joined);
@@ -222,6 +225,7 @@ impl KeyParts {
     /// text, the function's name, the version): no scan at run time.
     /// `joined` must already be in that form; anything else only changes
     /// the caller's own keys.
+    #[inline]
     pub fn escaped(mut self, joined: &'static str) -> KeyParts {
         self.separate();
         self.joined.push_str(joined);
@@ -230,6 +234,7 @@ impl KeyParts {
 
     /// Appends a component given as a value's `Display`, as its
     /// `to_string()` would read.
+    #[inline]
     pub fn display<T: std::fmt::Display + ?Sized>(mut self, part: &T) -> KeyParts {
         self.separate();
         // Writing into a String cannot fail; a `Display` that reports an
@@ -241,6 +246,7 @@ impl KeyParts {
     /// The key: the components escaped and joined with `:`. Meant for two
     /// or more components; a single one would be escaped, where
     /// [`CacheKey::Parts`] keeps a lone component as it is.
+    #[inline]
     pub fn finish(self) -> CacheKey {
         CacheKey::Raw(self.joined)
     }
@@ -395,14 +401,23 @@ impl FullKeyPieces<'_> {
     /// Whether an unencrypted call stores this full key as it is: nothing
     /// in it to escape, and short enough (as `stored_key_unless_full`
     /// decides).
+    #[cfg(test)]
     pub(crate) fn stored_as_is(&self) -> bool {
+        self.each_stored_as_is(&mut |_| {})
+    }
+
+    /// [`each`](Self::each) and [`stored_as_is`](Self::stored_as_is) in
+    /// one pass: calls `piece` with each piece, and says whether the full
+    /// key is its own stored key.
+    pub(crate) fn each_stored_as_is(&self, piece: &mut dyn FnMut(&[u8])) -> bool {
         let mut len = 0;
         let mut clean = true;
-        self.each(&mut |piece| {
-            len += piece.len();
-            clean &= !piece
+        self.each(&mut |bytes| {
+            len += bytes.len();
+            clean &= !bytes
                 .iter()
                 .any(|&byte| byte <= 0x20 || byte == 0x7f || byte == b'\\');
+            piece(bytes);
         });
         clean && len <= MAX_KEY
     }

@@ -31,7 +31,7 @@ use super::Call;
 use super::drive::Driver;
 use super::options::{Beta, Options};
 use crate::common::coalesce::{Joined, LeaderGuard};
-use crate::common::local::{Kept, KeyPieces, Payload};
+use crate::common::local::{Found, Kept, KeyPieces, Payload, take_front};
 use crate::config::with_config;
 use crate::format::envelope::{self, Stamp};
 use crate::format::key::{CacheKey, FullKeyPieces};
@@ -348,17 +348,23 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             namespace: config.namespace.as_deref(),
             key,
         });
-        if !full.0.stored_as_is() {
+        // One pass over the key's pieces: hashed, and checked to be the
+        // stored key as it is.
+        let mut hasher = copies.hasher();
+        if !full.0.each_stored_as_is(&mut |piece| hasher.write(piece)) {
             return None;
         }
-        let hash = copies.hash(&full);
-        copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
+        let hash = hasher.finish();
+        copies.lookup(hash, &full, fingerprint, Instant::now(), |payload| {
             keep.holds(payload)
         })
     })
     // Cloned (or decoded) once the configuration is no longer borrowed: a
     // `Clone` or `Deserialize` of the caller's may itself call memo.
-    .and_then(|payload| keep.take(&payload))
+    .and_then(|found| match found {
+        Found::Front(ticket) => take_front(ticket, |payload| keep.take(payload)),
+        Found::Map(payload) => keep.take(&payload),
+    })
 }
 
 /// A full key in pieces, as the local copies take it.

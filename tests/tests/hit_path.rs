@@ -413,3 +413,35 @@ fn no_thread_reads_an_embedded_entry_after_it_is_replaced_or_dropped() {
     });
     assert_eq!(wrong.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_plain_embedded_hit_is_counted_and_never_served_past_its_logical_expiry() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()).namespace("plain-ns"));
+    // The stale window keeps the entry in the store past its logical
+    // expiry; a call without one must not be served it then.
+    let keeping = Options::new()
+        .expiration(Duration::from_millis(300))
+        .stale_while_revalidate(Duration::from_secs(60));
+    let plain = Options::new().expiration(Duration::from_millis(300));
+    // Stored as they are, and escaped ("a b"): both hit.
+    for key in ["plain:key", "a b"] {
+        let first: u32 = cache_memoize(key, || 1, &keeping);
+        assert_eq!(first, 1);
+        let before = memo_runtime::stats();
+        let hit: u32 = cache_memoize(key, || panic!("a miss for {key}"), &plain);
+        assert_eq!(hit, 1);
+        let after = memo_runtime::stats();
+        assert_eq!(after.hits, before.hits + 1, "{key}");
+        assert!(after.bytes_read > before.bytes_read, "{key}");
+        // Another type under the same key is a miss, not a wrong value.
+        let other: String = cache_memoize(key, || "other".to_owned(), &plain);
+        assert_eq!(other, "other");
+        let _: u32 = cache_memoize(key, || 1, &keeping);
+    }
+    thread::sleep(Duration::from_millis(350));
+    for key in ["plain:key", "a b"] {
+        let again: u32 = cache_memoize(key, || 2, &plain);
+        assert_eq!(again, 2, "{key} served past its logical expiry");
+    }
+}

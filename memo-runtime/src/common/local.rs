@@ -402,7 +402,6 @@ impl LocalCopies {
             // The generation read under this shard's lock: any change to
             // this copy bumps it under the same lock, so after this read.
             let generation = self.generation.0.load(Ordering::Acquire);
-            let kept = kept.clone();
             self.keep_in_front(hash, generation, key, kept, now);
         }
         Some(Found::Map(payload))
@@ -416,7 +415,7 @@ impl LocalCopies {
         hash: u64,
         generation: u64,
         key: &(impl KeyPieces + ?Sized),
-        kept: Kept,
+        kept: &Kept,
         now: Instant,
     ) {
         let _ = FRONT.try_with(|front| {
@@ -434,8 +433,14 @@ impl LocalCopies {
             }
             let slot = &mut front.slots[front_index(hash)];
             if let Some(old) = slot {
+                if old.hash == hash && same_key(&old.key, key) {
+                    // The same key again: its key string stays.
+                    old.generation = generation;
+                    old.kept = kept.clone();
+                    old.kept_at = now;
+                    return;
+                }
                 if old.generation == generation
-                    && (old.hash != hash || !same_key(&old.key, key))
                     && now.saturating_duration_since(old.kept_at) < RECENCY
                 {
                     return;
@@ -450,7 +455,7 @@ impl LocalCopies {
                 generation,
                 hash,
                 key: joined.into_boxed_str(),
-                kept,
+                kept: kept.clone(),
                 kept_at: now,
             });
         });

@@ -168,8 +168,9 @@ fn fold(a: u64, b: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-/// A seeded hash of a stored key, several times faster than SipHash on
-/// keys of a few dozen bytes (SipHash was a tenth of a local hit).
+/// A seeded hash of a stored key: one multiply per eight bytes where
+/// SipHash, used before, runs several rounds of mixing, which showed on
+/// every local hit.
 ///
 /// Its input is a stream: bytes are taken eight at a time, little-endian,
 /// whatever the pieces they arrive in, and the length is mixed in at the

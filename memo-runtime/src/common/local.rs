@@ -25,6 +25,18 @@
 //! hash keys), not the least recently used. For copies of hot entries, which
 //! a miss recomputes at the cost of one backend round trip, that is a good
 //! trade.
+//!
+//! # The per-thread front
+//!
+//! A lock, even uncontended, and the `Arc` of the copy are two pairs of
+//! atomic read-modify-writes on every hit. So each thread keeps its last
+//! few small hits ([`Front`]: 8 slots, copies of at most 1 KiB as stored)
+//! and serves them again while the map's generation, which every change to
+//! any shard bumps under that shard's lock before making it, is the one
+//! read when the copy was taken from the map under the same lock: no write
+//! since, so it is still the map's copy. The price is memory outside the
+//! budget: up to 8 `Arc`s per thread, held until replaced (never served
+//! once the map has changed).
 
 use std::any::Any;
 use std::cell::RefCell;

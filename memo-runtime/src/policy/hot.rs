@@ -61,7 +61,12 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 fn saturating_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    // `as_millis`, saturated, in `u64` arithmetic rather than `u128`: this
+    // runs on every hit.
+    duration
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(duration.subsec_millis()))
 }
 
 /// A uniform number in (0, 1], from a per-thread xorshift seeded once from
@@ -417,10 +422,8 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
                 if stamp.expires_ms != 0 && unix_ms() >= stamp.expires_ms {
                     return None;
                 }
-                let counters = &config.counters;
-                counters.backend_ok();
-                counters.read(entry.bytes().len());
-                counters.hit();
+                config.counters.backend_ok();
+                config.counters.hit_read(entry.bytes().len());
                 Some(value)
             });
         if joined.capacity() <= 512 {
@@ -578,6 +581,25 @@ impl io::Write for CountBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_are_as_millis_saturated_at_every_extreme() {
+        let max_secs = u64::MAX / 1000;
+        for duration in [
+            Duration::ZERO,
+            Duration::from_nanos(999_999),
+            Duration::from_millis(1),
+            Duration::from_millis(1_234_567),
+            Duration::new(max_secs, 614_999_999),
+            Duration::new(max_secs, 615_000_000),
+            Duration::new(max_secs, 999_999_999),
+            Duration::new(max_secs + 1, 0),
+            Duration::MAX,
+        ] {
+            let expected = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            assert_eq!(saturating_ms(duration), expected, "{duration:?}");
+        }
+    }
 
     #[test]
     fn xfetch_never_refreshes_a_free_computation_and_always_at_expiry() {

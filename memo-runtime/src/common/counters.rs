@@ -118,15 +118,6 @@ impl Counters {
         bump(&self.stripe().hits, 1);
     }
 
-    /// A call answered from the cache with `n` bytes read from the
-    /// backend: [`hit`](Self::hit) and [`read`](Self::read), with one look
-    /// for this thread's stripe.
-    pub(crate) fn hit_read(&self, n: usize) {
-        let stripe = self.stripe();
-        bump(&stripe.hits, 1);
-        bump(&stripe.bytes_read, n as u64);
-    }
-
     fn stripe(&self) -> &Stripe {
         &self.stripes[stripe_index()]
     }

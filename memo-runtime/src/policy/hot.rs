@@ -61,12 +61,7 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 fn saturating_ms(duration: Duration) -> u64 {
-    // `as_millis`, saturated, in `u64` arithmetic rather than `u128`: this
-    // runs on every hit.
-    duration
-        .as_secs()
-        .saturating_mul(1000)
-        .saturating_add(u64::from(duration.subsec_millis()))
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A uniform number in (0, 1], from a per-thread xorshift seeded once from
@@ -422,8 +417,10 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
                 if stamp.expires_ms != 0 && unix_ms() >= stamp.expires_ms {
                     return None;
                 }
-                config.counters.backend_ok();
-                config.counters.hit_read(entry.bytes().len());
+                let counters = &config.counters;
+                counters.backend_ok();
+                counters.read(entry.bytes().len());
+                counters.hit();
                 Some(value)
             });
         if joined.capacity() <= 512 {

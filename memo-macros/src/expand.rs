@@ -212,27 +212,60 @@ fn key(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
             } else {
                 quote!(#rt::module_path!())
             };
-            let mut components = vec![Component::Text(scope), Component::Text(quote!(#name))];
+            let mut components = vec![Component::Text(scope), Component::Literal(name)];
             components.extend(keyed(attr, args).map(|ident| Component::Display(quote!(#ident))));
             components
         }
     };
     if let Some(version) = &attr.version {
         let version = format!("v{}", version.base10_digits());
-        components.push(Component::Text(quote!(#version)));
+        components.push(Component::Literal(version));
     }
     match components.as_slice() {
         [] => quote!([] as [#rt::String; 0]),
         [only] => only.to_string_tokens(),
         many => {
-            let parts = many.iter().map(Component::to_part_tokens);
+            let parts = part_tokens(many);
             quote!(#rt::KeyParts::new()#(#parts)*.finish())
         }
     }
 }
 
+/// The calls that append `components` to a `KeyParts`: each run of
+/// literal components escaped and joined here, at compile time, and
+/// appended as one piece.
+fn part_tokens(components: &[Component]) -> Vec<TokenStream> {
+    let mut parts = Vec::new();
+    let mut run: Vec<String> = Vec::new();
+    fn flush(run: &mut Vec<String>, parts: &mut Vec<TokenStream>) {
+        if !run.is_empty() {
+            let joined = run.join(":");
+            parts.push(quote!(.escaped(#joined)));
+            run.clear();
+        }
+    }
+    for component in components {
+        if let Component::Literal(text) = component {
+            run.push(escape_component(text));
+        } else {
+            flush(&mut run, &mut parts);
+            parts.push(component.to_part_tokens());
+        }
+    }
+    flush(&mut run, &mut parts);
+    parts
+}
+
+/// A component escaped as the runtime's `KeyParts` escapes it: `%` as
+/// `%25` and `:` as `%3A`, so that no component forges a separator.
+fn escape_component(text: &str) -> String {
+    text.replace('%', "%25").replace(':', "%3A")
+}
+
 /// One key component, as the expansion builds it.
 enum Component {
+    /// Text known when the function is compiled.
+    Literal(String),
     /// An expression of type `&str`.
     Text(TokenStream),
     /// A value written with its `Display`, spanned at the user's argument.
@@ -246,6 +279,7 @@ impl Component {
     fn to_string_tokens(&self) -> TokenStream {
         let rt = runtime();
         match self {
+            Component::Literal(text) => quote!(#rt::String::from(#text)),
             Component::Text(text) => quote!(#rt::String::from(#text)),
             Component::Display(value) => {
                 quote_spanned!(value.span()=> #rt::ToString::to_string(&#value))
@@ -258,6 +292,7 @@ impl Component {
     fn to_part_tokens(&self) -> TokenStream {
         let rt = runtime();
         match self {
+            Component::Literal(text) => quote!(.text(#text)),
             Component::Text(text) => quote!(.text(#text)),
             Component::Display(value) => quote_spanned!(value.span()=> .display(&#value)),
             Component::Format(format, values) => {
@@ -277,7 +312,7 @@ fn keyed<'a>(attr: &'a Attr, args: &'a [Arg]) -> impl Iterator<Item = &'a Ident>
 /// One key component: a literal, one value's `Display`, or a format.
 fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
     match pieces {
-        [Piece::Text(text)] => Component::Text(quote!(#text)),
+        [Piece::Text(text)] => Component::Literal(text.clone()),
         [
             Piece::Value(Placeholder {
                 target,
@@ -619,6 +654,42 @@ mod tests {
     }
 
     #[test]
+    fn literal_components_are_escaped_and_joined_at_compile_time() {
+        let out = expand(
+            quote!(key = "a:100%:{id}:b:c", version = 2),
+            quote!(
+                fn f(id: u64) -> u64 {
+                    id
+                }
+            ),
+        );
+        let rt = runtime().to_string();
+        assert!(
+            out.contains(&format!(
+                "{rt} :: KeyParts :: new () . escaped (\"a:100%25\") . display (& id) . escaped (\"b:c:v2\") . finish ()"
+            )),
+            "{out}"
+        );
+        // Without a template: the module path stays a run-time component
+        // (escaped then), the name is a literal.
+        let out = expand(
+            quote!(),
+            quote!(
+                fn g(id: u64) -> u64 {
+                    id
+                }
+            ),
+        );
+        assert!(
+            out.contains(&format!(
+                "{rt} :: KeyParts :: new () . text ({rt} :: module_path ! ()) . escaped (\"g\") . display (& id) . finish ()"
+            )),
+            "{out}"
+        );
+        assert_eq!(escape_component("%a:b%3A"), "%25a%3Ab%253A");
+    }
+
+    #[test]
     fn hands_the_body_to_one_runtime_call() {
         let out = expand(
             quote!(key = "profile:{id}", expiration = 60, version = 3),
@@ -637,7 +708,7 @@ mod tests {
         );
         assert!(out.contains("from_secs (60)"), "{out}");
         assert!(
-            out.contains(&format!("{rt} :: KeyParts :: new () . text (\"profile\") . display (& id) . text (\"v3\") . finish ()")),
+            out.contains(&format!("{rt} :: KeyParts :: new () . escaped (\"profile\") . display (& id) . escaped (\"v3\") . finish ()")),
             "{out}"
         );
         assert!(
@@ -686,7 +757,7 @@ mod tests {
             ),
         );
         assert!(out.contains("type_name :: < Self > ()"), "{out}");
-        assert!(out.contains(". text (\"f\") . display (& a)"), "{out}");
+        assert!(out.contains(". escaped (\"f\") . display (& a)"), "{out}");
         assert!(!out.contains("(& db)"), "{out}");
         assert!(out.contains("fn f_invalidate (& self , a : u8)"), "{out}");
         assert!(out.contains("Self :: f (self , a , db)"), "{out}");

@@ -154,8 +154,11 @@ fn no_thread_serves_a_local_copy_past_the_shared_entry_s_expiry() {
             let (expired, options, runs) = (&expired, &options, &runs);
             scope.spawn(move || {
                 // Hits of the first value until it expires (on any
-                // thread's copy), then never again.
-                for _ in 0..200_000 {
+                // thread's copy), then never again. Bounded by time, not
+                // by a count of calls: hits served without a lock run
+                // through any count too fast.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while std::time::Instant::now() < deadline {
                     let past = expired.load(Ordering::SeqCst);
                     let got: usize = cache_memoize(
                         "expiring",
@@ -180,6 +183,16 @@ fn no_thread_serves_a_local_copy_past_the_shared_entry_s_expiry() {
 #[memo_runtime::cache_memoize(key = "parts:{a}:{b}:v{n}")]
 fn joined(a: &str, b: String, n: u32) -> String {
     format!("{a}/{b}/{n}")
+}
+
+#[memo_runtime::cache_memoize(key = "lit%:more:{a}:tail%:end", version = 2)]
+fn literal_runs(a: &str) -> String {
+    format!("runs {a}")
+}
+
+#[memo_runtime::cache_memoize]
+fn default_key(a: u32) -> u32 {
+    a + 1
 }
 
 #[memo_runtime::cache_memoize(key = "{a}", local = 60)]
@@ -210,6 +223,19 @@ fn the_attribute_s_joined_key_is_the_functional_api_s() {
         let hit: String = cache_memoize(parts, || "recomputed".to_owned(), &Options::new());
         assert_eq!(hit, "recomputed", "the helper dropped the same key");
     }
+    // Runs of literal components, escaped and joined when the function
+    // was compiled, make the key the components would.
+    for a in ["x", "a:b%", ""] {
+        assert_eq!(literal_runs(a), format!("runs {a}"));
+        let parts = ["lit%", "more", a, "tail%", "end", "v2"];
+        let found: String =
+            cache_memoize(parts, || panic!("a miss for {parts:?}"), &Options::new());
+        assert_eq!(found, format!("runs {a}"));
+    }
+    assert_eq!(default_key(5), 6);
+    let parts = [module_path!(), "default_key", "5"];
+    let found: u32 = cache_memoize(parts, || panic!("a miss for {parts:?}"), &Options::new());
+    assert_eq!(found, 6);
     // One component is used as is, unescaped, as a one-element sequence.
     assert_eq!(alone("a:b%"), "computed a:b%");
     let found: String = cache_memoize(["a:b%"], || panic!("a miss"), &Options::new());
@@ -386,4 +412,36 @@ fn no_thread_reads_an_embedded_entry_after_it_is_replaced_or_dropped() {
         }
     });
     assert_eq!(wrong.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_plain_embedded_hit_is_counted_and_never_served_past_its_logical_expiry() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()).namespace("plain-ns"));
+    // The stale window keeps the entry in the store past its logical
+    // expiry; a call without one must not be served it then.
+    let keeping = Options::new()
+        .expiration(Duration::from_millis(300))
+        .stale_while_revalidate(Duration::from_secs(60));
+    let plain = Options::new().expiration(Duration::from_millis(300));
+    // Stored as they are, and escaped ("a b"): both hit.
+    for key in ["plain:key", "a b"] {
+        let first: u32 = cache_memoize(key, || 1, &keeping);
+        assert_eq!(first, 1);
+        let before = memo_runtime::stats();
+        let hit: u32 = cache_memoize(key, || panic!("a miss for {key}"), &plain);
+        assert_eq!(hit, 1);
+        let after = memo_runtime::stats();
+        assert_eq!(after.hits, before.hits + 1, "{key}");
+        assert!(after.bytes_read > before.bytes_read, "{key}");
+        // Another type under the same key is a miss, not a wrong value.
+        let other: String = cache_memoize(key, || "other".to_owned(), &plain);
+        assert_eq!(other, "other");
+        let _: u32 = cache_memoize(key, || 1, &keeping);
+    }
+    thread::sleep(Duration::from_millis(350));
+    for key in ["plain:key", "a b"] {
+        let again: u32 = cache_memoize(key, || 2, &plain);
+        assert_eq!(again, 2, "{key} served past its logical expiry");
+    }
 }

@@ -9,7 +9,7 @@ use crate::config::{config, give_back, take_config};
 use crate::format::key::{CacheKey, recycle_key};
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
-use crate::policy::hot::{Encoded, Keep, quick_local_hit};
+use crate::policy::hot::{Encoded, Keep, quick_local_hit, quick_memory_hit};
 use crate::policy::options::Options;
 use crate::policy::{Call, memoize};
 
@@ -33,7 +33,9 @@ where
         + Serde<Blocking, T>
         + Encode<Blocking, T, R, C>,
 {
-    if let Some(value) = quick_local_hit(&key, options, &keep) {
+    if let Some(value) =
+        quick_local_hit(&key, options, &keep).or_else(|| quick_memory_hit(&key, options))
+    {
         recycle_key(key);
         return from_cache(value);
     }
@@ -41,6 +43,7 @@ where
     let call = Call::new(config, key, options);
     if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
         give_back(call.config, generation);
+        call.key.recycle();
         return from_cache(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,

@@ -25,14 +25,27 @@
 //! hash keys), not the least recently used. For copies of hot entries, which
 //! a miss recomputes at the cost of one backend round trip, that is a good
 //! trade.
+//!
+//! # The per-thread front
+//!
+//! A lock, even uncontended, and the `Arc` of the copy are two pairs of
+//! atomic read-modify-writes on every hit. So each thread keeps its last
+//! few small hits ([`Front`]: 8 slots, copies of at most 1 KiB as stored)
+//! and serves them again while the map's generation, which every change to
+//! any shard bumps under that shard's lock before making it, is the one
+//! read when the copy was taken from the map under the same lock: no write
+//! since, so it is still the map's copy. The price is memory outside the
+//! budget: up to 8 `Arc`s per thread, held until replaced (never served
+//! once the map has changed).
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a local copy holds. Nominally `pub` (in a private module) because
 /// the `Keep` trait, which the attribute's generated code names through
@@ -84,8 +97,8 @@ struct Slot {
 /// One shard: its copies, by the hash of their stored key.
 type Shard = HashMap<u64, Slot, BuildHasherDefault<KeyHash>>;
 
-/// The hasher of a shard's map: its keys already are seeded SipHash
-/// values, so it takes them as they are.
+/// The hasher of a shard's map: its keys already are seeded hashes of the
+/// stored keys ([`KeyHasher`]), so it takes them as they are.
 #[derive(Default)]
 struct KeyHash(u64);
 
@@ -106,6 +119,11 @@ impl Hasher for KeyHash {
     }
 }
 
+/// The generation of a map, on a cache line of its own: read on every
+/// local hit, written only by changes.
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
 /// A shard's lock and its count of local hits, on a cache line of its own,
 /// so that threads working in different shards never write one line.
 #[repr(align(128))]
@@ -117,10 +135,22 @@ struct ShardCell {
 /// The local copies of one configuration.
 pub(crate) struct LocalCopies {
     shards: Box<[ShardCell]>,
-    /// SipHash keyed at random per map: what a stored key is looked up by.
-    /// Keys may come from outside (user ids in a template), so the hash is
-    /// keyed, as `HashMap`'s own is, rather than guessable.
-    hasher: RandomState,
+    /// This map's name in the threads' fronts ([`Front`]): unique in the
+    /// process, never reused.
+    id: u64,
+    /// Bumped by every change to any shard, under that shard's lock and
+    /// before the change: a front entry filled at one generation is the
+    /// map's current copy while the generation is still the same.
+    generation: Generation,
+    /// The local hits counted by each thread's front, one counter per
+    /// thread (written by that thread alone), and the hits of threads
+    /// gone.
+    stripes: Mutex<(Vec<Arc<AtomicU64>>, u64)>,
+    /// The seeds of [`KeyHasher`], drawn at random per map: what a stored
+    /// key is looked up by. Keys may come from outside (user ids in a
+    /// template), so the hash is keyed, as `HashMap`'s own is, rather than
+    /// guessable.
+    seeds: [u64; 2],
     /// What every copy in every shard weighs, in all.
     weight: AtomicU64,
     capacity: u64,
@@ -132,6 +162,94 @@ impl std::fmt::Debug for LocalCopies {
             .field("weight", &self.weight.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+/// Two random seeds for a map's [`KeyHasher`], from `RandomState`, which
+/// draws its keys from the operating system once per thread and varies
+/// them for every state it makes.
+fn seeds() -> [u64; 2] {
+    let state = RandomState::new();
+    [state.hash_one(0u8), state.hash_one(1u8)]
+}
+
+/// The multiply-and-fold mixing step (as in `foldhash` and `wyhash`): the
+/// 128-bit product of the two words, its halves xor-ed together.
+fn fold(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// A seeded hash of a stored key: one multiply per eight bytes where
+/// SipHash, used before, runs several rounds of mixing, which showed on
+/// every local hit.
+///
+/// Its input is a stream: bytes are taken eight at a time, little-endian,
+/// whatever the pieces they arrive in, and the length is mixed in at the
+/// end, so a key hashes the same in pieces as joined, and two keys that
+/// differ only by trailing zero bytes do not hash alike. It is not a
+/// cryptographic hash: its seeds keep the values unguessable from outside,
+/// which is what a hash map's defence against chosen collisions needs, and
+/// a collision is never more than a miss (the map compares the key kept
+/// with each copy).
+pub(crate) struct KeyHasher {
+    seeds: [u64; 2],
+    state: u64,
+    /// The bytes of an unfinished word, from its low byte up.
+    tail: u64,
+    tail_len: u32,
+    len: u64,
+}
+
+impl KeyHasher {
+    fn new(seeds: [u64; 2]) -> KeyHasher {
+        KeyHasher {
+            seeds,
+            state: seeds[0],
+            tail: 0,
+            tail_len: 0,
+            len: 0,
+        }
+    }
+
+    fn word(&mut self, word: u64) {
+        // The multiplier is the seed with an odd constant's bits xor-ed in,
+        // so that a zero seed still mixes.
+        self.state = fold(self.state ^ word, self.seeds[1] ^ 0x9e37_79b9_7f4a_7c15);
+    }
+
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) {
+        self.len = self.len.wrapping_add(bytes.len() as u64);
+        if self.tail_len > 0 {
+            while self.tail_len < 8 {
+                let Some((&byte, rest)) = bytes.split_first() else {
+                    return;
+                };
+                self.tail |= u64::from(byte) << (8 * self.tail_len);
+                self.tail_len += 1;
+                bytes = rest;
+            }
+            let word = self.tail;
+            self.tail = 0;
+            self.tail_len = 0;
+            self.word(word);
+        }
+        while let Some((chunk, rest)) = bytes.split_first_chunk::<8>() {
+            self.word(u64::from_le_bytes(*chunk));
+            bytes = rest;
+        }
+        for (at, &byte) in bytes.iter().enumerate() {
+            self.tail |= u64::from(byte) << (8 * at);
+        }
+        self.tail_len = bytes.len() as u32;
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        let last = fold(
+            self.state ^ self.tail,
+            self.seeds[1] ^ 0x9e37_79b9_7f4a_7c15,
+        );
+        fold(last ^ self.len, self.seeds[0] ^ 0xc2b2_ae3d_27d4_eb4f)
     }
 }
 
@@ -178,18 +296,31 @@ impl LocalCopies {
                     hits: AtomicU64::new(0),
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            seeds: seeds(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
+            generation: Generation(AtomicU64::new(0)),
+            stripes: Mutex::default(),
             weight: AtomicU64::new(0),
             capacity,
         }
     }
 
-    /// The hash a stored key is looked up by. SipHash takes its input as a
-    /// stream, so the pieces of a key hash as the joined string would.
+    /// The hash a stored key is looked up by. [`KeyHasher`] takes its
+    /// input as a stream, so the pieces of a key hash as the joined string
+    /// would.
     pub(crate) fn hash(&self, key: &(impl KeyPieces + ?Sized)) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
+        let mut hasher = self.hasher();
         key.pieces(&mut |piece| hasher.write(piece));
         hasher.finish()
+    }
+
+    /// A hasher to feed a stored key to: [`hash`](Self::hash) for a caller
+    /// that walks the key's pieces itself.
+    pub(crate) fn hasher(&self) -> KeyHasher {
+        KeyHasher::new(self.seeds)
     }
 
     /// A hash's shard: bits the shard's own map does not index by (it
@@ -220,14 +351,56 @@ impl LocalCopies {
     /// A local hit for a key given in pieces, whose hash is `hash`, at
     /// `now`: the payload of the copy kept for a type of `fingerprint`,
     /// unless it has run out or `holds` refuses it; counted as a hit.
+    #[cfg(test)]
     pub(crate) fn hit(
         &self,
         hash: u64,
         key: &(impl KeyPieces + ?Sized),
         fingerprint: u64,
         now: Instant,
-        holds: impl FnOnce(&Payload) -> bool,
+        holds: impl Fn(&Payload) -> bool,
     ) -> Option<Payload> {
+        match self.lookup(hash, key, fingerprint, now, holds)? {
+            Found::Front(ticket) => take_front(ticket, |payload| Some(payload.clone())),
+            Found::Map(payload) => Some(payload),
+        }
+    }
+
+    /// A local hit for a key given in pieces, whose hash is `hash`, at
+    /// `now`: the copy kept for a type of `fingerprint`, unless it has run
+    /// out or `holds` refuses it. Found in this thread's front when the
+    /// copy there is still the map's (no lock taken, no count shared with
+    /// other threads written); else in the map, counted as a hit there,
+    /// and then kept in the front for the next hit.
+    pub(crate) fn lookup(
+        &self,
+        hash: u64,
+        key: &(impl KeyPieces + ?Sized),
+        fingerprint: u64,
+        now: Instant,
+        holds: impl Fn(&Payload) -> bool,
+    ) -> Option<Found> {
+        let generation = self.generation.0.load(Ordering::Acquire);
+        let ticket = Ticket {
+            map: self.id,
+            generation,
+            hash,
+        };
+        let in_front = FRONT
+            .try_with(|front| {
+                let front = front.try_borrow().ok()?;
+                let slot = front.slot(ticket)?;
+                (now < slot.kept.until
+                    && slot.kept.fingerprint == fingerprint
+                    && holds(&slot.kept.payload)
+                    && same_key(&slot.key, key))
+                .then_some(())
+            })
+            .ok()
+            .flatten();
+        if in_front.is_some() {
+            return Some(Found::Front(ticket));
+        }
         let index = Self::shard_of(hash);
         let mut shard = self.lock(index);
         let kept = self
@@ -237,7 +410,90 @@ impl LocalCopies {
         // holds: a plain store, not a locked add.
         let hits = &self.shards[index].hits;
         hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some(kept.payload.clone())
+        let payload = kept.payload.clone();
+        if kept.weight <= FRONT_MAX_BYTES {
+            // The generation read under this shard's lock: any change to
+            // this copy bumps it under the same lock, so after this read.
+            let generation = self.generation.0.load(Ordering::Acquire);
+            self.keep_in_front(hash, generation, key, kept, now);
+        }
+        Some(Found::Map(payload))
+    }
+
+    /// Keeps `kept` in this thread's front, unless its slot holds another
+    /// key of this map's current generation kept less than [`RECENCY`]
+    /// ago, so that keys hit in turn do not keep replacing each other.
+    fn keep_in_front(
+        &self,
+        hash: u64,
+        generation: u64,
+        key: &(impl KeyPieces + ?Sized),
+        kept: &Kept,
+        now: Instant,
+    ) {
+        let _ = FRONT.try_with(|front| {
+            // Borrowed already: a hit nested in a clone of this thread's
+            // (which reads the front); it is simply not kept.
+            let Ok(mut front) = front.try_borrow_mut() else {
+                return;
+            };
+            if front.map != self.id {
+                *front = Front {
+                    map: self.id,
+                    stripe: Some(self.stripe()),
+                    slots: Default::default(),
+                };
+            }
+            let slot = &mut front.slots[front_index(hash)];
+            if let Some(old) = slot {
+                if old.hash == hash && same_key(&old.key, key) {
+                    // The same key again: its key string stays.
+                    old.generation = generation;
+                    old.kept = kept.clone();
+                    old.kept_at = now;
+                    return;
+                }
+                if old.generation == generation
+                    && now.saturating_duration_since(old.kept_at) < RECENCY
+                {
+                    return;
+                }
+            }
+            let mut joined = Vec::new();
+            key.pieces(&mut |piece| joined.extend_from_slice(piece));
+            let Ok(joined) = String::from_utf8(joined) else {
+                return;
+            };
+            *slot = Some(FrontSlot {
+                generation,
+                hash,
+                key: joined.into_boxed_str(),
+                kept: kept.clone(),
+                kept_at: now,
+            });
+        });
+    }
+
+    /// A new hit counter for the calling thread, registered with the map;
+    /// the counters of threads gone are folded into one.
+    fn stripe(&self) -> Arc<AtomicU64> {
+        let stripe = Arc::new(AtomicU64::new(0));
+        let mut stripes = self
+            .stripes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (live, gone) = &mut *stripes;
+        live.retain(|stripe| {
+            if Arc::strong_count(stripe) > 1 {
+                return true;
+            }
+            // Its thread dropped its reference after its last count.
+            std::sync::atomic::fence(Ordering::Acquire);
+            *gone += stripe.load(Ordering::Relaxed);
+            false
+        });
+        live.push(Arc::clone(&stripe));
+        stripe
     }
 
     /// The copy in `shard` under `hash` if it is `key`'s and has not run
@@ -256,6 +512,7 @@ impl LocalCopies {
         }
         if now >= slot.kept.until {
             let charge = slot.kept.charge(&slot.key);
+            self.changing();
             shard.remove(&hash);
             self.weight.fetch_sub(charge, Ordering::Relaxed);
             return None;
@@ -263,12 +520,30 @@ impl LocalCopies {
         shard.get(&hash).map(|slot| &slot.kept)
     }
 
-    /// The local hits counted by [`hit`](Self::hit).
+    /// The local hits counted by [`lookup`](Self::lookup) and
+    /// [`take_front`].
     pub(crate) fn hits(&self) -> u64 {
-        self.shards
+        let in_shards: u64 = self
+            .shards
             .iter()
             .map(|shard| shard.hits.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        let stripes = self
+            .stripes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_fronts: u64 = stripes
+            .0
+            .iter()
+            .map(|stripe| stripe.load(Ordering::Relaxed))
+            .sum();
+        in_shards + in_fronts + stripes.1
+    }
+
+    /// Marks a change to a shard, whose lock the caller holds, before it
+    /// is made: every front entry kept so far stops being served.
+    fn changing(&self) {
+        self.generation.0.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Keeps `kept` under `key`, replacing any earlier copy; nothing when it
@@ -281,6 +556,7 @@ impl LocalCopies {
         let index = Self::shard_of(hash);
         let charge = kept.charge(key);
         let mut shard = self.lock(index);
+        self.changing();
         // Whatever held the slot goes: an earlier copy of this key, or of
         // another key with the same hash.
         if let Some(old) = shard.remove(&hash) {
@@ -318,6 +594,7 @@ impl LocalCopies {
             for offset in 1..=SHARDS {
                 let mut shard = self.lock((index + offset) % SHARDS);
                 if expired_only {
+                    self.changing();
                     let mut freed = 0;
                     shard.retain(|_, slot| {
                         let keep = now < slot.kept.until;
@@ -332,6 +609,7 @@ impl LocalCopies {
                         let Some(victim) = shard.keys().copied().find(|hash| *hash != fresh) else {
                             break;
                         };
+                        self.changing();
                         if let Some(slot) = shard.remove(&victim) {
                             self.weight
                                 .fetch_sub(slot.kept.charge(&slot.key), Ordering::Relaxed);
@@ -351,6 +629,7 @@ impl LocalCopies {
         let hash = self.hash(key);
         let mut shard = self.lock(Self::shard_of(hash));
         if shard.get(&hash).is_some_and(|slot| *slot.key == *key) {
+            self.changing();
             if let Some(old) = shard.remove(&hash) {
                 self.weight
                     .fetch_sub(old.kept.charge(&old.key), Ordering::Relaxed);
@@ -371,6 +650,91 @@ impl LocalCopies {
     fn len(&self) -> usize {
         (0..SHARDS).map(|index| self.lock(index).len()).sum()
     }
+}
+
+/// What [`LocalCopies::lookup`] found: a copy in this thread's front, to
+/// take with [`take_front`], or one from the map.
+pub(crate) enum Found {
+    Front(Ticket),
+    Map(Payload),
+}
+
+/// Which front entry a lookup found, and the map and generation it was
+/// found current for.
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket {
+    map: u64,
+    generation: u64,
+    hash: u64,
+}
+
+/// The value `take` reads from the front entry a lookup on this thread
+/// just found, counted as a local hit on this thread's counter; `None` if
+/// the entry is gone (nothing runs in between on this thread that could
+/// replace it) or `take` finds nothing. The front is borrowed only shared
+/// meanwhile: a `Clone` of the caller's that calls memo again looks it up
+/// too, and keeps nothing new in it.
+pub(crate) fn take_front<T>(ticket: Ticket, take: impl FnOnce(&Payload) -> Option<T>) -> Option<T> {
+    FRONT
+        .try_with(|front| {
+            let front = front.try_borrow().ok()?;
+            let slot = front.slot(ticket)?;
+            if let Some(stripe) = &front.stripe {
+                // This thread is the counter's only writer.
+                stripe.store(stripe.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            take(&slot.kept.payload)
+        })
+        .ok()
+        .flatten()
+}
+
+/// How many copies a thread's front keeps: a few hot keys.
+const FRONT_SLOTS: usize = 8;
+/// The heaviest copy a front keeps: a front holds its copies outside the
+/// budget, so only small ones.
+const FRONT_MAX_BYTES: u32 = 1024;
+/// How long a front entry keeps its slot against another key's.
+const RECENCY: Duration = Duration::from_secs(1);
+
+/// A thread's latest local hits of one map, served again without its lock
+/// while the map's generation says nothing changed since (the way the
+/// embedded store's `Recent` serves its reads).
+#[derive(Default)]
+struct Front {
+    /// The map the entries are of (0: none).
+    map: u64,
+    /// This thread's hit counter in that map.
+    stripe: Option<Arc<AtomicU64>>,
+    slots: [Option<FrontSlot>; FRONT_SLOTS],
+}
+
+struct FrontSlot {
+    generation: u64,
+    hash: u64,
+    key: Box<str>,
+    kept: Kept,
+    kept_at: Instant,
+}
+
+impl Front {
+    /// The entry a ticket names, if the front still holds it.
+    fn slot(&self, ticket: Ticket) -> Option<&FrontSlot> {
+        if self.map != ticket.map {
+            return None;
+        }
+        self.slots[front_index(ticket.hash)]
+            .as_ref()
+            .filter(|slot| slot.generation == ticket.generation && slot.hash == ticket.hash)
+    }
+}
+
+fn front_index(hash: u64) -> usize {
+    (hash >> 40) as usize % FRONT_SLOTS
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = RefCell::default();
 }
 
 /// This process's name on the invalidation channel, so that it ignores its
@@ -500,6 +864,66 @@ mod tests {
         }
         // 100 a shard on average; none starved or flooded.
         assert!(used.iter().all(|n| (50..200).contains(n)), "{used:?}");
+    }
+
+    #[test]
+    fn the_key_hash_streams_mixes_the_length_and_depends_on_the_seeds() {
+        let copies = LocalCopies::new(1 << 20);
+        let key = "shop:app:user:%3A42:ユーザー:a-rather-longer-component";
+        let bytes = key.as_bytes();
+        let whole = copies.hash(key);
+        let in_pieces = |cuts: &[usize]| {
+            let mut hasher = KeyHasher::new(copies.seeds);
+            let mut start = 0;
+            for &end in cuts {
+                hasher.write(&bytes[start..end]);
+                start = end;
+            }
+            hasher.write(&bytes[start..]);
+            hasher.finish()
+        };
+        // Every split in two and three, across every word boundary.
+        for a in 0..=bytes.len() {
+            assert_eq!(in_pieces(&[a]), whole, "{a}");
+            for b in (a..=bytes.len()).step_by(3) {
+                assert_eq!(in_pieces(&[a, b]), whole, "{a} {b}");
+            }
+        }
+        // Trailing zero bytes change the hash (the length is mixed in),
+        // whatever the length modulo a word.
+        for len in 0..24 {
+            let key = "k".repeat(len);
+            assert_ne!(
+                copies.hash(key.as_str()),
+                copies.hash(format!("{key}\0").as_str())
+            );
+        }
+        // Another map draws other seeds.
+        assert_ne!(LocalCopies::new(1 << 20).hash(key), whole);
+        // A zero seed still mixes.
+        let zero = |key: &str| {
+            let mut hasher = KeyHasher::new([0, 0]);
+            hasher.write(key.as_bytes());
+            hasher.finish()
+        };
+        assert_ne!(zero("a"), zero("b"));
+        assert_ne!(zero(""), zero("\0"));
+    }
+
+    #[test]
+    fn similar_keys_spread_over_buckets_and_tags() {
+        let copies = LocalCopies::new(1 << 20);
+        let mut low = [0usize; 64];
+        let mut top = [0usize; 128];
+        for i in 0..6_400 {
+            let hash = copies.hash(format!("app:user:{i}").as_str());
+            low[(hash & 63) as usize] += 1;
+            top[(hash >> 57) as usize] += 1;
+        }
+        // 100 and 50 on average: the map's buckets (low bits) and tags
+        // (top seven bits) both spread.
+        assert!(low.iter().all(|n| (50..200).contains(n)), "{low:?}");
+        assert!(top.iter().all(|n| (15..100).contains(n)), "{top:?}");
     }
 
     /// A key in pieces, split at every given offset.
@@ -634,6 +1058,154 @@ mod tests {
         assert!(copies.hit(hash, "k", 1, until, |_| true).is_none());
         assert_eq!(copies.len(), 0);
         assert_eq!(copies.weight.load(Ordering::Relaxed), 0);
+    }
+
+    /// A copy holding `value`, kept for a minute, weighing `weight`.
+    fn numbered(value: u64, weight: u32) -> Kept {
+        Kept {
+            weight,
+            payload: Payload::Encoded(Arc::from(&value.to_le_bytes()[..])),
+            ..kept(1, Duration::from_secs(60))
+        }
+    }
+
+    fn number(payload: &Payload) -> u64 {
+        match payload {
+            Payload::Encoded(bytes) => u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            Payload::Typed(_) => panic!("typed"),
+        }
+    }
+
+    /// What a lookup of `key` finds at `now`: whether it came from the
+    /// front, and the number it holds (counted as a hit).
+    fn look(copies: &LocalCopies, hash: u64, key: &str, now: Instant) -> Option<(bool, u64)> {
+        match copies.lookup(hash, key, 1, now, |_| true)? {
+            Found::Front(ticket) => take_front(ticket, |payload| Some((true, number(payload)))),
+            Found::Map(payload) => Some((false, number(&payload))),
+        }
+    }
+
+    #[test]
+    fn the_front_serves_a_copy_only_while_the_map_holds_it() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(1, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 1)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 1)));
+        // Replaced: the new copy, from the map, then from the front.
+        copies.insert("k", numbered(2, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 2)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 2)));
+        // Removed: gone from the front too.
+        copies.remove("k");
+        assert_eq!(look(&copies, hash, "k", now), None);
+        // Any change to the map, here another key's copy, sends the next
+        // hit back to the map.
+        copies.insert("k", numbered(3, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 3)));
+        assert_eq!(look(&copies, hash, "k", now), Some((true, 3)));
+        copies.insert("other", numbered(9, 8));
+        assert_eq!(look(&copies, hash, "k", now), Some((false, 3)));
+        // Another type, or a payload `holds` refuses, is not served.
+        assert!(copies.lookup(hash, "k", 2, now, |_| true).is_none());
+        assert!(copies.lookup(hash, "k", 1, now, |_| false).is_none());
+        // Nor is another key: by hash, or by the key itself.
+        assert_eq!(look(&copies, hash, "k2", now), None);
+        assert_eq!(look(&copies, hash ^ 1, "k", now), None);
+        // At the copy's instant, neither serves it.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(look(&copies, hash, "k", later), None);
+        // Every hit was counted, front or map.
+        assert_eq!(copies.hits(), 7);
+    }
+
+    #[test]
+    fn the_front_keeps_only_small_copies_and_only_its_maps() {
+        let copies = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        copies.insert_hashed(7, "big", numbered(1, FRONT_MAX_BYTES + 1));
+        assert_eq!(look(&copies, 7, "big", now), Some((false, 1)));
+        assert_eq!(look(&copies, 7, "big", now), Some((false, 1)));
+        copies.insert_hashed(7, "k", numbered(2, FRONT_MAX_BYTES));
+        assert_eq!(look(&copies, 7, "k", now), Some((false, 2)));
+        assert_eq!(look(&copies, 7, "k", now), Some((true, 2)));
+        // Another map (a new configuration) with the same key and hash, at
+        // the same generation: not the first map's copy.
+        let other = LocalCopies::new(1 << 20);
+        other.insert_hashed(7, "k", numbered(3, 8));
+        assert_eq!(
+            other.generation.0.load(Ordering::Relaxed),
+            copies.generation.0.load(Ordering::Relaxed) - 1
+        );
+        other.changing();
+        assert_eq!(look(&other, 7, "k", now), Some((false, 3)));
+        assert_eq!(look(&other, 7, "k", now), Some((true, 3)));
+        assert_eq!(look(&copies, 7, "k", now), Some((false, 2)));
+    }
+
+    #[test]
+    fn a_thread_that_saw_a_replacement_never_reads_the_copy_before_it() {
+        let copies = Arc::new(LocalCopies::new(1 << 20));
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(0, 8));
+        let published = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (copies, published) = (Arc::clone(&copies), Arc::clone(&published));
+                std::thread::spawn(move || {
+                    let mut from_front = 0;
+                    loop {
+                        let seen = published.load(Ordering::Acquire);
+                        if let Some((front, value)) = look(&copies, hash, "k", Instant::now()) {
+                            assert!(value >= seen, "read {value} after {seen} was written");
+                            from_front += usize::from(front);
+                        }
+                        if seen == 2_000 {
+                            return from_front;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for value in 1..=2_000 {
+            copies.insert("k", numbered(value, 8));
+            published.store(value, Ordering::Release);
+            if value % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        let from_front: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        // The front was in play, not just the map.
+        assert!(from_front > 0);
+    }
+
+    #[test]
+    fn the_hits_of_threads_gone_stay_counted() {
+        let copies = Arc::new(LocalCopies::new(1 << 20));
+        let hash = copies.hash("k");
+        copies.insert("k", numbered(1, 8));
+        for _ in 0..3 {
+            let copies = Arc::clone(&copies);
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    assert!(look(&copies, hash, "k", Instant::now()).is_some());
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        assert_eq!(copies.hits(), 15);
+        // A new thread's counter folds the gone ones into one.
+        let copies2 = Arc::clone(&copies);
+        std::thread::spawn(move || {
+            look(&copies2, hash, "k", Instant::now());
+            look(&copies2, hash, "k", Instant::now());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(copies.hits(), 17);
+        assert!(copies.stripes.lock().unwrap().0.len() <= 2);
     }
 
     #[test]

@@ -155,17 +155,27 @@ impl CacheKey {
 }
 
 fn escape_component(part: &str, out: &mut String) {
-    if !part.contains(['%', ':']) {
+    // Both escaped characters are ASCII, and no byte of a multi-byte
+    // character is, so a byte scan finds them: much faster on every key
+    // than `contains` with a set of `char`s, which decodes each character.
+    let bytes = part.as_bytes();
+    if !bytes.iter().any(|&byte| byte == b'%' || byte == b':') {
         out.push_str(part);
         return;
     }
-    for c in part.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            c => out.push(c),
-        }
+    let mut run = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escaped = match byte {
+            b'%' => "%25",
+            b':' => "%3A",
+            _ => continue,
+        };
+        // `run..at` lies between ASCII bytes (or the ends): whole characters.
+        out.push_str(&part[run..at]);
+        out.push_str(escaped);
+        run = at + 1;
     }
+    out.push_str(&part[run..]);
 }
 
 /// A key of two or more components built in one string, as
@@ -184,6 +194,7 @@ impl KeyParts {
     /// No components yet, in a string this thread used for a key before
     /// when one was handed back (see [`recycle_key`]): a local hit then
     /// allocates nothing for its key.
+    #[inline]
     pub fn new() -> KeyParts {
         let joined = SPARE_KEY
             .try_with(std::cell::Cell::take)
@@ -193,6 +204,7 @@ impl KeyParts {
         KeyParts { joined, any: false }
     }
 
+    #[inline]
     fn separate(&mut self) {
         if self.any {
             self.joined.push(':');
@@ -201,14 +213,28 @@ impl KeyParts {
     }
 
     /// Appends a component given as text.
+    #[inline]
     pub fn text(mut self, part: &str) -> KeyParts {
         self.separate();
         escape_component(part, &mut self.joined);
         self
     }
 
+    /// Appends one or more components the attribute's expansion escaped
+    /// and joined with `:` when it was compiled (the template's literal
+    /// text, the function's name, the version): no scan at run time.
+    /// `joined` must already be in that form; anything else only changes
+    /// the caller's own keys.
+    #[inline]
+    pub fn escaped(mut self, joined: &'static str) -> KeyParts {
+        self.separate();
+        self.joined.push_str(joined);
+        self
+    }
+
     /// Appends a component given as a value's `Display`, as its
     /// `to_string()` would read.
+    #[inline]
     pub fn display<T: std::fmt::Display + ?Sized>(mut self, part: &T) -> KeyParts {
         self.separate();
         // Writing into a String cannot fail; a `Display` that reports an
@@ -220,6 +246,7 @@ impl KeyParts {
     /// The key: the components escaped and joined with `:`. Meant for two
     /// or more components; a single one would be escaped, where
     /// [`CacheKey::Parts`] keeps a lone component as it is.
+    #[inline]
     pub fn finish(self) -> CacheKey {
         CacheKey::Raw(self.joined)
     }
@@ -374,14 +401,23 @@ impl FullKeyPieces<'_> {
     /// Whether an unencrypted call stores this full key as it is: nothing
     /// in it to escape, and short enough (as `stored_key_unless_full`
     /// decides).
+    #[cfg(test)]
     pub(crate) fn stored_as_is(&self) -> bool {
+        self.each_stored_as_is(&mut |_| {})
+    }
+
+    /// [`each`](Self::each) and [`stored_as_is`](Self::stored_as_is) in
+    /// one pass: calls `piece` with each piece, and says whether the full
+    /// key is its own stored key.
+    pub(crate) fn each_stored_as_is(&self, piece: &mut dyn FnMut(&[u8])) -> bool {
         let mut len = 0;
         let mut clean = true;
-        self.each(&mut |piece| {
-            len += piece.len();
-            clean &= !piece
+        self.each(&mut |bytes| {
+            len += bytes.len();
+            clean &= !bytes
                 .iter()
                 .any(|&byte| byte <= 0x20 || byte == 0x7f || byte == b'\\');
+            piece(bytes);
         });
         clean && len <= MAX_KEY
     }
@@ -521,6 +557,14 @@ impl EntryKey {
         }
     }
 
+    /// Hands the full key's string back for the next [`KeyParts`] on this
+    /// thread (see [`recycle_key`]), once the call is done with it: a hit
+    /// found through the whole call then allocates nothing for its next
+    /// key either.
+    pub(crate) fn recycle(self) {
+        recycle_key(CacheKey::Raw(self.full));
+    }
+
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
     pub(crate) fn stored(&self) -> &str {
         self.stored.as_deref().unwrap_or(&self.full)
@@ -638,6 +682,57 @@ mod tests {
             ns(["%test%", "%1:2:3%"]),
             "example.com:%25test%25:%251%3A2%3A3%25"
         );
+    }
+
+    #[test]
+    fn components_escape_byte_by_byte_as_character_by_character() {
+        fn by_chars(part: &str) -> String {
+            part.chars()
+                .map(|c| match c {
+                    '%' => "%25".to_owned(),
+                    ':' => "%3A".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect()
+        }
+        for part in [
+            "",
+            "%",
+            ":",
+            "::",
+            "%%",
+            "a",
+            "plain",
+            "é:ü%",
+            ":é",
+            "é%",
+            "%ユ:ー%",
+            "𝄞:𝄞",
+            "a:b%c:",
+            "%3A",
+            "100%",
+            "x\u{7f}:\u{0}",
+        ] {
+            let mut out = String::from("prefix");
+            escape_component(part, &mut out);
+            assert_eq!(out, format!("prefix{}", by_chars(part)), "{part:?}");
+        }
+    }
+
+    #[test]
+    fn a_recycled_full_key_is_the_next_keys_buffer_emptied() {
+        let key = KeyParts::new().text("user").display(&42).finish();
+        let entry = EntryKey::from_owned(Some("ns"), key, None);
+        assert_eq!(entry.full(), "ns:user:42");
+        let buffer = entry.full().as_ptr();
+        entry.recycle();
+        let next = KeyParts::new().text("a").text("b");
+        assert_eq!(next.joined.as_ptr(), buffer);
+        assert_eq!(next.finish(), CacheKey::Raw("a:b".to_owned()));
+        // A buffer grown past 512 bytes is dropped rather than kept.
+        let long = EntryKey::from_owned(None, CacheKey::Raw("x".repeat(600)), None);
+        long.recycle();
+        assert_eq!(SPARE_KEY.with(std::cell::Cell::take).capacity(), 0);
     }
 
     #[test]

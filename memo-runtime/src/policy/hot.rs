@@ -31,7 +31,7 @@ use super::Call;
 use super::drive::Driver;
 use super::options::{Beta, Options};
 use crate::common::coalesce::{Joined, LeaderGuard};
-use crate::common::local::{Kept, KeyPieces, Payload};
+use crate::common::local::{Found, Kept, KeyPieces, Payload, take_front};
 use crate::config::with_config;
 use crate::format::envelope::{self, Stamp};
 use crate::format::key::{CacheKey, FullKeyPieces};
@@ -348,17 +348,91 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             namespace: config.namespace.as_deref(),
             key,
         });
-        if !full.0.stored_as_is() {
+        // One pass over the key's pieces: hashed, and checked to be the
+        // stored key as it is.
+        let mut hasher = copies.hasher();
+        if !full.0.each_stored_as_is(&mut |piece| hasher.write(piece)) {
             return None;
         }
-        let hash = copies.hash(&full);
-        copies.hit(hash, &full, fingerprint, Instant::now(), |payload| {
+        let hash = hasher.finish();
+        copies.lookup(hash, &full, fingerprint, Instant::now(), |payload| {
             keep.holds(payload)
         })
     })
     // Cloned (or decoded) once the configuration is no longer borrowed: a
     // `Clone` or `Deserialize` of the caller's may itself call memo.
-    .and_then(|payload| keep.take(&payload))
+    .and_then(|found| match found {
+        Found::Front(ticket) => take_front(ticket, |payload| keep.take(payload)),
+        Found::Map(payload) => keep.take(&payload),
+    })
+}
+
+/// A plain hit on the embedded store, found before the call is resolved:
+/// for a call that keeps no local copy, neither refreshes, encrypts nor
+/// refreshes ahead, on the embedded store, whose full key is stored as it
+/// is. The same reads and checks as [`Call::memory_hit`] (the checksum
+/// skipped only where this process already matched these very bytes under
+/// this full key; the type, length and logical expiry checked on every
+/// read), without the `Call` (its key strings, its copy of the options)
+/// or the configuration taken out and handed back. Any other call, and
+/// any miss, returns `None` and takes the whole path.
+pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
+    key: &CacheKey,
+    options: &Options,
+) -> Option<T> {
+    if options.local.is_some()
+        || options.large_data
+        || options.force_overwrite
+        || options.refresh_ahead.is_some()
+        || options.encrypt == Some(true)
+    {
+        return None;
+    }
+    with_config(|config| {
+        if config.force_encryption {
+            return None;
+        }
+        let memory = config.backend.__memory()?;
+        let pieces = FullKeyPieces {
+            namespace: config.namespace.as_deref(),
+            key,
+        };
+        // The full key, joined in this thread's scratch buffer.
+        let mut joined = FULL_KEY.try_with(Cell::take).unwrap_or_default();
+        joined.clear();
+        let as_is = pieces.each_stored_as_is(&mut |piece| joined.extend_from_slice(piece));
+        let found = std::str::from_utf8(&joined)
+            .ok()
+            .filter(|_| as_is)
+            .and_then(|full| {
+                let entry = memory.get_shared(full)?;
+                let known = entry.checked_for(full);
+                let (value, stamp) =
+                    envelope::decode_stamped_known::<T>(full, entry.bytes(), known).ok()?;
+                if !known {
+                    entry.checked(full);
+                }
+                // Fresh, as `Call::judge` has it for a call that does not
+                // refresh ahead: no logical expiry (a manifest), or before it.
+                if stamp.expires_ms != 0 && unix_ms() >= stamp.expires_ms {
+                    return None;
+                }
+                let counters = &config.counters;
+                counters.backend_ok();
+                counters.read(entry.bytes().len());
+                counters.hit();
+                Some(value)
+            });
+        if joined.capacity() <= 512 {
+            let _ = FULL_KEY.try_with(|buffer| buffer.set(joined));
+        }
+        found
+    })
+}
+
+thread_local! {
+    /// The buffer [`quick_memory_hit`] joins full keys in.
+    static FULL_KEY: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// A full key in pieces, as the local copies take it.
@@ -504,6 +578,25 @@ impl io::Write for CountBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_are_as_millis_saturated_at_every_extreme() {
+        let max_secs = u64::MAX / 1000;
+        for duration in [
+            Duration::ZERO,
+            Duration::from_nanos(999_999),
+            Duration::from_millis(1),
+            Duration::from_millis(1_234_567),
+            Duration::new(max_secs, 614_999_999),
+            Duration::new(max_secs, 615_000_000),
+            Duration::new(max_secs, 999_999_999),
+            Duration::new(max_secs + 1, 0),
+            Duration::MAX,
+        ] {
+            let expected = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            assert_eq!(saturating_ms(duration), expected, "{duration:?}");
+        }
+    }
 
     #[test]
     fn xfetch_never_refreshes_a_free_computation_and_always_at_expiry() {

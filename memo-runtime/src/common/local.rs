@@ -36,7 +36,10 @@
 //! read when the copy was taken from the map under the same lock: no write
 //! since, so it is still the map's copy. The price is memory outside the
 //! budget: up to 8 `Arc`s per thread, held until replaced (never served
-//! once the map has changed).
+//! once the map has changed). A copy the map has dropped since may so be
+//! dropped for the last time as its thread exits, among that thread's
+//! other thread-local destructors: a value whose `Drop` reaches for
+//! thread-local state should not be kept with the attribute's `local`.
 
 use std::any::Any;
 use std::cell::RefCell;

@@ -3,11 +3,38 @@
 //! in force: pseudo-random payloads, an iterator that replays, a locked
 //! stampede, and a lock that excludes a second holder.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use memo_runtime::{CacheLock, LockOptions, Options, cache_memoize, cache_memoize_iter};
+
+/// Runs `call(i)` for each `i` in `0..threads`, each on a thread of its
+/// own, all released at once; what each returned, with how long it took,
+/// in the order of `i`.
+pub fn timed_together<T: Send>(
+    threads: usize,
+    call: impl Fn(usize) -> T + Sync,
+) -> Vec<(T, Duration)> {
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..threads)
+            .map(|i| {
+                let (barrier, call) = (&barrier, &call);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let value = call(i);
+                    (value, started.elapsed())
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .map(|caller| caller.join().expect("a caller panicked"))
+            .collect()
+    })
+}
 
 /// `len` pseudo-random bytes from `seed` (xorshift): incompressible, so
 /// compressed payloads are as large as they claim.

@@ -10,8 +10,8 @@
 //! hot-key setting (zero, `Duration::MAX`, a NaN or infinite β) are taken
 //! without a panic or a wrong value.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use memo_runtime::{
     Backend, Config, Options, cache_memoize_owned, cache_memoize_owned_async, configure, stats,
     try_cache_memoize_owned, try_cache_memoize_owned_async,
 };
+use memo_tests::behaviour::timed_together;
 use memo_tests::peer::Peer;
 use memo_tests::runtime::{run, run_multi};
 use memo_tests::serial;
@@ -75,23 +76,8 @@ fn stale_callers_are_served_at_once_while_one_refresh_runs_in_the_background() {
         let first: usize =
             cache_memoize_owned("owned:stale", counting(&runs, Duration::ZERO), &options);
         thread::sleep(Duration::from_millis(1_200));
-        let barrier = Barrier::new(8);
-        let served = thread::scope(|scope| {
-            let callers: Vec<_> = (0..8)
-                .map(|_| {
-                    scope.spawn(|| {
-                        barrier.wait();
-                        let started = Instant::now();
-                        let value: usize =
-                            cache_memoize_owned("owned:stale", counting(&runs, REFRESH), &options);
-                        (value, started.elapsed())
-                    })
-                })
-                .collect();
-            callers
-                .into_iter()
-                .map(|caller| caller.join().unwrap())
-                .collect::<Vec<_>>()
+        let served = timed_together(8, |_| -> usize {
+            cache_memoize_owned("owned:stale", counting(&runs, REFRESH), &options)
         });
         assert!(
             served
@@ -380,30 +366,15 @@ fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
             cache_memoize_owned(format!("owned:pool:{key}"), || "old".to_owned(), &options);
     }
     thread::sleep(Duration::from_millis(1_100));
-    let barrier = Barrier::new(KEYS);
-    let served = thread::scope(|scope| {
-        let callers: Vec<_> = (0..KEYS)
-            .map(|key| {
-                let (barrier, options) = (&barrier, &options);
-                scope.spawn(move || {
-                    barrier.wait();
-                    let started = Instant::now();
-                    let value: String = cache_memoize_owned(
-                        format!("owned:pool:{key}"),
-                        || {
-                            thread::sleep(Duration::from_millis(600));
-                            "new".to_owned()
-                        },
-                        options,
-                    );
-                    (value, started.elapsed())
-                })
-            })
-            .collect();
-        callers
-            .into_iter()
-            .map(|caller| caller.join().unwrap())
-            .collect::<Vec<_>>()
+    let served = timed_together(KEYS, |key| -> String {
+        cache_memoize_owned(
+            format!("owned:pool:{key}"),
+            || {
+                thread::sleep(Duration::from_millis(600));
+                "new".to_owned()
+            },
+            &options,
+        )
     });
     // Each caller got a right value: stale at once, or its own refresh.
     let at_once = served

@@ -13,6 +13,7 @@ use memo_runtime::{
     Backend, CacheLock, Config, Options, cache_memoize, cache_memoize_async, configure, invalidate,
     invalidate_async, stats, try_cache_memoize,
 };
+use memo_tests::behaviour::timed_together;
 use memo_tests::peer::Peer;
 use memo_tests::runtime::run_multi;
 use memo_tests::serial;
@@ -358,24 +359,12 @@ fn a_stale_value_is_served_at_once_while_one_caller_refreshes() {
         let options = stale_options();
         let first: usize = cache_memoize("stale:1", counting(&runs, Duration::ZERO), &options);
         thread::sleep(Duration::from_millis(1_200));
-        let served = thread::scope(|scope| {
-            let callers: Vec<_> = (0..8)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let started = Instant::now();
-                        let value: usize = cache_memoize(
-                            "stale:1",
-                            counting(&runs, Duration::from_millis(400)),
-                            &options,
-                        );
-                        (value, started.elapsed())
-                    })
-                })
-                .collect();
-            callers
-                .into_iter()
-                .map(|caller| caller.join().unwrap())
-                .collect::<Vec<_>>()
+        let served = timed_together(8, |_| -> usize {
+            cache_memoize(
+                "stale:1",
+                counting(&runs, Duration::from_millis(400)),
+                &options,
+            )
         });
         assert_eq!(
             runs.load(Ordering::SeqCst),

@@ -354,7 +354,8 @@ fn a_runtime_dropped_mid_refresh_leaves_nothing_stuck_for_the_next_runtime() {
 #[test]
 fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
     let _serial = serial();
-    configure(Config::new(memo_runtime::MemoryBackend::new()));
+    let store = memo_runtime::MemoryBackend::new();
+    configure(Config::new(store.clone()));
     // A window long enough for every queued refresh to run, however late
     // the pool (shared with the other tests of this process) gets to it.
     let options = Options::new()
@@ -366,11 +367,14 @@ fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
             cache_memoize_owned(format!("owned:pool:{key}"), || "old".to_owned(), &options);
     }
     thread::sleep(Duration::from_millis(1_100));
+    let refreshes = Arc::new(AtomicUsize::new(0));
     let served = timed_together(KEYS, |key| -> String {
+        let refreshes = Arc::clone(&refreshes);
         cache_memoize_owned(
             format!("owned:pool:{key}"),
-            || {
+            move || {
                 thread::sleep(Duration::from_millis(600));
+                refreshes.fetch_add(1, Ordering::SeqCst);
                 "new".to_owned()
             },
             &options,
@@ -389,14 +393,24 @@ fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
     // callers, arriving within the first refresh, run theirs themselves.
     assert!(at_once >= 4, "{served:?}");
     assert!(foreground >= KEYS - 20, "{served:?}");
+    // Every key is refreshed once and stored: in the foreground, or by
+    // the pool once it gets to the job. (Asking for the values instead
+    // would start refreshes of its own once the new values go stale.)
+    assert!(
+        eventually(20 * SECOND, || refreshes.load(Ordering::SeqCst) == KEYS
+            && stats().stores >= 2 * KEYS as u64),
+        "{} refreshes, {:?}",
+        refreshes.load(Ordering::SeqCst),
+        stats()
+    );
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(refreshes.load(Ordering::SeqCst), KEYS, "one refresh a key");
+    // What each key holds now, read past memo so that nothing refreshes.
     for key in 0..KEYS {
-        assert!(
-            eventually(20 * SECOND, || {
-                cache_memoize_owned(format!("owned:pool:{key}"), || "again".to_owned(), &options)
-                    == "new"
-            }),
-            "key {key}"
-        );
+        let stored = memo_runtime::make_cache_key(format!("owned:pool:{key}"), &options);
+        let bytes = store.get(&stored).unwrap().expect("still stored");
+        let holds = |text: &[u8]| bytes.windows(text.len()).any(|window| window == text);
+        assert!(holds(b"new") && !holds(b"old"), "key {key}");
     }
 }
 

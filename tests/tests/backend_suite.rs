@@ -15,6 +15,7 @@ use memo_runtime::{
     Options, RedisBackend, cache_memoize, cache_memoize_iter, configure, invalidate,
     make_cache_key, stats, try_cache_memoize,
 };
+use memo_tests::behaviour::noise;
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server};
 use serde::{Deserialize, Serialize};
@@ -362,19 +363,6 @@ fn errors_are_not_cached(_fixture: &Fixture) {
     assert_eq!(attempt(false), Ok(7));
     assert_eq!(attempt(true), Ok(7), "the Ok value is cached now");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-}
-
-/// ~100 KB that zlib cannot shrink, so it really spans ~25 chunks of 4 KiB.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn large_data(fixture: &Fixture) {

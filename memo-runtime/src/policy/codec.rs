@@ -133,12 +133,15 @@ impl<X> Job<X> {
 /// How a call decodes values of type `T` in world `D`, and shares found
 /// ones.
 pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync {
-    /// Decodes a value envelope found under the call's key.
+    /// Decodes a value envelope found under the call's key; inline by
+    /// default, as every pass has always run.
     fn decode_value(
         &self,
         call: &Call,
         bytes: Vec<u8>,
-    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send;
+    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
+        async move { envelope::decode_stamped::<T>(call.key.full(), &bytes, call.encryption.as_ref()) }
+    }
 
     /// Reads back and decodes the chunked value whose manifest is `main`.
     fn load_chunked(
@@ -146,10 +149,14 @@ pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync 
         driver: &D,
         call: &Call,
         main: Vec<u8>,
-    ) -> impl Future<Output = Result<T, LoadError>> + Send;
+    ) -> impl Future<Output = Result<T, LoadError>> + Send {
+        driver.load_chunked::<T>(call, main)
+    }
 
     /// Decodes the bytes a coalescing leader shared.
-    fn decode_shared(&self, bytes: Arc<[u8]>) -> impl Future<Output = Result<T, Invalid>> + Send;
+    fn decode_shared(&self, bytes: Arc<[u8]>) -> impl Future<Output = Result<T, Invalid>> + Send {
+        async move { envelope::decode_exact::<T>(&bytes) }
+    }
 
     /// Hands `value` to the flight's waiters, if it has any, and gives it
     /// back.
@@ -171,36 +178,7 @@ pub(crate) trait Encode<D, T, R, C> {
     }
 }
 
-/// Inline, as every pass has always run.
-async fn decode_inline<T: DeserializeOwned>(
-    call: &Call,
-    bytes: Vec<u8>,
-) -> Result<(T, Stamp), Invalid> {
-    envelope::decode_stamped::<T>(call.key.full(), &bytes, call.encryption.as_ref())
-}
-
-impl<D: Driver, T: Serialize + DeserializeOwned> Serde<D, T> for Borrowed {
-    fn decode_value(
-        &self,
-        call: &Call,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
-        decode_inline(call, bytes)
-    }
-
-    fn load_chunked(
-        &self,
-        driver: &D,
-        call: &Call,
-        main: Vec<u8>,
-    ) -> impl Future<Output = Result<T, LoadError>> + Send {
-        driver.load_chunked::<T>(call, main)
-    }
-
-    async fn decode_shared(&self, bytes: Arc<[u8]>) -> Result<T, Invalid> {
-        envelope::decode_exact::<T>(&bytes)
-    }
-}
+impl<D: Driver, T: Serialize + DeserializeOwned> Serde<D, T> for Borrowed {}
 
 impl<D, T, R, C> Encode<D, T, R, C> for Borrowed {}
 
@@ -209,28 +187,7 @@ impl<D, T, R, C> Encode<D, T, R, C> for Borrowed {}
 impl<T, R, C> Encode<Blocking, T, R, C> for Owned {}
 
 /// An owned synchronous call runs on its caller's thread: inline.
-impl<T: Serialize + DeserializeOwned> Serde<Blocking, T> for Owned {
-    fn decode_value(
-        &self,
-        call: &Call,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
-        decode_inline(call, bytes)
-    }
-
-    fn load_chunked(
-        &self,
-        driver: &Blocking,
-        call: &Call,
-        main: Vec<u8>,
-    ) -> impl Future<Output = Result<T, LoadError>> + Send {
-        driver.load_chunked::<T>(call, main)
-    }
-
-    async fn decode_shared(&self, bytes: Arc<[u8]>) -> Result<T, Invalid> {
-        envelope::decode_exact::<T>(&bytes)
-    }
-}
+impl<T: Serialize + DeserializeOwned> Serde<Blocking, T> for Owned {}
 
 /// The postcard bytes of `value` if they fit in `INLINE`: `Ok(None)`
 /// when they do not (nothing is kept of the attempt).

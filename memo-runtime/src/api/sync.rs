@@ -11,11 +11,43 @@ use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep, quick_local_hit, quick_memory_hit};
 use crate::policy::options::Options;
+use crate::policy::recall::recall;
 use crate::policy::{Call, memoize};
 
 /// Runs the policy on the caller's thread; a refresh it wins runs as
-/// `ownership` says.
+/// `ownership` says. A hit this thread remembers is served inline, before
+/// the call's frame is set up at all.
+#[inline]
 pub(crate) fn memoize_now<T, R, F, C, K, O>(
+    key: CacheKey,
+    options: &Options,
+    compute: F,
+    cacheable: C,
+    from_cache: impl Fn(T) -> R,
+    keep: K,
+    ownership: O,
+) -> R
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> R,
+    C: Fn(&R) -> Option<&T>,
+    K: Keep<T>,
+    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>
+        + Serde<Blocking, T>
+        + Encode<Blocking, T, R, C>,
+{
+    if let Some(value) = recall(&key, options, &keep) {
+        recycle_key(key);
+        return from_cache(value);
+    }
+    memoize_resolved(
+        key, options, compute, cacheable, from_cache, keep, ownership,
+    )
+}
+
+/// [`memoize_now`] past the hits this thread remembers.
+#[inline(never)]
+fn memoize_resolved<T, R, F, C, K, O>(
     key: CacheKey,
     options: &Options,
     compute: F,

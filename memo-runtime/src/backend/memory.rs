@@ -207,6 +207,39 @@ struct Recent {
     read: Instant,
 }
 
+/// Where a read of a small entry stands in the store's history: the
+/// entry read is still the one stored under its key at any later instant
+/// before [`until`](Self::current) at which no write has begun or ended
+/// since the read (the rule of [`Recent`]). What a caller that keeps the
+/// entry itself checks before serving it again.
+pub(crate) struct Mark {
+    writes: Arc<Writes>,
+    at: u64,
+    until: Instant,
+    read: Instant,
+}
+
+impl Mark {
+    /// Whether the entry read is still current at `now`.
+    pub(crate) fn current(&self, now: Instant) -> bool {
+        now < self.until && self.writes.now() == Some(self.at)
+    }
+
+    /// When the entry was read: no later than any clock reading taken
+    /// after the read returned.
+    pub(crate) fn read_at(&self) -> Instant {
+        self.read
+    }
+
+    /// The mark, served no later than `until` as well.
+    pub(crate) fn until(self, until: Instant) -> Mark {
+        Mark {
+            until: self.until.min(until),
+            ..self
+        }
+    }
+}
+
 /// How many entries a thread remembers, one per slot by a hash of the key.
 const RECENT_SLOTS: usize = 64;
 /// The largest entry a thread remembers.
@@ -373,12 +406,25 @@ impl MemoryBackend {
     /// The entry under `key`, shared rather than copied: the hit path of
     /// memo's own calls on the embedded store. `None` when absent.
     pub(crate) fn get_shared(&self, key: &str) -> Option<Arc<Stored>> {
+        self.get_marked(key).map(|(entry, _)| entry)
+    }
+
+    /// [`get_shared`](Self::get_shared), with the [`Mark`] under which the
+    /// entry may be served again without asking the store, when it may
+    /// (a small entry read while no write was under way).
+    pub(crate) fn get_marked(&self, key: &str) -> Option<(Arc<Stored>, Option<Mark>)> {
         // Read before moka: a write that ends after this read leaves what
         // is remembered below stale. While a write is under way, nothing is
         // served from or kept in this thread's slots.
         let writes = self.writes.now();
         let now = Instant::now();
         let slot = slot_of(key);
+        let mark = |at: u64, until: Instant| Mark {
+            writes: Arc::clone(&self.writes),
+            at,
+            until,
+            read: now,
+        };
         if let Some(writes) = writes {
             let recent = RECENT.try_with(|recent| {
                 let recent = recent.try_borrow().ok()?;
@@ -388,17 +434,22 @@ impl MemoryBackend {
                     && now < recent.expires
                     && now.saturating_duration_since(recent.read) < RECENCY
                     && *recent.key == *key)
-                    .then(|| Arc::clone(&recent.value))
+                    .then(|| {
+                        let until = recent.expires.min(recent.read + RECENCY);
+                        (Arc::clone(&recent.value), mark(writes, until))
+                    })
             });
-            if let Ok(Some(value)) = recent {
-                return Some(value);
+            if let Ok(Some((value, mark))) = recent {
+                return Some((value, Some(mark)));
             }
         }
         let entry = self.cache.get(key)?;
-        if let Some(writes) = writes.filter(|_| entry.value.len() <= RECENT_MAX_BYTES) {
+        let small = entry.value.len() <= RECENT_MAX_BYTES;
+        let marked = writes.filter(|_| small).map(|writes| {
             self.remember(slot, key, &entry, writes, now);
-        }
-        Some(entry.value)
+            mark(writes, entry.expires.min(now + RECENCY))
+        });
+        Some((entry.value, marked))
     }
 
     /// Remembers `entry`, read at `now` with the store at `writes`, in

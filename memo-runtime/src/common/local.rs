@@ -144,7 +144,7 @@ pub(crate) struct LocalCopies {
     /// Bumped by every change to any shard, under that shard's lock and
     /// before the change: a front entry filled at one generation is the
     /// map's current copy while the generation is still the same.
-    generation: Generation,
+    generation: Arc<Generation>,
     /// The local hits counted by each thread's front, one counter per
     /// thread (written by that thread alone), and the hits of threads
     /// gone.
@@ -304,7 +304,7 @@ impl LocalCopies {
                 static NEXT: AtomicU64 = AtomicU64::new(1);
                 NEXT.fetch_add(1, Ordering::Relaxed)
             },
-            generation: Generation(AtomicU64::new(0)),
+            generation: Arc::new(Generation(AtomicU64::new(0))),
             stripes: Mutex::default(),
             weight: AtomicU64::new(0),
             capacity,
@@ -375,6 +375,7 @@ impl LocalCopies {
     /// copy there is still the map's (no lock taken, no count shared with
     /// other threads written); else in the map, counted as a hit there,
     /// and then kept in the front for the next hit.
+    #[cfg(test)]
     pub(crate) fn lookup(
         &self,
         hash: u64,
@@ -383,6 +384,23 @@ impl LocalCopies {
         now: Instant,
         holds: impl Fn(&Payload) -> bool,
     ) -> Option<Found> {
+        self.lookup_held(hash, key, fingerprint, now, holds, false)
+            .map(|(found, _)| found)
+    }
+
+    /// [`lookup`](Self::lookup), and, when `hold` is set and the copy is
+    /// small enough for a front, a [`Held`] copy: the same payload, to be
+    /// served again by a caller that keeps it for as long as it says it is
+    /// current.
+    pub(crate) fn lookup_held(
+        &self,
+        hash: u64,
+        key: &(impl KeyPieces + ?Sized),
+        fingerprint: u64,
+        now: Instant,
+        holds: impl Fn(&Payload) -> bool,
+        hold: bool,
+    ) -> Option<(Found, Option<Held>)> {
         let generation = self.generation.0.load(Ordering::Acquire);
         let ticket = Ticket {
             map: self.id,
@@ -397,12 +415,20 @@ impl LocalCopies {
                     && slot.kept.fingerprint == fingerprint
                     && holds(&slot.kept.payload)
                     && same_key(&slot.key, key))
-                .then_some(())
+                .then(|| {
+                    hold.then(|| Held {
+                        payload: slot.kept.payload.clone(),
+                        until: slot.kept.until,
+                        generation: Arc::clone(&self.generation),
+                        at: generation,
+                        stripe: front.stripe.clone(),
+                    })
+                })
             })
             .ok()
             .flatten();
-        if in_front.is_some() {
-            return Some(Found::Front(ticket));
+        if let Some(held) = in_front {
+            return Some((Found::Front(ticket), held));
         }
         let index = Self::shard_of(hash);
         let mut shard = self.lock(index);
@@ -414,13 +440,34 @@ impl LocalCopies {
         let hits = &self.shards[index].hits;
         hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         let payload = kept.payload.clone();
+        let mut held = None;
         if kept.weight <= FRONT_MAX_BYTES {
             // The generation read under this shard's lock: any change to
             // this copy bumps it under the same lock, so after this read.
             let generation = self.generation.0.load(Ordering::Acquire);
             self.keep_in_front(hash, generation, key, kept, now);
+            if hold {
+                held = Some(Held {
+                    payload: payload.clone(),
+                    until: kept.until,
+                    generation: Arc::clone(&self.generation),
+                    at: generation,
+                    stripe: self.front_stripe(),
+                });
+            }
         }
-        Some(Found::Map(payload))
+        Some((Found::Map(payload), held))
+    }
+
+    /// This thread's hit counter in this map, if its front is this map's.
+    fn front_stripe(&self) -> Option<Arc<AtomicU64>> {
+        FRONT
+            .try_with(|front| {
+                let front = front.try_borrow().ok()?;
+                front.stripe.clone().filter(|_| front.map == self.id)
+            })
+            .ok()
+            .flatten()
     }
 
     /// Keeps `kept` in this thread's front, unless its slot holds another
@@ -652,6 +699,38 @@ impl LocalCopies {
     #[cfg(test)]
     fn len(&self) -> usize {
         (0..SHARDS).map(|index| self.lock(index).len()).sum()
+    }
+}
+
+/// A copy held outside the map, as a thread's front holds one: the map's
+/// copy for as long as the map's generation is the one read when it was
+/// taken (every change to the map bumps it first) and the copy's own
+/// expiry has not come. Its hits are counted on the thread's counter of
+/// the map, when it has one; a copy without one is never served.
+pub(crate) struct Held {
+    payload: Payload,
+    until: Instant,
+    generation: Arc<Generation>,
+    at: u64,
+    stripe: Option<Arc<AtomicU64>>,
+}
+
+impl Held {
+    /// The payload, if the copy is still the map's and has not run out at
+    /// `now`.
+    pub(crate) fn current(&self, now: Instant) -> Option<&Payload> {
+        (now < self.until
+            && self.stripe.is_some()
+            && self.generation.0.load(Ordering::Acquire) == self.at)
+            .then_some(&self.payload)
+    }
+
+    /// Counts a local hit of this copy; on the calling thread's counter,
+    /// so only the thread that took the copy may count.
+    pub(crate) fn count_hit(&self) {
+        if let Some(stripe) = &self.stripe {
+            stripe.store(stripe.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 }
 

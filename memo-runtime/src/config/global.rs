@@ -85,6 +85,13 @@ pub fn config() -> Arc<Config> {
     cached.ok().flatten().unwrap_or_else(read_slot)
 }
 
+/// The generation of the configuration in force: a value kept by what
+/// was found under one configuration is served again only while this is
+/// the generation read before that configuration was.
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
 /// Runs `f` on the configuration in force, borrowed from this thread's
 /// cache rather than cloned out of it: no write to the `Arc`'s count,
 /// which every thread calling at once would otherwise share. What `f` does

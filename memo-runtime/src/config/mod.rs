@@ -33,7 +33,7 @@ mod url;
 pub use crate::common::error::ConfigError;
 pub use crate::common::url::CacheUrl;
 pub use global::{config, configure, stats};
-pub(crate) use global::{give_back, take_config, with_config};
+pub(crate) use global::{generation, give_back, take_config, with_config};
 pub(crate) use resolve::Resolved;
 
 /// The default expiration of a memoized value: 30 days, as in Djblets.

@@ -517,6 +517,29 @@ pub(crate) fn decode_stamped_known<T: DeserializeOwned>(
     Ok((decode_exact(body.bytes(bytes))?, header.stamp))
 }
 
+/// Opens `bytes` as a value envelope in the clear for a `T` under
+/// `full_key`, as [`decode_stamped_known`] does, without decoding the
+/// body: its stamp and where the body lies in `bytes`, to be decoded with
+/// [`decode_exact`] (once or again: the bytes are immutable).
+pub(crate) fn open_clear_known<T: DeserializeOwned>(
+    full_key: &str,
+    bytes: &[u8],
+    checksum_known: bool,
+) -> Result<(Stamp, std::ops::Range<usize>), Invalid> {
+    let (header, body) = open_checked(
+        full_key,
+        bytes,
+        Kind::Value,
+        Some(fingerprint::<T>(false)),
+        None,
+        checksum_known,
+    )?;
+    match body {
+        Body::Borrowed(start, len) => Ok((header.stamp, start..start + len)),
+        Body::Owned(_) => Err(Invalid::EncryptionMismatch),
+    }
+}
+
 /// Decodes `bytes` as exactly one `T`, with nothing left over.
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
     match postcard::take_from_bytes::<T>(bytes) {

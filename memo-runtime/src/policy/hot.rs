@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use super::Call;
 use super::drive::Driver;
 use super::options::{Beta, Options};
+use super::recall;
 use crate::common::coalesce::{Joined, LeaderGuard};
 use crate::common::local::{Found, Kept, KeyPieces, Payload, take_front};
 use crate::config::with_config;
@@ -330,15 +331,13 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
     options: &Options,
     keep: &K,
 ) -> Option<T> {
-    if options.local.is_none()
-        || options.large_data
-        || options.force_overwrite
-        || options.refresh_ahead.is_some()
-        || options.encrypt == Some(true)
-    {
+    if options.local.is_none() || !recall::served_as_found(options) {
         return None;
     }
     let fingerprint = envelope::fingerprint::<T>(false);
+    // Read before the configuration: what is found is remembered under it.
+    let generation = crate::config::generation();
+    let hold = recall::remembers(key);
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -355,15 +354,26 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             return None;
         }
         let hash = hasher.finish();
-        copies.lookup(hash, &full, fingerprint, Instant::now(), |payload| {
-            keep.holds(payload)
-        })
+        copies.lookup_held(
+            hash,
+            &full,
+            fingerprint,
+            Instant::now(),
+            |payload| keep.holds(payload),
+            hold,
+        )
     })
     // Cloned (or decoded) once the configuration is no longer borrowed: a
     // `Clone` or `Deserialize` of the caller's may itself call memo.
-    .and_then(|found| match found {
-        Found::Front(ticket) => take_front(ticket, |payload| keep.take(payload)),
-        Found::Map(payload) => keep.take(&payload),
+    .and_then(|(found, held)| {
+        let value = match found {
+            Found::Front(ticket) => take_front(ticket, |payload| keep.take(payload)),
+            Found::Map(payload) => keep.take(&payload),
+        }?;
+        if let Some(held) = held {
+            recall::remember_local::<T>(key, generation, held);
+        }
+        Some(value)
     })
 }
 
@@ -380,14 +390,11 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
     key: &CacheKey,
     options: &Options,
 ) -> Option<T> {
-    if options.local.is_some()
-        || options.large_data
-        || options.force_overwrite
-        || options.refresh_ahead.is_some()
-        || options.encrypt == Some(true)
-    {
+    if options.local.is_some() || !recall::served_as_found(options) {
         return None;
     }
+    // Read before the configuration: what is found is remembered under it.
+    let generation = crate::config::generation();
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -405,22 +412,35 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
             .ok()
             .filter(|_| as_is)
             .and_then(|full| {
-                let entry = memory.get_shared(full)?;
+                let (entry, mark) = memory.get_marked(full)?;
                 let known = entry.checked_for(full);
-                let (value, stamp) =
-                    envelope::decode_stamped_known::<T>(full, entry.bytes(), known).ok()?;
+                let (stamp, body) =
+                    envelope::open_clear_known::<T>(full, entry.bytes(), known).ok()?;
+                let value = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok()?;
                 if !known {
                     entry.checked(full);
                 }
                 // Fresh, as `Call::judge` has it for a call that does not
                 // refresh ahead: no logical expiry (a manifest), or before it.
-                if stamp.expires_ms != 0 && unix_ms() >= stamp.expires_ms {
-                    return None;
-                }
+                let fresh_for = match stamp.expires_ms {
+                    0 => None,
+                    expires_ms => {
+                        let now_ms = unix_ms();
+                        if now_ms >= expires_ms {
+                            return None;
+                        }
+                        Some(Duration::from_millis(expires_ms - now_ms))
+                    }
+                };
                 let counters = &config.counters;
                 counters.backend_ok();
                 counters.read(entry.bytes().len());
                 counters.hit();
+                if let Some(mark) = mark {
+                    recall::remember_stored::<T>(
+                        key, generation, entry, body, mark, fresh_for, counters,
+                    );
+                }
                 Some(value)
             });
         if joined.capacity() <= 512 {

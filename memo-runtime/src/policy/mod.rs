@@ -73,6 +73,7 @@ pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod options;
 pub(crate) mod pool;
+pub(crate) mod recall;
 pub(crate) mod stream;
 
 use codec::{Encode, Serde};

@@ -1,0 +1,285 @@
+//! A thread's last few hits, served again at the very start of a
+//! synchronous call while nothing they rest on has changed: the cheapest
+//! layer of the hit path, in front of [`quick_local_hit`] and
+//! [`quick_memory_hit`], which fill it.
+//!
+//! A hit found by those still resolves the configuration, hashes the full
+//! key, and (on the embedded store) reads two clocks and the envelope's
+//! header. Each thread remembers its last hits by the caller's own key,
+//! with what they were found under, and serves one again when the same
+//! call comes back:
+//!
+//! - always under the same configuration (its generation, which every
+//!   [`configure`](crate::configure) bumps), for the same type `T`, and for
+//!   a call of the same kind (a local copy, or a plain hit on the embedded
+//!   store) whose options let a value be served as found;
+//! - a local copy ([`Held`]) while the map's generation is unchanged (the
+//!   copy is still the map's) and its own expiry has not come;
+//! - an entry of the embedded store ([`Mark`]) while no write has begun or
+//!   ended in the store since it was read, within its expiry, a second of
+//!   the read and the value's logical expiry. That expiry is a wall-clock
+//!   instant; it is turned into a monotonic one when the entry is
+//!   remembered, so that a hit reads one clock: for the second at most
+//!   that the entry is served from here, a step of the wall clock does not
+//!   move it.
+//!
+//! A hit served here counts as the hit it stands for. The price is memory
+//! outside the budgets: up to [`SLOTS`] small copies and entries per
+//! thread, each held until its slot is taken or its thread exits.
+//!
+//! [`quick_local_hit`]: super::hot::quick_local_hit
+//! [`quick_memory_hit`]: super::hot::quick_memory_hit
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::hot::Keep;
+use super::options::Options;
+use crate::backend::memory::{Mark, Stored};
+use crate::common::counters::Counters;
+use crate::common::local::Held;
+use crate::format::envelope;
+use crate::format::key::CacheKey;
+
+/// How many hits a thread remembers, one per slot by a hash of the key.
+const SLOTS: usize = 8;
+
+/// How long a remembered hit keeps its slot against another key's, so
+/// that keys hit in turn do not keep replacing each other.
+const RECENCY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static RECALL: RefCell<[Option<Recalled>; SLOTS]> =
+        const { RefCell::new([const { None }; SLOTS]) };
+}
+
+/// One remembered hit.
+struct Recalled {
+    /// The caller's key, as one string (see [`caller_key`]).
+    key: Box<str>,
+    /// The configuration's generation when the hit was found.
+    config: u64,
+    /// The type the hit was found for.
+    type_id: TypeId,
+    /// When it was remembered.
+    at: Instant,
+    what: What,
+}
+
+enum What {
+    /// A local copy.
+    Local(Held),
+    /// An entry of the embedded store, whose value lies at `body`.
+    Stored {
+        entry: Arc<Stored>,
+        body: Range<usize>,
+        mark: Mark,
+        counters: Arc<Counters>,
+    },
+}
+
+impl Recalled {
+    /// Whether this hit stands for another call now: the same key,
+    /// configuration and type, and still current at `now`.
+    fn current(&self, key: &str, config: u64, type_id: TypeId, now: Instant) -> bool {
+        self.config == config
+            && self.type_id == type_id
+            && *self.key == *key
+            && match &self.what {
+                What::Local(held) => held.current(now).is_some(),
+                What::Stored { mark, .. } => mark.current(now),
+            }
+    }
+}
+
+/// The caller's key as one string, when it is given as one: the string of
+/// [`CacheKey::Raw`] or the lone component of [`CacheKey::Parts`], which
+/// are the same key. Keys of several components are not remembered.
+fn caller_key(key: &CacheKey) -> Option<&str> {
+    match key {
+        CacheKey::Raw(key) => Some(key),
+        CacheKey::Parts(parts) => match parts.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        },
+    }
+}
+
+/// Whether a hit under `key` can be remembered: a key given as one string.
+pub(crate) fn remembers(key: &CacheKey) -> bool {
+    caller_key(key).is_some()
+}
+
+/// Whether a call with `options` serves what it finds as it is: it keeps
+/// no chunked value, overwrites nothing, does not refresh ahead and does
+/// not ask for encryption (the configuration may still force it, which the
+/// hits remembered here were found without).
+pub(crate) fn served_as_found(options: &Options) -> bool {
+    !(options.large_data
+        || options.force_overwrite
+        || options.refresh_ahead.is_some()
+        || options.encrypt == Some(true))
+}
+
+/// A slot by a multiply-rotate hash of the key, eight bytes at a time:
+/// enough to spread keys (a collision only costs a lookup further down
+/// the hit path).
+fn slot_of(key: &str) -> usize {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes = key.as_bytes();
+    let word = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    let mut hash = bytes.len() as u64;
+    if bytes.len() < 8 {
+        for &byte in bytes {
+            hash = (hash.rotate_left(8) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    } else {
+        // Whole words, then the last eight bytes (overlapping the last
+        // whole word when the length is not a multiple of eight): no
+        // copy of variable length.
+        let mut at = 0;
+        while at + 8 < bytes.len() {
+            hash = (hash.rotate_left(5) ^ word(at)).wrapping_mul(K);
+            at += 8;
+        }
+        hash = (hash.rotate_left(5) ^ word(bytes.len() - 8)).wrapping_mul(K);
+    }
+    (hash >> 58) as usize % SLOTS
+}
+
+/// The value of the hit this thread remembers for this call, if it is
+/// still current; counted as the hit it stands for. The value is cloned
+/// (or decoded) with the slots borrowed shared: a `Clone` or `Deserialize`
+/// of the caller's that calls memo again finds them too, and remembers
+/// nothing new meanwhile.
+#[inline]
+pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
+    key: &CacheKey,
+    options: &Options,
+    keep: &K,
+) -> Option<T> {
+    if !served_as_found(options) {
+        return None;
+    }
+    let key = caller_key(key)?;
+    let config = crate::config::generation();
+    let type_id = typeid::of::<T>();
+    let local = options.local.is_some();
+    // Each step returns the value where it was made, in one `Option`:
+    // moving a value through rewrapped `Option`s showed on every hit.
+    let found = RECALL.try_with(|slots| {
+        let slots = slots.try_borrow().ok()?;
+        let slot = slots[slot_of(key)].as_ref()?;
+        if slot.config != config || slot.type_id != type_id || *slot.key != *key {
+            return None;
+        }
+        let now = Instant::now();
+        match &slot.what {
+            What::Local(held) if local => {
+                let payload = held.current(now)?;
+                let value = keep.take(payload);
+                if value.is_some() {
+                    held.count_hit();
+                }
+                value
+            }
+            What::Stored {
+                entry,
+                body,
+                mark,
+                counters,
+            } if !local && mark.current(now) => {
+                let value = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok();
+                if value.is_some() {
+                    counters.backend_ok();
+                    counters.read(entry.bytes().len());
+                    counters.hit();
+                }
+                value
+            }
+            _ => None,
+        }
+    });
+    found.unwrap_or(None)
+}
+
+/// Remembers a local hit of a `T` under `key`, found under the
+/// configuration of generation `config`.
+pub(crate) fn remember_local<T>(key: &CacheKey, config: u64, held: Held) {
+    remember::<T>(key, config, What::Local(held));
+}
+
+/// Remembers a plain hit of a `T` under `key` on the embedded store, found
+/// under the configuration of generation `config`: `entry`'s value lies at
+/// `body`, and goes stale `fresh_for` after the read that `mark` records
+/// (`None`: only with the entry).
+pub(crate) fn remember_stored<T>(
+    key: &CacheKey,
+    config: u64,
+    entry: Arc<Stored>,
+    body: Range<usize>,
+    mark: Mark,
+    fresh_for: Option<Duration>,
+    counters: &Arc<Counters>,
+) {
+    let mark = match fresh_for {
+        Some(fresh_for) => match mark.read_at().checked_add(fresh_for) {
+            Some(stale_at) => mark.until(stale_at),
+            None => mark,
+        },
+        None => mark,
+    };
+    remember::<T>(
+        key,
+        config,
+        What::Stored {
+            entry,
+            body,
+            mark,
+            counters: Arc::clone(counters),
+        },
+    );
+}
+
+fn remember<T>(key: &CacheKey, config: u64, what: What) {
+    let Some(key) = caller_key(key) else {
+        return;
+    };
+    let type_id = typeid::of::<T>();
+    let _ = RECALL.try_with(|slots| {
+        // Borrowed already: a hit nested in a clone of this thread's; it
+        // is simply not remembered.
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        let slot = &mut slots[slot_of(key)];
+        let now = Instant::now();
+        let key = match slot.take() {
+            Some(old) if *old.key == *key => old.key,
+            Some(old)
+                if now.saturating_duration_since(old.at) < RECENCY
+                    && old.current(&old.key, config, old.type_id, now) =>
+            {
+                *slot = Some(old);
+                return;
+            }
+            _ => Box::from(key),
+        };
+        *slot = Some(Recalled {
+            key,
+            config,
+            type_id,
+            at: now,
+            what,
+        });
+    });
+}

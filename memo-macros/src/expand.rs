@@ -294,7 +294,22 @@ impl Component {
         match self {
             Component::Literal(text) => quote!(.text(#text)),
             Component::Text(text) => quote!(.text(#text)),
-            Component::Display(value) => quote_spanned!(value.span()=> .display(&#value)),
+            // `KeyArg` picks the integer fast path by method resolution
+            // (an integer's impl is found before the one behind a further
+            // reference), so it is the argument's own type that decides.
+            Component::Display(value) => {
+                let append = quote_spanned! {value.span()=>
+                    (&#rt::KeyArg(&#value)).append_to(parts)
+                };
+                quote! {
+                    .append(|parts| {
+                        // One of the two is used, whichever the type picks.
+                        #[allow(unused_imports)]
+                        use #rt::{AppendDisplay as _, AppendInteger as _};
+                        #append
+                    })
+                }
+            }
             Component::Format(format, values) => {
                 quote!(.display(&#rt::format_args!(#format, #(#values),*)))
             }
@@ -653,6 +668,14 @@ mod tests {
         memoize(args, input, Mode::Auto).to_string()
     }
 
+    /// How the expansion appends the argument `name` to a key.
+    fn appended(name: &str) -> String {
+        let rt = runtime().to_string();
+        format!(
+            ". append (| parts | {{ # [allow (unused_imports)] use {rt} :: {{ AppendDisplay as _ , AppendInteger as _ }} ; (& {rt} :: KeyArg (& {name})) . append_to (parts) }})"
+        )
+    }
+
     #[test]
     fn literal_components_are_escaped_and_joined_at_compile_time() {
         let out = expand(
@@ -666,7 +689,8 @@ mod tests {
         let rt = runtime().to_string();
         assert!(
             out.contains(&format!(
-                "{rt} :: KeyParts :: new () . escaped (\"a:100%25\") . display (& id) . escaped (\"b:c:v2\") . finish ()"
+                "{rt} :: KeyParts :: new () . escaped (\"a:100%25\") {} . escaped (\"b:c:v2\") . finish ()",
+                appended("id")
             )),
             "{out}"
         );
@@ -682,7 +706,8 @@ mod tests {
         );
         assert!(
             out.contains(&format!(
-                "{rt} :: KeyParts :: new () . text ({rt} :: module_path ! ()) . escaped (\"g\") . display (& id) . finish ()"
+                "{rt} :: KeyParts :: new () . text ({rt} :: module_path ! ()) . escaped (\"g\") {} . finish ()",
+                appended("id")
             )),
             "{out}"
         );
@@ -708,7 +733,10 @@ mod tests {
         );
         assert!(out.contains("from_secs (60)"), "{out}");
         assert!(
-            out.contains(&format!("{rt} :: KeyParts :: new () . escaped (\"profile\") . display (& id) . escaped (\"v3\") . finish ()")),
+            out.contains(&format!(
+                "{rt} :: KeyParts :: new () . escaped (\"profile\") {} . escaped (\"v3\") . finish ()",
+                appended("id")
+            )),
             "{out}"
         );
         assert!(
@@ -757,7 +785,10 @@ mod tests {
             ),
         );
         assert!(out.contains("type_name :: < Self > ()"), "{out}");
-        assert!(out.contains(". escaped (\"f\") . display (& a)"), "{out}");
+        assert!(
+            out.contains(&format!(". escaped (\"f\") {}", appended("a"))),
+            "{out}"
+        );
         assert!(!out.contains("(& db)"), "{out}");
         assert!(out.contains("fn f_invalidate (& self , a : u8)"), "{out}");
         assert!(out.contains("Self :: f (self , a , db)"), "{out}");

@@ -9,7 +9,7 @@
 //! `Result`, `String`, `serde` or `log` in scope cannot capture a name.
 
 pub mod v0_1 {
-    pub use crate::format::key::KeyParts;
+    pub use crate::format::key::{AppendDisplay, AppendInteger, KeyArg, KeyParts};
     pub use crate::{
         CacheKey, Error, LockOptions, Options, cache_memoize, cache_memoize_iter, invalidate,
         make_cache_key, try_cache_memoize,

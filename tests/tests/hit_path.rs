@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memo_runtime::{
     Config, MemoryBackend, Options, cache_memoize, cache_memoize_async, configure, invalidate,
@@ -443,5 +443,142 @@ fn a_plain_embedded_hit_is_counted_and_never_served_past_its_logical_expiry() {
     for key in ["plain:key", "a b"] {
         let again: u32 = cache_memoize(key, || 2, &plain);
         assert_eq!(again, 2, "{key} served past its logical expiry");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The hits a thread remembers by the caller's key, served again first.
+
+#[test]
+fn a_remembered_embedded_hit_is_never_served_past_its_logical_expiry() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let keeping = Options::new()
+        .expiration(Duration::from_millis(300))
+        .stale_while_revalidate(Duration::from_secs(60));
+    let plain = Options::new().expiration(Duration::from_millis(300));
+    let _: u32 = cache_memoize("remembered:expiry", || 1, &keeping);
+    let stored = Instant::now();
+    let expiry = stored + Duration::from_millis(300);
+    // Hit after hit with no write in between, past the logical expiry:
+    // the entry stays in the store (the stale window), so only the
+    // remembered expiry can stop it being served.
+    let mut recomputed = false;
+    while stored.elapsed() < Duration::from_millis(1500) {
+        let started = Instant::now();
+        let value: u32 = cache_memoize("remembered:expiry", || 2, &plain);
+        if value == 2 {
+            recomputed = true;
+            break;
+        }
+        assert!(
+            started < expiry,
+            "served {:?} past the logical expiry",
+            started - expiry
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(recomputed, "the value was never recomputed");
+}
+
+#[test]
+fn a_remembered_hit_is_never_served_to_another_type() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    // A `u32` and a `u64` have the same postcard bytes: only the type
+    // tells the two calls apart.
+    for options in [
+        Options::new(),
+        Options::new().local(Duration::from_secs(60)),
+    ] {
+        invalidate("remembered:type", &options).unwrap();
+        for _ in 0..3 {
+            let small: u32 = cache_memoize("remembered:type", || 7, &options);
+            assert_eq!(small, 7);
+        }
+        let wide: u64 = cache_memoize("remembered:type", || 9, &options);
+        assert_eq!(wide, 9, "{options:?}");
+    }
+}
+
+#[test]
+fn remembered_keys_of_every_length_are_told_apart() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    // Lengths across the word boundaries of the slot hash; two keys of
+    // each length differ only in their first or their last byte.
+    for options in [
+        Options::new(),
+        Options::new().local(Duration::from_secs(60)),
+    ] {
+        for len in 1..=40 {
+            let base = "k".repeat(len);
+            let keys = [
+                base.clone(),
+                format!("x{}", &base[1..]),
+                format!("{}y", &base[..len - 1]),
+            ];
+            for _ in 0..3 {
+                for (n, key) in keys.iter().enumerate() {
+                    let expected = format!("{len}/{n}");
+                    let value: String = cache_memoize(key.as_str(), || expected.clone(), &options);
+                    assert_eq!(value, expected, "{key:?}, {options:?}");
+                }
+            }
+        }
+    }
+}
+
+#[memo_runtime::cache_memoize(key = "ints:{a}:{b}:{c}:{d}:{e}:{f}:{g}")]
+fn integers(a: i8, b: i64, c: u64, d: isize, e: usize, f: u16, g: i128) -> String {
+    format!("{a} {b} {c} {d} {e} {f} {g}")
+}
+
+#[test]
+fn the_attribute_s_integer_arguments_make_the_key_their_text_would() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let cases: [(i8, i64, u64, isize, usize, u16, i128); 5] = [
+        (0, 0, 0, 0, 0, 0, 0),
+        (-1, -1, 1, -1, 1, 1, -1),
+        (9, 10, 99, 100, 999, 1000, 10_000),
+        (
+            i8::MIN,
+            i64::MIN,
+            u64::MAX,
+            isize::MIN,
+            usize::MAX,
+            u16::MAX,
+            i128::MIN,
+        ),
+        (
+            i8::MAX,
+            i64::MAX,
+            u64::MAX - 1,
+            isize::MAX,
+            usize::MAX - 1,
+            0,
+            i128::MAX,
+        ),
+    ];
+    for (a, b, c, d, e, f, g) in cases {
+        let expected = format!("{a} {b} {c} {d} {e} {f} {g}");
+        assert_eq!(integers(a, b, c, d, e, f, g), expected);
+        let parts = [
+            "ints".to_owned(),
+            a.to_string(),
+            b.to_string(),
+            c.to_string(),
+            d.to_string(),
+            e.to_string(),
+            f.to_string(),
+            g.to_string(),
+        ];
+        let found: String = cache_memoize(
+            parts.clone(),
+            || panic!("a miss for {parts:?}"),
+            &Options::new(),
+        );
+        assert_eq!(found, expected);
     }
 }

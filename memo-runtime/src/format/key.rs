@@ -243,12 +243,123 @@ impl KeyParts {
         self
     }
 
+    /// Appends what `append` does: the attribute's expansion appends an
+    /// argument through [`KeyArg`] this way, within its chain of calls.
+    #[inline]
+    pub fn append(self, append: impl FnOnce(KeyParts) -> KeyParts) -> KeyParts {
+        append(self)
+    }
+
+    /// Appends a component given as an integer: `-` when `negative`, then
+    /// the digits of `magnitude`, as the integer's `to_string()` reads.
+    #[inline]
+    pub fn integer(mut self, negative: bool, mut magnitude: u64) -> KeyParts {
+        self.separate();
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (magnitude % 10) as u8;
+            magnitude /= 10;
+            if magnitude == 0 {
+                break;
+            }
+        }
+        if negative {
+            self.joined.push('-');
+        }
+        // ASCII digits: always UTF-8.
+        self.joined
+            .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+        self
+    }
+
     /// The key: the components escaped and joined with `:`. Meant for two
     /// or more components; a single one would be escaped, where
     /// [`CacheKey::Parts`] keeps a lone component as it is.
     #[inline]
     pub fn finish(self) -> CacheKey {
         CacheKey::Raw(self.joined)
+    }
+}
+
+/// A key argument the attribute's expansion appends to a [`KeyParts`]:
+/// `(&KeyArg(&value)).append_to(parts)` finds [`AppendInteger`] for a
+/// value of a primitive integer type up to 64 bits, whose digits are
+/// written directly, and [`AppendDisplay`] (one reference further) for
+/// anything else `Display`. Both write what `to_string()` would. Not a
+/// public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct KeyArg<'a, T: ?Sized>(pub &'a T);
+
+/// Appends an integer key argument as its decimal digits, without the
+/// formatting machinery (and without escaping, which digits and `-` never
+/// need). Not a public API.
+#[doc(hidden)]
+pub trait AppendInteger {
+    /// Appends the argument as a component.
+    fn append_to(&self, parts: KeyParts) -> KeyParts;
+}
+
+/// Appends any `Display` key argument, as [`KeyParts::display`]. Not a
+/// public API.
+#[doc(hidden)]
+pub trait AppendDisplay {
+    /// Appends the argument as a component.
+    fn append_to(&self, parts: KeyParts) -> KeyParts;
+}
+
+impl<T: std::fmt::Display + ?Sized> AppendDisplay for &KeyArg<'_, T> {
+    #[inline]
+    fn append_to(&self, parts: KeyParts) -> KeyParts {
+        parts.display(self.0)
+    }
+}
+
+macro_rules! append_integer {
+    ($($int:ty => $wide:ty),* $(,)?) => {$(
+        impl AppendInteger for KeyArg<'_, $int> {
+            #[inline]
+            fn append_to(&self, parts: KeyParts) -> KeyParts {
+                let value = <$wide>::from(*self.0);
+                parts.integer(value < 0, value.unsigned_abs())
+            }
+        }
+    )*};
+}
+
+macro_rules! append_unsigned {
+    ($($int:ty),* $(,)?) => {$(
+        impl AppendInteger for KeyArg<'_, $int> {
+            #[inline]
+            fn append_to(&self, parts: KeyParts) -> KeyParts {
+                parts.integer(false, u64::from(*self.0))
+            }
+        }
+    )*};
+}
+
+append_integer!(i8 => i64, i16 => i64, i32 => i64, i64 => i64);
+append_unsigned!(u8, u16, u32, u64);
+
+impl AppendInteger for KeyArg<'_, usize> {
+    #[inline]
+    fn append_to(&self, parts: KeyParts) -> KeyParts {
+        match u64::try_from(*self.0) {
+            Ok(value) => parts.integer(false, value),
+            Err(_) => parts.display(self.0),
+        }
+    }
+}
+
+impl AppendInteger for KeyArg<'_, isize> {
+    #[inline]
+    fn append_to(&self, parts: KeyParts) -> KeyParts {
+        match i64::try_from(*self.0) {
+            Ok(value) => parts.integer(value < 0, value.unsigned_abs()),
+            Err(_) => parts.display(self.0),
+        }
     }
 }
 

@@ -174,23 +174,29 @@ pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
     let config = crate::config::generation();
     let type_id = typeid::of::<T>();
     let local = options.local.is_some();
-    // Each step returns the value where it was made, in one `Option`:
-    // moving a value through rewrapped `Option`s showed on every hit.
-    let found = RECALL.try_with(|slots| {
-        let slots = slots.try_borrow().ok()?;
-        let slot = slots[slot_of(key)].as_ref()?;
+    // The value is written once, where it is returned from: moving it
+    // out through the closure's and the thread-local's results showed on
+    // every hit.
+    let mut found = None;
+    let _ = RECALL.try_with(|slots| {
+        let Ok(slots) = slots.try_borrow() else {
+            return;
+        };
+        let Some(slot) = &slots[slot_of(key)] else {
+            return;
+        };
         if slot.config != config || slot.type_id != type_id || *slot.key != *key {
-            return None;
+            return;
         }
         let now = Instant::now();
         match &slot.what {
             What::Local(held) if local => {
-                let payload = held.current(now)?;
-                let value = keep.take(payload);
-                if value.is_some() {
-                    held.count_hit();
+                if let Some(payload) = held.current(now) {
+                    found = keep.take(payload);
+                    if found.is_some() {
+                        held.count_hit();
+                    }
                 }
-                value
             }
             What::Stored {
                 entry,
@@ -198,18 +204,17 @@ pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
                 mark,
                 counters,
             } if !local && mark.current(now) => {
-                let value = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok();
-                if value.is_some() {
+                found = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok();
+                if found.is_some() {
                     counters.backend_ok();
                     counters.read(entry.bytes().len());
                     counters.hit();
                 }
-                value
             }
-            _ => None,
+            _ => {}
         }
     });
-    found.unwrap_or(None)
+    found
 }
 
 /// Remembers a local hit of a `T` under `key`, found under the

@@ -14,7 +14,9 @@
 //! serves its most recent reads of small entries again without asking moka
 //! (whose `get` records every read for its LRU) for as long as nothing was
 //! written to the store since, within a second and the entry's expiry (see
-//! `Recent`).
+//! `Recent`). A read can also come with a `Mark`, by which a caller that
+//! keeps the entry itself (the hits a thread remembers, `policy::recall`)
+//! checks the same rule before serving it again.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,17 +227,16 @@ impl Mark {
         now < self.until && self.writes.now() == Some(self.at)
     }
 
-    /// When the entry was read: no later than any clock reading taken
-    /// after the read returned.
-    pub(crate) fn read_at(&self) -> Instant {
-        self.read
-    }
-
-    /// The mark, served no later than `until` as well.
-    pub(crate) fn until(self, until: Instant) -> Mark {
-        Mark {
-            until: self.until.min(until),
-            ..self
+    /// The mark, served for at most `fresh_for` after the read as well
+    /// (a value's logical expiry, as a duration from a clock reading taken
+    /// after the read); `None` leaves it as it is.
+    pub(crate) fn fresh_for(self, fresh_for: Option<Duration>) -> Mark {
+        match fresh_for.and_then(|fresh_for| self.read.checked_add(fresh_for)) {
+            Some(stale_at) => Mark {
+                until: self.until.min(stale_at),
+                ..self
+            },
+            None => self,
         }
     }
 }
@@ -406,18 +407,25 @@ impl MemoryBackend {
     /// The entry under `key`, shared rather than copied: the hit path of
     /// memo's own calls on the embedded store. `None` when absent.
     pub(crate) fn get_shared(&self, key: &str) -> Option<Arc<Stored>> {
-        self.get_marked(key).map(|(entry, _)| entry)
+        self.get_marked(key, Instant::now(), false)
+            .map(|(entry, _)| entry)
     }
 
-    /// [`get_shared`](Self::get_shared), with the [`Mark`] under which the
-    /// entry may be served again without asking the store, when it may
-    /// (a small entry read while no write was under way).
-    pub(crate) fn get_marked(&self, key: &str) -> Option<(Arc<Stored>, Option<Mark>)> {
+    /// [`get_shared`](Self::get_shared) at `now`, a clock reading taken
+    /// just before, and, when `marked` and the entry may be served again
+    /// without asking the store (a small entry read while no write was
+    /// under way), the [`Mark`] under which it may. Marks are asked for
+    /// only when kept: each holds a reference shared by every reader.
+    pub(crate) fn get_marked(
+        &self,
+        key: &str,
+        now: Instant,
+        marked: bool,
+    ) -> Option<(Arc<Stored>, Option<Mark>)> {
         // Read before moka: a write that ends after this read leaves what
         // is remembered below stale. While a write is under way, nothing is
         // served from or kept in this thread's slots.
         let writes = self.writes.now();
-        let now = Instant::now();
         let slot = slot_of(key);
         let mark = |at: u64, until: Instant| Mark {
             writes: Arc::clone(&self.writes),
@@ -436,20 +444,21 @@ impl MemoryBackend {
                     && *recent.key == *key)
                     .then(|| {
                         let until = recent.expires.min(recent.read + RECENCY);
-                        (Arc::clone(&recent.value), mark(writes, until))
+                        let mark = marked.then(|| mark(writes, until));
+                        (Arc::clone(&recent.value), mark)
                     })
             });
-            if let Ok(Some((value, mark))) = recent {
-                return Some((value, Some(mark)));
+            if let Ok(Some(found)) = recent {
+                return Some(found);
             }
         }
         let entry = self.cache.get(key)?;
         let small = entry.value.len() <= RECENT_MAX_BYTES;
-        let marked = writes.filter(|_| small).map(|writes| {
+        let mark = writes.filter(|_| small).and_then(|writes| {
             self.remember(slot, key, &entry, writes, now);
-            mark(writes, entry.expires.min(now + RECENCY))
+            marked.then(|| mark(writes, entry.expires.min(now + RECENCY)))
         });
-        Some((entry.value, marked))
+        Some((entry.value, mark))
     }
 
     /// Remembers `entry`, read at `now` with the store at `writes`, in

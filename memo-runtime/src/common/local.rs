@@ -40,6 +40,10 @@
 //! dropped for the last time as its thread exits, among that thread's
 //! other thread-local destructors: a value whose `Drop` reaches for
 //! thread-local state should not be kept with the attribute's `local`.
+//!
+//! A lookup can also hand out a [`Held`] copy, valid by the same rule, for
+//! the hits a thread remembers by the caller's own key (`policy::recall`),
+//! which are served before the key is even namespaced.
 
 use std::any::Any;
 use std::cell::RefCell;

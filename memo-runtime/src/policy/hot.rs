@@ -337,7 +337,8 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
     let fingerprint = envelope::fingerprint::<T>(false);
     // Read before the configuration: what is found is remembered under it.
     let generation = crate::config::generation();
-    let hold = recall::remembers(key);
+    let now = Instant::now();
+    let hold = recall::accepts(key, now);
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -358,7 +359,7 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             hash,
             &full,
             fingerprint,
-            Instant::now(),
+            now,
             |payload| keep.holds(payload),
             hold,
         )
@@ -371,7 +372,7 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             Found::Map(payload) => keep.take(&payload),
         }?;
         if let Some(held) = held {
-            recall::remember_local::<T>(key, generation, held);
+            recall::remember_local::<T>(key, generation, held, now);
         }
         Some(value)
     })
@@ -395,6 +396,8 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
     }
     // Read before the configuration: what is found is remembered under it.
     let generation = crate::config::generation();
+    let now = Instant::now();
+    let hold = recall::accepts(key, now);
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -412,7 +415,7 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
             .ok()
             .filter(|_| as_is)
             .and_then(|full| {
-                let (entry, mark) = memory.get_marked(full)?;
+                let (entry, mark) = memory.get_marked(full, now, hold)?;
                 let known = entry.checked_for(full);
                 let (stamp, body) =
                     envelope::open_clear_known::<T>(full, entry.bytes(), known).ok()?;
@@ -437,9 +440,8 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
                 counters.read(entry.bytes().len());
                 counters.hit();
                 if let Some(mark) = mark {
-                    recall::remember_stored::<T>(
-                        key, generation, entry, body, mark, fresh_for, counters,
-                    );
+                    let mark = mark.fresh_for(fresh_for);
+                    recall::remember_stored::<T>(key, generation, entry, body, mark, counters, now);
                 }
                 Some(value)
             });
@@ -496,6 +498,11 @@ pub trait Keep<T>: Sync {
     fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
+    /// [`take`](Self::take), written into `out`: where a hit's value is
+    /// made in place rather than moved out through the calls' results.
+    fn take_into(&self, payload: &Payload, out: &mut Option<T>) {
+        *out = self.take(payload);
+    }
     /// Whether [`take`](Self::take) would read a value of `T` out of
     /// `payload` (decoding aside).
     fn holds(&self, payload: &Payload) -> bool;
@@ -537,6 +544,7 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
     take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
+    take_into: fn(&(dyn Any + Send + Sync), &mut Option<T>),
     holds: fn(&(dyn Any + Send + Sync)) -> bool,
 }
 
@@ -551,6 +559,11 @@ impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
         Typed {
             share: |value| Arc::new(value.clone()),
             take: |kept| kept.downcast_ref::<T>().cloned(),
+            take_into: |kept, out| {
+                if let Some(kept) = kept.downcast_ref::<T>() {
+                    *out = Some(kept.clone());
+                }
+            },
             holds: |kept| kept.is::<T>(),
         }
     }
@@ -574,6 +587,12 @@ impl<T: Serialize> Keep<T> for Typed<T> {
         match payload {
             Payload::Typed(value) => (self.take)(&**value),
             Payload::Encoded(_) => None,
+        }
+    }
+
+    fn take_into(&self, payload: &Payload, out: &mut Option<T>) {
+        if let Payload::Typed(value) = payload {
+            (self.take_into)(&**value, out);
         }
     }
 

@@ -110,11 +110,6 @@ fn caller_key(key: &CacheKey) -> Option<&str> {
     }
 }
 
-/// Whether a hit under `key` can be remembered: a key given as one string.
-pub(crate) fn remembers(key: &CacheKey) -> bool {
-    caller_key(key).is_some()
-}
-
 /// Whether a call with `options` serves what it finds as it is: it keeps
 /// no chunked value, overwrites nothing, does not refresh ahead and does
 /// not ask for encryption (the configuration may still force it, which the
@@ -192,7 +187,7 @@ pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
         match &slot.what {
             What::Local(held) if local => {
                 if let Some(payload) = held.current(now) {
-                    found = keep.take(payload);
+                    keep.take_into(payload, &mut found);
                     if found.is_some() {
                         held.count_hit();
                     }
@@ -217,32 +212,49 @@ pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
     found
 }
 
+/// Whether a hit found at `now` under `key` would be remembered: its
+/// slot is free, holds this key, or holds a hit no longer current or
+/// remembered longer than [`RECENCY`] ago. Asked before a hit is held for
+/// remembering, which takes references shared with every other thread.
+pub(crate) fn accepts(key: &CacheKey, now: Instant) -> bool {
+    let Some(key) = caller_key(key) else {
+        return false;
+    };
+    RECALL
+        .try_with(|slots| {
+            let Ok(slots) = slots.try_borrow() else {
+                return false;
+            };
+            match &slots[slot_of(key)] {
+                None => true,
+                Some(old) => {
+                    *old.key == *key
+                        || now.saturating_duration_since(old.at) >= RECENCY
+                        || !old.current(&old.key, crate::config::generation(), old.type_id, now)
+                }
+            }
+        })
+        .unwrap_or(false)
+}
+
 /// Remembers a local hit of a `T` under `key`, found under the
 /// configuration of generation `config`.
-pub(crate) fn remember_local<T>(key: &CacheKey, config: u64, held: Held) {
-    remember::<T>(key, config, What::Local(held));
+pub(crate) fn remember_local<T>(key: &CacheKey, config: u64, held: Held, now: Instant) {
+    remember::<T>(key, config, What::Local(held), now);
 }
 
 /// Remembers a plain hit of a `T` under `key` on the embedded store, found
-/// under the configuration of generation `config`: `entry`'s value lies at
-/// `body`, and goes stale `fresh_for` after the read that `mark` records
-/// (`None`: only with the entry).
+/// at `now` under the configuration of generation `config`: `entry`'s
+/// value lies at `body`, and is served again while `mark` holds.
 pub(crate) fn remember_stored<T>(
     key: &CacheKey,
     config: u64,
     entry: Arc<Stored>,
     body: Range<usize>,
     mark: Mark,
-    fresh_for: Option<Duration>,
     counters: &Arc<Counters>,
+    now: Instant,
 ) {
-    let mark = match fresh_for {
-        Some(fresh_for) => match mark.read_at().checked_add(fresh_for) {
-            Some(stale_at) => mark.until(stale_at),
-            None => mark,
-        },
-        None => mark,
-    };
     remember::<T>(
         key,
         config,
@@ -252,10 +264,11 @@ pub(crate) fn remember_stored<T>(
             mark,
             counters: Arc::clone(counters),
         },
+        now,
     );
 }
 
-fn remember<T>(key: &CacheKey, config: u64, what: What) {
+fn remember<T>(key: &CacheKey, config: u64, what: What, now: Instant) {
     let Some(key) = caller_key(key) else {
         return;
     };
@@ -267,7 +280,6 @@ fn remember<T>(key: &CacheKey, config: u64, what: What) {
             return;
         };
         let slot = &mut slots[slot_of(key)];
-        let now = Instant::now();
         let key = match slot.take() {
             Some(old) if *old.key == *key => old.key,
             Some(old)

@@ -36,7 +36,7 @@ where
         + Serde<Blocking, T>
         + Encode<Blocking, T, R, C>,
 {
-    if let Some(value) = recall(&key, options, &keep) {
+    if let Some(value) = recall(&key, options, |payload, out| keep.take_into(payload, out)) {
         recycle_key(key);
         return from_cache(value);
     }

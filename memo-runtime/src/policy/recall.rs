@@ -38,11 +38,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::hot::Keep;
 use super::options::Options;
 use crate::backend::memory::{Mark, Stored};
 use crate::common::counters::Counters;
-use crate::common::local::Held;
+use crate::common::local::{Held, Payload};
 use crate::format::envelope;
 use crate::format::key::CacheKey;
 
@@ -156,11 +155,14 @@ fn slot_of(key: &str) -> usize {
 /// (or decoded) with the slots borrowed shared: a `Clone` or `Deserialize`
 /// of the caller's that calls memo again finds them too, and remembers
 /// nothing new meanwhile.
+///
+/// `take` writes the value a local copy's payload holds into its second
+/// argument, if it holds one of `T` (the call's `Keep::take_into`).
 #[inline]
-pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
+pub(crate) fn recall<T: DeserializeOwned>(
     key: &CacheKey,
     options: &Options,
-    keep: &K,
+    take: impl FnOnce(&Payload, &mut Option<T>),
 ) -> Option<T> {
     if !served_as_found(options) {
         return None;
@@ -187,7 +189,7 @@ pub(crate) fn recall<T: DeserializeOwned, K: Keep<T>>(
         match &slot.what {
             What::Local(held) if local => {
                 if let Some(payload) = held.current(now) {
-                    keep.take_into(payload, &mut found);
+                    take(payload, &mut found);
                     if found.is_some() {
                         held.count_hit();
                     }

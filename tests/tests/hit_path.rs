@@ -481,16 +481,22 @@ fn a_remembered_embedded_hit_is_never_served_past_its_logical_expiry() {
     assert!(recomputed, "the value was never recomputed");
 }
 
+/// A plain call's options and a local copy's: the two kinds of hit a
+/// thread remembers.
+fn plain_and_local() -> [Options; 2] {
+    [
+        Options::new(),
+        Options::new().local(Duration::from_secs(60)),
+    ]
+}
+
 #[test]
 fn a_remembered_hit_is_never_served_to_another_type() {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()));
     // A `u32` and a `u64` have the same postcard bytes: only the type
     // tells the two calls apart.
-    for options in [
-        Options::new(),
-        Options::new().local(Duration::from_secs(60)),
-    ] {
+    for options in plain_and_local() {
         invalidate("remembered:type", &options).unwrap();
         for _ in 0..3 {
             let small: u32 = cache_memoize("remembered:type", || 7, &options);
@@ -507,10 +513,7 @@ fn remembered_keys_of_every_length_are_told_apart() {
     configure(Config::new(MemoryBackend::new()));
     // Lengths across the word boundaries of the slot hash; two keys of
     // each length differ only in their first or their last byte.
-    for options in [
-        Options::new(),
-        Options::new().local(Duration::from_secs(60)),
-    ] {
+    for options in plain_and_local() {
         for len in 1..=40 {
             let base = "k".repeat(len);
             let keys = [

@@ -45,7 +45,9 @@ where
     )
 }
 
-/// [`memoize_now`] past the hits this thread remembers.
+/// [`memoize_now`] past the hits this thread remembers: a call of its own,
+/// so that a remembered hit does not pay for this part's frame (a plain
+/// hit measured 20 ns slower with the two as one function).
 #[inline(never)]
 fn memoize_resolved<T, R, F, C, K, O>(
     key: CacheKey,

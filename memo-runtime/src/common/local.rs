@@ -367,7 +367,7 @@ impl LocalCopies {
         now: Instant,
         holds: impl Fn(&Payload) -> bool,
     ) -> Option<Payload> {
-        match self.lookup(hash, key, fingerprint, now, holds)? {
+        match self.lookup(hash, key, fingerprint, now, holds, false)?.0 {
             Found::Front(ticket) => take_front(ticket, |payload| Some(payload.clone())),
             Found::Map(payload) => Some(payload),
         }
@@ -379,24 +379,11 @@ impl LocalCopies {
     /// copy there is still the map's (no lock taken, no count shared with
     /// other threads written); else in the map, counted as a hit there,
     /// and then kept in the front for the next hit.
-    #[cfg(test)]
+    ///
+    /// When `hold` is set and the copy is small enough for a front, also
+    /// a [`Held`] copy: the same payload, to be served again by a caller
+    /// that keeps it for as long as it says it is current.
     pub(crate) fn lookup(
-        &self,
-        hash: u64,
-        key: &(impl KeyPieces + ?Sized),
-        fingerprint: u64,
-        now: Instant,
-        holds: impl Fn(&Payload) -> bool,
-    ) -> Option<Found> {
-        self.lookup_held(hash, key, fingerprint, now, holds, false)
-            .map(|(found, _)| found)
-    }
-
-    /// [`lookup`](Self::lookup), and, when `hold` is set and the copy is
-    /// small enough for a front, a [`Held`] copy: the same payload, to be
-    /// served again by a caller that keeps it for as long as it says it is
-    /// current.
-    pub(crate) fn lookup_held(
         &self,
         hash: u64,
         key: &(impl KeyPieces + ?Sized),
@@ -1165,7 +1152,7 @@ mod tests {
     /// What a lookup of `key` finds at `now`: whether it came from the
     /// front, and the number it holds (counted as a hit).
     fn look(copies: &LocalCopies, hash: u64, key: &str, now: Instant) -> Option<(bool, u64)> {
-        match copies.lookup(hash, key, 1, now, |_| true)? {
+        match copies.lookup(hash, key, 1, now, |_| true, false)?.0 {
             Found::Front(ticket) => take_front(ticket, |payload| Some((true, number(payload)))),
             Found::Map(payload) => Some((false, number(&payload))),
         }
@@ -1194,8 +1181,8 @@ mod tests {
         copies.insert("other", numbered(9, 8));
         assert_eq!(look(&copies, hash, "k", now), Some((false, 3)));
         // Another type, or a payload `holds` refuses, is not served.
-        assert!(copies.lookup(hash, "k", 2, now, |_| true).is_none());
-        assert!(copies.lookup(hash, "k", 1, now, |_| false).is_none());
+        assert!(copies.lookup(hash, "k", 2, now, |_| true, false).is_none());
+        assert!(copies.lookup(hash, "k", 1, now, |_| false, false).is_none());
         // Nor is another key: by hash, or by the key itself.
         assert_eq!(look(&copies, hash, "k2", now), None);
         assert_eq!(look(&copies, hash ^ 1, "k", now), None);

@@ -506,15 +506,8 @@ pub(crate) fn decode_stamped_known<T: DeserializeOwned>(
     bytes: &[u8],
     checksum_known: bool,
 ) -> Result<(T, Stamp), Invalid> {
-    let (header, body) = open_checked(
-        full_key,
-        bytes,
-        Kind::Value,
-        Some(fingerprint::<T>(false)),
-        None,
-        checksum_known,
-    )?;
-    Ok((decode_exact(body.bytes(bytes))?, header.stamp))
+    let (stamp, body) = open_clear_known::<T>(full_key, bytes, checksum_known)?;
+    Ok((decode_exact(&bytes[body])?, stamp))
 }
 
 /// Opens `bytes` as a value envelope in the clear for a `T` under

@@ -355,7 +355,7 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             return None;
         }
         let hash = hasher.finish();
-        copies.lookup_held(
+        copies.lookup(
             hash,
             &full,
             fingerprint,

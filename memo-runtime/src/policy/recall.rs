@@ -25,7 +25,9 @@
 //!
 //! A hit served here counts as the hit it stands for. The price is memory
 //! outside the budgets: up to [`SLOTS`] small copies and entries per
-//! thread, each held until its slot is taken or its thread exits.
+//! thread, each held until its slot is taken or its thread exits. As with
+//! the local copies' per-thread front, a copy may so be dropped for the
+//! last time among its thread's thread-local destructors.
 //!
 //! [`quick_local_hit`]: super::hot::quick_local_hit
 //! [`quick_memory_hit`]: super::hot::quick_memory_hit

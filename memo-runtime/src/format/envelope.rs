@@ -514,6 +514,9 @@ pub(crate) fn decode_stamped_known<T: DeserializeOwned>(
 /// `full_key`, as [`decode_stamped_known`] does, without decoding the
 /// body: its stamp and where the body lies in `bytes`, to be decoded with
 /// [`decode_exact`] (once or again: the bytes are immutable).
+// Inlined: it is most of a plain embedded hit, and with two callers it
+// was not (20 ns a hit).
+#[inline]
 pub(crate) fn open_clear_known<T: DeserializeOwned>(
     full_key: &str,
     bytes: &[u8],

@@ -543,7 +543,6 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 /// trait's message rather than deep inside the call's bounds.
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
-    take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
     take_into: fn(&(dyn Any + Send + Sync), &mut Option<T>),
     holds: fn(&(dyn Any + Send + Sync)) -> bool,
 }
@@ -558,11 +557,11 @@ impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
     fn default() -> Self {
         Typed {
             share: |value| Arc::new(value.clone()),
-            take: |kept| kept.downcast_ref::<T>().cloned(),
-            take_into: |kept, out| {
-                if let Some(kept) = kept.downcast_ref::<T>() {
-                    *out = Some(kept.clone());
-                }
+            // The clone is made in `out` itself: through `cloned()` it was
+            // made in a temporary and moved, which showed on every hit.
+            take_into: |kept, out| match kept.downcast_ref::<T>() {
+                Some(kept) => *out = Some(kept.clone()),
+                None => *out = None,
             },
             holds: |kept| kept.is::<T>(),
         }
@@ -584,15 +583,15 @@ impl<T: Serialize> Keep<T> for Typed<T> {
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
-        match payload {
-            Payload::Typed(value) => (self.take)(&**value),
-            Payload::Encoded(_) => None,
-        }
+        let mut out = None;
+        self.take_into(payload, &mut out);
+        out
     }
 
     fn take_into(&self, payload: &Payload, out: &mut Option<T>) {
-        if let Payload::Typed(value) = payload {
-            (self.take_into)(&**value, out);
+        match payload {
+            Payload::Typed(value) => (self.take_into)(&**value, out),
+            Payload::Encoded(_) => *out = None,
         }
     }
 

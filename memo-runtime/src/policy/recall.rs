@@ -85,12 +85,10 @@ enum What {
 }
 
 impl Recalled {
-    /// Whether this hit stands for another call now: the same key,
-    /// configuration and type, and still current at `now`.
-    fn current(&self, key: &str, config: u64, type_id: TypeId, now: Instant) -> bool {
+    /// Whether this hit could still be served at `now`, under the
+    /// configuration of generation `config`, to a call for its key and type.
+    fn current(&self, config: u64, now: Instant) -> bool {
         self.config == config
-            && self.type_id == type_id
-            && *self.key == *key
             && match &self.what {
                 What::Local(held) => held.current(now).is_some(),
                 What::Stored { mark, .. } => mark.current(now),
@@ -234,7 +232,7 @@ pub(crate) fn accepts(key: &CacheKey, now: Instant) -> bool {
                 Some(old) => {
                     *old.key == *key
                         || now.saturating_duration_since(old.at) >= RECENCY
-                        || !old.current(&old.key, crate::config::generation(), old.type_id, now)
+                        || !old.current(crate::config::generation(), now)
                 }
             }
         })
@@ -287,8 +285,7 @@ fn remember<T>(key: &CacheKey, config: u64, what: What, now: Instant) {
         let key = match slot.take() {
             Some(old) if *old.key == *key => old.key,
             Some(old)
-                if now.saturating_duration_since(old.at) < RECENCY
-                    && old.current(&old.key, config, old.type_id, now) =>
+                if now.saturating_duration_since(old.at) < RECENCY && old.current(config, now) =>
             {
                 *slot = Some(old);
                 return;

@@ -335,10 +335,7 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
         return None;
     }
     let fingerprint = envelope::fingerprint::<T>(false);
-    // Read before the configuration: what is found is remembered under it.
-    let generation = crate::config::generation();
-    let now = Instant::now();
-    let hold = recall::accepts(key, now);
+    let finding = recall::Finding::start(key);
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -359,9 +356,9 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             hash,
             &full,
             fingerprint,
-            now,
+            finding.now,
             |payload| keep.holds(payload),
-            hold,
+            finding.hold,
         )
     })
     // Cloned (or decoded) once the configuration is no longer borrowed: a
@@ -372,7 +369,7 @@ pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
             Found::Map(payload) => keep.take(&payload),
         }?;
         if let Some(held) = held {
-            recall::remember_local::<T>(key, generation, held, now);
+            recall::remember_local::<T>(key, &finding, held);
         }
         Some(value)
     })
@@ -394,10 +391,7 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
     if options.local.is_some() || !recall::served_as_found(options) {
         return None;
     }
-    // Read before the configuration: what is found is remembered under it.
-    let generation = crate::config::generation();
-    let now = Instant::now();
-    let hold = recall::accepts(key, now);
+    let finding = recall::Finding::start(key);
     with_config(|config| {
         if config.force_encryption {
             return None;
@@ -415,7 +409,7 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
             .ok()
             .filter(|_| as_is)
             .and_then(|full| {
-                let (entry, mark) = memory.get_marked(full, now, hold)?;
+                let (entry, mark) = memory.get_marked(full, finding.now, finding.hold)?;
                 let known = entry.checked_for(full);
                 let (stamp, body) =
                     envelope::open_clear_known::<T>(full, entry.bytes(), known).ok()?;
@@ -441,7 +435,7 @@ pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
                 counters.hit();
                 if let Some(mark) = mark {
                     let mark = mark.fresh_for(fresh_for);
-                    recall::remember_stored::<T>(key, generation, entry, body, mark, counters, now);
+                    recall::remember_stored::<T>(key, &finding, entry, body, mark, counters);
                 }
                 Some(value)
             });

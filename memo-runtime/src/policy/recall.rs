@@ -214,11 +214,37 @@ pub(crate) fn recall<T: DeserializeOwned>(
     found
 }
 
+/// What a hit found below the remembered ones needs to be remembered:
+/// taken as such a lookup starts.
+pub(crate) struct Finding {
+    /// The configuration's generation, read before the configuration is:
+    /// what is found is remembered under it.
+    config: u64,
+    /// The clock reading the lookup checks expiries against.
+    pub(crate) now: Instant,
+    /// Whether a hit would be remembered (see [`accepts`]), so whether
+    /// to hold one for remembering.
+    pub(crate) hold: bool,
+}
+
+impl Finding {
+    /// A lookup under `key` starting now.
+    pub(crate) fn start(key: &CacheKey) -> Finding {
+        let config = crate::config::generation();
+        let now = Instant::now();
+        Finding {
+            config,
+            now,
+            hold: accepts(key, now),
+        }
+    }
+}
+
 /// Whether a hit found at `now` under `key` would be remembered: its
 /// slot is free, holds this key, or holds a hit no longer current or
 /// remembered longer than [`RECENCY`] ago. Asked before a hit is held for
 /// remembering, which takes references shared with every other thread.
-pub(crate) fn accepts(key: &CacheKey, now: Instant) -> bool {
+fn accepts(key: &CacheKey, now: Instant) -> bool {
     let Some(key) = caller_key(key) else {
         return false;
     };
@@ -239,38 +265,36 @@ pub(crate) fn accepts(key: &CacheKey, now: Instant) -> bool {
         .unwrap_or(false)
 }
 
-/// Remembers a local hit of a `T` under `key`, found under the
-/// configuration of generation `config`.
-pub(crate) fn remember_local<T>(key: &CacheKey, config: u64, held: Held, now: Instant) {
-    remember::<T>(key, config, What::Local(held), now);
+/// Remembers a local hit of a `T` under `key`, found by `finding`.
+pub(crate) fn remember_local<T>(key: &CacheKey, finding: &Finding, held: Held) {
+    remember::<T>(key, finding, What::Local(held));
 }
 
 /// Remembers a plain hit of a `T` under `key` on the embedded store, found
-/// at `now` under the configuration of generation `config`: `entry`'s
-/// value lies at `body`, and is served again while `mark` holds.
+/// by `finding`: `entry`'s value lies at `body`, and is served again while
+/// `mark` holds.
 pub(crate) fn remember_stored<T>(
     key: &CacheKey,
-    config: u64,
+    finding: &Finding,
     entry: Arc<Stored>,
     body: Range<usize>,
     mark: Mark,
     counters: &Arc<Counters>,
-    now: Instant,
 ) {
     remember::<T>(
         key,
-        config,
+        finding,
         What::Stored {
             entry,
             body,
             mark,
             counters: Arc::clone(counters),
         },
-        now,
     );
 }
 
-fn remember<T>(key: &CacheKey, config: u64, what: What, now: Instant) {
+fn remember<T>(key: &CacheKey, finding: &Finding, what: What) {
+    let Finding { config, now, .. } = *finding;
     let Some(key) = caller_key(key) else {
         return;
     };

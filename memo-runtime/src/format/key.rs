@@ -317,12 +317,12 @@ impl<T: std::fmt::Display + ?Sized> AppendDisplay for &KeyArg<'_, T> {
     }
 }
 
-macro_rules! append_integer {
-    ($($int:ty => $wide:ty),* $(,)?) => {$(
+macro_rules! append_signed {
+    ($($int:ty),* $(,)?) => {$(
         impl AppendInteger for KeyArg<'_, $int> {
             #[inline]
             fn append_to(&self, parts: KeyParts) -> KeyParts {
-                let value = <$wide>::from(*self.0);
+                let value = i64::from(*self.0);
                 parts.integer(value < 0, value.unsigned_abs())
             }
         }
@@ -340,7 +340,7 @@ macro_rules! append_unsigned {
     )*};
 }
 
-append_integer!(i8 => i64, i16 => i64, i32 => i64, i64 => i64);
+append_signed!(i8, i16, i32, i64);
 append_unsigned!(u8, u16, u32, u64);
 
 impl AppendInteger for KeyArg<'_, usize> {

@@ -299,7 +299,7 @@ impl Component {
             // reference), so it is the argument's own type that decides.
             Component::Display(value) => {
                 let append = quote_spanned! {value.span()=>
-                    (&#rt::KeyArg(&#value)).append_to(parts)
+                    (&#rt::KeyArg(&#value)).append_to(parts);
                 };
                 quote! {
                     .append(|parts| {
@@ -672,7 +672,7 @@ mod tests {
     fn appended(name: &str) -> String {
         let rt = runtime().to_string();
         format!(
-            ". append (| parts | {{ # [allow (unused_imports)] use {rt} :: {{ AppendDisplay as _ , AppendInteger as _ }} ; (& {rt} :: KeyArg (& {name})) . append_to (parts) }})"
+            ". append (| parts | {{ # [allow (unused_imports)] use {rt} :: {{ AppendDisplay as _ , AppendInteger as _ }} ; (& {rt} :: KeyArg (& {name})) . append_to (parts) ; }})"
         )
     }
 

@@ -94,6 +94,7 @@ pub mod v0_1 {
     /// `<fn>_refresh` asked for it. Called first thing in every expansion,
     /// so the flag is consumed by the outermost call only, never by the
     /// memoized calls its body makes.
+    #[inline]
     pub fn apply_refresh(options: Options) -> Options {
         if REFRESH_NEXT_CALL.with(|flag| flag.replace(false)) {
             options.force_overwrite(true)

@@ -13,7 +13,9 @@
 //! - a hit on the embedded store that skips the checksum of bytes already
 //!   checked still checks new bytes, and another key's entry is a miss.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -356,6 +358,54 @@ fn a_value_whose_clone_calls_memo_is_served_from_its_local_copy() {
     }
     let stats = memo_runtime::stats();
     assert!(stats.local_hits >= 2, "{stats:?}");
+}
+
+/// Makes memoized calls from a thread-local's destructor as its thread
+/// exits, and sends what they returned.
+struct CallsOnExit(mpsc::Sender<Vec<u32>>);
+
+impl Drop for CallsOnExit {
+    fn drop(&mut self) {
+        let _ = self.0.send(calls_on_exit());
+    }
+}
+
+thread_local! {
+    static ON_EXIT: RefCell<Option<CallsOnExit>> = const { RefCell::new(None) };
+}
+
+/// A local copy whose clone makes memoized calls, a local copy and a
+/// plain hit, three times over: `[36; 3]`.
+fn calls_on_exit() -> Vec<u32> {
+    (0..3)
+        .map(|_| outer(11).0 + inner_local(12) + inner_plain(13))
+        .collect()
+}
+
+#[test]
+fn memoized_calls_from_a_thread_local_s_destructor_get_their_values() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    // Thread-locals are dropped in the reverse of the order they were
+    // first used: calls made before the thread-local is set run its
+    // destructor while the thread still remembers their hits, calls made
+    // after run it once the remembered hits (and memo's other
+    // thread-locals) are gone.
+    for calls_first in [true, false] {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            if calls_first {
+                assert_eq!(calls_on_exit(), [36; 3]);
+            }
+            ON_EXIT.with(|on_exit| *on_exit.borrow_mut() = Some(CallsOnExit(tx)));
+            if !calls_first {
+                assert_eq!(calls_on_exit(), [36; 3]);
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), [36; 3], "calls first: {calls_first}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep, quick_local_hit, quick_memory_hit};
 use crate::policy::options::Options;
-use crate::policy::recall::recall;
+use crate::policy::recall;
 use crate::policy::{Call, memoize};
 
 /// Runs the policy on the caller's thread; a refresh it wins runs as
@@ -36,9 +36,20 @@ where
         + Serde<Blocking, T>
         + Encode<Blocking, T, R, C>,
 {
-    if let Some(value) = recall(&key, options, |payload, out| keep.take_into(payload, out)) {
-        recycle_key(key);
-        return from_cache(value);
+    if let Some(hit) = recall::find::<T>(&key, options) {
+        if let Some((value, clone)) = hit.local().and_then(|payload| keep.peek(payload)) {
+            hit.count_local();
+            recycle_key(key);
+            // Cloned straight into the result, the slots still borrowed:
+            // through a returned `Option` the value was moved twice more,
+            // each move stalling on reading what had just been written.
+            return from_cache(clone(value));
+        }
+        if let Some(value) = hit.take(|payload| keep.take(payload)) {
+            drop(hit);
+            recycle_key(key);
+            return from_cache(value);
+        }
     }
     memoize_resolved(
         key, options, compute, cacheable, from_cache, keep, ownership,

@@ -709,6 +709,7 @@ pub(crate) struct Held {
 impl Held {
     /// The payload, if the copy is still the map's and has not run out at
     /// `now`.
+    #[inline]
     pub(crate) fn current(&self, now: Instant) -> Option<&Payload> {
         (now < self.until
             && self.stripe.is_some()
@@ -716,8 +717,16 @@ impl Held {
             .then_some(&self.payload)
     }
 
+    /// The payload, current or not: for a copy just found
+    /// [`current`](Self::current).
+    #[inline]
+    pub(crate) fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
     /// Counts a local hit of this copy; on the calling thread's counter,
     /// so only the thread that took the copy may count.
+    #[inline]
     pub(crate) fn count_hit(&self) {
         if let Some(stripe) = &self.stripe {
             stripe.store(stripe.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

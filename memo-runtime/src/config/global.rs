@@ -88,6 +88,7 @@ pub fn config() -> Arc<Config> {
 /// The generation of the configuration in force: a value kept by what
 /// was found under one configuration is served again only while this is
 /// the generation read before that configuration was.
+#[inline]
 pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
 }

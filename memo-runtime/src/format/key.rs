@@ -214,7 +214,7 @@ impl KeyParts {
 
     /// Appends a component given as text.
     #[inline]
-    pub fn text(mut self, part: &str) -> KeyParts {
+    pub fn text(&mut self, part: &str) -> &mut KeyParts {
         self.separate();
         escape_component(part, &mut self.joined);
         self
@@ -226,7 +226,7 @@ impl KeyParts {
     /// `joined` must already be in that form; anything else only changes
     /// the caller's own keys.
     #[inline]
-    pub fn escaped(mut self, joined: &'static str) -> KeyParts {
+    pub fn escaped(&mut self, joined: &'static str) -> &mut KeyParts {
         self.separate();
         self.joined.push_str(joined);
         self
@@ -235,7 +235,7 @@ impl KeyParts {
     /// Appends a component given as a value's `Display`, as its
     /// `to_string()` would read.
     #[inline]
-    pub fn display<T: std::fmt::Display + ?Sized>(mut self, part: &T) -> KeyParts {
+    pub fn display<T: std::fmt::Display + ?Sized>(&mut self, part: &T) -> &mut KeyParts {
         self.separate();
         // Writing into a String cannot fail; a `Display` that reports an
         // error leaves what it wrote, as `to_string` would have panicked.
@@ -246,14 +246,15 @@ impl KeyParts {
     /// Appends what `append` does: the attribute's expansion appends an
     /// argument through [`KeyArg`] this way, within its chain of calls.
     #[inline]
-    pub fn append(self, append: impl FnOnce(KeyParts) -> KeyParts) -> KeyParts {
-        append(self)
+    pub fn append(&mut self, append: impl FnOnce(&mut KeyParts)) -> &mut KeyParts {
+        append(self);
+        self
     }
 
     /// Appends a component given as an integer: `-` when `negative`, then
     /// the digits of `magnitude`, as the integer's `to_string()` reads.
     #[inline]
-    pub fn integer(mut self, negative: bool, mut magnitude: u64) -> KeyParts {
+    pub fn integer(&mut self, negative: bool, mut magnitude: u64) -> &mut KeyParts {
         self.separate();
         let mut digits = [0u8; 20];
         let mut at = digits.len();
@@ -276,10 +277,14 @@ impl KeyParts {
 
     /// The key: the components escaped and joined with `:`. Meant for two
     /// or more components; a single one would be escaped, where
-    /// [`CacheKey::Parts`] keeps a lone component as it is.
+    /// [`CacheKey::Parts`] keeps a lone component as it is. The string is
+    /// taken, leaving no components: the builder is borrowed throughout
+    /// (`KeyParts::new().escaped(..).finish()`) because a builder moved
+    /// from call to call was copied through the stack at each, and one
+    /// such copy stalled every call on reading what it had just written.
     #[inline]
-    pub fn finish(self) -> CacheKey {
-        CacheKey::Raw(self.joined)
+    pub fn finish(&mut self) -> CacheKey {
+        CacheKey::Raw(std::mem::take(&mut self.joined))
     }
 }
 
@@ -299,7 +304,7 @@ pub struct KeyArg<'a, T: ?Sized>(pub &'a T);
 #[doc(hidden)]
 pub trait AppendInteger {
     /// Appends the argument as a component.
-    fn append_to(&self, parts: KeyParts) -> KeyParts;
+    fn append_to(&self, parts: &mut KeyParts);
 }
 
 /// Appends any `Display` key argument, as [`KeyParts::display`]. Not a
@@ -307,13 +312,13 @@ pub trait AppendInteger {
 #[doc(hidden)]
 pub trait AppendDisplay {
     /// Appends the argument as a component.
-    fn append_to(&self, parts: KeyParts) -> KeyParts;
+    fn append_to(&self, parts: &mut KeyParts);
 }
 
 impl<T: std::fmt::Display + ?Sized> AppendDisplay for &KeyArg<'_, T> {
     #[inline]
-    fn append_to(&self, parts: KeyParts) -> KeyParts {
-        parts.display(self.0)
+    fn append_to(&self, parts: &mut KeyParts) {
+        parts.display(self.0);
     }
 }
 
@@ -321,9 +326,9 @@ macro_rules! append_signed {
     ($($int:ty),* $(,)?) => {$(
         impl AppendInteger for KeyArg<'_, $int> {
             #[inline]
-            fn append_to(&self, parts: KeyParts) -> KeyParts {
+            fn append_to(&self, parts: &mut KeyParts) {
                 let value = i64::from(*self.0);
-                parts.integer(value < 0, value.unsigned_abs())
+                parts.integer(value < 0, value.unsigned_abs());
             }
         }
     )*};
@@ -333,8 +338,8 @@ macro_rules! append_unsigned {
     ($($int:ty),* $(,)?) => {$(
         impl AppendInteger for KeyArg<'_, $int> {
             #[inline]
-            fn append_to(&self, parts: KeyParts) -> KeyParts {
-                parts.integer(false, u64::from(*self.0))
+            fn append_to(&self, parts: &mut KeyParts) {
+                parts.integer(false, u64::from(*self.0));
             }
         }
     )*};
@@ -345,21 +350,21 @@ append_unsigned!(u8, u16, u32, u64);
 
 impl AppendInteger for KeyArg<'_, usize> {
     #[inline]
-    fn append_to(&self, parts: KeyParts) -> KeyParts {
+    fn append_to(&self, parts: &mut KeyParts) {
         match u64::try_from(*self.0) {
             Ok(value) => parts.integer(false, value),
             Err(_) => parts.display(self.0),
-        }
+        };
     }
 }
 
 impl AppendInteger for KeyArg<'_, isize> {
     #[inline]
-    fn append_to(&self, parts: KeyParts) -> KeyParts {
+    fn append_to(&self, parts: &mut KeyParts) {
         match i64::try_from(*self.0) {
             Ok(value) => parts.integer(value < 0, value.unsigned_abs()),
             Err(_) => parts.display(self.0),
-        }
+        };
     }
 }
 
@@ -372,6 +377,7 @@ thread_local! {
 /// Hands `key`'s string back for the next [`KeyParts`] on this thread, once
 /// the call that took it is done with it; a key grown past a few hundred
 /// bytes is dropped instead, so a thread keeps no large buffer.
+#[inline]
 pub(crate) fn recycle_key(key: CacheKey) {
     if let CacheKey::Raw(mut joined) = key {
         if joined.capacity() <= 512 {
@@ -837,7 +843,8 @@ mod tests {
         assert_eq!(entry.full(), "ns:user:42");
         let buffer = entry.full().as_ptr();
         entry.recycle();
-        let next = KeyParts::new().text("a").text("b");
+        let mut next = KeyParts::new();
+        next.text("a").text("b");
         assert_eq!(next.joined.as_ptr(), buffer);
         assert_eq!(next.finish(), CacheKey::Raw("a:b".to_owned()));
         // A buffer grown past 512 bytes is dropped rather than kept.
@@ -1040,9 +1047,9 @@ mod tests {
         ) {
             let mut built = KeyParts::new();
             for part in &parts {
-                built = built.text(part);
+                built.text(part);
             }
-            built = built.display(&number).display(&format_args!("{:?}:{}", parts[0], parts[1]));
+            built.display(&number).display(&format_args!("{:?}:{}", parts[0], parts[1]));
             let mut expected = parts.clone();
             expected.push(number.to_string());
             expected.push(format!("{:?}:{}", parts[0], parts[1]));

@@ -483,6 +483,9 @@ impl Drop for RefreshWatch<'_> {
     }
 }
 
+/// How [`Keep::peek`] hands out a decoded value: `T::clone`.
+type CloneFn<T> = fn(&T) -> T;
+
 /// How a local copy keeps and hands back a value of type `T`. Nominally
 /// `pub` (in a private module): the attribute's generated code picks one
 /// through `__private`.
@@ -492,10 +495,14 @@ pub trait Keep<T>: Sync {
     fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
-    /// [`take`](Self::take), written into `out`: where a hit's value is
-    /// made in place rather than moved out through the calls' results.
-    fn take_into(&self, payload: &Payload, out: &mut Option<T>) {
-        *out = self.take(payload);
+    /// The value a payload holds as it is, if it holds a decoded `T`, and
+    /// the function that clones it: a hit's caller clones it straight into
+    /// its own result, where a value returned by [`take`](Self::take) is
+    /// moved there once more (a copy that stalled on reading what the
+    /// clone had just written).
+    fn peek<'a>(&self, payload: &'a Payload) -> Option<(&'a T, CloneFn<T>)> {
+        let _ = payload;
+        None
     }
     /// Whether [`take`](Self::take) would read a value of `T` out of
     /// `payload` (decoding aside).
@@ -537,8 +544,8 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 /// trait's message rather than deep inside the call's bounds.
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
-    take_into: fn(&(dyn Any + Send + Sync), &mut Option<T>),
-    holds: fn(&(dyn Any + Send + Sync)) -> bool,
+    downcast: fn(&(dyn Any + Send + Sync)) -> Option<&T>,
+    clone: CloneFn<T>,
 }
 
 impl<T> std::fmt::Debug for Typed<T> {
@@ -551,13 +558,8 @@ impl<T: Clone + Send + Sync + 'static> Default for Typed<T> {
     fn default() -> Self {
         Typed {
             share: |value| Arc::new(value.clone()),
-            // The clone is made in `out` itself: through `cloned()` it was
-            // made in a temporary and moved, which showed on every hit.
-            take_into: |kept, out| match kept.downcast_ref::<T>() {
-                Some(kept) => *out = Some(kept.clone()),
-                None => *out = None,
-            },
-            holds: |kept| kept.is::<T>(),
+            downcast: <dyn Any + Send + Sync>::downcast_ref::<T>,
+            clone: T::clone,
         }
     }
 }
@@ -577,20 +579,20 @@ impl<T: Serialize> Keep<T> for Typed<T> {
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
-        let mut out = None;
-        self.take_into(payload, &mut out);
-        out
+        let (value, clone) = self.peek(payload)?;
+        Some(clone(value))
     }
 
-    fn take_into(&self, payload: &Payload, out: &mut Option<T>) {
+    #[inline]
+    fn peek<'a>(&self, payload: &'a Payload) -> Option<(&'a T, CloneFn<T>)> {
         match payload {
-            Payload::Typed(value) => (self.take_into)(&**value, out),
-            Payload::Encoded(_) => *out = None,
+            Payload::Typed(value) => Some(((self.downcast)(&**value)?, self.clone)),
+            Payload::Encoded(_) => None,
         }
     }
 
     fn holds(&self, payload: &Payload) -> bool {
-        matches!(payload, Payload::Typed(value) if (self.holds)(&**value))
+        matches!(payload, Payload::Typed(value) if (self.downcast)(&**value).is_some())
     }
 }
 

@@ -33,7 +33,7 @@
 //! [`quick_memory_hit`]: super::hot::quick_memory_hit
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::{Ref, RefCell};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,9 +54,11 @@ const SLOTS: usize = 8;
 /// that keys hit in turn do not keep replacing each other.
 const RECENCY: Duration = Duration::from_secs(1);
 
+/// A thread's remembered hits, one slot per hash of the key.
+type Slots = [Option<Recalled>; SLOTS];
+
 thread_local! {
-    static RECALL: RefCell<[Option<Recalled>; SLOTS]> =
-        const { RefCell::new([const { None }; SLOTS]) };
+    static RECALL: RefCell<Slots> = const { RefCell::new([const { None }; SLOTS]) };
 }
 
 /// One remembered hit.
@@ -123,6 +125,7 @@ pub(crate) fn served_as_found(options: &Options) -> bool {
 /// A slot by a multiply-rotate hash of the key, eight bytes at a time:
 /// enough to spread keys (a collision only costs a lookup further down
 /// the hit path).
+#[inline]
 fn slot_of(key: &str) -> usize {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let bytes = key.as_bytes();
@@ -150,20 +153,63 @@ fn slot_of(key: &str) -> usize {
     (hash >> 58) as usize % SLOTS
 }
 
-/// The value of the hit this thread remembers for this call, if it is
-/// still current; counted as the hit it stands for. The value is cloned
-/// (or decoded) with the slots borrowed shared: a `Clone` or `Deserialize`
-/// of the caller's that calls memo again finds them too, and remembers
-/// nothing new meanwhile.
-///
-/// `take` writes the value a local copy's payload holds into its second
-/// argument, if it holds one of `T` (the call's `Keep::take_into`).
+/// A hit this thread remembers, found current for a call: the thread's
+/// slots stay borrowed (shared) while it lives, so that its value is
+/// cloned or decoded straight into the call's result. A `Clone` or
+/// `Deserialize` of the caller's that calls memo again meanwhile finds
+/// the slots too, and remembers nothing new.
+pub(crate) struct Hit(Ref<'static, Recalled>);
+
+impl Hit {
+    /// The local copy's payload, for the hit of a local copy.
+    #[inline]
+    pub(crate) fn local(&self) -> Option<&Payload> {
+        match &self.0.what {
+            What::Local(held) => Some(held.payload()),
+            What::Stored { .. } => None,
+        }
+    }
+
+    /// Counts the hit of a local copy, once its value is taken.
+    #[inline]
+    pub(crate) fn count_local(&self) {
+        if let What::Local(held) = &self.0.what {
+            held.count_hit();
+        }
+    }
+
+    /// The value of the hit: taken from a local copy's payload by `take`
+    /// (the call's `Keep::take`), or decoded from the embedded store's
+    /// entry; counted as the hit it stands for.
+    pub(crate) fn take<T: DeserializeOwned>(
+        &self,
+        take: impl FnOnce(&Payload) -> Option<T>,
+    ) -> Option<T> {
+        match &self.0.what {
+            What::Local(held) => {
+                let value = take(held.payload())?;
+                held.count_hit();
+                Some(value)
+            }
+            What::Stored {
+                entry,
+                body,
+                counters,
+                ..
+            } => {
+                let value = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok()?;
+                counters.backend_ok();
+                counters.read(entry.bytes().len());
+                counters.hit();
+                Some(value)
+            }
+        }
+    }
+}
+
+/// The hit this thread remembers for this call, if it is still current.
 #[inline]
-pub(crate) fn recall<T: DeserializeOwned>(
-    key: &CacheKey,
-    options: &Options,
-    take: impl FnOnce(&Payload, &mut Option<T>),
-) -> Option<T> {
+pub(crate) fn find<T>(key: &CacheKey, options: &Options) -> Option<Hit> {
     if !served_as_found(options) {
         return None;
     }
@@ -171,47 +217,32 @@ pub(crate) fn recall<T: DeserializeOwned>(
     let config = crate::config::generation();
     let type_id = typeid::of::<T>();
     let local = options.local.is_some();
-    // The value is written once, where it is returned from: moving it
-    // out through the closure's and the thread-local's results showed on
-    // every hit.
-    let mut found = None;
-    let _ = RECALL.try_with(|slots| {
-        let Ok(slots) = slots.try_borrow() else {
-            return;
-        };
-        let Some(slot) = &slots[slot_of(key)] else {
-            return;
-        };
-        if slot.config != config || slot.type_id != type_id || *slot.key != *key {
-            return;
-        }
-        let now = Instant::now();
-        match &slot.what {
-            What::Local(held) if local => {
-                if let Some(payload) = held.current(now) {
-                    take(payload, &mut found);
-                    if found.is_some() {
-                        held.count_hit();
-                    }
-                }
-            }
-            What::Stored {
-                entry,
-                body,
-                mark,
-                counters,
-            } if !local && mark.current(now) => {
-                found = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok();
-                if found.is_some() {
-                    counters.backend_ok();
-                    counters.read(entry.bytes().len());
-                    counters.hit();
-                }
-            }
-            _ => {}
-        }
-    });
-    found
+    let slots = RECALL
+        .try_with(|slots| {
+            // SAFETY: the slots are dropped only by this thread's
+            // thread-local destructors, once `try_with` no longer reaches
+            // them. The reference is held only by a `Hit`, which is a
+            // local of the call that found it: never stored, never sent
+            // (`Ref` is `!Send`), dropped before that call returns. A
+            // call made inside another thread-local's destructor holds it
+            // within that destructor's run, and destructors run one after
+            // another, so the slots' own cannot begin meanwhile.
+            unsafe { &*std::ptr::from_ref::<RefCell<Slots>>(slots) }
+        })
+        .ok()?;
+    let slot = Ref::filter_map(slots.try_borrow().ok()?, |slots| {
+        slots[slot_of(key)].as_ref()
+    })
+    .ok()?;
+    if slot.config != config || slot.type_id != type_id || *slot.key != *key {
+        return None;
+    }
+    let now = Instant::now();
+    let current = match &slot.what {
+        What::Local(held) => local && held.current(now).is_some(),
+        What::Stored { mark, .. } => !local && mark.current(now),
+    };
+    current.then_some(Hit(slot))
 }
 
 /// What a hit found below the remembered ones needs to be remembered:

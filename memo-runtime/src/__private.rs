@@ -173,7 +173,7 @@ pub mod v0_1 {
             options,
             compute,
             crate::api::as_value::<T>,
-            |value| value,
+            crate::api::AsIs,
             keep,
             crate::policy::codec::Owned,
         )
@@ -219,7 +219,7 @@ pub mod v0_1 {
             options,
             compute,
             |value: &T| Some(value),
-            |value| value,
+            crate::api::AsIs,
             crate::policy::hot::Typed::<T>::default(),
             crate::policy::codec::Borrowed,
         )

@@ -9,10 +9,49 @@ use crate::config::{config, give_back, take_config};
 use crate::format::key::{CacheKey, recycle_key};
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
-use crate::policy::hot::{Encoded, Keep, quick_local_hit, quick_memory_hit};
+use crate::policy::hot::{CloneFn, Encoded, Keep, quick_local_hit, quick_memory_hit};
 use crate::policy::options::Options;
 use crate::policy::recall;
 use crate::policy::{Call, memoize};
+
+/// How a call makes its result of a cached value: a function of it, or
+/// the value as it is ([`AsIs`]).
+pub(crate) trait FromCache<T, R> {
+    /// The result for `value`.
+    fn result(&self, value: T) -> R;
+
+    /// The result for a clone of `value`, made by `clone`.
+    #[inline]
+    fn cloned_result(&self, value: &T, clone: CloneFn<T>) -> R {
+        self.result(clone(value))
+    }
+}
+
+impl<T, R, F: Fn(T) -> R> FromCache<T, R> for F {
+    #[inline]
+    fn result(&self, value: T) -> R {
+        self(value)
+    }
+}
+
+/// The cached value is the result: a typed local copy's clone is then made
+/// in the result itself. Through an identity closure it was made in a
+/// temporary and moved, and the move stalled on reading what the clone
+/// had just written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AsIs;
+
+impl<T> FromCache<T, T> for AsIs {
+    #[inline]
+    fn result(&self, value: T) -> T {
+        value
+    }
+
+    #[inline]
+    fn cloned_result(&self, value: &T, clone: CloneFn<T>) -> T {
+        clone(value)
+    }
+}
 
 /// Runs the policy on the caller's thread; a refresh it wins runs as
 /// `ownership` says. A hit this thread remembers is served inline, before
@@ -23,7 +62,7 @@ pub(crate) fn memoize_now<T, R, F, C, K, O>(
     options: &Options,
     compute: F,
     cacheable: C,
-    from_cache: impl Fn(T) -> R,
+    from_cache: impl FromCache<T, R>,
     keep: K,
     ownership: O,
 ) -> R
@@ -43,12 +82,12 @@ where
             // Cloned straight into the result, the slots still borrowed:
             // through a returned `Option` the value was moved twice more,
             // each move stalling on reading what had just been written.
-            return from_cache(clone(value));
+            return from_cache.cloned_result(value, clone);
         }
         if let Some(value) = hit.take(|payload| keep.take(payload)) {
             drop(hit);
             recycle_key(key);
-            return from_cache(value);
+            return from_cache.result(value);
         }
     }
     memoize_resolved(
@@ -65,7 +104,7 @@ fn memoize_resolved<T, R, F, C, K, O>(
     options: &Options,
     compute: F,
     cacheable: C,
-    from_cache: impl Fn(T) -> R,
+    from_cache: impl FromCache<T, R>,
     keep: K,
     ownership: O,
 ) -> R
@@ -82,14 +121,14 @@ where
         quick_local_hit(&key, options, &keep).or_else(|| quick_memory_hit(&key, options))
     {
         recycle_key(key);
-        return from_cache(value);
+        return from_cache.result(value);
     }
     let (config, generation) = take_config();
     let call = Call::new(config, key, options);
     if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
         give_back(call.config, generation);
         call.key.recycle();
-        return from_cache(value);
+        return from_cache.result(value);
     }
     // On a local miss, the policy looks again: another lookup in memory,
     // against the backend's lookup that follows.
@@ -99,7 +138,7 @@ where
         call,
         Now(compute),
         cacheable,
-        from_cache,
+        |value| from_cache.result(value),
         keep,
         ownership,
     ))
@@ -162,7 +201,7 @@ where
         options,
         compute,
         |value: &T| Some(value),
-        |value| value,
+        AsIs,
         Encoded,
         Borrowed,
     )
@@ -241,7 +280,7 @@ where
         options,
         compute,
         as_value::<T>,
-        |value| value,
+        AsIs,
         Encoded,
         Owned,
     )

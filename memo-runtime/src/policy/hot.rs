@@ -484,7 +484,7 @@ impl Drop for RefreshWatch<'_> {
 }
 
 /// How [`Keep::peek`] hands out a decoded value: `T::clone`.
-type CloneFn<T> = fn(&T) -> T;
+pub(crate) type CloneFn<T> = fn(&T) -> T;
 
 /// How a local copy keeps and hands back a value of type `T`. Nominally
 /// `pub` (in a private module): the attribute's generated code picks one

@@ -157,7 +157,9 @@ fn slot_of(key: &str) -> usize {
 /// slots stay borrowed (shared) while it lives, so that its value is
 /// cloned or decoded straight into the call's result. A `Clone` or
 /// `Deserialize` of the caller's that calls memo again meanwhile finds
-/// the slots too, and remembers nothing new.
+/// the slots too, and remembers nothing new. Its borrow is `'static` only
+/// as far as the type says: a `Hit` is dropped before the call that found
+/// it returns, and is never stored (see [`find`]).
 pub(crate) struct Hit(Ref<'static, Recalled>);
 
 impl Hit {

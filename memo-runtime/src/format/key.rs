@@ -254,24 +254,16 @@ impl KeyParts {
     /// Appends a component given as an integer: `-` when `negative`, then
     /// the digits of `magnitude`, as the integer's `to_string()` reads.
     #[inline]
-    pub fn integer(&mut self, negative: bool, mut magnitude: u64) -> &mut KeyParts {
+    pub fn integer(&mut self, negative: bool, magnitude: u64) -> &mut KeyParts {
         self.separate();
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (magnitude % 10) as u8;
-            magnitude /= 10;
-            if magnitude == 0 {
-                break;
-            }
-        }
+        let mut buf = [0u8; 20];
+        let digits = crate::common::decimal(magnitude, &mut buf);
         if negative {
             self.joined.push('-');
         }
         // ASCII digits: always UTF-8.
         self.joined
-            .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+            .push_str(std::str::from_utf8(digits).unwrap_or_default());
         self
     }
 

@@ -180,20 +180,10 @@ fn value_at(buf: &[u8], depth: u8, build: bool) -> Result<Option<(Value, usize)>
 /// Appends a RESP header line, `*3\r\n` or `$5\r\n`: by hand, as
 /// `format!` on every command showed in profiles.
 fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = len;
-    loop {
-        at -= 1;
-        // `rest % 10` is a single digit.
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
+    let mut buf = [0u8; 20];
     out.push(kind);
-    out.extend_from_slice(&digits[at..]);
+    // A `usize` is at most 64 bits on every target Rust supports.
+    out.extend_from_slice(crate::common::decimal(len as u64, &mut buf));
     out.extend_from_slice(b"\r\n");
 }
 

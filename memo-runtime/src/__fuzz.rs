@@ -253,6 +253,7 @@ fn store_chunked(plan: Plan, payload: &[u8], iterator: bool, fp: u64) {
         counters: Arc::clone(&config.counters),
         key: entry.clone(),
         encryption: encryption.filter(|_| cooked).cloned(),
+        commit: crate::policy::barrier::Commit::alone(&full_key),
     };
     let mut writer = StreamWriter::new(
         pipeline,
@@ -611,6 +612,7 @@ fn written_manifest(
         counters: Arc::clone(&config.counters),
         key: EntryKey::from_parts(None, KEY, KEY),
         encryption: encryption.cloned(),
+        commit: crate::policy::barrier::Commit::alone(KEY),
     };
     let mut writer = StreamWriter::new(pipeline, TTL, chunk_size, compression, false);
     writer.write_plain(&vec![7u8; len]);

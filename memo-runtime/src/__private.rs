@@ -173,7 +173,7 @@ pub mod v0_1 {
             options,
             compute,
             crate::api::as_value::<T>,
-            crate::api::AsIs,
+            std::convert::identity,
             keep,
             crate::policy::codec::Owned,
         )
@@ -219,7 +219,7 @@ pub mod v0_1 {
             options,
             compute,
             |value: &T| Some(value),
-            crate::api::AsIs,
+            std::convert::identity,
             crate::policy::hot::Typed::<T>::default(),
             crate::policy::codec::Borrowed,
         )

@@ -50,8 +50,9 @@
 //! 2. `policy`: the one memoize algorithm (coalesce, look up, lock, look
 //!    again, compute, store), written once as async code over a driver
 //!    that is either the caller's thread or tokio; what a failure means;
-//!    and the chunked pipeline that drives the backend for large values
-//!    and iterators.
+//!    the engine that holds its state per configuration (flights, local
+//!    copies, the invalidation barrier); and the chunked pipeline that
+//!    drives the backend for large values and iterators.
 //! 3. `lock`: [`CacheLock`], built on the backend's atomic `add`.
 //! 4. `config`: [`Config`], from code, a URL or the environment; the global
 //!    slot; and `Config::resolve`, the one rule turning a key into what is
@@ -63,7 +64,10 @@
 //! 6. `format`: the stored format, pure bytes in and bytes out: keys,
 //!    envelope, postcard, zlib, crypto, manifests, type fingerprints.
 //! 7. `common`: the parsed cache URL, the shared error types, the counters
-//!    behind [`stats`], the single-flight registry, the fixed hash.
+//!    behind [`stats`], the fixed hash.
+//!
+//! `ARCHITECTURE.md`, at the root of the repository, walks through one call
+//! and the invalidation barrier.
 
 mod api;
 pub mod backend;

@@ -10,7 +10,6 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use super::sync::{as_ok, as_value};
 use crate::backend::drive::Tokio;
-use crate::config::config;
 use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Later, Ownership, RefreshJob};
@@ -46,7 +45,7 @@ where
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = T> + Send,
 {
-    let call = Call::new(config(), key.into(), options);
+    let call = Call::new(crate::policy::engine::current(), key.into(), options);
     let driver = call.tokio();
     memoize(
         &driver,
@@ -85,7 +84,7 @@ where
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = Result<T, E>> + Send,
 {
-    let call = Call::new(config(), key.into(), options);
+    let call = Call::new(crate::policy::engine::current(), key.into(), options);
     let driver = call.tokio();
     memoize(
         &driver,
@@ -202,7 +201,7 @@ where
     K: Keep<T> + Send,
     O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>> + Serde<Tokio, T> + Encode<Tokio, T, R, C>,
 {
-    let call = Call::new(config(), key, options);
+    let call = Call::new(crate::policy::engine::current(), key, options);
     let driver = call.tokio();
     memoize(
         &driver,
@@ -219,7 +218,7 @@ where
 /// [`invalidate`](fn@crate::invalidate) for async code: drops the entry
 /// memoized under `key` (and its chunks, if chunked).
 pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> Result<(), Error> {
-    let call = Call::new(config(), key.into(), options);
+    let call = Call::new(crate::policy::engine::current(), key.into(), options);
     let driver = call.tokio();
     call.invalidate(&driver).await?;
     Ok(())

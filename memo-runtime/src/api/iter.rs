@@ -5,7 +5,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::drive::block_on;
-use crate::config::config;
 use crate::format::envelope::fingerprint;
 use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;
@@ -97,7 +96,7 @@ where
     F: FnOnce() -> I,
 {
     fn start(&mut self, key: CacheKey, options: Options) {
-        let call = Box::new(Call::new(config(), key, &options));
+        let call = Box::new(Call::new(crate::policy::engine::current(), key, &options));
         let driver = call.blocking();
         let (found, lock) = block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new()));
         let lock = lock.map(CacheLockGuard::held);

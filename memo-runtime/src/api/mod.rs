@@ -36,7 +36,7 @@ pub use sync::{
 
 #[cfg(feature = "async")]
 pub(crate) use asynchronous::memoize_async_with;
-pub(crate) use sync::{AsIs, as_ok, as_value, memoize_now};
+pub(crate) use sync::{as_ok, as_value, memoize_now};
 
 /// A failure of an explicit cache operation such as [`invalidate`].
 /// (Memoized calls never fail because of the cache.)

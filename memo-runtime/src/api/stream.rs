@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backend::drive::block_on;
-use crate::config::config;
 use crate::format::envelope::{self, fingerprint};
 use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;
@@ -184,7 +183,7 @@ where
             self.state = State::Fallback { source, skip: 0 };
             return;
         }
-        let call = Call::new(config(), key, &options);
+        let call = Call::new(crate::policy::engine::current(), key, &options);
         let (sender, opened) = oneshot::channel();
         let job = tokio::task::spawn_blocking(move || cache_side::<T>(call, sender));
         self.state = State::Opening {

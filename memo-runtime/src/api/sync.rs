@@ -5,64 +5,21 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::backend::drive::{Blocking, block_on};
-use crate::config::{config, give_back, take_config};
-use crate::format::key::{CacheKey, recycle_key};
+use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
-use crate::policy::hot::{CloneFn, Encoded, Keep, quick_local_hit, quick_memory_hit};
+use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
-use crate::policy::recall;
-use crate::policy::{Call, memoize};
-
-/// How a call makes its result of a cached value: a function of it, or
-/// the value as it is ([`AsIs`]).
-pub(crate) trait FromCache<T, R> {
-    /// The result for `value`.
-    fn result(&self, value: T) -> R;
-
-    /// The result for a clone of `value`, made by `clone`.
-    #[inline]
-    fn cloned_result(&self, value: &T, clone: CloneFn<T>) -> R {
-        self.result(clone(value))
-    }
-}
-
-impl<T, R, F: Fn(T) -> R> FromCache<T, R> for F {
-    #[inline]
-    fn result(&self, value: T) -> R {
-        self(value)
-    }
-}
-
-/// The cached value is the result: a typed local copy's clone is then made
-/// in the result itself. Through an identity closure it was made in a
-/// temporary and moved, and the move stalled on reading what the clone
-/// had just written.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AsIs;
-
-impl<T> FromCache<T, T> for AsIs {
-    #[inline]
-    fn result(&self, value: T) -> T {
-        value
-    }
-
-    #[inline]
-    fn cloned_result(&self, value: &T, clone: CloneFn<T>) -> T {
-        clone(value)
-    }
-}
+use crate::policy::{Call, engine, memoize};
 
 /// Runs the policy on the caller's thread; a refresh it wins runs as
-/// `ownership` says. A hit this thread remembers is served inline, before
-/// the call's frame is set up at all.
-#[inline]
+/// `ownership` says.
 pub(crate) fn memoize_now<T, R, F, C, K, O>(
     key: CacheKey,
     options: &Options,
     compute: F,
     cacheable: C,
-    from_cache: impl FromCache<T, R>,
+    from_cache: impl Fn(T) -> R,
     keep: K,
     ownership: O,
 ) -> R
@@ -75,70 +32,18 @@ where
         + Serde<Blocking, T>
         + Encode<Blocking, T, R, C>,
 {
-    if let Some(hit) = recall::find::<T>(&key, options) {
-        if let Some((value, clone)) = hit.local().and_then(|payload| keep.peek(payload)) {
-            hit.count_local();
-            recycle_key(key);
-            // Cloned straight into the result, the slots still borrowed:
-            // through a returned `Option` the value was moved twice more,
-            // each move stalling on reading what had just been written.
-            return from_cache.cloned_result(value, clone);
-        }
-        if let Some(value) = hit.take(|payload| keep.take(payload)) {
-            drop(hit);
-            recycle_key(key);
-            return from_cache.result(value);
-        }
+    let call = Call::new(engine::current(), key, options);
+    // A local hit is served before the policy's future is built.
+    if let Some(value) = call.local_hit(&keep) {
+        return from_cache(value);
     }
-    memoize_resolved(
-        key, options, compute, cacheable, from_cache, keep, ownership,
-    )
-}
-
-/// [`memoize_now`] past the hits this thread remembers: a call of its own,
-/// so that a remembered hit does not pay for this part's frame (a plain
-/// hit measured 20 ns slower with the two as one function).
-#[inline(never)]
-fn memoize_resolved<T, R, F, C, K, O>(
-    key: CacheKey,
-    options: &Options,
-    compute: F,
-    cacheable: C,
-    from_cache: impl FromCache<T, R>,
-    keep: K,
-    ownership: O,
-) -> R
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce() -> R,
-    C: Fn(&R) -> Option<&T>,
-    K: Keep<T>,
-    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>
-        + Serde<Blocking, T>
-        + Encode<Blocking, T, R, C>,
-{
-    if let Some(value) =
-        quick_local_hit(&key, options, &keep).or_else(|| quick_memory_hit(&key, options))
-    {
-        recycle_key(key);
-        return from_cache.result(value);
-    }
-    let (config, generation) = take_config();
-    let call = Call::new(config, key, options);
-    if let Some(value) = call.local_hit(&keep).or_else(|| call.memory_hit(&keep)) {
-        give_back(call.config, generation);
-        call.key.recycle();
-        return from_cache.result(value);
-    }
-    // On a local miss, the policy looks again: another lookup in memory,
-    // against the backend's lookup that follows.
     let driver = call.blocking();
     block_on(memoize(
         &driver,
         call,
         Now(compute),
         cacheable,
-        |value| from_cache.result(value),
+        from_cache,
         keep,
         ownership,
     ))
@@ -163,7 +68,7 @@ where
 /// );
 /// ```
 pub fn make_cache_key(key: impl Into<CacheKey>, options: &Options) -> String {
-    Call::new(config(), key.into(), options)
+    Call::new(engine::current(), key.into(), options)
         .key
         .stored()
         .to_owned()
@@ -201,7 +106,7 @@ where
         options,
         compute,
         |value: &T| Some(value),
-        AsIs,
+        |value| value,
         Encoded,
         Borrowed,
     )
@@ -280,7 +185,7 @@ where
         options,
         compute,
         as_value::<T>,
-        AsIs,
+        |value| value,
         Encoded,
         Owned,
     )
@@ -342,7 +247,7 @@ pub(crate) fn as_ok<T, E>(result: &Result<T, E>) -> Option<&T> {
 /// assert_eq!(again, 2);
 /// ```
 pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Error> {
-    let call = Call::new(config(), key.into(), options);
+    let call = Call::new(engine::current(), key.into(), options);
     block_on(call.invalidate(&call.blocking()))?;
     Ok(())
 }

@@ -201,16 +201,6 @@ pub trait Backend: Send + Sync + 'static {
     fn __invalidations(&self) -> Option<&dyn Invalidations> {
         None
     }
-
-    /// The embedded store itself, when this is it: memo's own calls then
-    /// read its entries shared, not copied, and skip checksums already
-    /// checked. Any other engine, a user's wrapper around a
-    /// [`MemoryBackend`] included, keeps the default (`None`) and is read
-    /// through [`get`](Backend::get).
-    #[doc(hidden)]
-    fn __memory(&self) -> Option<&MemoryBackend> {
-        None
-    }
 }
 
 /// See [`Backend::__invalidations`]. Not a public API.
@@ -271,8 +261,5 @@ where
     }
     fn __invalidations(&self) -> Option<&dyn Invalidations> {
         (**self).__invalidations()
-    }
-    fn __memory(&self) -> Option<&MemoryBackend> {
-        (**self).__memory()
     }
 }

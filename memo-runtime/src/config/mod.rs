@@ -20,9 +20,7 @@ use std::time::Duration;
 #[cfg(feature = "async")]
 use crate::backend::AsyncBackend;
 use crate::backend::Backend;
-use crate::common::coalesce::Flights;
 use crate::common::counters::Counters;
-use crate::common::local::LocalCopies;
 use crate::format::crypto::EncryptionKey;
 
 mod env;
@@ -33,7 +31,7 @@ mod url;
 pub use crate::common::error::ConfigError;
 pub use crate::common::url::CacheUrl;
 pub use global::{config, configure, stats};
-pub(crate) use global::{generation, give_back, take_config, with_config};
+pub(crate) use global::{current, generation};
 pub(crate) use resolve::Resolved;
 
 /// The default expiration of a memoized value: 30 days, as in Djblets.
@@ -80,18 +78,8 @@ pub struct Config {
     pub(crate) chunk_size: usize,
     pub(crate) compression_level: u8,
     pub(crate) counters: Arc<Counters>,
-    /// The computations in flight under this configuration: `configure`
-    /// starts afresh, and clones share them as they share counters.
-    pub(crate) flights: Arc<Flights>,
-    /// The per-process copies of `Options::local` calls, made on first use
-    /// and shared by clones, as flights are.
-    pub(crate) local: Arc<std::sync::OnceLock<LocalCopies>>,
-    local_capacity: u64,
-    /// Where invalidations for other processes' local copies are queued:
-    /// one thread publishes them in order, started on first use, ending
-    /// when the configuration and its clones are gone. `None` inside when
-    /// the thread could not be started.
-    publisher: Arc<std::sync::OnceLock<Option<std::sync::mpsc::Sender<Vec<u8>>>>>,
+    /// The byte budget of the local copies (`Options::local`).
+    pub(crate) local_capacity: u64,
     /// The same engine for async callers: its own non-blocking client when
     /// it has one (`Backend::__async`), else its blocking calls run on
     /// tokio's blocking pool.
@@ -128,10 +116,7 @@ impl Config {
             async_backend: Arc::clone(&backend).__async().unwrap_or_else(|| {
                 Arc::new(crate::backend::drive::SpawnBlocking(Arc::clone(&backend)))
             }),
-            flights: Arc::default(),
-            local: Arc::default(),
             local_capacity: DEFAULT_LOCAL_CAPACITY,
-            publisher: Arc::default(),
             backend,
             namespace: None,
             default_expiration: DEFAULT_EXPIRATION,
@@ -219,82 +204,12 @@ impl Config {
     /// are dropped (they are read from the backend again on the next call).
     pub fn local_capacity(mut self, bytes: u64) -> Self {
         self.local_capacity = bytes;
-        self.local = Arc::default();
         self
     }
 
-    /// The local copies of this configuration. Made on first use; with an
-    /// engine that carries invalidations (Redis), a subscriber then drops
-    /// the copies that other processes invalidate, for as long as this
-    /// configuration lives.
-    pub(crate) fn local_copies(&self) -> &LocalCopies {
-        self.local.get_or_init(|| {
-            if let Some(bus) = self.backend.__invalidations() {
-                let local = Arc::downgrade(&self.local);
-                bus.subscribe(
-                    &crate::common::local::channel(self.namespace.as_deref()),
-                    Box::new(move |message| {
-                        let Some(local) = local.upgrade() else {
-                            return false;
-                        };
-                        if let (Some(copies), Some(key)) =
-                            (local.get(), crate::common::local::invalidated(message))
-                        {
-                            copies.remove(key);
-                        }
-                        true
-                    }),
-                );
-            }
-            LocalCopies::new(self.local_capacity)
-        })
-    }
-
-    /// The counters since this configuration was installed, with the local
-    /// hits its local copies counted on their own.
+    /// The counters since this configuration was installed.
     pub(crate) fn stats(&self) -> crate::Stats {
-        let mut stats = self.counters.snapshot();
-        if let Some(copies) = self.local.get() {
-            let hits = copies.hits();
-            stats.hits += hits;
-            stats.local_hits += hits;
-        }
-        stats
-    }
-
-    /// Tells other processes to drop their local copies of `stored_key`,
-    /// when the engine can (Redis): queued for this configuration's
-    /// publisher thread, so that the caller, sync or async, never waits
-    /// for it.
-    pub(crate) fn publish_invalidation(&self, stored_key: &str) {
-        if self.backend.__invalidations().is_none() {
-            return;
-        }
-        let publisher = self.publisher.get_or_init(|| {
-            let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
-            let backend = Arc::clone(&self.backend);
-            let channel = crate::common::local::channel(self.namespace.as_deref());
-            std::thread::Builder::new()
-                .name("memo-invalidate".into())
-                .spawn(move || {
-                    for message in receiver {
-                        if let Some(bus) = backend.__invalidations() {
-                            if let Err(err) = bus.publish(&channel, &message) {
-                                log::warn!(
-                                    "memo: cannot tell other processes of an invalidation: {err}"
-                                );
-                            }
-                        }
-                    }
-                })
-                .map_err(|err| log::warn!("memo: cannot start the invalidation publisher: {err}"))
-                .ok()
-                .map(|_| sender)
-        });
-        if let Some(sender) = publisher {
-            // The thread only ends once every sender is gone.
-            let _ = sender.send(crate::common::local::invalidation(stored_key));
-        }
+        self.counters.snapshot()
     }
 
     /// The backend.

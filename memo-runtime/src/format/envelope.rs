@@ -45,11 +45,6 @@
 //! locks under the derived keys of `format::key`, and fingerprints a
 //! type's shape as well as its name; version 1 entries are misses.
 //!
-//! The embedded store remembers, per entry, the full key whose checksum its
-//! bytes were found to match; a read of those same bytes for that key skips
-//! only the checksum (`decode_stamped_known`): the bytes cannot have
-//! changed, and no other key can match.
-//!
 //! A wrong magic, another version or kind, unknown flags, an encryption flag
 //! that does not match the caller's, another type, a length that does not
 //! match the bytes present (truncated or extended), a checksum or MAC that
@@ -331,21 +326,6 @@ pub(crate) fn open_envelope(
     fingerprint: Option<u64>,
     encryption: Option<&EncryptionKey>,
 ) -> Result<(Header, Body), Invalid> {
-    open_checked(full_key, bytes, kind, fingerprint, encryption, false)
-}
-
-/// [`open_envelope`], skipping the checksum when `checksum_known` says
-/// these very bytes were found to match it under `full_key` before (the
-/// embedded store remembers it: see `backend::memory::Stored`). Every
-/// other check still runs, and a sealed envelope's MAC is always checked.
-fn open_checked(
-    full_key: &str,
-    bytes: &[u8],
-    kind: Kind,
-    fingerprint: Option<u64>,
-    encryption: Option<&EncryptionKey>,
-    checksum_known: bool,
-) -> Result<(Header, Body), Invalid> {
     let mut header = Header::parse(bytes)?;
     if header.kind != kind {
         return Err(Invalid::Header("unexpected kind"));
@@ -389,7 +369,7 @@ fn open_checked(
         }
         None => {
             let (body, sum) = rest.split_at(header.body_len as usize);
-            if !checksum_known && !tags_equal(&checksum(full_key, head, body), sum) {
+            if !tags_equal(&checksum(full_key, head, body), sum) {
                 return Err(Invalid::Checksum);
             }
             Body::Borrowed(HEADER_LEN, header.body_len as usize)
@@ -499,43 +479,6 @@ pub(crate) fn decode_stamped<T: DeserializeOwned>(
     Ok((decode_exact(body.bytes(bytes))?, header.stamp))
 }
 
-/// [`decode_stamped`] of an unencrypted value envelope, skipping its
-/// checksum when `checksum_known` (see [`open_checked`]).
-pub(crate) fn decode_stamped_known<T: DeserializeOwned>(
-    full_key: &str,
-    bytes: &[u8],
-    checksum_known: bool,
-) -> Result<(T, Stamp), Invalid> {
-    let (stamp, body) = open_clear_known::<T>(full_key, bytes, checksum_known)?;
-    Ok((decode_exact(&bytes[body])?, stamp))
-}
-
-/// Opens `bytes` as a value envelope in the clear for a `T` under
-/// `full_key`, as [`decode_stamped_known`] does, without decoding the
-/// body: its stamp and where the body lies in `bytes`, to be decoded with
-/// [`decode_exact`] (once or again: the bytes are immutable).
-// Inlined: it is most of a plain embedded hit, and with two callers it
-// was not (20 ns a hit).
-#[inline]
-pub(crate) fn open_clear_known<T: DeserializeOwned>(
-    full_key: &str,
-    bytes: &[u8],
-    checksum_known: bool,
-) -> Result<(Stamp, std::ops::Range<usize>), Invalid> {
-    let (header, body) = open_checked(
-        full_key,
-        bytes,
-        Kind::Value,
-        Some(fingerprint::<T>(false)),
-        None,
-        checksum_known,
-    )?;
-    match body {
-        Body::Borrowed(start, len) => Ok((header.stamp, start..start + len)),
-        Body::Owned(_) => Err(Invalid::EncryptionMismatch),
-    }
-}
-
 /// Decodes `bytes` as exactly one `T`, with nothing left over.
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
     match postcard::take_from_bytes::<T>(bytes) {
@@ -610,46 +553,6 @@ mod tests {
             assert!(decode_value::<Profile>("k", &longer, enc.as_ref()).is_err());
             assert!(decode_value::<Profile>("k", &[], enc.as_ref()).is_err());
         }
-    }
-
-    #[test]
-    fn a_known_checksum_skips_the_checksum_and_nothing_else() {
-        let good = encode_value("k", &profile(), None).unwrap();
-        for known in [false, true] {
-            let (value, _) = decode_stamped_known::<Profile>("k", &good, known).unwrap();
-            assert_eq!(value, profile());
-            // Another type, a cut or an extension, another version: misses
-            // whether or not the checksum is known.
-            assert_eq!(
-                decode_stamped_known::<Other>("k", &good, known).map(drop),
-                Err(Invalid::Type)
-            );
-            for len in 0..good.len() {
-                assert!(decode_stamped_known::<Profile>("k", &good[..len], known).is_err());
-            }
-            let mut longer = good.clone();
-            longer.push(0);
-            assert!(decode_stamped_known::<Profile>("k", &longer, known).is_err());
-            let mut version = good.clone();
-            version[4] = 2;
-            assert_eq!(
-                decode_stamped_known::<Profile>("k", &version, known).map(drop),
-                Err(Invalid::Version(2))
-            );
-        }
-        // Unknown, every flipped bit is caught.
-        for i in 0..good.len() {
-            let mut bad = good.clone();
-            bad[i] ^= 1;
-            assert!(decode_stamped_known::<Profile>("k", &bad, false).is_err());
-        }
-        // A sealed envelope is never read by it: the caller's encryption
-        // flag (none) does not match.
-        let sealed = encode_value("k", &profile(), Some(&key())).unwrap();
-        assert_eq!(
-            decode_stamped_known::<Profile>("k", &sealed, true).map(drop),
-            Err(Invalid::EncryptionMismatch)
-        );
     }
 
     #[test]

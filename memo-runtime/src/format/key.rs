@@ -191,17 +191,13 @@ pub struct KeyParts {
 }
 
 impl KeyParts {
-    /// No components yet, in a string this thread used for a key before
-    /// when one was handed back (see [`recycle_key`]): a local hit then
-    /// allocates nothing for its key.
+    /// No components yet.
     #[inline]
     pub fn new() -> KeyParts {
-        let joined = SPARE_KEY
-            .try_with(std::cell::Cell::take)
-            .ok()
-            .filter(|spare| spare.capacity() > 0)
-            .unwrap_or_else(|| String::with_capacity(64));
-        KeyParts { joined, any: false }
+        KeyParts {
+            joined: String::with_capacity(64),
+            any: false,
+        }
     }
 
     #[inline]
@@ -360,25 +356,6 @@ impl AppendInteger for KeyArg<'_, isize> {
     }
 }
 
-thread_local! {
-    /// A key string a finished call handed back, for the next
-    /// [`KeyParts`] on this thread.
-    static SPARE_KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
-}
-
-/// Hands `key`'s string back for the next [`KeyParts`] on this thread, once
-/// the call that took it is done with it; a key grown past a few hundred
-/// bytes is dropped instead, so a thread keeps no large buffer.
-#[inline]
-pub(crate) fn recycle_key(key: CacheKey) {
-    if let CacheKey::Raw(mut joined) = key {
-        if joined.capacity() <= 512 {
-            joined.clear();
-            let _ = SPARE_KEY.try_with(|spare| spare.set(joined));
-        }
-    }
-}
-
 /// `fmt::Write` that escapes a component as it is written.
 struct EscapeComponent<'a>(&'a mut String);
 
@@ -463,73 +440,6 @@ pub(crate) fn full_key(namespace: Option<&str>, key: &CacheKey) -> String {
     }
     key.write_normalized(&mut full);
     full
-}
-
-/// The full key of `key` under `namespace` (see [`full_key`]) as the
-/// pieces it joins from, for a lookup that hashes and compares it without
-/// building it: the local copies' fast path.
-pub(crate) struct FullKeyPieces<'a> {
-    pub(crate) namespace: Option<&'a str>,
-    pub(crate) key: &'a CacheKey,
-}
-
-impl FullKeyPieces<'_> {
-    /// Calls `piece` with each piece of the full key, in order.
-    pub(crate) fn each(&self, piece: &mut dyn FnMut(&[u8])) {
-        if let Some(ns) = self.namespace {
-            piece(ns.as_bytes());
-            piece(b":");
-        }
-        match self.key {
-            CacheKey::Raw(key) => piece(key.as_bytes()),
-            CacheKey::Parts(parts) if parts.len() == 1 => piece(parts[0].as_bytes()),
-            CacheKey::Parts(parts) => {
-                for (i, part) in parts.iter().enumerate() {
-                    if i > 0 {
-                        piece(b":");
-                    }
-                    // As `escape_component`: runs between `%` and `:` as
-                    // they are, those two escaped.
-                    let mut run = 0;
-                    for (at, byte) in part.bytes().enumerate() {
-                        let escaped: &[u8] = match byte {
-                            b'%' => b"%25",
-                            b':' => b"%3A",
-                            _ => continue,
-                        };
-                        piece(&part.as_bytes()[run..at]);
-                        piece(escaped);
-                        run = at + 1;
-                    }
-                    piece(&part.as_bytes()[run..]);
-                }
-            }
-        }
-    }
-
-    /// Whether an unencrypted call stores this full key as it is: nothing
-    /// in it to escape, and short enough (as `stored_key_unless_full`
-    /// decides).
-    #[cfg(test)]
-    pub(crate) fn stored_as_is(&self) -> bool {
-        self.each_stored_as_is(&mut |_| {})
-    }
-
-    /// [`each`](Self::each) and [`stored_as_is`](Self::stored_as_is) in
-    /// one pass: calls `piece` with each piece, and says whether the full
-    /// key is its own stored key.
-    pub(crate) fn each_stored_as_is(&self, piece: &mut dyn FnMut(&[u8])) -> bool {
-        let mut len = 0;
-        let mut clean = true;
-        self.each(&mut |bytes| {
-            len += bytes.len();
-            clean &= !bytes
-                .iter()
-                .any(|&byte| byte <= 0x20 || byte == 0x7f || byte == b'\\');
-            piece(bytes);
-        });
-        clean && len <= MAX_KEY
-    }
 }
 
 /// The full key as stored: namespaced, then hashed under `encryption` if
@@ -664,14 +574,6 @@ impl EntryKey {
             stored: (stored != full).then(|| stored.to_owned()),
             full: full.to_owned(),
         }
-    }
-
-    /// Hands the full key's string back for the next [`KeyParts`] on this
-    /// thread (see [`recycle_key`]), once the call is done with it: a hit
-    /// found through the whole call then allocates nothing for its next
-    /// key either.
-    pub(crate) fn recycle(self) {
-        recycle_key(CacheKey::Raw(self.full));
     }
 
     /// The key the entry is stored under (what [`make_cache_key`](crate::make_cache_key) returns).
@@ -826,23 +728,6 @@ mod tests {
             escape_component(part, &mut out);
             assert_eq!(out, format!("prefix{}", by_chars(part)), "{part:?}");
         }
-    }
-
-    #[test]
-    fn a_recycled_full_key_is_the_next_keys_buffer_emptied() {
-        let key = KeyParts::new().text("user").display(&42).finish();
-        let entry = EntryKey::from_owned(Some("ns"), key, None);
-        assert_eq!(entry.full(), "ns:user:42");
-        let buffer = entry.full().as_ptr();
-        entry.recycle();
-        let mut next = KeyParts::new();
-        next.text("a").text("b");
-        assert_eq!(next.joined.as_ptr(), buffer);
-        assert_eq!(next.finish(), CacheKey::Raw("a:b".to_owned()));
-        // A buffer grown past 512 bytes is dropped rather than kept.
-        let long = EntryKey::from_owned(None, CacheKey::Raw("x".repeat(600)), None);
-        long.recycle();
-        assert_eq!(SPARE_KEY.with(std::cell::Cell::take).capacity(), 0);
     }
 
     #[test]
@@ -1059,27 +944,6 @@ mod tests {
                     EntryKey::new(ns, &expected, None)
                 );
             }
-        }
-
-        #[test]
-        fn full_key_pieces_join_into_the_full_key(
-            parts in proptest::collection::vec("[a-z%: \\\\\\x7f\u{e9}]{0,12}", 0..5),
-            long in any::<bool>(),
-            namespaced in any::<bool>(),
-            raw in any::<bool>(),
-        ) {
-            let mut parts = parts;
-            if long {
-                parts.push("x".repeat(MAX_KEY));
-            }
-            let key = if raw { CacheKey::from(parts.join(":")) } else { CacheKey::from(parts) };
-            let ns = namespaced.then_some("shop");
-            let pieces = FullKeyPieces { namespace: ns, key: &key };
-            let mut joined = Vec::new();
-            pieces.each(&mut |piece| joined.extend_from_slice(piece));
-            let full = full_key(ns, &key);
-            prop_assert_eq!(pieces.stored_as_is(), stored_key_unless_full(&full, None).is_none());
-            prop_assert_eq!(String::from_utf8(joined).unwrap(), full);
         }
 
         #[test]

@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 
 use super::Call;
 use super::drive::Driver;
+use super::flight::LeaderGuard;
 use super::stream::LoadError;
 use crate::backend::drive::Blocking;
-use crate::common::coalesce::LeaderGuard;
 use crate::format::envelope::{self, Invalid, Stamp};
 
 /// Encoded or decoded values up to this size are handled inline: copying

@@ -27,10 +27,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Call;
+use super::flight::{Outcome, Waiter};
 use super::pool::{self, Detached};
 use super::stream::{LoadError, StoreError};
 use crate::backend::drive::{Blocking, Io};
-use crate::common::coalesce::{Outcome, Waiter};
 use crate::lock::CacheLock;
 
 /// How the policy runs in one world.

@@ -10,13 +10,7 @@
 //!   processes (the entry's lock, taken without waiting);
 //! - [`Keep`]: what a local copy holds, the serialized value
 //!   ([`Encoded`], functional API) or the value itself ([`Typed`], the
-//!   attribute's `local`);
-//! - the synchronous API's shortcuts for hits, each taken only when it
-//!   decides exactly as the policy would, and otherwise leaving the call to
-//!   it: [`quick_local_hit`], a local copy found before the call is
-//!   resolved (by a hash of the full key's pieces), and `Call::memory_hit`,
-//!   a plain hit on the embedded store read before the policy's future is
-//!   built.
+//!   attribute's `local`), and `Call::local_hit`, the policy's first step.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -29,13 +23,10 @@ use serde::de::DeserializeOwned;
 
 use super::Call;
 use super::drive::Driver;
-use super::options::{Beta, Options};
-use super::recall;
-use crate::common::coalesce::{Joined, LeaderGuard};
-use crate::common::local::{Found, Kept, KeyPieces, Payload, take_front};
-use crate::config::with_config;
+use super::flight::{Joined, LeaderGuard};
+use super::local::{Kept, Payload};
+use super::options::Beta;
 use crate::format::envelope::{self, Stamp};
-use crate::format::key::{CacheKey, FullKeyPieces};
 use crate::lock::{CacheLock, LockError};
 
 /// What a value's stamp says about serving it now.
@@ -146,9 +137,7 @@ impl Call {
 
     /// The local copy of a `T`, counted as a local hit, if one is kept,
     /// fresh, and not due for an early refresh: the first step of the
-    /// policy, which the synchronous API also takes before building the
-    /// policy's future (a large one, moved on every call), so that a local
-    /// hit costs no more than the lookup.
+    /// policy.
     pub(crate) fn local_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
         if !self.keeps_locally() {
             return None;
@@ -169,8 +158,12 @@ impl Call {
             self.drop_local();
             return None;
         }
-        let copies = self.config.local_copies();
-        let kept = copies.get(self.key.stored(), fp)?;
+        let kept = self.engine.local().get(self.key.stored(), fp)?;
+        // Made by a call that began before the key's latest invalidation:
+        // never served again.
+        if !self.engine.barrier.current(kept.ticket) {
+            return None;
+        }
         // A copy never outlives the logical expiry, so only an early
         // refresh can make it unservable.
         if self.options.refresh_ahead.is_some() {
@@ -184,41 +177,6 @@ impl Call {
             }
         }
         keep.take(&kept.payload)
-    }
-
-    /// A plain hit on the embedded store, taken on the caller's thread
-    /// before the policy's future is built: the entry read shared rather
-    /// than copied, and its checksum not hashed again when this process
-    /// already found it to match under this full key. Only for a fresh
-    /// value of a call that neither refreshes, nor encrypts, nor refreshes
-    /// ahead (whose random draw must be made once); anything else, a miss,
-    /// a value that does not check out and a manifest included, is `None`,
-    /// with nothing counted: the policy then looks again, in memory, and
-    /// counts what it finds.
-    pub(crate) fn memory_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
-        if self.options.force_overwrite
-            || self.options.refresh_ahead.is_some()
-            || self.encryption.is_some()
-        {
-            return None;
-        }
-        let memory = self.config.backend.__memory()?;
-        let entry = memory.get_shared(self.key.stored())?;
-        let full = self.key.full();
-        let known = entry.checked_for(full);
-        let (value, stamp) =
-            envelope::decode_stamped_known::<T>(full, entry.bytes(), known).ok()?;
-        if !known {
-            entry.checked(full);
-        }
-        if self.judge(stamp) != Verdict::Fresh {
-            return None;
-        }
-        self.counters().backend_ok();
-        self.counters().read(entry.bytes().len());
-        self.hit();
-        self.keep_locally(keep, envelope::fingerprint::<T>(false), &value, stamp, None);
-        Some(value)
     }
 
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
@@ -249,15 +207,16 @@ impl Call {
             fingerprint: fp,
             until: now.checked_add(left).unwrap_or(now),
             stamp: (stamp.expires_ms, stamp.compute_us),
+            ticket: self.ticket,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             payload,
         };
-        self.config.local_copies().insert(self.key.stored(), kept);
+        self.engine.local().insert(self.key.stored(), kept);
     }
 
     /// Drops this process's local copy of the entry.
     pub(crate) fn drop_local(&self) {
-        if let Some(copies) = self.config.local.get() {
+        if let Some(copies) = self.engine.local_if_made() {
             copies.remove(self.key.stored());
         }
     }
@@ -267,7 +226,7 @@ impl Call {
     /// none of them reads the old value back in between.
     pub(crate) fn tell_others(&self) {
         if self.options.local.is_some() {
-            self.config.publish_invalidation(self.key.stored());
+            self.engine.publish_invalidation(self.key.stored());
         }
     }
 
@@ -283,7 +242,7 @@ impl Call {
     ) -> Option<Refresh> {
         // Never waited on: a caller that loses serves the value it found.
         let flight = match self
-            .config
+            .engine
             .flights
             .join(&format!("refresh:{fp:016x}:{}", self.key.stored()))
         {
@@ -315,151 +274,6 @@ impl Call {
     }
 }
 
-/// The local copy of a `T` for `key`, counted as a local hit, when the
-/// call's settings let a copy be served as it is (a `local` call that
-/// neither refreshes, nor encrypts, nor stores its value chunked, nor
-/// refreshes ahead) and its key is stored as it is: found before the call
-/// is resolved at all, with no key built, no configuration cloned, and no
-/// counter shared by every thread written. Any other call, and any miss,
-/// returns `None` and takes the whole path, which looks again.
-///
-/// The stored key is then the full key, so the lookup hashes and compares
-/// the full key's pieces; the map compares the key kept with the copy, so
-/// a key whose hash collides with another's stays a miss.
-pub(crate) fn quick_local_hit<T: DeserializeOwned, K: Keep<T>>(
-    key: &CacheKey,
-    options: &Options,
-    keep: &K,
-) -> Option<T> {
-    if options.local.is_none() || !recall::served_as_found(options) {
-        return None;
-    }
-    let fingerprint = envelope::fingerprint::<T>(false);
-    let finding = recall::Finding::start(key);
-    with_config(|config| {
-        if config.force_encryption {
-            return None;
-        }
-        let copies = config.local.get()?;
-        let full = FullKey(FullKeyPieces {
-            namespace: config.namespace.as_deref(),
-            key,
-        });
-        // One pass over the key's pieces: hashed, and checked to be the
-        // stored key as it is.
-        let mut hasher = copies.hasher();
-        if !full.0.each_stored_as_is(&mut |piece| hasher.write(piece)) {
-            return None;
-        }
-        let hash = hasher.finish();
-        copies.lookup(
-            hash,
-            &full,
-            fingerprint,
-            finding.now,
-            |payload| keep.holds(payload),
-            finding.hold,
-        )
-    })
-    // Cloned (or decoded) once the configuration is no longer borrowed: a
-    // `Clone` or `Deserialize` of the caller's may itself call memo.
-    .and_then(|(found, held)| {
-        let value = match found {
-            Found::Front(ticket) => take_front(ticket, |payload| keep.take(payload)),
-            Found::Map(payload) => keep.take(&payload),
-        }?;
-        if let Some(held) = held {
-            recall::remember_local::<T>(key, &finding, held);
-        }
-        Some(value)
-    })
-}
-
-/// A plain hit on the embedded store, found before the call is resolved:
-/// for a call that keeps no local copy, neither refreshes, encrypts nor
-/// refreshes ahead, on the embedded store, whose full key is stored as it
-/// is. The same reads and checks as [`Call::memory_hit`] (the checksum
-/// skipped only where this process already matched these very bytes under
-/// this full key; the type, length and logical expiry checked on every
-/// read), without the `Call` (its key strings, its copy of the options)
-/// or the configuration taken out and handed back. Any other call, and
-/// any miss, returns `None` and takes the whole path.
-pub(crate) fn quick_memory_hit<T: DeserializeOwned>(
-    key: &CacheKey,
-    options: &Options,
-) -> Option<T> {
-    if options.local.is_some() || !recall::served_as_found(options) {
-        return None;
-    }
-    let finding = recall::Finding::start(key);
-    with_config(|config| {
-        if config.force_encryption {
-            return None;
-        }
-        let memory = config.backend.__memory()?;
-        let pieces = FullKeyPieces {
-            namespace: config.namespace.as_deref(),
-            key,
-        };
-        // The full key, joined in this thread's scratch buffer.
-        let mut joined = FULL_KEY.try_with(Cell::take).unwrap_or_default();
-        joined.clear();
-        let as_is = pieces.each_stored_as_is(&mut |piece| joined.extend_from_slice(piece));
-        let found = std::str::from_utf8(&joined)
-            .ok()
-            .filter(|_| as_is)
-            .and_then(|full| {
-                let (entry, mark) = memory.get_marked(full, finding.now, finding.hold)?;
-                let known = entry.checked_for(full);
-                let (stamp, body) =
-                    envelope::open_clear_known::<T>(full, entry.bytes(), known).ok()?;
-                let value = envelope::decode_exact::<T>(&entry.bytes()[body.clone()]).ok()?;
-                if !known {
-                    entry.checked(full);
-                }
-                // Fresh, as `Call::judge` has it for a call that does not
-                // refresh ahead: no logical expiry (a manifest), or before it.
-                let fresh_for = match stamp.expires_ms {
-                    0 => None,
-                    expires_ms => {
-                        let now_ms = unix_ms();
-                        if now_ms >= expires_ms {
-                            return None;
-                        }
-                        Some(Duration::from_millis(expires_ms - now_ms))
-                    }
-                };
-                let counters = &config.counters;
-                counters.backend_ok();
-                counters.read(entry.bytes().len());
-                counters.hit();
-                if let Some(mark) = mark {
-                    let mark = mark.fresh_for(fresh_for);
-                    recall::remember_stored::<T>(key, &finding, entry, body, mark, counters);
-                }
-                Some(value)
-            });
-        if joined.capacity() <= 512 {
-            let _ = FULL_KEY.try_with(|buffer| buffer.set(joined));
-        }
-        found
-    })
-}
-
-thread_local! {
-    /// The buffer [`quick_memory_hit`] joins full keys in.
-    static FULL_KEY: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// A full key in pieces, as the local copies take it.
-struct FullKey<'a>(FullKeyPieces<'a>);
-
-impl KeyPieces for FullKey<'_> {
-    fn pieces(&self, piece: &mut dyn FnMut(&[u8])) {
-        self.0.each(piece);
-    }
-}
-
 /// What the caller that won a refresh holds while it computes: the
 /// process's refresh flight (so no other caller here refreshes meanwhile)
 /// and, for a stale value, the entry's lock.
@@ -483,9 +297,6 @@ impl Drop for RefreshWatch<'_> {
     }
 }
 
-/// How [`Keep::peek`] hands out a decoded value: `T::clone`.
-pub(crate) type CloneFn<T> = fn(&T) -> T;
-
 /// How a local copy keeps and hands back a value of type `T`. Nominally
 /// `pub` (in a private module): the attribute's generated code picks one
 /// through `__private`.
@@ -495,18 +306,6 @@ pub trait Keep<T>: Sync {
     fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
     /// The value a payload holds, if it holds one of `T`.
     fn take(&self, payload: &Payload) -> Option<T>;
-    /// The value a payload holds as it is, if it holds a decoded `T`, and
-    /// the function that clones it: a hit's caller clones it straight into
-    /// its own result, where a value returned by [`take`](Self::take) is
-    /// moved there once more (a copy that stalled on reading what the
-    /// clone had just written).
-    fn peek<'a>(&self, payload: &'a Payload) -> Option<(&'a T, CloneFn<T>)> {
-        let _ = payload;
-        None
-    }
-    /// Whether [`take`](Self::take) would read a value of `T` out of
-    /// `payload` (decoding aside).
-    fn holds(&self, payload: &Payload) -> bool;
 }
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
@@ -530,10 +329,6 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
             Payload::Typed(_) => None,
         }
     }
-
-    fn holds(&self, payload: &Payload) -> bool {
-        matches!(payload, Payload::Encoded(_))
-    }
 }
 
 /// Keeps the decoded value and hands out clones (the attribute's `local`).
@@ -545,7 +340,7 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
 pub struct Typed<T> {
     share: fn(&T) -> Arc<dyn Any + Send + Sync>,
     downcast: fn(&(dyn Any + Send + Sync)) -> Option<&T>,
-    clone: CloneFn<T>,
+    clone: fn(&T) -> T,
 }
 
 impl<T> std::fmt::Debug for Typed<T> {
@@ -579,20 +374,10 @@ impl<T: Serialize> Keep<T> for Typed<T> {
     }
 
     fn take(&self, payload: &Payload) -> Option<T> {
-        let (value, clone) = self.peek(payload)?;
-        Some(clone(value))
-    }
-
-    #[inline]
-    fn peek<'a>(&self, payload: &'a Payload) -> Option<(&'a T, CloneFn<T>)> {
         match payload {
-            Payload::Typed(value) => Some(((self.downcast)(&**value)?, self.clone)),
+            Payload::Typed(value) => (self.downcast)(&**value).map(self.clone),
             Payload::Encoded(_) => None,
         }
-    }
-
-    fn holds(&self, payload: &Payload) -> bool {
-        matches!(payload, Payload::Typed(value) if (self.downcast)(&**value).is_some())
     }
 }
 

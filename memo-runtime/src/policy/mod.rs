@@ -1,10 +1,13 @@
 //! The policy: the one memoize algorithm, and what a failure means.
 //!
-//! On every call memo reads the current configuration, resolves the key
-//! (`Config::resolve`), consults the call's local copy (`hot`), and asks
-//! the backend; a value that checks out (and is fresh) is a hit, with no
-//! further work. Otherwise, unless the call opts out, it joins the key's
-//! flight (`common::coalesce`): concurrent calls for one key in one process
+//! On every call memo takes the engine in force (`engine`: the
+//! configuration, the flights, the local copies and the invalidation
+//! barrier together), resolves the key (`Config::resolve`), takes its
+//! ticket at the barrier (`barrier`), consults the call's local copy
+//! (`hot`, `local`), and asks the backend: one hit path. A value that
+//! checks out (and is fresh) is a hit, with no further work. Otherwise,
+//! unless the call opts out, it joins the key's flight (`flight`):
+//! concurrent calls for one key in one process
 //! share one computation. The leader goes on from what the first lookup
 //! found, unless some flight ended in between (it may have stored the
 //! value), in which case it looks again. Anything else (absent, expired, corrupt, of another type, a
@@ -31,6 +34,10 @@
 //!
 //! - this file: [`Call`], one call's resolved settings and every step, and
 //!   [`memoize`];
+//! - `engine`: the policy's state per configuration, and the one
+//!   per-thread snapshot of it;
+//! - `barrier`: what makes `invalidate` and `force_overwrite` a barrier;
+//! - `flight`: the single-flight registry; `local`: the local copies;
 //! - `drive`: the two drivers, and what differs between the worlds;
 //! - `detach` and `pool`: a refresh won by an owned call (`'static` compute
 //!   function and value), run detached from its caller on a bounded
@@ -56,9 +63,8 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::BackendError;
 use crate::backend::drive::{Blocking, Io};
-use crate::common::coalesce::{Joined, LeaderGuard, Outcome};
 use crate::common::counters::Counters;
-use crate::config::{Config, Resolved};
+use crate::config::Resolved;
 use crate::format::crypto::EncryptionKey;
 use crate::format::envelope::{self, Kind, Stamp, fingerprint};
 use crate::format::key::{CacheKey, EntryKey};
@@ -66,19 +72,25 @@ use crate::format::manifest::Manifest;
 use crate::format::serial;
 use crate::lock::{CacheLock, LockError, LockOptions};
 
+pub(crate) mod barrier;
 pub(crate) mod codec;
 pub(crate) mod detach;
 pub(crate) mod drive;
+pub(crate) mod engine;
+pub(crate) mod flight;
 pub(crate) mod hot;
 pub(crate) mod items;
+pub(crate) mod local;
 pub(crate) mod options;
 pub(crate) mod pool;
-pub(crate) mod recall;
 pub(crate) mod stream;
 
+use barrier::Ticket;
 use codec::{Encode, Serde};
 use detach::{Compute, Ownership, RefreshJob};
 use drive::Driver;
+use engine::Engine;
+use flight::{Joined, LeaderGuard, Outcome};
 use hot::{Keep, RefreshWatch, Verdict};
 use options::Options;
 
@@ -92,41 +104,57 @@ use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
 /// computes.
 pub const COALESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an invalidation waits for the stores of its key that were
+/// already under way (each bounded by the backend's own deadline) before
+/// it gives up with an error: an `Ok` must mean the barrier holds.
+const BARRIER_WAIT: Duration = Duration::from_secs(10);
+
 /// One call's resolved settings.
 pub(crate) struct Call {
-    pub(crate) config: Arc<Config>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) key: EntryKey,
+    /// Where the call stood against the invalidation barrier when it
+    /// started.
+    pub(crate) ticket: Ticket,
     pub(crate) encryption: Option<EncryptionKey>,
     ttl: Duration,
     options: Options,
 }
 
 impl Call {
-    pub(crate) fn new(config: Arc<Config>, key: CacheKey, options: &Options) -> Call {
+    pub(crate) fn new(engine: Arc<Engine>, key: CacheKey, options: &Options) -> Call {
+        let config = &engine.config;
         let Resolved { key, encryption } =
             config.resolve(key, options.encrypt, options.encryption_key.as_ref());
+        let ticket = engine.barrier.ticket(key.stored());
         Call {
             ttl: options.expiration.unwrap_or(config.default_expiration),
             key,
+            ticket,
             encryption,
             options: options.clone(),
-            config,
+            engine,
         }
     }
 
+    /// The call's configuration.
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.engine.config
+    }
+
     fn counters(&self) -> &Counters {
-        &self.config.counters
+        &self.config().counters
     }
 
     /// The blocking driver for this call's configuration.
     pub(crate) fn blocking(&self) -> Blocking {
-        Blocking(Arc::clone(&self.config.backend))
+        Blocking(Arc::clone(&self.config().backend))
     }
 
     /// The tokio driver for this call's configuration.
     #[cfg(feature = "async")]
     pub(crate) fn tokio(&self) -> crate::backend::drive::Tokio {
-        crate::backend::drive::Tokio(Arc::clone(&self.config.async_backend))
+        crate::backend::drive::Tokio(Arc::clone(&self.config().async_backend))
     }
 
     /// The main entry's bytes, or `None` (absent, or the backend failed).
@@ -215,10 +243,11 @@ impl Call {
     /// The chunked pipeline's view of this call.
     pub(crate) fn pipeline(&self) -> Pipeline {
         Pipeline {
-            backend: Arc::clone(&self.config.backend),
-            counters: Arc::clone(&self.config.counters),
+            backend: Arc::clone(&self.config().backend),
+            counters: Arc::clone(&self.config().counters),
             key: self.key.clone(),
             encryption: self.encryption.clone(),
+            commit: barrier::Commit::new(Arc::clone(&self.engine.barrier), self.ticket),
         }
     }
 
@@ -226,10 +255,10 @@ impl Call {
         StreamWriter::new(
             self.pipeline(),
             self.ttl,
-            self.config.chunk_size,
+            self.config().chunk_size,
             self.options
                 .compress
-                .then_some(self.config.compression_level),
+                .then_some(self.config().compression_level),
             iterator,
         )
     }
@@ -273,7 +302,7 @@ impl Call {
         } else {
             let encoded = match plain {
                 // Too large for one entry: not sealed only to be dropped.
-                Some(plain) if plain.len() > self.config.chunk_size => {
+                Some(plain) if plain.len() > self.config().chunk_size => {
                     Err(envelope::EncodeError::TooLarge(plain.len()))
                 }
                 Some(plain) => envelope::seal_stamped(
@@ -297,11 +326,11 @@ impl Call {
                     self.store_finished(Err(StoreError::Encode(err)));
                     Store::Nothing
                 }
-                Ok(encoded) if encoded.len() > self.config.chunk_size => {
+                Ok(encoded) if encoded.len() > self.config().chunk_size => {
                     self.store_finished(Err(StoreError::TooLarge(format!(
                         "{} bytes exceed the chunk size of {}; memoize it with large_data",
                         encoded.len(),
-                        self.config.chunk_size
+                        self.config().chunk_size
                     ))));
                     Store::Nothing
                 }
@@ -313,12 +342,15 @@ impl Call {
                 Store::Nothing => return,
                 Store::Chunked(Either::Left(stored)) => stored.await,
                 Store::Chunked(Either::Right(stored)) => stored.await,
-                Store::Value(encoded) => driver
-                    .backend()
-                    .set(self.key.stored(), &encoded, self.backend_ttl())
-                    .await
-                    .map(|()| self.counters().wrote(encoded.len()))
-                    .map_err(StoreError::from),
+                Store::Value(encoded) => match self.engine.barrier.commit(self.ticket) {
+                    None => Err(StoreError::Invalidated),
+                    Some(_writing) => driver
+                        .backend()
+                        .set(self.key.stored(), &encoded, self.backend_ttl())
+                        .await
+                        .map(|()| self.counters().wrote(encoded.len()))
+                        .map_err(StoreError::from),
+                },
             };
             self.store_finished(outcome);
         }
@@ -353,6 +385,10 @@ impl Call {
                 self.counters().stored();
             }
             Err(StoreError::Backend(err)) => self.counters().backend_failed("set", &err),
+            Err(StoreError::Invalidated) => log::debug!(
+                "memo: not caching {}: invalidated while it was computed",
+                self.key.stored()
+            ),
             Err(err) => {
                 self.counters().unstorable();
                 log::warn!("memo: not caching {}: {err}", self.key.stored());
@@ -361,7 +397,7 @@ impl Call {
     }
 
     fn lock(&self, options: LockOptions) -> CacheLock {
-        CacheLock::for_stored_key(&self.config, self.key.stored(), options)
+        CacheLock::for_stored_key(self.config(), self.key.stored(), options)
     }
 
     /// Takes the call's lock if it has one. `Some(lock)` when held; `None`
@@ -461,10 +497,69 @@ impl Call {
         self.counters().miss();
     }
 
-    /// Drops the entry and, if it is chunked, its chunks, and this
-    /// process's local copy.
+    /// Drops the entry and, if it is chunked, its chunks, as a barrier (see
+    /// `barrier`): no call that starts once this returns `Ok` is served a
+    /// value whose computation or read began before it.
     pub(crate) async fn invalidate(&self, io: &impl Io) -> Result<(), BackendError> {
+        self.raise_barrier(io).await?;
+        let deleted = self.delete(io).await;
+        self.lower_barrier();
+        deleted?;
+        self.tell_others();
+        Ok(())
+    }
+
+    /// The first half of a barrier on this call's key: stores begun under
+    /// an earlier ticket are turned away, or waited for, at most
+    /// [`BARRIER_WAIT`], after which the barrier fails.
+    pub(crate) async fn raise_barrier(&self, io: &impl Io) -> Result<(), BackendError> {
+        let barrier = &self.engine.barrier;
+        let stripe = self.ticket.stripe();
+        barrier.bump(stripe);
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        while barrier.writing(stripe) {
+            if started.elapsed() >= BARRIER_WAIT {
+                self.lower_barrier();
+                return Err(BackendError::new(format!(
+                    "a store of {} was still under way after {BARRIER_WAIT:?}",
+                    self.key.stored()
+                ))
+                .with_kind(crate::backend::BackendErrorKind::Timeout));
+            }
+            io.sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// A call that overwrites raises the barrier before it computes, and
+    /// takes its ticket after: its store then wins over every store begun
+    /// before it, and none of those is served once it returns. A barrier
+    /// that cannot be raised in time leaves the call to compute and store
+    /// all the same; it is logged.
+    async fn overwriting(mut self, io: &impl Io) -> Call {
+        if self.options.force_overwrite {
+            if let Err(err) = self.raise_barrier(io).await {
+                log::warn!(
+                    "memo: overwriting {} all the same: {err}",
+                    self.key.stored()
+                );
+            }
+            self.ticket = self.engine.barrier.ticket(self.key.stored());
+        }
+        self
+    }
+
+    /// The second half of a barrier: what was read, kept or joined while
+    /// it was up is not served to a call that starts after it.
+    pub(crate) fn lower_barrier(&self) {
+        self.engine.barrier.bump(self.ticket.stripe());
         self.drop_local();
+    }
+
+    /// Deletes the entry and, if it is chunked, its chunks.
+    async fn delete(&self, io: &impl Io) -> Result<(), BackendError> {
         let backend = io.backend();
         if let Some(bytes) = backend.get(self.key.stored()).await? {
             // Any manifest under this key names chunks to remove, whatever type
@@ -477,9 +572,6 @@ impl Call {
                 }
             }
         }
-        // Again, in case a caller here read the old value back meanwhile.
-        self.drop_local();
-        self.tell_others();
         Ok(())
     }
 }
@@ -584,6 +676,7 @@ where
     // envelope: postcard bytes of one type can decode as another, so calls
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
+    let call = call.overwriting(driver).await;
     if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);
     }
@@ -593,20 +686,22 @@ where
     let mut looked = None;
     if call.coalesces() {
         // A hit needs no flight: look first, and join only to compute.
-        let ended = call.config.flights.ended();
+        let ended = call.engine.flights.ended();
         let found = lookup.lookup(&call, driver).await;
         if let Some((value, stamp, Verdict::Fresh)) = found {
             call.hit();
             call.keep_locally(&keep, fp, &value, stamp, None);
             return from_cache(value);
         }
-        let flight_key = format!("{fp:016x}:{}", call.key.stored());
-        let joined = call.config.flights.join(&flight_key);
+        // The ticket's epoch too: a caller never joins a computation that
+        // began before the key's latest invalidation.
+        let flight_key = format!("{fp:016x}:{:x}:{}", call.ticket.epoch(), call.key.stored());
+        let joined = call.engine.flights.join(&flight_key);
         let outcome = match joined {
             Joined::Leader(guard) => {
                 // Unless a flight ended (and stored its value) since, what
                 // was found stands: no second lookup, no second failure.
-                if call.config.flights.ended() == ended {
+                if call.engine.flights.ended() == ended {
                     looked = Some(found);
                 }
                 Outcome::Lead(guard)
@@ -667,7 +762,7 @@ where
     if verdict == Verdict::Early {
         call.counters().early_refresh();
     }
-    let counters = Arc::clone(&call.config.counters);
+    let counters = Arc::clone(&call.config().counters);
     let job = RefreshJob {
         driver: driver.clone(),
         call,
@@ -753,6 +848,9 @@ where
     let Some(value) = cacheable(&result) else {
         // An `Err`: the flight is handed over as its guard drops here.
         drop(flight);
+        if call.options.force_overwrite {
+            call.lower_barrier();
+        }
         lock.release().await;
         if let Some(refreshing) = refreshing {
             // The old value stays for the next caller to try again: counted
@@ -772,6 +870,7 @@ where
     let stored = call.store(driver, value, stamp, plain.as_ref());
     stored.await;
     if call.options.force_overwrite {
+        call.lower_barrier();
         call.tell_others();
     }
     lock.release().await;

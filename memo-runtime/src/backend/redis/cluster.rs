@@ -1,10 +1,9 @@
 //! The Redis Cluster backend: a cluster's masters, found from any seed
 //! node, each key sent to the master serving its slot.
 //!
-//! **memo's own client, not the `redis` crate's cluster clients.** The
-//! contract (DESIGN.md, "Production deployments") named the `redis`
-//! crate's cluster clients; memo speaks to a cluster with the same client
-//! as to a single node instead, for the same reasons: the crate's
+//! **memo's own client, not the `redis` crate's cluster clients.** memo
+//! speaks to a cluster with the same client as to a single node, for the
+//! same reasons as there: the crate's
 //! connections bound each read rather than the whole call, and cannot
 //! tell whether a connection is still in step after an error. Each node
 //! here is a `backend::net` pool with its own health, so a cluster node

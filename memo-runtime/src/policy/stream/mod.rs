@@ -30,6 +30,8 @@ use crate::format::envelope::{self, Invalid};
 use crate::format::key::EntryKey;
 use crate::format::manifest::Manifest;
 
+use super::barrier::Commit;
+
 mod read;
 mod write;
 
@@ -53,6 +55,9 @@ pub(crate) struct Pipeline {
     pub(crate) counters: Arc<Counters>,
     pub(crate) key: EntryKey,
     pub(crate) encryption: Option<EncryptionKey>,
+    /// How the manifest, the write that makes the value visible, commits
+    /// against the invalidation barrier.
+    pub(crate) commit: Commit,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -101,6 +106,10 @@ pub(crate) enum StoreError {
     /// The manifest could not be encoded.
     #[error(transparent)]
     Encode(#[from] envelope::EncodeError),
+    /// The key was invalidated while the value was computed or written: it
+    /// is the caller's, not the cache's.
+    #[error("invalidated while it was computed")]
+    Invalidated,
 }
 
 /// Why a chunked value could not be loaded.
@@ -141,6 +150,7 @@ mod tests {
             counters: Arc::clone(&s.counters),
             key: entry(),
             encryption: enc.cloned(),
+            commit: Commit::alone("main"),
         }
     }
 

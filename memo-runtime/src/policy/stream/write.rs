@@ -261,6 +261,7 @@ impl StreamWriter {
             counters,
             key,
             encryption,
+            commit,
         } = &self.pipeline;
         let encryption = encryption.as_ref();
         let envelope = self.manifest.encode(key.full(), fingerprint, encryption)?;
@@ -284,6 +285,9 @@ impl StreamWriter {
                 counters.backend_failed("get", &err);
                 None
             }
+        };
+        let Some(_writing) = commit.begin() else {
+            return Err(StoreError::Invalidated);
         };
         backend.set(key.stored(), &envelope, self.ttl)?;
         counters.wrote(envelope.len());

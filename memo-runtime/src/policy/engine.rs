@@ -1,0 +1,199 @@
+//! The engine: one configuration together with the policy's state under
+//! it, the computations in flight, the local copies, and the invalidation
+//! barrier. Every call runs against one engine, from start to end.
+//!
+//! An engine is built for each configuration, by the first call that
+//! starts after its [`configure`](crate::configure), and shared by every
+//! later call until the next one: a new configuration starts with no
+//! flights, no local copies and a fresh barrier, as it starts with fresh
+//! counters. The configuration itself stays in the config layer, where the
+//! locks (below the policy) read it too.
+//!
+//! Reading the engine is on every call's path. Each thread keeps a snapshot
+//! of the engine in force, checked against the configuration's generation
+//! (one atomic load of a word that only `configure` writes): this is the
+//! one per-thread cache of the runtime.
+
+use std::cell::RefCell;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use super::barrier::Barrier;
+use super::flight::Flights;
+use super::local::{self, LocalCopies};
+use crate::config::{self, Config};
+
+/// One configuration and the policy's state under it.
+pub(crate) struct Engine {
+    pub(crate) config: Arc<Config>,
+    /// The configuration's generation, which this engine was built for.
+    generation: u64,
+    pub(crate) flights: Flights,
+    pub(crate) barrier: Arc<Barrier>,
+    /// Made on first use, which also subscribes to other processes'
+    /// invalidations where the backend carries them.
+    local: OnceLock<LocalCopies>,
+    /// Where invalidations for other processes' local copies are queued:
+    /// one thread publishes them in order, started on first use, ending
+    /// with the engine. `None` inside when the thread could not be started.
+    publisher: OnceLock<Option<Sender<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine of the configuration in force, shared by every thread.
+static SHARED: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
+
+thread_local! {
+    /// This thread's snapshot of [`SHARED`].
+    static SNAPSHOT: RefCell<Option<Arc<Engine>>> = const { RefCell::new(None) };
+}
+
+/// The engine of the configuration in force: that of the last
+/// [`configure`](crate::configure) that returned before this call started.
+pub(crate) fn current() -> Arc<Engine> {
+    let generation = config::generation();
+    let found = SNAPSHOT.try_with(|snapshot| {
+        // Nothing called while the borrow is held comes back here, so it
+        // cannot fail; a failure would only cost a read of the shared slot.
+        let mut snapshot = snapshot.try_borrow_mut().ok()?;
+        match &*snapshot {
+            Some(engine) if engine.generation == generation => Some(Arc::clone(engine)),
+            _ => {
+                let engine = shared(generation);
+                *snapshot = Some(Arc::clone(&engine));
+                Some(engine)
+            }
+        }
+    });
+    // During this thread's teardown the snapshot is gone.
+    found.ok().flatten().unwrap_or_else(|| shared(generation))
+}
+
+/// The shared engine of `generation` or a later one, built if the slot
+/// holds an older one.
+fn shared(generation: u64) -> Arc<Engine> {
+    let mut slot = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(engine) = slot
+        .as_ref()
+        .filter(|engine| engine.generation >= generation)
+    {
+        return Arc::clone(engine);
+    }
+    let (config, generation) = config::current();
+    let engine = Arc::new(Engine::new(config, generation));
+    // The engine it replaces is dropped outside the lock: its publisher
+    // thread may go down with it.
+    let old = slot.replace(Arc::clone(&engine));
+    drop(slot);
+    drop(old);
+    engine
+}
+
+impl Engine {
+    /// A fresh engine for `config`, not installed anywhere.
+    pub(crate) fn new(config: Arc<Config>, generation: u64) -> Engine {
+        Engine {
+            config,
+            generation,
+            flights: Flights::default(),
+            barrier: Arc::default(),
+            local: OnceLock::new(),
+            publisher: OnceLock::new(),
+        }
+    }
+
+    /// The local copies, made on first use; with a backend that carries
+    /// invalidations (Redis), a subscriber then drops the copies other
+    /// processes invalidate, for as long as this engine lives.
+    pub(crate) fn local(self: &Arc<Self>) -> &LocalCopies {
+        self.local.get_or_init(|| {
+            if let Some(bus) = self.config.backend.__invalidations() {
+                let engine = Arc::downgrade(self);
+                bus.subscribe(
+                    &local::channel(self.config.namespace.as_deref()),
+                    Box::new(move |message| {
+                        let Some(engine) = engine.upgrade() else {
+                            return false;
+                        };
+                        if let Some(key) = local::invalidated(message) {
+                            engine.dropped_elsewhere(key);
+                        }
+                        true
+                    }),
+                );
+            }
+            LocalCopies::new(self.config.local_capacity)
+        })
+    }
+
+    /// The local copies, if any were made.
+    pub(crate) fn local_if_made(&self) -> Option<&LocalCopies> {
+        self.local.get()
+    }
+
+    /// Another process invalidated `stored_key`: no copy made before now
+    /// is served again here.
+    fn dropped_elsewhere(&self, stored_key: &str) {
+        self.barrier.bump(super::barrier::stripe_of(stored_key));
+        if let Some(copies) = self.local.get() {
+            copies.remove(stored_key);
+        }
+    }
+
+    /// Tells other processes to drop their local copies of `stored_key`,
+    /// when the backend can (Redis): queued for this engine's publisher
+    /// thread, so that the caller, sync or async, never waits for it.
+    pub(crate) fn publish_invalidation(&self, stored_key: &str) {
+        if self.config.backend.__invalidations().is_none() {
+            return;
+        }
+        let publisher = self.publisher.get_or_init(|| {
+            let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+            let backend = Arc::clone(&self.config.backend);
+            let channel = local::channel(self.config.namespace.as_deref());
+            std::thread::Builder::new()
+                .name("memo-invalidate".into())
+                .spawn(move || {
+                    for message in receiver {
+                        if let Some(bus) = backend.__invalidations() {
+                            if let Err(err) = bus.publish(&channel, &message) {
+                                log::warn!(
+                                    "memo: cannot tell other processes of an invalidation: {err}"
+                                );
+                            }
+                        }
+                    }
+                })
+                .map_err(|err| log::warn!("memo: cannot start the invalidation publisher: {err}"))
+                .ok()
+                .map(|_| sender)
+        });
+        if let Some(sender) = publisher {
+            // The thread only ends once every sender is gone.
+            let _ = sender.send(local::invalidation(stored_key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_takes_the_engine_of_the_configuration_in_force() {
+        let first = current();
+        assert!(
+            Arc::ptr_eq(&first, &current()),
+            "one engine per configuration"
+        );
+        assert!(first.generation <= config::generation());
+    }
+}

@@ -48,7 +48,8 @@ impl Kind {
         }
     }
 
-    fn scheme(self) -> &'static str {
+    /// The URL scheme of this kind of server.
+    pub fn scheme(self) -> &'static str {
         match self {
             Kind::Memcached => "memcached",
             Kind::Redis => "redis",

@@ -15,8 +15,9 @@
 //!   nightly toolchain the CI does not have; it is blind to trait impls and
 //!   derives, which cannot leak internals by themselves.
 //! - **Every name of the contract, at compile time.** `contract_names`
-//!   below names each item DESIGN.md promises (and the constants users
-//!   need) by its public path, so removing or moving one fails to build.
+//!   below names each item of the public contract the README documents
+//!   (and the constants users need) by its public path, so removing or
+//!   moving one fails to build.
 //!
 //! After an intended change, regenerate the list with
 //! `MEMO_BLESS_PUBLIC_API=1 cargo test -p memo-tests --test public_api`
@@ -182,7 +183,7 @@ fn the_scan_reads_declarations_whole() {
     );
 }
 
-/// Every name of the contract in DESIGN.md, and the constants users need,
+/// Every name of the documented public contract, and the constants users need,
 /// at its public path: this fails to compile if one goes missing.
 #[test]
 fn contract_names() {

@@ -1,6 +1,9 @@
 //! The rewrite: the function keeps its signature, and its body becomes a
 //! closure handed to one runtime call, after building the key and the
-//! options. Next to it, `<fn>_invalidate` and `<fn>_refresh`.
+//! options. Next to it, `<fn>_invalidate` and `<fn>_refresh`; with those
+//! helpers, the memoizing body sits in a hidden sibling, `__memo_<fn>`,
+//! which takes whether to refresh as its last argument, and the function
+//! and `<fn>_refresh` call it.
 //!
 //! Generated code names the runtime only as
 //! `::memo_runtime::__private::v<major>_<minor>::*`, so a user's own
@@ -9,8 +12,9 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Ident, Type};
+use syn::{Attribute, FnArg, GenericParam, Ident, Token, Type, parse_quote};
 
 use crate::ast::{self, Arg, Function, IterShape, Output};
 use crate::attr::{Attr, Flag};
@@ -67,8 +71,6 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
         body,
     } = &func;
     let body = body.as_ref().expect("validated: has a body");
-    let rt = runtime();
-    let options = options(&attr);
     let key = key(&attr, &func, &args);
     let call = call(
         &output,
@@ -78,15 +80,145 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
         owned(&attr, &func, &args),
     );
     let (options_var, key_var) = locals();
+    if !has_helpers(&attr) {
+        // No `_refresh` to share the body with, and no room for a sibling
+        // item in a trait impl: the body stays in the function.
+        let options = options(&attr, None);
+        return quote! {
+            #(#attrs)*
+            #vis #sig {
+                let #options_var = #options;
+                let #key_var = #key;
+                #call
+            }
+        };
+    }
+
+    // The memoizing body moves into a hidden sibling that takes whether
+    // to refresh as an argument; the function and `_refresh` both call it.
+    // Passed this way, the request reaches that one call and no other
+    // memoized call made on the way (in an option's expression, in a key
+    // argument's `Display`, in the body).
+    let refresh = refresh_var();
+    let options = options(&attr, Some(&refresh));
+    let rt = runtime();
+    let mut memoized = sig.clone();
+    memoized.ident = memoized_name(&sig.ident);
+    memoized.inputs.push(parse_quote!(#refresh: #rt::bool));
+    let mut outer = sig.clone();
+    outer.inputs = forwarding_inputs(&func, &args);
+    let forward = forward(&func, &args, quote!(false));
+    let carried = carried(attrs);
     let helpers = helpers(&attr, &func, &args, &output, &TokenStream::new());
+    // `too_many_arguments` would count the refresh argument, which the
+    // user never wrote.
     quote! {
         #(#attrs)*
-        #vis #sig {
-            let #options_var = #rt::apply_refresh(#options);
+        #vis #outer {
+            #forward
+        }
+
+        #(#carried)*
+        #[doc(hidden)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        #memoized {
+            let #options_var = #options;
             let #key_var = #key;
             #call
         }
+
         #helpers
+    }
+}
+
+/// Whether `<fn>_invalidate` and `<fn>_refresh` are generated.
+fn has_helpers(attr: &Attr) -> bool {
+    attr.helpers.as_ref().is_none_or(|flag| flag.value)
+}
+
+/// The hidden sibling that holds the memoizing body: `__memo_<fn>`.
+fn memoized_name(name: &Ident) -> Ident {
+    format_ident!("__memo_{}", name)
+}
+
+/// The sibling's refresh argument, invisible to the user's body.
+fn refresh_var() -> Ident {
+    Ident::new("__memo_refresh", Span::mixed_site())
+}
+
+/// The attributes that the generated items repeat from the function:
+/// `cfg`, so that they exist exactly when it does, and `allow`, so that
+/// what the user allowed in the body stays allowed where the body goes.
+fn carried(attrs: &[Attribute]) -> Vec<&Attribute> {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
+        .collect()
+}
+
+/// The function's parameters as the items that forward them declare
+/// them: each argument bound by its name alone (a `mut` or `ref` there
+/// would only draw a warning), the receiver without `mut` unless it is
+/// `&mut self`, and no parameter attributes.
+fn forwarding_inputs(func: &Function, args: &[Arg]) -> Punctuated<FnArg, Token![,]> {
+    let mut inputs = func.sig.inputs.clone();
+    let mut names = args.iter().map(|arg| arg.name.as_ref());
+    for input in &mut inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                if receiver.reference.is_none() {
+                    receiver.mutability = None;
+                }
+                receiver.attrs.clear();
+            }
+            FnArg::Typed(typed) => {
+                let name = names.next().flatten();
+                let name = name.expect("usable: every argument is named");
+                typed.attrs.clear();
+                *typed.pat = parse_quote!(#name);
+            }
+        }
+    }
+    inputs
+}
+
+/// The call of the memoizing sibling with every argument forwarded and
+/// `refresh` last, awaited for an `async fn`. Type and const parameters
+/// are named, in case one appears in no argument; lifetimes are left to
+/// inference (naming a late-bound one is an error).
+fn forward(func: &Function, args: &[Arg], refresh: TokenStream) -> TokenStream {
+    let memoized = memoized_name(&func.sig.ident);
+    let generics: Vec<TokenStream> = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(param) => {
+                let ident = &param.ident;
+                Some(quote!(#ident))
+            }
+            GenericParam::Const(param) => {
+                let ident = &param.ident;
+                Some(quote!(#ident))
+            }
+            GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    let turbofish = (!generics.is_empty()).then(|| quote!(::<#(#generics),*>));
+    let forwarded = args.iter().filter_map(|arg| arg.name.as_ref());
+    let call = match func.receiver() {
+        Some(receiver) => {
+            let self_token = &receiver.self_token;
+            quote!(Self::#memoized #turbofish(#self_token, #(#forwarded,)* #refresh))
+        }
+        None => quote!(#memoized #turbofish(#(#forwarded,)* #refresh)),
+    };
+    if func.is_async() {
+        quote!(#call.await)
+    } else {
+        call
     }
 }
 
@@ -129,8 +261,11 @@ fn locals() -> (Ident, Ident) {
     )
 }
 
-/// `Options::new().expiration(..)...`: only the options the user wrote.
-fn options(attr: &Attr) -> TokenStream {
+/// `Options::new().expiration(..)...`: only the options the user wrote,
+/// and `force_overwrite(<refresh>)` when `refresh` names the memoizing
+/// sibling's refresh argument (a `force_overwrite` the user turned on
+/// needs no refresh on top).
+fn options(attr: &Attr, refresh: Option<&Ident>) -> TokenStream {
     let rt = runtime();
     let mut tokens = quote!(#rt::Options::new());
     let secs = |expr: &syn::Expr| quote_spanned!(expr.span()=> #rt::Duration::from_secs(#expr));
@@ -138,8 +273,17 @@ fn options(attr: &Attr) -> TokenStream {
         let expiration = secs(expiration);
         tokens.extend(quote!(.expiration(#expiration)));
     }
-    let flags: [(&str, &Option<Flag>); 5] = [
-        ("force_overwrite", &attr.force_overwrite),
+    let force_overwrite = match (&attr.force_overwrite, refresh) {
+        (Some(Flag { value: false, span }), Some(refresh)) => Some((*span, quote!(#refresh))),
+        (Some(Flag { value, span }), _) => Some((*span, quote!(#value))),
+        (None, Some(refresh)) => Some((Span::call_site(), quote!(#refresh))),
+        (None, None) => None,
+    };
+    if let Some((span, value)) = force_overwrite {
+        let setter = Ident::new("force_overwrite", span);
+        tokens.extend(quote!(.#setter(#value)));
+    }
+    let flags: [(&str, &Option<Flag>); 4] = [
         ("large_data", &attr.large_data),
         ("compress", &attr.compress),
         ("encrypt", &attr.encrypt),
@@ -545,7 +689,7 @@ fn helpers(
     output: &Output,
     stand_in: &TokenStream,
 ) -> TokenStream {
-    if attr.helpers.as_ref().is_some_and(|flag| !flag.value) {
+    if !has_helpers(attr) {
         return TokenStream::new();
     }
     let rt = runtime();
@@ -555,10 +699,7 @@ fn helpers(
     let name = &sig.ident;
     let generics = &sig.generics;
     let where_clause = &generics.where_clause;
-    let carried: Vec<&Attribute> = attrs
-        .iter()
-        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("allow"))
-        .collect();
+    let carried = carried(attrs);
     let ret = match &sig.output {
         syn::ReturnType::Type(_, ty) => ty,
         syn::ReturnType::Default => return TokenStream::new(),
@@ -585,7 +726,7 @@ fn helpers(
     let invalidate_async = async_invalidate.then(|| quote!(async));
     let invalidate_body = if stand_in.is_empty() {
         let (options_var, key_var) = locals();
-        let options = options(attr);
+        let options = options(attr, None);
         let key = key(attr, func, args);
         let invalidate = if async_invalidate {
             quote!(#rt::invalidate_async(#key_var, &#options_var).await)
@@ -605,37 +746,10 @@ fn helpers(
     let refresh_doc = format!(
         " Computes `{name}` afresh for these arguments and overwrites its cache entry, whatever the cache holds."
     );
-    let receiver = func.receiver().map(|receiver| {
-        let mut receiver = receiver.clone();
-        if receiver.reference.is_none() {
-            receiver.mutability = None;
-        }
-        receiver.attrs.clear();
-        quote!(#receiver,)
-    });
-    let all_args = args.iter().map(typed);
-    let forwarded = args.iter().filter_map(|arg| arg.name.as_ref());
+    let inputs = forwarding_inputs(func, args);
     let refresh_body = if stand_in.is_empty() {
-        let callee = match func.receiver() {
-            Some(receiver) => {
-                let self_token = &receiver.self_token;
-                quote!(Self::#name(#self_token, #(#forwarded),*))
-            }
-            None => quote!(#name(#(#forwarded),*)),
-        };
-        if func.is_async() {
-            // A guard held across the `.await` would leave the flag set
-            // for whatever else runs on this thread; `refreshing` sets it
-            // for the callee's first poll only, which is when its
-            // expansion reads it.
-            quote!({ #rt::refreshing(#callee).await })
-        } else {
-            let guard = Ident::new("__memo_refresh", Span::mixed_site());
-            quote!({
-                let #guard = #rt::refresh_next_call();
-                #callee
-            })
-        }
+        let forward = forward(func, args, quote!(true));
+        quote!({ #forward })
     } else {
         stand_in.clone()
     };
@@ -655,7 +769,7 @@ fn helpers(
         #stand_in_lint
         #[doc = #refresh_doc]
         #[allow(dead_code)]
-        #vis #refresh_async fn #refresh #generics (#receiver #(#all_args),*) -> #ret #where_clause
+        #vis #refresh_async fn #refresh #generics (#inputs) -> #ret #where_clause
         #refresh_body
     }
 }
@@ -791,7 +905,10 @@ mod tests {
         );
         assert!(!out.contains("(& db)"), "{out}");
         assert!(out.contains("fn f_invalidate (& self , a : u8)"), "{out}");
-        assert!(out.contains("Self :: f (self , a , db)"), "{out}");
+        assert!(
+            out.contains("fn f_refresh (& self , a : u8 , db : & Db) -> u8 { Self :: __memo_f (self , a , db , true) }"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -842,10 +959,15 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("refreshing (Self :: user (self , id)) . await"),
+            out.contains(
+                "-> Result < User , E > { Self :: __memo_user (self , id , true) . await }"
+            ),
             "{out}"
         );
-        assert!(!out.contains("refresh_next_call"), "{out}");
+        assert!(
+            out.contains("async fn __memo_user (& self , id : u64 , __memo_refresh"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -967,5 +1089,116 @@ mod tests {
             ),
         );
         assert!(!out.contains("f_invalidate"), "{out}");
+    }
+
+    #[test]
+    fn the_body_moves_into_a_sibling_that_takes_the_refresh() {
+        let rt = runtime().to_string();
+        let out = expand(
+            quote!(key = "p:{id}"),
+            quote!(
+                /// Docs.
+                pub fn p(id: u64) -> u64 {
+                    id
+                }
+            ),
+        );
+        assert!(
+            out.contains("pub fn p (id : u64) -> u64 { __memo_p (id , false) }"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pub fn p_refresh (id : u64) -> u64 { __memo_p (id , true) }"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "# [doc (hidden)] # [inline] # [allow (clippy :: too_many_arguments)] fn __memo_p (id : u64 , __memo_refresh : {rt} :: bool) -> u64 {{ let __memo_options = {rt} :: Options :: new () . force_overwrite (__memo_refresh) ;"
+            )),
+            "{out}"
+        );
+        assert_eq!(out.matches("# [doc = r\" Docs.\"]").count(), 1, "{out}");
+        // `_invalidate` has no refresh to pass.
+        assert!(
+            out.contains(&format!(
+                "pub fn p_invalidate (id : u64) -> {rt} :: Result < () , :: memo_runtime :: Error > {{ let __memo_options = {rt} :: Options :: new () ;"
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn forwarding_keeps_patterns_receivers_and_generics_in_their_place() {
+        let out = expand(
+            quote!(key = "g:{x}:{y}:{z}"),
+            quote!(
+                fn g<'a, T: Display, const N: usize>(
+                    mut self: Arc<Self>,
+                    #[allow(unused)] ref x: &'a T,
+                    mut y: u8,
+                    z: impl Display,
+                ) -> u8
+                where
+                    T: Copy,
+                {
+                    y += 1;
+                    y
+                }
+            ),
+        );
+        // The forwarding items bind names only; the sibling keeps what
+        // the body relies on.
+        assert!(
+            out.contains("fn g < 'a , T : Display , const N : usize > (self : Arc < Self > , x : & 'a T , y : u8 , z : impl Display ,) -> u8 where T : Copy , { Self :: __memo_g :: < T , N > (self , x , y , z , false) }"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fn g_refresh < 'a , T : Display , const N : usize > (self : Arc < Self > , x : & 'a T , y : u8 , z : impl Display ,) -> u8 where T : Copy , { Self :: __memo_g :: < T , N > (self , x , y , z , true) }"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fn __memo_g < 'a , T : Display , const N : usize > (mut self : Arc < Self > , # [allow (unused)] ref x : & 'a T , mut y : u8 , z : impl Display , __memo_refresh :"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_force_overwrite_the_user_wrote_stays_on() {
+        let f = quote!(
+            fn f(id: u64) -> u64 {
+                id
+            }
+        );
+        let out = expand(quote!(force_overwrite), f.clone());
+        assert!(out.contains(". force_overwrite (true)"), "{out}");
+        assert!(!out.contains("force_overwrite (__memo_refresh)"), "{out}");
+        let out = expand(quote!(force_overwrite = false), f);
+        assert!(out.contains(". force_overwrite (__memo_refresh)"), "{out}");
+        assert_eq!(
+            out.matches("force_overwrite (false)").count(),
+            1,
+            "in `_invalidate` only: {out}"
+        );
+    }
+
+    #[test]
+    fn without_helpers_the_body_stays_in_the_function() {
+        let rt = runtime().to_string();
+        let out = expand(
+            quote!(helpers = false),
+            quote!(
+                fn f(&self, id: u64) -> u64 {
+                    id
+                }
+            ),
+        );
+        assert!(
+            out.starts_with(&format!(
+                "fn f (& self , id : u64) -> u64 {{ let __memo_options = {rt} :: Options :: new () ;"
+            )),
+            "{out}"
+        );
+        assert!(!out.contains("__memo_f"), "{out}");
+        assert!(!out.contains("__memo_refresh"), "{out}");
     }
 }

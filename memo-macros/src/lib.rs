@@ -37,16 +37,24 @@ mod valid;
 /// The signature stays as written; the body becomes a closure handed to
 /// one runtime call (`cache_memoize`, `try_cache_memoize` or
 /// `cache_memoize_iter`, by return type, see below), after the key and
-/// the options are built. Two helpers are added next to the function. The
+/// the options are built. That memoizing body moves into a hidden sibling,
+/// which the function calls, and two helpers are added next to it. The
 /// function above becomes (as `cargo expand` shows it, with
 /// `::memo_runtime::__private::v0_1` abbreviated `rt`):
 ///
 /// ```ignore
 /// /// The user's profile, cached for an hour.
 /// pub fn profile(user_id: u64) -> Profile {
-///     let __memo_options = rt::apply_refresh(
-///         rt::Options::new().expiration(rt::Duration::from_secs(3600)),
-///     );
+///     __memo_profile(user_id, false)
+/// }
+///
+/// #[doc(hidden)]
+/// #[inline]
+/// #[allow(clippy::too_many_arguments)]
+/// fn __memo_profile(user_id: u64, __memo_refresh: rt::bool) -> Profile {
+///     let __memo_options = rt::Options::new()
+///         .expiration(rt::Duration::from_secs(3600))
+///         .force_overwrite(__memo_refresh);
 ///     let __memo_key = [
 ///         rt::String::from("profile"),
 ///         rt::ToString::to_string(&user_id),
@@ -74,16 +82,19 @@ mod valid;
 /// /// entry, whatever the cache holds.
 /// #[allow(dead_code)]
 /// pub fn profile_refresh(user_id: u64) -> Profile {
-///     let __memo_refresh = rt::refresh_next_call();
-///     profile(user_id)
+///     __memo_profile(user_id, true)
 /// }
 /// ```
 ///
 /// `rt::memoize` is `memo_runtime::cache_memoize` with the cached type as
 /// its first generic parameter, so that a return type the cache cannot
-/// store is reported at the return type. `rt::apply_refresh` turns on
-/// `force_overwrite` for the one call a `_refresh` helper makes. The locals
-/// are hygienic: a parameter named `__memo_key` is not shadowed.
+/// store is reported at the return type. The refresh is an argument of
+/// `__memo_profile`, so it turns on `force_overwrite` for the one call that
+/// `profile_refresh` makes and for no memoized call made on the way (in an
+/// option's value, a key argument's `Display` or the body). The locals and
+/// the refresh argument are hygienic: a parameter named `__memo_key` or
+/// `__memo_refresh` is not shadowed. With `helpers = false` nothing is
+/// added: the body stays in the function, and its options have no refresh.
 ///
 /// # Options
 ///
@@ -178,8 +189,11 @@ mod valid;
 /// async fn user(db: &Db, id: u64) -> Result<User, sqlx::Error> { .. }
 /// // becomes
 /// async fn user(db: &Db, id: u64) -> Result<User, sqlx::Error> {
-///     let __memo_options = rt::apply_refresh(rt::Options::new()...);
-///     let __memo_key = [..];
+///     __memo_user(db, id, false).await
+/// }
+/// async fn __memo_user(db: &Db, id: u64, __memo_refresh: rt::bool) -> Result<User, sqlx::Error> {
+///     let __memo_options = rt::Options::new()...force_overwrite(__memo_refresh);
+///     let __memo_key = ..;
 ///     rt::try_memoize_async::<User, _, _, _, _>(
 ///         __memo_key, move || async move { .. }, &__memo_options,
 ///     ).await
@@ -198,9 +212,9 @@ mod valid;
 /// returns it. Both have the function's visibility. In a trait `impl`,
 /// where no extra method may be added, write `helpers = false`. For an
 /// associated function without `self` the attribute cannot tell that it is
-/// in an `impl`, and `_refresh` would call it by its bare name: write
-/// `helpers = false` there too, and drop entries with
-/// `memo_runtime::invalidate` and the key.
+/// in an `impl`, and the function and `_refresh` would call their hidden
+/// sibling by its bare name: write `helpers = false` there too, and drop
+/// entries with `memo_runtime::invalidate` and the key.
 ///
 /// # Errors
 ///

@@ -26,82 +26,9 @@ pub mod v0_1 {
     pub use std::string::{String, ToString};
     pub use std::vec::Vec;
 
-    use std::cell::Cell;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    thread_local! {
-        /// Set by a generated `<fn>_refresh` for the memoized call it makes.
-        pub(super) static REFRESH_NEXT_CALL: Cell<bool> = const { Cell::new(false) };
-    }
-
-    /// Makes the next memoized call on this thread compute and overwrite
-    /// its entry; the flag is cleared when the guard drops, in case that
-    /// call never happened (it panicked first).
-    #[must_use]
-    pub fn refresh_next_call() -> RefreshGuard {
-        REFRESH_NEXT_CALL.with(|flag| flag.set(true));
-        RefreshGuard(())
-    }
-
-    /// Clears the refresh flag on drop.
-    #[derive(Debug)]
-    pub struct RefreshGuard(());
-
-    impl Drop for RefreshGuard {
-        fn drop(&mut self) {
-            REFRESH_NEXT_CALL.with(|flag| flag.set(false));
-        }
-    }
-
-    /// The future of an async `<fn>_refresh`: polls `inner` (the memoized
-    /// `async fn`'s future) with the refresh flag set during its first poll
-    /// only, which is when that expansion calls [`apply_refresh`]. A guard
-    /// held across an `.await` instead would leave the flag set for
-    /// whatever task this thread polls next.
-    #[must_use = "futures do nothing unless awaited"]
-    pub fn refreshing<F: Future>(inner: F) -> Refreshing<F> {
-        Refreshing {
-            inner: Box::pin(inner),
-            polled: false,
-        }
-    }
-
-    /// See [`refreshing`].
-    #[derive(Debug)]
-    pub struct Refreshing<F> {
-        // Boxed so that the wrapper is `Unpin` without unsafe projection;
-        // one allocation per refresh.
-        inner: Pin<Box<F>>,
-        polled: bool,
-    }
-
-    impl<F: Future> Future for Refreshing<F> {
-        type Output = F::Output;
-
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-            if self.polled {
-                return self.inner.as_mut().poll(cx);
-            }
-            self.polled = true;
-            let _flag = refresh_next_call();
-            self.inner.as_mut().poll(cx)
-        }
-    }
-
-    /// The options of a memoized call, with `force_overwrite` when a
-    /// `<fn>_refresh` asked for it. Called first thing in every expansion,
-    /// so the flag is consumed by the outermost call only, never by the
-    /// memoized calls its body makes.
-    #[inline]
-    pub fn apply_refresh(options: Options) -> Options {
-        if REFRESH_NEXT_CALL.with(|flag| flag.replace(false)) {
-            options.force_overwrite(true)
-        } else {
-            options
-        }
-    }
+    // The type of the memoizing sibling's refresh argument, by path: a
+    // user's own `bool` in scope would capture the bare name.
+    pub use core::primitive::bool;
 
     // The three calls an expansion makes, with the cached type as the first
     // generic parameter: the expansion names it (`memoize::<Profile, _, _>`)
@@ -507,50 +434,7 @@ mod tests {
             env!("CARGO_PKG_VERSION_MAJOR"),
             env!("CARGO_PKG_VERSION_MINOR")
         );
-        let path = core::any::type_name::<super::v0_1::RefreshGuard>();
+        let path = core::any::type_name_of_val(&super::v0_1::decoded::<u8>);
         assert!(path.contains(&format!("::{expected}::")), "{path}");
-    }
-
-    #[test]
-    fn refreshing_sets_the_flag_for_the_first_poll_only() {
-        use std::future::Future;
-        use std::pin::pin;
-        use std::task::{Context, Poll, Waker};
-
-        let is_set = || super::v0_1::REFRESH_NEXT_CALL.with(|flag| flag.get());
-        let mut seen = Vec::new();
-        let mut polls = 0;
-        let inner = std::future::poll_fn(|_| {
-            seen.push(is_set());
-            polls += 1;
-            if polls < 3 {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        });
-        {
-            let mut outer = pin!(super::v0_1::refreshing(inner));
-            let mut cx = Context::from_waker(Waker::noop());
-            assert!(outer.as_mut().poll(&mut cx).is_pending());
-            assert!(!is_set(), "cleared between polls, for other tasks");
-            assert!(outer.as_mut().poll(&mut cx).is_pending());
-            assert!(outer.as_mut().poll(&mut cx).is_ready());
-        }
-        assert_eq!(seen, [true, false, false]);
-    }
-
-    #[test]
-    fn refresh_flag_is_taken_by_one_call() {
-        use super::v0_1::{Options, apply_refresh, refresh_next_call};
-        let is_set = || super::v0_1::REFRESH_NEXT_CALL.with(|flag| flag.get());
-        let guard = refresh_next_call();
-        assert!(is_set());
-        let _options = apply_refresh(Options::new());
-        assert!(!is_set(), "the first call takes the flag");
-        let again = refresh_next_call();
-        drop(again);
-        assert!(!is_set(), "a guard clears a flag nobody took");
-        drop(guard);
     }
 }

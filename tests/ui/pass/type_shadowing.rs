@@ -10,6 +10,7 @@ struct Duration;
 struct Options;
 struct LockOptions;
 struct CacheKey;
+struct bool;
 trait ToString {}
 trait FromIterator {}
 trait Serialize {}
@@ -33,11 +34,9 @@ fn cache_memoize() {}
 fn try_cache_memoize() {}
 fn cache_memoize_iter() {}
 fn invalidate() {}
-fn apply_refresh() {}
 fn cache_memoize_async() {}
 fn try_cache_memoize_async() {}
 fn invalidate_async() {}
-fn refreshing() {}
 struct Future;
 struct Pin;
 struct MemoStream;
@@ -74,10 +73,10 @@ fn boxed(n: u32) -> std::boxed::Box<dyn Iterator<Item = u32>> {
     std::boxed::Box::new(0..n)
 }
 
-/// Parameters named like the expansion's own locals.
-#[::memo_runtime::cache_memoize(key = "locals:{__memo_key}:{__memo_options}")]
-fn locals(__memo_key: u8, __memo_options: u8) -> u8 {
-    __memo_key + __memo_options
+/// Parameters named like the expansion's own locals and refresh argument.
+#[::memo_runtime::cache_memoize(key = "locals:{__memo_key}:{__memo_options}:{__memo_refresh}")]
+fn locals(__memo_key: u8, __memo_options: u8, __memo_refresh: u8) -> u8 {
+    __memo_key + __memo_options + __memo_refresh
 }
 
 #[::memo_runtime::cache_memoize(key = "async:{n}", coalesce = false)]
@@ -131,7 +130,8 @@ fn main() {
     let _ = items(1).count();
     let _ = collected(1);
     let _ = boxed(1).count();
-    let _ = locals(1, 2);
+    let _ = locals(1, 2, 3);
+    let _ = locals_refresh(1, 2, 3);
     let _ = Service.method(1);
     let _ = plain_invalidate(1);
     let _ = plain_refresh(1);

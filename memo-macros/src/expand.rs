@@ -1201,4 +1201,71 @@ mod tests {
         assert!(!out.contains("__memo_f"), "{out}");
         assert!(!out.contains("__memo_refresh"), "{out}");
     }
+
+    /// Items without their doc attributes, as one string, and the words
+    /// of those docs (so that the crate docs may wrap them).
+    fn split_docs(tokens: TokenStream) -> (String, Vec<String>) {
+        let mut file: syn::File = syn::parse2(tokens).expect("items");
+        let mut words = Vec::new();
+        for item in &mut file.items {
+            let syn::Item::Fn(item) = item else {
+                panic!("only functions expected");
+            };
+            item.attrs.retain(|attr| {
+                let syn::Meta::NameValue(doc) = &attr.meta else {
+                    return true;
+                };
+                let syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) = &doc.value
+                else {
+                    return true;
+                };
+                if !doc.path.is_ident("doc") {
+                    return true;
+                }
+                words.extend(text.value().split_whitespace().map(str::to_owned));
+                false
+            });
+        }
+        (quote!(#file).to_string(), words)
+    }
+
+    /// The crate docs' "What it expands to" shows the expansion of their
+    /// example as it is, with the runtime's path written `rt`.
+    #[test]
+    fn the_crate_docs_show_the_expansion_as_it_is() {
+        let docs = include_str!("lib.rs");
+        let section = docs
+            .split("/// # What it expands to\n")
+            .nth(1)
+            .expect("the section");
+        let block = section
+            .split("/// ```ignore\n")
+            .nth(1)
+            .and_then(|rest| rest.split("/// ```\n").next())
+            .expect("its code block");
+        let shown: String = block
+            .lines()
+            .map(|line| line.strip_prefix("///").expect("a doc line"))
+            .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+            .collect();
+        let shown = split_docs(shown.parse().expect("tokens"));
+
+        let expanded = memoize(
+            quote!(key = "profile:{user_id}", expiration = 3600),
+            quote!(
+                /// The user's profile, cached for an hour.
+                pub fn profile(user_id: u64) -> Profile {
+                    load_profile(user_id)
+                }
+            ),
+            Mode::Auto,
+        );
+        let (items, words) = split_docs(expanded);
+        let items = items.replace(&runtime().to_string(), "rt");
+        assert_eq!(shown.0, items);
+        assert_eq!(shown.1, words);
+    }
 }

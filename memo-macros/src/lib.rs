@@ -55,14 +55,18 @@ mod valid;
 ///     let __memo_options = rt::Options::new()
 ///         .expiration(rt::Duration::from_secs(3600))
 ///         .force_overwrite(__memo_refresh);
-///     let __memo_key = [
-///         rt::String::from("profile"),
-///         rt::ToString::to_string(&user_id),
-///     ];
+///     let __memo_key = rt::KeyParts::new()
+///         .escaped("profile")
+///         .append(|parts| {
+///             #[allow(unused_imports)]
+///             use rt::{AppendDisplay as _, AppendInteger as _};
+///             (&rt::KeyArg(&user_id)).append_to(parts);
+///         })
+///         .finish();
 ///     rt::memoize::<Profile, _, _>(
 ///         __memo_key,
 ///         move || -> Profile { load_profile(user_id) },
-///         &__memo_options,
+///         &__memo_options
 ///     )
 /// }
 ///
@@ -71,10 +75,14 @@ mod valid;
 /// #[allow(dead_code)]
 /// pub fn profile_invalidate(user_id: u64) -> rt::Result<(), ::memo_runtime::Error> {
 ///     let __memo_options = rt::Options::new().expiration(rt::Duration::from_secs(3600));
-///     let __memo_key = [
-///         rt::String::from("profile"),
-///         rt::ToString::to_string(&user_id),
-///     ];
+///     let __memo_key = rt::KeyParts::new()
+///         .escaped("profile")
+///         .append(|parts| {
+///             #[allow(unused_imports)]
+///             use rt::{AppendDisplay as _, AppendInteger as _};
+///             (&rt::KeyArg(&user_id)).append_to(parts);
+///         })
+///         .finish();
 ///     rt::invalidate(__memo_key, &__memo_options)
 /// }
 ///
@@ -88,13 +96,18 @@ mod valid;
 ///
 /// `rt::memoize` is `memo_runtime::cache_memoize` with the cached type as
 /// its first generic parameter, so that a return type the cache cannot
-/// store is reported at the return type. The refresh is an argument of
-/// `__memo_profile`, so it turns on `force_overwrite` for the one call that
-/// `profile_refresh` makes and for no memoized call made on the way (in an
-/// option's value, a key argument's `Display` or the body). The locals and
-/// the refresh argument are hygienic: a parameter named `__memo_key` or
-/// `__memo_refresh` is not shadowed. With `helpers = false` nothing is
-/// added: the body stays in the function, and its options have no refresh.
+/// store is reported at the return type. The key is built in one string,
+/// as `make_cache_key(["profile", &user_id.to_string()], ..)` would
+/// normalize it: `KeyParts` escapes and joins the components (text known
+/// at compile time is escaped and joined by the macro), and `KeyArg`
+/// writes an integer argument's digits directly, anything else through its
+/// `Display`. The refresh is an argument of `__memo_profile`, so it turns
+/// on `force_overwrite` for the one call that `profile_refresh` makes and
+/// for no memoized call made on the way (in an option's value, a key
+/// argument's `Display` or the body). The locals and the refresh argument
+/// are hygienic: a parameter named `__memo_key` or `__memo_refresh` is not
+/// shadowed. With `helpers = false` nothing is added: the body stays in
+/// the function, and its options have no refresh.
 ///
 /// # Options
 ///

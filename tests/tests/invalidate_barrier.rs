@@ -193,7 +193,7 @@ fn no_call_after_invalidate_sees_an_older_version_under_concurrent_readers() {
                                     let version = VERSION.load(Ordering::SeqCst);
                                     // Now and then a slow computation, so
                                     // that stores land across the barrier.
-                                    if (calls + n) % 3 == 0 {
+                                    if (calls + n).is_multiple_of(3) {
                                         thread::sleep(Duration::from_micros(300));
                                     }
                                     version

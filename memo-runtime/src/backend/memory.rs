@@ -1,22 +1,27 @@
 //! The embedded in-memory backend, used when nothing else is configured.
 //!
-//! Built on moka's concurrent cache: lock-free reads, per-entry expiry, and a
-//! bound on the total bytes held (keys and values, plus a fixed per-entry
-//! overhead; keys count twice, as an entry may also remember the full key
-//! its checksum was checked for), so a process cannot grow without limit
-//! however much it memoizes. Eviction is least-recently-used rather than
-//! moka's default TinyLFU admission: TinyLFU may refuse a brand-new entry
-//! when the cache is full, which for a chunked value means storing most
-//! chunks and losing one, a wasted write; under LRU the newest write is
-//! always whole.
+//! Built on `quick_cache`'s sharded, weighted cache: a read takes one
+//! shard's read lock, with no channel to feed and no background work, so
+//! threads reading different keys do not meet; and the total bytes held
+//! (keys and values, plus a fixed per-entry overhead) are bounded, so a
+//! process cannot grow without limit however much it memoizes.
+//!
+//! Expiry is checked on every read, against each entry's own instant: an
+//! expired entry is never returned, and is dropped when a read or a write
+//! meets it, or evicted as a cold entry. Eviction is S3-FIFO-like: a new
+//! entry enters a probation queue holding half the budget, and an entry
+//! read again there moves on to the main queue. Every write is admitted,
+//! so the chunks of a value up to half the budget, written in turn, are
+//! all there when its manifest lands.
+//!
+//! The atomic operations (`add`, `touch`, the compare-and-delete and
+//! compare-and-touch the locks use) run under the entry's shard write lock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{OptionsBuilder, Weighter};
 
 use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
@@ -25,37 +30,43 @@ use crate::common::url::CacheUrl;
 /// The default byte budget of a [`MemoryBackend`]: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// What an entry costs beyond its key and value bytes (moka's node, the Arc,
-/// the expiry bookkeeping), so that many tiny entries still count.
+/// What an entry costs beyond its key and value bytes (the map's slot, the
+/// Arc, the expiry), so that many tiny entries still count.
 const ENTRY_OVERHEAD: u64 = 96;
 
-/// The longest TTL an entry gets; longer ones are clamped to it. moka adds
-/// the TTL to its own clock, which panics on overflow far sooner than
-/// `Duration::MAX`; a century is forever for a process, and far from that.
+/// The longest TTL an entry gets; longer ones are clamped to it, so that
+/// its expiry is an instant the clock can represent; a century is forever
+/// for a process.
 pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 #[derive(Clone)]
 struct Entry {
     /// Never changed once stored: a write replaces the whole entry.
     value: Arc<[u8]>,
-    ttl: Duration,
+    expires: Instant,
 }
 
-struct EntryExpiry;
-
-impl Expiry<String, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _key: &String, entry: &Entry, _now: Instant) -> Option<Duration> {
-        Some(entry.ttl)
+impl Entry {
+    fn new(value: Arc<[u8]>, ttl: Duration) -> Entry {
+        let now = Instant::now();
+        Entry {
+            value,
+            expires: now.checked_add(ttl.min(MAX_TTL)).unwrap_or(now),
+        }
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        entry: &Entry,
-        _now: Instant,
-        _remaining: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+/// The budget's measure of an entry.
+#[derive(Clone, Copy)]
+struct Bytes;
+
+impl Weighter<String, Entry> for Bytes {
+    fn weight(&self, key: &String, entry: &Entry) -> u64 {
+        key.len() as u64 + entry.value.len() as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -73,7 +84,7 @@ impl Expiry<String, Entry> for EntryExpiry {
 /// ```
 #[derive(Clone)]
 pub struct MemoryBackend {
-    cache: Cache<String, Entry>,
+    cache: Arc<Cache<String, Entry, Bytes>>,
     max_bytes: u64,
 }
 
@@ -81,8 +92,7 @@ impl std::fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBackend")
             .field("max_bytes", &self.max_bytes)
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("entries", &self.cache.len())
             .finish()
     }
 }
@@ -102,16 +112,26 @@ impl MemoryBackend {
     /// A backend holding at most `max_bytes` of keys and values; the least
     /// valuable entries are evicted beyond that.
     pub fn with_max_bytes(max_bytes: u64) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, entry: &Entry| {
-                let weight = key.len() as u64 + entry.value.len() as u64 + ENTRY_OVERHEAD;
-                u32::try_from(weight).unwrap_or(u32::MAX)
-            })
-            .expire_after(EntryExpiry)
-            .eviction_policy(EvictionPolicy::lru())
-            .build();
-        MemoryBackend { cache, max_bytes }
+        let max_bytes = max_bytes.max(1);
+        // quick_cache sizes its tables by an estimate of the entries:
+        // a few hundred bytes each, bounded so that a huge budget does not
+        // allocate up front.
+        let estimate = (max_bytes / 512).clamp(64, 1 << 20) as usize;
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimate)
+            .weight_capacity(max_bytes)
+            .hot_allocation(0.5)
+            .build()
+            .expect("the options are within their bounds");
+        MemoryBackend {
+            cache: Arc::new(Cache::with_options(
+                options,
+                Bytes,
+                Default::default(),
+                Default::default(),
+            )),
+            max_bytes,
+        }
     }
 
     /// The byte budget.
@@ -119,23 +139,21 @@ impl MemoryBackend {
         self.max_bytes
     }
 
-    /// The bytes currently held, keys and values plus per-entry overhead.
-    /// Eviction runs in batches, so this may briefly exceed the budget.
+    /// The bytes currently held, keys and values plus per-entry overhead
+    /// (expired entries included until they are dropped).
     pub fn weighted_bytes(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.cache.weight()
     }
 
-    /// The number of live entries.
+    /// The number of entries held (expired ones included until they are
+    /// dropped).
     pub fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 
     /// Drops every entry.
     pub fn clear(&self) {
-        self.cache.invalidate_all();
-        self.cache.run_pending_tasks();
+        self.cache.clear();
     }
 
     pub(crate) fn from_url_parts(url: &CacheUrl) -> Result<Self, ConfigError> {
@@ -163,82 +181,110 @@ impl MemoryBackend {
         Ok(Self::with_max_bytes(max_bytes))
     }
 
-    fn entry(value: &[u8], ttl: Duration) -> Entry {
-        Self::entry_of(Arc::from(value), ttl)
-    }
-
-    fn entry_of(value: Arc<[u8]>, ttl: Duration) -> Entry {
-        Entry {
-            value,
-            ttl: ttl.min(MAX_TTL),
-        }
-    }
-}
-
-impl MemoryBackend {
-    /// Gives the entry under `key` a new `ttl` if its value passes `keep`,
-    /// in one compute on the entry, which moka runs under the key's lock;
-    /// whether it did.
-    fn retouch(&self, key: &str, ttl: Duration, keep: impl Fn(&[u8]) -> bool) -> bool {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) if keep(&entry.value().value) => {
-                    Op::Put(Self::entry_of(Arc::clone(&entry.value().value), ttl))
+    /// Runs `decide` on the live entry under `key`, under its shard's write
+    /// lock: `Some(ttl)` gives it a new expiry, `None` leaves it. Whether it
+    /// was given one. An expired entry found on the way is dropped.
+    fn retouch(&self, key: &str, decide: impl FnOnce(&Entry) -> Option<Duration>) -> bool {
+        let now = Instant::now();
+        let result = self.cache.entry(key, None, |_, entry| {
+            if !entry.live(now) {
+                return EntryAction::Remove;
+            }
+            match decide(entry) {
+                Some(ttl) => {
+                    *entry = Entry::new(Arc::clone(&entry.value), ttl);
+                    EntryAction::Retain(true)
                 }
-                _ => Op::Nop,
-            });
-        matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
+                None => EntryAction::Retain(false),
+            }
+        });
+        matches!(result, EntryResult::Retained(true))
     }
 }
 
 impl Backend for MemoryBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.cache.get(key).map(|entry| entry.value.to_vec()))
+        let Some(entry) = self.cache.get(key) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if entry.live(now) {
+            return Ok(Some(entry.value.to_vec()));
+        }
+        self.cache.remove_if(key, |entry| !entry.live(now));
+        Ok(None)
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {
-        self.cache.insert(key.to_owned(), Self::entry(value, ttl));
+        if ttl.is_zero() {
+            // Expired at once: whatever was there goes, nothing is kept.
+            self.cache.remove(key);
+            return Ok(());
+        }
+        self.cache
+            .insert(key.to_owned(), Entry::new(Arc::from(value), ttl));
         Ok(())
     }
 
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
-        let entry = self
-            .cache
-            .entry(key.to_owned())
-            .or_insert_with(|| Self::entry(value, ttl));
-        Ok(entry.is_fresh())
+        let now = Instant::now();
+        let entry = Entry::new(Arc::from(value), ttl);
+        let result = self.cache.entry(key, None, |_, held| {
+            if held.live(now) {
+                EntryAction::Retain(())
+            } else {
+                EntryAction::ReplaceWithGuard
+            }
+        });
+        let guard = match result {
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+            _ => return Ok(false),
+        };
+        if !entry.live(now) {
+            // A zero TTL: added, and gone at once.
+            return Ok(true);
+        }
+        // A guard is this caller's alone until it inserts: nobody else can
+        // add in between.
+        let _ = guard.insert(entry);
+        Ok(true)
     }
 
     fn touch(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
-        Ok(self.retouch(key, ttl, |_| true))
+        Ok(self.retouch(key, |_| Some(ttl)))
     }
 
     fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        Ok(self.cache.remove(key).is_some())
+        let now = Instant::now();
+        Ok(self
+            .cache
+            .remove(key)
+            .is_some_and(|(_, entry)| entry.live(now)))
     }
 
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|existing| match existing {
-                Some(entry) if *entry.value().value == *expected => Op::Remove,
-                _ => Op::Nop,
-            });
-        Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
+        let now = Instant::now();
+        let result = self.cache.entry(key, None, |_, entry| {
+            if !entry.live(now) {
+                EntryAction::Remove
+            } else if *entry.value == *expected {
+                EntryAction::Remove
+            } else {
+                EntryAction::Retain(())
+            }
+        });
+        Ok(matches!(result, EntryResult::Removed(_, entry) if entry.live(now)))
     }
 
-    /// Atomic: the comparison and the new expiry happen in one compute on
-    /// the entry, which moka runs under the key's lock.
+    /// Atomic: the comparison and the new expiry happen under the entry's
+    /// shard write lock.
     fn touch_if_value(
         &self,
         key: &str,
         expected: &[u8],
         ttl: Duration,
     ) -> Result<bool, BackendError> {
-        Ok(self.retouch(key, ttl, |value| value == expected))
+        Ok(self.retouch(key, |entry| (*entry.value == *expected).then_some(ttl)))
     }
 
     #[cfg(feature = "async")]
@@ -248,7 +294,7 @@ impl Backend for MemoryBackend {
 }
 
 /// The same store, served to async callers directly: every operation is an
-/// in-memory map access under moka's short per-entry locks, never held
+/// in-memory map access under quick_cache's short shard locks, never held
 /// across an `.await`, so each future completes on its first poll.
 #[cfg(feature = "async")]
 impl super::AsyncBackend for MemoryBackend {
@@ -377,7 +423,6 @@ mod tests {
             assert!(backend.touch_if_value(&key, b"v", ttl).unwrap());
             backend.set_many(&[(&key, b"w")], ttl).unwrap();
             assert!(backend.add(&format!("a{i}"), b"v", ttl).unwrap());
-            backend.cache.run_pending_tasks();
             assert_eq!(backend.get(&key).unwrap().as_deref(), Some(&b"w"[..]));
         }
         backend.set("zero", b"v", Duration::ZERO).unwrap();
@@ -407,14 +452,30 @@ mod tests {
         for i in 0..1000 {
             backend.set(&format!("key-{i}"), &value, MINUTE).unwrap();
         }
-        backend.cache.run_pending_tasks();
         for i in 990..1000 {
             assert!(
                 backend.get(&format!("key-{i}")).unwrap().is_some(),
                 "key-{i}"
             );
         }
-        assert_eq!(backend.get("key-0").unwrap(), None);
+        assert!(backend.weighted_bytes() <= 64 * 1024);
+        assert!(
+            backend.entry_count() < 100,
+            "most of the 1,000 entries went"
+        );
+    }
+
+    #[test]
+    fn an_entry_read_again_and_again_survives_a_scan_of_new_ones() {
+        let backend = MemoryBackend::with_max_bytes(256 * 1024);
+        let value = vec![1u8; 1024];
+        backend.set("hot", &value, MINUTE).unwrap();
+        for i in 0..5_000u32 {
+            if i.is_multiple_of(4) {
+                assert!(backend.get("hot").unwrap().is_some(), "evicted at {i}");
+            }
+            backend.set(&format!("cold-{i}"), &value, MINUTE).unwrap();
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@
 //! "refuse" or, worse, "store it already expired". memcached keeps values
 //! until January 2038 at most (its absolute expirations are 32-bit), Redis
 //! for about 146 million years (its `PX` must not overflow a signed 64-bit
-//! millisecond clock), and the memory backend for a century (beyond that
-//! moka's clock would overflow). The network backends' timeouts and
+//! millisecond clock), and the memory backend for a century (so that its
+//! expiry stays an instant the clock can represent). The network backends' timeouts and
 //! back-off are clamped to a year likewise, so that no deadline computation
 //! can overflow.
 //!

@@ -152,11 +152,10 @@ impl Counters {
         bump(&self.lock_timeouts, 1);
     }
 
-    /// A call answered from the local copy (counted as a hit too).
+    /// A call answered from the local copy (counted as a hit too, when a
+    /// snapshot sums them: one write per local hit).
     pub(crate) fn local_hit(&self) {
-        let stripe = self.stripe();
-        bump(&stripe.hits, 1);
-        bump(&stripe.local_hits, 1);
+        bump(&self.stripe().local_hits, 1);
     }
 
     /// A value recomputed ahead of its expiry.
@@ -186,8 +185,9 @@ impl Counters {
         let sum = |counter: fn(&Stripe) -> &AtomicU64| {
             self.stripes.iter().map(|stripe| get(counter(stripe))).sum()
         };
+        let local_hits = sum(|stripe| &stripe.local_hits);
         Stats {
-            hits: sum(|stripe| &stripe.hits),
+            hits: sum(|stripe| &stripe.hits) + local_hits,
             misses: get(&self.misses),
             stores: get(&self.stores),
             errors: get(&self.errors),
@@ -197,7 +197,7 @@ impl Counters {
             bytes_written: get(&self.bytes_written),
             lock_waits: get(&self.lock_waits),
             lock_timeouts: get(&self.lock_timeouts),
-            local_hits: sum(|stripe| &stripe.local_hits),
+            local_hits,
             early_refreshes: get(&self.early_refreshes),
             stale_serves: get(&self.stale_serves),
             refresh_failures: get(&self.refresh_failures),

@@ -12,9 +12,13 @@
 //! Reading the engine is on every call's path. Each thread keeps a snapshot
 //! of the engine in force, checked against the configuration's generation
 //! (one atomic load of a word that only `configure` writes): this is the
-//! one per-thread cache of the runtime.
+//! one per-thread cache of the runtime. The snapshot is a [`Handle`] of the
+//! thread's own, so the count a call writes as it takes and drops its
+//! handle is on a line no other thread writes; the engine's own count is
+//! written only when a thread takes a new snapshot.
 
 use std::cell::RefCell;
+use std::ops::Deref;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -53,28 +57,43 @@ static SHARED: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
 
 thread_local! {
     /// This thread's snapshot of [`SHARED`].
-    static SNAPSHOT: RefCell<Option<Arc<Engine>>> = const { RefCell::new(None) };
+    static SNAPSHOT: RefCell<Option<Arc<Handle>>> = const { RefCell::new(None) };
+}
+
+/// A thread's own handle on an engine: what a call holds.
+#[derive(Debug)]
+pub(crate) struct Handle(Arc<Engine>);
+
+impl Deref for Handle {
+    type Target = Arc<Engine>;
+
+    fn deref(&self) -> &Arc<Engine> {
+        &self.0
+    }
 }
 
 /// The engine of the configuration in force: that of the last
 /// [`configure`](crate::configure) that returned before this call started.
-pub(crate) fn current() -> Arc<Engine> {
+pub(crate) fn current() -> Arc<Handle> {
     let generation = config::generation();
     let found = SNAPSHOT.try_with(|snapshot| {
         // Nothing called while the borrow is held comes back here, so it
         // cannot fail; a failure would only cost a read of the shared slot.
         let mut snapshot = snapshot.try_borrow_mut().ok()?;
         match &*snapshot {
-            Some(engine) if engine.generation == generation => Some(Arc::clone(engine)),
+            Some(handle) if handle.generation == generation => Some(Arc::clone(handle)),
             _ => {
-                let engine = shared(generation);
-                *snapshot = Some(Arc::clone(&engine));
-                Some(engine)
+                let handle = Arc::new(Handle(shared(generation)));
+                *snapshot = Some(Arc::clone(&handle));
+                Some(handle)
             }
         }
     });
     // During this thread's teardown the snapshot is gone.
-    found.ok().flatten().unwrap_or_else(|| shared(generation))
+    found
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::new(Handle(shared(generation))))
 }
 
 /// The shared engine of `generation` or a later one, built if the slot
@@ -188,12 +207,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_takes_the_engine_of_the_configuration_in_force() {
+    fn a_thread_keeps_one_handle_on_the_engine_in_force() {
         let first = current();
+        let second = current();
+        // Unless a `configure` of another test came in between, the same
+        // handle; in any case, an engine of the generation in force or later.
+        if first.generation == second.generation {
+            assert!(Arc::ptr_eq(&first, &second));
+        }
+        assert!(second.generation >= first.generation);
+    }
+
+    #[test]
+    fn threads_share_the_engine_through_handles_of_their_own() {
+        let mine = current();
+        let theirs = std::thread::spawn(current).join().unwrap();
         assert!(
-            Arc::ptr_eq(&first, &current()),
-            "one engine per configuration"
+            !Arc::ptr_eq(&mine, &theirs),
+            "each thread has its own handle"
         );
-        assert!(first.generation <= config::generation());
+        if mine.generation == theirs.generation {
+            assert!(Arc::ptr_eq(&mine.0, &theirs.0), "one engine");
+        }
     }
 }

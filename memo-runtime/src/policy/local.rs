@@ -248,10 +248,10 @@ mod tests {
     fn a_hot_copy_survives_a_scan_of_cold_ones() {
         let copies = LocalCopies::new(256 * 1024);
         copies.insert("hot", kept(1, Duration::from_secs(60), 1000));
-        for n in 0..20_000 {
+        for n in 0..20_000u32 {
             // The hot copy is read between the cold ones' inserts, as a
             // hot key is.
-            if n % 8 == 0 {
+            if n.is_multiple_of(8) {
                 assert!(copies.get("hot", 1).is_some(), "hot copy evicted at {n}");
             }
             copies.insert(&format!("cold:{n}"), kept(1, Duration::from_secs(60), 1000));

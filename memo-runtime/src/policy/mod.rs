@@ -89,7 +89,7 @@ use barrier::Ticket;
 use codec::{Encode, Serde};
 use detach::{Compute, Ownership, RefreshJob};
 use drive::Driver;
-use engine::Engine;
+use engine::Handle;
 use flight::{Joined, LeaderGuard, Outcome};
 use hot::{Keep, RefreshWatch, Verdict};
 use options::Options;
@@ -111,7 +111,7 @@ const BARRIER_WAIT: Duration = Duration::from_secs(10);
 
 /// One call's resolved settings.
 pub(crate) struct Call {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) engine: Arc<Handle>,
     pub(crate) key: EntryKey,
     /// Where the call stood against the invalidation barrier when it
     /// started.
@@ -122,7 +122,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(engine: Arc<Engine>, key: CacheKey, options: &Options) -> Call {
+    pub(crate) fn new(engine: Arc<Handle>, key: CacheKey, options: &Options) -> Call {
         let config = &engine.config;
         let Resolved { key, encryption } =
             config.resolve(key, options.encrypt, options.encryption_key.as_ref());

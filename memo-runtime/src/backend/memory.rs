@@ -236,9 +236,8 @@ impl Backend for MemoryBackend {
                 EntryAction::ReplaceWithGuard
             }
         });
-        let guard = match result {
-            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
-            _ => return Ok(false),
+        let (EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _)) = result else {
+            return Ok(false);
         };
         if !entry.live(now) {
             // A zero TTL: added, and gone at once.
@@ -265,9 +264,8 @@ impl Backend for MemoryBackend {
     fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let now = Instant::now();
         let result = self.cache.entry(key, None, |_, entry| {
-            if !entry.live(now) {
-                EntryAction::Remove
-            } else if *entry.value == *expected {
+            // An expired entry goes too, though it is not reported.
+            if !entry.live(now) || *entry.value == *expected {
                 EntryAction::Remove
             } else {
                 EntryAction::Retain(())

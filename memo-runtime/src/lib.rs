@@ -59,7 +59,7 @@
 //!    stored, for values and locks alike.
 //! 5. `backend`: the [`Backend`] trait (and `AsyncBackend`), the memory
 //!    engine, the network clients over one shared connection pool
-//!    (`backend::net`), and `backend::drive`, how the layers above reach an
+//!    (`backend::net`), and `backend::world`, how the layers above reach an
 //!    engine from either world.
 //! 6. `format`: the stored format, pure bytes in and bytes out: keys,
 //!    envelope, postcard, zlib, crypto, manifests, type fingerprints.

@@ -10,7 +10,7 @@
 //! release the new holder's lock.
 //!
 //! The retry loop is written once, as async code over the backend layer's
-//! `Io`: [`acquire`](CacheLock::acquire) runs it on the caller's thread
+//! `World`: [`acquire`](CacheLock::acquire) runs it on the caller's thread
 //! (blocking calls, `thread::sleep`), `acquire_async` on tokio (the
 //! engine's async client, tokio timers).
 //!
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "async")]
 use crate::backend::AsyncBackend;
-use crate::backend::drive::{Blocking, Io, block_on};
+use crate::backend::world::{Blocking, World, block_on};
 use crate::backend::{Backend, BackendError};
 use crate::common::counters::Counters;
 use crate::config::Config;
@@ -261,12 +261,12 @@ impl CacheLock {
     }
 
     #[cfg(feature = "async")]
-    fn tokio_io(&self) -> crate::backend::drive::Tokio {
-        crate::backend::drive::Tokio(Arc::clone(&self.async_backend))
+    fn tokio_io(&self) -> crate::backend::world::Tokio {
+        crate::backend::world::Tokio(Arc::clone(&self.async_backend))
     }
 
     /// The one acquire loop, in either world.
-    pub(crate) async fn acquire_via(&mut self, io: &impl Io) -> Result<bool, LockError> {
+    pub(crate) async fn acquire_via(&mut self, io: &impl World) -> Result<bool, LockError> {
         if self.locked() {
             return Err(LockError::AlreadyHeld(self.full_cache_key.clone()));
         }
@@ -323,7 +323,7 @@ impl CacheLock {
     }
 
     /// The one release, in either world.
-    pub(crate) async fn release_via(&mut self, io: &impl Io) -> Result<(), LockError> {
+    pub(crate) async fn release_via(&mut self, io: &impl World) -> Result<(), LockError> {
         if self.expires_at.take().is_none() {
             return Err(LockError::NotHeld(self.full_cache_key.clone()));
         }

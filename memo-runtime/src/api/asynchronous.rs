@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use super::sync::{as_ok, as_value};
-use crate::backend::drive::Tokio;
+use crate::backend::world::Tokio;
 use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Later, Ownership, RefreshJob};

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::drive::block_on;
+use crate::backend::world::block_on;
 use crate::format::envelope::fingerprint;
 use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::backend::drive::block_on;
+use crate::backend::world::block_on;
 use crate::format::envelope::{self, fingerprint};
 use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;

@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use crate::backend::drive::{Blocking, block_on};
+use crate::backend::world::{Blocking, block_on};
 use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
 use crate::policy::detach::{Now, Ownership, RefreshJob};

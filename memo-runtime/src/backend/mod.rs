@@ -38,10 +38,10 @@
 use std::time::Duration;
 
 mod asynchronous;
-pub(crate) mod drive;
 pub mod memory;
 #[cfg(any(feature = "memcached", feature = "redis"))]
 mod net;
+pub(crate) mod world;
 
 #[cfg(feature = "memcached")]
 pub mod memcached;

@@ -1,6 +1,6 @@
 //! How the layers above reach a backend from either world, so that each of
 //! their algorithms (the memoize policy, the lock loop) is written once, as
-//! async code generic over an [`Io`]:
+//! async code generic over a [`World`]:
 //!
 //! - [`Blocking`], the synchronous world: a [`Backend`] whose futures
 //!   complete on their first poll (the blocking call runs inside it) and
@@ -28,7 +28,7 @@ use super::{AsyncBackend, Backend, BackendFuture};
 
 /// What an algorithm above the backends needs from its world: the engine,
 /// and a way to wait.
-pub(crate) trait Io: Send + Sync {
+pub(crate) trait World: Send + Sync {
     /// The engine, as futures.
     fn backend(&self) -> &dyn AsyncBackend;
 
@@ -40,7 +40,7 @@ pub(crate) trait Io: Send + Sync {
 #[derive(Clone)]
 pub(crate) struct Blocking(pub(crate) Arc<dyn Backend>);
 
-impl Io for Blocking {
+impl World for Blocking {
     fn backend(&self) -> &dyn AsyncBackend {
         self
     }
@@ -150,7 +150,7 @@ mod bridges {
     #[derive(Clone)]
     pub(crate) struct Tokio(pub(crate) Arc<dyn AsyncBackend>);
 
-    impl Io for Tokio {
+    impl World for Tokio {
         fn backend(&self) -> &dyn AsyncBackend {
             &*self.0
         }

@@ -114,7 +114,7 @@ impl Config {
         Config {
             #[cfg(feature = "async")]
             async_backend: Arc::clone(&backend).__async().unwrap_or_else(|| {
-                Arc::new(crate::backend::drive::SpawnBlocking(Arc::clone(&backend)))
+                Arc::new(crate::backend::world::SpawnBlocking(Arc::clone(&backend)))
             }),
             local_capacity: DEFAULT_LOCAL_CAPACITY,
             backend,
@@ -141,7 +141,7 @@ impl Config {
     #[cfg(feature = "async")]
     pub fn new_async(backend: impl AsyncBackend) -> Self {
         let backend: Arc<dyn AsyncBackend> = Arc::new(backend);
-        Self::with_shared_backend(Arc::new(crate::backend::drive::OnBackground(backend)))
+        Self::with_shared_backend(Arc::new(crate::backend::world::OnBackground(backend)))
     }
 
     /// Prefixes every key with `namespace` and `:`, so that several

@@ -35,7 +35,7 @@ use super::Call;
 use super::drive::Driver;
 use super::flight::LeaderGuard;
 use super::stream::LoadError;
-use crate::backend::drive::Blocking;
+use crate::backend::world::Blocking;
 use crate::format::envelope::{self, Invalid, Stamp};
 
 /// Encoded or decoded values up to this size are handled inline: copying
@@ -227,7 +227,7 @@ fn encode_whole<T: Serialize>(value: &T) -> Option<Arc<[u8]>> {
 #[cfg(feature = "async")]
 mod off {
     use super::*;
-    use crate::backend::drive::Tokio;
+    use crate::backend::world::Tokio;
 
     fn on_runtime() -> bool {
         tokio::runtime::Handle::try_current().is_ok()

@@ -2,7 +2,7 @@
 //! async one, and nothing else.
 //!
 //! The memoize policy is written once, as async code generic over a
-//! [`Driver`]: the backend layer's `Io` (the engine as futures, a sleep)
+//! [`Driver`]: the backend layer's `World` (the engine as futures, a sleep)
 //! plus how to wait on a flight, how to run the heavy stages of a chunked
 //! value, and how to let go of a lock whose holder is going away.
 //!
@@ -30,11 +30,11 @@ use super::Call;
 use super::flight::{Outcome, Waiter};
 use super::pool::{self, Detached};
 use super::stream::{LoadError, StoreError};
-use crate::backend::drive::{Blocking, Io};
+use crate::backend::world::{Blocking, World};
 use crate::lock::CacheLock;
 
 /// How the policy runs in one world.
-pub(crate) trait Driver: Io + Clone {
+pub(crate) trait Driver: World + Clone {
     /// Waits for the flight's leader until `deadline`.
     fn wait(&self, waiter: Waiter, deadline: Instant) -> impl Future<Output = Outcome> + Send;
 
@@ -166,7 +166,7 @@ mod tokio_driver {
             .await?
         }
     }
-    use crate::backend::drive::{Tokio, off_executor};
+    use crate::backend::world::{Tokio, off_executor};
     use crate::format::envelope::{self, fingerprint};
     use crate::format::manifest::Manifest;
 

@@ -147,7 +147,7 @@ pub(crate) enum Outcome {
 /// dropping it abandons.
 #[must_use = "dropping a leader hands its flight over at once"]
 pub(crate) struct LeaderGuard {
-    ticket: Ticket,
+    seat: Seat,
     finished: bool,
 }
 
@@ -157,7 +157,7 @@ pub(crate) struct LeaderGuard {
 /// just been promoted).
 #[must_use = "dropping a waiter leaves the flight"]
 pub(crate) struct Waiter {
-    ticket: Ticket,
+    seat: Seat,
     id: u64,
     /// Set once an outcome has been handed to the caller, after which the
     /// flight no longer counts this waiter.
@@ -179,7 +179,7 @@ pub(crate) struct WaitFuture {
 
 /// Where a guard's flight lives.
 #[derive(Clone)]
-struct Ticket {
+struct Seat {
     inner: Arc<Inner>,
     shard: usize,
     key: Arc<str>,
@@ -237,7 +237,7 @@ impl Flights {
         *next_id = next_id.wrapping_add(1);
         if let Some(flight) = flights.get_mut(key) {
             flight.waiters.insert(id, None);
-            let ticket = Ticket {
+            let seat = Seat {
                 inner: Arc::clone(&self.inner),
                 shard,
                 key: Arc::clone(&flight.key),
@@ -245,7 +245,7 @@ impl Flights {
             };
             drop(guard);
             return Joined::Waiter(Waiter {
-                ticket,
+                seat,
                 id,
                 settled: false,
             });
@@ -263,7 +263,7 @@ impl Flights {
         );
         drop(guard);
         Joined::Leader(LeaderGuard {
-            ticket: Ticket {
+            seat: Seat {
                 inner: Arc::clone(&self.inner),
                 shard,
                 key,
@@ -286,7 +286,7 @@ impl Flights {
 impl LeaderGuard {
     /// The stored key this flight is for.
     pub(crate) fn key(&self) -> &str {
-        &self.ticket.key
+        &self.seat.key
     }
 
     /// Whether anyone waits on this flight right now, so that a leader
@@ -294,11 +294,11 @@ impl LeaderGuard {
     /// joins after a `false` is promoted when the guard drops instead, and
     /// finds the value in the cache.
     pub(crate) fn has_waiters(&self) -> bool {
-        let guard = self.ticket.lock();
+        let guard = self.seat.lock();
         guard
             .flights
-            .get(&*self.ticket.key)
-            .is_some_and(|flight| flight.id == self.ticket.flight && !flight.waiters.is_empty())
+            .get(&*self.seat.key)
+            .is_some_and(|flight| flight.id == self.seat.flight && !flight.waiters.is_empty())
     }
 
     /// Delivers `value` to every waiter of the flight and ends it: the next
@@ -306,11 +306,11 @@ impl LeaderGuard {
     pub(crate) fn publish(mut self, value: Arc<[u8]>) {
         self.finished = true;
         let wakeup = {
-            let mut guard = self.ticket.lock();
+            let mut guard = self.seat.lock();
             let shard = &mut *guard;
-            let flight = match shard.flights.remove(&*self.ticket.key) {
-                Some(flight) if flight.id == self.ticket.flight => {
-                    self.ticket.inner.flight_ended();
+            let flight = match shard.flights.remove(&*self.seat.key) {
+                Some(flight) if flight.id == self.seat.flight => {
+                    self.seat.inner.flight_ended();
                     flight
                 }
                 // Only this guard ends its flight, so another flight under
@@ -351,7 +351,7 @@ impl LeaderGuard {
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.ticket.hand_over();
+            self.seat.hand_over();
         }
     }
 }
@@ -359,8 +359,8 @@ impl Drop for LeaderGuard {
 impl fmt::Debug for LeaderGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeaderGuard")
-            .field("key", &self.ticket.key)
-            .field("flight", &self.ticket.flight)
+            .field("key", &self.seat.key)
+            .field("flight", &self.seat.flight)
             .finish()
     }
 }
@@ -403,8 +403,8 @@ impl Waiter {
     fn wait_until(self, deadline: Option<Instant>) -> Outcome {
         // A handle of our own, so the guard does not borrow `self`, which
         // `settle` consumes.
-        let inner = Arc::clone(&self.ticket.inner);
-        let mut guard = lock(&inner.shards[self.ticket.shard]);
+        let inner = Arc::clone(&self.seat.inner);
+        let mut guard = lock(&inner.shards[self.seat.shard]);
         if let Check::Done(settled) = self.check(&mut guard) {
             drop(guard);
             return self.settle(settled);
@@ -457,14 +457,14 @@ impl Waiter {
     fn flight<'s>(&self, shard: &'s mut Shard) -> Option<&'s mut Flight> {
         shard
             .flights
-            .get_mut(&*self.ticket.key)
-            .filter(|flight| flight.id == self.ticket.flight)
+            .get_mut(&*self.seat.key)
+            .filter(|flight| flight.id == self.seat.flight)
     }
 
     /// Looks at the flight, taking up a promotion or a value; called with
     /// the shard locked.
     fn check(&self, shard: &mut Shard) -> Check {
-        let ticket = &self.ticket;
+        let seat = &self.seat;
         if let Some(flight) = self.flight(shard) {
             if flight.leader == Leader::Promoted(self.id) {
                 flight.leader = Leader::Active;
@@ -474,14 +474,14 @@ impl Waiter {
                 return Check::Waiting;
             }
         }
-        let Some(published) = shard.published.get_mut(&ticket.flight) else {
+        let Some(published) = shard.published.get_mut(&seat.flight) else {
             return Check::Done(Settled::Lost);
         };
         published.remaining = published.remaining.saturating_sub(1);
         let value = if published.remaining == 0 {
             // The last collector takes the value out, so the shard never
             // keeps it longer than a waiter needs it.
-            match shard.published.remove(&ticket.flight) {
+            match shard.published.remove(&seat.flight) {
                 Some(published) => published.value,
                 None => return Check::Done(Settled::Lost),
             }
@@ -501,7 +501,7 @@ impl Waiter {
         self.settled = true;
         match settled {
             Settled::Lead => Outcome::Lead(LeaderGuard {
-                ticket: self.ticket.clone(),
+                seat: self.seat.clone(),
                 finished: false,
             }),
             Settled::Value(value) => Outcome::Value(value),
@@ -517,12 +517,10 @@ impl Drop for Waiter {
         }
         // Wakers and values leave the lock before they are dropped.
         let (wakeup, stale, value) = {
-            let mut guard = self.ticket.lock();
+            let mut guard = self.seat.lock();
             match self.check(&mut guard) {
                 Check::Waiting => (Wakeup::default(), self.unqueue(&mut guard), None),
-                Check::Done(Settled::Lead) => {
-                    (self.ticket.hand_over_locked(&mut guard), None, None)
-                }
+                Check::Done(Settled::Lead) => (self.seat.hand_over_locked(&mut guard), None, None),
                 Check::Done(Settled::Value(value)) => (Wakeup::default(), None, Some(value)),
                 Check::Done(Settled::Lost) => (Wakeup::default(), None, None),
             }
@@ -535,8 +533,8 @@ impl Drop for Waiter {
 impl fmt::Debug for Waiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
-            .field("key", &self.ticket.key)
-            .field("flight", &self.ticket.flight)
+            .field("key", &self.seat.key)
+            .field("flight", &self.seat.flight)
             .field("id", &self.id)
             .finish()
     }
@@ -552,7 +550,7 @@ impl Future for WaitFuture {
         // Cloned and dropped outside the lock: both run executor code.
         let fresh = cx.waker().clone();
         let (settled, stale) = {
-            let mut guard = waiter.ticket.lock();
+            let mut guard = waiter.seat.lock();
             match waiter.check(&mut guard) {
                 Check::Done(settled) => (Some(settled), Some(fresh)),
                 Check::Waiting => match waiter
@@ -586,7 +584,7 @@ impl fmt::Debug for WaitFuture {
     }
 }
 
-impl Ticket {
+impl Seat {
     fn lock(&self) -> MutexGuard<'_, Shard> {
         lock(&self.inner.shards[self.shard])
     }

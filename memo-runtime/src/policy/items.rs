@@ -9,7 +9,7 @@ use std::future::Future;
 
 use super::stream::{self, LoadError, StreamReader};
 use super::{Call, Lookup};
-use crate::backend::drive::Blocking;
+use crate::backend::world::Blocking;
 use crate::format::envelope::{self, Invalid, fingerprint};
 use crate::format::manifest::Manifest;
 use crate::format::serial;

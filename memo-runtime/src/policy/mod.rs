@@ -62,7 +62,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::BackendError;
-use crate::backend::drive::{Blocking, Io};
+use crate::backend::world::{Blocking, World};
 use crate::common::counters::Counters;
 use crate::config::Resolved;
 use crate::format::crypto::EncryptionKey;
@@ -153,16 +153,16 @@ impl Call {
 
     /// The tokio driver for this call's configuration.
     #[cfg(feature = "async")]
-    pub(crate) fn tokio(&self) -> crate::backend::drive::Tokio {
-        crate::backend::drive::Tokio(Arc::clone(&self.config().async_backend))
+    pub(crate) fn tokio(&self) -> crate::backend::world::Tokio {
+        crate::backend::world::Tokio(Arc::clone(&self.config().async_backend))
     }
 
     /// The main entry's bytes, or `None` (absent, or the backend failed).
     pub(crate) fn get_main(&self) -> Option<Vec<u8>> {
-        crate::backend::drive::block_on(self.fetch_main(&self.blocking()))
+        crate::backend::world::block_on(self.fetch_main(&self.blocking()))
     }
 
-    async fn fetch_main(&self, io: &impl Io) -> Option<Vec<u8>> {
+    async fn fetch_main(&self, io: &impl World) -> Option<Vec<u8>> {
         match io.backend().get(self.key.stored()).await {
             Ok(found) => {
                 self.counters().backend_ok();
@@ -404,7 +404,7 @@ impl Call {
     /// when the call has no lock, or the lock could not be had (held
     /// elsewhere without blocking, timed out, backend down): the caller
     /// then computes without it.
-    async fn take_lock(&self, io: &impl Io) -> Option<CacheLock> {
+    async fn take_lock(&self, io: &impl World) -> Option<CacheLock> {
         // A call that stores nothing has nothing to make others wait for.
         let options = self.options.lock.filter(|_| self.will_store())?;
         let mut lock = self.lock(options);
@@ -500,7 +500,7 @@ impl Call {
     /// Drops the entry and, if it is chunked, its chunks, as a barrier (see
     /// `barrier`): no call that starts once this returns `Ok` is served a
     /// value whose computation or read began before it.
-    pub(crate) async fn invalidate(&self, io: &impl Io) -> Result<(), BackendError> {
+    pub(crate) async fn invalidate(&self, io: &impl World) -> Result<(), BackendError> {
         self.raise_barrier(io).await?;
         let deleted = self.delete(io).await;
         self.lower_barrier();
@@ -512,7 +512,7 @@ impl Call {
     /// The first half of a barrier on this call's key: stores begun under
     /// an earlier ticket are turned away, or waited for, at most
     /// [`BARRIER_WAIT`], after which the barrier fails.
-    pub(crate) async fn raise_barrier(&self, io: &impl Io) -> Result<(), BackendError> {
+    pub(crate) async fn raise_barrier(&self, io: &impl World) -> Result<(), BackendError> {
         let barrier = &self.engine.barrier;
         let stripe = self.ticket.stripe();
         barrier.bump(stripe);
@@ -538,7 +538,7 @@ impl Call {
     /// before it, and none of those is served once it returns. A barrier
     /// that cannot be raised in time leaves the call to compute and store
     /// all the same; it is logged.
-    async fn overwriting(mut self, io: &impl Io) -> Call {
+    async fn overwriting(mut self, io: &impl World) -> Call {
         if self.options.force_overwrite {
             if let Err(err) = self.raise_barrier(io).await {
                 log::warn!(
@@ -559,7 +559,7 @@ impl Call {
     }
 
     /// Deletes the entry and, if it is chunked, its chunks.
-    async fn delete(&self, io: &impl Io) -> Result<(), BackendError> {
+    async fn delete(&self, io: &impl World) -> Result<(), BackendError> {
         let backend = io.backend();
         if let Some(bytes) = backend.get(self.key.stored()).await? {
             // Any manifest under this key names chunks to remove, whatever type

@@ -110,7 +110,7 @@ impl Detached for Slot {
         pool.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back(Box::new(move || crate::backend::drive::block_on(job)));
+            .push_back(Box::new(move || crate::backend::world::block_on(job)));
         pool.ready.notify_one();
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::BackendError;
-use crate::backend::net::conn::{Conn, Io, Parsed, take_data, take_line};
+use crate::backend::net::conn::{Conn, Parsed, Transport, take_data, take_line};
 use crate::backend::net::pool::OpError;
 use crate::common::MAX_KEY_LEN;
 
@@ -132,7 +132,7 @@ fn parse_item(buf: &[u8]) -> Result<Option<(Item, usize)>, OpError> {
 /// The conversations of each operation, written once over any transport
 /// (`net::conn`): the blocking client runs them to completion in one poll,
 /// the async one awaits them.
-impl<T: Io> Conn<T> {
+impl<T: Transport> Conn<T> {
     /// The values of `keys` (`get`), or with `cas` their CAS tokens too
     /// (`gets`; the last found is kept).
     pub(super) async fn get_many(

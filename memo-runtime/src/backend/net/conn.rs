@@ -6,7 +6,7 @@
 //! `Ok(None)` while the reply is incomplete, `Ok(Some((reply, used)))` once
 //! it is whole, or an error. Neither parsers nor the conversations built on
 //! them (`get` batches, pipelined `set`s, compare-and-delete) know how bytes
-//! arrive: they are `async fn`s over an [`Io`] transport. The blocking
+//! arrive: they are `async fn`s over an [`Transport`] transport. The blocking
 //! client runs them over a [`DeadlineStream`](super::deadline::DeadlineStream),
 //! whose reads never return `Pending`, so [`ready`] completes them in one
 //! poll; the tokio client awaits them over a `tokio::net::TcpStream`. The
@@ -78,7 +78,7 @@ impl std::fmt::Display for Carried {
 
 impl std::error::Error for Carried {}
 
-pub(crate) use super::io::Io;
+pub(crate) use super::transport::Transport;
 
 /// A reply parser: `Ok(None)` while `buf` holds only part of a reply,
 /// `Ok(Some((reply, used)))` when its first `used` bytes are a whole reply.
@@ -109,7 +109,7 @@ pub(crate) struct Conn<T> {
     pub(crate) out: Vec<u8>,
 }
 
-impl<T: Io> Conn<T> {
+impl<T: Transport> Conn<T> {
     pub(crate) fn new(io: T) -> Conn<T> {
         Conn {
             io,
@@ -290,7 +290,7 @@ pub(crate) enum Waiting {
 
 /// Writes `bytes` to a connection's transport `io`, through its TLS
 /// session if any.
-async fn write<T: Io>(
+async fn write<T: Transport>(
     io: &mut T,
     #[cfg(feature = "tls")] tls: &mut Option<Box<super::tls::Session>>,
     bytes: &[u8],

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::future::Future;
 
-use super::conn::Io;
+use super::conn::Transport;
 use super::{MAX_TUNING, Settings};
 
 /// `from + duration`, or as late as representable near that: never panics.
@@ -127,7 +127,7 @@ impl Read for DeadlineStream {
 
 /// A blocking transport: its futures are ready when first polled, so the
 /// conversations over it run in one poll (`conn::ready`).
-impl Io for DeadlineStream {
+impl Transport for DeadlineStream {
     fn read_some<'a>(
         &'a mut self,
         buf: &'a mut [u8],

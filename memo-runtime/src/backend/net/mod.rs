@@ -1,7 +1,7 @@
 //! What the network backends share: connection settings and their URL
 //! parameters, server addresses, and
 //!
-//! - `io`: the byte transport a connection runs over;
+//! - `transport`: the byte transport a connection runs over;
 //! - `conn`: a connection and the sans-IO framing every reply parser
 //!   builds on, one for the blocking and the async client;
 //! - `pool`: the one connection pool and call rules of both clients;
@@ -50,7 +50,6 @@ use crate::common::url::CacheUrl;
 pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
-pub(crate) mod io;
 #[cfg(feature = "async")]
 pub(crate) mod mux;
 pub(crate) mod pool;
@@ -58,6 +57,7 @@ pub(crate) mod pool;
 pub(crate) mod tls;
 #[cfg(feature = "async")]
 pub(crate) mod tokio_io;
+pub(crate) mod transport;
 
 /// How long opening a connection may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);

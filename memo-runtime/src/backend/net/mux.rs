@@ -13,7 +13,7 @@
 //! **How.** Each runtime has one lane per server ([`Lanes`]): a connection
 //! owned by a driver task spawned on that runtime, fed by a channel. A
 //! call runs its usual conversation (the same `async fn`s over an
-//! [`Io`] as the pooled clients) over a [`MuxIo`]: its writes collect in a
+//! [`Transport`] as the pooled clients) over a [`MuxIo`]: its writes collect in a
 //! buffer, and its first read hands the buffer to the driver as one
 //! request, together with the number of commands in it (counted by the
 //! protocol's parser). The driver batches whatever requests wait, writes
@@ -54,7 +54,7 @@ use std::time::Instant;
 use tokio::runtime::Id;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{Carried, Conn, Io, OpError, Parse, Waiting};
+use super::conn::{Carried, Conn, OpError, Parse, Transport, Waiting};
 use super::lock;
 
 /// Request bytes sent in one write at most; the driver leaves the rest of
@@ -151,7 +151,7 @@ impl Lanes {
     /// meanwhile by a concurrent call, if any (`conn` is then closed).
     pub(crate) fn open<S>(&self, runtime: Id, conn: Conn<S>, framing: Framing) -> Sender
     where
-        S: Io + 'static,
+        S: Transport + 'static,
     {
         let mut lanes = lock(&self.lanes);
         lanes.retain(|lane| !lane.requests.is_closed());
@@ -228,7 +228,7 @@ impl MuxIo {
     }
 }
 
-impl Io for MuxIo {
+impl Transport for MuxIo {
     async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.read == self.replies.len() {
             if self.out.is_empty() {
@@ -307,7 +307,7 @@ fn copy_error(err: &OpError) -> OpError {
 /// The driver task of one lane: batches the waiting requests, writes them,
 /// reads and hands out their replies, until the connection fails or every
 /// sender is gone.
-async fn drive<S: Io>(
+async fn drive<S: Transport>(
     conn: Conn<S>,
     mut queue: mpsc::UnboundedReceiver<Request>,
     framing: Framing,
@@ -325,7 +325,7 @@ async fn drive<S: Io>(
 
 /// The loop of [`drive`]: `Ok` once every sender is gone, or the error
 /// that ended the connection (already sent to the calls of its batch).
-async fn serve<S: Io>(
+async fn serve<S: Transport>(
     mut conn: Conn<S>,
     queue: &mut mpsc::UnboundedReceiver<Request>,
     framing: Framing,
@@ -430,7 +430,7 @@ async fn serve<S: Io>(
 /// Writes `batch`'s requests at once and reads each one's replies, in
 /// order. The flag is false when a reply left the connection out of step
 /// (the requests after it then have no replies).
-async fn exchange<S: Io>(
+async fn exchange<S: Transport>(
     conn: &mut Conn<S>,
     batch: &mut VecDeque<Request>,
     framing: Framing,

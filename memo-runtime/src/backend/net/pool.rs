@@ -120,7 +120,10 @@ impl Pool {
     /// Runs the TLS handshake on a new connection when this pool speaks
     /// TLS, within the deadline of `conn`'s transport (blocking) or the
     /// caller's (async); nothing otherwise.
-    pub(crate) async fn secure<T: super::conn::Io>(&self, conn: &mut Conn<T>) -> io::Result<()> {
+    pub(crate) async fn secure<T: super::conn::Transport>(
+        &self,
+        conn: &mut Conn<T>,
+    ) -> io::Result<()> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let name = super::tls::server_name(&self.host)

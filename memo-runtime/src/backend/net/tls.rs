@@ -2,7 +2,7 @@
 //! `memcacheds://`, with rustls on the `ring` provider, no OpenSSL.
 //!
 //! **One TLS layer for both worlds.** memo's clients speak over the small
-//! [`Io`] transport, which the blocking client runs over a
+//! [`Transport`] transport, which the blocking client runs over a
 //! `DeadlineStream` and the async one over a tokio socket. [`Session`] is a
 //! sans-IO rustls client driven over any such transport, so one TLS layer
 //! serves the blocking and the async client: the same handshake, the same
@@ -42,7 +42,7 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 
-use super::io::Io;
+use super::transport::Transport;
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
 
@@ -394,7 +394,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A rustls client session over an [`Io`] transport, with the TLS bytes
+/// A rustls client session over an [`Transport`] transport, with the TLS bytes
 /// read from the socket and not yet handed to rustls.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -413,7 +413,7 @@ pub(crate) struct Session {
 
 impl Session {
     /// Runs the handshake over `io`, whose deadline bounds it.
-    pub(crate) async fn handshake<T: Io>(&mut self, io: &mut T) -> io::Result<()> {
+    pub(crate) async fn handshake<T: Transport>(&mut self, io: &mut T) -> io::Result<()> {
         while self.tls.is_handshaking() {
             self.send_pending(io).await?;
             if !self.tls.is_handshaking() {
@@ -431,7 +431,11 @@ impl Session {
     }
 
     /// Reads plaintext into `buf`; zero when the server closed.
-    pub(crate) async fn read<T: Io>(&mut self, io: &mut T, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) async fn read<T: Transport>(
+        &mut self,
+        io: &mut T,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
                 Ok(read) => return Ok(read),
@@ -449,7 +453,7 @@ impl Session {
     }
 
     /// Encrypts and sends all of `bytes`, a buffer's worth at a time.
-    pub(crate) async fn write_all<T: Io>(
+    pub(crate) async fn write_all<T: Transport>(
         &mut self,
         io: &mut T,
         mut bytes: &[u8],
@@ -478,7 +482,7 @@ impl Session {
     /// Hands rustls more TLS bytes, reading from `io` when none are left
     /// over, and processes them; the bytes read, zero when the server
     /// closed.
-    async fn receive<T: Io>(&mut self, io: &mut T) -> io::Result<usize> {
+    async fn receive<T: Transport>(&mut self, io: &mut T) -> io::Result<usize> {
         if self.start == self.end {
             if self.incoming.is_empty() {
                 self.incoming = vec![0; READ_CHUNK];
@@ -500,7 +504,7 @@ impl Session {
     }
 
     /// Sends whatever TLS bytes rustls has ready.
-    async fn send_pending<T: Io>(&mut self, io: &mut T) -> io::Result<()> {
+    async fn send_pending<T: Transport>(&mut self, io: &mut T) -> io::Result<()> {
         while self.tls.wants_write() {
             self.outgoing.clear();
             self.tls.write_tls(&mut self.outgoing)?;

@@ -35,9 +35,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Id};
 
-use super::conn::{Conn, Io, Waiting};
+use super::conn::{Conn, Transport, Waiting};
 
-impl Io for TcpStream {
+impl Transport for TcpStream {
     fn read_some<'a>(
         &'a mut self,
         buf: &'a mut [u8],

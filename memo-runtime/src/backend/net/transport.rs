@@ -1,4 +1,4 @@
-//! The byte transport every connection runs over ([`Io`]): a blocking
+//! The byte transport every connection runs over ([`Transport`]): a blocking
 //! `DeadlineStream`, a tokio socket, and under either, with the `tls`
 //! feature, a rustls session. It sits below `conn` (the connection and its
 //! framing) and `tls`, so both can speak over it.
@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 
 /// A byte transport: a socket, blocking or not.
-pub(crate) trait Io: Send {
+pub(crate) trait Transport: Send {
     /// Reads some bytes into `buf`; zero means the peer closed.
     fn read_some<'a>(
         &'a mut self,

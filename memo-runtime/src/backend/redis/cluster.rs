@@ -81,7 +81,7 @@ use super::super::asynchronous as aio;
 use super::command::{Cmd, Reply, count_round_trip};
 use super::protocol::Value;
 use super::{DEFAULT_PORT, handshake, pipeline_slices, ttl_millis, url_credentials};
-use crate::backend::net::conn::{Conn, Io, ready};
+use crate::backend::net::conn::{Conn, Transport, ready};
 use crate::backend::net::deadline::later;
 #[cfg(feature = "async")]
 use crate::backend::net::pool::run_async;
@@ -777,7 +777,7 @@ impl RedisClusterBackend {
     }
 
     /// Authenticates a new connection; a cluster has no database to select.
-    async fn handshake<T: Io>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
+    async fn handshake<T: Transport>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
         handshake(conn, self.username.as_deref(), self.password.as_deref(), 0).await
     }
 }
@@ -902,7 +902,7 @@ fn parse_slots(value: Value, default_host: &str) -> Result<Vec<SlotRange>, Strin
 
 /// Sends `batch` pipelined in one write, then reads every reply (so the
 /// connection stays in step whatever they say): one round trip.
-async fn exec<T: Io>(
+async fn exec<T: Transport>(
     conn: &mut Conn<T>,
     batch: &[(&Cmd<'_>, bool)],
     millis: &str,

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::protocol::Value;
-use crate::backend::net::conn::{Conn, Io};
+use crate::backend::net::conn::{Conn, Transport};
 use crate::backend::net::pool::OpError;
 
 /// Deletes `KEYS[1]` only if it holds `ARGV[1]`. Redis runs a script
@@ -85,7 +85,7 @@ impl Cmd<'_> {
     }
 
     /// Appends the command to `conn`'s request.
-    pub(super) async fn push<T: Io>(
+    pub(super) async fn push<T: Transport>(
         &self,
         conn: &mut Conn<T>,
         millis: &str,
@@ -126,7 +126,7 @@ impl Cmd<'_> {
     /// Reads the command's reply from `conn`: an error reply is
     /// [`OpError::Refused`] (the connection in step), a reply of a kind the
     /// command never answers is [`OpError::Protocol`].
-    pub(super) async fn read<T: Io>(&self, conn: &mut Conn<T>) -> Result<Reply, OpError> {
+    pub(super) async fn read<T: Transport>(&self, conn: &mut Conn<T>) -> Result<Reply, OpError> {
         if let Cmd::Slots = self {
             return Ok(Reply::Topology(conn.topology().await?));
         }
@@ -225,7 +225,7 @@ pub(crate) fn round_trips() -> u64 {
     ROUND_TRIPS.load(Ordering::Relaxed)
 }
 
-impl<T: Io> Conn<T> {
+impl<T: Transport> Conn<T> {
     /// Sends one command and reads its reply: one round trip.
     pub(super) async fn run(&mut self, cmd: &Cmd<'_>, millis: &str) -> Result<Reply, OpError> {
         self.out.clear();

@@ -64,7 +64,7 @@ use std::time::Duration;
 // Not imported by name: with both traits in scope, `backend.get(..)`
 // would be ambiguous in this module and its tests.
 use super::asynchronous as aio;
-use super::net::conn::{Conn, Io, ready};
+use super::net::conn::{Conn, Transport, ready};
 use super::net::pool::{OpError, Pool, SyncConn};
 #[cfg(feature = "async")]
 use super::net::pool::{run_async, run_mux};
@@ -248,7 +248,7 @@ impl RedisBackend {
     }
 
     /// Authenticates and selects the database on a new connection.
-    async fn handshake<T: Io>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
+    async fn handshake<T: Transport>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
         handshake(
             conn,
             self.username.as_deref(),
@@ -276,7 +276,7 @@ fn url_credentials(url: &CacheUrl) -> Result<Option<(Option<&str>, &str)>, Confi
 
 /// Authenticates (as `username` when given) and selects database `db` on
 /// a new connection, as the single-node and the cluster client do.
-async fn handshake<T: Io>(
+async fn handshake<T: Transport>(
     conn: &mut Conn<T>,
     username: Option<&str>,
     password: Option<&str>,
@@ -323,7 +323,7 @@ fn pipeline_slices<'i, 'a>(
 
 /// Each operation's conversation, written once over any transport
 /// (`net::conn`) for the blocking and the async client.
-impl<T: Io> Conn<T> {
+impl<T: Transport> Conn<T> {
     async fn get_value(&mut self, key: &str) -> Result<Option<Vec<u8>>, OpError> {
         self.run(&Cmd::Get(key), "").await?.value()
     }

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use crate::backend::net::conn::{Conn, Io, Parsed, take_data, take_line};
+use crate::backend::net::conn::{Conn, Parsed, Transport, take_data, take_line};
 use crate::backend::net::pool::OpError;
 
 /// The longest bulk string accepted in a reply: Redis's own default limit
@@ -245,7 +245,7 @@ fn echoed(n: u64, reply: &[u8]) -> bool {
 /// The conversations, written once over any transport (`net::conn`): the
 /// blocking client runs them to completion in one poll, the async one
 /// awaits them.
-impl<T: Io> Conn<T> {
+impl<T: Transport> Conn<T> {
     /// Sends one command and reads its reply.
     pub(super) async fn command(&mut self, args: &[&[u8]]) -> Result<Value, OpError> {
         self.out.clear();

@@ -30,7 +30,7 @@ use super::cluster::RedisClusterBackend;
 use super::protocol::Value;
 use super::{RedisBackend, handshake};
 use crate::backend::net::TlsConfig;
-use crate::backend::net::conn::{Conn, Io, ready};
+use crate::backend::net::conn::{Conn, Transport, ready};
 use crate::backend::net::pool::{OpError, Pool};
 use crate::backend::{BackendError, Deliver, Invalidations};
 
@@ -42,7 +42,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// A subscribed connection: blocking reads that wake up every [`POLL`].
 struct Subscribed(TcpStream);
 
-impl Io for Subscribed {
+impl Transport for Subscribed {
     fn read_some<'a>(
         &'a mut self,
         buf: &'a mut [u8],

@@ -223,3 +223,12 @@ pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> R
     call.invalidate(&driver).await?;
     Ok(())
 }
+
+/// [`invalidate_tag`](crate::invalidate_tag) for async callers: the same
+/// barrier, without blocking the executor.
+pub async fn invalidate_tag_async(tag: &str, options: &Options) -> Result<(), Error> {
+    let engine = crate::policy::engine::current();
+    let driver = Tokio(std::sync::Arc::clone(&engine.config.async_backend));
+    crate::policy::version::invalidate_tag(&engine, tag, options, &driver).await?;
+    Ok(())
+}

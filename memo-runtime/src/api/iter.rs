@@ -112,7 +112,10 @@ where
         }
         call.miss();
         let compute = self.compute.take().expect("compute runs once");
-        let writer = call.will_store().then(|| call.writer(true));
+        // The tokens the items will be stored behind, had before the
+        // source starts.
+        let writer = (call.will_store() && block_on(call.ensure_tokens(&driver)).is_some())
+            .then(|| call.writer(true));
         self.state = IterState::Miss {
             source: compute().into_iter(),
             call,

@@ -23,15 +23,15 @@ mod sync;
 pub use crate::policy::options::Options;
 #[cfg(feature = "async")]
 pub use asynchronous::{
-    cache_memoize_async, cache_memoize_owned_async, invalidate_async, try_cache_memoize_async,
-    try_cache_memoize_owned_async,
+    cache_memoize_async, cache_memoize_owned_async, invalidate_async, invalidate_tag_async,
+    try_cache_memoize_async, try_cache_memoize_owned_async,
 };
 pub use iter::{MemoIter, cache_memoize_iter};
 #[cfg(feature = "async")]
 pub use stream::{MemoStream, cache_memoize_stream};
 pub use sync::{
-    cache_memoize, cache_memoize_owned, invalidate, make_cache_key, try_cache_memoize,
-    try_cache_memoize_owned,
+    cache_memoize, cache_memoize_owned, invalidate, invalidate_tag, make_cache_key,
+    try_cache_memoize, try_cache_memoize_owned,
 };
 
 #[cfg(feature = "async")]

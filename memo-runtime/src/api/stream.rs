@@ -225,7 +225,9 @@ fn cache_side<T: DeserializeOwned>(call: Call, opened: oneshot::Sender<Opened>) 
         }
     }
     call.miss();
-    if !call.will_store() {
+    // The tokens the items will be stored behind, had before the source
+    // starts.
+    if !call.will_store() || block_on(call.ensure_tokens(&driver)).is_none() {
         let _ = opened.send(Opened::Miss(None));
         return;
     }

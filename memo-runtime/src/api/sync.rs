@@ -251,3 +251,34 @@ pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Err
     block_on(call.invalidate(&call.blocking()))?;
     Ok(())
 }
+
+/// Invalidates every entry stored with `tag` (see [`Options::tags`]): once
+/// this returns `Ok`, each is a miss, in every process that shares the
+/// cache, on every backend, and no call that starts afterwards is served a
+/// value whose computation began before it. `options` give the encryption
+/// settings the tag was stored under, as for [`invalidate`].
+///
+/// It writes one small entry, the tag's new version: no scan, no list of
+/// keys. It returns `Err` when the backend cannot take that write (within
+/// the backend's timeout), because an `Ok` must mean the barrier holds.
+/// This process's local copies are all dropped (a tag's entries cannot be
+/// named); other processes' are dropped on the Redis invalidation message,
+/// or live out their `local` duration on other backends.
+///
+/// ```
+/// use memo_runtime::{cache_memoize, invalidate_tag, Options};
+///
+/// let tagged = Options::new().tags(["user:7"]);
+/// let _: String = cache_memoize("tag-doc:profile:7", || "ada".into(), &tagged);
+/// invalidate_tag("user:7", &Options::new()).unwrap();
+/// let again: String = cache_memoize("tag-doc:profile:7", || "ada lovelace".into(), &tagged);
+/// assert_eq!(again, "ada lovelace");
+/// ```
+pub fn invalidate_tag(tag: &str, options: &Options) -> Result<(), Error> {
+    let engine = engine::current();
+    let driver = Blocking(std::sync::Arc::clone(&engine.config.backend));
+    block_on(crate::policy::version::invalidate_tag(
+        &engine, tag, options, &driver,
+    ))?;
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use super::Config;
 use crate::format::crypto::EncryptionKey;
-use crate::format::key::{CacheKey, EntryKey};
+use crate::format::key::{CacheKey, Derived, EntryKey};
 
 /// The key encrypted calls use when neither the call nor the configuration
 /// names one: random, made once per process.
@@ -41,6 +41,18 @@ impl Config {
             key: EntryKey::from_owned(self.namespace.as_deref(), key, encryption.as_ref()),
             encryption,
         }
+    }
+
+    /// The key of `tag`'s current version for a call that resolved its
+    /// encryption to `encryption`: the tag resolved as a key, then derived
+    /// (`\T`), so no tag key equals an entry's or another derived key.
+    pub(crate) fn tag_key(&self, tag: &str, encryption: Option<&EncryptionKey>) -> String {
+        EntryKey::from_owned(
+            self.namespace.as_deref(),
+            CacheKey::from(tag.to_owned()),
+            encryption,
+        )
+        .derived(Derived::Tag)
     }
 
     /// The key an encrypted call uses.

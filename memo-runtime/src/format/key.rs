@@ -42,11 +42,15 @@
 //!   [`MAX_DERIVED_PREFIX`] bytes; otherwise it is empty. So with a namespace
 //!   and no encryption every key memo stores starts with `namespace:`, and an
 //!   encrypted deployment shows nothing readable, not even the namespace.
-//! - `MARKER` is an uppercase letter: `L` for the lock, `C` for data chunk
+//! - `MARKER` is an uppercase letter: `L` for the lock, `V` for the
+//!   entry's version key and `T` for a tag's key (both hold a token, see
+//!   `format::guard`; a tag's key is derived from the tag resolved as a key),
+//!   `C` for data chunk
 //!   `n` of write `w` (tag `{w}-{n}`), `I` for index chunk `n` at level `l`
 //!   of write `w` (tag `{w}-{l}.{n}`). The write id is 16 lowercase hex
 //!   digits, `n` and `l` are decimal.
 //! - For the key `job` in the namespace `shop`: `shop:\L:job` (lock),
+//!   `shop:\V:job` (version), `shop:\T:job` (the tag `job`),
 //!   `shop:\C0123456789abcdef-7:job` (data chunk 7),
 //!   `shop:\I0123456789abcdef-1.0:job` (the first index chunk of level 1);
 //!   encrypted, `\L:` and the 64 hex digits of the stored key.
@@ -597,6 +601,12 @@ impl EntryKey {
 pub(crate) enum Derived<'a> {
     /// The entry's lock.
     Lock,
+    /// The entry's version key, holding the token its value must be stored
+    /// behind (`format::guard`).
+    Version,
+    /// A tag's key, derived from the tag resolved as a key, holding the
+    /// token of the tag's current version.
+    Tag,
     /// Data chunk `index` of the write with the hex id `write`.
     Chunk {
         /// The write id, 16 lowercase hex digits.
@@ -643,6 +653,24 @@ pub(crate) fn lock_key(namespace: Option<&str>, stored_key: &str) -> String {
     )
 }
 
+/// What a key is placed by on a pool of servers, as two pieces to hash one
+/// after the other: for an entry's version key (`{prefix}\\V:{rest}`), the
+/// entry's own stored key (`{prefix}{rest}`), so that the two always share a
+/// server and one request reads both; any other key places by itself. No
+/// caller's key contains `\\V:` (a backslash there only starts a `\\xNN`
+/// escape), so only a version key is read this way. A version key shortened
+/// to fit (`\\V;`) places by itself.
+#[cfg(feature = "memcached")]
+pub(crate) fn placed_by(key: &str) -> (&str, &str) {
+    if let Some(at) = key.find("\\V:") {
+        let (prefix, tail) = key.split_at(at);
+        if prefix.is_empty() || prefix.ends_with(':') {
+            return (prefix, &tail[3..]);
+        }
+    }
+    (key, "")
+}
+
 fn derived(stored: &str, prefix_len: usize, kind: Derived<'_>) -> String {
     let (prefix, rest) = stored.split_at(prefix_len);
     let mut head = String::with_capacity(prefix.len() + 40);
@@ -650,6 +678,8 @@ fn derived(stored: &str, prefix_len: usize, kind: Derived<'_>) -> String {
     // Write errors into a String cannot happen.
     let _ = match kind {
         Derived::Lock => write!(head, "\\L"),
+        Derived::Version => write!(head, "\\V"),
+        Derived::Tag => write!(head, "\\T"),
         Derived::Chunk { write, index } => write!(head, "\\C{write}-{index}"),
         Derived::Index {
             write,

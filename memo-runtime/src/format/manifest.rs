@@ -68,11 +68,13 @@ use super::key::{Derived, EntryKey};
 pub(crate) const DIGEST: usize = 32;
 const MANIFEST_FIXED: usize = 8 + 4 + 4 + 8 + 8 + 8 + BLOCK;
 
-/// The most a manifest envelope exceeds `chunk_size` by: its fixed fields
-/// and the envelope's header and checksum, or, encrypted, its IV, padding,
-/// sealed type fingerprint and MAC. Every other stored item is at most
-/// `chunk_size` bytes.
-pub const MAX_OVERHEAD: usize = MANIFEST_FIXED + envelope::HEADER_LEN + 2 * BLOCK + 8 + crypto::TAG;
+/// The most a main entry exceeds `chunk_size` by: a manifest's fixed
+/// fields and the envelope's header and checksum, or, encrypted, its IV,
+/// padding, sealed type fingerprint and MAC; and the guard of version
+/// tokens in front of it. Every other stored item is at most `chunk_size`
+/// bytes.
+pub const MAX_OVERHEAD: usize =
+    MANIFEST_FIXED + envelope::HEADER_LEN + 2 * BLOCK + 8 + crypto::TAG + super::guard::MAX_LEN;
 
 /// How many digests one chunk holds: the fan-out of the tree of digests.
 pub(crate) fn fanout(chunk_size: u32) -> u64 {

@@ -2,7 +2,9 @@
 //! no backend calls, so each is easy to test, fuzz and bench.
 //!
 //! - `key`: the caller's key to the stored key, and the derived keys of
-//!   locks and chunks;
+//!   locks, versions, tags and chunks;
+//! - `guard`: the version tokens in front of every main entry, which make
+//!   invalidation a barrier across processes;
 //! - `envelope`: the header, checksum or MAC that binds every stored value
 //!   to its key, type and format version;
 //! - `serial`: postcard, decoded exactly, from bytes or from a stream;
@@ -14,6 +16,7 @@
 pub(crate) mod compress;
 pub(crate) mod crypto;
 pub(crate) mod envelope;
+pub(crate) mod guard;
 pub(crate) mod key;
 pub(crate) mod manifest;
 pub(crate) mod schema;

@@ -158,13 +158,32 @@ impl Engine {
         self.local.get()
     }
 
-    /// Another process invalidated `stored_key`: no copy made before now
-    /// is served again here.
+    /// Another process invalidated `stored_key` (an empty key: a tag, so
+    /// anything): no copy made before now is served again here.
     fn dropped_elsewhere(&self, stored_key: &str) {
+        if stored_key.is_empty() {
+            self.dropped_everything();
+            return;
+        }
         self.barrier.bump(super::barrier::stripe_of(stored_key));
         if let Some(copies) = self.local.get() {
             copies.remove(stored_key);
         }
+    }
+
+    /// An invalidation that reaches keys it cannot name (a tag's): no copy
+    /// made and no flight begun before now is served again here.
+    pub(crate) fn dropped_everything(&self) {
+        self.barrier.bump_all();
+        if let Some(copies) = self.local.get() {
+            copies.clear();
+        }
+    }
+
+    /// Tells other processes that an invalidation reached keys it cannot
+    /// name (a tag's): they drop every local copy.
+    pub(crate) fn publish_invalidation_of_everything(&self) {
+        self.publish_invalidation("");
     }
 
     /// Tells other processes to drop their local copies of `stored_key`,

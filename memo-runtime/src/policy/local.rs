@@ -136,6 +136,11 @@ impl LocalCopies {
         self.copies.remove(key);
     }
 
+    /// Drops every copy.
+    pub(crate) fn clear(&self) {
+        self.copies.clear();
+    }
+
     /// The number of copies and the bytes the budget charges for them.
     #[cfg(test)]
     fn usage(&self) -> (usize, u64) {

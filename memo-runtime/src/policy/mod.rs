@@ -84,6 +84,7 @@ pub(crate) mod local;
 pub(crate) mod options;
 pub(crate) mod pool;
 pub(crate) mod stream;
+pub(crate) mod version;
 
 use barrier::Ticket;
 use codec::{Encode, Serde};
@@ -104,11 +105,6 @@ use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
 /// computes.
 pub const COALESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an invalidation waits for the stores of its key that were
-/// already under way (each bounded by the backend's own deadline) before
-/// it gives up with an error: an `Ok` must mean the barrier holds.
-const BARRIER_WAIT: Duration = Duration::from_secs(10);
-
 /// One call's resolved settings.
 pub(crate) struct Call {
     pub(crate) engine: Arc<Handle>,
@@ -119,6 +115,11 @@ pub(crate) struct Call {
     pub(crate) encryption: Option<EncryptionKey>,
     ttl: Duration,
     options: Options,
+    /// The keys of the version tokens the entry is stored behind, made on
+    /// first use (a local hit needs none).
+    guard_keys: std::sync::OnceLock<Vec<String>>,
+    /// The tokens the last lookup read (see `version`).
+    seen: std::sync::Mutex<Option<version::Seen>>,
 }
 
 impl Call {
@@ -134,6 +135,8 @@ impl Call {
             encryption,
             options: options.clone(),
             engine,
+            guard_keys: std::sync::OnceLock::new(),
+            seen: std::sync::Mutex::new(None),
         }
     }
 
@@ -160,22 +163,6 @@ impl Call {
     /// The main entry's bytes, or `None` (absent, or the backend failed).
     pub(crate) fn get_main(&self) -> Option<Vec<u8>> {
         crate::backend::world::block_on(self.fetch_main(&self.blocking()))
-    }
-
-    async fn fetch_main(&self, io: &impl World) -> Option<Vec<u8>> {
-        match io.backend().get(self.key.stored()).await {
-            Ok(found) => {
-                self.counters().backend_ok();
-                if let Some(bytes) = &found {
-                    self.counters().read(bytes.len());
-                }
-                found
-            }
-            Err(err) => {
-                self.counters().backend_failed("get", &err);
-                None
-            }
-        }
     }
 
     /// Counts and logs an entry read back that did not check out.
@@ -247,7 +234,7 @@ impl Call {
             counters: Arc::clone(&self.config().counters),
             key: self.key.clone(),
             encryption: self.encryption.clone(),
-            commit: barrier::Commit::new(Arc::clone(&self.engine.barrier), self.ticket),
+            guard: self.guard_prefix(),
         }
     }
 
@@ -342,14 +329,17 @@ impl Call {
                 Store::Nothing => return,
                 Store::Chunked(Either::Left(stored)) => stored.await,
                 Store::Chunked(Either::Right(stored)) => stored.await,
-                Store::Value(encoded) => match self.engine.barrier.commit(self.ticket) {
-                    None => Err(StoreError::Invalidated),
-                    Some(_writing) => driver
-                        .backend()
-                        .set(self.key.stored(), &encoded, self.backend_ttl())
-                        .await
-                        .map(|()| self.counters().wrote(encoded.len()))
-                        .map_err(StoreError::from),
+                Store::Value(encoded) => match self.guard_prefix() {
+                    None => Err(StoreError::NoVersion),
+                    Some(mut stored) => {
+                        stored.extend_from_slice(&encoded);
+                        driver
+                            .backend()
+                            .set(self.key.stored(), &stored, self.backend_ttl())
+                            .await
+                            .map(|()| self.counters().wrote(stored.len()))
+                            .map_err(StoreError::from)
+                    }
                 },
             };
             self.store_finished(outcome);
@@ -385,8 +375,10 @@ impl Call {
                 self.counters().stored();
             }
             Err(StoreError::Backend(err)) => self.counters().backend_failed("set", &err),
-            Err(StoreError::Invalidated) => log::debug!(
-                "memo: not caching {}: invalidated while it was computed",
+            // What kept the version from being had (a backend failure, a
+            // token that did not read back) was counted where it happened.
+            Err(StoreError::NoVersion) => log::debug!(
+                "memo: not caching {}: its version could not be read or written",
                 self.key.stored()
             ),
             Err(err) => {
@@ -497,62 +489,38 @@ impl Call {
         self.counters().miss();
     }
 
-    /// Drops the entry and, if it is chunked, its chunks, as a barrier (see
-    /// `barrier`): no call that starts once this returns `Ok` is served a
-    /// value whose computation or read began before it.
+    /// Drops the entry and, if it is chunked, its chunks, as a barrier: a
+    /// new version token first, so that no entry stored behind the old one
+    /// is served in any process (see `version`), and in this process no
+    /// local copy or flight that began before (see `barrier`).
     pub(crate) async fn invalidate(&self, io: &impl World) -> Result<(), BackendError> {
-        self.raise_barrier(io).await?;
-        let deleted = self.delete(io).await;
+        let outcome = match self.new_version(io).await {
+            Ok(()) => self.delete(io).await,
+            Err(err) => Err(err),
+        };
         self.lower_barrier();
-        deleted?;
+        outcome?;
         self.tell_others();
         Ok(())
     }
 
-    /// The first half of a barrier on this call's key: stores begun under
-    /// an earlier ticket are turned away, or waited for, at most
-    /// [`BARRIER_WAIT`], after which the barrier fails.
-    pub(crate) async fn raise_barrier(&self, io: &impl World) -> Result<(), BackendError> {
-        let barrier = &self.engine.barrier;
-        let stripe = self.ticket.stripe();
-        barrier.bump(stripe);
-        let started = Instant::now();
-        let mut pause = Duration::from_micros(50);
-        while barrier.writing(stripe) {
-            if started.elapsed() >= BARRIER_WAIT {
-                self.lower_barrier();
-                return Err(BackendError::new(format!(
-                    "a store of {} was still under way after {BARRIER_WAIT:?}",
-                    self.key.stored()
-                ))
-                .with_kind(crate::backend::BackendErrorKind::Timeout));
-            }
-            io.sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-
-    /// A call that overwrites raises the barrier before it computes, and
-    /// takes its ticket after: its store then wins over every store begun
-    /// before it, and none of those is served once it returns. A barrier
-    /// that cannot be raised in time leaves the call to compute and store
-    /// all the same; it is logged.
-    async fn overwriting(mut self, io: &impl World) -> Call {
+    /// A call that overwrites writes a new version token before it
+    /// computes: its store then wins over every store begun before it, in
+    /// any process, and none of those is served once it returns. A token
+    /// that cannot be written leaves the call to compute all the same (it
+    /// then stores only if it can read the entry's current token); it is
+    /// logged.
+    async fn overwriting(self, io: &impl World) -> Call {
         if self.options.force_overwrite {
-            if let Err(err) = self.raise_barrier(io).await {
-                log::warn!(
-                    "memo: overwriting {} all the same: {err}",
-                    self.key.stored()
-                );
+            if let Err(err) = self.new_version(io).await {
+                self.counters().backend_failed("set", &err);
             }
-            self.ticket = self.engine.barrier.ticket(self.key.stored());
         }
         self
     }
 
-    /// The second half of a barrier: what was read, kept or joined while
-    /// it was up is not served to a call that starts after it.
+    /// What was read, kept or joined in this process before now is not
+    /// served to a call that starts after this.
     pub(crate) fn lower_barrier(&self) {
         self.engine.barrier.bump(self.ticket.stripe());
         self.drop_local();
@@ -563,8 +531,9 @@ impl Call {
         let backend = io.backend();
         if let Some(bytes) = backend.get(self.key.stored()).await? {
             // Any manifest under this key names chunks to remove, whatever type
-            // it was written for.
-            let manifest = Manifest::decode_any(self.key.full(), &bytes, self.encryption.as_ref());
+            // it was written for and whatever tokens it was stored behind.
+            let entry = crate::format::guard::strip(&bytes).unwrap_or(&bytes);
+            let manifest = Manifest::decode_any(self.key.full(), entry, self.encryption.as_ref());
             backend.delete(self.key.stored()).await?;
             if let Some(manifest) = manifest {
                 for chunk in manifest.stored_keys(&self.key) {
@@ -834,6 +803,11 @@ where
     C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
 {
+    // The tokens the value will be stored behind are had before it is
+    // computed, so that an invalidation after this point turns it away.
+    if call.will_store() {
+        call.ensure_tokens(driver).await;
+    }
     let mut watch = RefreshWatch {
         call,
         armed: refreshing.is_some(),

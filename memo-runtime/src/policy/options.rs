@@ -33,6 +33,9 @@ pub struct Options {
     pub(crate) local: Option<Duration>,
     pub(crate) refresh_ahead: Option<Beta>,
     pub(crate) stale: Option<Duration>,
+    /// The tags the entry is stored with, as given (each resolved like a
+    /// key when the call runs).
+    pub(crate) tags: std::sync::Arc<[String]>,
 }
 
 /// The β of refresh-ahead, compared by its bits so that [`Options`] stays
@@ -66,6 +69,7 @@ impl Default for Options {
             local: None,
             refresh_ahead: None,
             stale: None,
+            tags: std::sync::Arc::from([]),
         }
     }
 }
@@ -215,6 +219,37 @@ impl Options {
     /// [`large_data`](Self::large_data)).
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale = (!window.is_zero()).then_some(window);
+        self
+    }
+
+    /// Stores the entry with these tags, so that
+    /// [`invalidate_tag`](crate::invalidate_tag) of any of them makes it a
+    /// miss, in every process, on every backend (memcached included: no
+    /// scan, no list of keys).
+    ///
+    /// Each tag is a key like any other: namespaced, escaped, and opaque
+    /// under encryption. Each has a small entry of its own holding its
+    /// current version, read in the same round trip as the entry (one
+    /// request per server or per cluster slot the keys fall in). Up to 16
+    /// tags are kept; more are ignored, and logged. The tags are part of
+    /// what an entry is stored behind: a call with other tags, under the
+    /// same key, finds it a miss.
+    ///
+    /// ```
+    /// use memo_runtime::{cache_memoize, invalidate_tag, Options};
+    ///
+    /// let options = Options::new().tags(["user:7", "catalog"]);
+    /// let _: u32 = cache_memoize("tags-doc:orders:7", || 3, &options);
+    /// invalidate_tag("user:7", &Options::new()).unwrap();
+    /// let again: u32 = cache_memoize("tags-doc:orders:7", || 4, &options);
+    /// assert_eq!(again, 4);
+    /// ```
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
         self
     }
 }

@@ -30,8 +30,6 @@ use crate::format::envelope::{self, Invalid};
 use crate::format::key::EntryKey;
 use crate::format::manifest::Manifest;
 
-use super::barrier::Commit;
-
 mod read;
 mod write;
 
@@ -55,9 +53,10 @@ pub(crate) struct Pipeline {
     pub(crate) counters: Arc<Counters>,
     pub(crate) key: EntryKey,
     pub(crate) encryption: Option<EncryptionKey>,
-    /// How the manifest, the write that makes the value visible, commits
-    /// against the invalidation barrier.
-    pub(crate) commit: Commit,
+    /// The guard the manifest, the write that makes the value visible, is
+    /// stored behind (`format::guard`); `None` when the call's version
+    /// tokens could not be had, and then no manifest is stored.
+    pub(crate) guard: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -106,10 +105,10 @@ pub(crate) enum StoreError {
     /// The manifest could not be encoded.
     #[error(transparent)]
     Encode(#[from] envelope::EncodeError),
-    /// The key was invalidated while the value was computed or written: it
-    /// is the caller's, not the cache's.
-    #[error("invalidated while it was computed")]
-    Invalidated,
+    /// The entry's version tokens could not be read or written, so there
+    /// is nothing to store it behind.
+    #[error("its version could not be read or written")]
+    NoVersion,
 }
 
 /// Why a chunked value could not be loaded.
@@ -150,7 +149,8 @@ mod tests {
             counters: Arc::clone(&s.counters),
             key: entry(),
             encryption: enc.cloned(),
-            commit: Commit::alone("main"),
+            // No guard: these tests read the manifest straight back.
+            guard: Some(Vec::new()),
         }
     }
 

@@ -261,11 +261,14 @@ impl StreamWriter {
             counters,
             key,
             encryption,
-            commit,
+            guard,
         } = &self.pipeline;
+        let Some(guard) = guard else {
+            return Err(StoreError::NoVersion);
+        };
         let encryption = encryption.as_ref();
         let envelope = self.manifest.encode(key.full(), fingerprint, encryption)?;
-        if envelope.len() > self.chunk_size + MAX_OVERHEAD {
+        if guard.len() + envelope.len() > self.chunk_size + MAX_OVERHEAD {
             return Err(StoreError::TooLarge(format!(
                 "{} chunks need a {} byte manifest",
                 self.manifest.chunk_count,
@@ -279,18 +282,22 @@ impl StreamWriter {
         // once they would vanish under a reader that is streaming them right
         // now. So they are given a short grace period, then expire.
         let previous = match backend.get(key.stored()) {
-            Ok(Some(bytes)) => Manifest::decode_any(key.full(), &bytes, encryption),
+            Ok(Some(bytes)) => {
+                // Behind a guard, or not (an entry of an older format).
+                let entry = crate::format::guard::strip(&bytes).unwrap_or(&bytes);
+                Manifest::decode_any(key.full(), entry, encryption)
+            }
             Ok(None) => None,
             Err(err) => {
                 counters.backend_failed("get", &err);
                 None
             }
         };
-        let Some(_writing) = commit.begin() else {
-            return Err(StoreError::Invalidated);
-        };
-        backend.set(key.stored(), &envelope, self.ttl)?;
-        counters.wrote(envelope.len());
+        let mut stored = Vec::with_capacity(guard.len() + envelope.len());
+        stored.extend_from_slice(guard);
+        stored.extend_from_slice(&envelope);
+        backend.set(key.stored(), &stored, self.ttl)?;
+        counters.wrote(stored.len());
         if let Some(previous) = previous.filter(|p| p.write_id != self.manifest.write_id) {
             let grace = SUPERSEDED_GRACE.min(self.ttl);
             if let Err(err) = self.pipeline.expire_chunks(&previous, grace) {

@@ -36,13 +36,31 @@ impl Peer {
 
     /// Sends one command line and returns the peer's one-line answer.
     pub fn ask(&mut self, line: &str) -> String {
+        self.send(line);
+        self.answer()
+    }
+
+    /// Sends one command line without waiting for its answer.
+    pub fn send(&mut self, line: &str) {
         writeln!(self.input, "{line}").expect("the peer reads its input");
         self.input.flush().expect("the peer reads its input");
+    }
+
+    /// Waits for the peer's next one-line answer.
+    pub fn answer(&mut self) -> String {
         let mut answer = String::new();
         self.output
             .read_line(&mut answer)
             .expect("the peer answers");
         answer.trim().to_owned()
+    }
+}
+
+impl Peer {
+    /// Kills the peer at once, whatever it is doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

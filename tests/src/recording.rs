@@ -55,6 +55,20 @@ impl RecordingBackend {
             .collect()
     }
 
+    /// Every value the backend was given, but the version tokens memo
+    /// writes under version (`\\V`) and tag (`\\T`) keys before it computes.
+    pub fn entries(&self) -> Vec<Vec<u8>> {
+        self.ops()
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Set(key, value) if !key.contains("\\V:") && !key.contains("\\T:") => {
+                    Some(value)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every value the backend was given.
     pub fn values(&self) -> Vec<Vec<u8>> {
         self.ops()

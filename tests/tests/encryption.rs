@@ -133,7 +133,10 @@ fn a_wrong_key_is_a_miss_not_an_error() {
         &their_options,
     );
     assert_eq!(recomputed.owner, "them");
-    assert_eq!(stats().invalid, 1);
+    // A miss (behind another key's version token, or failing the MAC),
+    // never an error.
+    assert_eq!(stats().errors, 0);
+    assert!(stats().invalid <= 1);
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn try_cache_memoize_caches_only_ok() {
     );
     assert_eq!(calls.get(), 2, "errors are not cached");
     assert!(
-        backend.values().is_empty(),
+        backend.entries().is_empty(),
         "nothing was stored for an error"
     );
     let ok: Result<u32, String> = try_cache_memoize("flaky", || Ok(7), &Options::new());
@@ -152,7 +152,7 @@ fn a_large_value_without_large_data_is_computed_not_cached() {
     let big = vec![1u8; 10_000];
     let value: Vec<u8> = cache_memoize("too-big", || big.clone(), &Options::new());
     assert_eq!(value, big);
-    assert!(backend.values().is_empty());
+    assert!(backend.entries().is_empty());
     assert_eq!(stats().errors, 1);
 }
 

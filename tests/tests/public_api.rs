@@ -188,13 +188,15 @@ fn the_scan_reads_declarations_whole() {
 #[test]
 fn contract_names() {
     #[allow(unused_imports)]
+    use memo_runtime::invalidate_tag_async;
+    #[allow(unused_imports)]
     use memo_runtime::{
         BATCH_CHUNKS, Backend, BackendError, BackendErrorKind, CacheKey, CacheLock, CacheLockGuard,
         CacheUrl, Config, ConfigError, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
         DEFAULT_EXPIRATION, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
         EncryptionKey, Error, KeyError, LockError, LockOptions, MAX_MANIFEST_OVERHEAD,
         MIN_CHUNK_SIZE, MemoIter, MemoryBackend, Options, SUPERSEDED_GRACE, Stats, cache_memoize,
-        cache_memoize_iter, config, configure, invalidate, make_cache_key, stats,
+        cache_memoize_iter, config, configure, invalidate, invalidate_tag, make_cache_key, stats,
         try_cache_memoize,
     };
     #[cfg(feature = "memcached")]

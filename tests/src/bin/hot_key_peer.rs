@@ -5,7 +5,10 @@
 //! closes. For `tests/background_refresh.rs`, `stale KEY` answers with the
 //! value memoized with `cache_memoize_owned` and a stale window (a refresh
 //! takes 600 ms and computes `peer-N`), and `count` with how many values
-//! this process has computed.
+//! this process has computed. For `tests/invalidation_fleet.rs`,
+//! `slow KEY MS` and `slowtag KEY TAG MS` answer with the value memoized
+//! without a local copy (with the tag `TAG`), computing `slow-N` in `MS`
+//! milliseconds on a miss: the writer of a stale set.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -42,6 +45,17 @@ fn main() {
                 },
                 &stale,
             )
+        } else if let Some(rest) = line.strip_prefix("slow ") {
+            let (key, ms) = rest.split_once(' ').expect("slow KEY MS");
+            slow(key, ms, &Options::new(), &computed)
+        } else if let Some(rest) = line.strip_prefix("slowtag ") {
+            let mut words = rest.split(' ');
+            let (key, tag, ms) = (
+                words.next().expect("a key"),
+                words.next().expect("a tag"),
+                words.next().expect("milliseconds"),
+            );
+            slow(key, ms, &Options::new().tags([tag]), &computed)
         } else if line == "count" {
             computed.load(Ordering::SeqCst).to_string()
         } else {
@@ -51,4 +65,18 @@ fn main() {
         writeln!(out, "{value}").expect("stdout");
         out.flush().expect("stdout");
     }
+}
+
+/// The value memoized under `key` with `options`, computing `slow-N` in
+/// `ms` milliseconds on a miss.
+fn slow(key: &str, ms: &str, options: &Options, computed: &AtomicUsize) -> String {
+    let ms: u64 = ms.parse().expect("milliseconds");
+    cache_memoize(
+        key,
+        || {
+            std::thread::sleep(Duration::from_millis(ms));
+            format!("slow-{}", computed.fetch_add(1, Ordering::SeqCst) + 1)
+        },
+        options,
+    )
 }

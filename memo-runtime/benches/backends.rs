@@ -8,6 +8,11 @@
 //!   built-in memcached client used directly through the `Backend` trait,
 //!   and the `redis` crate's own connection for Redis. The ratio is memo's
 //!   overhead (key building, envelope check, decoding) over the floor.
+//! - `hit/<backend>/memo_2_tags` — the same hit of an entry stored with two
+//!   tags, whose tokens are read in the same request.
+//! - `barrier/<backend>/miss_store` (and `_2_tags`) — a miss and its store
+//!   after an `invalidate`, versus `raw_get_then_set`; `invalidate_tag`
+//!   versus `raw_set` of a token.
 //! - `large_data/<backend>/memo_store` and `memo_load` — a 64 MiB value
 //!   stored (`force_overwrite`) and loaded with `large_data`, versus
 //!   `raw_set_many` and `raw_get_many` of the same 64 MiB in chunks of
@@ -120,8 +125,58 @@ fn hit(c: &mut Criterion, target: &mut Target) {
             value
         });
     });
+    let tagged = Options::new().tags(["bench:tag:a", "bench:tag:b"]);
+    let tagged_key = ["bench", "profile", "tagged"];
+    let _: Profile = cache_memoize(tagged_key, profile, &tagged);
+    group.bench_function("memo_2_tags", |b| {
+        b.iter(|| {
+            let value: Profile = cache_memoize(tagged_key, || unreachable!("a hit"), &tagged);
+            value
+        });
+    });
     let raw_get = &mut target.raw_get;
     group.bench_function("raw_get", |b| b.iter(|| raw_get(&full_key)));
+    group.finish();
+}
+
+/// What the invalidation barrier costs a miss, and a tag's invalidation,
+/// next to the raw client's `get` and `set` of the same bytes.
+fn barrier(c: &mut Criterion, target: &mut Target) {
+    configure(Config::from_url(&target.url).expect("a valid URL"));
+    let plain = Options::new();
+    let tagged = Options::new().tags(["bench:tag:a", "bench:tag:b"]);
+    let key = ["bench", "profile", "missed"];
+    let _: Profile = cache_memoize(key, profile, &plain);
+    let full_key = make_cache_key(key, &plain);
+    let bytes = target.raw.get(&full_key).expect("get").expect("stored");
+
+    let mut group = c.benchmark_group(format!("barrier/{}", target.name));
+    for (name, options) in [("miss_store", &plain), ("miss_store_2_tags", &tagged)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                // Not timed: the entry goes, its tokens stay.
+                || memo_runtime::invalidate(key, options).expect("invalidate"),
+                |()| {
+                    let value: Profile = cache_memoize(key, profile, options);
+                    value
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    let raw = &target.raw;
+    group.bench_function("raw_get_then_set", |b| {
+        b.iter(|| {
+            let _ = raw.get(&full_key).expect("get");
+            raw.set(&full_key, &bytes, MINUTE).expect("set");
+        });
+    });
+    group.bench_function("invalidate_tag", |b| {
+        b.iter(|| memo_runtime::invalidate_tag("bench:tag:a", &plain).expect("invalidate"));
+    });
+    group.bench_function("raw_set", |b| {
+        b.iter(|| raw.set("bench:raw:token", &[7u8; 8], MINUTE).expect("set"));
+    });
     group.finish();
 }
 
@@ -188,6 +243,7 @@ fn large_data(c: &mut Criterion, target: &mut Target) {
 fn backends(c: &mut Criterion) {
     for mut target in [memcached(), redis()] {
         hit(c, &mut target);
+        barrier(c, &mut target);
         large_data(c, &mut target);
     }
     configure(Config::new(MemoryBackend::new()));

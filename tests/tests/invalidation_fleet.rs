@@ -13,13 +13,16 @@ use memo_runtime::{
     Backend, BackendError, Config, EncryptionKey, MemoryBackend, Options, cache_memoize,
     cache_memoize_iter, configure, invalidate, invalidate_tag,
 };
+use memo_tests::cluster::Cluster;
 use memo_tests::peer::Peer;
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server};
 
 /// Runs `test` configured on each backend in turn, with a namespace, and
 /// hands it the URL another process would use (none for the embedded
-/// store, which no other process shares).
+/// store, which no other process shares): the embedded store, memcached,
+/// Redis, and a Redis Cluster of three masters, where an entry's tokens
+/// fall in other slots than the entry.
 fn on_every_backend(test: impl Fn(&str, Option<&str>)) {
     let _serial = serial();
     configure(Config::new(MemoryBackend::new()).namespace("fleet"));
@@ -29,6 +32,11 @@ fn on_every_backend(test: impl Fn(&str, Option<&str>)) {
         let url = format!("{}?namespace=fleet", server.url());
         configure(Config::from_url(&url).expect("a valid URL"));
         test(kind.scheme(), Some(&url));
+    }
+    if let Some(cluster) = Cluster::try_start(3, 0) {
+        let url = format!("{}?namespace=fleet", cluster.url());
+        configure(Config::from_url(&url).expect("a valid URL"));
+        test("redis cluster", Some(&url));
     }
     configure(Config::new(MemoryBackend::new()));
 }

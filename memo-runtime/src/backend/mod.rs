@@ -79,6 +79,15 @@ pub use net::tls::TlsConfig;
 /// default bodies built on the single-key methods; engines that can do
 /// better (one round trip, an atomic compare-and-delete) override them.
 ///
+/// The invalidation barrier across processes (version tokens, tags) asks
+/// nothing more of an engine: a lookup reads an entry and its tokens with
+/// `get_many`, a missing token is written with `add`, and an invalidation
+/// writes a new one with `set`. `add` must be atomic (set only if absent)
+/// for concurrent callers to agree on a token; where it is not, a caller
+/// may store behind a token that is not current, which costs a
+/// recomputation, never a stale value. A `get_many` that answers in one
+/// round trip keeps a hit at one round trip.
+///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;

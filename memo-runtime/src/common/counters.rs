@@ -62,6 +62,10 @@ pub struct Stats {
     /// Refreshes (ahead of expiry, or of a stale value) whose computation
     /// failed (`Err`) or panicked; the old value stayed in place.
     pub refresh_failures: u64,
+    /// Calls whose recomputation returned `Err` and that were served the
+    /// last good value instead
+    /// ([`Options::fail_safe`](crate::Options::fail_safe)).
+    pub fail_safe_serves: u64,
 }
 
 /// The live counters behind [`Stats`], counted by event.
@@ -80,6 +84,7 @@ pub(crate) struct Counters {
     early_refreshes: AtomicU64,
     stale_serves: AtomicU64,
     refresh_failures: AtomicU64,
+    fail_safe_serves: AtomicU64,
     /// Whether the backend is in a failure episode; logging happens on the
     /// transitions only, so a dead server does not flood the log.
     failing: AtomicBool,
@@ -169,6 +174,11 @@ impl Counters {
         bump(&self.stale_serves, 1);
     }
 
+    /// A call served its last good value after its recomputation failed.
+    pub(crate) fn fail_safe_served(&self) {
+        bump(&self.fail_safe_serves, 1);
+    }
+
     /// A refresh whose computation failed or panicked.
     pub(crate) fn refresh_failed(&self) {
         bump(&self.refresh_failures, 1);
@@ -201,6 +211,7 @@ impl Counters {
             early_refreshes: get(&self.early_refreshes),
             stale_serves: get(&self.stale_serves),
             refresh_failures: get(&self.refresh_failures),
+            fail_safe_serves: get(&self.fail_safe_serves),
         }
     }
 

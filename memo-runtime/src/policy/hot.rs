@@ -39,6 +39,9 @@ pub(crate) enum Verdict {
     /// Past its expiry, within the stale window: serve it, unless this
     /// caller wins the refresh.
     Stale,
+    /// Past its expiry and its stale window, within its fail-safe window:
+    /// a miss, whose value is served only if the recomputation fails.
+    FailSafe,
     /// Past its expiry and any window this call accepts: a miss.
     Expired,
 }
@@ -88,10 +91,12 @@ fn xfetch(now_ms: u64, expires_ms: u64, compute_us: u64, beta: f64, random: f64)
 }
 
 impl Call {
-    /// The TTL the backend keeps a value for: its expiration, plus the stale
-    /// window when the call has one (values stored whole only).
+    /// The TTL the backend keeps a value for: its expiration, plus the
+    /// longer of the stale and fail-safe windows when the call has one
+    /// (values stored whole only).
     pub(crate) fn backend_ttl(&self) -> Duration {
-        match self.options.stale {
+        let window = self.options.stale.max(self.options.fail_safe);
+        match window {
             Some(window) if !self.options.large_data => self.ttl.saturating_add(window),
             _ => self.ttl,
         }
@@ -113,11 +118,17 @@ impl Call {
         }
         let now = unix_ms();
         if now >= stamp.expires_ms {
-            return match self.options.stale {
-                Some(window) if now < stamp.expires_ms.saturating_add(saturating_ms(window)) => {
-                    Verdict::Stale
-                }
-                _ => Verdict::Expired,
+            let within = |window: Option<Duration>| {
+                window.is_some_and(|window| {
+                    now < stamp.expires_ms.saturating_add(saturating_ms(window))
+                })
+            };
+            return if within(self.options.stale) {
+                Verdict::Stale
+            } else if within(self.options.fail_safe) {
+                Verdict::FailSafe
+            } else {
+                Verdict::Expired
             };
         }
         match self.options.refresh_ahead {

@@ -444,13 +444,18 @@ impl Call {
         lookup: &L,
         looked: Option<Option<L::Found>>,
     ) -> (Option<L::Found>, Option<CacheLock>) {
+        // A value kept only to fall back on is a miss here: the lock is
+        // taken and the entry looked up again, and it stands only if nothing
+        // better is found.
+        let mut fallback = None;
         if !self.options.force_overwrite {
             let found = match looked {
                 Some(found) => found,
                 None => lookup.lookup(self, driver).await,
             };
-            if let Some(found) = found {
-                return (Some(found), None);
+            match found {
+                Some(found) if L::settles(&found) => return (Some(found), None),
+                found => fallback = found,
             }
         }
         let lock = self.take_lock(driver).await;
@@ -458,7 +463,7 @@ impl Call {
             Some(_) if !self.options.force_overwrite => lookup.lookup(self, driver).await,
             _ => None,
         };
-        (found, lock)
+        (found.or(fallback), lock)
     }
 
     /// Whether this call shares its computation with concurrent calls for
@@ -553,6 +558,13 @@ pub(crate) trait Lookup<D: Driver>: Sync {
 
     /// Looks the entry up.
     fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<Self::Found>> + Send;
+
+    /// Whether `found` settles the lookup, or is only a value to fall back
+    /// on should the computation fail.
+    fn settles(found: &Self::Found) -> bool {
+        let _ = found;
+        true
+    }
 }
 
 /// Looks up a value of type `T` that this call may serve (fresh, due for
@@ -575,6 +587,10 @@ where
             Verdict::Expired => None,
             verdict => Some((value, stamp, verdict)),
         }
+    }
+
+    fn settles(found: &Self::Found) -> bool {
+        found.2 != Verdict::FailSafe
     }
 }
 
@@ -705,6 +721,22 @@ where
             call.keep_locally(&keep, fp, &value, stamp, None);
             let value = ownership.publish(flight, value).get().await;
             return from_cache(value);
+        }
+        Some((last_good, _, Verdict::FailSafe)) => {
+            call.miss();
+            let result = compute_then_store(
+                driver, &call, compute, &cacheable, &keep, &ownership, fp, flight, lock, None,
+            )
+            .await;
+            if cacheable(&result).is_some() {
+                return result;
+            }
+            call.counters().fail_safe_served();
+            log::warn!(
+                "memo: recomputing {} failed; serving its last good value",
+                call.key.stored()
+            );
+            return from_cache(last_good);
         }
         Some(found) => found,
         None => {

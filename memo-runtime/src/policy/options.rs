@@ -33,6 +33,9 @@ pub struct Options {
     pub(crate) local: Option<Duration>,
     pub(crate) refresh_ahead: Option<Beta>,
     pub(crate) stale: Option<Duration>,
+    /// How long past its expiry a value is kept to fall back on when a
+    /// recomputation fails.
+    pub(crate) fail_safe: Option<Duration>,
     /// The tags the entry is stored with, as given (each resolved like a
     /// key when the call runs).
     pub(crate) tags: std::sync::Arc<[String]>,
@@ -69,6 +72,7 @@ impl Default for Options {
             local: None,
             refresh_ahead: None,
             stale: None,
+            fail_safe: None,
             tags: std::sync::Arc::from([]),
         }
     }
@@ -219,6 +223,41 @@ impl Options {
     /// [`large_data`](Self::large_data)).
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale = (!window.is_zero()).then_some(window);
+        self
+    }
+
+    /// Keeps a value for up to `window` past its expiry, to fall back on
+    /// when its recomputation fails: a caller that finds the value expired
+    /// (and not servable as stale) recomputes; when that returns `Err`
+    /// (the `try_` calls, or a `Result` under the attribute), it gets the
+    /// last good value instead, counted in
+    /// [`Stats::fail_safe_serves`](crate::Stats::fail_safe_serves), and
+    /// nothing is stored, so the next call tries again. With nothing to
+    /// fall back on, the `Err` is the caller's; a panic always is.
+    ///
+    /// With [`stale_while_revalidate`](Self::stale_while_revalidate) the
+    /// stale window comes first: within it the stale value is served while
+    /// one caller refreshes (a failed refresh keeps it), and after it the
+    /// fail-safe window takes over. With [`lock`](Self::lock) the caller
+    /// that takes the lock recomputes and falls back on failure; the
+    /// others wait for it as on any miss. Zero turns this off. Applies to
+    /// values stored whole (not [`large_data`](Self::large_data)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use memo_runtime::{try_cache_memoize, Options};
+    ///
+    /// let options = Options::new()
+    ///     .expiration(Duration::from_millis(10))
+    ///     .fail_safe(Duration::from_secs(60));
+    /// let first: Result<u32, String> = try_cache_memoize("fail-safe-doc", || Ok(1), &options);
+    /// std::thread::sleep(Duration::from_millis(20));
+    /// let later: Result<u32, String> =
+    ///     try_cache_memoize("fail-safe-doc", || Err("the source is down".into()), &options);
+    /// assert_eq!((first, later), (Ok(1), Ok(1)));
+    /// ```
+    pub fn fail_safe(mut self, window: Duration) -> Self {
+        self.fail_safe = (!window.is_zero()).then_some(window);
         self
     }
 

@@ -1,6 +1,6 @@
 //! A model of the function under the attribute: its parts kept as the user
 //! wrote them, plus what the expansion needs to know — the receiver, the
-//! named arguments, and which kind of value it returns.
+//! names each argument binds, and which kind of value it returns.
 //!
 //! The body is kept as unparsed tokens: the expansion moves it into a
 //! closure without looking inside, which keeps the macro fast on big
@@ -10,6 +10,7 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
+use syn::visit::Visit;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, Pat, PathArguments, Receiver, ReturnType, Signature,
     Token, Type, TypeParamBound, Visibility, braced,
@@ -26,8 +27,22 @@ pub(crate) struct Function {
 
 /// One non-receiver argument.
 pub(crate) struct Arg {
-    /// The binding's name; `None` for a destructuring pattern or `_`.
-    pub name: Option<Ident>,
+    /// The names the pattern binds, in order: the one name of `x`, `mut x`
+    /// or `ref x`, or those inside a destructuring pattern (`Path(id)`,
+    /// `(a, b)`, `Query(Params { page, .. })`). Empty for `_`.
+    pub bindings: Vec<Ident>,
+    /// The name the forwarding items (the function, `_refresh`) take the
+    /// argument by and pass it on as: a plain binding's own name; for a
+    /// pattern, a hidden one, since only the memoizing body destructures.
+    pub forward: Ident,
+    /// Whether the pattern is a plain binding, so that `forward` is the
+    /// user's own name.
+    pub plain: bool,
+    /// Where the pattern holds a macro, whose bindings cannot be seen.
+    pub opaque: Option<Span>,
+    /// Whether a binding is by reference (`ref x`), which borrows from the
+    /// argument: a closure that captures it is not `'static`.
+    pub by_ref: bool,
     pub pat: Pat,
     pub ty: Type,
 }
@@ -98,12 +113,25 @@ impl Function {
             .inputs
             .iter()
             .filter_map(|input| match input {
-                FnArg::Typed(typed) => Some(Arg {
-                    name: binding_name(&typed.pat),
+                FnArg::Typed(typed) => Some(typed),
+                FnArg::Receiver(_) => None,
+            })
+            .enumerate()
+            .map(|(index, typed)| {
+                let mut finder = Bindings::default();
+                finder.visit_pat(&typed.pat);
+                let plain = binding_name(&typed.pat);
+                Arg {
+                    forward: plain.clone().unwrap_or_else(|| {
+                        Ident::new(&format!("__memo_arg{index}"), Span::mixed_site())
+                    }),
+                    plain: plain.is_some(),
+                    bindings: finder.names,
+                    opaque: finder.opaque,
+                    by_ref: finder.by_ref,
                     pat: (*typed.pat).clone(),
                     ty: (*typed.ty).clone(),
-                }),
-                FnArg::Receiver(_) => None,
+                }
             })
             .collect()
     }
@@ -111,7 +139,8 @@ impl Function {
     /// Whether the signature is owned as written, so that its arguments
     /// and return value may be required to be `'static`: no receiver (a
     /// `self` by value may still carry a lifetime), no generic or lifetime
-    /// parameters, and no argument type or return type with a reference, a
+    /// parameters, no `ref` binding (the body's closure would borrow the
+    /// argument), and no argument type or return type with a reference, a
     /// lifetime, `impl`, `dyn`, `Self` or a macro in it. With no input
     /// lifetime, an elided lifetime can then hide only in a path written
     /// without `'_` (`Cow<str>`), which is the documented edge.
@@ -126,7 +155,7 @@ impl Function {
             && returns_owned
             && args
                 .iter()
-                .all(|arg| is_owned_type(arg.ty.to_token_stream()))
+                .all(|arg| !arg.by_ref && is_owned_type(arg.ty.to_token_stream()))
     }
 
     /// Whether this is an `async fn`, memoized by the async API.
@@ -176,6 +205,36 @@ fn binding_name(pat: &Pat) -> Option<Ident> {
         Pat::Ident(ident) if ident.subpat.is_none() => Some(ident.ident.clone()),
         _ => None,
     }
+}
+
+/// The names a pattern binds, in the order written, whether one binds by
+/// reference, and the first macro in it (which may bind names unseen).
+#[derive(Default)]
+struct Bindings {
+    names: Vec<Ident>,
+    by_ref: bool,
+    opaque: Option<Span>,
+}
+
+impl<'ast> Visit<'ast> for Bindings {
+    fn visit_pat_ident(&mut self, pat: &'ast syn::PatIdent) {
+        self.names.push(pat.ident.clone());
+        self.by_ref |= pat.by_ref.is_some();
+        syn::visit::visit_pat_ident(self, pat);
+    }
+
+    fn visit_pat(&mut self, pat: &'ast Pat) {
+        match pat {
+            Pat::Macro(_) | Pat::Verbatim(_) => {
+                self.opaque.get_or_insert(pat.span());
+            }
+            _ => syn::visit::visit_pat(self, pat),
+        }
+    }
+
+    // A constant or a range bound in a pattern (refutable, which rustc
+    // rejects in an argument anyway) binds nothing.
+    fn visit_expr(&mut self, _: &'ast syn::Expr) {}
 }
 
 /// `Result<..>` by its last path segment, so `io::Result<T>` and
@@ -467,12 +526,47 @@ mod tests {
         };
         assert!(f.receiver().is_some());
         assert_eq!(f.attrs.len(), 2);
-        let names: Vec<_> = f
-            .args()
+        let args = f.args();
+        let names: Vec<Vec<String>> = args
             .iter()
-            .map(|a| a.name.as_ref().map(Ident::to_string))
+            .map(|a| a.bindings.iter().map(Ident::to_string).collect())
             .collect();
-        assert_eq!(names, [Some("id".into()), Some("name".into()), None, None]);
+        assert_eq!(names, [vec!["id"], vec!["name"], vec!["a", "b"], vec![]]);
+        let forward: Vec<String> = args.iter().map(|a| a.forward.to_string()).collect();
+        assert_eq!(forward, ["id", "name", "__memo_arg2", "__memo_arg3"]);
+        assert!(args[0].plain && args[1].plain && !args[2].plain && !args[3].plain);
+    }
+
+    #[test]
+    fn finds_the_names_patterns_bind() {
+        let f: Function = parse_quote! {
+            fn get(
+                Path(id): Path<u32>,
+                Query(Params { page, per_page: mut size, .. }): Query<Params>,
+                &(ref x, _): &(u8, u8),
+                [first, rest @ ..]: [u8; 3],
+                whole @ Wrapper(inner): Wrapper,
+                m!(): u8,
+            ) -> u64 { 1 }
+        };
+        let args = f.args();
+        let names: Vec<Vec<String>> = args
+            .iter()
+            .map(|a| a.bindings.iter().map(Ident::to_string).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["id"],
+                vec!["page", "size"],
+                vec!["x"],
+                vec!["first", "rest"],
+                vec!["whole", "inner"],
+                vec![],
+            ]
+        );
+        assert!(args[2].by_ref && !args[0].by_ref);
+        assert!(args[5].opaque.is_some() && args[0].opaque.is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
+use syn::visit_mut::{self, VisitMut};
 use syn::{Attribute, FnArg, GenericParam, Ident, Token, Type, parse_quote};
 
 use crate::ast::{self, Arg, Function, IterShape, Output};
@@ -158,12 +159,13 @@ fn carried(attrs: &[Attribute]) -> Vec<&Attribute> {
 }
 
 /// The function's parameters as the items that forward them declare
-/// them: each argument bound by its name alone (a `mut` or `ref` there
-/// would only draw a warning), the receiver without `mut` unless it is
-/// `&mut self`, and no parameter attributes.
+/// them: each argument bound by one name (a `mut` or `ref` there would
+/// only draw a warning; a pattern is destructured by the memoizing body
+/// alone), the receiver without `mut` unless it is `&mut self`, and no
+/// parameter attributes.
 fn forwarding_inputs(func: &Function, args: &[Arg]) -> Punctuated<FnArg, Token![,]> {
     let mut inputs = func.sig.inputs.clone();
-    let mut names = args.iter().map(|arg| arg.name.as_ref());
+    let mut names = args.iter().map(|arg| &arg.forward);
     for input in &mut inputs {
         match input {
             FnArg::Receiver(receiver) => {
@@ -173,8 +175,7 @@ fn forwarding_inputs(func: &Function, args: &[Arg]) -> Punctuated<FnArg, Token![
                 receiver.attrs.clear();
             }
             FnArg::Typed(typed) => {
-                let name = names.next().flatten();
-                let name = name.expect("usable: every argument is named");
+                let name = names.next().expect("one name per argument");
                 typed.attrs.clear();
                 *typed.pat = parse_quote!(#name);
             }
@@ -207,7 +208,7 @@ fn forward(func: &Function, args: &[Arg], refresh: TokenStream) -> TokenStream {
         })
         .collect();
     let turbofish = (!generics.is_empty()).then(|| quote!(::<#(#generics),*>));
-    let forwarded = args.iter().filter_map(|arg| arg.name.as_ref());
+    let forwarded = args.iter().map(|arg| &arg.forward);
     let call = match func.receiver() {
         Some(receiver) => {
             let self_token = &receiver.self_token;
@@ -461,10 +462,11 @@ impl Component {
     }
 }
 
-/// The arguments that enter the key: every named one not in `ignore(...)`.
+/// The names that enter the default key: every one the arguments bind
+/// (an argument's own, or those of its pattern) not in `ignore(...)`.
 fn keyed<'a>(attr: &'a Attr, args: &'a [Arg]) -> impl Iterator<Item = &'a Ident> {
     args.iter()
-        .filter_map(|arg| arg.name.as_ref())
+        .flat_map(|arg| &arg.bindings)
         .filter(|name| !attr.ignore.contains(name))
 }
 
@@ -504,7 +506,7 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
         Target::Arg(name) => {
             let ident = args
                 .iter()
-                .filter_map(|arg| arg.name.as_ref())
+                .flat_map(|arg| &arg.bindings)
                 .find(|ident| *ident == name)
                 .expect("validated: the placeholder names an argument");
             quote!(#ident)
@@ -677,6 +679,45 @@ fn owned_call(
     })
 }
 
+/// An argument as `_invalidate` takes it: a plain binding by its name; a
+/// pattern as written, so that its bindings reach the key, but with every
+/// ignored binding made `_` (it would be unused) and no `mut` (it would
+/// draw a warning).
+fn keyed_pattern(arg: &Arg, ignore: &[Ident]) -> syn::Pat {
+    struct Keyed<'a>(&'a [Ident]);
+    impl VisitMut for Keyed<'_> {
+        fn visit_field_pat_mut(&mut self, field: &mut syn::FieldPat) {
+            visit_mut::visit_field_pat_mut(self, field);
+            // `Params { page, .. }` written shorthand, once `page` is `_`,
+            // must name its field: `Params { page: _, .. }`.
+            if field.colon_token.is_none() && !matches!(*field.pat, syn::Pat::Ident(_)) {
+                field.colon_token = Some(Default::default());
+            }
+        }
+
+        fn visit_pat_mut(&mut self, pat: &mut syn::Pat) {
+            visit_mut::visit_pat_mut(self, pat);
+            let syn::Pat::Ident(binding) = pat else {
+                return;
+            };
+            binding.mutability = None;
+            if self.0.contains(&binding.ident) {
+                *pat = match binding.subpat.take() {
+                    Some((_, subpat)) => *subpat,
+                    None => parse_quote!(_),
+                };
+            }
+        }
+    }
+    if arg.plain {
+        let name = &arg.forward;
+        return parse_quote!(#name);
+    }
+    let mut pat = arg.pat.clone();
+    Keyed(ignore).visit_pat_mut(&mut pat);
+    pat
+}
+
 /// `<fn>_invalidate` and `<fn>_refresh`, with `body` standing in for both
 /// bodies when the function itself is in error.
 ///
@@ -705,9 +746,9 @@ fn helpers(
         syn::ReturnType::Default => return TokenStream::new(),
     };
     let typed = |arg: &Arg| -> TokenStream {
-        let name = arg.name.as_ref().expect("usable: every argument is named");
+        let pat = keyed_pattern(arg, &attr.ignore);
         let ty: &Type = &arg.ty;
-        quote!(#name: #ty)
+        quote!(#pat: #ty)
     };
 
     let invalidate = format_ident!("{}_invalidate", name);
@@ -720,7 +761,7 @@ fn helpers(
     });
     let keyed_args = args
         .iter()
-        .filter(|arg| arg.name.as_ref().is_some_and(|n| !attr.ignore.contains(n)))
+        .filter(|arg| arg.bindings.iter().any(|n| !attr.ignore.contains(n)))
         .map(typed);
     let async_invalidate = func.is_async() || matches!(output, Output::Stream(_));
     let invalidate_async = async_invalidate.then(|| quote!(async));
@@ -1160,6 +1201,85 @@ mod tests {
             out.contains("fn __memo_g < 'a , T : Display , const N : usize > (mut self : Arc < Self > , # [allow (unused)] ref x : & 'a T , mut y : u8 , z : impl Display , __memo_refresh :"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn patterns_bind_the_names_the_key_uses() {
+        let out = expand(
+            quote!(key = "report:{id}:{page}", ignore(size)),
+            quote!(
+                pub fn report(
+                    Path(id): Path<u32>,
+                    Query(Params {
+                        page,
+                        per_page: mut size,
+                        ..
+                    }): Query<Params>,
+                ) -> String {
+                    size += 1;
+                    format!("{id}:{page}:{size}")
+                }
+            ),
+        );
+        // The function and `_refresh` take each pattern by a hidden name
+        // and pass it on; the sibling destructures it as written.
+        assert!(
+            out.contains("pub fn report (__memo_arg0 : Path < u32 > , __memo_arg1 : Query < Params > ,) -> String { __memo_report (__memo_arg0 , __memo_arg1 , false) }"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fn __memo_report (Path (id) : Path < u32 > , Query (Params { page , per_page : mut size , .. }) : Query < Params > , __memo_refresh"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                ". escaped (\"report\") {} {}",
+                appended("id"),
+                appended("page")
+            )),
+            "{out}"
+        );
+        // `_invalidate` destructures to reach the key, the ignored binding
+        // as `_`.
+        assert!(
+            out.contains("pub fn report_invalidate (Path (id) : Path < u32 > , Query (Params { page , per_page : _ , .. }) : Query < Params >)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pub fn report_refresh (__memo_arg0 : Path < u32 > , __memo_arg1 : Query < Params > ,) -> String { __memo_report (__memo_arg0 , __memo_arg1 , true) }"),
+            "{out}"
+        );
+        // Without a key, every binding is in the default one.
+        let out = expand(
+            quote!(),
+            quote!(
+                fn pair((a, b): (u32, String)) -> String {
+                    format!("{a}{b}")
+                }
+            ),
+        );
+        assert!(
+            out.contains(&format!(
+                ". escaped (\"pair\") {} {}",
+                appended("a"),
+                appended("b")
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_binding_the_key_forgets_is_an_error() {
+        let out = expand(
+            quote!(key = "p:{a}"),
+            quote!(
+                fn pair((a, b): (u32, u32), _: u8) -> u32 {
+                    a + b
+                }
+            ),
+        );
+        assert!(out.contains("binding `b` is not in the cache key"), "{out}");
+        assert!(out.contains("this argument binds no name"), "{out}");
     }
 
     #[test]

@@ -146,6 +146,15 @@ mod valid;
 /// give a `key` so that two types' functions of the same name do not share
 /// entries.
 ///
+/// An argument written as a pattern (`Path(id): Path<u32>`, `(a, b): (u32,
+/// String)`, `Query(Params { page, .. }): Query<Params>`) is keyed by the
+/// names it binds: each is a placeholder as an argument is (`key =
+/// "report:{id}"`), each must be in the key or in `ignore(...)`, and the
+/// default key holds every one. The body sees the pattern as written; the
+/// function, `_refresh` and `_invalidate` take the argument whole. An
+/// argument that binds no name (`_`) cannot be keyed, nor can one whose
+/// pattern is a macro: bind it to a name.
+///
 /// # Return types
 ///
 /// - A plain `T: Serialize + DeserializeOwned` is cached as a whole.
@@ -235,7 +244,7 @@ mod valid;
 /// function in one build: an unknown option (with the closest known one),
 /// a value of the wrong type, a placeholder naming no argument, an argument
 /// the key forgets, `compress` without `large_data` outside iterator mode, a
-/// function returning nothing, an argument pattern that cannot be keyed, an
+/// function returning nothing, an argument that binds no name (`_`), an
 /// `async fn` returning an iterator or a stream, `impl Future` instead of
 /// `async fn`, `coalesce` on an iterator or a stream. A return type that is
 /// not `Serialize + DeserializeOwned` fails at the return type.

@@ -37,7 +37,7 @@ pub(crate) fn signature_is_usable(func: &Function, args: &[Arg], output: &Output
     !async_mismatch(func, output)
         && func.sig.constness.is_none()
         && func.body.is_some()
-        && args.iter().all(|arg| arg.name.is_some())
+        && args.iter().all(is_keyable)
         && !matches!(output, Output::Nothing(_))
 }
 
@@ -84,12 +84,25 @@ fn asynchrony(func: &Function, output: &Output, errors: &mut Errors) {
     }
 }
 
+/// Whether the names an argument binds can be seen, and there is one:
+/// the key is made of names.
+fn is_keyable(arg: &Arg) -> bool {
+    arg.opaque.is_none() && !arg.bindings.is_empty()
+}
+
 fn arguments(args: &[Arg], errors: &mut Errors) {
-    for arg in args.iter().filter(|arg| arg.name.is_none()) {
-        errors.push(
-            arg.pat.span(),
-            "this argument has no name to put in the cache key; bind it to a name (`point: Point`) and destructure it in the body",
-        );
+    for arg in args {
+        if let Some(span) = arg.opaque {
+            errors.push(
+                span,
+                "a macro in an argument's pattern hides the names it binds from the cache key; write the pattern out, or bind the argument to a name and destructure it in the body",
+            );
+        } else if arg.bindings.is_empty() {
+            errors.push(
+                arg.pat.span(),
+                "this argument binds no name to put in the cache key; bind it to a name (`point: Point`, `Path(id): Path<u32>`), and list that name in `ignore(...)` if the key should leave it out",
+            );
+        }
     }
 }
 
@@ -117,11 +130,14 @@ fn stream_borrows(func: &Function, args: &[Arg], output: &Output, errors: &mut E
         }
     }
     for arg in args {
-        let Some(name) = &arg.name else { continue };
         let mut finder = BorrowFinder(None);
         finder.visit_type(&arg.ty);
         if let Some(span) = finder.0 {
-            if mentions(body, &name.to_string()) {
+            let used = arg
+                .bindings
+                .iter()
+                .find(|name| mentions(body, &name.to_string()));
+            if let Some(name) = used {
                 errors.push(
                     span,
                     message(name, "it as an owned value (`String`, `Vec<T>`, `Arc<T>`)"),
@@ -206,7 +222,8 @@ impl<'ast> Visit<'ast> for ImplTraitFinder {
 fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
     let names: Vec<String> = args
         .iter()
-        .filter_map(|arg| arg.name.as_ref().map(ToString::to_string))
+        .flat_map(|arg| &arg.bindings)
+        .map(ToString::to_string)
         .collect();
     let mut in_key = BTreeSet::new();
     if let Some(template) = &attr.key {
@@ -259,15 +276,18 @@ fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
 
     if attr.key.is_some() {
         for arg in args {
-            let Some(ident) = &arg.name else { continue };
-            let name = ident.to_string();
-            if !in_key.contains(&name) && !ignored.contains(&name) {
-                errors.push(
-                    ident.span(),
-                    format!(
-                        "argument `{name}` is not in the cache key, so calls that differ only in `{name}` would share one entry; add `{{{name}}}` to the key, or list it in `ignore({name})`"
-                    ),
-                );
+            // A binding inside a pattern is keyed as an argument is.
+            let what = if arg.plain { "argument" } else { "binding" };
+            for ident in &arg.bindings {
+                let name = ident.to_string();
+                if !in_key.contains(&name) && !ignored.contains(&name) {
+                    errors.push(
+                        ident.span(),
+                        format!(
+                            "{what} `{name}` is not in the cache key, so calls that differ only in `{name}` would share one entry; add `{{{name}}}` to the key, or list it in `ignore({name})`"
+                        ),
+                    );
+                }
             }
         }
     }

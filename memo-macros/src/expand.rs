@@ -20,7 +20,7 @@ use syn::{Attribute, FnArg, GenericParam, Ident, Token, Type, parse_quote};
 use crate::ast::{self, Arg, Function, IterShape, Output};
 use crate::attr::{Attr, Flag};
 use crate::errors::Errors;
-use crate::template::{Piece, Placeholder, Target};
+use crate::template::{Field, Piece, Placeholder, Target};
 use crate::valid;
 
 /// Which attribute was written.
@@ -348,7 +348,7 @@ fn key(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
         Some(template) => template
             .components
             .iter()
-            .map(|pieces| component(pieces, func, args))
+            .map(|pieces| component(pieces, func, args, template.lit.span()))
             .collect(),
         None => {
             let name = func.sig.ident.to_string();
@@ -471,7 +471,7 @@ fn keyed<'a>(attr: &'a Attr, args: &'a [Arg]) -> impl Iterator<Item = &'a Ident>
 }
 
 /// One key component: a literal, one value's `Display`, or a format.
-fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
+fn component(pieces: &[Piece], func: &Function, args: &[Arg], at: Span) -> Component {
     match pieces {
         [Piece::Text(text)] => Component::Literal(text.clone()),
         [
@@ -479,7 +479,7 @@ fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
                 target,
                 debug: false,
             }),
-        ] => Component::Display(target_expr(target, func, args)),
+        ] => Component::Display(target_expr(target, func, args, at)),
         _ => {
             let mut format = String::new();
             let mut values = Vec::new();
@@ -490,7 +490,7 @@ fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
                     }
                     Piece::Value(placeholder) => {
                         format.push_str(if placeholder.debug { "{:?}" } else { "{}" });
-                        values.push(target_expr(&placeholder.target, func, args));
+                        values.push(target_expr(&placeholder.target, func, args, at));
                     }
                 }
             }
@@ -499,27 +499,43 @@ fn component(pieces: &[Piece], func: &Function, args: &[Arg]) -> Component {
     }
 }
 
-/// The expression a placeholder stands for, spanned at the user's own
-/// argument so that a missing `Display` points there.
-fn target_expr(target: &Target, func: &Function, args: &[Arg]) -> TokenStream {
-    match target {
-        Target::Arg(name) => {
+/// The expression a placeholder stands for, starting at the user's own
+/// argument so that a missing `Display` points there. Its fields are
+/// located at the template (`at`), where the user wrote them, so that a
+/// field the value lacks is reported there. They resolve as the macro's
+/// own tokens do: rustc then offers no fix for them, which would replace
+/// the whole template with the field it guessed.
+fn target_expr(target: &Target, func: &Function, args: &[Arg], at: Span) -> TokenStream {
+    let at = Span::mixed_site().located_at(at);
+    let (root, fields) = match target {
+        Target::Arg(name, fields) => {
             let ident = args
                 .iter()
                 .flat_map(|arg| &arg.bindings)
                 .find(|ident| *ident == name)
                 .expect("validated: the placeholder names an argument");
-            quote!(#ident)
+            (quote!(#ident), fields)
         }
         Target::SelfValue(fields) => {
             let receiver = func.receiver().expect("validated: the function takes self");
             let self_token = &receiver.self_token;
-            let fields = fields
-                .iter()
-                .map(|field| Ident::new(field, self_token.span));
-            quote!(#self_token #(.#fields)*)
+            (quote!(#self_token), fields)
         }
-    }
+    };
+    let fields = fields.iter().map(|field| match field {
+        Field::Named(name) => {
+            let ident = Ident::new(name, at);
+            quote!(#ident)
+        }
+        Field::Index(index) => {
+            let index = syn::Index {
+                index: *index,
+                span: at,
+            };
+            quote!(#index)
+        }
+    });
+    quote!(#root #(.#fields)*)
 }
 
 /// Whether the expansion uses the runtime's owned calls, which require the
@@ -1266,6 +1282,22 @@ mod tests {
             )),
             "{out}"
         );
+    }
+
+    #[test]
+    fn field_paths_are_read_from_the_value() {
+        let out = expand(
+            quote!(key = "u:{user.id}:{pair.0:?}:{self.cfg.region}"),
+            quote!(
+                fn f(&self, user: &User, pair: (u8, u8)) -> u8 {
+                    pair.1
+                }
+            ),
+        );
+        assert!(out.contains(&appended("user . id")), "{out}");
+        assert!(out.contains("format_args ! (\"{:?}\" , pair . 0)"), "{out}");
+        assert!(out.contains(&appended("self . cfg . region")), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]

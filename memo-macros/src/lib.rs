@@ -113,7 +113,7 @@ mod valid;
 ///
 /// | option | meaning |
 /// |---|---|
-/// | `key = "a:{x}:{self.f}"` | the key template (below); default: the function's path and every argument |
+/// | `key = "a:{x}:{y.id}:{self.f}"` | the key template (below); default: the function's path and every argument |
 /// | `expiration = 3600` | seconds to keep the value (a literal or a `u64` constant); default: the config's |
 /// | `large_data` | store in chunks, compressed: for values that may pass the backend's item limit |
 /// | `compress = false` | with `large_data` or in iterator mode: store chunks uncompressed |
@@ -131,9 +131,12 @@ mod valid;
 /// # Keys
 ///
 /// A key template is a list of `:`-separated components; in each, `{arg}`
-/// is the argument's `Display` form, `{arg:?}` its `Debug` form, `{self}` or
-/// `{self.field}` the receiver or one of its fields, and `{{`/`}}` literal
-/// braces. The components reach the runtime as a key sequence and are
+/// is the argument's `Display` form, `{arg:?}` its `Debug` form, `{self}`
+/// the receiver, and `{{`/`}}` literal braces. A field path may follow an
+/// argument or `self`, to any depth and with `:?` too: `{user.id}`,
+/// `{pair.0}`, `{self.cfg.region}`, `{user.id:?}`; a field the value lacks
+/// is a compile error at the key, and an argument keyed by one of its
+/// fields counts as in the key. The components reach the runtime as a key sequence and are
 /// escaped one by one (`%` → `%25`, `:` → `%3A`), so `key = "user:{name}"`
 /// stores under `make_cache_key(["user", &name.to_string()], ..)` and a name
 /// containing `:` cannot collide with another key.

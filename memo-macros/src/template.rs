@@ -2,7 +2,8 @@
 //!
 //! A template is a list of `:`-separated components. Each component is text
 //! with `{...}` placeholders: `{arg}` (the argument's `Display` form),
-//! `{arg:?}` (its `Debug` form), `{self}` or `{self.field}` in methods.
+//! `{arg:?}` (its `Debug` form), `{self}` in methods, and a field path
+//! after any of them (`{user.id}`, `{pair.0}`, `{self.cfg.region:?}`).
 //! `{{` and `}}` are literal braces. A `:` inside braces does not separate
 //! components. The components reach the runtime as a key sequence, so each
 //! is escaped on its own and no value can forge a separator.
@@ -29,7 +30,7 @@ pub(crate) enum Piece {
 /// What a placeholder names and how it is formatted.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Placeholder {
-    /// An argument name, or `self` followed by field names.
+    /// An argument name, or `self`, followed by field names.
     pub target: Target,
     /// `{x:?}`: the `Debug` form rather than `Display`.
     pub debug: bool,
@@ -38,10 +39,18 @@ pub(crate) struct Placeholder {
 /// The value a placeholder stands for.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Target {
-    /// A named argument.
-    Arg(String),
+    /// A name an argument binds, and a field path in its value (`{user}`,
+    /// `{user.id}`, `{pair.0}`).
+    Arg(String, Vec<Field>),
     /// `self`, or `self.a.b`: the receiver or a field path in it.
-    SelfValue(Vec<String>),
+    SelfValue(Vec<Field>),
+}
+
+/// One step of a field path: a named field, or a tuple field's index.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Field {
+    Named(String),
+    Index(u32),
 }
 
 impl Template {
@@ -130,22 +139,31 @@ fn parse_placeholder(inner: &str) -> Result<Placeholder, String> {
     };
     let mut parts = name.trim().split('.');
     let first = parts.next().unwrap_or_default();
-    let rest: Vec<String> = parts.map(str::to_owned).collect();
-    if !is_ident(first) || !rest.iter().all(|field| is_ident(field)) {
+    let rest: Option<Vec<Field>> = parts.map(field).collect();
+    let (true, Some(rest)) = (is_ident(first), rest) else {
         return Err(format!(
-            "`{{{inner}}}` is not a placeholder: write `{{argument}}`, `{{argument:?}}` or `{{self.field}}`"
-        ));
-    }
-    let target = if first == "self" {
-        Target::SelfValue(rest)
-    } else if rest.is_empty() {
-        Target::Arg(first.to_owned())
-    } else {
-        return Err(format!(
-            "`{{{name}}}`: only `self` takes a field path; name an argument as a whole"
+            "`{{{inner}}}` is not a placeholder: write `{{argument}}`, `{{argument:?}}`, `{{argument.field}}` or `{{self.field}}`"
         ));
     };
+    let target = if first == "self" {
+        Target::SelfValue(rest)
+    } else {
+        Target::Arg(first.to_owned(), rest)
+    };
     Ok(Placeholder { target, debug })
+}
+
+/// A field in a path: a name, or a tuple index as Rust writes it (`0`,
+/// `12`, no sign or leading zero).
+fn field(s: &str) -> Option<Field> {
+    if is_ident(s) {
+        return Some(Field::Named(s.to_owned()));
+    }
+    let canonical = s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical
+        .then(|| s.parse().ok())
+        .flatten()
+        .map(Field::Index)
 }
 
 fn is_ident(s: &str) -> bool {
@@ -164,7 +182,7 @@ mod tests {
 
     fn arg(name: &str, debug: bool) -> Piece {
         Piece::Value(Placeholder {
-            target: Target::Arg(name.into()),
+            target: Target::Arg(name.into(), Vec::new()),
             debug,
         })
     }
@@ -198,9 +216,36 @@ mod tests {
         assert_eq!(
             parse_components("{self.tenant.id}").unwrap(),
             vec![vec![Piece::Value(Placeholder {
-                target: Target::SelfValue(vec!["tenant".into(), "id".into()]),
+                target: Target::SelfValue(vec![
+                    Field::Named("tenant".into()),
+                    Field::Named("id".into())
+                ]),
                 debug: false,
             })]]
+        );
+    }
+
+    #[test]
+    fn argument_fields() {
+        assert_eq!(
+            parse_components("{user.id}:{pair.0:?}:{t.10.x}").unwrap(),
+            vec![
+                vec![Piece::Value(Placeholder {
+                    target: Target::Arg("user".into(), vec![Field::Named("id".into())]),
+                    debug: false,
+                })],
+                vec![Piece::Value(Placeholder {
+                    target: Target::Arg("pair".into(), vec![Field::Index(0)]),
+                    debug: true,
+                })],
+                vec![Piece::Value(Placeholder {
+                    target: Target::Arg(
+                        "t".into(),
+                        vec![Field::Index(10), Field::Named("x".into())]
+                    ),
+                    debug: false,
+                })],
+            ]
         );
     }
 
@@ -212,7 +257,8 @@ mod tests {
     #[test]
     fn rejects_malformed_templates() {
         for bad in [
-            "", "a::b", ":a", "a:", "{id", "a}", "{1x}", "{x:>5}", "{a.b}", "{}",
+            "", "a::b", ":a", "a:", "{id", "a}", "{1x}", "{x:>5}", "{}", "{a.}", "{a..b}",
+            "{a.01}", "{a.-1}", "{a.1x}", "{.a}", "{0.a}",
         ] {
             assert!(parse_components(bad).is_err(), "{bad:?} was accepted");
         }

@@ -229,10 +229,12 @@ fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
     if let Some(template) = &attr.key {
         for placeholder in template.placeholders() {
             match &placeholder.target {
-                Target::Arg(name) if names.contains(name) => {
+                // A field path counts its argument as in the key: the
+                // user chose what of it tells calls apart.
+                Target::Arg(name, _) if names.contains(name) => {
                     in_key.insert(name.clone());
                 }
-                Target::Arg(name) => errors.push(
+                Target::Arg(name, _) => errors.push(
                     template.lit.span(),
                     format!(
                         "`{{{name}}}` in the key names no argument of `{}`{}",

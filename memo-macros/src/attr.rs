@@ -45,6 +45,9 @@ pub(crate) struct Attr {
     pub refresh_ahead: Option<Named<Option<Expr>>>,
     /// `stale = <seconds>`: stale-while-revalidate.
     pub stale: Option<Named<Expr>>,
+    /// `cache_if = <path>`: a predicate `fn(&T) -> bool` on each computed
+    /// value, which is stored only when it holds.
+    pub cache_if: Option<Named<Expr>>,
 }
 
 /// A value and the span of the option's name.
@@ -81,6 +84,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "local",
     "refresh_ahead",
     "stale",
+    "cache_if",
     "version",
     "ignore",
     "helpers",
@@ -112,6 +116,10 @@ const ALIASES: &[(&str, &str)] = &[
     ("refresh_early", "refresh_ahead"),
     ("stale_while_revalidate", "stale"),
     ("swr", "stale"),
+    ("store_if", "cache_if"),
+    ("cache_when", "cache_if"),
+    ("only_if", "cache_if"),
+    ("predicate", "cache_if"),
 ];
 
 impl Attr {
@@ -149,6 +157,7 @@ impl Attr {
             "local" => set(&mut self.local, spanned(&meta, seconds(&meta, errors))),
             "stale" => set(&mut self.stale, spanned(&meta, seconds(&meta, errors))),
             "refresh_ahead" => set(&mut self.refresh_ahead, beta(&meta, errors)),
+            "cache_if" => set(&mut self.cache_if, predicate(&meta, errors)),
             "version" => set(&mut self.version, version(&meta, errors)),
             "ignore" => {
                 let repeated = !self.ignore.is_empty();
@@ -306,6 +315,21 @@ fn beta(meta: &Meta, errors: &mut Errors) -> Option<Named<Option<Expr>>> {
         }
     };
     spanned(meta, Some(value))
+}
+
+/// `cache_if = <path>`: any expression but a literal, whose type rustc
+/// checks (a path to a function is what the docs show).
+fn predicate(meta: &Meta, errors: &mut Errors) -> Option<Named<Expr>> {
+    match name_value(meta, "<path to a fn(&T) -> bool>", errors)? {
+        Expr::Lit(lit) => {
+            errors.push(
+                lit.span(),
+                "expected a path to a predicate `fn(&T) -> bool`, like `cache_if = is_complete`",
+            );
+            None
+        }
+        other => spanned(meta, Some(other.clone())),
+    }
 }
 
 fn flag(meta: &Meta, errors: &mut Errors) -> Option<Flag> {
@@ -489,6 +513,21 @@ mod tests {
         assert_eq!(errors.len(), 5, "{errors:?}");
         assert!(errors[0].starts_with("expected β as a positive number"));
         assert!(errors[4].starts_with("unknown option `swr`; did you mean `stale`?"));
+    }
+
+    #[test]
+    fn cache_if_takes_a_path() {
+        let (attr, errors) = parse(quote!(cache_if = reports::is_complete));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(attr.cache_if.is_some());
+        let (_, errors) = parse(quote!(cache_if = true, cache_if, store_if = f));
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].starts_with("expected a path to a predicate"));
+        assert_eq!(
+            errors[1],
+            "expected `cache_if = <path to a fn(&T) -> bool>`"
+        );
+        assert!(errors[2].starts_with("unknown option `store_if`; did you mean `cache_if`?"));
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
         func.is_async(),
         attr.local.is_some(),
         owned(&attr, &func, &args),
+        attr.cache_if.as_ref().map(|predicate| &predicate.value),
     );
     let (options_var, key_var) = locals();
     if !has_helpers(&attr) {
@@ -564,15 +565,22 @@ fn owned(attr: &Attr, func: &Function, args: &[Arg]) -> bool {
 /// With `local`, the `*_local` twins keep the decoded value per process;
 /// they require `Clone`, reported at the return type. With `owned` (see
 /// [`owned`]), the `*_owned` calls take the local copy's kind as a value.
+/// With `cache_if`, the `*_if` calls ([`cache_if_call`]).
 fn call(
     output: &Output,
     body: &TokenStream,
     is_async: bool,
     local: bool,
     owned: bool,
+    cache_if: Option<&syn::Expr>,
 ) -> TokenStream {
     let rt = runtime();
     let (options, key) = locals();
+    if let Some(predicate) = cache_if {
+        if let Some(call) = cache_if_call(output, body, is_async, local, owned, predicate) {
+            return call;
+        }
+    }
     if owned {
         if let Some(call) = owned_call(output, body, is_async, local) {
             return call;
@@ -643,6 +651,80 @@ fn call(
     }
 }
 
+/// The runtime call for a value or a `Result` with `cache_if`, if that is
+/// what the function returns: one of four calls, borrowed or owned, sync
+/// or async, each told the result's shape (`Plain` or `Fallible`), the
+/// checked predicate and the local copy's kind.
+fn cache_if_call(
+    output: &Output,
+    body: &TokenStream,
+    is_async: bool,
+    local: bool,
+    owned: bool,
+    predicate: &syn::Expr,
+) -> Option<TokenStream> {
+    let (options, key) = locals();
+    let (ty, cached, shape) = match output {
+        Output::Value(ty) => (ty, quote!(#ty), "Plain"),
+        Output::Result(ty) => {
+            let ok = ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
+            (ty, ok, "Fallible")
+        }
+        _ => return None,
+    };
+    let rt = if is_async {
+        runtime_at(ty.span())
+    } else {
+        runtime()
+    };
+    let name = match (owned, is_async) {
+        (false, false) => "memoize_if",
+        (true, false) => "memoize_owned_if",
+        (false, true) => "memoize_if_async",
+        (true, true) => "memoize_owned_if_async",
+    };
+    let memoize = Ident::new(name, ty.span());
+    let shape = Ident::new(shape, ty.span());
+    let keep = keep_kind(&cached, ty, local);
+    let check = checked_predicate(&cached, predicate);
+    Some(if is_async {
+        quote_spanned! {ty.span()=>
+            #rt::#memoize::<#cached, _, _, _, _, _, _, _>(#key, move || async move #body, &#options, #rt::#shape, #check, #rt::#keep).await
+        }
+    } else {
+        quote_spanned! {ty.span()=>
+            #rt::#memoize::<#cached, _, _, _, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#shape, #check, #rt::#keep)
+        }
+    })
+}
+
+/// The `cache_if` predicate, checked to be a `Fn(&T) -> bool` for the
+/// cached `T`: one of the wrong type fails at the predicate, with a
+/// message that names the option (see the runtime's `CacheIfCheck`).
+fn checked_predicate(cached: &TokenStream, predicate: &syn::Expr) -> TokenStream {
+    let rt = runtime();
+    let method = Ident::new("predicate", predicate.span());
+    quote! {{
+        // One of the two is used, whichever the predicate's type picks.
+        #[allow(unused_imports)]
+        use #rt::{IsCacheIf as _, NotCacheIf as _};
+        #rt::CacheIfCheck::<#cached, _>::new(#predicate).#method()
+    }}
+}
+
+/// How a local copy keeps the value, for the calls that take it as a
+/// value: decoded with `local` (which requires `Clone` of `cached`,
+/// reported at `ty`), else serialized.
+fn keep_kind(cached: &TokenStream, ty: &syn::Type, local: bool) -> TokenStream {
+    if local {
+        let decoded = Ident::new("decoded", ty.span());
+        quote_spanned!(ty.span()=> #decoded::<#cached>())
+    } else {
+        let serialized = Ident::new("Serialized", ty.span());
+        quote!(#serialized)
+    }
+}
+
 /// The owned runtime call for a value or a `Result`, if that is what the
 /// function returns.
 fn owned_call(
@@ -654,17 +736,11 @@ fn owned_call(
     let (options, key) = locals();
     let ok = |ty: &syn::Type| ast::type_argument(ty).map_or_else(|| quote!(_), |ok| quote!(#ok));
     let kind = |ty: &syn::Type| {
-        if local {
-            let decoded = Ident::new("decoded", ty.span());
-            let cached = match output {
-                Output::Result(_) => ok(ty),
-                _ => quote!(#ty),
-            };
-            quote_spanned!(ty.span()=> #decoded::<#cached>())
-        } else {
-            let serialized = Ident::new("Serialized", ty.span());
-            quote!(#serialized)
-        }
+        let cached = match output {
+            Output::Result(_) => ok(ty),
+            _ => quote!(#ty),
+        };
+        keep_kind(&cached, ty, local)
     };
     Some(match output {
         Output::Value(ty) if is_async => {
@@ -1133,6 +1209,46 @@ mod tests {
             let out = expand(args, f);
             assert!(!out.contains("_owned"), "{out}");
         }
+    }
+
+    #[test]
+    fn cache_if_picks_the_if_calls() {
+        let rt = runtime().to_string();
+        let check = |ty: &str, predicate: &str| {
+            format!(
+                "{{ # [allow (unused_imports)] use {rt} :: {{ IsCacheIf as _ , NotCacheIf as _ }} ; {rt} :: CacheIfCheck :: < {ty} , _ > :: new ({predicate}) . predicate () }}"
+            )
+        };
+        let out = expand(
+            quote!(key = "r:{id}", cache_if = reports::is_complete),
+            quote!(
+                fn r(id: u64) -> Report {
+                    load(id)
+                }
+            ),
+        );
+        assert!(
+            out.contains(&format!(
+                "{rt} :: memoize_if :: < Report , _ , _ , _ , _ , _ , _ > (__memo_key , move || -> Report {{ load (id) }} , & __memo_options , {rt} :: Plain , {} , {rt} :: Serialized)",
+                check("Report", "reports :: is_complete")
+            )),
+            "{out}"
+        );
+        let out = expand(
+            quote!(cache_if = settled, local = 5),
+            quote!(
+                async fn s(id: u64) -> Result<String, E> {
+                    Ok(id.to_string())
+                }
+            ),
+        );
+        assert!(
+            out.contains(&format!(
+                "{rt} :: memoize_owned_if_async :: < String , _ , _ , _ , _ , _ , _ , _ > (__memo_key , move || async move {{ Ok (id . to_string ()) }} , & __memo_options , {rt} :: Fallible , {} , {rt} :: decoded :: < String > ()) . await",
+                check("String", "settled")
+            )),
+            "{out}"
+        );
     }
 
     #[test]

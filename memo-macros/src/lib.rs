@@ -125,8 +125,18 @@ mod valid;
 /// | `local = 10` | keep a decoded copy in each process for up to that many seconds (the return type must be `Clone`) |
 /// | `refresh_ahead`, `refresh_ahead = 2.0` | refresh a value early, before it expires (XFetch, with β) |
 /// | `stale = 60` | serve a value up to that many seconds past its expiry while one caller refreshes it |
+/// | `cache_if = path::to::predicate` | store a computed value only when the predicate, a `fn(&T) -> bool` (for `Result<T, E>`, on the `Ok` value), accepts it; a refused value is returned and not stored (values only) |
 /// | `ignore(a, b)` | arguments deliberately left out of the key |
 /// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |
+///
+/// `cache_if` sees each value the body computes; one read from the cache is
+/// served as is. A value it refuses is returned to the caller and nothing
+/// is stored, nor kept by `local`; callers coalesced on that computation
+/// are not handed it as a cached value, and one of them computes in turn;
+/// a refused `_refresh` leaves the stored entry as it was, and a refused
+/// background refresh (`stale`, `refresh_ahead`) counts as a failed one.
+/// The predicate takes a reference to the cached type itself
+/// (`fn(&Vec<Row>) -> bool`, not `fn(&[Row]) -> bool`).
 ///
 /// # Keys
 ///
@@ -249,8 +259,10 @@ mod valid;
 /// the key forgets, `compress` without `large_data` outside iterator mode, a
 /// function returning nothing, an argument that binds no name (`_`), an
 /// `async fn` returning an iterator or a stream, `impl Future` instead of
-/// `async fn`, `coalesce` on an iterator or a stream. A return type that is
-/// not `Serialize + DeserializeOwned` fails at the return type.
+/// `async fn`, `coalesce` or `cache_if` on an iterator or a stream. A
+/// return type that is not `Serialize + DeserializeOwned` fails at the
+/// return type, a field the value lacks at the key, and a `cache_if` that
+/// is not a `fn(&T) -> bool` at the predicate, naming the option.
 #[proc_macro_attribute]
 pub fn cache_memoize(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::memoize(args.into(), input.into(), expand::Mode::Auto).into()

@@ -305,6 +305,14 @@ fn options(attr: &Attr, output: &Output, errors: &mut Errors) {
             );
         }
     }
+    if let Some(cache_if) = &attr.cache_if {
+        if matches!(output, Output::Iter(..) | Output::Stream(_)) {
+            errors.push(
+                cache_if.span,
+                "`cache_if` applies to values, not to iterators or streams, whose items are stored as they come; remove `cache_if`",
+            );
+        }
+    }
     let hot = [
         ("local", attr.local.as_ref().map(|o| o.span)),
         ("refresh_ahead", attr.refresh_ahead.as_ref().map(|o| o.span)),

@@ -171,6 +171,166 @@ pub mod v0_1 {
         )
     }
 
+    // `cache_if`: the predicate is checked here, by method resolution, so
+    // that one of the wrong type is reported by a message that names the
+    // option, at the user's predicate: `CacheIfCheck::<T, _>::new(p)
+    // .predicate()` finds `IsCacheIf` when `p` is a `Fn(&T) -> bool`, and
+    // otherwise (through auto-ref) `NotCacheIf`, whose bound never holds.
+    // Through a bound of the `_if` calls alone, rustc would report a
+    // mismatched signature without naming the option.
+
+    /// A `cache_if` predicate for a cached `T`, before it is checked.
+    #[derive(Debug)]
+    pub struct CacheIfCheck<T, P>(P, core::marker::PhantomData<fn(&T)>);
+
+    impl<T, P> CacheIfCheck<T, P> {
+        /// Wraps `predicate`, to be checked by `.predicate()`.
+        #[inline]
+        pub fn new(predicate: P) -> Self {
+            CacheIfCheck(predicate, core::marker::PhantomData)
+        }
+    }
+
+    /// A predicate of the right type: `.predicate()` gives it back.
+    pub trait IsCacheIf<P> {
+        /// The predicate.
+        fn predicate(self) -> P;
+    }
+
+    impl<T, P: Fn(&T) -> bool> IsCacheIf<P> for CacheIfCheck<T, P> {
+        #[inline]
+        fn predicate(self) -> P {
+            self.0
+        }
+    }
+
+    /// Never implemented: what a predicate of the wrong type is reported
+    /// as lacking.
+    #[diagnostic::on_unimplemented(
+        message = "`cache_if` takes a predicate `fn(&{T}) -> bool`, which `{Self}` is not",
+        label = "not a `fn(&{T}) -> bool`",
+        note = "the predicate is called with a reference to each value computed; for a function returning `Result<T, E>`, with the `Ok` value"
+    )]
+    pub trait CacheIf<T> {}
+
+    /// A predicate of the wrong type: `.predicate()` fails to compile, at
+    /// the predicate, naming `cache_if`.
+    pub trait NotCacheIf<T, P> {
+        /// Never compiles; a stand-in of the right type, so that the
+        /// mistake is reported once.
+        fn predicate(self) -> fn(&T) -> bool
+        where
+            P: CacheIf<T>;
+    }
+
+    impl<T, P> NotCacheIf<T, P> for &CacheIfCheck<T, P> {
+        fn predicate(self) -> fn(&T) -> bool
+        where
+            P: CacheIf<T>,
+        {
+            unreachable!("`CacheIf` has no implementation")
+        }
+    }
+
+    /// Where an `_if` call's result holds the value to store.
+    pub trait Shape<T, R>: Copy + Send + Sync + 'static {
+        /// The value to store, if the result holds one.
+        fn cacheable(result: &R) -> Option<&T>;
+        /// The result a cached value stands for.
+        fn from_cache(value: T) -> R;
+    }
+
+    /// A function returning the value itself.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Plain;
+
+    impl<T> Shape<T, T> for Plain {
+        #[inline]
+        fn cacheable(result: &T) -> Option<&T> {
+            Some(result)
+        }
+        #[inline]
+        fn from_cache(value: T) -> T {
+            value
+        }
+    }
+
+    /// A function returning `Result<T, E>`: only `Ok` is stored.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Fallible;
+
+    impl<T, E> Shape<T, Result<T, E>> for Fallible {
+        #[inline]
+        fn cacheable(result: &Result<T, E>) -> Option<&T> {
+            result.as_ref().ok()
+        }
+        #[inline]
+        fn from_cache(value: T) -> Result<T, E> {
+            Ok(value)
+        }
+    }
+
+    /// The call of a function with `cache_if`: its result, shaped as
+    /// `shape` says, is stored only when `predicate` accepts the value;
+    /// local copies are kept as `keep` says.
+    #[inline]
+    pub fn memoize_if<T, R, S, P, L, K, F>(
+        key: K,
+        compute: F,
+        options: &Options,
+        _shape: S,
+        predicate: P,
+        keep: L,
+    ) -> R
+    where
+        T: Serialize + DeserializeOwned,
+        S: Shape<T, R>,
+        P: Fn(&T) -> bool,
+        L: Keep<T>,
+        K: Into<CacheKey>,
+        F: FnOnce() -> R,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            |result: &R| S::cacheable(result).filter(|value| predicate(value)),
+            S::from_cache,
+            keep,
+            crate::policy::codec::Borrowed,
+        )
+    }
+
+    /// [`memoize_if`] for an owned signature (see [`memoize_owned`]).
+    #[inline]
+    pub fn memoize_owned_if<T, R, S, P, L, K, F>(
+        key: K,
+        compute: F,
+        options: &Options,
+        _shape: S,
+        predicate: P,
+        keep: L,
+    ) -> R
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        S: Shape<T, R>,
+        P: Fn(&T) -> bool + Copy + Send + Sync + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        crate::api::memoize_now(
+            key.into(),
+            options,
+            compute,
+            crate::api::cacheable_if(S::cacheable, predicate),
+            S::from_cache,
+            keep,
+            crate::policy::codec::Owned,
+        )
+    }
+
     /// [`cache_memoize_iter`](fn@cache_memoize_iter) with `T` first.
     #[inline]
     pub fn memoize_iter<T, I, K, F>(
@@ -254,6 +414,32 @@ pub mod v0_1 {
         _: &Options,
         _: L,
     ) -> Result<T, E> {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_if_async<T: AsyncFeatureEnabled, R, S, P, L, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+        _: S,
+        _: P,
+        _: L,
+    ) -> R {
+        core::future::pending().await
+    }
+
+    /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
+    #[cfg(not(feature = "async"))]
+    pub async fn memoize_owned_if_async<T: AsyncFeatureEnabled, R, S, P, L, K, F, Fut>(
+        _: K,
+        _: F,
+        _: &Options,
+        _: S,
+        _: P,
+        _: L,
+    ) -> R {
         core::future::pending().await
     }
 
@@ -403,6 +589,71 @@ pub mod v0_1 {
             compute,
             crate::api::as_ok::<T, E>,
             Ok,
+            keep,
+            crate::policy::codec::Owned,
+        )
+        .await
+    }
+
+    /// [`memoize_if`] for an `async fn`.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_if_async<T, R, S, P, L, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+        _shape: S,
+        predicate: P,
+        keep: L,
+    ) -> R
+    where
+        T: Serialize + DeserializeOwned + Send,
+        S: Shape<T, R>,
+        P: Fn(&T) -> bool + Send + Sync,
+        L: Keep<T> + Send,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = R> + Send,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            |result: &R| S::cacheable(result).filter(|value| predicate(value)),
+            S::from_cache,
+            keep,
+            crate::policy::codec::Borrowed,
+        )
+        .await
+    }
+
+    /// [`memoize_owned_if`] for an `async fn`.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub async fn memoize_owned_if_async<T, R, S, P, L, K, F, Fut>(
+        key: K,
+        compute: F,
+        options: &Options,
+        _shape: S,
+        predicate: P,
+        keep: L,
+    ) -> R
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        S: Shape<T, R>,
+        P: Fn(&T) -> bool + Copy + Send + Sync + 'static,
+        L: Keep<T> + Send + 'static,
+        K: Into<CacheKey>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        crate::api::memoize_async_with(
+            key.into(),
+            options,
+            compute,
+            crate::api::cacheable_if(S::cacheable, predicate),
+            S::from_cache,
             keep,
             crate::policy::codec::Owned,
         )

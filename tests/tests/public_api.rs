@@ -196,8 +196,8 @@ fn contract_names() {
         DEFAULT_EXPIRATION, DEFAULT_LOCK_EXPIRATION, DEFAULT_LOCK_RETRY, DEFAULT_LOCK_TIMEOUT,
         EncryptionKey, Error, KeyError, LockError, LockOptions, MAX_MANIFEST_OVERHEAD,
         MIN_CHUNK_SIZE, MemoIter, MemoryBackend, Options, SUPERSEDED_GRACE, Stats, cache_memoize,
-        cache_memoize_iter, config, configure, invalidate, invalidate_tag, make_cache_key, stats,
-        try_cache_memoize,
+        cache_memoize_if, cache_memoize_iter, config, configure, invalidate, invalidate_tag,
+        make_cache_key, stats, try_cache_memoize, try_cache_memoize_if,
     };
     #[cfg(feature = "memcached")]
     #[allow(unused_imports)]

@@ -98,6 +98,96 @@ where
     .await
 }
 
+/// [`cache_memoize_if`](fn@crate::cache_memoize_if) for async code:
+/// stores the value `compute()` yields only when `predicate` accepts it;
+/// a refused value is returned and nothing is stored.
+///
+/// ```
+/// use memo_runtime::{cache_memoize_if_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let rows: Vec<u8> = cache_memoize_if_async(
+///     "async-if-doc",
+///     || async { vec![1, 2] },
+///     |rows: &Vec<u8>| !rows.is_empty(),
+///     &Options::new(),
+/// )
+/// .await;
+/// assert_eq!(rows, [1, 2]);
+/// # });
+/// ```
+pub async fn cache_memoize_if_async<K, T, F, Fut, P>(
+    key: K,
+    compute: F,
+    predicate: P,
+    options: &Options,
+) -> T
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T> + Send,
+    P: Fn(&T) -> bool + Send + Sync,
+{
+    let call = Call::new(crate::policy::engine::current(), key.into(), options);
+    let driver = call.tokio();
+    memoize(
+        &driver,
+        call,
+        Later(compute),
+        |value: &T| predicate(value).then_some(value),
+        |value| value,
+        Encoded,
+        Borrowed,
+    )
+    .await
+}
+
+/// [`try_cache_memoize_async`] storing an `Ok` value only when `predicate`
+/// accepts it (see [`cache_memoize_if_async`]); an `Err` is never stored.
+///
+/// ```
+/// use memo_runtime::{try_cache_memoize_if_async, Options};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let status: Result<String, std::io::Error> = try_cache_memoize_if_async(
+///     "async-if-status",
+///     || async { Ok("done".to_owned()) },
+///     |status: &String| status != "pending",
+///     &Options::new(),
+/// )
+/// .await;
+/// assert_eq!(status.unwrap(), "done");
+/// # });
+/// ```
+pub async fn try_cache_memoize_if_async<K, T, E, F, Fut, P>(
+    key: K,
+    compute: F,
+    predicate: P,
+    options: &Options,
+) -> Result<T, E>
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned + Send,
+    E: Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = Result<T, E>> + Send,
+    P: Fn(&T) -> bool + Send + Sync,
+{
+    let call = Call::new(crate::policy::engine::current(), key.into(), options);
+    let driver = call.tokio();
+    memoize(
+        &driver,
+        call,
+        Later(compute),
+        |result: &Result<T, E>| result.as_ref().ok().filter(|value| predicate(value)),
+        Ok,
+        Encoded,
+        Borrowed,
+    )
+    .await
+}
+
 /// [`cache_memoize_async`] for an owned computation (`'static` and `Send`,
 /// as is the value): the same policy, except that a refresh this caller
 /// wins runs as a task spawned on the caller's runtime while it returns

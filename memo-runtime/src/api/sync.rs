@@ -222,6 +222,106 @@ where
     )
 }
 
+/// Like [`cache_memoize`], storing what `compute` returns only when
+/// `predicate` accepts it: a value it refuses (an empty page, a partial
+/// report, a placeholder) is returned to the caller and nothing is stored
+/// (nor kept as a local copy), so the next call computes again.
+///
+/// The predicate sees values computed by this call only: a value found in
+/// the cache is served as is. A refused value is not handed to concurrent
+/// callers waiting on this computation (see [`Options::coalesce`]): one of
+/// them computes in turn, as after an `Err` of [`try_cache_memoize`]. A
+/// refused refresh ([`Options::force_overwrite`]) leaves the stored entry
+/// as it was.
+///
+/// ```
+/// use memo_runtime::{cache_memoize_if, Options};
+///
+/// let page: Vec<u32> = cache_memoize_if(
+///     ["search", "rust"],
+///     || Vec::new(),
+///     |rows: &Vec<u32>| !rows.is_empty(),
+///     &Options::new(),
+/// );
+/// assert!(page.is_empty());
+/// // Not stored: the next call computes again.
+/// let page: Vec<u32> = cache_memoize_if(
+///     ["search", "rust"],
+///     || vec![1, 2],
+///     |rows: &Vec<u32>| !rows.is_empty(),
+///     &Options::new(),
+/// );
+/// assert_eq!(page, [1, 2]);
+/// ```
+pub fn cache_memoize_if<K, T, F, P>(key: K, compute: F, predicate: P, options: &Options) -> T
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> T,
+    P: Fn(&T) -> bool,
+{
+    memoize_now(
+        key.into(),
+        options,
+        compute,
+        |value: &T| predicate(value).then_some(value),
+        |value| value,
+        Encoded,
+        Borrowed,
+    )
+}
+
+/// [`try_cache_memoize`] storing an `Ok` value only when `predicate`
+/// accepts it (see [`cache_memoize_if`]); an `Err` is never stored.
+///
+/// ```
+/// use memo_runtime::{try_cache_memoize_if, Options};
+///
+/// let fetched: Result<String, std::io::Error> = try_cache_memoize_if(
+///     "status",
+///     || Ok("pending".to_owned()),
+///     |status: &String| status != "pending",
+///     &Options::new(),
+/// );
+/// assert_eq!(fetched.unwrap(), "pending");
+/// ```
+pub fn try_cache_memoize_if<K, T, E, F, P>(
+    key: K,
+    compute: F,
+    predicate: P,
+    options: &Options,
+) -> Result<T, E>
+where
+    K: Into<CacheKey>,
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> Result<T, E>,
+    P: Fn(&T) -> bool,
+{
+    memoize_now(
+        key.into(),
+        options,
+        compute,
+        |result: &Result<T, E>| result.as_ref().ok().filter(|value| predicate(value)),
+        Ok,
+        Encoded,
+        Borrowed,
+    )
+}
+
+/// `cacheable` narrowed to what `predicate` accepts, for an owned call: a
+/// function for the reason given at [`as_value`], so that the closure's
+/// type holds only the types it uses.
+pub(crate) fn cacheable_if<T, R, C, P>(
+    cacheable: C,
+    predicate: P,
+) -> impl Fn(&R) -> Option<&T> + Copy
+where
+    C: Fn(&R) -> Option<&T> + Copy,
+    P: Fn(&T) -> bool + Copy,
+{
+    move |result| cacheable(result).filter(|value| predicate(value))
+}
+
 /// The whole value, to store. A function rather than a closure, whose type
 /// would carry the caller's key type and so not be `'static` for a
 /// borrowed key.

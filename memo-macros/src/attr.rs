@@ -20,6 +20,9 @@ pub(crate) struct Attr {
     pub key: Option<Template>,
     /// `expiration = <seconds>`.
     pub expiration: Option<Expr>,
+    /// `jitter = <fraction>`: each store's expiration shortened by a
+    /// random part of it, up to that fraction.
+    pub jitter: Option<Named<Expr>>,
     /// `large_data` / `large_data = <bool>`.
     pub large_data: Option<Flag>,
     /// `compress` / `compress = <bool>`.
@@ -75,6 +78,7 @@ pub(crate) struct Lock {
 pub(crate) const OPTIONS: &[&str] = &[
     "key",
     "expiration",
+    "jitter",
     "large_data",
     "compress",
     "encrypt",
@@ -98,6 +102,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("expire", "expiration"),
     ("expires", "expiration"),
     ("timeout", "expiration"),
+    ("expiration_jitter", "jitter"),
+    ("ttl_jitter", "jitter"),
+    ("spread", "jitter"),
     ("large", "large_data"),
     ("compression", "compress"),
     ("encrypted", "encrypt"),
@@ -147,6 +154,7 @@ impl Attr {
         let duplicate = match name.as_str() {
             "key" => set(&mut self.key, key(&meta, errors)),
             "expiration" => set(&mut self.expiration, seconds(&meta, errors)),
+            "jitter" => set(&mut self.jitter, fraction(&meta, errors)),
             "large_data" => set(&mut self.large_data, flag(&meta, errors)),
             "compress" => set(&mut self.compress, flag(&meta, errors)),
             "encrypt" => set(&mut self.encrypt, flag(&meta, errors)),
@@ -310,6 +318,43 @@ fn beta(meta: &Meta, errors: &mut Errors) -> Option<Named<Option<Expr>>> {
             errors.push(
                 list.delimiter.span().join(),
                 "`refresh_ahead` takes no arguments: write `refresh_ahead` or `refresh_ahead = 2.0`",
+            );
+            return None;
+        }
+    };
+    spanned(meta, Some(value))
+}
+
+/// `jitter = <fraction>`: a number literal from 0 to 1 (`0.1`, `0`, `1`),
+/// or an expression of type `f64`, which the runtime clamps.
+fn fraction(meta: &Meta, errors: &mut Errors) -> Option<Named<Expr>> {
+    let value = name_value(meta, "<fraction>", errors)?;
+    let literal = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(float),
+            ..
+        }) => Some(float.base10_parse::<f64>().map_err(|_| ())),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => Some(int.base10_parse::<u8>().map(f64::from).map_err(|_| ())),
+        Expr::Lit(_)
+        | Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            ..
+        }) => Some(Err(())),
+        _ => None,
+    };
+    let value = match literal {
+        None => value.clone(),
+        Some(Ok(fraction)) if (0.0..=1.0).contains(&fraction) => {
+            // `0` and `1` written as integers are floats to the setter.
+            let lit = syn::LitFloat::new(&format!("{fraction:?}"), value.span());
+            syn::parse_quote!(#lit)
+        }
+        Some(_) => {
+            errors.push(
+                value.span(),
+                "expected the jitter as a fraction of the expiration from 0 to 1, like `jitter = 0.1`",
             );
             return None;
         }
@@ -513,6 +558,37 @@ mod tests {
         assert_eq!(errors.len(), 5, "{errors:?}");
         assert!(errors[0].starts_with("expected β as a positive number"));
         assert!(errors[4].starts_with("unknown option `swr`; did you mean `stale`?"));
+    }
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for (tokens, shown) in [
+            (quote!(jitter = 0.1), "0.1"),
+            (quote!(jitter = 1), "1.0"),
+            (quote!(jitter = 0), "0.0"),
+            (quote!(jitter = SPREAD), "SPREAD"),
+        ] {
+            let (attr, errors) = parse(tokens);
+            assert!(errors.is_empty(), "{errors:?}");
+            let value = attr.jitter.unwrap().value;
+            assert_eq!(quote!(#value).to_string(), shown);
+        }
+        let (_, errors) = parse(quote!(
+            jitter = 1.5,
+            jitter = -0.1,
+            jitter = "a",
+            jitter = 2,
+            jitter,
+            ttl_jitter = 0.1
+        ));
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(
+            errors[..4]
+                .iter()
+                .all(|e| e.starts_with("expected the jitter"))
+        );
+        assert_eq!(errors[4], "expected `jitter = <fraction>`");
+        assert!(errors[5].starts_with("unknown option `ttl_jitter`; did you mean `jitter`?"));
     }
 
     #[test]

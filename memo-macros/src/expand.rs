@@ -275,6 +275,12 @@ fn options(attr: &Attr, refresh: Option<&Ident>) -> TokenStream {
         let expiration = secs(expiration);
         tokens.extend(quote!(.expiration(#expiration)));
     }
+    if let Some(jitter) = &attr.jitter {
+        let setter = Ident::new("expiration_jitter", jitter.span);
+        let fraction = &jitter.value;
+        let fraction = quote_spanned!(fraction.span()=> #fraction);
+        tokens.extend(quote!(.#setter(#fraction)));
+    }
     let force_overwrite = match (&attr.force_overwrite, refresh) {
         (Some(Flag { value: false, span }), Some(refresh)) => Some((*span, quote!(#refresh))),
         (Some(Flag { value, span }), _) => Some((*span, quote!(#value))),

@@ -115,6 +115,7 @@ mod valid;
 /// |---|---|
 /// | `key = "a:{x}:{y.id}:{self.f}"` | the key template (below); default: the function's path and every argument |
 /// | `expiration = 3600` | seconds to keep the value (a literal or a `u64` constant); default: the config's |
+/// | `jitter = 0.1` | shorten each store's expiration by a random fraction of it, up to this one (a literal from 0 to 1, or an `f64`, clamped), so that entries stored together do not expire together |
 /// | `large_data` | store in chunks, compressed: for values that may pass the backend's item limit |
 /// | `compress = false` | with `large_data` or in iterator mode: store chunks uncompressed |
 /// | `encrypt` / `encrypt = false` | encrypt key and value; default: the config's `force_encryption` |

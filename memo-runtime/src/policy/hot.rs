@@ -80,6 +80,11 @@ fn unit_random() -> f64 {
     })
 }
 
+/// A uniform number in [0, 1), for the expiration's jitter.
+pub(crate) fn unit_draw() -> f64 {
+    1.0 - unit_random()
+}
+
 /// XFetch: whether a caller at `now_ms` recomputes a value expiring at
 /// `expires_ms` that took `compute_us` to compute, with `beta` and a draw
 /// `random` in (0, 1].

@@ -128,8 +128,11 @@ impl Call {
         let Resolved { key, encryption } =
             config.resolve(key, options.encrypt, options.encryption_key.as_ref());
         let ticket = engine.barrier.ticket(key.stored());
+        // One draw per call, so that what it stores (a value, or a
+        // manifest and its chunks) and the value's stamp share one expiry.
+        let ttl = options.expiration.unwrap_or(config.default_expiration);
         Call {
-            ttl: options.expiration.unwrap_or(config.default_expiration),
+            ttl: options.jitter.shorten(ttl, hot::unit_draw),
             key,
             ticket,
             encryption,

@@ -23,6 +23,7 @@ use crate::lock::LockOptions;
 #[must_use = "options do nothing until passed to a memoized call"]
 pub struct Options {
     pub(crate) expiration: Option<Duration>,
+    pub(crate) jitter: Jitter,
     pub(crate) force_overwrite: bool,
     pub(crate) large_data: bool,
     pub(crate) compress: bool,
@@ -58,10 +59,57 @@ impl Eq for Beta {}
 /// time to compute would refresh, which is no longer "ahead".
 pub(crate) const MAX_BETA: f64 = 1_000.0;
 
+/// The expiration jitter, a fraction in [0, 1], compared by its bits so
+/// that [`Options`] stays `Eq` (never NaN, never -0).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Jitter(f64);
+
+impl PartialEq for Jitter {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Jitter {}
+
+impl Jitter {
+    /// `jitter` clamped to [0, 1], NaN counting as 0.
+    fn clamped(jitter: f64) -> Jitter {
+        if jitter.is_nan() || jitter <= 0.0 {
+            Jitter(0.0)
+        } else {
+            Jitter(jitter.min(1.0))
+        }
+    }
+
+    /// `ttl` shortened by a fraction `jitter × draw` of it, `draw` being
+    /// uniform in [0, 1). The cut is made in integer arithmetic, because
+    /// `Duration::mul_f64` panics near `Duration::MAX`, which a caller may
+    /// pass; it is strictly less than `ttl`, so a non-zero TTL stays
+    /// non-zero (zero means "store nothing").
+    pub(crate) fn shorten(self, ttl: Duration, draw: impl FnOnce() -> f64) -> Duration {
+        if self.0 == 0.0 || ttl.is_zero() {
+            return ttl;
+        }
+        const ONE: f64 = (1u64 << 32) as f64;
+        // In [0, 2^32): the fraction cut, in 32-bit fixed point. The cast
+        // saturates and truncates, which keeps it below 2^32.
+        let fraction = ((self.0 * draw().clamp(0.0, 1.0)) * ONE).min(ONE - 1.0) as u128;
+        let nanos = ttl.as_nanos();
+        // At most ~2^94 × 2^32: no overflow.
+        let cut = (nanos * fraction) >> 32;
+        const NANOS_PER_SEC: u128 = 1_000_000_000;
+        // Below `ttl`'s own nanoseconds, so its seconds fit in a `u64`.
+        let cut = Duration::new((cut / NANOS_PER_SEC) as u64, (cut % NANOS_PER_SEC) as u32);
+        ttl - cut
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             expiration: None,
+            jitter: Jitter::default(),
             force_overwrite: false,
             large_data: false,
             compress: true,
@@ -97,6 +145,26 @@ impl Options {
     /// what it can hold.
     pub fn expiration(mut self, expiration: Duration) -> Self {
         self.expiration = Some(expiration);
+        self
+    }
+
+    /// Shortens the expiration of each value this call stores by a random
+    /// fraction of it, drawn uniformly from [0, `jitter`], so that entries
+    /// stored together (a cache warmed at startup, a batch) do not all
+    /// expire in the same second and send every caller to the backend at
+    /// once. With `expiration(60 s)` and a jitter of `0.1`, each store
+    /// lives between 54 and 60 seconds.
+    ///
+    /// Each store draws anew; a value's logical expiry (for
+    /// [`refresh_ahead`](Self::refresh_ahead),
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate) and the
+    /// local copy) is the shortened one, and a stale window is added to it
+    /// unshortened. The lock's own expiration is not jittered. `jitter` is
+    /// a fraction: NaN and negative values are taken as 0 (the exact
+    /// expiration, the default), values above 1 as 1. However long the
+    /// cut, a stored value keeps a non-zero expiration.
+    pub fn expiration_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = Jitter::clamped(jitter);
         self
     }
 
@@ -290,5 +358,69 @@ impl Options {
     {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn jitter_is_clamped_to_a_fraction() {
+        let jitter = |value: f64| Options::new().expiration_jitter(value).jitter.0;
+        assert_eq!(jitter(0.25), 0.25);
+        assert_eq!(jitter(f64::NAN), 0.0);
+        assert_eq!(jitter(-0.5), 0.0);
+        assert_eq!(jitter(-0.0).to_bits(), 0.0f64.to_bits());
+        assert_eq!(jitter(1.5), 1.0);
+        assert_eq!(jitter(f64::INFINITY), 1.0);
+        assert_eq!(
+            Options::new().expiration_jitter(f64::NAN),
+            Options::new().expiration_jitter(0.0)
+        );
+    }
+
+    #[test]
+    fn jitter_cuts_within_its_bounds() {
+        let tenth = Jitter::clamped(0.1);
+        assert_eq!(tenth.shorten(MINUTE, || 0.0), MINUTE);
+        // 32-bit fixed point: exact to a few nanoseconds a minute.
+        let half = tenth.shorten(MINUTE, || 0.5);
+        assert!(
+            half.abs_diff(Duration::from_secs(57)) < Duration::from_micros(1),
+            "{half:?}"
+        );
+        let shortest = tenth.shorten(MINUTE, || 1.0 - f64::EPSILON);
+        assert!(
+            shortest > Duration::from_secs(54) && shortest < MINUTE,
+            "{shortest:?}"
+        );
+        // No jitter: the exact expiration, whatever the draw.
+        assert_eq!(Jitter::clamped(0.0).shorten(MINUTE, || 0.9), MINUTE);
+        // Zero stays zero: "store nothing" is not jittered into a store.
+        assert_eq!(tenth.shorten(Duration::ZERO, || 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_full_jitter_never_reaches_zero_nor_panics() {
+        let full = Jitter::clamped(1.0);
+        for ttl in [
+            Duration::from_nanos(1),
+            Duration::from_millis(1),
+            MINUTE,
+            Duration::MAX,
+        ] {
+            for draw in [0.0, 0.5, 1.0 - f64::EPSILON, 1.0, 2.0, f64::NAN] {
+                let shortened = full.shorten(ttl, || draw);
+                assert!(
+                    !shortened.is_zero() && shortened <= ttl,
+                    "{ttl:?}, draw {draw}: {shortened:?}"
+                );
+            }
+        }
+        let half = Jitter::clamped(0.5).shorten(Duration::MAX, || 1.0);
+        assert!(half >= Duration::MAX / 2, "{half:?}");
     }
 }

@@ -292,7 +292,7 @@ pub mod v0_1 {
     {
         crate::api::memoize_now(
             key.into(),
-            options,
+            &options.without_fail_safe(),
             compute,
             |result: &R| S::cacheable(result).filter(|value| predicate(value)),
             S::from_cache,
@@ -322,7 +322,7 @@ pub mod v0_1 {
     {
         crate::api::memoize_now(
             key.into(),
-            options,
+            &options.without_fail_safe(),
             compute,
             crate::api::cacheable_if(S::cacheable, predicate),
             S::from_cache,
@@ -617,7 +617,7 @@ pub mod v0_1 {
     {
         crate::api::memoize_async_with(
             key.into(),
-            options,
+            &options.without_fail_safe(),
             compute,
             |result: &R| S::cacheable(result).filter(|value| predicate(value)),
             S::from_cache,
@@ -650,7 +650,7 @@ pub mod v0_1 {
     {
         crate::api::memoize_async_with(
             key.into(),
-            options,
+            &options.without_fail_safe(),
             compute,
             crate::api::cacheable_if(S::cacheable, predicate),
             S::from_cache,

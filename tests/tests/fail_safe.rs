@@ -166,3 +166,17 @@ fn async_calls_fall_back_too() {
         assert_eq!(later, Ok(1));
     });
 }
+
+#[test]
+fn a_value_a_predicate_refuses_is_returned_not_replaced() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let small = |value: &u32| *value < 10;
+    let first: Result<u32, String> =
+        memo_runtime::try_cache_memoize_if("fs:if", || Ok(1), small, &options());
+    assert_eq!(first, Ok(1));
+    past_expiry();
+    let refused: Result<u32, String> =
+        memo_runtime::try_cache_memoize_if("fs:if", || Ok(99), small, &options());
+    assert_eq!(refused, Ok(99), "the refused value is the caller's");
+}

@@ -129,7 +129,11 @@ where
     Fut: Future<Output = T> + Send,
     P: Fn(&T) -> bool + Send + Sync,
 {
-    let call = Call::new(crate::policy::engine::current(), key.into(), options);
+    let call = Call::new(
+        crate::policy::engine::current(),
+        key.into(),
+        &options.without_fail_safe(),
+    );
     let driver = call.tokio();
     memoize(
         &driver,
@@ -174,7 +178,11 @@ where
     Fut: Future<Output = Result<T, E>> + Send,
     P: Fn(&T) -> bool + Send + Sync,
 {
-    let call = Call::new(crate::policy::engine::current(), key.into(), options);
+    let call = Call::new(
+        crate::policy::engine::current(),
+        key.into(),
+        &options.without_fail_safe(),
+    );
     let driver = call.tokio();
     memoize(
         &driver,

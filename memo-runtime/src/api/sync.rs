@@ -262,7 +262,7 @@ where
 {
     memoize_now(
         key.into(),
-        options,
+        &options.without_fail_safe(),
         compute,
         |value: &T| predicate(value).then_some(value),
         |value| value,
@@ -299,7 +299,7 @@ where
 {
     memoize_now(
         key.into(),
-        options,
+        &options.without_fail_safe(),
         compute,
         |result: &Result<T, E>| result.as_ref().ok().filter(|value| predicate(value)),
         Ok,

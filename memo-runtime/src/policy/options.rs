@@ -308,8 +308,11 @@ impl Options {
     /// one caller refreshes (a failed refresh keeps it), and after it the
     /// fail-safe window takes over. With [`lock`](Self::lock) the caller
     /// that takes the lock recomputes and falls back on failure; the
-    /// others wait for it as on any miss. Zero turns this off. Applies to
-    /// values stored whole (not [`large_data`](Self::large_data)).
+    /// others wait for it as on any miss. A call with a predicate
+    /// ([`cache_memoize_if`](crate::cache_memoize_if), the attribute's
+    /// `cache_if`) does not fall back: a value it refuses is returned as
+    /// it is. Zero turns this off. Applies to values stored whole (not
+    /// [`large_data`](Self::large_data)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -327,6 +330,19 @@ impl Options {
     pub fn fail_safe(mut self, window: Duration) -> Self {
         self.fail_safe = (!window.is_zero()).then_some(window);
         self
+    }
+
+    /// These options for a call with a predicate (`cache_if`): without the
+    /// fail-safe window, since a value the predicate refuses is the
+    /// caller's to receive, not a failure to replace with an older one,
+    /// and the policy cannot tell the two apart.
+    pub(crate) fn without_fail_safe(&self) -> std::borrow::Cow<'_, Options> {
+        if self.fail_safe.is_none() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut options = self.clone();
+        options.fail_safe = None;
+        std::borrow::Cow::Owned(options)
     }
 
     /// Stores the entry with these tags, so that

@@ -8,7 +8,7 @@ use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, Meta, Token};
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, LitStr, Meta, Token};
 
 use crate::errors::{Errors, did_you_mean};
 use crate::template::Template;
@@ -51,6 +51,12 @@ pub(crate) struct Attr {
     /// `cache_if = <path>`: a predicate `fn(&T) -> bool` on each computed
     /// value, which is stored only when it holds.
     pub cache_if: Option<Named<Expr>>,
+    /// `fail_safe = <seconds>`: an expired value kept that long to fall
+    /// back on when the recomputation returns `Err`.
+    pub fail_safe: Option<Named<Expr>>,
+    /// `tags("user:{id}", "catalog")`: key templates naming the tags the
+    /// entry is stored with.
+    pub tags: Vec<Template>,
 }
 
 /// A value and the span of the option's name.
@@ -88,7 +94,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "local",
     "refresh_ahead",
     "stale",
+    "fail_safe",
     "cache_if",
+    "tags",
     "version",
     "ignore",
     "helpers",
@@ -123,6 +131,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("refresh_early", "refresh_ahead"),
     ("stale_while_revalidate", "stale"),
     ("swr", "stale"),
+    ("failsafe", "fail_safe"),
+    ("fallback", "fail_safe"),
+    ("tag", "tags"),
     ("store_if", "cache_if"),
     ("cache_when", "cache_if"),
     ("only_if", "cache_if"),
@@ -166,6 +177,12 @@ impl Attr {
             "stale" => set(&mut self.stale, spanned(&meta, seconds(&meta, errors))),
             "refresh_ahead" => set(&mut self.refresh_ahead, beta(&meta, errors)),
             "cache_if" => set(&mut self.cache_if, predicate(&meta, errors)),
+            "fail_safe" => set(&mut self.fail_safe, spanned(&meta, seconds(&meta, errors))),
+            "tags" => {
+                let repeated = !self.tags.is_empty();
+                self.tags.extend(tags(&meta, errors));
+                repeated
+            }
             "version" => set(&mut self.version, version(&meta, errors)),
             "ignore" => {
                 let repeated = !self.ignore.is_empty();
@@ -422,6 +439,36 @@ fn version(meta: &Meta, errors: &mut Errors) -> Option<LitInt> {
             None
         }
     }
+}
+
+/// `tags("...", ...)`: key templates, each checked as a key is.
+fn tags(meta: &Meta, errors: &mut Errors) -> Vec<Template> {
+    let Meta::List(list) = meta else {
+        errors.push(
+            meta.span(),
+            "expected `tags(\"tag\", ...)`, like `tags(\"user:{id}\")`",
+        );
+        return Vec::new();
+    };
+    let lits = match list.parse_args_with(Punctuated::<LitStr, Token![,]>::parse_terminated) {
+        Ok(lits) => lits,
+        Err(error) => {
+            errors.add(error);
+            return Vec::new();
+        }
+    };
+    if lits.is_empty() {
+        errors.push(list.span(), "`tags()` names no tag");
+    }
+    lits.into_iter()
+        .filter_map(|lit| match Template::parse(lit.clone()) {
+            Ok(template) => Some(template),
+            Err(message) => {
+                errors.push(lit.span(), message);
+                None
+            }
+        })
+        .collect()
 }
 
 fn ignore(meta: &Meta, errors: &mut Errors) -> Vec<Ident> {

@@ -85,7 +85,8 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     if !has_helpers(&attr) {
         // No `_refresh` to share the body with, and no room for a sibling
         // item in a trait impl: the body stays in the function.
-        let options = options(&attr, None);
+        let mut options = options(&attr, None);
+        options.extend(tags(&attr, &func, &args));
         return quote! {
             #(#attrs)*
             #vis #sig {
@@ -102,7 +103,8 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     // memoized call made on the way (in an option's expression, in a key
     // argument's `Display`, in the body).
     let refresh = refresh_var();
-    let options = options(&attr, Some(&refresh));
+    let mut options = options(&attr, Some(&refresh));
+    options.extend(tags(&attr, &func, &args));
     let rt = runtime();
     let mut memoized = sig.clone();
     memoized.ident = memoized_name(&sig.ident);
@@ -321,6 +323,11 @@ fn options(attr: &Attr, refresh: Option<&Ident>) -> TokenStream {
         let setter = Ident::new("stale_while_revalidate", stale.span);
         tokens.extend(quote!(.#setter(#window)));
     }
+    if let Some(fail_safe) = &attr.fail_safe {
+        let window = secs(&fail_safe.value);
+        let setter = Ident::new("fail_safe", fail_safe.span);
+        tokens.extend(quote!(.#setter(#window)));
+    }
     if let Some(lock) = &attr.lock {
         let mut lock_options = quote!(#rt::LockOptions::new());
         if let Some(Flag { value, .. }) = &lock.blocking {
@@ -341,6 +348,30 @@ fn options(attr: &Attr, refresh: Option<&Ident>) -> TokenStream {
         tokens.extend(quote!(.lock(#lock_options)));
     }
     tokens
+}
+
+/// `.tags([...])`, each tag built from its template as the key is, or
+/// nothing without tags.
+fn tags(attr: &Attr, func: &Function, args: &[Arg]) -> TokenStream {
+    if attr.tags.is_empty() {
+        return TokenStream::new();
+    }
+    let rt = runtime();
+    let tags = attr.tags.iter().map(|template| {
+        let components: Vec<Component> = template
+            .components
+            .iter()
+            .map(|pieces| component(pieces, func, args, template.lit.span()))
+            .collect();
+        match components.as_slice() {
+            [only] => only.to_string_tokens(),
+            many => {
+                let parts = part_tokens(many);
+                quote!(#rt::tag(#rt::KeyParts::new()#(#parts)*.finish()))
+            }
+        }
+    });
+    quote!(.tags([#(#tags),*]))
 }
 
 /// The key: the template's components, or the function's path and every

@@ -126,6 +126,8 @@ mod valid;
 /// | `local = 10` | keep a decoded copy in each process for up to that many seconds (the return type must be `Clone`) |
 /// | `refresh_ahead`, `refresh_ahead = 2.0` | refresh a value early, before it expires (XFetch, with β) |
 /// | `stale = 60` | serve a value up to that many seconds past its expiry while one caller refreshes it |
+/// | `fail_safe = 300` | for a function returning `Result`: keep the value that many seconds past its expiry, and serve it when a recomputation returns `Err` |
+/// | `tags("user:{user}", "catalog")` | store the entry with these tags, each a key template; `invalidate_tag` of one makes every entry stored with it a miss |
 /// | `cache_if = path::to::predicate` | store a computed value only when the predicate, a `fn(&T) -> bool` (for `Result<T, E>`, on the `Ok` value), accepts it; a refused value is returned and not stored (values only) |
 /// | `ignore(a, b)` | arguments deliberately left out of the key |
 /// | `helpers = false` | do not generate `<fn>_invalidate` / `<fn>_refresh` (needed in trait impls) |

@@ -226,18 +226,17 @@ fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
         .map(ToString::to_string)
         .collect();
     let mut in_key = BTreeSet::new();
-    if let Some(template) = &attr.key {
+    // The arguments a template names; a placeholder that names none is an
+    // error at the template.
+    let named = |template: &crate::template::Template, what: &str, errors: &mut Errors| {
+        let mut found = Vec::new();
         for placeholder in template.placeholders() {
             match &placeholder.target {
-                // A field path counts its argument as in the key: the
-                // user chose what of it tells calls apart.
-                Target::Arg(name, _) if names.contains(name) => {
-                    in_key.insert(name.clone());
-                }
+                Target::Arg(name, _) if names.contains(name) => found.push(name.clone()),
                 Target::Arg(name, _) => errors.push(
                     template.lit.span(),
                     format!(
-                        "`{{{name}}}` in the key names no argument of `{}`{}",
+                        "`{{{name}}}` in {what} names no argument of `{}`{}",
                         func.sig.ident,
                         did_you_mean(name, names.iter().map(String::as_str))
                     ),
@@ -245,13 +244,24 @@ fn key(attr: &Attr, func: &Function, args: &[Arg], errors: &mut Errors) {
                 Target::SelfValue(_) if func.receiver().is_none() => errors.push(
                     template.lit.span(),
                     format!(
-                        "the key uses `self`, but `{}` takes no `self`",
+                        "{what} uses `self`, but `{}` takes no `self`",
                         func.sig.ident
                     ),
                 ),
                 Target::SelfValue(_) => {}
             }
         }
+        found
+    };
+    if let Some(template) = &attr.key {
+        // A field path counts its argument as in the key: the user chose
+        // what of it tells calls apart.
+        in_key.extend(named(template, "the key", errors));
+    }
+    // A tag's placeholders must name arguments too, but a tag does not tell
+    // calls apart: an argument only in a tag is not in the key.
+    for template in &attr.tags {
+        named(template, "a tag", errors);
     }
 
     let mut ignored = BTreeSet::new();
@@ -305,6 +315,14 @@ fn options(attr: &Attr, output: &Output, errors: &mut Errors) {
             );
         }
     }
+    if let Some(fail_safe) = &attr.fail_safe {
+        if !matches!(output, Output::Result(_)) {
+            errors.push(
+                fail_safe.span,
+                "`fail_safe` applies to functions returning `Result`: only a recomputation that returns `Err` falls back on the last good value; return a `Result`, or remove `fail_safe`",
+            );
+        }
+    }
     if let Some(cache_if) = &attr.cache_if {
         if matches!(output, Output::Iter(..) | Output::Stream(_)) {
             errors.push(
@@ -317,6 +335,7 @@ fn options(attr: &Attr, output: &Output, errors: &mut Errors) {
         ("local", attr.local.as_ref().map(|o| o.span)),
         ("refresh_ahead", attr.refresh_ahead.as_ref().map(|o| o.span)),
         ("stale", attr.stale.as_ref().map(|o| o.span)),
+        ("fail_safe", attr.fail_safe.as_ref().map(|o| o.span)),
     ];
     for (name, span) in hot {
         let Some(span) = span else { continue };

@@ -30,6 +30,12 @@ pub mod v0_1 {
     // user's own `bool` in scope would capture the bare name.
     pub use core::primitive::bool;
 
+    /// A tag built as a key is (the attribute's `tags(...)`): the string
+    /// the key's components join into.
+    pub fn tag(key: CacheKey) -> String {
+        key.joined()
+    }
+
     // The three calls an expansion makes, with the cached type as the first
     // generic parameter: the expansion names it (`memoize::<Profile, _, _>`)
     // with the span of the user's return type, so a type the cache cannot

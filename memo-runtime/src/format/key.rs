@@ -134,6 +134,19 @@ impl CacheKey {
 
     /// Appends [`normalized`](Self::normalized) to `out`, without building
     /// it on its own first.
+    /// The key as one string: a raw key as it is, components escaped and
+    /// joined (what the namespace is put in front of).
+    pub(crate) fn joined(self) -> String {
+        match self {
+            CacheKey::Raw(key) => key,
+            parts => {
+                let mut out = String::new();
+                parts.write_normalized(&mut out);
+                out
+            }
+        }
+    }
+
     fn write_normalized(&self, out: &mut String) {
         match self {
             CacheKey::Raw(key) => out.push_str(key),

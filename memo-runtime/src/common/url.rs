@@ -25,8 +25,13 @@ pub(crate) const GENERAL_PARAMS: &[&str] = &[
 /// is left in `params` is theirs to accept or reject.
 ///
 /// Credentials never leave it by accident: `url` holds the URL with its
-/// userinfo replaced by `***`, and `Debug` prints the userinfo the same way,
-/// since both end up in error messages and logs.
+/// userinfo replaced by `***`, and `Debug` prints the user name and the
+/// password the same way, since both end up in error messages and logs.
+///
+/// Each piece is cut out of the URL at its delimiters first and
+/// percent-decoded after, so an escaped delimiter stays part of its piece:
+/// `%3A` in a user name, `%40` in a password or `%2C` in a host name is
+/// that character, never a separator.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheUrl {
     /// The URL as given, with any credentials replaced by `***`: safe for
@@ -34,9 +39,14 @@ pub struct CacheUrl {
     pub url: String,
     /// The scheme, lower-cased (`memory`, `memcached`, `redis`).
     pub scheme: String,
-    /// `user:password` before an `@`, if any.
-    pub userinfo: Option<String>,
-    /// The comma-separated hosts, each as written (`host:port`, `[::1]:port`).
+    /// The user name of the userinfo (`user` of `user:password@`),
+    /// percent-decoded; `Some("")` for `:password@`, `None` without an `@`.
+    pub username: Option<String>,
+    /// The password of the userinfo (after its first `:`), percent-decoded;
+    /// `None` without one.
+    pub password: Option<String>,
+    /// The comma-separated hosts, each `host:port`, `host` or `[v6]:port`,
+    /// its host name percent-decoded.
     pub hosts: Vec<String>,
     /// The path after the hosts, without the leading `/` (Redis' database).
     pub path: String,
@@ -49,7 +59,8 @@ impl fmt::Debug for CacheUrl {
         f.debug_struct("CacheUrl")
             .field("url", &self.url)
             .field("scheme", &self.scheme)
-            .field("userinfo", &self.userinfo.as_ref().map(|_| REDACTED))
+            .field("username", &self.username.as_ref().map(|_| REDACTED))
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("hosts", &self.hosts)
             .field("path", &self.path)
             .field("params", &self.params)
@@ -108,15 +119,22 @@ impl CacheUrl {
         };
         // The last `@` ends the credentials even when they hold an unescaped
         // `/`, the same rule `redact` follows, so hosts never hold a secret.
-        let (userinfo, after_userinfo) = match before_query.rsplit_once('@') {
-            Some((userinfo, rest)) => (
-                // The credentials' own text must not reach the error.
-                Some(percent_decode(userinfo, &redacted).map_err(|_| {
-                    invalid("bad percent escape or non-UTF-8 text in the credentials")
-                })?),
-                rest,
-            ),
-            None => (None, before_query),
+        let (username, password, after_userinfo) = match before_query.rsplit_once('@') {
+            Some((userinfo, rest)) => {
+                // Split before decoding: an escaped `:` belongs to the user
+                // name. The credentials' own text must not reach the error.
+                let decode = |text: &str| {
+                    decode_component(text).ok_or_else(|| {
+                        invalid("bad percent escape or non-UTF-8 text in the credentials")
+                    })
+                };
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((user, password)) => (user, Some(password)),
+                    None => (userinfo, None),
+                };
+                (Some(decode(user)?), password.map(decode).transpose()?, rest)
+            }
+            None => (None, None, before_query),
         };
         let (hosts, path) = match after_userinfo.split_once('/') {
             Some((hosts, path)) => (hosts, path),
@@ -132,7 +150,7 @@ impl CacheUrl {
                     if host.is_empty() {
                         Err(invalid("empty host in the host list"))
                     } else {
-                        Ok(host.to_owned())
+                        decode_host(host).map_err(|reason| invalid(&reason))
                     }
                 })
                 .collect::<Result<_, _>>()?
@@ -148,7 +166,8 @@ impl CacheUrl {
         Ok(CacheUrl {
             url: redacted.clone(),
             scheme: scheme.to_ascii_lowercase(),
-            userinfo,
+            username,
+            password,
             hosts,
             path: path.to_owned(),
             params,
@@ -197,6 +216,69 @@ pub(crate) fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// `host`, one entry of the host list, with its host name percent-decoded:
+/// the port is split off first, so an escaped `:` cannot make one, and a
+/// decoded name holding a character no host name has (a delimiter of the
+/// URL, a space) is refused rather than misread later.
+fn decode_host(host: &str) -> Result<String, String> {
+    let (name, port, bracketed) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) => (name, port, true),
+            // Malformed as an address: the backend says how.
+            None => return Ok(host.to_owned()),
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, _)) if !name.contains(':') => (name, &host[name.len()..], false),
+            _ => (host, "", false),
+        },
+    };
+    let decoded = decode_component(name)
+        .ok_or_else(|| format!("{host:?}: bad percent escape or non-UTF-8 text in the host"))?;
+    // A literal `:` is an IPv6 address without brackets, which the
+    // backends refuse with their own advice; a decoded one never parses.
+    let forbidden = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, ',' | '@' | '/' | '?' | '#' | '[' | ']')
+            || (c == ':' && !bracketed && !name.contains(':'))
+    };
+    if let Some(bad) = decoded.chars().find(|&c| forbidden(c)) {
+        return Err(format!(
+            "{host:?}: a host name cannot contain {bad:?} (decoded from the URL)"
+        ));
+    }
+    Ok(if bracketed {
+        format!("[{decoded}]{port}")
+    } else {
+        format!("{decoded}{port}")
+    })
+}
+
+/// `text` percent-decoded as a piece of a URL's authority (a user name, a
+/// password, a host name): `%XX` is a byte, and `+` is itself (only a
+/// query writes a space as `+`). `None` on a bad escape or non-UTF-8.
+fn decode_component(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A query parameter's name or value, percent-decoded, `+` standing for a
+/// space as in a form.
 fn percent_decode(text: &str, url: &str) -> Result<String, ConfigError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -229,4 +311,79 @@ fn percent_decode(text: &str, url: &str) -> Result<String, ConfigError> {
         url: url.to_owned(),
         reason: format!("{text:?} does not decode to UTF-8"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> CacheUrl {
+        CacheUrl::parse(url).unwrap_or_else(|err| panic!("{url}: {err}"))
+    }
+
+    #[test]
+    fn escaped_delimiters_in_credentials_stay_in_their_piece() {
+        let url = parse("redis://us%3Aer%40x%2Cy:pa%3As%40s%2Cw@h:1");
+        assert_eq!(url.username.as_deref(), Some("us:er@x,y"));
+        assert_eq!(url.password.as_deref(), Some("pa:s@s,w"));
+        assert_eq!(url.hosts, ["h:1"]);
+        // Only the first literal `:` splits; later ones are the password's.
+        let url = parse("redis://u%3A:p:q@h");
+        assert_eq!(url.username.as_deref(), Some("u:"));
+        assert_eq!(url.password.as_deref(), Some("p:q"));
+        let url = parse("redis://:%3A@h");
+        assert_eq!(url.username.as_deref(), Some(""));
+        assert_eq!(url.password.as_deref(), Some(":"));
+        let url = parse("redis://only%3Auser@h");
+        assert_eq!(url.username.as_deref(), Some("only:user"));
+        assert_eq!(url.password, None);
+        let url = parse("redis://h:1");
+        assert_eq!((url.username, url.password), (None, None));
+        // `+` is a space only in a query.
+        let url = parse("redis://a+b:c+d@h?namespace=e+f");
+        assert_eq!(url.username.as_deref(), Some("a+b"));
+        assert_eq!(url.password.as_deref(), Some("c+d"));
+        assert_eq!(url.params, [("namespace".to_owned(), "e f".to_owned())]);
+    }
+
+    #[test]
+    fn escaped_delimiters_in_hosts_are_one_host_and_refused_by_name() {
+        // Split at `,` before decoding: one host, not two.
+        for (url, bad) in [
+            ("redis://a%2Cb:1", "','"),
+            ("redis+cluster://a:1,b%2Cc:2", "','"),
+            ("redis://a%40b:1", "'@'"),
+            ("redis://u:p@a%40b:1", "'@'"),
+            ("redis://a%3A1", "':'"),
+            ("redis://a%3A1:6379", "':'"),
+            ("redis://a%2Fb:1", "'/'"),
+            ("redis://a%20b:1", "' '"),
+        ] {
+            let err = CacheUrl::parse(url).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot contain") && err.contains(bad),
+                "{url}: {err}"
+            );
+        }
+        // Escapes that make a valid name decode; brackets keep a v6 `:`.
+        let url = parse("redis://c%61che:1,[::1]:2,[%3A%3A1]:3,x");
+        assert_eq!(url.hosts, ["cache:1", "[::1]:2", "[::1]:3", "x"]);
+        // An escaped bracket is no bracket.
+        assert!(CacheUrl::parse("redis://%5B::1%5D:2").is_err());
+        assert!(CacheUrl::parse("redis://a%zz:1").is_err());
+        assert!(CacheUrl::parse("redis://a%+1:1").is_err());
+    }
+
+    #[test]
+    fn credentials_with_escapes_stay_hidden() {
+        let url = parse("redis://zor%3Aro:s3%40cret@h:1");
+        assert_eq!(url.url, "redis://***@h:1");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("zor") && !shown.contains("s3"), "{shown}");
+        for bad in ["redis://zor%zzro:s3cret@h", "redis://zorro:s3%zzcret@h"] {
+            let err = CacheUrl::parse(bad).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("zor") && !shown.contains("s3"), "{shown}");
+        }
+    }
 }

@@ -206,7 +206,7 @@ impl MemcachedBackend {
             url: url.url.clone(),
             reason: reason.to_owned(),
         };
-        if url.userinfo.is_some() {
+        if url.username.is_some() {
             return Err(invalid(
                 "memcached:// takes no user or password (memcached's text protocol has no authentication)",
             ));

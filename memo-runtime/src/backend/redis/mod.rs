@@ -262,16 +262,20 @@ impl RedisBackend {
 /// The credentials of a Redis URL, `user:password@` or `:password@`, as
 /// the username (if any) and the password.
 fn url_credentials(url: &CacheUrl) -> Result<Option<(Option<&str>, &str)>, ConfigError> {
-    let Some(userinfo) = &url.userinfo else {
+    let Some(username) = &url.username else {
         return Ok(None);
     };
-    let (username, password) = userinfo
-        .split_once(':')
+    let password = url
+        .password
+        .as_deref()
         .ok_or_else(|| ConfigError::InvalidUrl {
             url: url.url.clone(),
             reason: "write credentials as user:password@ or :password@".to_owned(),
         })?;
-    Ok(Some(((!username.is_empty()).then_some(username), password)))
+    Ok(Some((
+        (!username.is_empty()).then_some(username.as_str()),
+        password,
+    )))
 }
 
 /// Authenticates (as `username` when given) and selects database `db` on
@@ -619,6 +623,20 @@ mod tests {
         assert_eq!(backend.settings.pool_size, 2);
         assert_eq!(backend.settings.backoff, Duration::from_millis(10));
         assert_eq!(backend.settings.max_backoff, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn escaped_delimiters_in_credentials_reach_auth_as_written() {
+        let backend = backend("redis://ad%3Amin%40x:pa%3Ass%2C@cache:6380").unwrap();
+        assert_eq!(backend.username.as_deref(), Some("ad:min@x"));
+        assert_eq!(backend.password.as_deref(), Some("pa:ss,"));
+        assert_eq!(backend.pool.address(), ("cache", 6380));
+        let backend = backend_or_err("redis://:p%40ss@a%2Cb:1");
+        assert!(backend.is_err(), "a host with a decoded comma is refused");
+    }
+
+    fn backend_or_err(url: &str) -> Result<RedisBackend, ConfigError> {
+        RedisBackend::from_url_parts(&CacheUrl::parse(url)?)
     }
 
     #[test]

@@ -47,6 +47,13 @@ impl Cluster {
         Cluster::try_start_with(masters, replicas, &|_| Vec::new())
     }
 
+    /// [`try_start`](Self::try_start), with `extra` among every node's
+    /// arguments (`--cluster-preferred-endpoint-type hostname`, ...).
+    pub fn try_start_with_args(masters: usize, replicas: usize, extra: &[&str]) -> Option<Cluster> {
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        Cluster::try_start_with(masters, replicas, &|_| extra.clone())
+    }
+
     /// [`try_start`](Self::try_start), with every node also serving TLS
     /// with `pki`'s server certificate (which names `127.0.0.1`, the
     /// address the nodes announce) and the nodes speaking TLS to each
@@ -56,6 +63,18 @@ impl Cluster {
         masters: usize,
         replicas: usize,
         pki: &crate::tls::Pki,
+    ) -> Option<Cluster> {
+        Cluster::try_start_tls_with_args(masters, replicas, pki, &[])
+    }
+
+    /// [`try_start_tls`](Self::try_start_tls), with `extra` among every
+    /// node's arguments.
+    #[cfg(feature = "tls")]
+    pub fn try_start_tls_with_args(
+        masters: usize,
+        replicas: usize,
+        pki: &crate::tls::Pki,
+        extra: &[&str],
     ) -> Option<Cluster> {
         let path = |p: &std::path::Path| p.display().to_string();
         let tls_args = |tls_port: u16| {
@@ -75,6 +94,9 @@ impl Cluster {
                 "--tls-auth-clients".to_owned(),
                 "no".to_owned(),
             ]
+            .into_iter()
+            .chain(extra.iter().map(|arg| (*arg).to_owned()))
+            .collect()
         };
         Cluster::try_start_with(masters, replicas, &tls_args)
     }
@@ -127,7 +149,7 @@ impl Cluster {
             .map(|_| {
                 let tls_port = free_port();
                 let tls = tls_args(tls_port);
-                if !tls.is_empty() {
+                if tls.iter().any(|arg| arg == "--tls-port") {
                     tls_ports.push(tls_port);
                 }
                 let mut args = vec![

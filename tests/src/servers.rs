@@ -305,6 +305,21 @@ impl Drop for Server {
     }
 }
 
+/// The installed `redis-server`'s version (`7.0.15` as `(7, 0)`), or
+/// `None` when it is missing or says something else.
+pub fn redis_version() -> Option<(u32, u32)> {
+    let output = Command::new(find_binary("redis-server")?)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("v="))?;
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
 /// A port nothing listens on right now: the kernel's pick for port 0.
 pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))

@@ -58,6 +58,12 @@ impl Pki {
     /// `127.0.0.1` only and a client certificate signed by it, a second,
     /// unrelated CA (`other-ca.pem`), and a self-signed server certificate.
     pub fn new() -> Pki {
+        Pki::with_server_names(&["127.0.0.1"])
+    }
+
+    /// [`new`](Self::new), with a server certificate naming `names` (DNS
+    /// names or IP addresses) instead of `127.0.0.1`.
+    pub fn with_server_names(names: &[&str]) -> Pki {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "memo-tls-{}-{}",
@@ -76,7 +82,8 @@ impl Pki {
         write("other-ca.pem", &other.pem());
 
         let server_key = KeyPair::generate().expect("a key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("SANs");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("SANs");
         // Client use too: the nodes of a TLS cluster present it to each
         // other on the cluster bus, which always verifies its peers.
         params.extended_key_usages = vec![

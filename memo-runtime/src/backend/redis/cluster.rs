@@ -15,7 +15,13 @@
 //! the master that owns the key. The slot → master map is read with
 //! `CLUSTER SLOTS` from any reachable node (the seeds given, then the
 //! nodes already known) and shared by blocking and async callers. Until it
-//! is known, commands go to a seed and follow its redirections.
+//! is known, commands go to a seed and follow its redirections. Each
+//! master's endpoint is read as Redis documents it: an IP address, an
+//! announced host name (`cluster-preferred-endpoint-type hostname`, also
+//! the name its TLS certificate is checked against), or `NULL` for "the
+//! node you asked" (`unknown-endpoint`, nodes behind a load balancer). An
+//! entry memo cannot read costs only its slots, which are then reached
+//! through redirections, and is logged once, not at every reading.
 //!
 //! - `MOVED slot host:port`: the slot has a new owner. The command is sent
 //!   there at once, the slot is remapped, and the whole map is read again
@@ -213,6 +219,9 @@ struct SlotMap {
     refresh: Mutex<RefreshState>,
     /// Whether a caller is reading the map right now.
     refreshing: AtomicBool,
+    /// The last warning about the map, so that a cluster answering the
+    /// same odd map at every reading is reported once, not every 200 ms.
+    warned: Mutex<String>,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +255,15 @@ impl SlotMap {
         }
         state.last = Some(Instant::now());
         Some(Refreshing(&self.refreshing))
+    }
+
+    /// Logs `warning` unless it is the one logged last.
+    fn warn_once(&self, warning: &str) {
+        let mut warned = lock(&self.warned);
+        if *warned != warning {
+            log::warn!("{warning}");
+            warning.clone_into(&mut warned);
+        }
     }
 
     fn mark_stale(&self) {
@@ -727,15 +745,26 @@ impl RedisClusterBackend {
                 continue;
             };
             match parse_slots(value, &node.host) {
-                Ok(ranges) if !ranges.is_empty() => {
-                    self.install(&ranges);
-                    return;
+                Ok(topology) => {
+                    if !topology.skipped.is_empty() {
+                        self.map.warn_once(&format!(
+                            "redis {}: CLUSTER SLOTS entries left out (their slots go through \
+                             redirections): {}",
+                            node.address,
+                            topology.skipped.join("; ")
+                        ));
+                    }
+                    // A node that is not (yet) part of a cluster knows no
+                    // slots: ask the next one.
+                    if !topology.ranges.is_empty() {
+                        self.install(&topology.ranges);
+                        return;
+                    }
                 }
-                // A node that is not (yet) part of a cluster knows no slots.
-                Ok(_) => {}
-                Err(reason) => {
-                    log::warn!("redis {}: unreadable CLUSTER SLOTS: {reason}", node.address);
-                }
+                Err(reason) => self.map.warn_once(&format!(
+                    "redis {}: unreadable CLUSTER SLOTS: {reason}",
+                    node.address
+                )),
             }
         }
     }
@@ -851,53 +880,121 @@ struct SlotRange {
     port: u16,
 }
 
-/// Reads `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
-/// A master without a known host (empty or `?`) is on `default_host`, the
-/// node that answered.
-fn parse_slots(value: Value, default_host: &str) -> Result<Vec<SlotRange>, String> {
+/// What a `CLUSTER SLOTS` reply says: the slot ranges memo can use, and
+/// why each entry it could not use was left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Topology {
+    ranges: Vec<SlotRange>,
+    skipped: Vec<String>,
+}
+
+/// Reads `CLUSTER SLOTS`: `[[start, end, [endpoint, port, id, metadata],
+/// replicas...], ...]`.
+///
+/// The endpoint is what the cluster prefers clients to use
+/// (`cluster-preferred-endpoint-type`): an IP address, an announced host
+/// name, or `NULL` for "the node you asked" (`unknown-endpoint`, nodes
+/// behind a load balancer). `NULL` and an empty endpoint (a node that does
+/// not know its own address yet) mean `asked`, the host memo reached the
+/// answering node by, with the port given. `?` is a node configured to
+/// announce a host name that has none: its IP address from the metadata
+/// when given, else `asked`, as for `NULL`.
+///
+/// An entry memo cannot read (bounds out of range, no port, a host that
+/// is not one) costs only its slots, which stay unmapped and are reached
+/// through the seeds and their `MOVED` replies; only a reply that is not a
+/// list of entries at all is an error.
+fn parse_slots(value: Value, asked: &str) -> Result<Topology, String> {
     let Value::Array(entries) = value else {
         return Err("not an array".to_owned());
     };
-    let mut ranges = Vec::with_capacity(entries.len());
+    let mut topology = Topology::default();
     for entry in entries {
-        let Value::Array(fields) = entry else {
-            return Err("a slot range is not an array".to_owned());
-        };
-        let mut fields = fields.into_iter();
-        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return Err("a slot range lacks its bounds or its master".to_owned());
-        };
-        let slot = |n: i64| u16::try_from(n).ok().filter(|&n| n < SLOTS);
-        let (Some(start), Some(end)) = (slot(start), slot(end)) else {
-            return Err(format!("slots {start}-{end} are out of range"));
-        };
-        if start > end {
-            return Err(format!("slots {start}-{end} are reversed"));
+        match parse_slot_range(entry, asked) {
+            Ok(range) => topology.ranges.push(range),
+            Err(reason) => topology.skipped.push(reason),
         }
-        let mut master = master.into_iter();
-        let (Some(Value::Bulk(host)), Some(Value::Int(port))) = (master.next(), master.next())
-        else {
-            return Err("a master lacks its host or port".to_owned());
-        };
-        let host = String::from_utf8(host).map_err(|_| "a host is not UTF-8".to_owned())?;
-        let host = match host.as_str() {
-            "" | "?" => default_host.to_owned(),
-            _ => host,
-        };
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|&port| port != 0)
-            .ok_or_else(|| format!("port {port} is out of range"))?;
-        ranges.push(SlotRange {
-            start,
-            end,
-            host,
-            port,
-        });
     }
-    Ok(ranges)
+    Ok(topology)
+}
+
+/// One entry of `CLUSTER SLOTS` (see [`parse_slots`]).
+fn parse_slot_range(entry: Value, asked: &str) -> Result<SlotRange, String> {
+    let Value::Array(fields) = entry else {
+        return Err("a slot range is not an array".to_owned());
+    };
+    let mut fields = fields.into_iter();
+    let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return Err("a slot range lacks its bounds or its master".to_owned());
+    };
+    let slot = |n: i64| u16::try_from(n).ok().filter(|&n| n < SLOTS);
+    let (Some(start), Some(end)) = (slot(start), slot(end)) else {
+        return Err(format!("slots {start}-{end} are out of range"));
+    };
+    if start > end {
+        return Err(format!("slots {start}-{end} are reversed"));
+    }
+    let mut master = master.into_iter();
+    let (Some(endpoint), Some(Value::Int(port))) = (master.next(), master.next()) else {
+        return Err(format!(
+            "the master of slots {start}-{end} lacks its endpoint or port"
+        ));
+    };
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|&port| port != 0)
+        .ok_or_else(|| format!("the master of slots {start}-{end} has port {port}"))?;
+    let metadata = master.nth(1);
+    let host = match endpoint {
+        Value::Nil => asked.to_owned(),
+        Value::Bulk(bytes) => match bytes.as_slice() {
+            b"" => asked.to_owned(),
+            b"?" => metadata_ip(metadata).unwrap_or_else(|| asked.to_owned()),
+            _ => String::from_utf8(bytes)
+                .ok()
+                .filter(|host| is_host(host))
+                .ok_or_else(|| format!("the master of slots {start}-{end} has no usable host"))?,
+        },
+        _ => {
+            return Err(format!(
+                "the master of slots {start}-{end} has no usable host"
+            ));
+        }
+    };
+    Ok(SlotRange {
+        start,
+        end,
+        host,
+        port,
+    })
+}
+
+/// The `ip` of a node's networking metadata (a map, flattened to
+/// `[name, value, ...]` in RESP2), when it is one.
+fn metadata_ip(metadata: Option<Value>) -> Option<String> {
+    let Some(Value::Array(pairs)) = metadata else {
+        return None;
+    };
+    let mut pairs = pairs.into_iter();
+    while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+        if let (Value::Bulk(name), Value::Bulk(value)) = (name, value) {
+            if name.eq_ignore_ascii_case(b"ip") {
+                return String::from_utf8(value).ok().filter(|ip| is_host(ip));
+            }
+        }
+    }
+    None
+}
+
+/// Whether `host`, as a cluster announces it, can be connected to: a
+/// name or an address without spaces, controls or URL delimiters.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b > b' ' && b != 0x7f && !matches!(b, b'/' | b'@' | b',' | b'?' | b'#'))
 }
 
 /// Sends `batch` pipelined in one write, then reads every reply (so the
@@ -1341,64 +1438,105 @@ mod tests {
         Value::Bulk(text.as_bytes().to_vec())
     }
 
+    fn node_info(endpoint: Value, port: i64, metadata: &[&str]) -> Value {
+        Value::Array(vec![
+            endpoint,
+            Value::Int(port),
+            bulk("id"),
+            Value::Array(metadata.iter().map(|text| bulk(text)).collect()),
+        ])
+    }
+
+    fn entry(start: i64, end: i64, master: Value) -> Value {
+        Value::Array(vec![Value::Int(start), Value::Int(end), master])
+    }
+
+    fn range(start: u16, end: u16, host: &str, port: u16) -> SlotRange {
+        SlotRange {
+            start,
+            end,
+            host: host.to_owned(),
+            port,
+        }
+    }
+
     #[test]
-    fn the_slot_map_is_read_strictly() {
+    fn every_endpoint_redis_documents_is_read() {
         let reply = Value::Array(vec![
             Value::Array(vec![
                 Value::Int(0),
-                Value::Int(5460),
+                Value::Int(999),
+                // Redis before 7: no metadata.
                 Value::Array(vec![bulk("10.0.0.1"), Value::Int(7000), bulk("id")]),
-                Value::Array(vec![bulk("10.0.0.4"), Value::Int(7003), bulk("id")]),
+                node_info(bulk("10.0.0.4"), 7003, &[]),
             ]),
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(16383),
-                Value::Array(vec![
-                    bulk(""),
-                    Value::Int(7001),
-                    bulk("id"),
-                    Value::Array(vec![]),
-                ]),
-            ]),
+            // `cluster-preferred-endpoint-type unknown-endpoint`.
+            entry(1000, 1999, node_info(Value::Nil, 7001, &["ip", "10.0.0.2"])),
+            // A node that does not know its own address yet.
+            entry(2000, 2999, node_info(bulk(""), 7002, &[])),
+            // Announced host names, as preferred endpoints.
+            entry(
+                3000,
+                3999,
+                node_info(bulk("cache-3.internal"), 7003, &["ip", "10.0.0.3"]),
+            ),
+            // Host names preferred, but this node announces none.
+            entry(4000, 4999, node_info(bulk("?"), 7004, &["ip", "10.0.0.4"])),
+            entry(5000, 16383, node_info(bulk("?"), 7005, &[])),
         ]);
-        let ranges = parse_slots(reply, "seed").unwrap();
+        let topology = parse_slots(reply, "seed.internal").unwrap();
+        assert_eq!(topology.skipped, Vec::<String>::new());
         assert_eq!(
-            ranges,
+            topology.ranges,
             [
-                SlotRange {
-                    start: 0,
-                    end: 5460,
-                    host: "10.0.0.1".to_owned(),
-                    port: 7000
-                },
-                SlotRange {
-                    start: 5461,
-                    end: 16383,
-                    host: "seed".to_owned(),
-                    port: 7001
-                },
+                range(0, 999, "10.0.0.1", 7000),
+                range(1000, 1999, "seed.internal", 7001),
+                range(2000, 2999, "seed.internal", 7002),
+                range(3000, 3999, "cache-3.internal", 7003),
+                range(4000, 4999, "10.0.0.4", 7004),
+                range(5000, 16383, "seed.internal", 7005),
             ]
         );
-        let range = |start, end, port| {
-            Value::Array(vec![Value::Array(vec![
-                Value::Int(start),
-                Value::Int(end),
-                Value::Array(vec![bulk("h"), Value::Int(port)]),
-            ])])
-        };
-        assert!(parse_slots(range(0, 16383, 1), "s").is_ok());
-        for bad in [
-            range(0, 16384, 1),
-            range(-1, 5, 1),
-            range(9, 5, 1),
-            range(0, 5, 0),
-            range(0, 5, 65536),
-            Value::Int(1),
-            Value::Array(vec![Value::Nil]),
-            Value::Array(vec![Value::Array(vec![Value::Int(0)])]),
-        ] {
-            assert!(parse_slots(bad, "s").is_err());
+    }
+
+    #[test]
+    fn a_malformed_entry_costs_its_slots_not_the_map() {
+        let good = |start, end| entry(start, end, node_info(bulk("h"), 7000, &[]));
+        let bad = [
+            entry(0, 16384, node_info(bulk("h"), 1, &[])),
+            entry(-1, 5, node_info(bulk("h"), 1, &[])),
+            entry(9, 5, node_info(bulk("h"), 1, &[])),
+            entry(0, 5, node_info(bulk("h"), 0, &[])),
+            entry(0, 5, node_info(bulk("h"), 65536, &[])),
+            entry(0, 5, node_info(bulk("h h"), 1, &[])),
+            entry(0, 5, node_info(bulk("h,i"), 1, &[])),
+            entry(0, 5, node_info(Value::Int(3), 1, &[])),
+            entry(0, 5, Value::Array(vec![bulk("h")])),
+            entry(0, 5, Value::Nil),
+            Value::Nil,
+            Value::Array(vec![Value::Int(0)]),
+            Value::Bulk(b"\xff\xfe".to_vec()),
+        ];
+        for bad in bad {
+            let reply = Value::Array(vec![good(0, 99), bad.clone(), good(200, 16383)]);
+            let topology = parse_slots(reply, "s").unwrap();
+            assert_eq!(
+                topology.ranges,
+                [range(0, 99, "h", 7000), range(200, 16383, "h", 7000)],
+                "{bad:?}"
+            );
+            assert_eq!(topology.skipped.len(), 1, "{bad:?}");
         }
+        let invalid_host = entry(0, 5, node_info(Value::Bulk(vec![0xff]), 1, &[]));
+        let topology = parse_slots(Value::Array(vec![invalid_host]), "s").unwrap();
+        assert!(topology.ranges.is_empty());
+        for not_a_map in [Value::Int(1), Value::Nil, bulk("x")] {
+            assert!(parse_slots(not_a_map, "s").is_err());
+        }
+        assert_eq!(
+            parse_slots(Value::Array(vec![]), "s"),
+            Ok(Topology::default())
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ const MAX_LINE: usize = 64 * 1024;
 const TOPOLOGY_DEPTH: u8 = 4;
 
 /// A RESP2 reply other than an error, which is an [`OpError::Refused`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Value {
     Nil,
     Status(String),

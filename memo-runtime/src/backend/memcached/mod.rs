@@ -40,7 +40,9 @@
 //!   while the other waits.
 //! - **Concurrency.** Each server has a pool of idle connections; a caller
 //!   takes one (or opens a new one when none is idle), so concurrent callers
-//!   never queue behind one socket.
+//!   never queue behind one socket, up to `max_connections` open per
+//!   server (64 by default), past which callers wait within their deadline
+//!   for one to come free.
 //! - **Failures.** Each call runs under deadlines, not per-read timeouts:
 //!   connecting (DNS included) within 250 ms and all of the call's reads and
 //!   writes within 1 s by default, so a server trickling its reply cannot
@@ -82,8 +84,8 @@ use super::net::pool::{OpError, Pool, SyncConn, no_handshake};
 use super::net::pool::{run_async, run_mux};
 use super::net::{self, Settings};
 pub use super::net::{
-    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
-    DEFAULT_TIMEOUT,
+    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT,
 };
 use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
@@ -551,7 +553,7 @@ mod tests {
     #[test]
     fn url_with_several_servers_and_tuning_is_parsed() {
         let backend = backend(
-            "memcached://a:1,b,[::1]:3?connect_timeout_ms=50&timeout_ms=70&pool_size=3&backoff_ms=10&max_backoff_ms=20",
+            "memcached://a:1,b,[::1]:3?connect_timeout_ms=50&timeout_ms=70&pool_size=3&max_connections=4&backoff_ms=10&max_backoff_ms=20",
         )
         .unwrap();
         assert_eq!(backend.servers(), ["a:1", "b", "[::1]:3"]);
@@ -561,6 +563,7 @@ mod tests {
         assert_eq!(backend.settings.connect_timeout, Duration::from_millis(50));
         assert_eq!(backend.settings.timeout, Duration::from_millis(70));
         assert_eq!(backend.settings.pool_size, 3);
+        assert_eq!(backend.settings.max_connections, 4);
         assert_eq!(backend.settings.backoff, Duration::from_millis(10));
         assert_eq!(backend.settings.max_backoff, Duration::from_millis(20));
     }
@@ -571,6 +574,7 @@ mod tests {
         assert_eq!(backend.settings.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(backend.settings.timeout, DEFAULT_TIMEOUT);
         assert_eq!(backend.settings.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(backend.settings.max_connections, DEFAULT_MAX_CONNECTIONS);
     }
 
     #[test]

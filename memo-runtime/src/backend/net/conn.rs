@@ -107,6 +107,10 @@ pub(crate) struct Conn<T> {
     end: usize,
     /// The request being assembled; [`flush`](Self::flush) sends it.
     pub(crate) out: Vec<u8>,
+    /// This connection's place under its pool's cap on open connections,
+    /// given back when the connection is dropped, wherever that happens
+    /// (pooled then evicted, failed, or a multiplexed lane ending).
+    pub(crate) slot: Option<super::limit::Slot>,
 }
 
 impl<T: Transport> Conn<T> {
@@ -119,6 +123,7 @@ impl<T: Transport> Conn<T> {
             start: 0,
             end: 0,
             out: Vec::new(),
+            slot: None,
         }
     }
 

@@ -56,6 +56,15 @@ impl Budget {
         result
     }
 
+    /// Gives a call that waited for room to open a
+    /// connection its connect timeout from now, within its I/O deadline:
+    /// the wait was not the server's slowness, and must not make the
+    /// connection attempt fail as if it were.
+    pub(crate) fn waited(&mut self, settings: &Settings) {
+        let fresh = later(Instant::now(), settings.connect_timeout).min(self.io_by);
+        self.connect_by = self.connect_by.max(fresh);
+    }
+
     /// Adds the time spent connecting since `started` to the I/O deadline.
     pub(crate) fn connected(&mut self, started: Instant) {
         self.io_by = later(self.io_by, started.elapsed());

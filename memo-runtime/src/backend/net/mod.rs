@@ -5,6 +5,7 @@
 //! - `conn`: a connection and the sans-IO framing every reply parser
 //!   builds on, one for the blocking and the async client;
 //! - `pool`: the one connection pool and call rules of both clients;
+//! - `limit`: the cap on the connections a pool has open;
 //! - `tokio_io` (feature `async`): tokio sockets, and the loop of an async
 //!   call;
 //! - `mux` (feature `async`): many concurrent calls pipelined over one
@@ -50,6 +51,7 @@ use crate::common::url::CacheUrl;
 pub(crate) mod conn;
 pub(crate) mod deadline;
 pub(crate) mod health;
+pub(crate) mod limit;
 #[cfg(feature = "async")]
 pub(crate) mod mux;
 pub(crate) mod pool;
@@ -65,6 +67,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many idle connections each server keeps by default.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// How many connections, in use or idle, one backend opens to each server
+/// at most by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// How long a failed server is skipped at first; the pause doubles with
 /// each further failure.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
@@ -81,6 +86,7 @@ pub(crate) const URL_PARAMS: &[&str] = &[
     "connect_timeout_ms",
     "timeout_ms",
     "pool_size",
+    "max_connections",
     "backoff_ms",
     "max_backoff_ms",
 ];
@@ -131,6 +137,8 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) timeout: Duration,
     pub(crate) pool_size: usize,
+    /// At least one.
+    pub(crate) max_connections: usize,
     pub(crate) backoff: Duration,
     pub(crate) max_backoff: Duration,
 }
@@ -141,6 +149,7 @@ impl Default for Settings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff: DEFAULT_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
         }
@@ -156,6 +165,15 @@ impl Settings {
     /// Zero means the default; clamped to [`MAX_TUNING`].
     pub(crate) fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = nonzero_or(timeout, DEFAULT_TIMEOUT).min(MAX_TUNING);
+    }
+
+    /// Zero means the default.
+    pub(crate) fn set_max_connections(&mut self, max: usize) {
+        self.max_connections = if max == 0 {
+            DEFAULT_MAX_CONNECTIONS
+        } else {
+            max
+        };
     }
 
     /// The longest pause is at least the first; both are clamped to
@@ -179,6 +197,16 @@ impl Settings {
                     self.pool_size = value.parse().map_err(|_| {
                         url.invalid_value(name, value, "expected a number of connections")
                     })?;
+                }
+                "max_connections" => {
+                    let max = value.parse().ok().filter(|max| *max > 0).ok_or_else(|| {
+                        url.invalid_value(
+                            name,
+                            value,
+                            "expected a number of connections, at least 1",
+                        )
+                    })?;
+                    self.set_max_connections(max);
                 }
                 "backoff_ms" => backoff.0 = url.millis(name, value)?,
                 "max_backoff_ms" => backoff.1 = url.millis(name, value)?,
@@ -221,9 +249,22 @@ macro_rules! tuning_setters {
 
         /// How many idle connections are kept per server for reuse (URL:
         /// `pool_size`). More callers than this still run at once on extra
-        /// connections, which are closed after use. Zero keeps none.
+        /// connections, up to [`max_connections`](Self::max_connections),
+        /// which are closed after use. Zero keeps none.
         pub fn pool_size(mut self, size: usize) -> Self {
             self.settings.pool_size = size;
+            self
+        }
+
+        /// How many connections this backend opens to each server at most,
+        /// in use or idle, blocking and async callers together (URL:
+        /// `max_connections`; 64 by default, and zero means the default).
+        /// A call that finds them all busy waits
+        /// for one within its own deadline (`timeout`), then fails with a
+        /// timeout error, and memo computes its value: a burst of callers
+        /// never opens more sockets than this, and never fails a caller.
+        pub fn max_connections(mut self, max: usize) -> Self {
+            self.settings.set_max_connections(max);
             self
         }
 
@@ -369,15 +410,23 @@ mod tests {
 
     #[test]
     fn url_params_tune_and_unknown_ones_fail() {
-        let url = CacheUrl::parse("x://h?timeout_ms=70&pool_size=3&backoff_ms=10").unwrap();
+        let url =
+            CacheUrl::parse("x://h?timeout_ms=70&pool_size=3&max_connections=5&backoff_ms=10")
+                .unwrap();
         let mut settings = Settings::default();
+        assert_eq!(settings.max_connections, DEFAULT_MAX_CONNECTIONS);
         settings.apply_url_params(&url).unwrap();
         assert_eq!(settings.timeout, Duration::from_millis(70));
         assert_eq!(settings.pool_size, 3);
+        assert_eq!(settings.max_connections, 5);
+        settings.set_max_connections(0);
+        assert_eq!(settings.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(settings.backoff, Duration::from_millis(10));
         for bad in [
             "x://h?timeout_ms=0",
             "x://h?pool_size=-1",
+            "x://h?max_connections=0",
+            "x://h?max_connections=many",
             "x://h?colour=red",
         ] {
             let url = CacheUrl::parse(bad).unwrap();

@@ -15,17 +15,31 @@
 //! closed by the server, is never reused, so a stray reply can never be
 //! taken for the answer to a later command.
 //!
+//! **A bounded number of sockets.** Besides the idle connections it keeps
+//! (`pool_size`), a pool counts every connection it has open, in use or
+//! idle, blocking, async and multiplexed alike, and opens no more than
+//! `max_connections` (`limit`): each connection holds a [`Slot`] that
+//! it gives back when it is dropped, wherever that happens. A caller that
+//! finds no idle connection and no free slot waits, within its own
+//! deadline, for either; an idle connection that only another world or
+//! runtime could use is closed to make room. A caller still waiting at
+//! its deadline fails with a timeout error, without counting against the
+//! server's health: the server is fine, only busy on our side.
+//!
 //! With the `tls` feature a pool may speak TLS to its server
 //! ([`Pool::set_tls`]): each new connection, blocking or async, runs its
 //! TLS handshake within the connect deadline, before the protocol's own
 //! handshake, and keeps its session for as long as it is pooled.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::conn::Conn;
 use super::deadline::{Budget, DeadlineStream};
 use super::health::Health;
+use super::limit::Limiter;
+pub(crate) use super::limit::Slot;
 use super::{Settings, lock};
 use crate::backend::{BackendError, BackendErrorKind};
 
@@ -37,6 +51,19 @@ pub(crate) type SyncConn = Conn<DeadlineStream>;
 /// A handshake run on each new blocking connection (authentication,
 /// database selection), within the connect deadline.
 pub(crate) type Handshake<'a> = &'a dyn Fn(&mut SyncConn) -> Result<(), OpError>;
+
+/// The runtime whose idle connections an async caller may take.
+#[cfg(feature = "async")]
+type IdleOf = tokio::runtime::Id;
+#[cfg(not(feature = "async"))]
+type IdleOf = std::convert::Infallible;
+
+/// What a caller without an idle connection gets: one that came back to
+/// the pool while it waited, or a slot to open a new one with.
+pub(crate) enum Room<C> {
+    Idle(C),
+    Slot(Slot),
+}
 
 /// What became of one attempt of a call ([`Pool::settle`]).
 pub(crate) enum Settled<T> {
@@ -67,6 +94,8 @@ pub(crate) struct Pool {
     #[cfg(feature = "async")]
     pub(crate) lanes: super::mux::Lanes,
     health: Health,
+    /// The count of open connections, and the callers waiting for room.
+    limiter: Arc<Limiter>,
     /// What an error reply is called in the error it becomes.
     refused: &'static str,
     /// How connections speak TLS, when they do.
@@ -88,6 +117,7 @@ impl Pool {
             #[cfg(feature = "async")]
             lanes: super::mux::Lanes::default(),
             health: Health::default(),
+            limiter: Arc::default(),
             refused,
             #[cfg(feature = "tls")]
             tls: None,
@@ -245,9 +275,15 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
-                None => match self.connect(&mut budget, handshake) {
-                    Ok(conn) => (conn, false),
-                    Err(err) => return Err(self.connect_failed(settings, err)),
+                None => match self.room(settings, &mut budget)? {
+                    Room::Idle(conn) => (conn, true),
+                    Room::Slot(slot) => match self.connect(&mut budget, handshake) {
+                        Ok(mut conn) => {
+                            conn.slot = Some(slot);
+                            (conn, false)
+                        }
+                        Err(err) => return Err(self.connect_failed(settings, err)),
+                    },
                 },
             };
             conn.io.set_deadline(budget.io_by);
@@ -262,6 +298,113 @@ impl Pool {
                 Settled::Retry => {}
             }
         }
+    }
+
+    /// Room for a blocking call without an idle connection: a slot at
+    /// once when fewer than `max_connections` are open, else whichever
+    /// comes first, a connection pooled or a slot freed, by the call's
+    /// deadline (see the module docs).
+    fn room(
+        &self,
+        settings: &Settings,
+        budget: &mut Budget,
+    ) -> Result<Room<SyncConn>, BackendError> {
+        if let Some(slot) = self.limiter.try_acquire(settings.max_connections) {
+            return Ok(Room::Slot(slot));
+        }
+        let _waiter = self.limiter.waiter();
+        loop {
+            let seen = self.limiter.version();
+            if let Some(conn) = self.take_idle() {
+                return Ok(Room::Idle(conn));
+            }
+            if let Some(slot) = self.limiter.try_acquire(settings.max_connections) {
+                budget.waited(settings);
+                return Ok(Room::Slot(slot));
+            }
+            if self.evict_idle(None) {
+                continue;
+            }
+            let left = budget.io_by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.busy(settings));
+            }
+            self.limiter.sleep(seen, left);
+        }
+    }
+
+    /// [`room`](Self::room) for an async call on the current runtime.
+    #[cfg(feature = "async")]
+    pub(crate) async fn room_async(
+        &self,
+        settings: &Settings,
+        budget: &mut Budget,
+    ) -> Result<Room<Conn<tokio::net::TcpStream>>, BackendError> {
+        if let Some(slot) = self.limiter.try_acquire(settings.max_connections) {
+            return Ok(Room::Slot(slot));
+        }
+        let _waiter = self.limiter.waiter();
+        loop {
+            let notified = self.limiter.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(conn) = self.take_idle_async() {
+                return Ok(Room::Idle(conn));
+            }
+            if let Some(slot) = self.limiter.try_acquire(settings.max_connections) {
+                budget.waited(settings);
+                return Ok(Room::Slot(slot));
+            }
+            if self.evict_idle(super::tokio_io::current_runtime()) {
+                continue;
+            }
+            let left = budget.io_by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.busy(settings));
+            }
+            let _ = tokio::time::timeout(left.min(super::limit::RECHECK), notified).await;
+        }
+    }
+
+    /// Closes one idle connection that the caller cannot take, to make
+    /// room: an async one (of any runtime) for a blocking caller
+    /// (`runtime` `None`), a blocking one or another runtime's for an
+    /// async caller on `runtime`. Whether there was one. A connection the
+    /// caller could take is left for it: closing it would only make the
+    /// server count a socket more until it notices the close.
+    fn evict_idle(&self, runtime: Option<IdleOf>) -> bool {
+        // Without async connections a blocking caller could take every
+        // idle one.
+        #[cfg(not(feature = "async"))]
+        let evicted = runtime.is_some();
+        #[cfg(feature = "async")]
+        let evicted = {
+            let blocking = runtime.and_then(|_| lock(&self.idle).pop());
+            let evicted = blocking.is_some();
+            drop(blocking);
+            evicted || {
+                let unusable = {
+                    let mut idle = lock(&self.idle_async);
+                    let at = idle
+                        .iter()
+                        .position(|conn| runtime.is_none_or(|runtime| !conn.on(runtime)));
+                    at.map(|at| idle.remove(at))
+                };
+                // Closing deregisters from the reactor: not under the lock.
+                unusable.is_some()
+            }
+        };
+        evicted
+    }
+
+    /// The error of a call that found every connection busy until its
+    /// deadline. Not a failure of the server: no back-off.
+    pub(crate) fn busy(&self, settings: &Settings) -> BackendError {
+        BackendError::new(format!(
+            "{}: all {} connections were busy until the call's deadline",
+            self.label, settings.max_connections
+        ))
+        .with_kind(BackendErrorKind::Timeout)
     }
 
     /// An idle connection fit for reuse; those with stray bytes waiting or
@@ -295,6 +438,8 @@ impl Pool {
         let mut idle = lock(&self.idle);
         if idle.len() < settings.pool_size {
             idle.push(conn);
+            drop(idle);
+            self.limiter.wake();
         }
     }
 
@@ -335,6 +480,7 @@ impl Pool {
         };
         // Closing deregisters from the reactor: not under the pool's lock.
         drop(evicted);
+        self.limiter.wake();
     }
 }
 
@@ -396,18 +542,27 @@ macro_rules! run_async {
                 loop {
                     let (mut conn, reused) = match pool.take_idle_async() {
                         Some(conn) => (conn, true),
-                        None => {
-                            let connected = $crate::backend::net::pool::within_connect!(
-                                budget,
-                                $crate::backend::net::pool::open_async!(pool, budget, |$hconn| {
-                                    $handshake
-                                })
-                            );
-                            match connected {
-                                Ok(conn) => (conn, false),
-                                Err(err) => break Err(pool.connect_failed(settings, err)),
+                        None => match pool.room_async(settings, &mut budget).await {
+                            Err(err) => break Err(err),
+                            Ok($crate::backend::net::pool::Room::Idle(conn)) => (conn, true),
+                            Ok($crate::backend::net::pool::Room::Slot(slot)) => {
+                                let connected = $crate::backend::net::pool::within_connect!(
+                                    budget,
+                                    $crate::backend::net::pool::open_async!(
+                                        pool,
+                                        budget,
+                                        |$hconn| { $handshake }
+                                    )
+                                );
+                                match connected {
+                                    Ok(mut conn) => {
+                                        conn.slot = Some(slot);
+                                        (conn, false)
+                                    }
+                                    Err(err) => break Err(pool.connect_failed(settings, err)),
+                                }
                             }
-                        }
+                        },
                     };
                     let result = {
                         let $conn = &mut conn;
@@ -457,27 +612,55 @@ macro_rules! run_mux {
                     let (lane, reused) = match pool.lanes.get(runtime) {
                         Some(lane) => (lane, true),
                         None => {
-                            let connected =
-                                $crate::backend::net::pool::within_connect!(budget, async {
-                                    let guard = match pool.lanes.opening(runtime).await {
-                                        // Opened by a concurrent call meanwhile.
-                                        Ok(lane) => return Ok(lane),
-                                        Err(guard) => guard,
+                            // One caller opens the lane while the others
+                            // wait for it, all within their deadlines; only
+                            // the opener takes room under the cap.
+                            let opening = ::tokio::time::timeout_at(
+                                ::tokio::time::Instant::from_std(budget.io_by),
+                                pool.lanes.opening(runtime),
+                            )
+                            .await;
+                            let opened = match opening {
+                                Err(_) => break Err(pool.busy(settings)),
+                                // Opened by a concurrent call meanwhile.
+                                Ok(Ok(lane)) => (lane, false),
+                                Ok(Err(guard)) => {
+                                    let room = match pool.room_async(settings, &mut budget).await {
+                                        Ok(room) => room,
+                                        Err(err) => break Err(err),
                                     };
-                                    let conn = $crate::backend::net::pool::open_async!(
-                                        pool,
+                                    let connected = $crate::backend::net::pool::within_connect!(
                                         budget,
-                                        |$hconn| $handshake
-                                    )
-                                    .await?;
-                                    let lane = pool.lanes.open(runtime, conn, framing);
+                                        async {
+                                            let conn = match room {
+                                                $crate::backend::net::pool::Room::Idle(conn) => {
+                                                    conn
+                                                }
+                                                $crate::backend::net::pool::Room::Slot(slot) => {
+                                                    let mut conn =
+                                                        $crate::backend::net::pool::open_async!(
+                                                            pool,
+                                                            budget,
+                                                            |$hconn| $handshake
+                                                        )
+                                                        .await?;
+                                                    conn.slot = Some(slot);
+                                                    conn
+                                                }
+                                            };
+                                            Ok::<_, ::std::io::Error>(
+                                                pool.lanes.open(runtime, conn, framing),
+                                            )
+                                        }
+                                    );
                                     drop(guard);
-                                    Ok::<_, ::std::io::Error>(lane)
-                                });
-                            match connected {
-                                Ok(lane) => (lane, false),
-                                Err(err) => break Err(pool.connect_failed(settings, err)),
-                            }
+                                    match connected {
+                                        Ok(lane) => (lane, false),
+                                        Err(err) => break Err(pool.connect_failed(settings, err)),
+                                    }
+                                }
+                            };
+                            opened
                         }
                     };
                     let result = {
@@ -566,3 +749,97 @@ macro_rules! within_io {
 }
 #[cfg(feature = "async")]
 pub(crate) use within_io;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A pool for a loopback listener that accepts (through its backlog)
+    /// and never answers, with `max` connections and a 200 ms deadline.
+    fn quiet_pool(max: usize) -> (Pool, Settings, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pool = Pool::new("test".to_owned(), "127.0.0.1".to_owned(), port, "");
+        let mut settings = Settings::default();
+        settings.set_max_connections(max);
+        settings.set_timeout(Duration::from_millis(200));
+        (pool, settings, listener)
+    }
+
+    #[test]
+    fn a_call_finding_every_connection_busy_waits_then_times_out_without_a_back_off() {
+        let (pool, settings, _listener) = quiet_pool(2);
+        let held: Vec<Slot> = (0..2)
+            .map(|_| pool.limiter.try_acquire(settings.max_connections).unwrap())
+            .collect();
+        let started = Instant::now();
+        let err = pool
+            .run(&settings, &no_handshake, &mut |_| Ok(()))
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(err.is_timeout(), "{err}");
+        assert!(err.to_string().contains("busy"), "{err}");
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(waited < Duration::from_millis(600), "{waited:?}");
+        // A slot given back lets the next call through at once: the
+        // server was never counted as failed.
+        drop(held);
+        pool.run(&settings, &no_handshake, &mut |_| Ok(())).unwrap();
+        assert_eq!(pool.limiter.open(), 1, "the idle one");
+        lock(&pool.idle).clear();
+        assert_eq!(pool.limiter.open(), 0, "closed");
+    }
+
+    #[test]
+    fn a_waiting_call_takes_a_connection_as_soon_as_one_comes_back() {
+        let (pool, settings, _listener) = quiet_pool(1);
+        pool.run(&settings, &no_handshake, &mut |_| Ok(())).unwrap();
+        let conn = pool.take_idle().expect("pooled");
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let started = Instant::now();
+                pool.run(&settings, &no_handshake, &mut |_| Ok(()))
+                    .map(|()| started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            pool.release(conn, &settings);
+            let waited = waiter.join().unwrap().unwrap();
+            assert!(waited < Duration::from_millis(150), "{waited:?}");
+        });
+        assert_eq!(pool.limiter.open(), 1);
+    }
+
+    #[cfg(feature = "async")]
+    #[test]
+    fn async_calls_wait_for_room_too_and_blocking_idle_ones_make_room() {
+        let (pool, settings, _listener) = quiet_pool(1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = pool.limiter.try_acquire(1).unwrap();
+        let err = runtime
+            .block_on(async {
+                run_async!(&pool, &settings, handshake: |_c| async { Ok::<(), OpError>(()) }, op: |_c| async { Ok::<(), OpError>(()) })
+            })
+            .unwrap_err();
+        assert!(
+            err.is_timeout() && err.to_string().contains("busy"),
+            "{err}"
+        );
+        drop(held);
+        // A blocking connection sits idle, holding the only slot: an async
+        // caller, which cannot use it, closes it to make room.
+        pool.run(&settings, &no_handshake, &mut |_| Ok(())).unwrap();
+        assert_eq!(lock(&pool.idle).len(), 1);
+        runtime
+            .block_on(async {
+                run_async!(&pool, &settings, handshake: |_c| async { Ok::<(), OpError>(()) }, op: |_c| async { Ok::<(), OpError>(()) })
+            })
+            .unwrap();
+        assert_eq!(lock(&pool.idle).len(), 0);
+        assert_eq!(pool.limiter.open(), 1);
+    }
+}

@@ -1543,12 +1543,17 @@ mod tests {
     fn urls_take_seeds_credentials_and_tuning() {
         let parse = |url: &str| RedisClusterBackend::from_url_parts(&CacheUrl::parse(url).unwrap());
         let backend =
-            parse("redis+cluster://app:pw@a:7000,b,[::1]:7002?timeout_ms=70&pool_size=2").unwrap();
+            parse("redis+cluster://app:pw@a:7000,b,[::1]:7002?timeout_ms=70&pool_size=2&max_connections=3").unwrap();
         assert_eq!(backend.seeds(), ["a:7000", "b:6379", "[::1]:7002"]);
         assert_eq!(backend.username.as_deref(), Some("app"));
         assert_eq!(backend.password.as_deref(), Some("pw"));
         assert_eq!(backend.settings.timeout, Duration::from_millis(70));
         assert_eq!(backend.settings.pool_size, 2);
+        assert_eq!(backend.settings.max_connections, 3);
+        let built = RedisClusterBackend::new(["a:7000"])
+            .unwrap()
+            .max_connections(9);
+        assert_eq!(built.settings.max_connections, 9);
         assert!(!format!("{backend:?}").contains("pw"));
         assert!(parse("redis://a:1").is_ok());
         assert!(parse("redis+cluster://a:1/0").is_ok());

@@ -30,7 +30,9 @@
 //! and knowing when a connection is in step.
 //!
 //! Connections live in a pool of idle ones; a caller takes one or opens a
-//! new one, so concurrent callers never queue behind one socket. Each call
+//! new one, so concurrent callers never queue behind one socket, up to
+//! `max_connections` open per server (64 by default), past which callers
+//! wait within their deadline for one to come free. Each call
 //! runs under deadlines (see the `net` module): connecting, the
 //! handshake included, within 250 ms and all of its reads and writes within
 //! 1 s by default. After an I/O failure, a timeout or a reply that does not
@@ -70,8 +72,8 @@ use super::net::pool::{OpError, Pool, SyncConn};
 use super::net::pool::{run_async, run_mux};
 use super::net::{self, Settings};
 pub use super::net::{
-    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_POOL_SIZE,
-    DEFAULT_TIMEOUT,
+    DEFAULT_BACKOFF, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT,
 };
 use super::{Backend, BackendError};
 use crate::common::error::ConfigError;
@@ -610,7 +612,7 @@ mod tests {
     #[test]
     fn url_with_database_credentials_and_tuning_is_parsed() {
         let backend = backend(
-            "redis://app:pa%3Ass@cache:6380/3?connect_timeout_ms=50&timeout_ms=70&pool_size=2&backoff_ms=10&max_backoff_ms=20",
+            "redis://app:pa%3Ass@cache:6380/3?connect_timeout_ms=50&timeout_ms=70&pool_size=2&max_connections=4&backoff_ms=10&max_backoff_ms=20",
         )
         .unwrap();
         assert_eq!(backend.server(), "cache:6380");
@@ -621,6 +623,7 @@ mod tests {
         assert_eq!(backend.settings.connect_timeout, Duration::from_millis(50));
         assert_eq!(backend.settings.timeout, Duration::from_millis(70));
         assert_eq!(backend.settings.pool_size, 2);
+        assert_eq!(backend.settings.max_connections, 4);
         assert_eq!(backend.settings.backoff, Duration::from_millis(10));
         assert_eq!(backend.settings.max_backoff, Duration::from_millis(20));
     }

@@ -6,7 +6,8 @@
 //!
 //! Publishing goes through the backend's pool like any command. The
 //! subscriber holds a connection of its own (a subscribed connection
-//! cannot serve other commands) on a background thread, speaking TLS when
+//! cannot serve other commands, and is not counted under
+//! `max_connections`) on a background thread, speaking TLS when
 //! the backend does (same CA, client certificate and name checks); after a
 //! failure it reconnects with a back-off of up to 5 s. Messages published
 //! while it was disconnected are lost, as pub/sub does not queue them, so

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod peer;
 pub mod recording;
 pub mod runtime;
+pub mod sentinel;
 pub mod servers;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -65,6 +65,10 @@ pub struct Server {
     port: u16,
     /// Arguments after the usual ones, `{port}` standing for the port.
     extra_args: Vec<String>,
+    /// A configuration file to write (its text, `{port}` standing for the
+    /// port) and pass first, as `redis-server --sentinel` needs one it can
+    /// rewrite.
+    config: Option<(PathBuf, String)>,
     child: Mutex<Option<Child>>,
 }
 
@@ -107,6 +111,32 @@ impl Server {
     /// (`{port}` in them stands for the port it listens on), as
     /// [`Server::start`] does.
     pub fn start_with_args(kind: Kind, extra_args: &[String]) -> Server {
+        Server::start_with_config(kind, None, extra_args)
+    }
+
+    /// Starts a Redis Sentinel on a free port, monitoring what `config`
+    /// (a sentinel configuration, `{port}` standing for its own port)
+    /// says. The file is written to the temporary directory and removed
+    /// when the sentinel is dropped.
+    pub fn sentinel(config: &str) -> Server {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "memo-sentinel-{}-{}.conf",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Server::start_with_config(
+            Kind::Redis,
+            Some((path, config.to_owned())),
+            &["--sentinel".to_owned()],
+        )
+    }
+
+    fn start_with_config(
+        kind: Kind,
+        config: Option<(PathBuf, String)>,
+        extra_args: &[String],
+    ) -> Server {
         let binary = find_binary(kind.binary())
             .unwrap_or_else(|| panic!("`{}` is not installed; {INSTALL_HINT}", kind.binary()));
         let mut last_error = String::new();
@@ -117,6 +147,7 @@ impl Server {
                 binary: binary.clone(),
                 port,
                 extra_args: extra_args.to_vec(),
+                config: config.clone(),
                 child: Mutex::new(None),
             };
             match server.spawn() {
@@ -196,6 +227,11 @@ impl Server {
     fn spawn(&self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut command = Command::new(&self.binary);
+        if let Some((path, text)) = &self.config {
+            std::fs::write(path, text.replace("{port}", &port))
+                .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+            command.arg(path);
+        }
         match self.kind {
             Kind::Memcached => {
                 command.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-m", "256"]);
@@ -274,6 +310,12 @@ impl Server {
             Kind::Memcached => (&b"stats\r\n"[..], "STAT pid ", "END"),
             Kind::Redis => (&b"INFO server\r\n"[..], "process_id:", ""),
         };
+        if let Some(password) = self.password() {
+            // Its `+OK` is a line before the field, skipped below.
+            stream
+                .write_all(format!("AUTH {password}\r\n").as_bytes())
+                .ok()?;
+        }
         stream.write_all(request).ok()?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
@@ -292,6 +334,22 @@ impl Server {
         }
     }
 
+    /// The password the server requires, from `--requirepass` or its
+    /// configuration file's `requirepass`.
+    fn password(&self) -> Option<String> {
+        let from_args = self
+            .extra_args
+            .windows(2)
+            .find(|pair| pair[0] == "--requirepass")
+            .map(|pair| pair[1].clone());
+        from_args.or_else(|| {
+            let (_, text) = self.config.as_ref()?;
+            text.lines()
+                .find_map(|line| line.strip_prefix("requirepass "))
+                .map(|password| password.trim().to_owned())
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.child
             .lock()
@@ -302,6 +360,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        if let Some((path, _)) = &self.config {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

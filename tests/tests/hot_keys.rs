@@ -224,6 +224,17 @@ fn with_redis_an_invalidation_reaches_another_process_s_local_copy() {
     let _peer = an_invalidation_reaches_a_peer(&server.url());
 }
 
+/// Through Sentinel, each process subscribes on the master the sentinels
+/// name, where the other publishes.
+#[test]
+fn through_sentinel_an_invalidation_reaches_another_process_s_local_copy() {
+    let _serial = serial();
+    let Some(set) = memo_tests::sentinel::Sentinels::try_start() else {
+        return;
+    };
+    let _peer = an_invalidation_reaches_a_peer(&set.url());
+}
+
 /// Over TLS, the subscriber speaks TLS with the backend's CA.
 #[cfg(feature = "tls")]
 #[test]

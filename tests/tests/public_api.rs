@@ -207,6 +207,13 @@ fn contract_names() {
     use memo_runtime::{RedisBackend, backend::redis};
 
     assert_eq!(DEFAULT_CHUNK_SIZE, (1 << 20) - 1024);
+    #[cfg(feature = "redis")]
+    {
+        assert_eq!(redis::DEFAULT_MAX_CONNECTIONS, 64);
+        assert_eq!(redis::DEFAULT_SENTINEL_PORT, 26379);
+        let _ = RedisBackend::sentinel(["h:26379"], "cache")
+            .map(|backend| backend.sentinel_password(None, "p").max_connections(8));
+    }
     let _ = BackendError::new("a custom backend's failure");
     let _: fn() -> Stats = stats;
 }

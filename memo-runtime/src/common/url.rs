@@ -25,8 +25,9 @@ pub(crate) const GENERAL_PARAMS: &[&str] = &[
 /// is left in `params` is theirs to accept or reject.
 ///
 /// Credentials never leave it by accident: `url` holds the URL with its
-/// userinfo replaced by `***`, and `Debug` prints the user name and the
-/// password the same way, since both end up in error messages and logs.
+/// userinfo, and the values of its password parameters, replaced by
+/// `***`, and `Debug` prints them the same way, since both end up in
+/// error messages and logs.
 ///
 /// Each piece is cut out of the URL at its delimiters first and
 /// percent-decoded after, so an escaped delimiter stays part of its piece:
@@ -50,7 +51,8 @@ pub struct CacheUrl {
     pub hosts: Vec<String>,
     /// The path after the hosts, without the leading `/` (Redis' database).
     pub path: String,
-    /// The query parameters, percent-decoded, in order.
+    /// The query parameters, percent-decoded, in order (those holding a
+    /// secret, such as `sentinel_password`, shown as `***` by `Debug`).
     pub params: Vec<(String, String)>,
 }
 
@@ -63,7 +65,23 @@ impl fmt::Debug for CacheUrl {
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("hosts", &self.hosts)
             .field("path", &self.path)
-            .field("params", &self.params)
+            .field(
+                "params",
+                &self
+                    .params
+                    .iter()
+                    .map(|(name, value)| {
+                        (
+                            name.as_str(),
+                            if is_secret(name) {
+                                REDACTED
+                            } else {
+                                value.as_str()
+                            },
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -75,16 +93,40 @@ const REDACTED: &str = "***";
 /// query) replaced by [`REDACTED`]. It reaches past the first `/` on
 /// purpose: a password with an unescaped `/` does not parse, and the error
 /// saying so must not print it either.
+///
+/// The value of every query parameter that holds a secret
+/// ([`is_secret`], e.g. `sentinel_password`) is replaced the same way.
 pub(crate) fn redact(url: &str) -> String {
     // Without a scheme there is no telling where credentials begin: hide
     // everything up to the `@`.
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
     let query = rest.find('?').unwrap_or(rest.len());
-    match rest[..query].rfind('@') {
-        Some(at) => format!("{}{REDACTED}{}", &url[..start], &rest[at..]),
-        None => url.to_owned(),
-    }
+    let (authority, query) = rest.split_at(query);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("{REDACTED}{}", &authority[at..]),
+        None => authority.to_owned(),
+    };
+    let query = match query.strip_prefix('?') {
+        Some(pairs) => {
+            let pairs: Vec<String> = pairs
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret(name) => format!("{name}={REDACTED}"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("?{}", pairs.join("&"))
+        }
+        None => String::new(),
+    };
+    format!("{}{authority}{query}", &url[..start])
+}
+
+/// Whether the query parameter `name` holds a secret, to be shown as
+/// [`REDACTED`]: any whose name ends in `password`, any case.
+pub(crate) fn is_secret(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with("password")
 }
 
 impl CacheUrl {
@@ -380,6 +422,14 @@ mod tests {
         assert_eq!(url.url, "redis://***@h:1");
         let shown = format!("{url:?}");
         assert!(!shown.contains("zor") && !shown.contains("s3"), "{shown}");
+        let url =
+            parse("redis+sentinel://h/svc?sentinel_password=s3cret&db=2&Sentinel_Password=s3");
+        assert_eq!(
+            url.url,
+            "redis+sentinel://h/svc?sentinel_password=***&db=2&Sentinel_Password=***"
+        );
+        assert!(!format!("{url:?}").contains("s3"), "{url:?}");
+        assert_eq!(url.params[0].1, "s3cret", "the value itself is kept");
         for bad in ["redis://zor%zzro:s3cret@h", "redis://zorro:s3%zzcret@h"] {
             let err = CacheUrl::parse(bad).unwrap_err();
             let shown = format!("{err} {err:?}");

@@ -18,10 +18,15 @@ impl Config {
     ///   feature `memcached`), with the backend's own parameters such as
     ///   timeouts (see `MemcachedBackend::from_url`).
     /// - `redis://host:port[/db]`: a Redis server (cargo feature `redis`).
+    /// - `redis+sentinel://host:port[,host:port...]/SERVICE`: the master of
+    ///   a Redis Sentinel service, followed through failovers, with `db`,
+    ///   `sentinel_username` and `sentinel_password` parameters (see
+    ///   `RedisBackend::sentinel`).
     /// - `redis+cluster://host:port[,host:port...]`, or `redis://...` with
     ///   `cluster=true`: a Redis Cluster, found from any of the nodes given
     ///   (see `RedisClusterBackend`).
-    /// - `memcacheds://...`, `rediss://...` and `rediss+cluster://...`: the
+    /// - `memcacheds://...`, `rediss://...`, `rediss+sentinel://...` and
+    ///   `rediss+cluster://...`: the
     ///   same over TLS (cargo feature `tls` too), with `ca=PATH` for a
     ///   private CA, `cert=PATH&key=PATH` for a client certificate,
     ///   `insecure=true` to skip verification (see `TlsConfig`).
@@ -56,9 +61,8 @@ impl Config {
         let backend: Arc<dyn Backend> = match parsed.scheme.as_str() {
             "memory" => Arc::new(MemoryBackend::from_url_parts(&backend_url)?),
             "memcached" | "memcacheds" => memcached_from_url(&backend_url)?,
-            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
-                redis_from_url(&backend_url)?
-            }
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+            | "rediss+sentinel" => redis_from_url(&backend_url)?,
             other => {
                 return Err(ConfigError::UnsupportedScheme {
                     scheme: other.to_owned(),
@@ -127,6 +131,9 @@ fn memcached_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
 #[cfg(feature = "redis")]
 fn redis_from_url(url: &CacheUrl) -> Result<Arc<dyn Backend>, ConfigError> {
     use crate::backend::redis::{RedisBackend, cluster::RedisClusterBackend};
+    if url.scheme.ends_with("+sentinel") {
+        return Ok(Arc::new(RedisBackend::from_sentinel_url(url)?));
+    }
     let mut cluster = url.scheme.ends_with("+cluster");
     for (name, value) in url.params.iter().filter(|(name, _)| name == "cluster") {
         cluster = parse_bool(value)

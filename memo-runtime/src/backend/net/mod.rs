@@ -345,6 +345,16 @@ pub(crate) fn split_host_port(
     Ok((host.to_owned(), port))
 }
 
+/// `host:port`, with an IPv6 host in brackets.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Locks `mutex`, ignoring poisoning: the data behind these locks (idle
 /// connections, health counters) is valid after any panic.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

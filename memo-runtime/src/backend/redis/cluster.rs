@@ -92,7 +92,7 @@ use crate::backend::net::deadline::later;
 #[cfg(feature = "async")]
 use crate::backend::net::pool::run_async;
 use crate::backend::net::pool::{OpError, Pool, SyncConn};
-use crate::backend::net::{self, Settings, lock};
+use crate::backend::net::{self, Settings, address, lock};
 use crate::backend::{Backend, BackendError, BackendErrorKind};
 use crate::common::error::ConfigError;
 use crate::common::url::CacheUrl;
@@ -808,15 +808,6 @@ impl RedisClusterBackend {
     /// Authenticates a new connection; a cluster has no database to select.
     async fn handshake<T: Transport>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
         handshake(conn, self.username.as_deref(), self.password.as_deref(), 0).await
-    }
-}
-
-/// `host:port`, with an IPv6 host in brackets.
-fn address(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

@@ -1,4 +1,5 @@
-//! The Redis backend: one Redis server, or a Redis Cluster
+//! The Redis backend: one Redis server, the master of a Redis Sentinel
+//! service (`sentinel`, [`RedisBackend::sentinel`]), or a Redis Cluster
 //! ([`cluster`]), spoken to over RESP2.
 //!
 //! Each memo operation is one Redis round trip: `GET`, `MGET` for
@@ -60,6 +61,7 @@
 //! [`cluster`]), and so does the invalidation subscriber of local copies
 //! (`pubsub`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "async")]
@@ -86,6 +88,10 @@ pub mod cluster;
 mod command;
 mod protocol;
 mod pubsub;
+mod sentinel;
+
+pub use sentinel::DEFAULT_SENTINEL_PORT;
+use sentinel::{Lookup, Sentinel, SentinelConfig};
 
 /// The port Redis listens on when a server is named without one.
 pub const DEFAULT_PORT: u16 = 6379;
@@ -134,7 +140,18 @@ pub struct RedisBackend {
     username: Option<String>,
     password: Option<String>,
     settings: Settings,
-    pool: Pool,
+    target: Target,
+}
+
+/// Where a [`RedisBackend`]'s server is.
+// One per backend, so its size costs nothing; boxing the pool would add
+// a pointer to follow on every call to a single server.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// At a fixed address.
+    Node(Pool),
+    /// Wherever the sentinels say the master of a service is.
+    Sentinel(Arc<Sentinel>),
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -145,6 +162,13 @@ impl std::fmt::Debug for RedisBackend {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("settings", &self.settings)
+            .field(
+                "sentinel",
+                &match &self.target {
+                    Target::Node(_) => None,
+                    Target::Sentinel(sentinel) => Some(&sentinel.config),
+                },
+            )
             .finish()
     }
 }
@@ -163,8 +187,75 @@ impl RedisBackend {
             username: None,
             password: None,
             settings: Settings::default(),
-            pool: Pool::new(format!("redis {address}"), host, port, "error reply: "),
+            target: Target::Node(Pool::new(
+                format!("redis {address}"),
+                host,
+                port,
+                "error reply: ",
+            )),
         })
+    }
+
+    /// A client for the master of `service`, as the sentinels at
+    /// `sentinels` (each `host:port`, or `host` for port 26379) name it,
+    /// following it through failovers (URL:
+    /// `redis+sentinel://h1:26379,h2:26379/SERVICE`).
+    ///
+    /// The master's database and credentials are set as for one server
+    /// ([`database`](Self::database), [`password`](Self::password)); the
+    /// sentinels' own credentials, when they have some, with
+    /// [`sentinel_password`](Self::sentinel_password).
+    ///
+    /// ```
+    /// use memo_runtime::{Config, RedisBackend, configure};
+    ///
+    /// let backend = RedisBackend::sentinel(["10.0.0.7:26379", "10.0.0.8:26379"], "cache")?
+    ///     .password(None, "s3cret")
+    ///     .database(2);
+    /// configure(Config::new(backend).namespace("shop"));
+    /// # configure(Config::new(memo_runtime::MemoryBackend::new()));
+    /// # Ok::<(), memo_runtime::ConfigError>(())
+    /// ```
+    ///
+    /// Fails only on a malformed address, an empty list or a service
+    /// name with spaces: nothing is resolved or connected until the first
+    /// call.
+    pub fn sentinel<I>(sentinels: I, service: &str) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let config = SentinelConfig::new(sentinels, service)?;
+        Ok(RedisBackend {
+            name: format!("{service} (sentinels {})", config.addresses().join(",")),
+            db: 0,
+            username: None,
+            password: None,
+            settings: Settings::default(),
+            target: Target::Sentinel(Arc::new(Sentinel::new(config))),
+        })
+    }
+
+    /// Authenticates with the sentinels (not the master) with `password`,
+    /// as `username` when given (URL: `sentinel_username`,
+    /// `sentinel_password`). Does nothing for a backend made by
+    /// [`new`](Self::new).
+    pub fn sentinel_password(mut self, username: Option<&str>, password: &str) -> Self {
+        self.change_sentinel(|config| {
+            config.username = username.map(str::to_owned);
+            config.password = Some(password.to_owned());
+        });
+        self
+    }
+
+    /// Rebuilds the Sentinel state with `change` made to its setup (any
+    /// master found before is forgotten with its connections).
+    fn change_sentinel(&mut self, change: impl FnOnce(&mut SentinelConfig)) {
+        if let Target::Sentinel(sentinel) = &self.target {
+            let mut config = sentinel.config.clone();
+            change(&mut config);
+            self.target = Target::Sentinel(Arc::new(Sentinel::new(config)));
+        }
     }
 
     /// Selects database `db` (URL: the path, `redis://host:port/2`).
@@ -186,11 +277,30 @@ impl RedisBackend {
 
     /// Speaks TLS to the server, verifying it as `tls` says (URL:
     /// `rediss://`, with `ca`, `cert`, `key` and `insecure`). The server's
-    /// certificate must name the host this backend was given.
+    /// certificate must name the host this backend was given. Through
+    /// Sentinel (`rediss+sentinel://`), the sentinels and the master are
+    /// reached over TLS alike, the master's certificate naming the host the
+    /// sentinels announce for it (an IP address unless they announce host
+    /// names).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
-        self.pool.set_tls(tls);
+        self.set_tls(tls);
         self
+    }
+
+    fn set_tls(&mut self, tls: net::TlsConfig) {
+        match &mut self.target {
+            Target::Node(pool) => pool.set_tls(tls),
+            Target::Sentinel(_) => self.change_sentinel(|config| config.tls = Some(tls)),
+        }
+    }
+
+    /// How connections speak TLS, if they do.
+    fn tls_config(&self) -> Option<&net::TlsConfig> {
+        match &self.target {
+            Target::Node(pool) => pool.tls(),
+            Target::Sentinel(sentinel) => sentinel.config.tls.as_ref(),
+        }
     }
 
     /// The server, as given.
@@ -235,21 +345,144 @@ impl RedisBackend {
         }
         backend.settings.apply_url_params(url)?;
         if let Some(tls) = tls {
-            backend.pool.set_tls(tls);
+            backend.set_tls(tls);
         }
         Ok(backend)
     }
 
-    /// Runs `op` on a pooled blocking connection (see `net::pool`).
+    /// A client from a `redis+sentinel://` (or `rediss+sentinel://`) URL:
+    /// the sentinels as hosts, the service as path, the master's
+    /// credentials as userinfo, and `db`, `sentinel_username` and
+    /// `sentinel_password` among the parameters.
+    pub(crate) fn from_sentinel_url(url: &CacheUrl) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: url.url.clone(),
+            reason: reason.to_owned(),
+        };
+        let (tls, url) = net::split_tls(url, url.scheme.starts_with("rediss"))?;
+        if url.hosts.is_empty() {
+            return Err(invalid(
+                "redis+sentinel:// needs the sentinels and the service, e.g. redis+sentinel://127.0.0.1:26379/mymaster",
+            ));
+        }
+        if url.path.is_empty() || url.path.contains('/') {
+            return Err(invalid(
+                "redis+sentinel:// takes the service name as its path, e.g. redis+sentinel://h1:26379,h2:26379/mymaster (the database goes in ?db=N)",
+            ));
+        }
+        let mut backend = Self::sentinel(&url.hosts, &url.path)?;
+        if let Some((username, password)) = url_credentials(&url)? {
+            backend = backend.password(username, password);
+        }
+        let mut sentinel_credentials = (None, None);
+        let mut rest = Vec::new();
+        for (name, value) in &url.params {
+            match name.as_str() {
+                "db" => {
+                    let db = value.parse().map_err(|_| {
+                        url.invalid_value(name, value, "expected a database number")
+                    })?;
+                    backend = backend.database(db);
+                }
+                "sentinel_username" => sentinel_credentials.0 = Some(value.as_str()),
+                "sentinel_password" => sentinel_credentials.1 = Some(value.as_str()),
+                _ => rest.push((name.clone(), value.clone())),
+            }
+        }
+        match sentinel_credentials {
+            (username, Some(password)) => {
+                backend = backend.sentinel_password(username, password);
+            }
+            (Some(_), None) => {
+                return Err(invalid("sentinel_username needs sentinel_password as well"));
+            }
+            (None, None) => {}
+        }
+        let tuning = CacheUrl {
+            params: rest,
+            ..url.clone()
+        };
+        backend
+            .settings
+            .apply_url_params(&tuning)
+            .map_err(|err| match err {
+                ConfigError::UnknownParameter { name, .. } => tuning.unknown_parameter(
+                    &name,
+                    &[
+                        net::URL_PARAMS,
+                        &["db", "sentinel_username", "sentinel_password"],
+                    ]
+                    .concat(),
+                ),
+                other => other,
+            })?;
+        if let Some(tls) = tls {
+            backend.set_tls(tls);
+        }
+        Ok(backend)
+    }
+
+    /// Runs `op` on a pooled blocking connection (see `net::pool`) to the
+    /// server, or through Sentinel to the master, looked up again and the
+    /// command sent once more when the master seems to have moved, within
+    /// the call's deadline (see `sentinel`).
     fn run<T>(
         &self,
         mut op: impl FnMut(&mut SyncConn) -> Result<T, OpError>,
     ) -> Result<T, BackendError> {
-        self.pool
-            .run(&self.settings, &|conn| ready(self.handshake(conn)), &mut op)
+        let handshake = |conn: &mut SyncConn| ready(self.handshake(conn));
+        let sentinel = match &self.target {
+            Target::Node(pool) => return pool.run(&self.settings, &handshake, &mut op),
+            Target::Sentinel(sentinel) => sentinel,
+        };
+        sentinel.watch(self.settings.connect_timeout);
+        let deadline = sentinel::call_deadline(&self.settings);
+        let mut last = None;
+        for _ in 0..sentinel::MAX_ATTEMPTS {
+            let master = match sentinel.lookup() {
+                Lookup::Known(pool) => Ok(pool),
+                Lookup::Ask { _guard, fallback } => {
+                    match sentinel::ask(sentinel, &self.settings, deadline) {
+                        Ok((host, port)) => Ok(sentinel.install(&host, port)),
+                        Err(err) => fallback.ok_or(err),
+                    }
+                }
+            };
+            let pool = match master {
+                Ok(pool) => pool,
+                Err(err) => return Err(last.unwrap_or(err)),
+            };
+            let Some(settings) = sentinel::settings_within(&self.settings, deadline) else {
+                break;
+            };
+            match pool.run(&settings, &handshake, &mut op) {
+                Err(err) if sentinel.moved(&pool, &err) => last = Some(err),
+                other => return other,
+            }
+        }
+        Err(sentinel::no_master(&sentinel.config.service, last))
     }
 
-    /// Authenticates and selects the database on a new connection.
+    /// The master to send an async call to (see [`run`](Self::run)).
+    #[cfg(feature = "async")]
+    async fn master_async(
+        &self,
+        sentinel: &Sentinel,
+        deadline: std::time::Instant,
+    ) -> Result<Arc<Pool>, BackendError> {
+        match sentinel.lookup() {
+            Lookup::Known(pool) => Ok(pool),
+            Lookup::Ask { _guard, fallback } => {
+                match sentinel::ask_async(sentinel, &self.settings, deadline).await {
+                    Ok((host, port)) => Ok(sentinel.install(&host, port)),
+                    Err(err) => fallback.ok_or(err),
+                }
+            }
+        }
+    }
+
+    /// Authenticates and selects the database on a new connection; through
+    /// Sentinel, checks too that the server is still the master.
     async fn handshake<T: Transport>(&self, conn: &mut Conn<T>) -> Result<(), OpError> {
         handshake(
             conn,
@@ -257,7 +490,41 @@ impl RedisBackend {
             self.password.as_deref(),
             self.db,
         )
-        .await
+        .await?;
+        if let Target::Sentinel(_) = self.target {
+            sentinel::check_role(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The servers an invalidation subscriber may use: the server, or the
+    /// master as the sentinels name it when asked.
+    fn node_lister(&self) -> pubsub::NodeLister {
+        match &self.target {
+            Target::Node(pool) => {
+                let (host, port) = pool.address();
+                let node = (host.to_owned(), port);
+                Box::new(move || vec![node.clone()])
+            }
+            Target::Sentinel(sentinel) => {
+                sentinel.watch(self.settings.connect_timeout);
+                let sentinel = Arc::clone(sentinel);
+                let settings = self.settings;
+                Box::new(move || {
+                    if let Some(address) = sentinel.known_address() {
+                        return vec![address];
+                    }
+                    let deadline = sentinel::call_deadline(&settings);
+                    match sentinel::ask(&sentinel, &settings, deadline) {
+                        Ok((host, port)) => {
+                            sentinel.install(&host, port);
+                            vec![(host, port)]
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                })
+            }
+        }
     }
 }
 
@@ -462,17 +729,64 @@ impl Backend for RedisBackend {
     }
 }
 
+/// Runs `$call` (`run_async!` or `run_mux!` on `$pool` with `$settings`)
+/// on the server, or through Sentinel on the master, looked up again and
+/// `$call` run once more when the master seems to have moved, within the
+/// call's deadline, as the blocking `RedisBackend::run` does.
+#[cfg(feature = "async")]
+macro_rules! on_master {
+    ($self:ident, |$pool:ident, $settings:ident| $call:expr) => {
+        match &$self.target {
+            Target::Node(pool) => {
+                let $pool: &Pool = pool;
+                let $settings: &Settings = &$self.settings;
+                $call
+            }
+            Target::Sentinel(sentinel) => {
+                sentinel.watch($self.settings.connect_timeout);
+                let deadline = sentinel::call_deadline(&$self.settings);
+                let mut last = None;
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let master = match $self.master_async(sentinel, deadline).await {
+                        Ok(master) => master,
+                        Err(err) => break Err(last.unwrap_or(err)),
+                    };
+                    let Some(within) = sentinel::settings_within(&$self.settings, deadline) else {
+                        break Err(sentinel::no_master(&sentinel.config.service, last));
+                    };
+                    let result = {
+                        let $pool: &Pool = &master;
+                        let $settings: &Settings = &within;
+                        $call
+                    };
+                    match result {
+                        Err(err)
+                            if sentinel.moved(&master, &err)
+                                && attempts < sentinel::MAX_ATTEMPTS =>
+                        {
+                            last = Some(err);
+                        }
+                        other => break other,
+                    }
+                }
+            }
+        }
+    };
+}
+
 /// Runs one async call on the pool (see `net::tokio_io`), with the
 /// handshake on each new connection.
 #[cfg(feature = "async")]
 macro_rules! run {
     ($self:ident, |$conn:ident| $op:expr) => {
-        run_async!(
-            &$self.pool,
-            &$self.settings,
+        on_master!($self, |pool, settings| run_async!(
+            pool,
+            settings,
             handshake: |new| $self.handshake(new),
             op: |$conn| $op,
-        )
+        ))
     };
 }
 
@@ -482,14 +796,14 @@ macro_rules! run {
 #[cfg(feature = "async")]
 macro_rules! mux {
     ($self:ident, |$conn:ident| $op:expr) => {
-        run_mux!(
-            &$self.pool,
-            &$self.settings,
+        on_master!($self, |pool, settings| run_mux!(
+            pool,
+            settings,
             count: protocol::split,
             framing: protocol::FRAMING,
             handshake: |new| $self.handshake(new),
             op: |$conn| $op,
-        )
+        ))
     };
 }
 
@@ -609,6 +923,13 @@ mod tests {
         RedisBackend::from_url_parts(&CacheUrl::parse(url).unwrap())
     }
 
+    fn node_address(backend: &RedisBackend) -> (&str, u16) {
+        match &backend.target {
+            Target::Node(pool) => pool.address(),
+            Target::Sentinel(_) => panic!("not a single node"),
+        }
+    }
+
     #[test]
     fn url_with_database_credentials_and_tuning_is_parsed() {
         let backend = backend(
@@ -616,7 +937,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(backend.server(), "cache:6380");
-        assert_eq!(backend.pool.address(), ("cache", 6380));
+        assert_eq!(node_address(&backend), ("cache", 6380));
         assert_eq!(backend.db, 3);
         assert_eq!(backend.username.as_deref(), Some("app"));
         assert_eq!(backend.password.as_deref(), Some("pa:ss"));
@@ -633,7 +954,7 @@ mod tests {
         let backend = backend("redis://ad%3Amin%40x:pa%3Ass%2C@cache:6380").unwrap();
         assert_eq!(backend.username.as_deref(), Some("ad:min@x"));
         assert_eq!(backend.password.as_deref(), Some("pa:ss,"));
-        assert_eq!(backend.pool.address(), ("cache", 6380));
+        assert_eq!(node_address(&backend), ("cache", 6380));
         let backend = backend_or_err("redis://:p%40ss@a%2Cb:1");
         assert!(backend.is_err(), "a host with a decoded comma is refused");
     }
@@ -642,10 +963,99 @@ mod tests {
         RedisBackend::from_url_parts(&CacheUrl::parse(url)?)
     }
 
+    fn sentinel_backend(url: &str) -> Result<RedisBackend, ConfigError> {
+        RedisBackend::from_sentinel_url(&CacheUrl::parse(url)?)
+    }
+
+    #[test]
+    fn sentinel_urls_take_sentinels_service_database_and_both_credentials() {
+        let backend = sentinel_backend(
+            "redis+sentinel://app:m4ster@a:26380,b,[::1]:26381/cache?db=3&sentinel_username=watch&sentinel_password=w4tch&timeout_ms=70&max_connections=5",
+        )
+        .unwrap();
+        let Target::Sentinel(sentinel) = &backend.target else {
+            panic!("a sentinel backend");
+        };
+        assert_eq!(sentinel.config.service, "cache");
+        assert_eq!(
+            sentinel.config.addresses(),
+            ["a:26380", "b:26379", "[::1]:26381"]
+        );
+        assert_eq!(sentinel.credentials(), (Some("watch"), Some("w4tch")));
+        assert_eq!(backend.db, 3);
+        assert_eq!(backend.username.as_deref(), Some("app"));
+        assert_eq!(backend.password.as_deref(), Some("m4ster"));
+        assert_eq!(backend.settings.timeout, Duration::from_millis(70));
+        assert_eq!(backend.settings.max_connections, 5);
+        assert_eq!(
+            backend.server(),
+            "cache (sentinels a:26380,b:26379,[::1]:26381)"
+        );
+        let shown = format!("{backend:?}");
+        assert!(
+            !shown.contains("m4ster") && !shown.contains("w4tch"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("watch"),
+            "the sentinel user is shown: {shown}"
+        );
+
+        let plain = sentinel_backend("redis+sentinel://a/cache?sentinel_password=w4tch").unwrap();
+        let Target::Sentinel(sentinel) = &plain.target else {
+            panic!("a sentinel backend");
+        };
+        assert_eq!(sentinel.credentials(), (None, Some("w4tch")));
+        assert_eq!(plain.password, None);
+
+        let built = RedisBackend::sentinel(["a:26379"], "cache")
+            .unwrap()
+            .sentinel_password(Some("watch"), "w4tch")
+            .password(None, "m4ster")
+            .database(1);
+        let Target::Sentinel(sentinel) = &built.target else {
+            panic!("a sentinel backend");
+        };
+        assert_eq!(sentinel.credentials(), (Some("watch"), Some("w4tch")));
+        assert_eq!(built.db, 1);
+    }
+
+    #[test]
+    fn bad_sentinel_urls_are_clear_errors_without_secrets() {
+        for url in [
+            "redis+sentinel://a:26379",
+            "redis+sentinel://a:26379/",
+            "redis+sentinel://a:26379/cache/2",
+            "redis+sentinel:///cache",
+            "redis+sentinel://a:0/cache",
+            "redis+sentinel://a/cache?db=x",
+            "redis+sentinel://a/cache?sentinel_username=watch",
+            "redis+sentinel://a/cache?colour=blue&sentinel_password=w4tch",
+            "redis+sentinel://m:m4ster@a/cache?timeout_ms=0&sentinel_password=w4tch",
+            "redis+sentinel://a/cache?insecure=true",
+        ] {
+            let Err(err) = sentinel_backend(url) else {
+                panic!("{url} was accepted");
+            };
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains("m4ster") && !shown.contains("w4tch"),
+                "{shown}"
+            );
+        }
+        let err = sentinel_backend("redis+sentinel://a/cache?colour=blue")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sentinel_password") && err.contains("db"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn password_only_and_defaults() {
         let backend = backend("redis://:secret@[::1]").unwrap();
-        assert_eq!(backend.pool.address(), ("::1", DEFAULT_PORT));
+        assert_eq!(node_address(&backend), ("::1", DEFAULT_PORT));
         assert_eq!(backend.db, 0);
         assert_eq!(backend.username, None);
         assert_eq!(backend.password.as_deref(), Some("secret"));

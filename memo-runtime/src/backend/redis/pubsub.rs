@@ -69,11 +69,9 @@ impl Invalidations for RedisBackend {
     }
 
     fn subscribe(&self, channel: &str, deliver: Deliver) {
-        let (host, port) = self.pool.address();
-        let node = (host.to_owned(), port);
         Subscriber {
-            nodes: Box::new(move || vec![node.clone()]),
-            tls: self.pool.tls().cloned(),
+            nodes: self.node_lister(),
+            tls: self.tls_config().cloned(),
             db: self.db,
             username: self.username.clone(),
             password: self.password.clone(),
@@ -109,18 +107,18 @@ impl Invalidations for RedisClusterBackend {
 
 /// The nodes a subscriber may use, asked again before each attempt (a
 /// cluster's nodes change as it fails over).
-type NodeLister = Box<dyn Fn() -> Vec<(String, u16)> + Send>;
+pub(super) type NodeLister = Box<dyn Fn() -> Vec<(String, u16)> + Send>;
 
 /// What the subscriber thread needs to (re)connect.
-struct Subscriber {
+pub(super) struct Subscriber {
     /// The nodes to subscribe on, one at a time, in turn after failures.
-    nodes: NodeLister,
-    tls: Option<TlsConfig>,
-    db: u32,
-    username: Option<String>,
-    password: Option<String>,
-    connect_timeout: Duration,
-    channel: String,
+    pub(super) nodes: NodeLister,
+    pub(super) tls: Option<TlsConfig>,
+    pub(super) db: u32,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) connect_timeout: Duration,
+    pub(super) channel: String,
 }
 
 /// How a subscription ended.
@@ -136,7 +134,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 impl Subscriber {
     /// Runs the subscriber on a thread of its own.
-    fn spawn(self, mut deliver: Deliver) {
+    pub(super) fn spawn(self, mut deliver: Deliver) {
         let spawned = std::thread::Builder::new()
             .name("memo-invalidations".into())
             .spawn(move || self.run(&mut *deliver));

@@ -11,6 +11,11 @@
 //! set.failover(); // SENTINEL FAILOVER: the replica becomes the master
 //! ```
 //!
+//! With the `tls` feature, [`Sentinels::try_start_tls`] starts one whose
+//! servers and sentinel also serve TLS and replicate and monitor over it,
+//! so the sentinel names the servers' TLS ports; each keeps a plaintext
+//! port for the helpers here.
+//!
 //! Like [`Server::try_start`], a missing `redis-server` or `redis-cli`
 //! skips the test with a note, except in CI, where it fails.
 
@@ -18,7 +23,7 @@ use std::io::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::servers::{Kind, Server, find_binary};
+use crate::servers::{Kind, Server, find_binary, free_port};
 
 /// How long the setup may take to settle, or to fail over.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -44,6 +49,9 @@ pub struct Sentinels {
     servers: [Server; 2],
     sentinel: Server,
     passwords: Option<Passwords>,
+    /// The TLS ports of the two servers and of the sentinel, when they
+    /// serve TLS.
+    tls_ports: Option<[u16; 3]>,
 }
 
 impl Sentinels {
@@ -51,16 +59,30 @@ impl Sentinels {
     /// stderr) when `redis-server` or `redis-cli` is not installed and
     /// this is not CI.
     pub fn try_start() -> Option<Sentinels> {
-        Sentinels::try_start_with(None)
+        Sentinels::try_start_with(None, None)
+    }
+
+    /// [`try_start`](Self::try_start), with the servers and the sentinel
+    /// also serving TLS with `pki`'s server certificate (which names
+    /// `127.0.0.1`), replicating and monitoring over TLS.
+    #[cfg(feature = "tls")]
+    pub fn try_start_tls(pki: &crate::tls::Pki) -> Option<Sentinels> {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let tls = TlsFiles {
+            cert: path(&pki.server().cert),
+            key: path(&pki.server().key),
+            ca: path(&pki.ca()),
+        };
+        Sentinels::try_start_with(None, Some(tls))
     }
 
     /// Starts the setup with `passwords`: the master and replica require
     /// one, the sentinel another.
     pub fn try_start_with_passwords(passwords: Passwords) -> Option<Sentinels> {
-        Sentinels::try_start_with(Some(passwords))
+        Sentinels::try_start_with(Some(passwords), None)
     }
 
-    fn try_start_with(passwords: Option<Passwords>) -> Option<Sentinels> {
+    fn try_start_with(passwords: Option<Passwords>, tls: Option<TlsFiles>) -> Option<Sentinels> {
         let missing = ["redis-server", "redis-cli"]
             .into_iter()
             .find(|binary| find_binary(binary).is_none());
@@ -73,11 +95,20 @@ impl Sentinels {
                 );
                 None
             }
-            _ => Some(Sentinels::start(passwords)),
+            _ => Some(Sentinels::start(passwords, tls)),
         }
     }
 
-    fn start(passwords: Option<Passwords>) -> Sentinels {
+    fn start(passwords: Option<Passwords>, tls: Option<TlsFiles>) -> Sentinels {
+        let tls_ports = tls
+            .as_ref()
+            .map(|_| [free_port(), free_port(), free_port()]);
+        let tls_args = |at: usize| -> Vec<String> {
+            match (&tls, tls_ports) {
+                (Some(files), Some(ports)) => files.args(ports[at]),
+                _ => Vec::new(),
+            }
+        };
         // Replication writes an RDB file: keep it out of the working
         // directory, one per server.
         let mut args = vec![
@@ -97,21 +128,28 @@ impl Sentinels {
             })
             .unwrap_or_default();
         args.extend(passwords_args);
-        let master = Server::start_with_args(Kind::Redis, &args);
+        let mut master_args = args.clone();
+        master_args.extend(tls_args(0));
+        let master = Server::start_with_args(Kind::Redis, &master_args);
+        // Over TLS, replication and monitoring use the TLS ports.
+        let master_port = tls_ports.map_or(master.port(), |ports| ports[0]);
         let mut replica_args = args.clone();
+        replica_args.extend(tls_args(1));
         replica_args.extend([
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
-            master.port().to_string(),
+            master_port.to_string(),
         ]);
         let replica = Server::start_with_args(Kind::Redis, &replica_args);
         let mut config = format!(
-            "sentinel monitor {SERVICE} 127.0.0.1 {} 1\n\
+            "sentinel monitor {SERVICE} 127.0.0.1 {master_port} 1\n\
              sentinel down-after-milliseconds {SERVICE} 1000\n\
              sentinel failover-timeout {SERVICE} 3000\n\
-             sentinel parallel-syncs {SERVICE} 1\n",
-            master.port()
+             sentinel parallel-syncs {SERVICE} 1\n"
         );
+        if let (Some(files), Some(ports)) = (&tls, tls_ports) {
+            config.push_str(&files.config(ports[2]));
+        }
         if let Some(p) = passwords {
             config.push_str(&format!(
                 "sentinel auth-pass {SERVICE} {}\nrequirepass {}\n",
@@ -123,8 +161,9 @@ impl Sentinels {
             servers: [master, replica],
             sentinel,
             passwords,
+            tls_ports,
         };
-        let (master, replica) = (set.servers[0].port(), set.servers[1].port());
+        let (master, replica) = (set.port_of(0), set.port_of(1));
         set.wait_until("the replica is in sync", || {
             set.cli(replica, &["INFO", "replication"])
                 .contains("master_link_status:up")
@@ -153,9 +192,30 @@ impl Sentinels {
         }
     }
 
+    /// `rediss+sentinel://127.0.0.1:TLS_PORT/SERVICE?query`, for a setup
+    /// started with TLS.
+    pub fn tls_url(&self, query: &str) -> String {
+        let ports = self.tls_ports.expect("a setup started with TLS");
+        format!("rediss+sentinel://127.0.0.1:{}/{SERVICE}?{query}", ports[2])
+    }
+
     /// The sentinel's `127.0.0.1:port`.
     pub fn sentinel_address(&self) -> String {
         self.sentinel.address()
+    }
+
+    /// The port the sentinel names server `at` (0 the first master, 1 the
+    /// replica) by: its TLS port in a setup with TLS.
+    fn port_of(&self, at: usize) -> u16 {
+        self.tls_ports
+            .map_or(self.servers[at].port(), |ports| ports[at])
+    }
+
+    /// Which server `port` (plaintext or TLS) belongs to.
+    fn index_of(&self, port: u16) -> usize {
+        (0..2)
+            .find(|&at| self.servers[at].port() == port || self.port_of(at) == port)
+            .unwrap_or_else(|| panic!("no server on port {port}"))
     }
 
     /// The master's port, as the sentinel names it.
@@ -168,22 +228,15 @@ impl Sentinels {
             .unwrap_or_else(|| panic!("the sentinel names no master: {reply:?}"))
     }
 
-    /// The server started on `port` (the first master or the replica).
+    /// The server started on `port` (the first master or the replica; its
+    /// plaintext or its TLS port).
     pub fn server(&self, port: u16) -> &Server {
-        self.servers
-            .iter()
-            .find(|server| server.port() == port)
-            .unwrap_or_else(|| panic!("no server on port {port}"))
+        &self.servers[self.index_of(port)]
     }
 
-    /// The port of the server that is not on `port`.
+    /// The port the sentinel names the server that is not on `port` by.
     pub fn other(&self, port: u16) -> u16 {
-        let other = self
-            .servers
-            .iter()
-            .find(|server| server.port() != port)
-            .expect("two servers");
-        other.port()
+        self.port_of(1 - self.index_of(port))
     }
 
     /// `SENTINEL FAILOVER`, then waits until the sentinel names the other
@@ -218,7 +271,8 @@ impl Sentinels {
     /// Runs `redis-cli -p port args...` on a data server, with its
     /// password if any, and returns what it printed.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        cli(port, self.passwords.map(|p| p.master), args)
+        let plain = self.server(port).port();
+        cli(plain, self.passwords.map(|p| p.master), args)
     }
 
     /// Runs `redis-cli` on the sentinel.
@@ -237,6 +291,47 @@ impl Sentinels {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The files of a setup's TLS.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
+impl TlsFiles {
+    /// A server's arguments to serve TLS on `port` and replicate over it.
+    fn args(&self, port: u16) -> Vec<String> {
+        [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &self.cert,
+            "--tls-key-file",
+            &self.key,
+            "--tls-ca-cert-file",
+            &self.ca,
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect()
+    }
+
+    /// The sentinel's configuration lines to serve TLS on `port` and
+    /// monitor over it.
+    fn config(&self, port: u16) -> String {
+        format!(
+            "tls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            self.cert, self.key, self.ca
+        )
     }
 }
 

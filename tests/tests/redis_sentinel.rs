@@ -324,3 +324,51 @@ fn sentinels_with_their_own_password_and_a_master_with_another() {
     assert!(!logged.is_empty(), "the refusals were logged");
     reset();
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn over_tls_the_sentinels_and_the_master_are_reached_and_a_failover_followed() {
+    let _serial = serial();
+    let pki = memo_tests::tls::Pki::new();
+    let Some(set) = Sentinels::try_start_tls(&pki) else {
+        return;
+    };
+    // The sentinel's TLS port, and the servers' TLS ports as it names
+    // them: a plaintext connection to any of them would fail.
+    configure(
+        Config::from_url(&set.tls_url(&format!("ca={}", pki.ca().display())))
+            .expect("a valid URL")
+            .chunk_size(4096),
+    );
+    let master = set.master_port();
+    let options = Options::new();
+    let calls = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let value: String = cache_memoize(
+            "tls",
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                "over tls".to_owned()
+            },
+            &options,
+        );
+        assert_eq!(value, "over tls");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the second call hit");
+    assert!(stored_on(&set, master, "tls", &options));
+    let large = Options::new().large_data(true);
+    let value: Vec<u8> = cache_memoize("tls-blob", || noise(3, 30_000), &large);
+    assert_eq!(value, noise(3, 30_000));
+    runtime::run(async {
+        let value: u32 = cache_memoize_async("tls-async", || async { 9 }, &options).await;
+        assert_eq!(value, 9);
+    });
+    assert!(stored_on(&set, master, "tls-async", &options));
+
+    let load = Load::start();
+    let new = set.failover();
+    let took = caching_resumes_on(&set, new, Duration::from_secs(5));
+    assert!(took.is_some(), "caching resumed over TLS on {new}");
+    load.stop();
+    reset();
+}

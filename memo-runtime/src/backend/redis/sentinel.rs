@@ -29,6 +29,13 @@
 //! cache failure (memo computes its value); caching resumes on the
 //! promoted master by itself.
 //!
+//! **TLS** (`rediss+sentinel://`, [`tls`](super::RedisBackend::tls)):
+//! the sentinels and the master are reached with the same TLS settings,
+//! the `+switch-master` listener included. The master's certificate must
+//! name the address the sentinels announce for it (an IP address unless
+//! they announce host names), and the sentinels must announce its TLS
+//! port (`tls-replication yes` on the servers and the sentinels).
+//!
 //! **Credentials.** The master's credentials are the URL's userinfo (or
 //! [`password`](super::RedisBackend::password)); the sentinels' own are
 //! `sentinel_username` / `sentinel_password` (or

@@ -15,6 +15,7 @@ use memo_runtime::{
 };
 use memo_tests::cluster::Cluster;
 use memo_tests::peer::Peer;
+use memo_tests::sentinel::Sentinels;
 use memo_tests::serial;
 use memo_tests::servers::{Kind, Server};
 
@@ -38,7 +39,18 @@ fn on_every_backend(test: impl Fn(&str, Option<&str>)) {
         configure(Config::from_url(&url).expect("a valid URL"));
         test("redis cluster", Some(&url));
     }
+    if let Some(sentinels) = Sentinels::try_start() {
+        let url = with_namespace(&sentinels.url());
+        configure(Config::from_url(&url).expect("a valid URL"));
+        test("redis sentinel", Some(&url));
+    }
     configure(Config::new(MemoryBackend::new()));
+}
+
+/// `url` with the tests' namespace, whether or not it has a query already.
+fn with_namespace(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}namespace=fleet")
 }
 
 fn peer(url: &str) -> Peer {

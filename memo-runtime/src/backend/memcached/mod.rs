@@ -392,9 +392,9 @@ macro_rules! mux {
 
 /// The same operations, placement, health and rules as the blocking
 /// client, over tokio sockets: nothing here blocks the executor.
-/// Single-key commands are pipelined with the other calls in flight on
-/// one multiplexed connection per server and runtime (`net::mux`);
-/// batches and large values use the pools.
+/// Single-key commands and reads of a few keys are pipelined with the
+/// other calls in flight on one multiplexed connection per server and
+/// runtime (`net::mux`); large values use the pools.
 #[cfg(feature = "async")]
 impl aio::AsyncBackend for MemcachedBackend {
     fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
@@ -411,7 +411,10 @@ impl aio::AsyncBackend for MemcachedBackend {
             let mut values = vec![None; keys.len()];
             for (server, positions) in self.by_server(keys.iter().copied()) {
                 let server_keys: Vec<&str> = positions.iter().map(|&p| keys[p]).collect();
-                let found = run!(self, server, |conn| conn.get_many(&server_keys, None))?;
+                // Pipelined like a single key: an async lookup reads its
+                // entry with the version tokens (a few keys); the chunks
+                // of a large value are read by the blocking pipeline.
+                let found = mux!(self, server, |conn| conn.get_many(&server_keys, None))?;
                 for (position, value) in positions.into_iter().zip(found) {
                     values[position] = value;
                 }

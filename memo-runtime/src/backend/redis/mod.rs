@@ -809,9 +809,9 @@ macro_rules! mux {
 
 /// The same operations, health and rules as the blocking client, over
 /// tokio sockets: nothing here blocks the executor. Single-key commands
-/// are pipelined with the other calls in flight on one multiplexed
-/// connection per runtime (`net::mux`); batches and large values use the
-/// pool.
+/// and reads of a few keys are pipelined with the other calls in flight
+/// on one multiplexed connection per runtime (`net::mux`); large values
+/// use the pool.
 #[cfg(feature = "async")]
 impl aio::AsyncBackend for RedisBackend {
     fn get<'a>(&'a self, key: &'a str) -> aio::BackendFuture<'a, Option<Vec<u8>>> {
@@ -823,7 +823,10 @@ impl aio::AsyncBackend for RedisBackend {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            run!(self, |conn| conn.mget(keys))
+            // Pipelined like a single key: an async lookup reads its entry
+            // with the version tokens (a few keys); the chunks of a large
+            // value are read by the blocking pipeline.
+            mux!(self, |conn| conn.mget(keys))
         })
     }
 

@@ -12,19 +12,7 @@ use memo_runtime::{
 };
 use memo_tests::runtime;
 use memo_tests::serial;
-use memo_tests::servers::{Kind, Server};
-
-fn on_every_backend(test: impl Fn(&str)) {
-    let _serial = serial();
-    configure(Config::new(MemoryBackend::new()));
-    test("memory");
-    for kind in [Kind::Memcached, Kind::Redis] {
-        let server = Server::start(kind);
-        configure(Config::from_url(&server.url()).expect("a valid URL"));
-        test(kind.scheme());
-    }
-    configure(Config::new(MemoryBackend::new()));
-}
+use memo_tests::servers::with_each_backend;
 
 /// Expires in a second (memcached counts whole seconds), kept five more.
 fn options() -> Options {
@@ -39,7 +27,7 @@ fn past_expiry() {
 
 #[test]
 fn a_failed_recomputation_serves_the_last_good_value_until_one_succeeds() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         for options in [
             options(),
             options().lock(LockOptions::new()),
@@ -88,7 +76,7 @@ fn a_failed_recomputation_serves_the_last_good_value_until_one_succeeds() {
 
 #[test]
 fn with_nothing_to_fall_back_on_the_error_is_the_callers() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let err = || -> Result<u32, String> { Err("down".into()) };
         // Never stored.
         assert_eq!(

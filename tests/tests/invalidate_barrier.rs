@@ -11,30 +11,13 @@ use std::sync::{Arc, Barrier, LazyLock};
 use std::thread;
 use std::time::Duration;
 
-use memo_runtime::{
-    Config, MemoryBackend, Options, cache_memoize, configure, invalidate, make_cache_key,
-};
-use memo_tests::serial;
-use memo_tests::servers::{Kind, Server};
+use memo_runtime::{Options, cache_memoize, invalidate, make_cache_key};
+use memo_tests::servers::with_each_backend;
 use serde::{Deserialize, Deserializer, Serialize};
-
-/// Runs `test` configured on each backend in turn: the embedded store,
-/// then memcached and Redis on fresh servers.
-fn on_every_backend(test: impl Fn(&str)) {
-    let _serial = serial();
-    configure(Config::new(MemoryBackend::new()));
-    test("memory");
-    for kind in [Kind::Memcached, Kind::Redis] {
-        let server = Server::start(kind);
-        configure(Config::from_url(&server.url()).expect("a valid URL"));
-        test(kind.scheme());
-    }
-    configure(Config::new(MemoryBackend::new()));
-}
 
 #[test]
 fn a_computation_started_before_invalidate_is_not_served_after_it() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let o = Options::new();
         let started = Arc::new(Barrier::new(2));
         let go = Arc::new(Barrier::new(2));
@@ -62,7 +45,7 @@ fn a_computation_started_before_invalidate_is_not_served_after_it() {
 
 #[test]
 fn a_caller_after_invalidate_does_not_join_an_older_flight() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let o = Options::new();
         let started = Arc::new(Barrier::new(2));
         let s = started.clone();
@@ -107,7 +90,7 @@ impl<'de> Deserialize<'de> for Slow {
 
 #[test]
 fn a_local_copy_read_before_invalidate_is_not_kept() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let local = Options::new().local(Duration::from_secs(3600));
         let _ = invalidate("k3", &local);
         assert_eq!(cache_memoize("k3", || Slow(41), &Options::new()), Slow(41));
@@ -132,7 +115,7 @@ fn a_local_copy_read_before_invalidate_is_not_kept() {
 
 #[test]
 fn a_computation_that_began_before_an_overwrite_is_not_served_after_it() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let o = Options::new();
         let started = Arc::new(Barrier::new(2));
         let go = Arc::new(Barrier::new(2));
@@ -176,7 +159,7 @@ static VERSION: AtomicU64 = AtomicU64::new(0);
 /// version it wrote.
 #[test]
 fn no_call_after_invalidate_sees_an_older_version_under_concurrent_readers() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         for (name, options) in [
             ("plain", Options::new()),
             ("local", Options::new().local(Duration::from_secs(60))),
@@ -229,7 +212,7 @@ fn no_call_after_invalidate_sees_an_older_version_under_concurrent_readers() {
 /// A key that shares nothing with the one invalidated keeps its entry.
 #[test]
 fn invalidating_one_key_leaves_others_cached() {
-    on_every_backend(|backend| {
+    with_each_backend(|backend| {
         let o = Options::new();
         let _: u32 = cache_memoize("kept", || 1, &o);
         invalidate("dropped", &o).unwrap();

@@ -29,3 +29,21 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Runs `test` with memo configured on each backend in turn, holding the
+/// tests' global lock: the embedded store, then memcached and Redis on
+/// fresh servers (each named by its URL scheme); the embedded store is in
+/// force again afterwards.
+#[cfg(all(feature = "memcached", feature = "redis"))]
+pub fn with_each_backend(test: impl Fn(&str)) {
+    use memo_runtime::{Config, MemoryBackend, configure};
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    test("memory");
+    for kind in [servers::Kind::Memcached, servers::Kind::Redis] {
+        let server = servers::Server::start(kind);
+        configure(Config::from_url(&server.url()).expect("a valid URL"));
+        test(kind.scheme());
+    }
+    configure(Config::new(MemoryBackend::new()));
+}

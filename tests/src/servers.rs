@@ -518,24 +518,6 @@ pub fn trickle(stream: &mut TcpStream, bytes: &[u8], pause: Duration) {
     }
 }
 
-/// Runs `test` with memo configured on each backend in turn, holding the
-/// tests' global lock: the embedded store, then memcached and Redis on
-/// fresh servers (each named by its URL scheme); the embedded store is in
-/// force again afterwards.
-#[cfg(all(feature = "memcached", feature = "redis"))]
-pub fn with_each_backend(test: impl Fn(&str)) {
-    use memo_runtime::{Config, MemoryBackend, configure};
-    let _serial = crate::serial();
-    configure(Config::new(MemoryBackend::new()));
-    test("memory");
-    for kind in [Kind::Memcached, Kind::Redis] {
-        let server = Server::start(kind);
-        configure(Config::from_url(&server.url()).expect("a valid URL"));
-        test(kind.scheme());
-    }
-    configure(Config::new(MemoryBackend::new()));
-}
-
 /// One client of each backend memo ships that can run here: the embedded
 /// store always, memcached and Redis on fresh servers when installed (see
 /// [`Server::try_start`]). Each comes with its name and its server, which

@@ -12,7 +12,7 @@ use memo_runtime::{
 };
 use memo_tests::runtime;
 use memo_tests::serial;
-use memo_tests::servers::with_each_backend;
+use memo_tests::with_each_backend;
 
 /// Expires in a second (memcached counts whole seconds), kept five more.
 fn options() -> Options {

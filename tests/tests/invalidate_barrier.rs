@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use memo_runtime::{Options, cache_memoize, invalidate, make_cache_key};
-use memo_tests::servers::with_each_backend;
+use memo_tests::with_each_backend;
 use serde::{Deserialize, Deserializer, Serialize};
 
 #[test]

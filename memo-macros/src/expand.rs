@@ -576,16 +576,15 @@ fn target_expr(target: &Target, func: &Function, args: &[Arg], at: Span) -> Toke
     quote!(#root #(.#fields)*)
 }
 
-/// Whether the expansion uses the runtime's owned calls, which require the
-/// compute closure and the value to be `'static` and `Send`: when the
-/// signature is owned as written (`Function::is_owned`), and the function
-/// is async (large values are then (de)serialized off the executor, and a
-/// won refresh runs as a spawned task) or sets `stale` or `refresh_ahead`
-/// (a won refresh runs on the background pool). Otherwise a won refresh
-/// runs in the foreground, as the borrowed calls do.
+/// Whether the expansion uses the runtime's detached calls, which require
+/// the compute closure and the value to be `'static` and `Send`: when the
+/// function sets `stale` or `refresh_ahead` (a won refresh then runs on the
+/// background pool, or as a spawned task for async) and its signature is
+/// owned as written (`Function::is_owned`). Otherwise a won refresh runs in
+/// the foreground, as the general calls do.
 fn owned(attr: &Attr, func: &Function, args: &[Arg]) -> bool {
     let hot = attr.stale.is_some() || attr.refresh_ahead.is_some();
-    (func.is_async() || hot) && func.is_owned(args)
+    hot && func.is_owned(args)
 }
 
 /// The one runtime call, with the body as its closure. The cached type is
@@ -601,7 +600,7 @@ fn owned(attr: &Attr, func: &Function, args: &[Arg]) -> bool {
 ///
 /// With `local`, the `*_local` twins keep the decoded value per process;
 /// they require `Clone`, reported at the return type. With `owned` (see
-/// [`owned`]), the `*_owned` calls take the local copy's kind as a value.
+/// [`owned`]), the `*_detached` calls take the local copy's kind as a value.
 /// With `cache_if`, the `*_if` calls ([`cache_if_call`]).
 fn call(
     output: &Output,
@@ -716,9 +715,9 @@ fn cache_if_call(
     };
     let name = match (owned, is_async) {
         (false, false) => "memoize_if",
-        (true, false) => "memoize_owned_if",
+        (true, false) => "memoize_detached_if",
         (false, true) => "memoize_if_async",
-        (true, true) => "memoize_owned_if_async",
+        (true, true) => "memoize_detached_if_async",
     };
     let memoize = Ident::new(name, ty.span());
     let shape = Ident::new(shape, ty.span());
@@ -783,25 +782,25 @@ fn owned_call(
         Output::Value(ty) if is_async => {
             let (rt, kind) = (runtime_at(ty.span()), kind(ty));
             quote_spanned! {ty.span()=>
-                #rt::memoize_owned_async::<#ty, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
+                #rt::memoize_detached_async::<#ty, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
             }
         }
         Output::Result(ty) if is_async => {
             let (rt, kind, ok) = (runtime_at(ty.span()), kind(ty), ok(ty));
             quote_spanned! {ty.span()=>
-                #rt::try_memoize_owned_async::<#ok, _, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
+                #rt::try_memoize_detached_async::<#ok, _, _, _, _, _>(#key, move || async move #body, &#options, #rt::#kind).await
             }
         }
         Output::Value(ty) => {
             let (rt, kind) = (runtime(), kind(ty));
             quote_spanned! {ty.span()=>
-                #rt::memoize_owned::<#ty, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
+                #rt::memoize_detached::<#ty, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
             }
         }
         Output::Result(ty) => {
             let (rt, kind, ok) = (runtime(), kind(ty), ok(ty));
             quote_spanned! {ty.span()=>
-                #rt::try_memoize_owned::<#ok, _, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
+                #rt::try_memoize_detached::<#ok, _, _, _, _>(#key, move || -> #ty #body, &#options, #rt::#kind)
             }
         }
         _ => return None,
@@ -1175,7 +1174,7 @@ mod tests {
     }
 
     #[test]
-    fn owned_signatures_use_the_owned_calls() {
+    fn owned_signatures_with_a_refresh_use_the_detached_calls() {
         let rt = runtime().to_string();
         let out = expand(
             quote!(stale = 60),
@@ -1187,7 +1186,7 @@ mod tests {
         );
         assert!(
             out.contains(&format!(
-                "{rt} :: memoize_owned :: < Vec < u8 > , _ , _ , _ > (__memo_key , move || -> Vec < u8 > {{ vec ! [1] }} , & __memo_options , {rt} :: Serialized)"
+                "{rt} :: memoize_detached :: < Vec < u8 > , _ , _ , _ > (__memo_key , move || -> Vec < u8 > {{ vec ! [1] }} , & __memo_options , {rt} :: Serialized)"
             )),
             "{out}"
         );
@@ -1200,12 +1199,12 @@ mod tests {
             ),
         );
         assert!(
-            out.contains("try_memoize_owned :: < u8 , _ , _ , _ , _ >"),
+            out.contains("try_memoize_detached :: < u8 , _ , _ , _ , _ >"),
             "{out}"
         );
         assert!(out.contains(":: decoded :: < u8 > ())"), "{out}");
         let out = expand(
-            quote!(),
+            quote!(stale = 60),
             quote!(
                 async fn f(id: u64) -> u8 {
                     1
@@ -1213,10 +1212,12 @@ mod tests {
             ),
         );
         assert!(
-            out.contains("memoize_owned_async :: < u8 , _ , _ , _ , _ > (__memo_key , move || async move { 1 }"),
+            out.contains("memoize_detached_async :: < u8 , _ , _ , _ , _ > (__memo_key , move || async move { 1 }"),
             "{out}"
         );
-        // Borrowed, or a sync fn without a refresh option: as before.
+        // Borrowed, or without a refresh option (async too: every async
+        // call moves a large value's passes off the executor): the general
+        // calls.
         for (args, f) in [
             (
                 quote!(stale = 60),
@@ -1237,6 +1238,14 @@ mod tests {
             (
                 quote!(),
                 quote!(
+                    async fn f(id: u64) -> u8 {
+                        1
+                    }
+                ),
+            ),
+            (
+                quote!(stale = 60),
+                quote!(
                     async fn f(id: u64) -> Cow<'static, str> {
                         1
                     }
@@ -1244,7 +1253,7 @@ mod tests {
             ),
         ] {
             let out = expand(args, f);
-            assert!(!out.contains("_owned"), "{out}");
+            assert!(!out.contains("_detached"), "{out}");
         }
     }
 
@@ -1281,7 +1290,7 @@ mod tests {
         );
         assert!(
             out.contains(&format!(
-                "{rt} :: memoize_owned_if_async :: < String , _ , _ , _ , _ , _ , _ , _ > (__memo_key , move || async move {{ Ok (id . to_string ()) }} , & __memo_options , {rt} :: Fallible , {} , {rt} :: decoded :: < String > ()) . await",
+                "{rt} :: memoize_if_async :: < String , _ , _ , _ , _ , _ , _ , _ > (__memo_key , move || async move {{ Ok (id . to_string ()) }} , & __memo_options , {rt} :: Fallible , {} , {rt} :: decoded :: < String > ()) . await",
                 check("String", "settled")
             )),
             "{out}"

@@ -190,21 +190,15 @@ mod valid;
 ///
 /// A signature is *owned as written* when it has no receiver, no generic or
 /// lifetime parameters, and no argument or return type containing `&`, a
-/// lifetime, `impl`, `dyn`, `Self` or a macro. For such a function the
-/// expansion calls memo-runtime's owned twins (`cache_memoize_owned` and
-/// friends), which require the arguments and the value to be `'static` and
-/// `Send`:
+/// lifetime, `impl`, `dyn`, `Self` or a macro. For such a function with
+/// `stale` or `refresh_ahead`, the expansion calls memo-runtime's detached
+/// twins (`cache_memoize_detached` and friends), which require the
+/// arguments and the value to be `'static` and `Send`: the caller that wins
+/// a refresh is served the value it found at once, and the refresh runs on
+/// a background thread (sync) or a spawned task (async).
 ///
-/// - with `stale` or `refresh_ahead`, the caller that wins a refresh is
-///   served the value it found at once, and the refresh runs on a
-///   background thread (sync) or a spawned task (async);
-/// - an `async fn` (with or without those options) also moves the postcard
-///   (de)serialization of a value over 64 KiB to tokio's blocking pool.
-///
-/// The owned twins also need the arguments and the value to be `Send`
-/// (an `async fn` needed that already). Any other signature keeps the
-/// foreground refresh: the winner computes, every other caller is served
-/// the stale value. An argument whose type
+/// Any other signature keeps the foreground refresh: the winner computes,
+/// every other caller is served the stale value. An argument whose type
 /// hides an elided lifetime (`Cow<str>` written without `'_`) or names the
 /// type parameters of a surrounding generic `impl` looks owned but is not,
 /// and fails to compile ("borrowed data escapes", "may not live long
@@ -215,8 +209,10 @@ mod valid;
 ///
 /// With memo-runtime's feature `async`, an `async fn` is memoized by
 /// `cache_memoize_async` (or `try_cache_memoize_async` for a `Result`,
-/// which caches only `Ok`; `?` works in the body), or by their owned twins
-/// for an owned signature (above). The body becomes an
+/// which caches only `Ok`; `?` works in the body), or by their detached
+/// twins for an owned signature with a background refresh (above). The
+/// value (and a `Result`'s error) must be `'static`: every pass over a
+/// large value moves to tokio's blocking pool. The body becomes an
 /// `async move` block awaited inside the function's own future, so `&self`
 /// and borrowed arguments work as in a plain `async fn`, and the future is
 /// `Send` whenever the original is: it can be `tokio::spawn`ed or serve as

@@ -30,8 +30,8 @@
 //!
 //! Run with `cargo bench -p memo-runtime --features async,memcached,redis --bench async`
 //! (with `MEMO_BENCH_SAMPLED_ONLY=1`, only the sampled benchmarks run; with
-//! `MEMO_BENCH_HEARTBEAT_ONLY=1`, only the 64 MiB heartbeat, through
-//! `cache_memoize_async` and `cache_memoize_owned_async`).
+//! `MEMO_BENCH_HEARTBEAT_ONLY=1`, only the 64 MiB heartbeat through
+//! `cache_memoize_async`).
 
 // A hand-written `main` drives criterion; it needs no docs.
 #![allow(missing_docs)]
@@ -44,8 +44,7 @@ use std::time::{Duration, Instant};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use criterion::{Criterion, Throughput};
 use memo_runtime::{
-    Config, LockOptions, Options, cache_memoize, cache_memoize_async, cache_memoize_owned_async,
-    configure, make_cache_key,
+    Config, LockOptions, Options, cache_memoize, cache_memoize_async, configure, make_cache_key,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -448,9 +447,7 @@ fn report(what: &str, largest: Duration, wall: Duration) {
 /// work; on the multi-thread runtime (for comparison) it has a worker of
 /// its own while memo moves the large value's CPU work off the executor.
 ///
-/// `owned`: through `cache_memoize_owned_async`, which (de)serializes the
-/// value on the blocking pool, rather than `cache_memoize_async`.
-fn heartbeat_large(redis: &Server, flavor: &str, rt: &Runtime, owned: bool) {
+fn heartbeat_large(redis: &Server, flavor: &str, rt: &Runtime) {
     configure(Config::from_url(&redis.url()).expect("a valid URL"));
     let data = support::noise(LARGE);
     let store = Options::new()
@@ -458,44 +455,26 @@ fn heartbeat_large(redis: &Server, flavor: &str, rt: &Runtime, owned: bool) {
         .compress(false)
         .force_overwrite(true);
     let load = Options::new().large_data(true).compress(false);
-    let api = if owned { "owned" } else { "borrowed" };
     for round in 0..3 {
         let value = data.clone();
         let compute = || async move { value };
-        let (stored, largest, wall) = if owned {
-            heartbeat(
-                rt,
-                cache_memoize_owned_async("bench:async-large", compute, &store),
-            )
-        } else {
-            heartbeat(
-                rt,
-                cache_memoize_async("bench:async-large", compute, &store),
-            )
-        };
+        let (stored, largest, wall) = heartbeat(
+            rt,
+            cache_memoize_async("bench:async-large", compute, &store),
+        );
         assert_eq!(stored.len(), LARGE);
         drop(stored);
         report(
-            &format!("{flavor}/redis/{api}/store_64MiB/{round}"),
+            &format!("{flavor}/redis/store_64MiB/{round}"),
             largest,
             wall,
         );
         let empty = || async { Vec::<u8>::new() };
-        let (loaded, largest, wall) = if owned {
-            heartbeat(
-                rt,
-                cache_memoize_owned_async("bench:async-large", empty, &load),
-            )
-        } else {
-            heartbeat(rt, cache_memoize_async("bench:async-large", empty, &load))
-        };
+        let (loaded, largest, wall) =
+            heartbeat(rt, cache_memoize_async("bench:async-large", empty, &load));
         assert!(loaded == data, "the 64 MiB value reads back whole");
         drop(loaded);
-        report(
-            &format!("{flavor}/redis/{api}/load_64MiB/{round}"),
-            largest,
-            wall,
-        );
+        report(&format!("{flavor}/redis/load_64MiB/{round}"), largest, wall);
     }
 }
 
@@ -604,11 +583,10 @@ fn main() {
         .configure_from_args();
     let memcached = Server::memcached();
     let redis = Server::redis();
-    // Only the 64 MiB heartbeat experiment, borrowed and owned side by side.
+    // Only the 64 MiB heartbeat experiment, on both runtime flavours.
     if std::env::var_os("MEMO_BENCH_HEARTBEAT_ONLY").is_some() {
-        let single = current_thread();
-        heartbeat_large(&redis, "current_thread", &single, false);
-        heartbeat_large(&redis, "current_thread", &single, true);
+        heartbeat_large(&redis, "current_thread", &current_thread());
+        heartbeat_large(&redis, "multi_thread", &multi_thread());
         return;
     }
     let rt = multi_thread();
@@ -629,9 +607,8 @@ fn main() {
         stampede_processes(name, server);
     }
     let single = current_thread();
-    heartbeat_large(&redis, "current_thread", &single, false);
-    heartbeat_large(&redis, "current_thread", &single, true);
-    heartbeat_large(&redis, "multi_thread", &rt, false);
+    heartbeat_large(&redis, "current_thread", &single);
+    heartbeat_large(&redis, "multi_thread", &rt);
     heartbeat_hung(&single);
     c.final_summary();
 }

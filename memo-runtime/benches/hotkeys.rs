@@ -10,7 +10,7 @@
 //! - The steady load (not criterion): `MEMO_STEADY_LOAD=1` runs 200 calls/s
 //!   for 20 s (`MEMO_STEADY_SECS`) of a 100 ms computation expiring every
 //!   5 s, without and with `refresh_ahead` and with `stale` (through
-//!   `cache_memoize` and through `cache_memoize_owned`, whose won refreshes
+//!   `cache_memoize` and through `cache_memoize_detached`, whose won refreshes
 //!   run in the background), on the embedded
 //!   store (or `MEMO_CACHE_URL`, with the backend's cargo feature), and prints caller latencies and
 //!   computations per expiry period.
@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use cached::proc_macro::cached;
 use criterion::{Criterion, Throughput};
-use memo_runtime::{Config, MemoryBackend, Options, cache_memoize, cache_memoize_owned, configure};
+use memo_runtime::{
+    Config, MemoryBackend, Options, cache_memoize, cache_memoize_detached, configure,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +141,7 @@ struct Steady {
     calls: usize,
 }
 
-/// `owned`: through `cache_memoize_owned`, whose won refreshes run in the
+/// `owned`: through `cache_memoize_detached`, whose won refreshes run in the
 /// background, rather than `cache_memoize`.
 fn steady_run(options: &Options, seconds: u64, key: &str, owned: bool) -> Steady {
     const CALLERS: u64 = 20;
@@ -163,7 +165,7 @@ fn steady_run(options: &Options, seconds: u64, key: &str, owned: bool) -> Steady
                         counter.fetch_add(1, Ordering::Relaxed) as u64
                     };
                     let value: u64 = if owned {
-                        cache_memoize_owned(key, compute, options)
+                        cache_memoize_detached(key, compute, options)
                     } else {
                         cache_memoize(key, compute, options)
                     };

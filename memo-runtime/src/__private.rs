@@ -91,10 +91,10 @@ pub mod v0_1 {
     // (de)serialized off the executor. One function per shape, generic over
     // the local copy's kind (`keep`).
 
-    /// [`cache_memoize_owned`](fn@crate::cache_memoize_owned) with `T`
+    /// [`cache_memoize_detached`](fn@crate::cache_memoize_detached) with `T`
     /// first, keeping local copies as `keep` says.
     #[inline]
-    pub fn memoize_owned<T, L, K, F>(key: K, compute: F, options: &Options, keep: L) -> T
+    pub fn memoize_detached<T, L, K, F>(key: K, compute: F, options: &Options, keep: L) -> T
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         L: Keep<T> + Send + 'static,
@@ -112,10 +112,10 @@ pub mod v0_1 {
         )
     }
 
-    /// [`try_cache_memoize_owned`](fn@crate::try_cache_memoize_owned) with
+    /// [`try_cache_memoize_detached`](fn@crate::try_cache_memoize_detached) with
     /// `T` first, keeping local copies as `keep` says.
     #[inline]
-    pub fn try_memoize_owned<T, E, L, K, F>(
+    pub fn try_memoize_detached<T, E, L, K, F>(
         key: K,
         compute: F,
         options: &Options,
@@ -307,9 +307,9 @@ pub mod v0_1 {
         )
     }
 
-    /// [`memoize_if`] for an owned signature (see [`memoize_owned`]).
+    /// [`memoize_if`] for an owned signature (see [`memoize_detached`]).
     #[inline]
-    pub fn memoize_owned_if<T, R, S, P, L, K, F>(
+    pub fn memoize_detached_if<T, R, S, P, L, K, F>(
         key: K,
         compute: F,
         options: &Options,
@@ -403,7 +403,7 @@ pub mod v0_1 {
 
     /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
     #[cfg(not(feature = "async"))]
-    pub async fn memoize_owned_async<T: AsyncFeatureEnabled, L, K, F, Fut>(
+    pub async fn memoize_detached_async<T: AsyncFeatureEnabled, L, K, F, Fut>(
         _: K,
         _: F,
         _: &Options,
@@ -414,7 +414,7 @@ pub mod v0_1 {
 
     /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
     #[cfg(not(feature = "async"))]
-    pub async fn try_memoize_owned_async<T: AsyncFeatureEnabled, E, L, K, F, Fut>(
+    pub async fn try_memoize_detached_async<T: AsyncFeatureEnabled, E, L, K, F, Fut>(
         _: K,
         _: F,
         _: &Options,
@@ -438,7 +438,7 @@ pub mod v0_1 {
 
     /// See [`AsyncFeatureEnabled`]; never compiles, so never runs.
     #[cfg(not(feature = "async"))]
-    pub async fn memoize_owned_if_async<T: AsyncFeatureEnabled, R, S, P, L, K, F, Fut>(
+    pub async fn memoize_detached_if_async<T: AsyncFeatureEnabled, R, S, P, L, K, F, Fut>(
         _: K,
         _: F,
         _: &Options,
@@ -467,7 +467,7 @@ pub mod v0_1 {
     #[inline]
     pub async fn memoize_async<T, K, F, Fut>(key: K, compute: F, options: &Options) -> T
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
         K: Into<CacheKey>,
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = T> + Send,
@@ -484,8 +484,8 @@ pub mod v0_1 {
         options: &Options,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Send,
-        E: Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Send + 'static,
         K: Into<CacheKey>,
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = Result<T, E>> + Send,
@@ -507,7 +507,7 @@ pub mod v0_1 {
             key.into(),
             options,
             compute,
-            |value: &T| Some(value),
+            crate::api::as_value::<T>,
             |value| value,
             crate::policy::hot::Typed::<T>::default(),
             crate::policy::codec::Borrowed,
@@ -525,7 +525,7 @@ pub mod v0_1 {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned + LocalCopy,
-        E: Send,
+        E: Send + 'static,
         K: Into<CacheKey>,
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = Result<T, E>> + Send,
@@ -534,7 +534,7 @@ pub mod v0_1 {
             key.into(),
             options,
             compute,
-            |result: &Result<T, E>| result.as_ref().ok(),
+            crate::api::as_ok::<T, E>,
             Ok,
             crate::policy::hot::Typed::<T>::default(),
             crate::policy::codec::Borrowed,
@@ -542,11 +542,11 @@ pub mod v0_1 {
         .await
     }
 
-    /// [`cache_memoize_owned_async`](fn@crate::cache_memoize_owned_async)
+    /// [`cache_memoize_detached_async`](fn@crate::cache_memoize_detached_async)
     /// with `T` first, keeping local copies as `keep` says.
     #[cfg(feature = "async")]
     #[inline]
-    pub async fn memoize_owned_async<T, L, K, F, Fut>(
+    pub async fn memoize_detached_async<T, L, K, F, Fut>(
         key: K,
         compute: F,
         options: &Options,
@@ -571,11 +571,11 @@ pub mod v0_1 {
         .await
     }
 
-    /// [`try_cache_memoize_owned_async`](fn@crate::try_cache_memoize_owned_async)
+    /// [`try_cache_memoize_detached_async`](fn@crate::try_cache_memoize_detached_async)
     /// with `T` first, keeping local copies as `keep` says.
     #[cfg(feature = "async")]
     #[inline]
-    pub async fn try_memoize_owned_async<T, E, L, K, F, Fut>(
+    pub async fn try_memoize_detached_async<T, E, L, K, F, Fut>(
         key: K,
         compute: F,
         options: &Options,
@@ -613,9 +613,10 @@ pub mod v0_1 {
         keep: L,
     ) -> R
     where
-        T: Serialize + DeserializeOwned + Send,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        R: Send + 'static,
         S: Shape<T, R>,
-        P: Fn(&T) -> bool + Send + Sync,
+        P: Fn(&T) -> bool + Copy + Send + Sync + 'static,
         L: Keep<T> + Send,
         K: Into<CacheKey>,
         F: FnOnce() -> Fut + Send,
@@ -625,7 +626,7 @@ pub mod v0_1 {
             key.into(),
             &options.without_fail_safe(),
             compute,
-            |result: &R| S::cacheable(result).filter(|value| predicate(value)),
+            crate::api::cacheable_if(S::cacheable, predicate),
             S::from_cache,
             keep,
             crate::policy::codec::Borrowed,
@@ -633,10 +634,10 @@ pub mod v0_1 {
         .await
     }
 
-    /// [`memoize_owned_if`] for an `async fn`.
+    /// [`memoize_detached_if`] for an `async fn`.
     #[cfg(feature = "async")]
     #[inline]
-    pub async fn memoize_owned_if_async<T, R, S, P, L, K, F, Fut>(
+    pub async fn memoize_detached_if_async<T, R, S, P, L, K, F, Fut>(
         key: K,
         compute: F,
         options: &Options,

@@ -84,15 +84,15 @@ pub mod __fuzz;
 pub mod __private;
 
 pub use api::{
-    Error, MemoIter, Options, cache_memoize, cache_memoize_if, cache_memoize_iter,
-    cache_memoize_owned, invalidate, invalidate_tag, make_cache_key, try_cache_memoize,
-    try_cache_memoize_if, try_cache_memoize_owned,
+    Error, MemoIter, Options, cache_memoize, cache_memoize_detached, cache_memoize_if,
+    cache_memoize_iter, invalidate, invalidate_tag, make_cache_key, try_cache_memoize,
+    try_cache_memoize_detached, try_cache_memoize_if,
 };
 #[cfg(feature = "async")]
 pub use api::{
-    MemoStream, cache_memoize_async, cache_memoize_if_async, cache_memoize_owned_async,
+    MemoStream, cache_memoize_async, cache_memoize_detached_async, cache_memoize_if_async,
     cache_memoize_stream, invalidate_async, invalidate_tag_async, try_cache_memoize_async,
-    try_cache_memoize_if_async, try_cache_memoize_owned_async,
+    try_cache_memoize_detached_async, try_cache_memoize_if_async,
 };
 #[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
 pub use backend::TlsConfig;

@@ -1,4 +1,4 @@
-//! Owned calls (`cache_memoize_owned` and friends, and the attribute on an
+//! Detached calls (`cache_memoize_detached` and friends, and the attribute on an
 //! owned signature): a refresh won with `stale_while_revalidate` or
 //! `refresh_ahead` runs in the background while the caller is served the
 //! value it found; sync and async, on the embedded store and on real
@@ -8,7 +8,8 @@
 //! in the foreground is told apart from one served at once by a wide
 //! margin: [`AT_ONCE`] is well below any refresh. The extremes of every
 //! hot-key setting (zero, `Duration::MAX`, a NaN or infinite β) are taken
-//! without a panic or a wrong value.
+//! without a panic or a wrong value. Every async call keeps the passes over
+//! a large value off the executor.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use memo_runtime::{
-    Backend, Config, Options, cache_memoize_owned, cache_memoize_owned_async, configure, stats,
-    try_cache_memoize_owned, try_cache_memoize_owned_async,
+    Backend, Config, Options, cache_memoize_detached, cache_memoize_detached_async, configure,
+    stats, try_cache_memoize_detached, try_cache_memoize_detached_async,
 };
 use memo_tests::behaviour::timed_together;
 use memo_tests::peer::Peer;
@@ -74,10 +75,10 @@ fn stale_callers_are_served_at_once_while_one_refresh_runs_in_the_background() {
         let runs = Arc::new(AtomicUsize::new(0));
         let options = stale_options();
         let first: usize =
-            cache_memoize_owned("owned:stale", counting(&runs, Duration::ZERO), &options);
+            cache_memoize_detached("owned:stale", counting(&runs, Duration::ZERO), &options);
         thread::sleep(Duration::from_millis(1_200));
         let served = timed_together(8, |_| -> usize {
-            cache_memoize_owned("owned:stale", counting(&runs, REFRESH), &options)
+            cache_memoize_detached("owned:stale", counting(&runs, REFRESH), &options)
         });
         assert!(
             served
@@ -89,7 +90,7 @@ fn stale_callers_are_served_at_once_while_one_refresh_runs_in_the_background() {
         assert!(stats().stale_serves >= 1, "{name}");
         assert!(
             eventually(3 * SECOND, || {
-                cache_memoize_owned("owned:stale", counting(&runs, REFRESH), &options) == 2
+                cache_memoize_detached("owned:stale", counting(&runs, REFRESH), &options) == 2
             }),
             "{name}: the refreshed value appears"
         );
@@ -118,7 +119,7 @@ fn async_stale_callers_are_served_at_once_on_a_current_thread_runtime() {
                 }
             };
             let first: usize =
-                cache_memoize_owned_async("owned:async", || async { 0 }, &options).await;
+                cache_memoize_detached_async("owned:async", || async { 0 }, &options).await;
             tokio::time::sleep(Duration::from_millis(1_200)).await;
             let tasks: Vec<_> = (0..64)
                 .map(|_| {
@@ -126,7 +127,7 @@ fn async_stale_callers_are_served_at_once_on_a_current_thread_runtime() {
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let value: usize =
-                            cache_memoize_owned_async("owned:async", compute, &options).await;
+                            cache_memoize_detached_async("owned:async", compute, &options).await;
                         (value, started.elapsed())
                     })
                 })
@@ -145,7 +146,7 @@ fn async_stale_callers_are_served_at_once_on_a_current_thread_runtime() {
             let started = Instant::now();
             loop {
                 let value: usize =
-                    cache_memoize_owned_async("owned:async", compute(&runs), &options).await;
+                    cache_memoize_detached_async("owned:async", compute(&runs), &options).await;
                 if value == 1 {
                     break;
                 }
@@ -172,11 +173,11 @@ fn an_early_refresh_runs_in_the_background_and_its_value_appears() {
         // the last seconds of the expiry draws a refresh.
         let options = Options::new().expiration(4 * SECOND).refresh_ahead(1_000.0);
         let slow = Duration::from_millis(300);
-        let first: usize = cache_memoize_owned("owned:early", counting(&runs, slow), &options);
+        let first: usize = cache_memoize_detached("owned:early", counting(&runs, slow), &options);
         assert_eq!(first, 1, "{name}");
         let started = Instant::now();
         let served: Vec<usize> = (0..5)
-            .map(|_| cache_memoize_owned("owned:early", counting(&runs, slow), &options))
+            .map(|_| cache_memoize_detached("owned:early", counting(&runs, slow), &options))
             .collect();
         assert!(
             started.elapsed() < AT_ONCE,
@@ -191,7 +192,7 @@ fn an_early_refresh_runs_in_the_background_and_its_value_appears() {
         assert!(stats().early_refreshes >= 1, "{name}");
         assert!(
             eventually(3 * SECOND, || {
-                cache_memoize_owned("owned:early", counting(&runs, slow), &options) >= 2
+                cache_memoize_detached("owned:early", counting(&runs, slow), &options) >= 2
             }),
             "{name}: its value appears"
         );
@@ -207,18 +208,18 @@ fn a_refresh_that_panics_or_fails_keeps_the_stale_value_then_the_foreground_comp
             .expiration(SECOND)
             .stale_while_revalidate(Duration::from_secs(2));
         let key = "owned:failing";
-        let _: Result<u32, String> = try_cache_memoize_owned(key, || Ok(1), &options);
+        let _: Result<u32, String> = try_cache_memoize_detached(key, || Ok(1), &options);
         thread::sleep(Duration::from_millis(1_100));
         let started = Instant::now();
         let failed: Result<u32, String> =
-            try_cache_memoize_owned(key, || Err("down".to_owned()), &options);
+            try_cache_memoize_detached(key, || Err("down".to_owned()), &options);
         assert_eq!(failed, Ok(1), "{name}: stale, while the refresh fails");
         assert!(
             eventually(SECOND, || stats().refresh_failures == 1),
             "{name}: the failure is counted"
         );
         let panicked: Result<u32, String> =
-            try_cache_memoize_owned(key, || panic!("refresh panics"), &options);
+            try_cache_memoize_detached(key, || panic!("refresh panics"), &options);
         assert_eq!(panicked, Ok(1), "{name}: stale, while the refresh panics");
         assert!(
             eventually(SECOND, || stats().refresh_failures == 2),
@@ -227,18 +228,18 @@ fn a_refresh_that_panics_or_fails_keeps_the_stale_value_then_the_foreground_comp
         assert!(started.elapsed() < SECOND, "{name}: no hang");
         // Neither left the refresh flight or the lock behind: the next
         // caller wins the refresh, and it succeeds.
-        let stale: Result<u32, String> = try_cache_memoize_owned(key, || Ok(2), &options);
+        let stale: Result<u32, String> = try_cache_memoize_detached(key, || Ok(2), &options);
         assert_eq!(stale, Ok(1), "{name}");
         assert!(
             eventually(SECOND, || {
-                try_cache_memoize_owned::<_, u32, String, _>(key, || Ok(3), &options) == Ok(2)
+                try_cache_memoize_detached::<_, u32, String, _>(key, || Ok(3), &options) == Ok(2)
             }),
             "{name}: the third refresh's value"
         );
         // Past the stale window the entry is gone: the foreground computes.
         thread::sleep(Duration::from_millis(3_100));
         let started = Instant::now();
-        let computed: Result<u32, String> = try_cache_memoize_owned(
+        let computed: Result<u32, String> = try_cache_memoize_detached(
             key,
             || {
                 thread::sleep(REFRESH);
@@ -260,20 +261,26 @@ fn async_refresh_failures_are_counted_and_the_stale_value_stays() {
         run_multi(async {
             let key = "owned:async-failing";
             let _: Result<u32, String> =
-                try_cache_memoize_owned_async(key, || async { Ok(1) }, &options).await;
+                try_cache_memoize_detached_async(key, || async { Ok(1) }, &options).await;
             tokio::time::sleep(Duration::from_millis(1_100)).await;
-            let failed: Result<u32, String> =
-                try_cache_memoize_owned_async(key, || async { Err("down".to_owned()) }, &options)
-                    .await;
+            let failed: Result<u32, String> = try_cache_memoize_detached_async(
+                key,
+                || async { Err("down".to_owned()) },
+                &options,
+            )
+            .await;
             assert_eq!(failed, Ok(1), "{name}");
             let started = Instant::now();
             while stats().refresh_failures < 1 {
                 assert!(started.elapsed() < SECOND, "{name}: {:?}", stats());
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let panicked: Result<u32, String> =
-                try_cache_memoize_owned_async(key, || async { panic!("refresh panics") }, &options)
-                    .await;
+            let panicked: Result<u32, String> = try_cache_memoize_detached_async(
+                key,
+                || async { panic!("refresh panics") },
+                &options,
+            )
+            .await;
             assert_eq!(panicked, Ok(1), "{name}");
             let started = Instant::now();
             while stats().refresh_failures < 2 {
@@ -283,7 +290,7 @@ fn async_refresh_failures_are_counted_and_the_stale_value_stays() {
             // Neither left the refresh flight or the lock behind.
             let refreshed = loop {
                 let value: Result<u32, String> =
-                    try_cache_memoize_owned_async(key, || async { Ok(2) }, &options).await;
+                    try_cache_memoize_detached_async(key, || async { Ok(2) }, &options).await;
                 if value == Ok(2) || started.elapsed() > 2 * SECOND {
                     break value;
                 }
@@ -303,7 +310,7 @@ fn a_runtime_dropped_mid_refresh_leaves_nothing_stuck_for_the_next_runtime() {
         let options = stale_options();
         let key = "owned:dropped-runtime";
         run(async {
-            let _: usize = cache_memoize_owned_async(key, || async { 0 }, &options).await;
+            let _: usize = cache_memoize_detached_async(key, || async { 0 }, &options).await;
         });
         thread::sleep(Duration::from_millis(1_100));
         let started = Instant::now();
@@ -313,7 +320,7 @@ fn a_runtime_dropped_mid_refresh_leaves_nothing_stuck_for_the_next_runtime() {
             .build()
             .unwrap();
         let counted = Arc::clone(&runs);
-        let stale: usize = runtime.block_on(cache_memoize_owned_async(
+        let stale: usize = runtime.block_on(cache_memoize_detached_async(
             key,
             move || async move {
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -334,7 +341,7 @@ fn a_runtime_dropped_mid_refresh_leaves_nothing_stuck_for_the_next_runtime() {
             let started = Instant::now();
             loop {
                 let counted = Arc::clone(&counted);
-                let value: usize = cache_memoize_owned_async(
+                let value: usize = cache_memoize_detached_async(
                     key,
                     move || async move { counted.fetch_add(1, Ordering::SeqCst) + 1 },
                     &options,
@@ -364,13 +371,13 @@ fn beyond_the_pool_s_capacity_callers_refresh_in_the_foreground() {
     const KEYS: usize = 40;
     for key in 0..KEYS {
         let _: String =
-            cache_memoize_owned(format!("owned:pool:{key}"), || "old".to_owned(), &options);
+            cache_memoize_detached(format!("owned:pool:{key}"), || "old".to_owned(), &options);
     }
     thread::sleep(Duration::from_millis(1_100));
     let refreshes = Arc::new(AtomicUsize::new(0));
     let served = timed_together(KEYS, |key| -> String {
         let refreshes = Arc::clone(&refreshes);
-        cache_memoize_owned(
+        cache_memoize_detached(
             format!("owned:pool:{key}"),
             move || {
                 thread::sleep(Duration::from_millis(600));
@@ -433,12 +440,12 @@ fn across_two_processes_exactly_one_background_refresh_runs() {
             .stale_while_revalidate(Duration::from_secs(10));
         let mut peer = peer(&server.url());
         let key = "owned:peers";
-        let _: String = cache_memoize_owned(key, || "first".to_owned(), &options);
+        let _: String = cache_memoize_detached(key, || "first".to_owned(), &options);
         thread::sleep(Duration::from_millis(1_100));
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&runs);
         let started = Instant::now();
-        let here: String = cache_memoize_owned(
+        let here: String = cache_memoize_detached(
             key,
             move || {
                 thread::sleep(Duration::from_millis(600));
@@ -563,55 +570,62 @@ fn large_value() -> Vec<u64> {
         .collect()
 }
 
+/// Every async call moves the passes over a large value to tokio's blocking
+/// pool: a 64 MiB value stored and read back through the general
+/// `cache_memoize_async` never stalls a current-thread runtime for 30 ms.
+/// Inline, its postcard pass alone takes hundreds of milliseconds in a
+/// debug build. The value is built before the heartbeat starts and moved
+/// into the compute function, so the gaps measured are memo's own.
 #[test]
-fn owned_async_calls_keep_a_large_value_s_serialization_off_the_executor() {
+fn a_64_mib_value_never_stalls_a_current_thread_runtime() {
+    const BOUND: Duration = Duration::from_millis(30);
     let _serial = serial();
     configure(Config::new(memo_runtime::MemoryBackend::new()));
     let options = Options::new().large_data(true);
-    let expected = large_value();
-    run(async {
-        // Borrowed calls serialize inline: the yardstick.
-        let (stored, inline_store) = largest_gap(memo_runtime::cache_memoize_async(
-            "large:borrowed",
-            || async { large_value() },
-            &options,
-        ))
-        .await;
-        let (loaded, inline_load) = largest_gap(memo_runtime::cache_memoize_async(
-            "large:borrowed",
-            || async { Vec::<u64>::new() },
-            &options,
-        ))
-        .await;
-        assert_eq!((stored == expected, loaded == expected), (true, true));
-
-        let (stored, owned_store) = largest_gap(cache_memoize_owned_async(
-            "large:owned",
-            || async { large_value() },
-            &options,
-        ))
-        .await;
-        let (loaded, owned_load) = largest_gap(cache_memoize_owned_async(
-            "large:owned",
-            || async { Vec::<u64>::new() },
-            &options,
-        ))
-        .await;
-        assert_eq!((stored == expected, loaded == expected), (true, true));
-        eprintln!(
-            "largest heartbeat gap, 8 MiB: borrowed store {inline_store:?} load {inline_load:?}, owned store {owned_store:?} load {owned_load:?}"
-        );
-        // The compute function builds the value inline in both cases; only
-        // the (de)serialization differs. The load has no such share.
+    let len = (64 << 20) / std::mem::size_of::<u64>();
+    let expected: Vec<u64> = (0..len as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    // A stall of memo's recurs on every attempt; a gap from the operating
+    // system's scheduling on a loaded machine does not.
+    let mut smallest = (Duration::MAX, Duration::MAX);
+    for attempt in 0..3 {
+        let key = format!("large:64mib:{attempt}");
+        let value = expected.clone();
+        let (stored, store_gap, loaded, load_gap) = run(async {
+            let (stored, store_gap) = largest_gap(memo_runtime::cache_memoize_async(
+                key.as_str(),
+                move || async move { value },
+                &options,
+            ))
+            .await;
+            let (loaded, load_gap) = largest_gap(memo_runtime::cache_memoize_async(
+                key.as_str(),
+                || async { Vec::<u64>::new() },
+                &options,
+            ))
+            .await;
+            (stored, store_gap, loaded, load_gap)
+        });
         assert!(
-            owned_store * 2 < inline_store,
-            "owned store {owned_store:?}, borrowed store {inline_store:?}"
+            stored == expected && loaded == expected,
+            "attempt {attempt}"
         );
-        assert!(
-            owned_load * 3 < inline_load,
-            "owned load {owned_load:?}, borrowed load {inline_load:?}"
-        );
-    });
+        smallest = (smallest.0.min(store_gap), smallest.1.min(load_gap));
+        if smallest.0 < BOUND && smallest.1 < BOUND {
+            break;
+        }
+    }
+    eprintln!(
+        "largest heartbeat gap, 64 MiB: store {:?}, load {:?}",
+        smallest.0, smallest.1
+    );
+    assert!(
+        smallest.0 < BOUND && smallest.1 < BOUND,
+        "the heartbeat stalled: store {:?}, load {:?}",
+        smallest.0,
+        smallest.1
+    );
 }
 
 #[test]
@@ -628,12 +642,15 @@ fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_v
         let chunked = Options::new().large_data(true).compress(true);
         run(async {
             let value = mid.clone();
-            let stored: Vec<u64> =
-                cache_memoize_owned_async("owned-format:mid", move || async move { value }, &whole)
-                    .await;
+            let stored: Vec<u64> = cache_memoize_detached_async(
+                "owned-format:mid",
+                move || async move { value },
+                &whole,
+            )
+            .await;
             assert_eq!(stored, mid, "{name}");
             let read: Vec<u64> =
-                cache_memoize_owned_async("owned-format:mid", || async { Vec::new() }, &whole)
+                cache_memoize_detached_async("owned-format:mid", || async { Vec::new() }, &whole)
                     .await;
             assert_eq!(read, mid, "{name}");
             // Eight tasks miss a large value at once: one computes, the
@@ -642,7 +659,7 @@ fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_v
                 .map(|_| {
                     let (runs, chunked) = (Arc::clone(&runs), chunked.clone());
                     tokio::spawn(async move {
-                        let value: Vec<u64> = cache_memoize_owned_async(
+                        let value: Vec<u64> = cache_memoize_detached_async(
                             "owned-format:large",
                             move || async move {
                                 runs.fetch_add(1, Ordering::SeqCst);
@@ -668,7 +685,7 @@ fn entries_written_by_owned_calls_read_back_everywhere_and_waiters_share_large_v
         assert!(read == large, "{name}");
         let _: Vec<u64> =
             memo_runtime::cache_memoize("owned-format:borrowed", large_value, &chunked);
-        let read: Vec<u64> = run(cache_memoize_owned_async(
+        let read: Vec<u64> = run(cache_memoize_detached_async(
             "owned-format:borrowed",
             || async { Vec::new() },
             &chunked,
@@ -691,13 +708,13 @@ fn an_encrypted_value_serialized_up_front_reads_back() {
             .encryption_key(key),
     ] {
         let value = mid.clone();
-        let stored: Vec<u64> = run(cache_memoize_owned_async(
+        let stored: Vec<u64> = run(cache_memoize_detached_async(
             "owned-encrypted",
             move || async move { value },
             &options,
         ));
         let read: Vec<u64> = memo_runtime::cache_memoize("owned-encrypted", Vec::new, &options);
-        let read_async: Vec<u64> = run(cache_memoize_owned_async(
+        let read_async: Vec<u64> = run(cache_memoize_detached_async(
             "owned-encrypted",
             || async { Vec::new() },
             &options,
@@ -759,7 +776,7 @@ fn extreme_hot_key_settings_are_taken_without_a_panic_or_a_wrong_value() {
                     let runs = Arc::new(AtomicUsize::new(0));
                     for round in 0..2 {
                         let value: String =
-                            cache_memoize_owned(key.clone(), value_of(&runs, &key), &options);
+                            cache_memoize_detached(key.clone(), value_of(&runs, &key), &options);
                         assert_eq!(value, key, "{name} {options:?}");
                         let expected = if stored { 1 } else { round + 1 };
                         assert_eq!(runs.load(Ordering::SeqCst), expected, "{name} {options:?}");
@@ -769,7 +786,7 @@ fn extreme_hot_key_settings_are_taken_without_a_panic_or_a_wrong_value() {
                     run(async {
                         for round in 0..2 {
                             let compute = value_of(&async_runs, &async_key);
-                            let value: String = cache_memoize_owned_async(
+                            let value: String = cache_memoize_detached_async(
                                 async_key.clone(),
                                 || async move { compute() },
                                 &options,
@@ -828,7 +845,7 @@ fn owned_async_values_round_trip_across_the_inline_budget() {
                     let value = memo_tests::behaviour::noise(size as u64, size);
                     for round in 0..2 {
                         let expected = value.clone();
-                        let got: Vec<u8> = cache_memoize_owned_async(
+                        let got: Vec<u8> = cache_memoize_detached_async(
                             key.clone(),
                             move || async move {
                                 assert_eq!(round, 0, "computed once");
@@ -852,7 +869,7 @@ fn owned_async_values_round_trip_across_the_inline_budget() {
                     .map(|_| {
                         let (runs, key) = (Arc::clone(&runs), key.clone());
                         tokio::spawn(async move {
-                            cache_memoize_owned_async(
+                            cache_memoize_detached_async(
                                 key,
                                 move || async move {
                                     runs.fetch_add(1, Ordering::SeqCst);

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use super::sync::{as_ok, as_value};
+use super::sync::{as_ok, as_value, cacheable_if};
 use crate::backend::world::Tokio;
 use crate::format::key::CacheKey;
-use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
+use crate::policy::codec::{Borrowed, Owned};
 use crate::policy::detach::{Later, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
@@ -24,11 +24,21 @@ use crate::policy::{Call, memoize};
 /// Nothing here blocks the executor: the backend is reached through its
 /// non-blocking client (a user's synchronous [`Backend`](crate::Backend)
 /// runs on tokio's blocking pool), lock retries wait on tokio timers, and
-/// the CPU-heavy stages of a `large_data` value run on the blocking pool.
+/// every CPU-heavy pass over a large value (its postcard encoding and
+/// decoding, and a `large_data` value's hashing, compression and
+/// encryption) runs on tokio's blocking pool, so that no poll of this
+/// future runs long, even on a current-thread runtime. That is why `T` is
+/// `'static`: the value moves to the pool and back. `compute` may still
+/// borrow from the caller.
+///
 /// Concurrent calls for the same key, tasks or threads, share one
 /// computation (see [`Options::coalesce`]); a call whose future is dropped
-/// hands its computation over to a waiting one. The future is `Send`.
-/// Needs a tokio runtime with its time driver (any `#[tokio::main]`).
+/// hands its computation over to a waiting one. A refresh this caller wins
+/// (with [`Options::stale_while_revalidate`] or
+/// [`Options::refresh_ahead`]) runs in its foreground; see
+/// [`cache_memoize_detached_async`] to run it as a task of its own. The
+/// future is `Send`. Needs a tokio runtime with its time driver (any
+/// `#[tokio::main]`).
 ///
 /// ```
 /// use memo_runtime::{cache_memoize_async, Options};
@@ -41,17 +51,15 @@ use crate::policy::{Call, memoize};
 pub async fn cache_memoize_async<K, T, F, Fut>(key: K, compute: F, options: &Options) -> T
 where
     K: Into<CacheKey>,
-    T: Serialize + DeserializeOwned + Send,
+    T: Serialize + DeserializeOwned + Send + 'static,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = T> + Send,
 {
-    let call = Call::new(crate::policy::engine::current(), key.into(), options);
-    let driver = call.tokio();
-    memoize(
-        &driver,
-        call,
-        Later(compute),
-        |value: &T| Some(value),
+    memoize_async_with(
+        key.into(),
+        options,
+        compute,
+        as_value::<T>,
         |value| value,
         Encoded,
         Borrowed,
@@ -62,6 +70,10 @@ where
 /// [`try_cache_memoize`](fn@crate::try_cache_memoize) for async code: only
 /// `Ok` values are cached; an `Err` is returned as is, nothing is stored,
 /// and a concurrent call for the same key computes in its place.
+///
+/// `E` is `'static` as `T` is: the whole result moves to tokio's blocking
+/// pool while a large `Ok` value is serialized (see
+/// [`cache_memoize_async`]).
 ///
 /// ```
 /// use memo_runtime::{try_cache_memoize_async, Options};
@@ -79,18 +91,16 @@ pub async fn try_cache_memoize_async<K, T, E, F, Fut>(
 ) -> Result<T, E>
 where
     K: Into<CacheKey>,
-    T: Serialize + DeserializeOwned + Send,
-    E: Send,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = Result<T, E>> + Send,
 {
-    let call = Call::new(crate::policy::engine::current(), key.into(), options);
-    let driver = call.tokio();
-    memoize(
-        &driver,
-        call,
-        Later(compute),
-        |result: &Result<T, E>| result.as_ref().ok(),
+    memoize_async_with(
+        key.into(),
+        options,
+        compute,
+        as_ok::<T, E>,
         Ok,
         Encoded,
         Borrowed,
@@ -101,6 +111,10 @@ where
 /// [`cache_memoize_if`](fn@crate::cache_memoize_if) for async code:
 /// stores the value `compute()` yields only when `predicate` accepts it;
 /// a refused value is returned and nothing is stored.
+///
+/// The predicate is a `Copy` function (a `fn` or a closure that captures
+/// nothing it borrows): it travels with the value to tokio's blocking pool
+/// when a large value is serialized there.
 ///
 /// ```
 /// use memo_runtime::{cache_memoize_if_async, Options};
@@ -124,22 +138,16 @@ pub async fn cache_memoize_if_async<K, T, F, Fut, P>(
 ) -> T
 where
     K: Into<CacheKey>,
-    T: Serialize + DeserializeOwned + Send,
+    T: Serialize + DeserializeOwned + Send + 'static,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = T> + Send,
-    P: Fn(&T) -> bool + Send + Sync,
+    P: Fn(&T) -> bool + Copy + Send + Sync + 'static,
 {
-    let call = Call::new(
-        crate::policy::engine::current(),
+    memoize_async_with(
         key.into(),
         &options.without_fail_safe(),
-    );
-    let driver = call.tokio();
-    memoize(
-        &driver,
-        call,
-        Later(compute),
-        |value: &T| predicate(value).then_some(value),
+        compute,
+        cacheable_if(as_value::<T>, predicate),
         |value| value,
         Encoded,
         Borrowed,
@@ -172,23 +180,17 @@ pub async fn try_cache_memoize_if_async<K, T, E, F, Fut, P>(
 ) -> Result<T, E>
 where
     K: Into<CacheKey>,
-    T: Serialize + DeserializeOwned + Send,
-    E: Send,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = Result<T, E>> + Send,
-    P: Fn(&T) -> bool + Send + Sync,
+    P: Fn(&T) -> bool + Copy + Send + Sync + 'static,
 {
-    let call = Call::new(
-        crate::policy::engine::current(),
+    memoize_async_with(
         key.into(),
         &options.without_fail_safe(),
-    );
-    let driver = call.tokio();
-    memoize(
-        &driver,
-        call,
-        Later(compute),
-        |result: &Result<T, E>| result.as_ref().ok().filter(|value| predicate(value)),
+        compute,
+        cacheable_if(as_ok::<T, E>, predicate),
         Ok,
         Encoded,
         Borrowed,
@@ -196,13 +198,12 @@ where
     .await
 }
 
-/// [`cache_memoize_async`] for an owned computation (`'static` and `Send`,
-/// as is the value): the same policy, except that a refresh this caller
-/// wins runs as a task spawned on the caller's runtime while it returns
-/// the value it found at once (see
-/// [`cache_memoize_owned`](fn@crate::cache_memoize_owned)), and that the
-/// postcard encoding and decoding of a large value run on tokio's blocking
-/// pool, so that no poll of this future runs long.
+/// [`cache_memoize_async`] whose won refresh runs detached: the compute
+/// function is `'static` and `Send`, so a refresh this caller wins (with
+/// [`Options::stale_while_revalidate`] or [`Options::refresh_ahead`]) runs
+/// as a task spawned on the caller's runtime while the caller returns the
+/// value it found at once. Without either option it is
+/// [`cache_memoize_async`].
 ///
 /// A refresh cut short by its runtime's shutdown lets go of what it held
 /// (the entry's lock is released or expires); the next caller, on any
@@ -210,7 +211,7 @@ where
 ///
 /// ```
 /// use std::time::Duration;
-/// use memo_runtime::{cache_memoize_owned_async, Options};
+/// use memo_runtime::{cache_memoize_detached_async, Options};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let options = Options::new()
@@ -218,12 +219,12 @@ where
 ///     .stale_while_revalidate(Duration::from_secs(600));
 /// let id = 7;
 /// let report: String =
-///     cache_memoize_owned_async("owned-async-doc", move || async move { format!("report {id}") }, &options)
+///     cache_memoize_detached_async("detached-async-doc", move || async move { format!("report {id}") }, &options)
 ///         .await;
 /// assert_eq!(report, "report 7");
 /// # });
 /// ```
-pub async fn cache_memoize_owned_async<K, T, F, Fut>(key: K, compute: F, options: &Options) -> T
+pub async fn cache_memoize_detached_async<K, T, F, Fut>(key: K, compute: F, options: &Options) -> T
 where
     K: Into<CacheKey>,
     T: Serialize + DeserializeOwned + Send + 'static,
@@ -242,21 +243,21 @@ where
     .await
 }
 
-/// [`try_cache_memoize_async`] for an owned computation: see
-/// [`cache_memoize_owned_async`]; a refresh that returns `Err` counts as a
-/// refresh failure and stores nothing.
+/// [`try_cache_memoize_async`] whose won refresh runs detached: see
+/// [`cache_memoize_detached_async`]; a refresh that returns `Err` counts as
+/// a refresh failure and stores nothing.
 ///
 /// ```
-/// use memo_runtime::{try_cache_memoize_owned_async, Options};
+/// use memo_runtime::{try_cache_memoize_detached_async, Options};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let parsed: Result<u32, std::num::ParseIntError> =
-///     try_cache_memoize_owned_async("owned-async-parse", || async { "42".parse() }, &Options::new())
+///     try_cache_memoize_detached_async("detached-async-parse", || async { "42".parse() }, &Options::new())
 ///         .await;
 /// assert_eq!(parsed, Ok(42));
 /// # });
 /// ```
-pub async fn try_cache_memoize_owned_async<K, T, E, F, Fut>(
+pub async fn try_cache_memoize_detached_async<K, T, E, F, Fut>(
     key: K,
     compute: F,
     options: &Options,
@@ -292,12 +293,13 @@ pub(crate) async fn memoize_async_with<T, R, F, Fut, C, K, O>(
     ownership: O,
 ) -> R
 where
-    T: Serialize + DeserializeOwned + Send,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    R: Send + 'static,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = R> + Send,
-    C: Fn(&R) -> Option<&T> + Send,
+    C: Fn(&R) -> Option<&T> + Copy + Send + 'static,
     K: Keep<T> + Send,
-    O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>> + Serde<Tokio, T> + Encode<Tokio, T, R, C>,
+    O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>>,
 {
     let call = Call::new(crate::policy::engine::current(), key, options);
     let driver = call.tokio();

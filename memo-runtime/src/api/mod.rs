@@ -3,12 +3,12 @@
 //!
 //! - [`Options`], a call's settings, defined with the policy that reads
 //!   them (`policy::options`);
-//! - `sync`: [`cache_memoize`], [`try_cache_memoize`], their `_owned`
+//! - `sync`: [`cache_memoize`], [`try_cache_memoize`], their `_detached`
 //!   twins (a won refresh runs in the background) and `_if` twins (a
 //!   predicate says what is stored), [`invalidate`], [`make_cache_key`];
 //! - `iter`: [`cache_memoize_iter`] and [`MemoIter`];
 //! - `asynchronous` (feature `async`): `cache_memoize_async`,
-//!   `try_cache_memoize_async`, their `_owned` and `_if` twins,
+//!   `try_cache_memoize_async`, their `_detached` and `_if` twins,
 //!   `invalidate_async`;
 //! - `stream` (feature `async`): `cache_memoize_stream` and `MemoStream`.
 
@@ -24,16 +24,16 @@ mod sync;
 pub use crate::policy::options::Options;
 #[cfg(feature = "async")]
 pub use asynchronous::{
-    cache_memoize_async, cache_memoize_if_async, cache_memoize_owned_async, invalidate_async,
-    invalidate_tag_async, try_cache_memoize_async, try_cache_memoize_if_async,
-    try_cache_memoize_owned_async,
+    cache_memoize_async, cache_memoize_detached_async, cache_memoize_if_async, invalidate_async,
+    invalidate_tag_async, try_cache_memoize_async, try_cache_memoize_detached_async,
+    try_cache_memoize_if_async,
 };
 pub use iter::{MemoIter, cache_memoize_iter};
 #[cfg(feature = "async")]
 pub use stream::{MemoStream, cache_memoize_stream};
 pub use sync::{
-    cache_memoize, cache_memoize_if, cache_memoize_owned, invalidate, invalidate_tag,
-    make_cache_key, try_cache_memoize, try_cache_memoize_if, try_cache_memoize_owned,
+    cache_memoize, cache_memoize_detached, cache_memoize_if, invalidate, invalidate_tag,
+    make_cache_key, try_cache_memoize, try_cache_memoize_detached, try_cache_memoize_if,
 };
 
 #[cfg(feature = "async")]

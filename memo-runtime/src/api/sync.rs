@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use crate::backend::world::{Blocking, block_on};
 use crate::format::key::CacheKey;
-use crate::policy::codec::{Borrowed, Encode, Owned, Serde};
+use crate::policy::codec::{Borrowed, Owned};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;
@@ -28,9 +28,7 @@ where
     F: FnOnce() -> R,
     C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
-    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>
-        + Serde<Blocking, T>
-        + Encode<Blocking, T, R, C>,
+    O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>,
 {
     let call = Call::new(engine::current(), key, options);
     // A local hit is served before the policy's future is built.
@@ -161,20 +159,20 @@ where
 ///
 /// ```
 /// use std::time::Duration;
-/// use memo_runtime::{cache_memoize_owned, Options};
+/// use memo_runtime::{cache_memoize_detached, Options};
 ///
 /// let options = Options::new()
 ///     .expiration(Duration::from_secs(60))
 ///     .stale_while_revalidate(Duration::from_secs(600));
 /// let id = 7;
-/// let report: String = cache_memoize_owned(
+/// let report: String = cache_memoize_detached(
 ///     ["report", "7"],
 ///     move || format!("report {id}"),
 ///     &options,
 /// );
 /// assert_eq!(report, "report 7");
 /// ```
-pub fn cache_memoize_owned<K, T, F>(key: K, compute: F, options: &Options) -> T
+pub fn cache_memoize_detached<K, T, F>(key: K, compute: F, options: &Options) -> T
 where
     K: Into<CacheKey>,
     T: Serialize + DeserializeOwned + Send + 'static,
@@ -192,19 +190,19 @@ where
 }
 
 /// [`try_cache_memoize`] for an owned computation: a refresh this caller
-/// wins runs in the background, as with [`cache_memoize_owned`]; a refresh
+/// wins runs in the background, as with [`cache_memoize_detached`]; a refresh
 /// that returns `Err` counts as a refresh failure and stores nothing.
 ///
 /// ```
 /// use std::time::Duration;
-/// use memo_runtime::{try_cache_memoize_owned, Options};
+/// use memo_runtime::{try_cache_memoize_detached, Options};
 ///
 /// let options = Options::new().refresh_ahead(1.0).expiration(Duration::from_secs(60));
 /// let parsed: Result<u32, std::num::ParseIntError> =
-///     try_cache_memoize_owned("owned-parse:42", || "42".parse(), &options);
+///     try_cache_memoize_detached("owned-parse:42", || "42".parse(), &options);
 /// assert_eq!(parsed, Ok(42));
 /// ```
-pub fn try_cache_memoize_owned<K, T, E, F>(key: K, compute: F, options: &Options) -> Result<T, E>
+pub fn try_cache_memoize_detached<K, T, E, F>(key: K, compute: F, options: &Options) -> Result<T, E>
 where
     K: Into<CacheKey>,
     T: Serialize + DeserializeOwned + Send + 'static,

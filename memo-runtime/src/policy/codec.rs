@@ -1,17 +1,21 @@
-//! Where an owned async call (de)serializes its value: off the executor
-//! once it is large.
+//! Where a value is (de)serialized: on the caller's thread in the
+//! synchronous world, off the executor once it is large in the async one.
 //!
 //! The postcard encoding and decoding of a value are full passes over it
-//! that cannot yield. A borrowed call runs them where the value is, inline
-//! (on a current-thread runtime that stalls every other task for as long
-//! as a 64 MiB value takes), because its value need not be `'static` and
-//! so cannot be lent to another thread from a future that may be dropped
-//! half-way. An owned async call's value is `Send + 'static`: it moves to
-//! tokio's blocking pool and back. Every full pass of the policy goes
-//! through here:
+//! that cannot yield. On a current-thread runtime a 64 MiB value would stall
+//! every other task for as long as the pass takes, so the async world moves
+//! every pass over a large value to tokio's blocking pool and back. That is
+//! why every async entry point requires `T: Send + 'static` (as moka's
+//! future cache does): only an owned value can be lent to another thread
+//! from a future that may be dropped half-way. The synchronous world runs
+//! on its caller's thread anyway and keeps every pass inline, so its values
+//! may borrow.
+//!
+//! The passes are methods of the world's driver ([`Serde`], [`Encode`]),
+//! so the policy names none of this:
 //!
 //! - [`Serde::decode_value`]: a value envelope found in the cache;
-//! - [`Serde::load_chunked`]: a chunked value, decoded in the same blocking
+//! - [`Serde::load_value`]: a chunked value, decoded in the same blocking
 //!   job that reads its chunks;
 //! - [`Serde::decode_shared`]: the bytes a coalescing leader shares;
 //! - [`Serde::publish`]: sharing a found value with the waiters;
@@ -22,8 +26,9 @@
 //! tried inline into a buffer that gives up past `INLINE` bytes, and
 //! only a value larger than that moves to the blocking pool.
 //!
-//! [`Borrowed`] calls, and owned synchronous calls (which run on their
-//! caller's thread anyway), keep every pass where it was.
+//! The markers [`Borrowed`] and [`Owned`] say something else: whether the
+//! compute function is `'static`, so that a refresh the caller wins can run
+//! detached from it (see `detach`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,14 +48,12 @@ use crate::format::envelope::{self, Invalid, Stamp};
 #[cfg(feature = "async")]
 pub(crate) const INLINE: usize = 64 * 1024;
 
-/// The compute function and value of a call may borrow from the caller: a
-/// won refresh runs in the foreground (`detach`), and every pass over the
-/// value runs where it is.
+/// The compute function of a call may borrow from the caller: a won
+/// refresh runs in the foreground (`detach`).
 pub(crate) struct Borrowed;
 
-/// The compute function and value of a call are `'static` and `Send`: a
-/// won refresh runs detached (`detach`), and an async call's large value is
-/// (de)serialized on the blocking pool.
+/// The compute function of a call is `'static` and `Send`: a won refresh
+/// runs detached (`detach`).
 pub(crate) struct Owned;
 
 /// A result ready now, or one being made on the blocking pool.
@@ -130,11 +133,10 @@ impl<X> Job<X> {
     }
 }
 
-/// How a call decodes values of type `T` in world `D`, and shares found
-/// ones.
-pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync {
+/// How a world decodes values of type `T`, and shares found ones.
+pub(crate) trait Serde<T: Serialize + DeserializeOwned>: Driver {
     /// Decodes a value envelope found under the call's key; inline by
-    /// default, as every pass has always run.
+    /// default.
     fn decode_value(
         &self,
         call: &Call,
@@ -144,14 +146,11 @@ pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync 
     }
 
     /// Reads back and decodes the chunked value whose manifest is `main`.
-    fn load_chunked(
+    fn load_value(
         &self,
-        driver: &D,
         call: &Call,
         main: Vec<u8>,
-    ) -> impl Future<Output = Result<T, LoadError>> + Send {
-        driver.load_chunked::<T>(call, main)
-    }
+    ) -> impl Future<Output = Result<T, LoadError>> + Send;
 
     /// Decodes the bytes a coalescing leader shared.
     fn decode_shared(&self, bytes: Arc<[u8]>) -> impl Future<Output = Result<T, Invalid>> + Send {
@@ -166,28 +165,29 @@ pub(crate) trait Serde<D: Driver, T: Serialize + DeserializeOwned>: Send + Sync 
     }
 }
 
-/// How a call in world `D` serializes what its compute function returned
-/// (`R`, of which `C` picks the value, a `T`, to store).
-pub(crate) trait Encode<D, T, R, C> {
-    /// The result, with the postcard bytes of its value when this call
+/// How a world serializes what a compute function returned (`R`, of which
+/// `C` picks the value, a `T`, to store).
+pub(crate) trait Encode<T, R, C> {
+    /// The result, with the postcard bytes of its value when this world
     /// serializes once up front; `None` leaves each use to serialize the
-    /// value itself, inline, as borrowed calls always have.
+    /// value itself, inline.
     fn encode(&self, result: R, cacheable: &C) -> Offloaded<(R, Option<Arc<[u8]>>)> {
         let _ = cacheable;
         Offloaded::Ready((result, None))
     }
 }
 
-impl<D: Driver, T: Serialize + DeserializeOwned> Serde<D, T> for Borrowed {}
+/// The synchronous world runs on its caller's thread: every pass inline.
+impl<T: Serialize + DeserializeOwned> Serde<T> for Blocking {
+    // Not `ready(..)`, which would hold a `T` and be `Send` only for a
+    // `Send` value.
+    async fn load_value(&self, call: &Call, main: Vec<u8>) -> Result<T, LoadError> {
+        call.load_chunked_now::<T>(&main)
+    }
+}
 
-impl<D, T, R, C> Encode<D, T, R, C> for Borrowed {}
-
-/// An owned synchronous call serializes where each use needs it, on its
-/// caller's thread, as a borrowed one does.
-impl<T, R, C> Encode<Blocking, T, R, C> for Owned {}
-
-/// An owned synchronous call runs on its caller's thread: inline.
-impl<T: Serialize + DeserializeOwned> Serde<Blocking, T> for Owned {}
+/// The synchronous world serializes where each use needs it.
+impl<T, R, C> Encode<T, R, C> for Blocking {}
 
 /// The postcard bytes of `value` if they fit in `INLINE`: `Ok(None)`
 /// when they do not (nothing is kept of the attempt).
@@ -233,7 +233,7 @@ mod off {
         tokio::runtime::Handle::try_current().is_ok()
     }
 
-    impl<T: Serialize + DeserializeOwned + Send + 'static> Serde<Tokio, T> for Owned {
+    impl<T: Serialize + DeserializeOwned + Send + 'static> Serde<T> for Tokio {
         fn decode_value(
             &self,
             call: &Call,
@@ -251,9 +251,8 @@ mod off {
             }
         }
 
-        fn load_chunked(
+        fn load_value(
             &self,
-            _: &Tokio,
             call: &Call,
             main: Vec<u8>,
         ) -> impl Future<Output = Result<T, LoadError>> + Send {
@@ -292,7 +291,7 @@ mod off {
         }
     }
 
-    impl<T, R, C> Encode<Tokio, T, R, C> for Owned
+    impl<T, R, C> Encode<T, R, C> for Tokio
     where
         T: Serialize + Send + 'static,
         R: Send + 'static,

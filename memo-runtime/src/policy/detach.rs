@@ -1,13 +1,13 @@
-//! Owned calls: how a won refresh runs, in the caller's stead or detached
-//! from it.
+//! Detached calls: how a won refresh runs, in the caller's stead or
+//! detached from it.
 //!
 //! With `stale_while_revalidate` or `refresh_ahead`, the caller that wins a
 //! refresh has a value to serve already. The general API
-//! (`cache_memoize(key, FnOnce() -> T, ..)`) lets the compute function and
-//! the value borrow from the caller, so the refresh can only run in the
-//! caller's own frame: the winner computes in the foreground while every
-//! other caller is served at once. The `_owned` twins require `'static`
-//! (and `Send`) of both, which lets the refresh run detached: on a small
+//! (`cache_memoize(key, FnOnce() -> T, ..)`) lets the compute function
+//! borrow from the caller, so the refresh can only run in the caller's own
+//! frame: the winner computes in the foreground while every other caller is
+//! served at once. The `_detached` calls require `'static` (and `Send`) of
+//! the compute function and the value, which lets the refresh run detached: on a small
 //! background pool in the synchronous world, as a spawned task on the
 //! caller's runtime in the async one, and the winner returns the value it
 //! found at once.
@@ -57,14 +57,13 @@ impl<J> Ownership<J> for Borrowed {
 
 impl<D, T, R, P, C, K> Ownership<RefreshJob<D, T, P, C, K>> for Owned
 where
-    D: Driver + Clone + 'static,
+    D: Driver + Encode<T, R, C> + Clone + 'static,
     T: Serialize + DeserializeOwned + Send + 'static,
     R: Send + 'static,
     P: Compute<Output = R> + Send + 'static,
     P::Fut: Send,
     C: Fn(&R) -> Option<&T> + Send + Sync + 'static,
     K: Keep<T> + Send + 'static,
-    Owned: Encode<D, T, R, C>,
 {
     fn detach(&self, job: RefreshJob<D, T, P, C, K>) -> Result<(), RefreshJob<D, T, P, C, K>> {
         match job.driver.detached() {
@@ -132,12 +131,11 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
     /// The refresh, as a future that owns everything it uses.
     async fn run<R>(self)
     where
-        D: Driver,
+        D: Driver + Encode<T, R, C>,
         T: Serialize + DeserializeOwned,
         P: Compute<Output = R>,
         C: Fn(&R) -> Option<&T>,
         K: Keep<T>,
-        Owned: Encode<D, T, R, C>,
     {
         let RefreshJob {
             driver,
@@ -161,7 +159,6 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
                 compute,
                 &cacheable,
                 &keep,
-                &Owned,
                 fp,
                 None,
                 lock,

@@ -12,12 +12,11 @@
 //! - `Tokio` (the async world) waits on tokio timers and wakers, and runs
 //!   the CPU-heavy stages of a chunked value (hashing, compression,
 //!   encryption, and the chunk I/O between them) on tokio's blocking pool,
-//!   so that no poll runs long. The postcard (de)serialization of the
-//!   value itself stays on the task's thread: it needs the caller's `T`,
-//!   which need not be `'static`; on a multi-thread runtime it runs under
-//!   `block_in_place`, so the worker's other tasks move to another thread
-//!   meanwhile, and on a current-thread runtime it runs inline, at memory
-//!   speed (the one stage of a large value that does not yield).
+//!   so that no poll runs long. The postcard (de)serialization of a large
+//!   value leaves the executor too (`codec`); where a value is only lent
+//!   (`store_chunked`, for a value not serialized up front), the pass runs
+//!   under `block_in_place` on a multi-thread runtime, so the worker's
+//!   other tasks move to another thread meanwhile.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +28,7 @@ use serde::de::DeserializeOwned;
 use super::Call;
 use super::flight::{Outcome, Waiter};
 use super::pool::{self, Detached};
-use super::stream::{LoadError, StoreError};
+use super::stream::StoreError;
 use crate::backend::world::{Blocking, World};
 use crate::lock::CacheLock;
 
@@ -37,13 +36,6 @@ use crate::lock::CacheLock;
 pub(crate) trait Driver: World + Clone {
     /// Waits for the flight's leader until `deadline`.
     fn wait(&self, waiter: Waiter, deadline: Instant) -> impl Future<Output = Outcome> + Send;
-
-    /// Decodes the chunked value whose manifest is `main`.
-    fn load_chunked<T: DeserializeOwned>(
-        &self,
-        call: &Call,
-        main: Vec<u8>,
-    ) -> impl Future<Output = Result<T, LoadError>> + Send;
 
     /// Stores `value` as a chunked value. The value is read before the
     /// future is returned, so the future does not hold on to it.
@@ -78,16 +70,6 @@ pub(crate) trait Driver: World + Clone {
 impl Driver for Blocking {
     async fn wait(&self, waiter: Waiter, deadline: Instant) -> Outcome {
         waiter.wait_deadline(deadline)
-    }
-
-    // Not `ready(..)`, which would hold a `T` and be `Send` only for a
-    // `Send` value.
-    async fn load_chunked<T: DeserializeOwned>(
-        &self,
-        call: &Call,
-        main: Vec<u8>,
-    ) -> Result<T, LoadError> {
-        call.load_chunked_now::<T>(&main)
     }
 
     fn store_chunked<T: Serialize + DeserializeOwned>(
@@ -166,6 +148,7 @@ mod tokio_driver {
             .await?
         }
     }
+    use super::super::stream::LoadError;
     use crate::backend::world::{Tokio, off_executor};
     use crate::format::envelope::{self, fingerprint};
     use crate::format::manifest::Manifest;
@@ -191,19 +174,6 @@ mod tokio_driver {
             tokio::time::timeout_at(deadline.into(), waiter.wait_async())
                 .await
                 .unwrap_or(Outcome::TimedOut)
-        }
-
-        fn load_chunked<T: DeserializeOwned>(
-            &self,
-            call: &Call,
-            main: Vec<u8>,
-        ) -> impl Future<Output = Result<T, LoadError>> + Send {
-            let pipeline = call.pipeline();
-            let expected = fingerprint::<T>(false);
-            async move {
-                let plain = off_executor(move || read_plain(pipeline, &main, expected)).await??;
-                Ok(in_place(|| envelope::decode_exact::<T>(&plain))?)
-            }
         }
 
         fn store_chunked_plain(

@@ -39,13 +39,14 @@
 //! - `barrier`: what makes `invalidate` and `force_overwrite` a barrier;
 //! - `flight`: the single-flight registry; `local`: the local copies;
 //! - `drive`: the two drivers, and what differs between the worlds;
-//! - `detach` and `pool`: a refresh won by an owned call (`'static` compute
-//!   function and value), run detached from its caller on a bounded
-//!   background pool or a spawned task; `codec`: where such a call's value
-//!   is (de)serialized (off the executor once large, for async). Both are
-//!   parameters of [`memoize`] (`Borrowed` or `Owned`), not a second copy
-//!   of it: the general API's compute function may borrow from its caller,
-//!   so it keeps the foreground refresh and inline serialization;
+//! - `detach` and `pool`: a refresh won by a detached call (`'static`
+//!   compute function), run detached from its caller on a bounded
+//!   background pool or a spawned task: a parameter of [`memoize`]
+//!   (`Borrowed` or `Owned`), not a second copy of it, since the general
+//!   API's compute function may borrow from its caller and so keeps the
+//!   foreground refresh;
+//! - `codec`: where each world (de)serializes a value: inline in the
+//!   synchronous one, off the executor once large in the async one;
 //! - `stream`: the chunked pipeline, for large values and iterators;
 //! - `items`: reading back the framed items of an iterator;
 //! - `options`: [`Options`], the settings of one call, re-exported by the
@@ -182,20 +183,19 @@ impl Call {
 
     /// A cached value that checks out, in either stored form, with its
     /// stamp (none for a chunked value, which expires with its entry).
-    async fn load<D, T, S>(&self, driver: &D, serde: &S) -> Option<(T, Stamp)>
+    async fn load<D, T>(&self, driver: &D) -> Option<(T, Stamp)>
     where
-        D: Driver,
+        D: Serde<T>,
         T: Serialize + DeserializeOwned,
-        S: Serde<D, T>,
     {
         let bytes = self.fetch_main(driver).await?;
         let loaded = match envelope::peek_kind(&bytes) {
-            Ok(Kind::Value) => serde
+            Ok(Kind::Value) => driver
                 .decode_value(self, bytes)
                 .await
                 .map_err(LoadError::Invalid),
-            Ok(Kind::Manifest) => serde
-                .load_chunked(driver, self, bytes)
+            Ok(Kind::Manifest) => driver
+                .load_value(self, bytes)
                 .await
                 .map(|value| (value, Stamp::NONE)),
             Err(why) => Err(LoadError::Invalid(why)),
@@ -573,19 +573,17 @@ pub(crate) trait Lookup<D: Driver>: Sync {
 /// Looks up a value of type `T` that this call may serve (fresh, due for
 /// an early refresh, or stale within the call's window), with its stamp
 /// and verdict.
-/// Decoded as `S` says.
-struct ValueLookup<'s, T, S>(&'s S, PhantomData<fn() -> T>);
+struct ValueLookup<T>(PhantomData<fn() -> T>);
 
-impl<D, T, S> Lookup<D> for ValueLookup<'_, T, S>
+impl<D, T> Lookup<D> for ValueLookup<T>
 where
-    D: Driver,
+    D: Serde<T>,
     T: Serialize + DeserializeOwned,
-    S: Serde<D, T>,
 {
     type Found = (T, Stamp, Verdict);
 
     async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
-        let (value, stamp) = call.load(driver, self.0).await?;
+        let (value, stamp) = call.load(driver).await?;
         match call.judge(stamp) {
             Verdict::Expired => None,
             verdict => Some((value, stamp, verdict)),
@@ -637,7 +635,7 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
 }
 
 /// The one memoize algorithm behind `cache_memoize`, `try_cache_memoize`,
-/// their async twins and their `_owned` twins: `R` is what the compute
+/// their async twins and their `_detached` twins: `R` is what the compute
 /// function returns, `cacheable` picks the part of it worth storing,
 /// `from_cache` makes an `R` of a cached value, `keep` says what a local
 /// copy holds, and `ownership` whether a refresh this caller wins runs in
@@ -653,12 +651,12 @@ pub(crate) async fn memoize<D, T, R, P, C, K, O>(
     ownership: O,
 ) -> R
 where
-    D: Driver,
+    D: Serde<T> + Encode<T, R, C>,
     T: Serialize + DeserializeOwned,
     P: Compute<Output = R>,
     C: Fn(&R) -> Option<&T>,
     K: Keep<T>,
-    O: Ownership<RefreshJob<D, T, P, C, K>> + Serde<D, T> + Encode<D, T, R, C>,
+    O: Ownership<RefreshJob<D, T, P, C, K>>,
 {
     // The type's fingerprint is part of the flight, as it is part of the
     // envelope: postcard bytes of one type can decode as another, so calls
@@ -668,7 +666,7 @@ where
     if let Some(value) = call.local_hit(&keep) {
         return from_cache(value);
     }
-    let lookup = ValueLookup::<T, O>(&ownership, PhantomData);
+    let lookup = ValueLookup::<T>(PhantomData);
     let mut flight = None;
     // What the first lookup found, when it stands for the leader's own.
     let mut looked = None;
@@ -698,7 +696,7 @@ where
         };
         match outcome {
             Outcome::Lead(guard) => flight = Some(guard),
-            Outcome::Value(bytes) => match ownership.decode_shared(bytes).await {
+            Outcome::Value(bytes) => match driver.decode_shared(bytes).await {
                 Ok(value) => {
                     call.hit();
                     return from_cache(value);
@@ -722,13 +720,13 @@ where
             call.hit();
             lock.release().await;
             call.keep_locally(&keep, fp, &value, stamp, None);
-            let value = ownership.publish(flight, value).get().await;
+            let value = driver.publish(flight, value).get().await;
             return from_cache(value);
         }
         Some((last_good, _, Verdict::FailSafe)) => {
             call.miss();
             let result = compute_then_store(
-                driver, &call, compute, &cacheable, &keep, &ownership, fp, flight, lock, None,
+                driver, &call, compute, &cacheable, &keep, fp, flight, lock, None,
             )
             .await;
             if cacheable(&result).is_some() {
@@ -745,7 +743,7 @@ where
         None => {
             call.miss();
             return compute_then_store(
-                driver, &call, compute, &cacheable, &keep, &ownership, fp, flight, lock, None,
+                driver, &call, compute, &cacheable, &keep, fp, flight, lock, None,
             )
             .await;
         }
@@ -753,7 +751,7 @@ where
     // Early or stale: every caller waiting here gets the value at once; at
     // most one refreshes.
     lock.release().await;
-    let value = ownership.publish(flight, value).get().await;
+    let value = driver.publish(flight, value).get().await;
     let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
         if verdict == Verdict::Stale {
             call.counters().stale_served();
@@ -803,7 +801,6 @@ where
         job.compute,
         &job.cacheable,
         &job.keep,
-        &ownership,
         fp,
         None,
         lock,
@@ -825,14 +822,13 @@ pub(crate) async fn compute_then_store<D, T, R, P, C, K>(
     compute: P,
     cacheable: &C,
     keep: &K,
-    encode: &impl Encode<D, T, R, C>,
     fp: u64,
     flight: Option<LeaderGuard>,
     lock: HeldLock<'_, D>,
     refreshing: Option<LeaderGuard>,
 ) -> R
 where
-    D: Driver,
+    D: Driver + Encode<T, R, C>,
     T: Serialize + DeserializeOwned,
     P: Compute<Output = R>,
     C: Fn(&R) -> Option<&T>,
@@ -853,7 +849,7 @@ where
     watch.armed = false;
     // Serialized once, off the executor for a large owned value, for the
     // waiters, the local copy and the store alike.
-    let (result, plain) = encode.encode(result, cacheable).get().await;
+    let (result, plain) = driver.encode(result, cacheable).get().await;
     let Some(value) = cacheable(&result) else {
         // An `Err`: the flight is handed over as its guard drops here.
         drop(flight);

@@ -3,7 +3,7 @@
 //! line `get KEY` on stdin with the value memoized under `KEY` with a local
 //! copy (computing `peer-N` on a miss), one line per request, until stdin
 //! closes. For `tests/background_refresh.rs`, `stale KEY` answers with the
-//! value memoized with `cache_memoize_owned` and a stale window (a refresh
+//! value memoized with `cache_memoize_detached` and a stale window (a refresh
 //! takes 600 ms and computes `peer-N`), and `count` with how many values
 //! this process has computed. For `tests/invalidation_fleet.rs`,
 //! `slow KEY MS` and `slowtag KEY TAG MS` answer with the value memoized
@@ -16,7 +16,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memo_runtime::{Config, Options, cache_memoize, cache_memoize_owned, configure};
+use memo_runtime::{Config, Options, cache_memoize, cache_memoize_detached, configure};
 
 fn main() {
     let url = std::env::var("MEMO_CACHE_URL").expect("MEMO_CACHE_URL");
@@ -37,7 +37,7 @@ fn main() {
             )
         } else if let Some(key) = line.strip_prefix("stale ") {
             let computed = Arc::clone(&computed);
-            cache_memoize_owned(
+            cache_memoize_detached(
                 key,
                 move || {
                     std::thread::sleep(Duration::from_millis(600));

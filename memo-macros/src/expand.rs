@@ -85,7 +85,7 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     if !has_helpers(&attr) {
         // No `_refresh` to share the body with, and no room for a sibling
         // item in a trait impl: the body stays in the function.
-        let mut options = options(&attr, None);
+        let mut options = options(&attr, &func, None);
         options.extend(tags(&attr, &func, &args));
         return quote! {
             #(#attrs)*
@@ -103,7 +103,7 @@ pub(crate) fn memoize(args: TokenStream, input: TokenStream, mode: Mode) -> Toke
     // memoized call made on the way (in an option's expression, in a key
     // argument's `Display`, in the body).
     let refresh = refresh_var();
-    let mut options = options(&attr, Some(&refresh));
+    let mut options = options(&attr, &func, Some(&refresh));
     options.extend(tags(&attr, &func, &args));
     let rt = runtime();
     let mut memoized = sig.clone();
@@ -265,13 +265,15 @@ fn locals() -> (Ident, Ident) {
     )
 }
 
-/// `Options::new().expiration(..)...`: only the options the user wrote,
-/// and `force_overwrite(<refresh>)` when `refresh` names the memoizing
+/// `Options::new().function(..).expiration(..)...`: the function's path
+/// (for spans and metrics), only the options the user wrote, and
+/// `force_overwrite(<refresh>)` when `refresh` names the memoizing
 /// sibling's refresh argument (a `force_overwrite` the user turned on
 /// needs no refresh on top).
-fn options(attr: &Attr, refresh: Option<&Ident>) -> TokenStream {
+fn options(attr: &Attr, func: &Function, refresh: Option<&Ident>) -> TokenStream {
     let rt = runtime();
-    let mut tokens = quote!(#rt::Options::new());
+    let name = format!("::{}", syn::ext::IdentExt::unraw(&func.sig.ident));
+    let mut tokens = quote!(#rt::Options::new().function(#rt::concat!(#rt::module_path!(), #name)));
     let secs = |expr: &syn::Expr| quote_spanned!(expr.span()=> #rt::Duration::from_secs(#expr));
     if let Some(expiration) = &attr.expiration {
         let expiration = secs(expiration);
@@ -895,7 +897,7 @@ fn helpers(
     let invalidate_async = async_invalidate.then(|| quote!(async));
     let invalidate_body = if stand_in.is_empty() {
         let (options_var, key_var) = locals();
-        let options = options(attr, None);
+        let options = options(attr, func, None);
         let key = key(attr, func, args);
         let invalidate = if async_invalidate {
             quote!(#rt::invalidate_async(#key_var, &#options_var).await)
@@ -1332,7 +1334,7 @@ mod tests {
         );
         assert!(
             out.contains(&format!(
-                "# [doc (hidden)] # [inline] # [allow (clippy :: too_many_arguments)] fn __memo_p (id : u64 , __memo_refresh : {rt} :: bool) -> u64 {{ let __memo_options = {rt} :: Options :: new () . force_overwrite (__memo_refresh) ;"
+                "# [doc (hidden)] # [inline] # [allow (clippy :: too_many_arguments)] fn __memo_p (id : u64 , __memo_refresh : {rt} :: bool) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) . force_overwrite (__memo_refresh) ;"
             )),
             "{out}"
         );
@@ -1340,7 +1342,7 @@ mod tests {
         // `_invalidate` has no refresh to pass.
         assert!(
             out.contains(&format!(
-                "pub fn p_invalidate (id : u64) -> {rt} :: Result < () , :: memo_runtime :: Error > {{ let __memo_options = {rt} :: Options :: new () ;"
+                "pub fn p_invalidate (id : u64) -> {rt} :: Result < () , :: memo_runtime :: Error > {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) ;"
             )),
             "{out}"
         );
@@ -1508,7 +1510,7 @@ mod tests {
         );
         assert!(
             out.starts_with(&format!(
-                "fn f (& self , id : u64) -> u64 {{ let __memo_options = {rt} :: Options :: new () ;"
+                "fn f (& self , id : u64) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::f\")) ;"
             )),
             "{out}"
         );

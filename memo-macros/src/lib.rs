@@ -53,6 +53,7 @@ mod valid;
 /// #[allow(clippy::too_many_arguments)]
 /// fn __memo_profile(user_id: u64, __memo_refresh: rt::bool) -> Profile {
 ///     let __memo_options = rt::Options::new()
+///         .function(rt::concat!(rt::module_path!(), "::profile"))
 ///         .expiration(rt::Duration::from_secs(3600))
 ///         .force_overwrite(__memo_refresh);
 ///     let __memo_key = rt::KeyParts::new()
@@ -74,7 +75,9 @@ mod valid;
 /// /// that its next call computes the value afresh.
 /// #[allow(dead_code)]
 /// pub fn profile_invalidate(user_id: u64) -> rt::Result<(), ::memo_runtime::Error> {
-///     let __memo_options = rt::Options::new().expiration(rt::Duration::from_secs(3600));
+///     let __memo_options = rt::Options::new()
+///         .function(rt::concat!(rt::module_path!(), "::profile"))
+///         .expiration(rt::Duration::from_secs(3600));
 ///     let __memo_key = rt::KeyParts::new()
 ///         .escaped("profile")
 ///         .append(|parts| {

@@ -15,6 +15,7 @@ pub mod v0_1 {
         make_cache_key, try_cache_memoize,
     };
     pub use core::any::type_name;
+    pub use core::concat;
     pub use core::format_args;
     pub use core::iter::FromIterator;
     pub use core::module_path;

@@ -292,6 +292,7 @@ impl CacheLock {
             if !waited {
                 waited = true;
                 self.counters.lock_waited();
+                crate::common::diag::debug!("memo: waiting for the lock {}", self.full_cache_key);
             }
             let elapsed = start.elapsed();
             if elapsed >= self.options.timeout {
@@ -362,7 +363,9 @@ impl CacheLock {
                             .name("memo-lock-release".into())
                             .spawn(move || lock.release_quietly(false));
                         if let Err(err) = spawned {
-                            log::debug!("memo: cannot release a lock on a thread: {err}");
+                            crate::common::diag::debug!(
+                                "memo: cannot release a lock on a thread: {err}"
+                            );
                         }
                     }
                 }
@@ -392,7 +395,9 @@ impl CacheLock {
             // Nobody else hears of a failure on this silent path, so it
             // is counted like any other backend failure.
             Err(LockError::Backend(err)) => self.counters.backend_failed("lock release", &err),
-            Err(err) => log::debug!("memo: releasing {}: {err}", self.full_cache_key),
+            Err(err) => {
+                crate::common::diag::debug!("memo: releasing {}: {err}", self.full_cache_key);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;
 use crate::policy::Call;
 use crate::policy::items::{ItemReader, ItemsLookup};
+use crate::policy::observe::{CallOutcome, Observed};
 use crate::policy::options::Options;
 use crate::policy::stream::{StoreError, StreamWriter};
 
@@ -98,10 +99,15 @@ where
     fn start(&mut self, key: CacheKey, options: Options) {
         let call = Box::new(Call::new(crate::policy::engine::current(), key, &options));
         let driver = call.blocking();
-        let (found, lock) = block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new()));
+        // The span covers the lookup: the outcome is known once the
+        // iterator opens.
+        let observed = Observed::start(&call);
+        let (found, lock) =
+            observed.within(|| block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new())));
         let lock = lock.map(CacheLockGuard::held);
         if let Some(items) = found {
             call.hit();
+            observed.end(CallOutcome::Hit);
             self.state = IterState::Hit {
                 call,
                 items,
@@ -111,6 +117,7 @@ where
             return;
         }
         call.miss();
+        observed.end(CallOutcome::Miss);
         let compute = self.compute.take().expect("compute runs once");
         // The tokens the items will be stored behind, had before the
         // source starts.
@@ -161,7 +168,7 @@ where
                     }
                     Err(err) => {
                         call.load_failed(err);
-                        log::warn!(
+                        crate::common::diag::warning!(
                             "memo: cached items of {} became unreadable after {} items; recomputing",
                             call.key.stored(),
                             yielded

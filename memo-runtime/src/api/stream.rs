@@ -25,6 +25,7 @@ use crate::format::key::CacheKey;
 use crate::lock::CacheLockGuard;
 use crate::policy::Call;
 use crate::policy::items::ItemsLookup;
+use crate::policy::observe::{CallOutcome, Observed};
 use crate::policy::options::Options;
 use crate::policy::stream::StoreError;
 
@@ -178,14 +179,19 @@ where
 
     fn start(&mut self, key: CacheKey, options: Options) {
         if tokio::runtime::Handle::try_current().is_err() {
-            log::warn!("memo: a memoized stream polled outside a tokio runtime is not cached");
+            crate::common::diag::warning!(
+                "memo: a memoized stream polled outside a tokio runtime is not cached"
+            );
             let source = self.compute();
             self.state = State::Fallback { source, skip: 0 };
             return;
         }
         let call = Call::new(crate::policy::engine::current(), key, &options);
+        // Started here, in the caller's task, so that its span is a child
+        // of the caller's.
+        let observed = Observed::start(&call);
         let (sender, opened) = oneshot::channel();
-        let job = tokio::task::spawn_blocking(move || cache_side::<T>(call, sender));
+        let job = tokio::task::spawn_blocking(move || cache_side::<T>(call, observed, sender));
         self.state = State::Opening {
             opened,
             job: Some(job),
@@ -193,13 +199,20 @@ where
     }
 }
 
-/// The cache side of one memoized stream, on the blocking pool.
-fn cache_side<T: DeserializeOwned>(call: Call, opened: oneshot::Sender<Opened>) {
+/// The cache side of one memoized stream, on the blocking pool. Its span
+/// covers the lookup: the outcome is known once the stream opens.
+fn cache_side<T: DeserializeOwned>(
+    call: Call,
+    observed: Observed,
+    opened: oneshot::Sender<Opened>,
+) {
     let driver = call.blocking();
-    let (found, lock) = block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new()));
+    let (found, lock) =
+        observed.within(|| block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new())));
     let _lock = lock.map(CacheLockGuard::held);
     if let Some(mut items) = found {
         call.hit();
+        observed.end(CallOutcome::Hit);
         let (sender, receiver) = mpsc::channel(IN_FLIGHT);
         if opened.send(Opened::Hit(receiver)).is_err() {
             return;
@@ -210,7 +223,7 @@ fn cache_side<T: DeserializeOwned>(call: Call, opened: oneshot::Sender<Opened>) 
                 Ok(None) => Read::End,
                 Err(err) => {
                     call.load_failed(err);
-                    log::warn!(
+                    crate::common::diag::warning!(
                         "memo: cached items of {} became unreadable; recomputing",
                         call.key.stored()
                     );
@@ -225,6 +238,7 @@ fn cache_side<T: DeserializeOwned>(call: Call, opened: oneshot::Sender<Opened>) 
         }
     }
     call.miss();
+    observed.end(CallOutcome::Miss);
     // The tokens the items will be stored behind, had before the source
     // starts.
     if !call.will_store() || block_on(call.ensure_tokens(&driver)).is_none() {

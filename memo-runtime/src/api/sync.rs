@@ -9,6 +9,7 @@ use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Owned};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
+use crate::policy::observe::{CallOutcome, Observed};
 use crate::policy::options::Options;
 use crate::policy::{Call, engine, memoize};
 
@@ -33,6 +34,7 @@ where
     let call = Call::new(engine::current(), key, options);
     // A local hit is served before the policy's future is built.
     if let Some(value) = call.local_hit(&keep) {
+        Observed::start(&call).end(CallOutcome::Local);
         return from_cache(value);
     }
     let driver = call.blocking();

@@ -277,13 +277,17 @@ mod bridges {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|err| log::error!("memo: cannot start a runtime: {err}"))
+                    .map_err(|err| {
+                        crate::common::diag::error!("memo: cannot start a runtime: {err}");
+                    })
                     .ok()?;
                 let handle = runtime.handle().clone();
                 thread::Builder::new()
                     .name("memo-async-backend".into())
                     .spawn(move || runtime.block_on(std::future::pending::<()>()))
-                    .map_err(|err| log::error!("memo: cannot start a thread: {err}"))
+                    .map_err(|err| {
+                        crate::common::diag::error!("memo: cannot start a thread: {err}");
+                    })
                     .ok()?;
                 Some(handle)
             })

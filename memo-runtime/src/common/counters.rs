@@ -223,26 +223,40 @@ impl Counters {
             bump(&self.timeouts, 1);
         }
         let kind = error.kind();
-        if self.failing.swap(true, Ordering::Relaxed) {
-            log::debug!("memo: {what} failed ({kind}): {error}");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("memo_backend_errors_total", "kind" => kind.label()).increment(1);
+        let first = !self.failing.swap(true, Ordering::Relaxed);
+        // With `tracing`, the kind is a field of the event too.
+        #[cfg(feature = "tracing")]
+        if first {
+            tracing::warn!(
+                kind = kind.label(),
+                "memo: {what} failed ({kind}): {error}; computing values without the cache until it answers again"
+            );
         } else {
+            tracing::debug!(kind = kind.label(), "memo: {what} failed ({kind}): {error}");
+        }
+        #[cfg(not(feature = "tracing"))]
+        if first {
             log::warn!(
                 "memo: {what} failed ({kind}): {error}; computing values without the cache until it answers again"
             );
+        } else {
+            log::debug!("memo: {what} failed ({kind}): {error}");
         }
     }
 
     /// Notes a successful backend operation, ending any failure episode.
     pub(crate) fn backend_ok(&self) {
         if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
-            log::info!("memo: the cache backend answers again");
+            crate::common::diag::info!("memo: the cache backend answers again");
         }
     }
 
     /// Counts an entry that did not check out.
     pub(crate) fn invalid_entry(&self, key: &str, why: &dyn std::fmt::Display) {
         bump(&self.invalid, 1);
-        log::debug!("memo: entry {key} treated as a miss: {why}");
+        crate::common::diag::debug!("memo: entry {key} treated as a miss: {why}");
     }
 }
 

@@ -193,6 +193,21 @@ pub enum BackendErrorKind {
     Other,
 }
 
+impl BackendErrorKind {
+    /// The kind as the `kind` label of `memo_backend_errors_total` and the
+    /// `kind` field of a failure's `tracing` event spell it.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BackendErrorKind::Timeout => "timeout",
+            BackendErrorKind::Connection => "connection",
+            BackendErrorKind::Protocol => "protocol",
+            BackendErrorKind::Server => "server",
+            BackendErrorKind::Other => "other",
+        }
+    }
+}
+
 impl fmt::Display for BackendErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -1,10 +1,11 @@
 //! Small primitives every layer may use: the parsed cache URL, the errors of
-//! setting memo up, the counters behind `stats()`, the fixed hash, decimal
+//! setting memo up, the counters behind `stats()`, the diagnostic lines (`diag`), the fixed hash, decimal
 //! digits written by hand, and the limits memcached puts on keys (which
 //! every stored key follows, whatever the backend). Nothing here decides
 //! what a call does: that is the policy's.
 
 pub(crate) mod counters;
+pub(crate) mod diag;
 pub(crate) mod error;
 pub(crate) mod hash;
 pub(crate) mod url;

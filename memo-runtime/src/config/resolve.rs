@@ -63,7 +63,7 @@ impl Config {
         .unwrap_or_else(|| {
             PROCESS_KEY
                 .get_or_init(|| {
-                    log::warn!(
+                    crate::common::diag::warning!(
                         "memo: encrypting without a configured key; using a random per-process key, so other processes cannot read these values (set Config::encryption_key or MEMO_ENCRYPTION_KEY)"
                     );
                     EncryptionKey::generate()

@@ -189,13 +189,13 @@ fn compute<T: DeserializeOwned>() -> [u64; 2] {
     match catch_unwind(AssertUnwindSafe(trace::<T>)) {
         Ok(Ok(shape)) => [false, true].map(|iterator| shape_digest(name, &shape, iterator)),
         Ok(Err(stop)) => {
-            log::debug!(
+            crate::common::diag::debug!(
                 "the shape of {name} cannot be traced ({stop}); its fingerprint covers its name only"
             );
             [false, true].map(|iterator| name_digest(name, iterator))
         }
         Err(_) => {
-            log::debug!(
+            crate::common::diag::debug!(
                 "tracing the shape of {name} panicked; its fingerprint covers its name only"
             );
             [false, true].map(|iterator| name_digest(name, iterator))

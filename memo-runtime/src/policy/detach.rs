@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{Borrowed, Encode, Owned};
 use super::drive::Driver;
 use super::hot::{Keep, Refresh};
+use super::observe::Link;
 use super::pool::Detached;
 use super::{Call, HeldLock, compute_then_store};
 
@@ -124,6 +125,8 @@ pub(crate) struct RefreshJob<D, T, P, C, K> {
     pub(crate) keep: K,
     pub(crate) refresh: Refresh,
     pub(crate) fp: u64,
+    /// The span of the call that won the refresh, to link back to.
+    pub(crate) link: Link,
     pub(crate) value: PhantomData<fn() -> T>,
 }
 
@@ -145,26 +148,25 @@ impl<D, T, P, C, K> RefreshJob<D, T, P, C, K> {
             keep,
             refresh,
             fp,
+            link,
             value: _,
         } = self;
         let lock = HeldLock {
             lock: refresh.lock,
             driver: &driver,
         };
-        // An `Err` was counted as a refresh failure; nobody waits for it.
-        drop(
-            compute_then_store(
-                &driver,
-                &call,
-                compute,
-                &cacheable,
-                &keep,
-                fp,
-                None,
-                lock,
-                Some(refresh.flight),
-            )
-            .await,
+        let refreshed = compute_then_store(
+            &driver,
+            &call,
+            compute,
+            &cacheable,
+            &keep,
+            fp,
+            None,
+            lock,
+            Some(refresh.flight),
         );
+        // An `Err` was counted as a refresh failure; nobody waits for it.
+        drop(link.cover(refreshed).await);
     }
 }

@@ -203,14 +203,18 @@ impl Engine {
                     for message in receiver {
                         if let Some(bus) = backend.__invalidations() {
                             if let Err(err) = bus.publish(&channel, &message) {
-                                log::warn!(
+                                crate::common::diag::warning!(
                                     "memo: cannot tell other processes of an invalidation: {err}"
                                 );
                             }
                         }
                     }
                 })
-                .map_err(|err| log::warn!("memo: cannot start the invalidation publisher: {err}"))
+                .map_err(|err| {
+                    crate::common::diag::warning!(
+                        "memo: cannot start the invalidation publisher: {err}"
+                    );
+                })
                 .ok()
                 .map(|_| sender)
         });

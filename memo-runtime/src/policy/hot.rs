@@ -283,7 +283,7 @@ impl Call {
                 Some(Refresh { flight, lock: None })
             }
             Err(err) => {
-                log::debug!("memo: {err}; refreshing without the lock");
+                crate::common::diag::debug!("memo: {err}; refreshing without the lock");
                 Some(Refresh { flight, lock: None })
             }
         }

@@ -116,6 +116,7 @@ impl LocalCopies {
         if Instant::now() >= kept.until {
             self.copies
                 .remove_if(key, |found| Instant::now() >= found.until);
+            self.report();
             return None;
         }
         (kept.fingerprint == fingerprint).then_some(kept)
@@ -126,19 +127,29 @@ impl LocalCopies {
     pub(crate) fn insert(&self, key: &str, kept: Kept) {
         if Instant::now() >= kept.until || Charge.weight(&Box::from(key), &kept) > self.capacity {
             self.copies.remove(key);
+            self.report();
             return;
         }
         self.copies.insert(Box::from(key), kept);
+        self.report();
     }
 
     /// Drops the copy kept under `key`, whatever its type.
     pub(crate) fn remove(&self, key: &str) {
         self.copies.remove(key);
+        self.report();
     }
 
     /// Drops every copy.
     pub(crate) fn clear(&self) {
         self.copies.clear();
+        self.report();
+    }
+
+    /// Reports the copies' number and weight to the metrics, after every
+    /// change (and only then: a hit changes neither).
+    fn report(&self) {
+        super::observe::local_copies(self.copies.len(), self.copies.weight());
     }
 
     /// The number of copies and the bytes the budget charges for them.

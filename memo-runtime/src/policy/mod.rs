@@ -82,6 +82,7 @@ pub(crate) mod flight;
 pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod local;
+pub(crate) mod observe;
 pub(crate) mod options;
 pub(crate) mod pool;
 pub(crate) mod stream;
@@ -94,6 +95,7 @@ use drive::Driver;
 use engine::Handle;
 use flight::{Joined, LeaderGuard, Outcome};
 use hot::{Keep, RefreshWatch, Verdict};
+use observe::{CallOutcome, Observed};
 use options::Options;
 
 use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
@@ -380,13 +382,13 @@ impl Call {
             Err(StoreError::Backend(err)) => self.counters().backend_failed("set", &err),
             // What kept the version from being had (a backend failure, a
             // token that did not read back) was counted where it happened.
-            Err(StoreError::NoVersion) => log::debug!(
+            Err(StoreError::NoVersion) => crate::common::diag::debug!(
                 "memo: not caching {}: its version could not be read or written",
                 self.key.stored()
             ),
             Err(err) => {
                 self.counters().unstorable();
-                log::warn!("memo: not caching {}: {err}", self.key.stored());
+                crate::common::diag::warning!("memo: not caching {}: {err}", self.key.stored());
             }
         }
     }
@@ -406,14 +408,16 @@ impl Call {
         match lock.acquire_via(io).await {
             Ok(true) => Some(lock),
             Ok(false) => {
-                log::debug!(
+                crate::common::diag::debug!(
                     "memo: {} is locked elsewhere; computing without it",
                     lock.full_cache_key()
                 );
                 None
             }
             Err(LockError::Timeout { key, waited }) => {
-                log::warn!("memo: waited {waited:?} for {key}; computing without it");
+                crate::common::diag::warning!(
+                    "memo: waited {waited:?} for {key}; computing without it"
+                );
                 None
             }
             Err(LockError::Backend(err)) => {
@@ -421,7 +425,7 @@ impl Call {
                 None
             }
             Err(err) => {
-                log::debug!("memo: {err}; computing without the lock");
+                crate::common::diag::debug!("memo: {err}; computing without the lock");
                 None
             }
         }
@@ -502,6 +506,11 @@ impl Call {
     /// is served in any process (see `version`), and in this process no
     /// local copy or flight that began before (see `barrier`).
     pub(crate) async fn invalidate(&self, io: &impl World) -> Result<(), BackendError> {
+        observe::invalidated(
+            observe::Dropped::Key,
+            self.key.stored(),
+            self.encryption.is_some(),
+        );
         let outcome = match self.new_version(io).await {
             Ok(()) => self.delete(io).await,
             Err(err) => Err(err),
@@ -640,6 +649,9 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
 /// `from_cache` makes an `R` of a cached value, `keep` says what a local
 /// copy holds, and `ownership` whether a refresh this caller wins runs in
 /// the foreground or detached (`detach`).
+///
+/// The call is observed as a whole (`observe`): its span covers every step,
+/// and its outcome is reported once, as it ends.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn memoize<D, T, R, P, C, K, O>(
     driver: &D,
@@ -658,14 +670,49 @@ where
     K: Keep<T>,
     O: Ownership<RefreshJob<D, T, P, C, K>>,
 {
+    let observed = Observed::start(&call);
+    let served = serve(
+        driver, call, compute, cacheable, from_cache, keep, ownership, &observed,
+    );
+    let (result, outcome) = observed.cover(served).await;
+    observed.end(outcome);
+    result
+}
+
+/// The steps of [`memoize`], returning how the call was served too.
+#[allow(clippy::too_many_arguments)]
+async fn serve<D, T, R, P, C, K, O>(
+    driver: &D,
+    call: Call,
+    compute: P,
+    cacheable: C,
+    from_cache: impl Fn(T) -> R,
+    keep: K,
+    ownership: O,
+    observed: &Observed,
+) -> (R, CallOutcome)
+where
+    D: Serde<T> + Encode<T, R, C>,
+    T: Serialize + DeserializeOwned,
+    P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
+    K: Keep<T>,
+    O: Ownership<RefreshJob<D, T, P, C, K>>,
+{
     // The type's fingerprint is part of the flight, as it is part of the
     // envelope: postcard bytes of one type can decode as another, so calls
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
     let call = call.overwriting(driver).await;
     if let Some(value) = call.local_hit(&keep) {
-        return from_cache(value);
+        return (from_cache(value), CallOutcome::Local);
     }
+    // A forced overwrite computes whatever it finds.
+    let computed = if call.options.force_overwrite {
+        CallOutcome::Refresh
+    } else {
+        CallOutcome::Miss
+    };
     let lookup = ValueLookup::<T>(PhantomData);
     let mut flight = None;
     // What the first lookup found, when it stands for the leader's own.
@@ -677,7 +724,7 @@ where
         if let Some((value, stamp, Verdict::Fresh)) = found {
             call.hit();
             call.keep_locally(&keep, fp, &value, stamp, None);
-            return from_cache(value);
+            return (from_cache(value), CallOutcome::Hit);
         }
         // The ticket's epoch too: a caller never joins a computation that
         // began before the key's latest invalidation.
@@ -699,15 +746,15 @@ where
             Outcome::Value(bytes) => match driver.decode_shared(bytes).await {
                 Ok(value) => {
                     call.hit();
-                    return from_cache(value);
+                    return (from_cache(value), CallOutcome::Coalesced);
                 }
                 // A value this type cannot read back: compute alone.
-                Err(why) => log::debug!(
+                Err(why) => crate::common::diag::debug!(
                     "memo: the value shared for {} does not decode here ({why}); computing",
                     call.key.stored()
                 ),
             },
-            Outcome::TimedOut => log::warn!(
+            Outcome::TimedOut => crate::common::diag::warning!(
                 "memo: gave up waiting for the computation of {} in this process; computing",
                 call.key.stored()
             ),
@@ -721,7 +768,7 @@ where
             lock.release().await;
             call.keep_locally(&keep, fp, &value, stamp, None);
             let value = driver.publish(flight, value).get().await;
-            return from_cache(value);
+            return (from_cache(value), CallOutcome::Hit);
         }
         Some((last_good, _, Verdict::FailSafe)) => {
             call.miss();
@@ -730,22 +777,23 @@ where
             )
             .await;
             if cacheable(&result).is_some() {
-                return result;
+                return (result, computed);
             }
             call.counters().fail_safe_served();
-            log::warn!(
+            crate::common::diag::warning!(
                 "memo: recomputing {} failed; serving its last good value",
                 call.key.stored()
             );
-            return from_cache(last_good);
+            return (from_cache(last_good), CallOutcome::FailSafe);
         }
         Some(found) => found,
         None => {
             call.miss();
-            return compute_then_store(
+            let result = compute_then_store(
                 driver, &call, compute, &cacheable, &keep, fp, flight, lock, None,
             )
             .await;
+            return (result, computed);
         }
     };
     // Early or stale: every caller waiting here gets the value at once; at
@@ -755,16 +803,17 @@ where
     let Some(refresh) = call.lead_refresh(driver, fp, verdict).await else {
         if verdict == Verdict::Stale {
             call.counters().stale_served();
-        } else {
-            call.hit();
-            call.keep_locally(&keep, fp, &value, stamp, None);
+            return (from_cache(value), CallOutcome::Stale);
         }
-        return from_cache(value);
+        call.hit();
+        call.keep_locally(&keep, fp, &value, stamp, None);
+        return (from_cache(value), CallOutcome::Hit);
     };
     if verdict == Verdict::Early {
         call.counters().early_refresh();
     }
     let counters = Arc::clone(&call.config().counters);
+    let link = observed.link(&call);
     let job = RefreshJob {
         driver: driver.clone(),
         call,
@@ -773,16 +822,23 @@ where
         keep,
         refresh,
         fp,
+        link,
         value: PhantomData,
     };
     let job = match ownership.detach(job) {
         Ok(()) => {
             // The caller is served the value it found, as the losers are.
-            match verdict {
-                Verdict::Stale => counters.stale_served(),
-                _ => counters.hit(),
-            }
-            return from_cache(value);
+            let outcome = match verdict {
+                Verdict::Stale => {
+                    counters.stale_served();
+                    CallOutcome::Stale
+                }
+                _ => {
+                    counters.hit();
+                    CallOutcome::Hit
+                }
+            };
+            return (from_cache(value), outcome);
         }
         Err(job) => job,
     };
@@ -795,7 +851,7 @@ where
         lock: job.refresh.lock,
         driver,
     };
-    compute_then_store(
+    let result = compute_then_store(
         driver,
         &job.call,
         job.compute,
@@ -806,7 +862,8 @@ where
         lock,
         Some(job.refresh.flight),
     )
-    .await
+    .await;
+    (result, CallOutcome::Refresh)
 }
 
 /// Runs the computation and stores what it returns, for a caller that
@@ -846,6 +903,7 @@ where
     let started = Instant::now();
     let result = compute.start().await;
     let took = started.elapsed();
+    observe::computed(call, took);
     watch.armed = false;
     // Serialized once, off the executor for a large owned value, for the
     // waiters, the local copy and the store alike.
@@ -909,7 +967,9 @@ fn share<T: Serialize>(
         return Some(Arc::clone(plain));
     }
     postcard::to_allocvec(value)
-        .map_err(|err| log::debug!("memo: cannot share the value of {}: {err}", guard.key()))
+        .map_err(|err| {
+            crate::common::diag::debug!("memo: cannot share the value of {}: {err}", guard.key());
+        })
         .ok()
         .map(Arc::from)
 }

@@ -53,7 +53,9 @@ fn pool() -> &'static Pool {
             if let Err(err) = spawned {
                 // Fewer threads only means queued jobs wait longer; with
                 // none at all, `slot` below finds no room.
-                log::warn!("memo: cannot start a background refresh thread: {err}");
+                crate::common::diag::warning!(
+                    "memo: cannot start a background refresh thread: {err}"
+                );
                 if n == 0 {
                     pool.taken.store(usize::MAX, Ordering::Relaxed);
                 }

@@ -42,7 +42,7 @@ impl Call {
             let config = self.config();
             let tags = &self.options.tags;
             if tags.len() > guard::MAX_TAGS {
-                log::warn!(
+                crate::common::diag::warning!(
                     "memo: {} tags given for {}; only the first {} are kept",
                     tags.len(),
                     self.key.stored(),
@@ -106,7 +106,7 @@ impl Call {
                 None
             }
             None => {
-                log::debug!(
+                crate::common::diag::debug!(
                     "memo: the entry under {} was stored before its latest invalidation; a miss",
                     self.key.stored()
                 );
@@ -247,6 +247,7 @@ pub(crate) async fn invalidate_tag(
             options.encryption_key.as_ref(),
         )
         .encryption;
+    super::observe::invalidated(super::observe::Dropped::Tag, tag, encryption.is_some());
     let key = config.tag_key(tag, encryption.as_ref());
     let ttl = options
         .expiration

@@ -68,7 +68,7 @@ impl Health {
         }
         let mut state = lock(&self.state);
         if state.failures > 0 {
-            log::info!("{} is reachable again", what());
+            crate::common::diag::info!("{} is reachable again", what());
         }
         *state = HealthState::default();
         self.troubled.store(false, Ordering::Release);
@@ -88,7 +88,7 @@ impl Health {
         let mut state = lock(&self.state);
         self.troubled.store(true, Ordering::Release);
         if state.failures == 0 {
-            log::warn!(
+            crate::common::diag::warning!(
                 "{}: {doing}: {err}; skipping it for {} ms, then retrying",
                 what(),
                 settings.backoff.as_millis()

@@ -138,7 +138,7 @@ impl TlsConfig {
     pub fn insecure() -> TlsConfig {
         static WARNED: Once = Once::new();
         WARNED.call_once(|| {
-            log::warn!(
+            crate::common::diag::warning!(
                 "memo: TLS certificate verification is OFF (insecure=true): connections to the \
                  cache are encrypted but anyone on the network path can impersonate the server, \
                  read every key and value and change what is stored; use ca=PATH instead"

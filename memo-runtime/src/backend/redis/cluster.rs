@@ -261,7 +261,7 @@ impl SlotMap {
     fn warn_once(&self, warning: &str) {
         let mut warned = lock(&self.warned);
         if *warned != warning {
-            log::warn!("{warning}");
+            crate::common::diag::warning!("{warning}");
             warning.clone_into(&mut warned);
         }
     }

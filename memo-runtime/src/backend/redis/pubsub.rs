@@ -139,7 +139,7 @@ impl Subscriber {
             .name("memo-invalidations".into())
             .spawn(move || self.run(&mut *deliver));
         if let Err(err) = spawned {
-            log::warn!("memo: cannot start the invalidation subscriber: {err}");
+            crate::common::diag::warning!("memo: cannot start the invalidation subscriber: {err}");
         }
     }
 
@@ -153,7 +153,7 @@ impl Subscriber {
                 match ended {
                     Ended::Unwanted => return,
                     Ended::Failed(err) => {
-                        log::debug!(
+                        crate::common::diag::debug!(
                             "memo: invalidation subscriber for {host}:{port}: {err:?}; \
                              reconnecting in {retry:?}"
                         );

@@ -301,7 +301,7 @@ impl Sentinel {
         let now = (host.to_owned(), port);
         if logged.as_ref() != Some(&now) {
             if logged.is_some() {
-                log::info!(
+                crate::common::diag::info!(
                     "redis sentinel: the master of {} is now {address}",
                     self.config.service
                 );

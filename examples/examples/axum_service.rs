@@ -10,10 +10,14 @@
 //! curl http://127.0.0.1:3000/reports/7            # slow the first time, then fast
 //! curl -X DELETE http://127.0.0.1:3000/reports/7  # drops the entry
 //! curl http://127.0.0.1:3000/                     # a memoized fn as the handler itself
+//! curl http://127.0.0.1:3000/metrics              # memo's metrics, for Prometheus
 //! ```
 //!
 //! `PORT` picks another port; without `MEMO_CACHE_URL` the cache is the
-//! embedded in-memory store.
+//! embedded in-memory store. memo's features `tracing` and `metrics` are
+//! on: each memoized call's span is printed as it closes (with its
+//! function, outcome and key), and `/metrics` renders the counters and
+//! histograms of the `metrics` facade through `metrics-exporter-prometheus`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,7 +27,11 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
 use memo_runtime::{Config, cache_memoize, configure, stats};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::prelude::*;
 
 /// What the slow backend computes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,8 +93,37 @@ async fn front_page() -> String {
     )
 }
 
+/// `GET /metrics`: everything recorded so far, in Prometheus' text format.
+async fn metrics(handle: axum::extract::State<PrometheusHandle>) -> String {
+    handle.render()
+}
+
+/// Prints memo's call spans as they close (DEBUG, target
+/// `memo_runtime::call`) and everyone's INFO lines.
+fn trace() {
+    let filter = Targets::new()
+        .with_target("memo_runtime", LevelFilter::DEBUG)
+        .with_default(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_span_events(FmtSpan::CLOSE)
+                .with_ansi(false),
+        )
+        .with(filter)
+        .init();
+}
+
 #[tokio::main]
 async fn main() {
+    trace();
+    let prometheus = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("cannot install the metrics recorder: {error}");
+            std::process::exit(1);
+        }
+    };
     // MEMO_CACHE_URL (and the other MEMO_* variables) pick the cache;
     // without them, the embedded store.
     match Config::from_env() {
@@ -98,7 +135,9 @@ async fn main() {
 
     let app = Router::new()
         .route("/", get(front_page))
-        .route("/reports/{id}", get(get_report).delete(delete_report));
+        .route("/reports/{id}", get(get_report).delete(delete_report))
+        .route("/metrics", get(metrics))
+        .with_state(prometheus);
 
     let port = std::env::var("PORT")
         .ok()

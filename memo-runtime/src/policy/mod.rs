@@ -191,6 +191,23 @@ impl Call {
         T: Serialize + DeserializeOwned,
     {
         let bytes = self.fetch_main(driver).await?;
+        self.decode_main(driver, serde, bytes).await
+    }
+
+    /// The value in a main entry found behind its guard, in either stored
+    /// form, with its stamp; `None`, counted and logged, if it does not
+    /// check out.
+    async fn decode_main<D, T, S>(
+        &self,
+        driver: &D,
+        serde: &S,
+        bytes: Vec<u8>,
+    ) -> Option<(T, Stamp)>
+    where
+        D: Driver,
+        T: Serialize + DeserializeOwned,
+        S: Serde<D, T>,
+    {
         let loaded = match envelope::peek_kind(&bytes) {
             Ok(Kind::Value) => driver
                 .decode_value(self, bytes)
@@ -481,6 +498,15 @@ impl Call {
         self.options.coalesce && !self.options.force_overwrite
     }
 
+    /// The flight this call joins for a value of fingerprint `fp`. The
+    /// type's fingerprint is part of it, as it is part of the envelope:
+    /// postcard bytes of one type can decode as another. So is the
+    /// ticket's epoch: a caller never joins a computation that began
+    /// before the key's latest invalidation.
+    pub(crate) fn flight_key(&self, fp: u64) -> String {
+        format!("{fp:016x}:{:x}:{}", self.ticket.epoch(), self.key.stored())
+    }
+
     /// How long a waiter waits for its flight's leader.
     fn coalesce_deadline(&self) -> Instant {
         let wait = self
@@ -728,8 +754,7 @@ where
         }
         // The ticket's epoch too: a caller never joins a computation that
         // began before the key's latest invalidation.
-        let flight_key = format!("{fp:016x}:{:x}:{}", call.ticket.epoch(), call.key.stored());
-        let joined = call.engine.flights.join(&flight_key);
+        let joined = call.engine.flights.join(&call.flight_key(fp));
         let outcome = match joined {
             Joined::Leader(guard) => {
                 // Unless a flight ended (and stored its value) since, what

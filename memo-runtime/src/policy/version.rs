@@ -71,11 +71,8 @@ impl Call {
     /// otherwise (absent, stored behind other tokens, or the backend
     /// failed).
     pub(crate) async fn fetch_main(&self, io: &impl World) -> Option<Vec<u8>> {
-        let guards = self.guard_keys();
-        let mut keys = Vec::with_capacity(1 + guards.len());
-        keys.push(self.key.stored());
-        keys.extend(guards.iter().map(String::as_str));
-        let mut found = match io.backend().get_many(&keys).await {
+        let keys = self.lookup_keys();
+        let found = match io.backend().get_many(&keys).await {
             Ok(found) if found.len() == keys.len() => found,
             Ok(found) => {
                 self.counters()
@@ -88,6 +85,28 @@ impl Call {
             }
         };
         self.counters().backend_ok();
+        self.found_main(found)
+    }
+
+    /// The keys a lookup reads in one `get_many`: the main entry's, then
+    /// its guard keys.
+    pub(crate) fn lookup_keys(&self) -> Vec<&str> {
+        let guards = self.guard_keys();
+        let mut keys = Vec::with_capacity(1 + guards.len());
+        keys.push(self.key.stored());
+        keys.extend(guards.iter().map(String::as_str));
+        keys
+    }
+
+    /// What [`fetch_main`](Self::fetch_main) makes of the values read for
+    /// [`lookup_keys`](Self::lookup_keys), one each: remembers the tokens,
+    /// and returns the entry behind its guard if the guard holds them. A
+    /// batch reads many calls' keys in one `get_many` and hands each call
+    /// its share.
+    pub(crate) fn found_main(&self, mut found: Vec<Option<Vec<u8>>>) -> Option<Vec<u8>> {
+        if found.is_empty() {
+            return None;
+        }
         let seen = self.tokens_of(&found[1..]);
         let tokens: Option<Vec<Token>> = seen.iter().copied().collect();
         self.remember(seen);
@@ -117,7 +136,7 @@ impl Call {
 
     /// The tokens in what the guard keys held; one that is there but is
     /// not a token counts as an entry that did not check out.
-    fn tokens_of(&self, found: &[Option<Vec<u8>>]) -> Seen {
+    pub(crate) fn tokens_of(&self, found: &[Option<Vec<u8>>]) -> Seen {
         found
             .iter()
             .map(|bytes| {
@@ -132,14 +151,14 @@ impl Call {
             .collect()
     }
 
-    fn remember(&self, seen: Seen) {
+    pub(crate) fn remember(&self, seen: Seen) {
         *self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(seen);
     }
 
-    fn seen(&self) -> Option<Seen> {
+    pub(crate) fn seen(&self) -> Option<Seen> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -223,7 +242,7 @@ impl Call {
 }
 
 /// The failure of a `get_many` that answered `got` values for `asked` keys.
-fn short_answer(got: usize, asked: usize) -> BackendError {
+pub(crate) fn short_answer(got: usize, asked: usize) -> BackendError {
     BackendError::new(format!("get_many answered {got} values for {asked} keys"))
 }
 

@@ -94,6 +94,9 @@ pub use api::{
     cache_memoize_stream, invalidate_async, invalidate_tag_async, try_cache_memoize_async,
     try_cache_memoize_detached_async, try_cache_memoize_if_async,
 };
+pub use api::{cache_memoize_many, try_cache_memoize_many};
+#[cfg(feature = "async")]
+pub use api::{cache_memoize_many_async, try_cache_memoize_many_async};
 #[cfg(all(feature = "tls", any(feature = "memcached", feature = "redis")))]
 pub use backend::TlsConfig;
 #[cfg(feature = "memcached")]

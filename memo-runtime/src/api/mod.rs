@@ -7,6 +7,8 @@
 //!   twins (a won refresh runs in the background) and `_if` twins (a
 //!   predicate says what is stored), [`invalidate`], [`make_cache_key`];
 //! - `iter`: [`cache_memoize_iter`] and [`MemoIter`];
+//! - `many`: [`cache_memoize_many`] and [`try_cache_memoize_many`], many
+//!   keys in one call (with feature `async`, their `_async` twins);
 //! - `asynchronous` (feature `async`): `cache_memoize_async`,
 //!   `try_cache_memoize_async`, their `_detached` and `_if` twins,
 //!   `invalidate_async`;
@@ -17,6 +19,7 @@ use crate::backend::BackendError;
 #[cfg(feature = "async")]
 mod asynchronous;
 mod iter;
+mod many;
 #[cfg(feature = "async")]
 mod stream;
 mod sync;
@@ -29,6 +32,9 @@ pub use asynchronous::{
     try_cache_memoize_if_async,
 };
 pub use iter::{MemoIter, cache_memoize_iter};
+pub use many::{cache_memoize_many, try_cache_memoize_many};
+#[cfg(feature = "async")]
+pub use many::{cache_memoize_many_async, try_cache_memoize_many_async};
 #[cfg(feature = "async")]
 pub use stream::{MemoStream, cache_memoize_stream};
 pub use sync::{

@@ -49,6 +49,8 @@
 //!   synchronous one, off the executor once large in the async one;
 //! - `stream`: the chunked pipeline, for large values and iterators;
 //! - `items`: reading back the framed items of an iterator;
+//! - `many`: the batch policy, this one's steps for many keys with their
+//!   backend calls merged;
 //! - `options`: [`Options`], the settings of one call, re-exported by the
 //!   API layer.
 
@@ -82,6 +84,7 @@ pub(crate) mod flight;
 pub(crate) mod hot;
 pub(crate) mod items;
 pub(crate) mod local;
+pub(crate) mod many;
 pub(crate) mod observe;
 pub(crate) mod options;
 pub(crate) mod pool;

@@ -1,0 +1,394 @@
+//! Batches: the memoize policy for many keys at once, behind
+//! `cache_memoize_many` and its twins (`api::many`).
+//!
+//! A batch is one [`Call`] per key, run through the steps of the single
+//! policy with the backend calls of every key merged, so that its cost in
+//! round trips does not grow with the number of keys:
+//!
+//! 1. the local copies (`Options::local`), key by key, as a single call;
+//! 2. **one `get_many`** for every key left, with the version tokens of
+//!    each (its version key and its tags' keys, each asked once), through
+//!    the same checks as a single lookup (`Call::found_main`,
+//!    `Call::decode_main`);
+//! 3. for the keys that missed: a flight each, led by the batch (below);
+//! 4. **one `set_many`** of the version tokens the misses lack (a fresh
+//!    token each, and for `force_overwrite` a new version token), before
+//!    the computation, as `ensure_tokens` makes sure of them for one call;
+//! 5. the compute function, once, given the indices of the misses;
+//! 6. **one `set_many`** of the computed values, each sealed as a single
+//!    call seals it (`envelope::encode_stamped`, behind its guard); a
+//!    value too large for one entry, or stored with `large_data`, takes
+//!    the single-key store path (`Call::store`), chunked;
+//! 7. the values handed to the flights' waiters.
+//!
+//! A batch with misses thus costs three round trips (a lookup, the
+//! missing tokens, the store; the middle one only when a token is
+//! missing), a batch that hits costs one, on a cluster one per master in
+//! each (the cluster client splits by slot and pipelines per master).
+//!
+//! # Per key, per batch
+//!
+//! Per key, as for a single call: the barrier ticket (taken before any
+//! read), the local copy, the check of the entry against its tokens, the
+//! envelope (key, type, encryption), the tags, chunking, the hit and miss
+//! counts, and the flight. So the invalidation barrier holds for every
+//! key: a value read or computed before an `invalidate` of its key that
+//! returned is served to no call that starts after it, in this process
+//! (tickets, epoch-keyed flights) or any other (tokens, made sure of before
+//! the computation starts).
+//!
+//! Per batch: the one computation, its duration in each value's stamp, and
+//! the expiration's jitter (one draw, so that the batch is stored in one
+//! `set_many`, whose TTL is one for all items, and its entries expire
+//! together, to be recomputed together by the next batch).
+//!
+//! # What a batch does not do
+//!
+//! Each is a per-key round trip or wait that would undo the batch:
+//!
+//! - it takes no cross-process lock (`Options::lock` is ignored);
+//! - it never waits on a flight: a key another call in this process is
+//!   computing is computed by the batch too (a duplicate computation,
+//!   never a wrong value); calls that miss a key while the batch computes
+//!   it wait for the batch's value;
+//! - it serves only fresh values: a value due for an early refresh is
+//!   served as is (`refresh_ahead` does not refresh from a batch), and
+//!   one past its expiry is a miss (no `stale_while_revalidate` or
+//!   `fail_safe` serving);
+//! - a token that was missing is written with `set`, not `add` (there is
+//!   no batched `add`): two callers that race to write it both store
+//!   behind their own, and the loser's entries are misses, which costs a
+//!   recomputation, never a stale value (see `Backend`).
+//!
+//! A key given twice is two positions of the batch, each on its own: each
+//! is looked up, and on a miss both indices are given to the compute
+//! function; each position gets the value computed for it, and the last is
+//! stored.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec::Borrowed;
+use super::drive::Driver;
+use super::engine::Handle;
+use super::flight::{Joined, LeaderGuard};
+use super::hot::{Encoded, Verdict};
+use super::options::Options;
+use super::stream::StoreError;
+use super::version::short_answer;
+use super::{Call, engine, hot, publish};
+use crate::format::envelope::{self, fingerprint};
+use crate::format::guard::{self, Token};
+use crate::format::key::CacheKey;
+
+/// One call per key, of the engine in force, sharing one draw of the
+/// expiration's jitter.
+pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options) -> Vec<Call> {
+    let engine: Arc<Handle> = engine::current();
+    let draw = hot::unit_draw();
+    let ttl = options
+        .expiration
+        .unwrap_or(engine.config.default_expiration);
+    let ttl = options.jitter.shorten(ttl, || draw);
+    keys.into_iter()
+        .map(|key| {
+            let mut call = Call::new(Arc::clone(&engine), key, options);
+            call.ttl = ttl;
+            call
+        })
+        .collect()
+}
+
+/// The batch policy: the value of each call, found or computed by one call
+/// of `compute` with the indices (ascending) of the calls that missed,
+/// which must return one value for each. An `Err` of `compute` is returned
+/// as is, and nothing is stored.
+///
+/// # Panics
+///
+/// When `compute` returns a number of values other than the number of
+/// misses.
+pub(crate) async fn memoize_many<D, T, E, F, Fut>(
+    driver: &D,
+    calls: Vec<Call>,
+    compute: F,
+) -> Result<Vec<T>, E>
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(&[usize]) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, E>>,
+{
+    let fp = fingerprint::<T>(false);
+    let mut found: Vec<Option<T>> = calls.iter().map(|call| call.local_hit(&Encoded)).collect();
+    let looked_up = look_up(driver, &calls, &mut found, fp).await;
+    let missing: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
+    if missing.is_empty() {
+        return Ok(found.into_iter().flatten().collect());
+    }
+    for &i in &missing {
+        calls[i].miss();
+    }
+    let flights: Vec<Option<LeaderGuard>> = missing.iter().map(|&i| lead(&calls[i], fp)).collect();
+    let stores = calls[missing[0]].will_store();
+    if stores && looked_up {
+        ensure_tokens(driver, &calls, &missing).await;
+    }
+    let started = Instant::now();
+    let computed = compute(&missing).await;
+    let took = started.elapsed();
+    let values = match computed {
+        Ok(values) => values,
+        Err(err) => {
+            // The flights are handed over to their waiters as they drop.
+            drop(flights);
+            for &i in &missing {
+                if calls[i].options.force_overwrite {
+                    calls[i].lower_barrier();
+                }
+            }
+            return Err(err);
+        }
+    };
+    if values.len() != missing.len() {
+        panic!(
+            "compute returned {} values for {} missing keys",
+            values.len(),
+            missing.len()
+        );
+    }
+    let stamps: Vec<_> = missing.iter().map(|&i| calls[i].stamp(took)).collect();
+    for ((&i, value), &stamp) in missing.iter().zip(&values).zip(&stamps) {
+        calls[i].keep_locally(&Encoded, fp, value, stamp, None);
+    }
+    if stores {
+        store(driver, &calls, &missing, &values, &stamps).await;
+    }
+    for &i in &missing {
+        if calls[i].options.force_overwrite {
+            calls[i].lower_barrier();
+            calls[i].tell_others();
+        }
+    }
+    // Published after storing, as a single call does, so that a call that
+    // arrives once a flight has ended finds the value stored.
+    for (flight, value) in flights.into_iter().zip(&values) {
+        publish(flight, value);
+    }
+    let mut values = values.into_iter();
+    Ok(found
+        .into_iter()
+        .flat_map(|hit| hit.or_else(|| values.next()))
+        .collect())
+}
+
+/// Looks up, in one `get_many`, every call that `found` has no value for
+/// yet, and fills in the fresh values found. `false` when the backend
+/// failed (every call then misses, and none stores: it knows no tokens).
+async fn look_up<D, T>(driver: &D, calls: &[Call], found: &mut [Option<T>], fp: u64) -> bool
+where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+{
+    let pending: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
+    if pending.is_empty() {
+        return true;
+    }
+    // Each key asked once: the tags of a batch are usually shared.
+    let mut keys: Vec<&str> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    let mut asked: Vec<Vec<usize>> = Vec::with_capacity(pending.len());
+    for &i in &pending {
+        let positions = calls[i]
+            .lookup_keys()
+            .into_iter()
+            .map(|key| {
+                *position.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    keys.len() - 1
+                })
+            })
+            .collect();
+        asked.push(positions);
+    }
+    let counters = &calls[pending[0]].config().counters;
+    let mut values = match driver.backend().get_many(&keys).await {
+        Ok(values) if values.len() == keys.len() => values,
+        Ok(values) => {
+            counters.backend_failed("get_many", &short_answer(values.len(), keys.len()));
+            return false;
+        }
+        Err(err) => {
+            counters.backend_failed("get_many", &err);
+            return false;
+        }
+    };
+    counters.backend_ok();
+    // How many calls still need each value: the last one takes it.
+    let mut uses = vec![0usize; keys.len()];
+    for &at in asked.iter().flatten() {
+        uses[at] += 1;
+    }
+    let mut take = |at: usize| {
+        uses[at] -= 1;
+        if uses[at] == 0 {
+            values[at].take()
+        } else {
+            values[at].clone()
+        }
+    };
+    for (&i, positions) in pending.iter().zip(&asked) {
+        let call = &calls[i];
+        let answer: Vec<Option<Vec<u8>>> = positions.iter().map(|&at| take(at)).collect();
+        // Read for its tokens alone: an overwrite serves nothing found.
+        let Some(bytes) = call.found_main(answer) else {
+            continue;
+        };
+        if call.options.force_overwrite {
+            continue;
+        }
+        let Some((value, stamp)) = call.decode_main(driver, &Borrowed, bytes).await else {
+            continue;
+        };
+        if let Verdict::Fresh | Verdict::Early = call.judge(stamp) {
+            call.hit();
+            call.keep_locally(&Encoded, fp, &value, stamp, None);
+            found[i] = Some(value);
+        }
+    }
+    true
+}
+
+/// The flight of a call that missed, when it coalesces and nobody here is
+/// computing its key already (the batch never waits; see the module docs).
+fn lead(call: &Call, fp: u64) -> Option<LeaderGuard> {
+    if !call.coalesces() {
+        return None;
+    }
+    match call.engine.flights.join(&call.flight_key(fp)) {
+        Joined::Leader(guard) => Some(guard),
+        // Leaving at once: the batch computes the key itself.
+        Joined::Waiter(waiter) => {
+            drop(waiter);
+            None
+        }
+    }
+}
+
+/// Makes sure of the tokens of every missing call before the computation,
+/// in one `set_many`: a fresh token for each one the lookup found missing
+/// (one per key, however many calls share it), and a new version token for
+/// each call that overwrites. A call whose tokens cannot be written stores
+/// nothing (an overwriting one stores behind the token it read).
+async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call], missing: &[usize]) {
+    let mut written: HashMap<&str, Token> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut tokens: Vec<(usize, Vec<Option<Token>>)> = Vec::with_capacity(missing.len());
+    let mut ttl = Duration::ZERO;
+    for &i in missing {
+        let call = &calls[i];
+        let keys = call.guard_keys();
+        let Some(mut seen) = call.seen().filter(|seen| seen.len() == keys.len()) else {
+            continue;
+        };
+        let mut changed = false;
+        for (at, (key, token)) in keys.iter().zip(seen.iter_mut()).enumerate() {
+            let renew = at == 0 && call.options.force_overwrite;
+            if token.is_some() && !renew {
+                continue;
+            }
+            // One token per key: a key given twice that overwrites is
+            // overwritten once, and both positions store behind it.
+            let fresh = *written.entry(key.as_str()).or_insert_with(|| {
+                order.push(key);
+                guard::new_token()
+            });
+            *token = Some(fresh);
+            changed = true;
+        }
+        if changed {
+            ttl = ttl.max(call.guard_ttl());
+            tokens.push((i, seen));
+        }
+    }
+    if order.is_empty() {
+        return;
+    }
+    let bytes: Vec<(&str, [u8; 8])> = order
+        .iter()
+        .map(|key| (*key, guard::token_bytes(written[key])))
+        .collect();
+    let items: Vec<(&str, &[u8])> = bytes.iter().map(|(key, b)| (*key, &b[..])).collect();
+    let counters = &calls[missing[0]].config().counters;
+    match driver.backend().set_many(&items, ttl).await {
+        Ok(()) => {
+            counters.backend_ok();
+            for (i, seen) in tokens {
+                calls[i].remember(seen);
+            }
+        }
+        Err(err) => counters.backend_failed("set_many", &err),
+    }
+}
+
+/// Stores the computed values, `values[n]` for `calls[missing[n]]`
+/// stamped `stamps[n]`: in one `set_many`, each sealed as a single call
+/// seals it; a value that does not fit one entry, or is stored chunked,
+/// through the single call's store.
+async fn store<D, T>(
+    driver: &D,
+    calls: &[Call],
+    missing: &[usize],
+    values: &[T],
+    stamps: &[envelope::Stamp],
+) where
+    D: Driver,
+    T: Serialize + DeserializeOwned,
+{
+    let mut entries: Vec<(usize, Vec<u8>)> = Vec::with_capacity(missing.len());
+    for ((&i, value), &stamp) in missing.iter().zip(values).zip(stamps) {
+        let call = &calls[i];
+        if call.options.large_data {
+            call.store(driver, value, stamp, None).await;
+            continue;
+        }
+        let Some(mut entry) = call.guard_prefix() else {
+            call.store_finished(Err(StoreError::NoVersion));
+            continue;
+        };
+        match envelope::encode_stamped(call.key.full(), value, call.encryption.as_ref(), stamp) {
+            Err(err) => call.store_finished(Err(StoreError::Encode(err))),
+            // Reported, with its advice, by the single call's store.
+            Ok(encoded) if encoded.len() > call.config().chunk_size => {
+                call.store(driver, value, stamp, None).await;
+            }
+            Ok(encoded) => {
+                entry.extend_from_slice(&encoded);
+                entries.push((i, entry));
+            }
+        }
+    }
+    let Some(&(first, _)) = entries.first() else {
+        return;
+    };
+    let items: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(i, entry)| (calls[*i].key.stored(), &entry[..]))
+        .collect();
+    // One draw of jitter for the batch: every call has this TTL.
+    let ttl = calls[first].backend_ttl();
+    match driver.backend().set_many(&items, ttl).await {
+        Ok(()) => {
+            for (i, entry) in &entries {
+                calls[*i].counters().wrote(entry.len());
+                calls[*i].store_finished(Ok(()));
+            }
+        }
+        Err(err) => calls[first].counters().backend_failed("set_many", &err),
+    }
+}

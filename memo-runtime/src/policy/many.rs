@@ -86,6 +86,10 @@ use crate::format::envelope::{self, fingerprint};
 use crate::format::guard::{self, Token};
 use crate::format::key::CacheKey;
 
+/// A batch's maps of keys: foldhash, seeded per process, costs a fraction
+/// of std's SipHash on short keys, which a batch hashes hundreds of.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One call per key, of the engine in force, sharing one draw of the
 /// expiration's jitter.
 pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options) -> Vec<Call> {
@@ -199,22 +203,25 @@ where
     if pending.is_empty() {
         return true;
     }
-    // Each key asked once: the tags of a batch are usually shared.
-    let mut keys: Vec<&str> = Vec::new();
-    let mut position: HashMap<&str, usize> = HashMap::new();
-    let mut asked: Vec<Vec<usize>> = Vec::with_capacity(pending.len());
+    // A call's own keys (its entry's and its version key) are asked as
+    // they come; a tag's, usually shared by the whole batch, once.
+    let mut keys: Vec<&str> = Vec::with_capacity(2 * pending.len());
+    let mut tags: Map<&str, usize> = Map::default();
+    // Where each call's answers are in `keys`, one after the other.
+    let mut asked: Vec<usize> = Vec::with_capacity(2 * pending.len());
     for &i in &pending {
-        let positions = calls[i]
-            .lookup_keys()
-            .into_iter()
-            .map(|key| {
-                *position.entry(key).or_insert_with(|| {
+        for (n, key) in calls[i].lookup_keys().into_iter().enumerate() {
+            let at = if n < 2 {
+                keys.push(key);
+                keys.len() - 1
+            } else {
+                *tags.entry(key).or_insert_with(|| {
                     keys.push(key);
                     keys.len() - 1
                 })
-            })
-            .collect();
-        asked.push(positions);
+            };
+            asked.push(at);
+        }
     }
     let counters = &calls[pending[0]].config().counters;
     let mut values = match driver.backend().get_many(&keys).await {
@@ -229,22 +236,21 @@ where
         }
     };
     counters.backend_ok();
-    // How many calls still need each value: the last one takes it.
-    let mut uses = vec![0usize; keys.len()];
-    for &at in asked.iter().flatten() {
-        uses[at] += 1;
-    }
-    let mut take = |at: usize| {
-        uses[at] -= 1;
-        if uses[at] == 0 {
-            values[at].take()
-        } else {
-            values[at].clone()
-        }
-    };
-    for (&i, positions) in pending.iter().zip(&asked) {
+    let mut asked = asked.into_iter();
+    for &i in &pending {
         let call = &calls[i];
-        let answer: Vec<Option<Vec<u8>>> = positions.iter().map(|&at| take(at)).collect();
+        let answer: Vec<Option<Vec<u8>>> = (&mut asked)
+            .take(1 + call.guard_keys().len())
+            .enumerate()
+            // A tag's token is everyone's: copied (it is 8 bytes).
+            .map(|(n, at)| {
+                if n < 2 {
+                    values[at].take()
+                } else {
+                    values[at].clone()
+                }
+            })
+            .collect();
         // Read for its tokens alone: an overwrite serves nothing found.
         let Some(bytes) = call.found_main(answer) else {
             continue;
@@ -286,7 +292,7 @@ fn lead(call: &Call, fp: u64) -> Option<LeaderGuard> {
 /// each call that overwrites. A call whose tokens cannot be written stores
 /// nothing (an overwriting one stores behind the token it read).
 async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call], missing: &[usize]) {
-    let mut written: HashMap<&str, Token> = HashMap::new();
+    let mut written: Map<&str, Token> = Map::default();
     let mut order: Vec<&str> = Vec::new();
     let mut tokens: Vec<(usize, Vec<Option<Token>>)> = Vec::with_capacity(missing.len());
     let mut ttl = Duration::ZERO;

@@ -151,7 +151,7 @@ fn bench(c: &mut Criterion, name: &str, backend: impl Backend) {
     // The 90 hits of every iteration.
     let _ = many(iteration_keys("warm", 0), &options);
 
-    let mut trips = |run: fn(Vec<String>, &Options) -> Vec<Profile>, mode: &str| {
+    let trips = |run: fn(Vec<String>, &Options) -> Vec<Profile>, mode: &str| {
         let before = calls.load(Ordering::Relaxed);
         let values = run(iteration_keys(mode, u64::MAX), &options);
         assert_eq!(values[KEYS - 1], profile((KEYS - 1) as u64));

@@ -137,8 +137,7 @@ fn a_hundred_keys_take_one_lookup_and_one_store() {
     assert_eq!(values, expected);
 
     // All hit: one lookup, nothing computed, nothing stored.
-    let again: Vec<String> =
-        cache_memoize_many(all.clone(), |_| panic!("everything was cached"), &o);
+    let again: Vec<String> = cache_memoize_many(all, |_| panic!("everything was cached"), &o);
     assert_eq!(again, expected);
     let calls = backend.take();
     assert_eq!(
@@ -208,7 +207,7 @@ fn compute_is_given_exactly_the_keys_that_missed() {
         // All hit: no computation.
         let called = AtomicUsize::new(0);
         let again: Vec<String> = cache_memoize_many(
-            all.clone(),
+            all,
             |m| {
                 called.fetch_add(1, Ordering::SeqCst);
                 computed("again", m)
@@ -249,7 +248,7 @@ fn a_batch_and_single_calls_share_entries() {
             assert_eq!(single, i as u32 * 10, "{backend}");
         }
         let _: u32 = cache_memoize("share:new", || 99, &o);
-        let mut more = all.clone();
+        let mut more = all;
         more.push("share:new".into());
         let values: Vec<u32> =
             cache_memoize_many(more, |m| panic!("{backend}: {m:?} were stored"), &o);
@@ -280,8 +279,7 @@ fn async_batches_share_entries_with_sync_ones() {
             ],
             "{backend}"
         );
-        let again: Vec<String> =
-            cache_memoize_many(all.clone(), |_| panic!("{backend}: all stored"), &o);
+        let again: Vec<String> = cache_memoize_many(all, |_| panic!("{backend}: all stored"), &o);
         assert_eq!(again, values, "{backend}");
 
         // An `Err` stores nothing.
@@ -490,7 +488,7 @@ fn tags_invalidate_batch_entries() {
         invalidate_tag("team:7", &Options::new()).unwrap();
         let mut given = None;
         let values: Vec<String> = cache_memoize_many(
-            all.clone(),
+            all,
             |m| {
                 given = Some(m.to_vec());
                 computed("new", m)
@@ -597,7 +595,7 @@ fn large_values_in_a_batch_are_chunked() {
     );
     let single: Vec<u8> = cache_memoize(all[1].as_str(), || panic!("stored"), &o);
     assert_eq!(single, data[1]);
-    let again: Vec<Vec<u8>> = cache_memoize_many(all.clone(), |_| panic!("stored"), &o);
+    let again: Vec<Vec<u8>> = cache_memoize_many(all, |_| panic!("stored"), &o);
     assert_eq!(again, data);
 
     // Without `large_data`, one too large for an entry is computed, not

@@ -5,7 +5,7 @@
 //! `async` their `_async` twins, each a few lines handing off to the batch
 //! policy (`policy::many`, whose module docs say what is per key and what
 //! is per batch). A batch shares entries with single calls: a key a batch
-//! stored is a hit for [`cache_memoize`](crate::cache_memoize), and the
+//! stored is a hit for [`cache_memoize`](fn@crate::cache_memoize), and the
 //! other way round, as long as the options agree.
 //!
 //! There is no attribute form: a memoized function takes one set of
@@ -34,7 +34,7 @@ use crate::policy::options::Options;
 /// missing, before `compute` runs), whatever the number of keys. An empty
 /// `keys` returns an empty `Vec` without calling `compute` or the backend.
 ///
-/// Each key is stored as [`cache_memoize`](crate::cache_memoize) stores it
+/// Each key is stored as [`cache_memoize`](fn@crate::cache_memoize) stores it
 /// (the same entry, envelope, encryption, tags, local copy and
 /// invalidation barrier), so single calls and batches share entries. What
 /// a batch leaves out: it takes no [`Options::lock`], never waits on

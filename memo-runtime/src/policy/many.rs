@@ -17,11 +17,12 @@
 //! 5. the compute function, once, given the indices of the misses;
 //! 6. **one `set_many`** of the computed values, each sealed as a single
 //!    call seals it (`envelope::encode_stamped`, behind its guard); a
-//!    value too large for one entry, or stored with `large_data`, takes
-//!    the single-key store path (`Call::store`), chunked;
+//!    value stored with `large_data` takes the single-key store path
+//!    (`Call::store`), chunked, and so does one too large for an entry
+//!    without it, to be refused there with the single call's advice;
 //! 7. the values handed to the flights' waiters.
 //!
-//! A batch with misses thus costs three round trips (a lookup, the
+//! A batch with misses thus costs at most three round trips (a lookup, the
 //! missing tokens, the store; the middle one only when a token is
 //! missing), a batch that hits costs one, on a cluster one per master in
 //! each (the cluster client splits by slot and pipelines per master).

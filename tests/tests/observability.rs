@@ -604,6 +604,41 @@ fn iterators_are_spans_too() {
 }
 
 #[test]
+fn a_batch_is_one_span_and_each_key_a_call() {
+    let _serial = serial();
+    fresh();
+    const F: &str = "obs::batch";
+    let options = Options::new().function(F);
+    let _: u32 = cache_memoize("obs:batch:1", || 1, &options);
+    Metrics::take();
+    let values: Vec<u32> = memo_runtime::cache_memoize_many(
+        vec!["obs:batch:0", "obs:batch:1", "obs:batch:2"],
+        |missing| missing.iter().map(|&i| i as u32).collect(),
+        &options,
+    );
+    assert_eq!(values, [0, 1, 2]);
+    let spans = seen().spans.lock().unwrap().clone();
+    let batch: Vec<_> = spans
+        .iter()
+        .filter(|span| span.name == "memoize_many")
+        .filter(|span| span.fields.get("function").map(String::as_str) == Some(F))
+        .collect();
+    assert_eq!(batch.len(), 1, "{batch:?}");
+    assert_eq!(batch[0].fields["outcome"], "miss");
+    assert_eq!(batch[0].fields["keys"], "3");
+    let metrics = Metrics::take();
+    let calls =
+        |outcome| metrics.counter("memo_calls_total", &[("function", F), ("outcome", outcome)]);
+    assert_eq!((calls("hit"), calls("miss")), (1, 2));
+    assert_eq!(
+        metrics
+            .histogram("memo_call_duration_seconds", &[("function", F)])
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn invalidations_are_counted_by_kind() {
     let _serial = serial();
     fresh();

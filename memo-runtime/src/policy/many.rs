@@ -15,11 +15,12 @@
 //!    token each, and for `force_overwrite` a new version token), before
 //!    the computation, as `ensure_tokens` makes sure of them for one call;
 //! 5. the compute function, once, given the indices of the misses;
-//! 6. **one `set_many`** of the computed values, each sealed as a single
-//!    call seals it (`envelope::encode_stamped`, behind its guard); a
+//! 6. **one `set_many`** of the computed values, each serialized once
+//!    (off the executor when large, as a single call's) and sealed as a
+//!    single call seals it (`Call::seal_value`, behind its guard); a
 //!    value stored with `large_data` takes the single-key store path
-//!    (`Call::store`), chunked, and so does one too large for an entry
-//!    without it, to be refused there with the single call's advice;
+//!    (`Call::store`), chunked, and one too large for an entry without it
+//!    is refused with the single call's advice;
 //! 7. the values handed to the flights' waiters.
 //!
 //! A batch with misses thus costs at most three round trips (a lookup, the
@@ -74,11 +75,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::codec::Borrowed;
+use super::codec::{Encode, Serde};
 use super::drive::Driver;
 use super::engine::Handle;
 use super::flight::{Joined, LeaderGuard};
 use super::hot::{Encoded, Verdict};
+use super::observe::{CallOutcome, Observed};
 use super::options::Options;
 use super::stream::StoreError;
 use super::version::short_answer;
@@ -86,6 +88,13 @@ use super::{Call, engine, hot, publish};
 use crate::format::envelope::{self, fingerprint};
 use crate::format::guard::{self, Token};
 use crate::format::key::CacheKey;
+
+/// How a batch picks the value to store from what it computed: all of it.
+type Whole<T> = fn(&T) -> Option<&T>;
+
+fn whole<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
 
 /// A batch's maps of keys: foldhash, seeded per process, costs a fraction
 /// of std's SipHash on short keys, which a batch hashes hundreds of.
@@ -114,6 +123,9 @@ pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options)
 /// which must return one value for each. An `Err` of `compute` is returned
 /// as is, and nothing is stored.
 ///
+/// The batch is observed as a whole (`observe`): one span, and each key
+/// counted as a call.
+///
 /// # Panics
 ///
 /// When `compute` returns a number of values other than the number of
@@ -124,14 +136,46 @@ pub(crate) async fn memoize_many<D, T, E, F, Fut>(
     compute: F,
 ) -> Result<Vec<T>, E>
 where
-    D: Driver,
+    D: Serde<T> + Encode<T, T, Whole<T>>,
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(&[usize]) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, E>>,
+{
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let observed = Observed::start_many(&calls);
+    let mut outcomes = Vec::new();
+    let result = observed
+        .cover(serve_many(driver, &calls, compute, &mut outcomes))
+        .await;
+    observed.end_many(outcomes.into_iter());
+    result
+}
+
+/// The steps of [`memoize_many`]; `outcomes` says how each key was served
+/// once that is known.
+async fn serve_many<D, T, E, F, Fut>(
+    driver: &D,
+    calls: &[Call],
+    compute: F,
+    outcomes: &mut Vec<CallOutcome>,
+) -> Result<Vec<T>, E>
+where
+    D: Serde<T> + Encode<T, T, Whole<T>>,
     T: Serialize + DeserializeOwned,
     F: FnOnce(&[usize]) -> Fut,
     Fut: Future<Output = Result<Vec<T>, E>>,
 {
     let fp = fingerprint::<T>(false);
     let mut found: Vec<Option<T>> = calls.iter().map(|call| call.local_hit(&Encoded)).collect();
-    let looked_up = look_up(driver, &calls, &mut found, fp).await;
+    let local: Vec<bool> = found.iter().map(Option::is_some).collect();
+    let looked_up = look_up(driver, calls, &mut found, fp).await;
+    outcomes.extend(found.iter().zip(&local).map(|(found, &local)| match found {
+        Some(_) if local => CallOutcome::Local,
+        Some(_) => CallOutcome::Hit,
+        None => CallOutcome::Miss,
+    }));
     let missing: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
     if missing.is_empty() {
         return Ok(found.into_iter().flatten().collect());
@@ -142,7 +186,7 @@ where
     let flights: Vec<Option<LeaderGuard>> = missing.iter().map(|&i| lead(&calls[i], fp)).collect();
     let stores = calls[missing[0]].will_store();
     if stores && looked_up {
-        ensure_tokens(driver, &calls, &missing).await;
+        ensure_tokens(driver, calls, &missing).await;
     }
     let started = Instant::now();
     let computed = compute(&missing).await;
@@ -168,11 +212,21 @@ where
         );
     }
     let stamps: Vec<_> = missing.iter().map(|&i| calls[i].stamp(took)).collect();
-    for ((&i, value), &stamp) in missing.iter().zip(&values).zip(&stamps) {
-        calls[i].keep_locally(&Encoded, fp, value, stamp, None);
+    // Each value serialized once, off the executor when large in the async
+    // world, for its local copy and its entry alike, as a single call's.
+    let mut plains = Vec::with_capacity(values.len());
+    let mut owned = Vec::with_capacity(values.len());
+    for value in values {
+        let (value, plain) = driver.encode(value, &(whole as Whole<T>)).get().await;
+        owned.push(value);
+        plains.push(plain);
+    }
+    let values = owned;
+    for (((&i, value), &stamp), plain) in missing.iter().zip(&values).zip(&stamps).zip(&plains) {
+        calls[i].keep_locally(&Encoded, fp, value, stamp, plain.as_ref());
     }
     if stores {
-        store(driver, &calls, &missing, &values, &stamps).await;
+        store(driver, calls, &missing, &values, &stamps, &plains).await;
     }
     for &i in &missing {
         if calls[i].options.force_overwrite {
@@ -197,7 +251,7 @@ where
 /// failed (every call then misses, and none stores: it knows no tokens).
 async fn look_up<D, T>(driver: &D, calls: &[Call], found: &mut [Option<T>], fp: u64) -> bool
 where
-    D: Driver,
+    D: Serde<T>,
     T: Serialize + DeserializeOwned,
 {
     let pending: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
@@ -259,7 +313,7 @@ where
         if call.options.force_overwrite {
             continue;
         }
-        let Some((value, stamp)) = call.decode_main(driver, &Borrowed, bytes).await else {
+        let Some((value, stamp)) = call.decode_main(driver, bytes).await else {
             continue;
         };
         if let Verdict::Fresh | Verdict::Early = call.judge(stamp) {
@@ -344,36 +398,34 @@ async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call], missing: &[usize])
 }
 
 /// Stores the computed values, `values[n]` for `calls[missing[n]]`
-/// stamped `stamps[n]`: in one `set_many`, each sealed as a single call
-/// seals it; a value that does not fit one entry, or is stored chunked,
-/// through the single call's store.
+/// stamped `stamps[n]` (its postcard bytes `plains[n]`, when made): in one
+/// `set_many`, each sealed as a single call seals it; one stored chunked
+/// (`large_data`) through the single call's store.
 async fn store<D, T>(
     driver: &D,
     calls: &[Call],
     missing: &[usize],
     values: &[T],
     stamps: &[envelope::Stamp],
+    plains: &[Option<Arc<[u8]>>],
 ) where
     D: Driver,
     T: Serialize + DeserializeOwned,
 {
     let mut entries: Vec<(usize, Vec<u8>)> = Vec::with_capacity(missing.len());
-    for ((&i, value), &stamp) in missing.iter().zip(values).zip(stamps) {
+    let items = missing.iter().zip(values).zip(stamps).zip(plains);
+    for (((&i, value), &stamp), plain) in items {
         let call = &calls[i];
         if call.options.large_data {
-            call.store(driver, value, stamp, None).await;
+            call.store(driver, value, stamp, plain.as_ref()).await;
             continue;
         }
         let Some(mut entry) = call.guard_prefix() else {
             call.store_finished(Err(StoreError::NoVersion));
             continue;
         };
-        match envelope::encode_stamped(call.key.full(), value, call.encryption.as_ref(), stamp) {
-            Err(err) => call.store_finished(Err(StoreError::Encode(err))),
-            // Reported, with its advice, by the single call's store.
-            Ok(encoded) if encoded.len() > call.config().chunk_size => {
-                call.store(driver, value, stamp, None).await;
-            }
+        match call.seal_value(value, stamp, plain.as_ref()) {
+            Err(err) => call.store_finished(Err(err)),
             Ok(encoded) => {
                 entry.extend_from_slice(&encoded);
                 entries.push((i, entry));

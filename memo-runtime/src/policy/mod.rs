@@ -194,22 +194,16 @@ impl Call {
         T: Serialize + DeserializeOwned,
     {
         let bytes = self.fetch_main(driver).await?;
-        self.decode_main(driver, serde, bytes).await
+        self.decode_main(driver, bytes).await
     }
 
     /// The value in a main entry found behind its guard, in either stored
     /// form, with its stamp; `None`, counted and logged, if it does not
     /// check out.
-    async fn decode_main<D, T, S>(
-        &self,
-        driver: &D,
-        serde: &S,
-        bytes: Vec<u8>,
-    ) -> Option<(T, Stamp)>
+    async fn decode_main<D, T>(&self, driver: &D, bytes: Vec<u8>) -> Option<(T, Stamp)>
     where
-        D: Driver,
+        D: Serde<T>,
         T: Serialize + DeserializeOwned,
-        S: Serde<D, T>,
     {
         let loaded = match envelope::peek_kind(&bytes) {
             Ok(Kind::Value) => driver
@@ -280,6 +274,44 @@ impl Call {
         !self.ttl.is_zero()
     }
 
+    /// The envelope that stores `value` in one entry, sealed from its
+    /// postcard bytes `plain` when they were made; why not, for the caller
+    /// to report, when it cannot be encoded or does not fit one entry.
+    pub(crate) fn seal_value<T: Serialize + DeserializeOwned>(
+        &self,
+        value: &T,
+        stamp: Stamp,
+        plain: Option<&Arc<[u8]>>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let chunk_size = self.config().chunk_size;
+        let encoded = match plain {
+            // Too large for one entry: not sealed only to be dropped.
+            Some(plain) if plain.len() > chunk_size => {
+                Err(envelope::EncodeError::TooLarge(plain.len()))
+            }
+            Some(plain) => envelope::seal_stamped(
+                self.key.full(),
+                Kind::Value,
+                0,
+                fingerprint::<T>(false),
+                plain,
+                self.encryption.as_ref(),
+                stamp,
+            ),
+            None => {
+                envelope::encode_stamped(self.key.full(), value, self.encryption.as_ref(), stamp)
+            }
+        };
+        match encoded {
+            Err(err) => Err(StoreError::Encode(err)),
+            Ok(encoded) if encoded.len() > chunk_size => Err(StoreError::TooLarge(format!(
+                "{} bytes exceed the chunk size of {chunk_size}; memoize it with large_data",
+                encoded.len(),
+            ))),
+            Ok(encoded) => Ok(encoded),
+        }
+    }
+
     /// Stores `value`; failures are logged and counted, never returned.
     /// The value is read before the future is returned, so the future does
     /// not hold on to it (nor need it to be `Sync` to be `Send`).
@@ -312,38 +344,9 @@ impl Call {
                 None => Store::Chunked(Either::Right(driver.store_chunked(self, value))),
             }
         } else {
-            let encoded = match plain {
-                // Too large for one entry: not sealed only to be dropped.
-                Some(plain) if plain.len() > self.config().chunk_size => {
-                    Err(envelope::EncodeError::TooLarge(plain.len()))
-                }
-                Some(plain) => envelope::seal_stamped(
-                    self.key.full(),
-                    Kind::Value,
-                    0,
-                    fingerprint::<T>(false),
-                    plain,
-                    self.encryption.as_ref(),
-                    stamp,
-                ),
-                None => envelope::encode_stamped(
-                    self.key.full(),
-                    value,
-                    self.encryption.as_ref(),
-                    stamp,
-                ),
-            };
-            match encoded {
+            match self.seal_value(value, stamp, plain) {
                 Err(err) => {
-                    self.store_finished(Err(StoreError::Encode(err)));
-                    Store::Nothing
-                }
-                Ok(encoded) if encoded.len() > self.config().chunk_size => {
-                    self.store_finished(Err(StoreError::TooLarge(format!(
-                        "{} bytes exceed the chunk size of {}; memoize it with large_data",
-                        encoded.len(),
-                        self.config().chunk_size
-                    ))));
+                    self.store_finished(Err(err));
                     Store::Nothing
                 }
                 Ok(encoded) => Store::Value(encoded),

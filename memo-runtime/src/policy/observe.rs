@@ -91,6 +91,64 @@ impl Observed {
         }
     }
 
+    /// Starts observing a batch (`cache_memoize_many`) of `calls`, which is
+    /// not empty: one span `memoize_many`, with the function and the
+    /// number of keys, and no key.
+    #[inline]
+    pub(crate) fn start_many(calls: &[Call]) -> Observed {
+        let _ = calls;
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        let first = &calls[0];
+        Observed {
+            #[cfg(feature = "tracing")]
+            span: tracing::debug_span!(
+                target: "memo_runtime::call",
+                "memoize_many",
+                function = first.options.function,
+                keys = calls.len(),
+                outcome = tracing::field::Empty,
+            ),
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+            #[cfg(feature = "metrics")]
+            function: first.options.function,
+        }
+    }
+
+    /// Ends a batch whose keys were served as `outcomes`: each key counts
+    /// as a call in `memo_calls_total`; the batch, `miss` when it computed
+    /// and `hit` otherwise, is the span's outcome and one sample of
+    /// `memo_call_duration_seconds`.
+    #[inline]
+    pub(crate) fn end_many(self, outcomes: impl Iterator<Item = CallOutcome>) {
+        let _ = outcomes;
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            let mut overall = CallOutcome::Hit;
+            for outcome in outcomes {
+                if outcome == CallOutcome::Miss {
+                    overall = CallOutcome::Miss;
+                }
+                #[cfg(feature = "metrics")]
+                metrics::counter!(
+                    "memo_calls_total",
+                    "function" => self.function,
+                    "outcome" => outcome.as_str()
+                )
+                .increment(1);
+            }
+            #[cfg(feature = "tracing")]
+            self.span.record("outcome", overall.as_str());
+            #[cfg(feature = "metrics")]
+            metrics::histogram!(
+                "memo_call_duration_seconds",
+                "function" => self.function,
+                "outcome" => overall.as_str()
+            )
+            .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+
     /// `work`, run inside the call's span.
     #[inline]
     pub(crate) fn cover<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {

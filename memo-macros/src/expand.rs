@@ -265,15 +265,21 @@ fn locals() -> (Ident, Ident) {
     )
 }
 
-/// `Options::new().function(..).expiration(..)...`: the function's path
-/// (for spans and metrics), only the options the user wrote, and
+/// `Options::new().function(..).expiration(..)...`: the function (its path,
+/// for spans and metrics), only the options the user wrote, and
 /// `force_overwrite(<refresh>)` when `refresh` names the memoizing
 /// sibling's refresh argument (a `force_overwrite` the user turned on
 /// needs no refresh on top).
 fn options(attr: &Attr, func: &Function, refresh: Option<&Ident>) -> TokenStream {
     let rt = runtime();
     let name = format!("::{}", syn::ext::IdentExt::unraw(&func.sig.ident));
-    let mut tokens = quote!(#rt::Options::new().function(#rt::concat!(#rt::module_path!(), #name)));
+    // A static per function: it holds the function's metric keys, made
+    // once (see `memo_runtime::Function`).
+    let mut tokens = quote!(#rt::Options::new().function({
+        static __MEMO_FUNCTION: #rt::Function =
+            #rt::Function::new(#rt::concat!(#rt::module_path!(), #name));
+        &__MEMO_FUNCTION
+    }));
     let secs = |expr: &syn::Expr| quote_spanned!(expr.span()=> #rt::Duration::from_secs(#expr));
     if let Some(expiration) = &attr.expiration {
         let expiration = secs(expiration);
@@ -1334,7 +1340,7 @@ mod tests {
         );
         assert!(
             out.contains(&format!(
-                "# [doc (hidden)] # [inline] # [allow (clippy :: too_many_arguments)] fn __memo_p (id : u64 , __memo_refresh : {rt} :: bool) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) . force_overwrite (__memo_refresh) ;"
+                "# [doc (hidden)] # [inline] # [allow (clippy :: too_many_arguments)] fn __memo_p (id : u64 , __memo_refresh : {rt} :: bool) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({{ static __MEMO_FUNCTION : {rt} :: Function = {rt} :: Function :: new ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) ; & __MEMO_FUNCTION }}) . force_overwrite (__memo_refresh) ;"
             )),
             "{out}"
         );
@@ -1342,7 +1348,7 @@ mod tests {
         // `_invalidate` has no refresh to pass.
         assert!(
             out.contains(&format!(
-                "pub fn p_invalidate (id : u64) -> {rt} :: Result < () , :: memo_runtime :: Error > {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) ;"
+                "pub fn p_invalidate (id : u64) -> {rt} :: Result < () , :: memo_runtime :: Error > {{ let __memo_options = {rt} :: Options :: new () . function ({{ static __MEMO_FUNCTION : {rt} :: Function = {rt} :: Function :: new ({rt} :: concat ! ({rt} :: module_path ! () , \"::p\")) ; & __MEMO_FUNCTION }}) ;"
             )),
             "{out}"
         );
@@ -1510,7 +1516,7 @@ mod tests {
         );
         assert!(
             out.starts_with(&format!(
-                "fn f (& self , id : u64) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({rt} :: concat ! ({rt} :: module_path ! () , \"::f\")) ;"
+                "fn f (& self , id : u64) -> u64 {{ let __memo_options = {rt} :: Options :: new () . function ({{ static __MEMO_FUNCTION : {rt} :: Function = {rt} :: Function :: new ({rt} :: concat ! ({rt} :: module_path ! () , \"::f\")) ; & __MEMO_FUNCTION }}) ;"
             )),
             "{out}"
         );

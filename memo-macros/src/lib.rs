@@ -53,7 +53,11 @@ mod valid;
 /// #[allow(clippy::too_many_arguments)]
 /// fn __memo_profile(user_id: u64, __memo_refresh: rt::bool) -> Profile {
 ///     let __memo_options = rt::Options::new()
-///         .function(rt::concat!(rt::module_path!(), "::profile"))
+///         .function({
+///             static __MEMO_FUNCTION: rt::Function =
+///                 rt::Function::new(rt::concat!(rt::module_path!(), "::profile"));
+///             &__MEMO_FUNCTION
+///         })
 ///         .expiration(rt::Duration::from_secs(3600))
 ///         .force_overwrite(__memo_refresh);
 ///     let __memo_key = rt::KeyParts::new()
@@ -76,7 +80,11 @@ mod valid;
 /// #[allow(dead_code)]
 /// pub fn profile_invalidate(user_id: u64) -> rt::Result<(), ::memo_runtime::Error> {
 ///     let __memo_options = rt::Options::new()
-///         .function(rt::concat!(rt::module_path!(), "::profile"))
+///         .function({
+///             static __MEMO_FUNCTION: rt::Function =
+///                 rt::Function::new(rt::concat!(rt::module_path!(), "::profile"));
+///             &__MEMO_FUNCTION
+///         })
 ///         .expiration(rt::Duration::from_secs(3600));
 ///     let __memo_key = rt::KeyParts::new()
 ///         .escaped("profile")

@@ -11,8 +11,8 @@
 pub mod v0_1 {
     pub use crate::format::key::{AppendDisplay, AppendInteger, KeyArg, KeyParts};
     pub use crate::{
-        CacheKey, Error, LockOptions, Options, cache_memoize, cache_memoize_iter, invalidate,
-        make_cache_key, try_cache_memoize,
+        CacheKey, Error, Function, LockOptions, Options, cache_memoize, cache_memoize_iter,
+        invalidate, make_cache_key, try_cache_memoize,
     };
     pub use core::any::type_name;
     pub use core::concat;

@@ -123,4 +123,5 @@ pub use lock::{
 };
 pub use memo_macros::{cache_memoize, cache_memoize_iter};
 pub use policy::COALESCE_TIMEOUT;
+pub use policy::observe::Function;
 pub use policy::stream::{BATCH_CHUNKS, SUPERSEDED_GRACE};

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use memo_runtime::{
-    Config, EncryptionKey, MemoryBackend, Options, cache_memoize, cache_memoize_async,
+    Config, EncryptionKey, Function, MemoryBackend, Options, cache_memoize, cache_memoize_async,
     cache_memoize_detached, cache_memoize_iter, configure, invalidate, invalidate_tag,
     try_cache_memoize,
 };
@@ -278,6 +278,19 @@ fn fresh() {
     Metrics::take();
 }
 
+/// A function named `name`, made once per name: as a `static` would be,
+/// for names a test makes up as it goes.
+fn named(name: &'static str) -> &'static Function {
+    static MADE: Mutex<Vec<&'static Function>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap();
+    if let Some(function) = made.iter().find(|function| function.name() == name) {
+        return function;
+    }
+    let function: &'static Function = Box::leak(Box::new(Function::new(name)));
+    made.push(function);
+    function
+}
+
 fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -296,7 +309,7 @@ fn every_outcome_is_a_span_and_a_count() {
     let _serial = serial();
     fresh();
     const F: &str = "obs::outcomes";
-    let options = Options::new().function(F);
+    let options = Options::new().function(named(F));
     let one = || 1u32;
 
     // miss, hit
@@ -473,7 +486,7 @@ fn an_encrypted_call_shows_neither_its_key_nor_its_value() {
         seen().events.lock().unwrap().len(),
     );
     let encrypted = Options::new()
-        .function("obs::encrypted")
+        .function(named("obs::encrypted"))
         .encrypt(true)
         .encryption_key(EncryptionKey::new(b"0123456789abcdef").unwrap())
         .lock(memo_runtime::LockOptions::new());
@@ -503,7 +516,7 @@ fn an_encrypted_call_shows_neither_its_key_nor_its_value() {
         );
     }
     // The same call unencrypted shows its key, and never its value.
-    let plain = Options::new().function("obs::plain-key");
+    let plain = Options::new().function(named("obs::plain-key"));
     let _: String = cache_memoize(KEY, || VALUE.to_owned(), &plain);
     let spans = calls_of("obs::plain-key");
     assert!(spans[0].fields["key"].contains(KEY), "{spans:?}");
@@ -514,7 +527,7 @@ fn an_encrypted_call_shows_neither_its_key_nor_its_value() {
 fn an_async_call_s_span_covers_its_awaits_inside_the_caller_s_span() {
     let _serial = serial();
     fresh();
-    let options = Options::new().function("obs::async");
+    let options = Options::new().function(named("obs::async"));
     let request = tracing::info_span!("request");
     let value: u32 = run(tracing::Instrument::instrument(
         cache_memoize_async(
@@ -564,7 +577,7 @@ fn a_detached_refresh_follows_from_the_call_that_started_it() {
     let _serial = serial();
     fresh();
     let options = Options::new()
-        .function("obs::detached")
+        .function(named("obs::detached"))
         .expiration(Duration::from_secs(1))
         .stale_while_revalidate(Duration::from_secs(30));
     let _: u32 = cache_memoize_detached("obs:detached", || 1, &options);
@@ -595,7 +608,7 @@ fn a_detached_refresh_follows_from_the_call_that_started_it() {
 fn iterators_are_spans_too() {
     let _serial = serial();
     fresh();
-    let options = Options::new().function("obs::iter");
+    let options = Options::new().function(named("obs::iter"));
     for _ in 0..2 {
         let items: Vec<u8> = cache_memoize_iter("obs:iter", || 0..3u8, &options).collect();
         assert_eq!(items, [0, 1, 2]);
@@ -608,7 +621,7 @@ fn a_batch_is_one_span_and_each_key_a_call() {
     let _serial = serial();
     fresh();
     const F: &str = "obs::batch";
-    let options = Options::new().function(F);
+    let options = Options::new().function(named(F));
     let _: u32 = cache_memoize("obs:batch:1", || 1, &options);
     Metrics::take();
     let values: Vec<u32> = memo_runtime::cache_memoize_many(
@@ -693,9 +706,10 @@ fn backend_errors_are_counted_and_traced_by_kind() {
                     .expect("a valid URL"),
             );
             Metrics::take();
-            let function = format!("obs::{scheme}:{kind}");
-            let function: &'static str = Box::leak(function.into_boxed_str());
-            let value: u8 = cache_memoize("obs:down", || 5, &Options::new().function(function));
+            let function: &'static str =
+                Box::leak(format!("obs::{scheme}:{kind}").into_boxed_str());
+            let value: u8 =
+                cache_memoize("obs:down", || 5, &Options::new().function(named(function)));
             assert_eq!(value, 5, "computed without the cache");
             let metrics = Metrics::take();
             assert!(

@@ -30,8 +30,100 @@ use std::time::Duration;
 
 use super::Call;
 
+/// A memoized function as spans and metrics name it: the `function` field
+/// and label (see [`Options::function`](crate::Options::function)).
+///
+/// A `static`, one per function: the attribute makes one for each
+/// memoized fn, named by its path; the functional API names its calls
+/// with one of its own. With feature `metrics` it also holds the metric
+/// keys of its calls, built on first use, so that counting a call
+/// allocates nothing.
+///
+/// ```
+/// use memo_runtime::Function;
+///
+/// static SEARCH: Function = Function::new("search::results");
+/// assert_eq!(SEARCH.name(), "search::results");
+/// ```
+pub struct Function {
+    name: &'static str,
+    #[cfg(feature = "metrics")]
+    keys: std::sync::OnceLock<CallKeys>,
+}
+
+impl Function {
+    /// The function named `name`.
+    pub const fn new(name: &'static str) -> Function {
+        Function {
+            name,
+            #[cfg(feature = "metrics")]
+            keys: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The keys of `memo_calls_total` and `memo_call_duration_seconds` for
+    /// this function, by outcome.
+    #[cfg(feature = "metrics")]
+    fn keys(&self) -> &CallKeys {
+        self.keys.get_or_init(|| {
+            let key = |metric: &'static str, outcome: CallOutcome| {
+                metrics::Key::from_parts(
+                    metric,
+                    vec![
+                        metrics::Label::from_static_parts("function", self.name),
+                        metrics::Label::from_static_parts("outcome", outcome.as_str()),
+                    ],
+                )
+            };
+            CallKeys {
+                calls: CallOutcome::ALL.map(|outcome| key("memo_calls_total", outcome)),
+                durations: CallOutcome::ALL
+                    .map(|outcome| key("memo_call_duration_seconds", outcome)),
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Function").field(&self.name).finish()
+    }
+}
+
+impl PartialEq for Function {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Function {}
+
+/// The function of the calls that name none.
+pub(crate) static UNNAMED: Function = Function::new("");
+
+/// A function's metric keys, by [`CallOutcome`] (its discriminant).
+#[cfg(feature = "metrics")]
+struct CallKeys {
+    calls: [metrics::Key; CallOutcome::ALL.len()],
+    durations: [metrics::Key; CallOutcome::ALL.len()],
+}
+
+/// What memo's metrics say of where they come from.
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> = metrics::Metadata::new(
+    "memo_runtime::call",
+    metrics::Level::INFO,
+    Some(module_path!()),
+);
+
 /// How a memoized call was served: the `outcome` of its span and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum CallOutcome {
     /// A fresh value from the cache.
     Hit,
@@ -51,6 +143,18 @@ pub(crate) enum CallOutcome {
 }
 
 impl CallOutcome {
+    /// Every outcome, in the order of their discriminants.
+    #[cfg(feature = "metrics")]
+    const ALL: [CallOutcome; 7] = [
+        CallOutcome::Hit,
+        CallOutcome::Local,
+        CallOutcome::Miss,
+        CallOutcome::Coalesced,
+        CallOutcome::Stale,
+        CallOutcome::Refresh,
+        CallOutcome::FailSafe,
+    ];
+
     /// The outcome as the span field and metric label spell it.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     pub(crate) fn as_str(self) -> &'static str {
@@ -73,7 +177,7 @@ pub(crate) struct Observed {
     #[cfg(feature = "metrics")]
     started: std::time::Instant,
     #[cfg(feature = "metrics")]
-    function: &'static str,
+    function: &'static Function,
 }
 
 impl Observed {
@@ -104,7 +208,7 @@ impl Observed {
             span: tracing::debug_span!(
                 target: "memo_runtime::call",
                 "memoize_many",
-                function = first.options.function,
+                function = first.options.function.name(),
                 keys = calls.len(),
                 outcome = tracing::field::Empty,
             ),
@@ -130,22 +234,21 @@ impl Observed {
                     overall = CallOutcome::Miss;
                 }
                 #[cfg(feature = "metrics")]
-                metrics::counter!(
-                    "memo_calls_total",
-                    "function" => self.function,
-                    "outcome" => outcome.as_str()
-                )
-                .increment(1);
+                metrics::with_recorder(|recorder| {
+                    let key = &self.function.keys().calls[outcome as usize];
+                    recorder.register_counter(key, &METADATA).increment(1);
+                });
             }
             #[cfg(feature = "tracing")]
-            self.span.record("outcome", overall.as_str());
+            if !self.span.is_disabled() {
+                self.span.record("outcome", overall.as_str());
+            }
             #[cfg(feature = "metrics")]
-            metrics::histogram!(
-                "memo_call_duration_seconds",
-                "function" => self.function,
-                "outcome" => overall.as_str()
-            )
-            .record(self.started.elapsed().as_secs_f64());
+            metrics::with_recorder(|recorder| {
+                let key = &self.function.keys().durations[overall as usize];
+                let seconds = self.started.elapsed().as_secs_f64();
+                recorder.register_histogram(key, &METADATA).record(seconds);
+            });
         }
     }
 
@@ -179,14 +282,25 @@ impl Observed {
     #[inline]
     pub(crate) fn end(self, outcome: CallOutcome) {
         let _ = outcome;
+        // A disabled span still looks its field up by name (tracing's `log`
+        // feature keeps its metadata): not worth it when nobody listens.
         #[cfg(feature = "tracing")]
-        self.span.record("outcome", outcome.as_str());
+        if !self.span.is_disabled() {
+            self.span.record("outcome", outcome.as_str());
+        }
         #[cfg(feature = "metrics")]
         {
-            let labels = [("function", self.function), ("outcome", outcome.as_str())];
-            metrics::counter!("memo_calls_total", &labels).increment(1);
-            metrics::histogram!("memo_call_duration_seconds", &labels)
-                .record(self.started.elapsed().as_secs_f64());
+            let keys = self.function.keys();
+            let at = outcome as usize;
+            let seconds = self.started.elapsed().as_secs_f64();
+            metrics::with_recorder(|recorder| {
+                recorder
+                    .register_counter(&keys.calls[at], &METADATA)
+                    .increment(1);
+                recorder
+                    .register_histogram(&keys.durations[at], &METADATA)
+                    .record(seconds);
+            });
         }
     }
 
@@ -203,7 +317,7 @@ impl Observed {
                     target: "memo_runtime::call",
                     parent: None,
                     "refresh",
-                    function = call.options.function,
+                    function = call.options.function.name(),
                     key = tracing::field::Empty,
                 );
                 if call.encryption.is_none() && !span.is_disabled() {
@@ -222,7 +336,7 @@ fn call_span(call: &Call) -> tracing::Span {
     let span = tracing::debug_span!(
         target: "memo_runtime::call",
         "memoize",
-        function = call.options.function,
+        function = call.options.function.name(),
         outcome = tracing::field::Empty,
         key = tracing::field::Empty,
     );
@@ -259,7 +373,7 @@ impl Link {
 pub(crate) fn computed(call: &Call, took: Duration) {
     let _ = (call, took);
     #[cfg(feature = "metrics")]
-    metrics::histogram!("memo_compute_duration_seconds", "function" => call.options.function)
+    metrics::histogram!("memo_compute_duration_seconds", "function" => call.options.function.name())
         .record(took.as_secs_f64());
 }
 

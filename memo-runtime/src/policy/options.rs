@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::observe::{Function, UNNAMED};
 use crate::format::crypto::EncryptionKey;
 use crate::lock::LockOptions;
 
@@ -40,8 +41,8 @@ pub struct Options {
     /// The tags the entry is stored with, as given (each resolved like a
     /// key when the call runs).
     pub(crate) tags: std::sync::Arc<[String]>,
-    /// The memoized function's name in spans and metrics.
-    pub(crate) function: &'static str,
+    /// The memoized function, as spans and metrics name it.
+    pub(crate) function: &'static Function,
 }
 
 /// The β of refresh-ahead, compared by its bits so that [`Options`] stays
@@ -124,7 +125,7 @@ impl Default for Options {
             stale: None,
             fail_safe: None,
             tags: std::sync::Arc::from([]),
-            function: "",
+            function: &UNNAMED,
         }
     }
 }
@@ -384,19 +385,21 @@ impl Options {
     /// label. The attribute sets it to the function's path; the functional
     /// API leaves it empty unless it is named here.
     ///
-    /// The name is a label of every metric of the call, so it must come
-    /// from the code, never from data (a key, a user id): each distinct name
-    /// is a time series of its own. A `&'static str` keeps it that way.
+    /// A [`Function`] is a `static`: the name is a label of every metric of
+    /// the call, so it comes from the code, never from data (a key, a user
+    /// id), which would make each call a time series of its own.
     ///
     /// ```
-    /// use memo_runtime::{cache_memoize, Options};
+    /// use memo_runtime::{cache_memoize, Function, Options};
     ///
-    /// let options = Options::new().function("reports::daily");
+    /// static DAILY_REPORT: Function = Function::new("reports::daily");
+    ///
+    /// let options = Options::new().function(&DAILY_REPORT);
     /// let total: u32 = cache_memoize("function-doc", || 12, &options);
     /// assert_eq!(total, 12);
     /// ```
-    pub fn function(mut self, name: &'static str) -> Self {
-        self.function = name;
+    pub fn function(mut self, function: &'static Function) -> Self {
+        self.function = function;
         self
     }
 }

@@ -35,12 +35,22 @@ impl Config {
         encrypt: Option<bool>,
         explicit: Option<&EncryptionKey>,
     ) -> Resolved {
-        let encrypted = self.force_encryption || encrypt == Some(true);
-        let encryption = encrypted.then(|| self.effective_key(explicit));
+        let encryption = self.encryption_for(encrypt, explicit);
         Resolved {
             key: EntryKey::from_owned(self.namespace.as_deref(), key, encryption.as_ref()),
             encryption,
         }
+    }
+
+    /// The key a call that asks for encryption with `encrypt` under
+    /// `explicit` seals with; `None` in the clear (see [`Config::resolve`]).
+    pub(crate) fn encryption_for(
+        &self,
+        encrypt: Option<bool>,
+        explicit: Option<&EncryptionKey>,
+    ) -> Option<EncryptionKey> {
+        let encrypted = self.force_encryption || encrypt == Some(true);
+        encrypted.then(|| self.effective_key(explicit))
     }
 
     /// The key of `tag`'s current version for a call that resolved its

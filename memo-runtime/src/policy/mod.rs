@@ -247,19 +247,25 @@ impl Call {
     }
 
     /// The chunked pipeline's view of this call.
+    /// The chunked pipeline of this call, to read with: no guard, which
+    /// only a writer needs (see `writer`).
     pub(crate) fn pipeline(&self) -> Pipeline {
         Pipeline {
             backend: Arc::clone(&self.config().backend),
             counters: Arc::clone(&self.config().counters),
             key: self.key.clone(),
             encryption: self.encryption.clone(),
-            guard: self.guard_prefix(),
+            guard: None,
         }
     }
 
     pub(crate) fn writer(&self, iterator: bool) -> StreamWriter {
+        let pipeline = Pipeline {
+            guard: self.guard_prefix(),
+            ..self.pipeline()
+        };
         StreamWriter::new(
-            self.pipeline(),
+            pipeline,
             self.ttl,
             self.config().chunk_size,
             self.options

@@ -28,7 +28,7 @@ use super::options::Options;
 use crate::backend::BackendError;
 use crate::backend::world::World;
 use crate::format::guard::{self, Token};
-use crate::format::key::{CacheKey, Derived};
+use crate::format::key::Derived;
 
 /// Where a call stands with its version tokens: one per guard key (the
 /// entry's version key, then each tag's key), `None` where none was read.
@@ -259,13 +259,7 @@ pub(crate) async fn invalidate_tag(
     io: &impl World,
 ) -> Result<(), BackendError> {
     let config = &engine.config;
-    let encryption = config
-        .resolve(
-            CacheKey::from(tag.to_owned()),
-            options.encrypt,
-            options.encryption_key.as_ref(),
-        )
-        .encryption;
+    let encryption = config.encryption_for(options.encrypt, options.encryption_key.as_ref());
     super::observe::invalidated(super::observe::Dropped::Tag, tag, encryption.is_some());
     let key = config.tag_key(tag, encryption.as_ref());
     let ttl = options

@@ -54,8 +54,9 @@ pub(crate) struct Pipeline {
     pub(crate) key: EntryKey,
     pub(crate) encryption: Option<EncryptionKey>,
     /// The guard the manifest, the write that makes the value visible, is
-    /// stored behind (`format::guard`); `None` when the call's version
-    /// tokens could not be had, and then no manifest is stored.
+    /// stored behind (`format::guard`); `None` for a pipeline that only
+    /// reads, or when the call's version tokens could not be had, and then
+    /// no manifest is stored.
     pub(crate) guard: Option<Vec<u8>>,
 }
 

@@ -477,6 +477,81 @@ fn a_single_call_during_a_batch_waits_for_its_value() {
 }
 
 #[test]
+fn a_batch_takes_the_value_a_single_call_is_computing() {
+    with_each_backend(|backend| {
+        let started = Arc::new(Barrier::new(2));
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let s = started.clone();
+        let single = thread::spawn(move || {
+            cache_memoize::<_, String, _>(
+                "shared:a",
+                || {
+                    s.wait();
+                    go_rx.recv().unwrap();
+                    "single".into()
+                },
+                &Options::new(),
+            )
+        });
+        started.wait();
+        let batch = thread::spawn(|| {
+            cache_memoize_many::<_, String, _>(
+                vec!["shared:a", "shared:b"],
+                |missing| {
+                    assert_eq!(missing, [1], "the key being computed is not the batch's");
+                    computed("batch", missing)
+                },
+                &Options::new(),
+            )
+        });
+        // Long enough for the batch to wait on the single call's flight.
+        thread::sleep(Duration::from_millis(300));
+        go_tx.send(()).unwrap();
+        assert_eq!(single.join().unwrap(), "single");
+        assert_eq!(
+            batch.join().unwrap(),
+            ["single", "batch-1"],
+            "{backend}: the batch computed a key it could wait for"
+        );
+    });
+}
+
+#[test]
+fn batches_over_the_same_keys_in_opposite_orders_never_wait_on_each_other() {
+    let _serial = serial();
+    configure(Config::new(MemoryBackend::new()));
+    let started = Arc::new(Barrier::new(2));
+    let run = |keys: Vec<&'static str>| {
+        let started = Arc::clone(&started);
+        thread::spawn(move || {
+            started.wait();
+            let at = std::time::Instant::now();
+            let values = cache_memoize_many::<_, String, _>(
+                keys.clone(),
+                |missing| {
+                    thread::sleep(Duration::from_millis(200));
+                    missing.iter().map(|&i| keys[i].to_owned()).collect()
+                },
+                &Options::new(),
+            );
+            (values, at.elapsed())
+        })
+    };
+    let one = run(vec!["crossed:a", "crossed:b", "crossed:c"]);
+    let two = run(vec!["crossed:c", "crossed:b", "crossed:a"]);
+    let (one, took_one) = one.join().unwrap();
+    let (two, took_two) = two.join().unwrap();
+    assert_eq!(one, ["crossed:a", "crossed:b", "crossed:c"]);
+    assert_eq!(two, ["crossed:c", "crossed:b", "crossed:a"]);
+    // Waiting on each other, both would sit out the 30 s coalescing
+    // deadline.
+    assert!(
+        took_one.max(took_two) < Duration::from_secs(5),
+        "{took_one:?}, {took_two:?}"
+    );
+}
+
+#[test]
 fn tags_invalidate_batch_entries() {
     with_each_backend(|backend| {
         let tagged = Options::new().tags(["team:7"]);

@@ -226,6 +226,37 @@ impl Flights {
         self.inner.ended.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Joins the flight of `key` as a waiter if there is one, and starts
+    /// nothing otherwise: for a caller that must not lead (a batch, before
+    /// it leads its own keys).
+    pub(crate) fn wait_for(&self, key: &str) -> Option<Waiter> {
+        let shard = shard_of(key);
+        let mut guard = lock(&self.inner.shards[shard]);
+        let Shard {
+            flights, next_id, ..
+        } = &mut *guard;
+        let flight = flights.get_mut(key)?;
+        let id = *next_id;
+        *next_id = next_id.wrapping_add(1);
+        Some(self.seat_waiter(shard, flight, id))
+    }
+
+    /// Seats waiter `id` on `flight`, of shard `shard`, whose lock the
+    /// caller holds.
+    fn seat_waiter(&self, shard: usize, flight: &mut Flight, id: u64) -> Waiter {
+        flight.waiters.insert(id, None);
+        Waiter {
+            seat: Seat {
+                inner: Arc::clone(&self.inner),
+                shard,
+                key: Arc::clone(&flight.key),
+                flight: flight.id,
+            },
+            id,
+            settled: false,
+        }
+    }
+
     /// Joins the flight of `key`, starting it if there is none.
     pub(crate) fn join(&self, key: &str) -> Joined {
         let shard = shard_of(key);
@@ -236,19 +267,9 @@ impl Flights {
         let id = *next_id;
         *next_id = next_id.wrapping_add(1);
         if let Some(flight) = flights.get_mut(key) {
-            flight.waiters.insert(id, None);
-            let seat = Seat {
-                inner: Arc::clone(&self.inner),
-                shard,
-                key: Arc::clone(&flight.key),
-                flight: flight.id,
-            };
+            let waiter = self.seat_waiter(shard, flight, id);
             drop(guard);
-            return Joined::Waiter(Waiter {
-                seat,
-                id,
-                settled: false,
-            });
+            return Joined::Waiter(waiter);
         }
         let key: Arc<str> = Arc::from(key);
         flights.insert(

@@ -10,7 +10,9 @@
 //!    each (its version key and its tags' keys, each asked once), through
 //!    the same checks as a single lookup (`Call::found_main`,
 //!    `Call::decode_main`);
-//! 3. for the keys that missed: a flight each, led by the batch (below);
+//! 3. for the keys that missed: the value of a computation another call in
+//!    this process is running for one (waited for, all at once, holding no
+//!    flight of its own), else a flight each, led by the batch (below);
 //! 4. **one `set_many`** of the version tokens the misses lack (a fresh
 //!    token each, and for `force_overwrite` a new version token), before
 //!    the computation, as `ensure_tokens` makes sure of them for one call;
@@ -49,10 +51,11 @@
 //! Each is a per-key round trip or wait that would undo the batch:
 //!
 //! - it takes no cross-process lock (`Options::lock` is ignored);
-//! - it never waits on a flight: a key another call in this process is
-//!   computing is computed by the batch too (a duplicate computation,
-//!   never a wrong value); calls that miss a key while the batch computes
-//!   it wait for the batch's value;
+//! - it waits on a flight only before it leads any of its own: a key
+//!   another call starts computing while the batch leads others is
+//!   computed by the batch too (a duplicate computation, never a wrong
+//!   value), so that two batches never wait on each other; calls that
+//!   miss a key while the batch computes it wait for the batch's value;
 //! - it serves only fresh values: a value due for an early refresh is
 //!   served as is (`refresh_ahead` does not refresh from a batch), and
 //!   one past its expiry is a miss (no `stale_while_revalidate` or
@@ -78,7 +81,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{Encode, Serde};
 use super::drive::Driver;
 use super::engine::Handle;
-use super::flight::{Joined, LeaderGuard};
+use super::flight::{Joined, LeaderGuard, Outcome, Waiter};
 use super::hot::{Encoded, Verdict};
 use super::observe::{CallOutcome, Observed};
 use super::options::Options;
@@ -176,6 +179,7 @@ where
         Some(_) => CallOutcome::Hit,
         None => CallOutcome::Miss,
     }));
+    share(driver, calls, &mut found, outcomes).await;
     let missing: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
     if missing.is_empty() {
         return Ok(found.into_iter().flatten().collect());
@@ -325,8 +329,50 @@ where
     true
 }
 
+/// Waits for the values of the keys the batch missed that another call in
+/// this process is computing already, and takes them as its own (counted
+/// hits, outcome `coalesced`). The batch leads none of its keys yet: it
+/// waits holding no flight, so that two batches never wait on each other.
+/// All waits run at once (their computations do), so the batch waits as
+/// long as the longest. A key whose computation failed, or that took past
+/// the call's deadline, is left to the batch to compute.
+async fn share<D, T>(
+    driver: &D,
+    calls: &[Call],
+    found: &mut [Option<T>],
+    outcomes: &mut [CallOutcome],
+) where
+    D: Serde<T>,
+    T: Serialize + DeserializeOwned,
+{
+    let fp = fingerprint::<T>(false);
+    let waiting: Vec<(usize, Waiter)> = (0..calls.len())
+        .filter(|&i| found[i].is_none() && calls[i].coalesces())
+        .filter_map(|i| {
+            let flights = &calls[i].engine.flights;
+            Some((i, flights.wait_for(&calls[i].flight_key(fp))?))
+        })
+        .collect();
+    for (i, waiter) in waiting {
+        let call = &calls[i];
+        match driver.wait(waiter, call.coalesce_deadline()).await {
+            Outcome::Value(bytes) => {
+                if let Ok(value) = driver.decode_shared(bytes).await {
+                    call.hit();
+                    found[i] = Some(value);
+                    outcomes[i] = CallOutcome::Coalesced;
+                }
+            }
+            // Handed over, or given up: the batch computes the key.
+            Outcome::Lead(guard) => drop(guard),
+            Outcome::TimedOut => {}
+        }
+    }
+}
+
 /// The flight of a call that missed, when it coalesces and nobody here is
-/// computing its key already (the batch never waits; see the module docs).
+/// computing its key already (the batch leads no key it would have to
+/// wait for: see [`share`]).
 fn lead(call: &Call, fp: u64) -> Option<LeaderGuard> {
     if !call.coalesces() {
         return None;

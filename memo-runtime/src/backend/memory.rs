@@ -181,6 +181,17 @@ impl MemoryBackend {
         Ok(Self::with_max_bytes(max_bytes))
     }
 
+    /// The value under `key` if it is live at `now`; an expired entry found
+    /// is dropped.
+    fn read(&self, key: &str, now: Instant) -> Option<Vec<u8>> {
+        let entry = self.cache.get(key)?;
+        if entry.live(now) {
+            return Some(entry.value.to_vec());
+        }
+        self.cache.remove_if(key, |entry| !entry.live(now));
+        None
+    }
+
     /// Runs `decide` on the live entry under `key`, under its shard's write
     /// lock: `Some(ttl)` gives it a new expiry, `None` leaves it. Whether it
     /// was given one. An expired entry found on the way is dropped.
@@ -204,15 +215,14 @@ impl MemoryBackend {
 
 impl Backend for MemoryBackend {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        let Some(entry) = self.cache.get(key) else {
-            return Ok(None);
-        };
+        Ok(self.read(key, Instant::now()))
+    }
+
+    /// One clock read for all the keys: a hit reads an entry and its
+    /// version token together.
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
         let now = Instant::now();
-        if entry.live(now) {
-            return Ok(Some(entry.value.to_vec()));
-        }
-        self.cache.remove_if(key, |entry| !entry.live(now));
-        Ok(None)
+        Ok(keys.iter().map(|key| self.read(key, now)).collect())
     }
 
     fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), BackendError> {

@@ -1,7 +1,8 @@
 //! Pieces of the behaviour suite that every deployment runs (a plain
 //! server, TLS, a cluster, a cluster over TLS), through the configuration
 //! in force: pseudo-random payloads, an iterator that replays, a locked
-//! stampede, and a lock that excludes a second holder.
+//! stampede, a lock that excludes a second holder, and waiting for what
+//! happens in the background.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -143,4 +144,17 @@ pub async fn a_locked_task_stampede(
     for task in tasks {
         assert_eq!(task.await.expect("no panic"), 7);
     }
+}
+
+/// Whether `done` turns true within `within`, asked every 20 ms: for what
+/// happens in the background (a refresh, a flight ending).
+pub fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
 }

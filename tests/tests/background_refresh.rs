@@ -20,7 +20,7 @@ use memo_runtime::{
     Backend, Config, Options, cache_memoize_detached, cache_memoize_detached_async, configure,
     stats, try_cache_memoize_detached, try_cache_memoize_detached_async,
 };
-use memo_tests::behaviour::timed_together;
+use memo_tests::behaviour::{eventually, timed_together};
 use memo_tests::peer::Peer;
 use memo_tests::runtime::{run, run_multi};
 use memo_tests::serial;
@@ -56,17 +56,6 @@ fn counting(runs: &Arc<AtomicUsize>, took: Duration) -> impl FnOnce() -> usize +
 }
 
 /// Waits until `done` holds, for at most `within`.
-fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
 #[test]
 fn stale_callers_are_served_at_once_while_one_refresh_runs_in_the_background() {
     let _serial = serial();

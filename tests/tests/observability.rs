@@ -13,13 +13,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memo_runtime::{
     Config, EncryptionKey, Function, MemoryBackend, Options, cache_memoize, cache_memoize_async,
     cache_memoize_detached, cache_memoize_iter, configure, invalidate, invalidate_tag,
     try_cache_memoize,
 };
+use memo_tests::behaviour::eventually;
 use memo_tests::runtime::run;
 use memo_tests::serial;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -289,17 +290,6 @@ fn named(name: &'static str) -> &'static Function {
     let function: &'static Function = Box::leak(Box::new(Function::new(name)));
     made.push(function);
     function
-}
-
-fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    done()
 }
 
 // ---------------------------------------------------------------------------

@@ -21,9 +21,9 @@
 //!   `memo_invalidations_total` (`kind`: `key`, `tag`), gauges
 //!   `memo_local_entries` and `memo_local_bytes`; counter
 //!   `memo_backend_errors_total` (`kind`) is counted with the other
-//!   failure counters (`common::counters`). The `function` label is a
-//!   `&'static str` the code names, never the key, so its cardinality is
-//!   the number of memoized functions.
+//!   failure counters (`common::counters`). The `function` label comes
+//!   from a `static` [`Function`] in the code, never from the key, so its
+//!   cardinality is the number of memoized functions.
 
 use std::future::Future;
 use std::time::Duration;
@@ -412,5 +412,33 @@ pub(crate) fn local_copies(entries: usize, bytes: u64) {
     {
         metrics::gauge!("memo_local_entries").set(entries as f64);
         metrics::gauge!("memo_local_bytes").set(bytes as f64);
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    /// A function's keys are indexed by the outcome's discriminant, so
+    /// `ALL` lists the outcomes in that order, and each key names its own.
+    #[test]
+    fn each_outcome_finds_its_own_keys() {
+        static F: Function = Function::new("tests::f");
+        for (at, outcome) in CallOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, at);
+            for (key, name) in [
+                (&F.keys().calls[at], "memo_calls_total"),
+                (&F.keys().durations[at], "memo_call_duration_seconds"),
+            ] {
+                assert_eq!(key.name(), name);
+                let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
+                assert_eq!(
+                    labels,
+                    [("function", "tests::f"), ("outcome", outcome.as_str())]
+                );
+            }
+        }
+        // Built once: the same keys on every call.
+        assert!(std::ptr::eq(F.keys(), F.keys()));
     }
 }

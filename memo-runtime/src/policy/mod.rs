@@ -246,7 +246,6 @@ impl Call {
         StreamReader::new(self.pipeline(), manifest, preloaded)
     }
 
-    /// The chunked pipeline's view of this call.
     /// The chunked pipeline of this call, to read with: no guard, which
     /// only a writer needs (see `writer`).
     pub(crate) fn pipeline(&self) -> Pipeline {

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use super::sync::{as_ok, as_value, cacheable_if};
+use super::sync::cacheable_if;
 use crate::backend::world::Tokio;
 use crate::format::key::CacheKey;
-use crate::policy::codec::{Borrowed, Owned};
+use crate::policy::codec::{Borrowed, Owned, as_ok, as_value};
 use crate::policy::detach::{Later, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::options::Options;

@@ -42,9 +42,10 @@ pub use sync::{
     make_cache_key, try_cache_memoize, try_cache_memoize_detached, try_cache_memoize_if,
 };
 
+pub(crate) use crate::policy::codec::{as_ok, as_value};
 #[cfg(feature = "async")]
 pub(crate) use asynchronous::memoize_async_with;
-pub(crate) use sync::{as_ok, as_value, cacheable_if, memoize_now};
+pub(crate) use sync::{cacheable_if, memoize_now};
 
 /// A failure of an explicit cache operation such as [`invalidate`].
 /// (Memoized calls never fail because of the cache.)

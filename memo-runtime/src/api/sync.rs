@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use crate::backend::world::{Blocking, block_on};
 use crate::format::key::CacheKey;
-use crate::policy::codec::{Borrowed, Owned};
+use crate::policy::codec::{Borrowed, Owned, as_ok, as_value};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
 use crate::policy::observe::{CallOutcome, Observed};
@@ -309,7 +309,7 @@ where
 }
 
 /// `cacheable` narrowed to what `predicate` accepts, for an owned call: a
-/// function for the reason given at [`as_value`], so that the closure's
+/// function for the reason given at `as_value`, so that the closure's
 /// type holds only the types it uses.
 pub(crate) fn cacheable_if<T, R, C, P>(
     cacheable: C,
@@ -320,18 +320,6 @@ where
     P: Fn(&T) -> bool + Copy,
 {
     move |result| cacheable(result).filter(|value| predicate(value))
-}
-
-/// The whole value, to store. A function rather than a closure, whose type
-/// would carry the caller's key type and so not be `'static` for a
-/// borrowed key.
-pub(crate) fn as_value<T>(value: &T) -> Option<&T> {
-    Some(value)
-}
-
-/// The `Ok` value, to store; see [`as_value`].
-pub(crate) fn as_ok<T, E>(result: &Result<T, E>) -> Option<&T> {
-    result.as_ref().ok()
 }
 
 /// Drops the entry memoized under `key` (and its chunks, if chunked). The

@@ -56,6 +56,18 @@ pub(crate) struct Borrowed;
 /// runs detached (`detach`).
 pub(crate) struct Owned;
 
+/// The whole value, to store. A function rather than a closure, whose type
+/// would carry the caller's key type and so not be `'static` for a
+/// borrowed key.
+pub(crate) fn as_value<T>(value: &T) -> Option<&T> {
+    Some(value)
+}
+
+/// The `Ok` value, to store; see [`as_value`].
+pub(crate) fn as_ok<T, E>(result: &Result<T, E>) -> Option<&T> {
+    result.as_ref().ok()
+}
+
 /// A result ready now, or one being made on the blocking pool.
 pub(crate) enum Offloaded<X> {
     Ready(X),

@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::codec::{Encode, Serde};
+use super::codec::{Encode, Serde, as_value};
 use super::drive::Driver;
 use super::engine::Handle;
 use super::flight::{Joined, LeaderGuard, Outcome, Waiter};
@@ -92,12 +92,9 @@ use crate::format::envelope::{self, fingerprint};
 use crate::format::guard::{self, Token};
 use crate::format::key::CacheKey;
 
-/// How a batch picks the value to store from what it computed: all of it.
+/// How a batch picks the value to store from what it computed: all of it
+/// ([`as_value`]), named as a type for the driver's `Encode` bound.
 type Whole<T> = fn(&T) -> Option<&T>;
-
-fn whole<T>(value: &T) -> Option<&T> {
-    Some(value)
-}
 
 /// A batch's maps of keys: foldhash, seeded per process, costs a fraction
 /// of std's SipHash on short keys, which a batch hashes hundreds of.
@@ -126,8 +123,9 @@ pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options)
 /// which must return one value for each. An `Err` of `compute` is returned
 /// as is, and nothing is stored.
 ///
-/// The batch is observed as a whole (`observe`): one span, and each key
-/// counted as a call.
+/// `calls` is not empty: the API answers an empty batch itself, having no
+/// call to take its driver from. The batch is observed as a whole
+/// (`observe`): one span, and each key counted as a call.
 ///
 /// # Panics
 ///
@@ -144,9 +142,6 @@ where
     F: FnOnce(&[usize]) -> Fut,
     Fut: Future<Output = Result<Vec<T>, E>>,
 {
-    if calls.is_empty() {
-        return Ok(Vec::new());
-    }
     let observed = Observed::start_many(&calls);
     let mut outcomes = Vec::new();
     let result = observed
@@ -179,7 +174,7 @@ where
         Some(_) => CallOutcome::Hit,
         None => CallOutcome::Miss,
     }));
-    share(driver, calls, &mut found, outcomes).await;
+    share(driver, calls, fp, &mut found, outcomes).await;
     let missing: Vec<usize> = (0..calls.len()).filter(|&i| found[i].is_none()).collect();
     if missing.is_empty() {
         return Ok(found.into_iter().flatten().collect());
@@ -221,7 +216,7 @@ where
     let mut plains = Vec::with_capacity(values.len());
     let mut owned = Vec::with_capacity(values.len());
     for value in values {
-        let (value, plain) = driver.encode(value, &(whole as Whole<T>)).get().await;
+        let (value, plain) = driver.encode(value, &(as_value as Whole<T>)).get().await;
         owned.push(value);
         plains.push(plain);
     }
@@ -339,13 +334,13 @@ where
 async fn share<D, T>(
     driver: &D,
     calls: &[Call],
+    fp: u64,
     found: &mut [Option<T>],
     outcomes: &mut [CallOutcome],
 ) where
     D: Serde<T>,
     T: Serialize + DeserializeOwned,
 {
-    let fp = fingerprint::<T>(false);
     let waiting: Vec<(usize, Waiter)> = (0..calls.len())
         .filter(|&i| found[i].is_none() && calls[i].coalesces())
         .filter_map(|i| {

@@ -320,9 +320,7 @@ impl Observed {
                     function = call.options.function.name(),
                     key = tracing::field::Empty,
                 );
-                if call.encryption.is_none() && !span.is_disabled() {
-                    span.record("key", call.key.stored());
-                }
+                with_key(&span, call);
                 span.follows_from(&self.span);
                 span
             },
@@ -340,10 +338,17 @@ fn call_span(call: &Call) -> tracing::Span {
         outcome = tracing::field::Empty,
         key = tracing::field::Empty,
     );
+    with_key(&span, call);
+    span
+}
+
+/// Records `call`'s stored key on `span`, only when the call is not
+/// encrypted (and somebody listens).
+#[cfg(feature = "tracing")]
+fn with_key(span: &tracing::Span, call: &Call) {
     if call.encryption.is_none() && !span.is_disabled() {
         span.record("key", call.key.stored());
     }
-    span
 }
 
 /// The span of a refresh detached from the call that won it (see

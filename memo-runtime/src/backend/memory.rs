@@ -31,7 +31,7 @@ use crate::common::url::CacheUrl;
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What an entry costs beyond its key and value bytes (the map's slot, the
-/// Arc, the expiry), so that many tiny entries still count.
+/// box, the expiry), so that many tiny entries still count.
 const ENTRY_OVERHEAD: u64 = 96;
 
 /// The longest TTL an entry gets; longer ones are clamped to it, so that
@@ -39,15 +39,19 @@ const ENTRY_OVERHEAD: u64 = 96;
 /// for a process.
 pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// A read clones the entry out whole: the bytes, which it returns anyway,
+/// and nothing shared, so readers of one key write nothing (a shared
+/// `Arc` would be counted up and down by every read, and threads reading
+/// the same keys would pass its cache line between them).
 #[derive(Clone)]
 struct Entry {
     /// Never changed once stored: a write replaces the whole entry.
-    value: Arc<[u8]>,
+    value: Box<[u8]>,
     expires: Instant,
 }
 
 impl Entry {
-    fn new(value: Arc<[u8]>, ttl: Duration) -> Entry {
+    fn new(value: Box<[u8]>, ttl: Duration) -> Entry {
         let now = Instant::now();
         Entry {
             value,
@@ -186,7 +190,7 @@ impl MemoryBackend {
     fn read(&self, key: &str, now: Instant) -> Option<Vec<u8>> {
         let entry = self.cache.get(key)?;
         if entry.live(now) {
-            return Some(entry.value.to_vec());
+            return Some(entry.value.into_vec());
         }
         self.cache.remove_if(key, |entry| !entry.live(now));
         None
@@ -203,7 +207,7 @@ impl MemoryBackend {
             }
             match decide(entry) {
                 Some(ttl) => {
-                    *entry = Entry::new(Arc::clone(&entry.value), ttl);
+                    *entry = Entry::new(std::mem::take(&mut entry.value), ttl);
                     EntryAction::Retain(true)
                 }
                 None => EntryAction::Retain(false),
@@ -232,13 +236,13 @@ impl Backend for MemoryBackend {
             return Ok(());
         }
         self.cache
-            .insert(key.to_owned(), Entry::new(Arc::from(value), ttl));
+            .insert(key.to_owned(), Entry::new(Box::from(value), ttl));
         Ok(())
     }
 
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, BackendError> {
         let now = Instant::now();
-        let entry = Entry::new(Arc::from(value), ttl);
+        let entry = Entry::new(Box::from(value), ttl);
         let result = self.cache.entry(key, None, |_, held| {
             if held.live(now) {
                 EntryAction::Retain(())

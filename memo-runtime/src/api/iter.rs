@@ -98,7 +98,7 @@ where
 {
     fn start(&mut self, key: CacheKey, options: Options) {
         let call = Box::new(Call::new(crate::policy::engine::current(), key, &options));
-        let driver = call.blocking();
+        let driver = call.blocking().clone();
         // The span covers the lookup: the outcome is known once the
         // iterator opens.
         let observed = Observed::start(&call);

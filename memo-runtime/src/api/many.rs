@@ -139,8 +139,8 @@ where
     let Some(first) = calls.first() else {
         return Ok(Vec::new());
     };
-    let driver = first.blocking();
-    block_on(memoize_many(&driver, calls, |missing: &[usize]| {
+    let engine = std::sync::Arc::clone(&first.engine);
+    block_on(memoize_many(&engine.blocking, calls, |missing: &[usize]| {
         std::future::ready(compute(missing))
     }))
 }

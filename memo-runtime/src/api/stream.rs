@@ -206,7 +206,7 @@ fn cache_side<T: DeserializeOwned>(
     observed: Observed,
     opened: oneshot::Sender<Opened>,
 ) {
-    let driver = call.blocking();
+    let driver = call.blocking().clone();
     let (found, lock) =
         observed.within(|| block_on(call.find_or_lock(&driver, &ItemsLookup::<T>::new())));
     let _lock = lock.map(CacheLockGuard::held);

@@ -1,5 +1,7 @@
 //! The synchronous entry points: look up, or compute and store.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -37,9 +39,11 @@ where
         Observed::start(&call).end(CallOutcome::Local);
         return from_cache(value);
     }
-    let driver = call.blocking();
+    // The engine's driver, borrowed through this thread's own handle: the
+    // call itself moves into the policy.
+    let engine = Arc::clone(&call.engine);
     block_on(memoize(
-        &driver,
+        &engine.blocking,
         call,
         Now(compute),
         cacheable,
@@ -336,7 +340,7 @@ where
 /// ```
 pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Error> {
     let call = Call::new(engine::current(), key.into(), options);
-    block_on(call.invalidate(&call.blocking()))?;
+    block_on(call.invalidate(call.blocking()))?;
     Ok(())
 }
 

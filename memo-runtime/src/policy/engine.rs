@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use super::barrier::Barrier;
 use super::flight::Flights;
 use super::local::{self, LocalCopies};
+use crate::backend::world::Blocking;
 use crate::config::{self, Config};
 
 /// One configuration and the policy's state under it.
@@ -32,6 +33,10 @@ pub(crate) struct Engine {
     pub(crate) config: Arc<Config>,
     /// The configuration's generation, which this engine was built for.
     generation: u64,
+    /// The synchronous world over the configuration's backend, made once:
+    /// a synchronous call borrows it rather than counting the backend's
+    /// `Arc` up and down, a write every thread would share.
+    pub(crate) blocking: Blocking,
     pub(crate) flights: Flights,
     pub(crate) barrier: Arc<Barrier>,
     /// Made on first use, which also subscribes to other processes'
@@ -120,6 +125,7 @@ impl Engine {
     /// A fresh engine for `config`, not installed anywhere.
     pub(crate) fn new(config: Arc<Config>, generation: u64) -> Engine {
         Engine {
+            blocking: Blocking(Arc::clone(&config.backend)),
             config,
             generation,
             flights: Flights::default(),

@@ -159,8 +159,8 @@ impl Call {
     }
 
     /// The blocking driver for this call's configuration.
-    pub(crate) fn blocking(&self) -> Blocking {
-        Blocking(Arc::clone(&self.config().backend))
+    pub(crate) fn blocking(&self) -> &Blocking {
+        &self.engine.blocking
     }
 
     /// The tokio driver for this call's configuration.
@@ -171,7 +171,7 @@ impl Call {
 
     /// The main entry's bytes, or `None` (absent, or the backend failed).
     pub(crate) fn get_main(&self) -> Option<Vec<u8>> {
-        crate::backend::world::block_on(self.fetch_main(&self.blocking()))
+        crate::backend::world::block_on(self.fetch_main(self.blocking()))
     }
 
     /// Counts and logs an entry read back that did not check out.

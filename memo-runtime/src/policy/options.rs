@@ -39,8 +39,10 @@ pub struct Options {
     /// recomputation fails.
     pub(crate) fail_safe: Option<Duration>,
     /// The tags the entry is stored with, as given (each resolved like a
-    /// key when the call runs).
-    pub(crate) tags: std::sync::Arc<[String]>,
+    /// key when the call runs); `None` for none, so that making the options
+    /// of a call without tags, as the attribute does on every call,
+    /// allocates nothing.
+    tags: Option<std::sync::Arc<[String]>>,
     /// The memoized function, as spans and metrics name it.
     pub(crate) function: &'static Function,
 }
@@ -124,7 +126,7 @@ impl Default for Options {
             refresh_ahead: None,
             stale: None,
             fail_safe: None,
-            tags: std::sync::Arc::from([]),
+            tags: None,
             function: &UNNAMED,
         }
     }
@@ -376,8 +378,14 @@ impl Options {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.tags = tags.into_iter().map(Into::into).collect();
+        let tags: std::sync::Arc<[String]> = tags.into_iter().map(Into::into).collect();
+        self.tags = (!tags.is_empty()).then_some(tags);
         self
+    }
+
+    /// The tags the entry is stored with, as given.
+    pub(crate) fn tag_list(&self) -> &[String] {
+        self.tags.as_deref().unwrap_or_default()
     }
 
     /// Names the memoized function in the call's `tracing` span and its
@@ -409,6 +417,15 @@ mod tests {
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn no_tags_are_the_same_options_as_none_given() {
+        assert_eq!(Options::new().tags(Vec::<String>::new()), Options::new());
+        let tagged = Options::new().tags(["user:7", "catalog"]);
+        assert_eq!(tagged.tag_list(), ["user:7", "catalog"]);
+        assert_ne!(tagged, Options::new());
+        assert!(Options::new().tag_list().is_empty());
+    }
 
     #[test]
     fn jitter_is_clamped_to_a_fraction() {

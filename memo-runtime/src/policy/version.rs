@@ -40,7 +40,7 @@ impl Call {
     pub(crate) fn guard_keys(&self) -> &[String] {
         self.guard_keys.get_or_init(|| {
             let config = self.config();
-            let tags = &self.options.tags;
+            let tags = self.options.tag_list();
             if tags.len() > guard::MAX_TAGS {
                 crate::common::diag::warning!(
                     "memo: {} tags given for {}; only the first {} are kept",

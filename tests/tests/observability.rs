@@ -465,6 +465,47 @@ fn the_attribute_names_the_function_by_its_path() {
     );
 }
 
+/// A value whose every clone takes [`SLOW_CLONE`]: what handing out a
+/// local copy costs, and so what a local hit's duration must cover.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SlowClone(u64);
+
+const SLOW_CLONE: Duration = Duration::from_millis(20);
+
+impl Clone for SlowClone {
+    fn clone(&self) -> Self {
+        std::thread::sleep(SLOW_CLONE);
+        SlowClone(self.0)
+    }
+}
+
+#[memo_runtime::cache_memoize(key = "obs:slow-clone:{id}", local = 60)]
+fn slow_clone(id: u64) -> SlowClone {
+    SlowClone(id)
+}
+
+#[test]
+fn a_local_hit_is_timed_over_the_copy_it_hands_out() {
+    let _serial = serial();
+    fresh();
+    assert_eq!(slow_clone(1), SlowClone(1));
+    assert_eq!(slow_clone(1), SlowClone(1));
+    assert_eq!(outcomes_of("observability::slow_clone"), ["miss", "local"]);
+    let durations = Metrics::take().histogram(
+        "memo_call_duration_seconds",
+        &[
+            ("function", "observability::slow_clone"),
+            ("outcome", "local"),
+        ],
+    );
+    assert_eq!(durations.len(), 1, "{durations:?}");
+    assert!(
+        durations[0] >= SLOW_CLONE.as_secs_f64(),
+        "a local hit that took at least {SLOW_CLONE:?} was timed at {}s",
+        durations[0]
+    );
+}
+
 #[test]
 fn an_encrypted_call_shows_neither_its_key_nor_its_value() {
     let _serial = serial();

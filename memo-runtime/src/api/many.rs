@@ -140,9 +140,11 @@ where
         return Ok(Vec::new());
     };
     let engine = std::sync::Arc::clone(&first.engine);
-    block_on(memoize_many(&engine.blocking, calls, |missing: &[usize]| {
-        std::future::ready(compute(missing))
-    }))
+    block_on(memoize_many(
+        &engine.blocking,
+        calls,
+        |missing: &[usize]| std::future::ready(compute(missing)),
+    ))
 }
 
 /// [`cache_memoize_many`] for async code: the same batch, with the backend

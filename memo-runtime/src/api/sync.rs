@@ -1,6 +1,7 @@
 //! The synchronous entry points: look up, or compute and store.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,10 +35,15 @@ where
     O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>,
 {
     let call = Call::new(engine::current(), key, options);
-    // A local hit is served before the policy's future is built.
-    if let Some(value) = call.local_hit(&keep) {
-        Observed::start(&call).end(CallOutcome::Local);
-        return from_cache(value);
+    // A local hit is served before the policy's future is built. One clock
+    // reading checks the copy's expiry and, with metrics, starts the call's
+    // duration.
+    if call.keeps_locally() {
+        let now = Instant::now();
+        if let Some(value) = call.local_hit(&keep, now) {
+            Observed::start_at(&call, now).end(CallOutcome::Local);
+            return from_cache(value);
+        }
     }
     // The engine's driver, borrowed through this thread's own handle: the
     // call itself moves into the policy.

@@ -152,20 +152,21 @@ impl Call {
     }
 
     /// The local copy of a `T`, counted as a local hit, if one is kept,
-    /// fresh, and not due for an early refresh: the first step of the
-    /// policy.
-    pub(crate) fn local_hit<T: DeserializeOwned, K: Keep<T>>(&self, keep: &K) -> Option<T> {
-        if !self.keeps_locally() {
-            return None;
-        }
-        let value = self.local_copy(keep, envelope::fingerprint::<T>(false))?;
+    /// fresh at `now`, and not due for an early refresh: the first step of
+    /// the policy, for a call that [keeps local copies](Self::keeps_locally).
+    pub(crate) fn local_hit<T: DeserializeOwned, K: Keep<T>>(
+        &self,
+        keep: &K,
+        now: Instant,
+    ) -> Option<T> {
+        let value = self.local_copy(keep, envelope::fingerprint::<T>(false), now)?;
         self.counters().local_hit();
         Some(value)
     }
 
-    /// The local copy of a value of fingerprint `fp`, if one is kept, fresh,
-    /// and not due for an early refresh.
-    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, fp: u64) -> Option<T> {
+    /// The local copy of a value of fingerprint `fp`, if one is kept, fresh
+    /// at `now`, and not due for an early refresh.
+    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, fp: u64, now: Instant) -> Option<T> {
         if !self.keeps_locally() {
             return None;
         }
@@ -174,7 +175,7 @@ impl Call {
             self.drop_local();
             return None;
         }
-        let kept = self.engine.local().get(self.key.stored(), fp)?;
+        let kept = self.engine.local().get(self.key.stored(), fp, now)?;
         // Made by a call that began before the key's latest invalidation:
         // never served again.
         if !self.engine.barrier.current(kept.ticket) {

@@ -110,10 +110,10 @@ impl LocalCopies {
     }
 
     /// The copy kept under `key` for a value of fingerprint `fingerprint`,
-    /// if it has not run out. One that has is dropped.
-    pub(crate) fn get(&self, key: &str, fingerprint: u64) -> Option<Kept> {
+    /// if it has not run out by `now`. One that has is dropped.
+    pub(crate) fn get(&self, key: &str, fingerprint: u64, now: Instant) -> Option<Kept> {
         let kept = self.copies.get(key)?;
-        if Instant::now() >= kept.until {
+        if now >= kept.until {
             self.copies
                 .remove_if(key, |found| Instant::now() >= found.until);
             self.report();
@@ -216,10 +216,13 @@ mod tests {
     fn a_copy_serves_its_own_type_until_it_runs_out() {
         let copies = LocalCopies::new(1 << 20);
         copies.insert("k", kept(1, Duration::from_millis(50), 3));
-        assert!(copies.get("k", 1).is_some());
-        assert!(copies.get("k", 2).is_none(), "another type's copy");
+        assert!(copies.get("k", 1, Instant::now()).is_some());
+        assert!(
+            copies.get("k", 2, Instant::now()).is_none(),
+            "another type's copy"
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert!(copies.get("k", 1).is_none());
+        assert!(copies.get("k", 1, Instant::now()).is_none());
         assert_eq!(copies.usage().0, 0, "the run-out copy is dropped");
     }
 
@@ -228,10 +231,10 @@ mod tests {
         let copies = LocalCopies::new(1 << 20);
         copies.insert("k", kept(1, Duration::from_secs(60), 3));
         copies.insert("k", kept(2, Duration::from_secs(60), 3));
-        assert!(copies.get("k", 1).is_none());
-        assert!(copies.get("k", 2).is_some());
+        assert!(copies.get("k", 1, Instant::now()).is_none());
+        assert!(copies.get("k", 2, Instant::now()).is_some());
         copies.remove("k");
-        assert!(copies.get("k", 2).is_none());
+        assert!(copies.get("k", 2, Instant::now()).is_none());
         assert_eq!(copies.usage(), (0, 0));
     }
 
@@ -239,9 +242,9 @@ mod tests {
     fn copies_that_run_out_at_once_or_outweigh_the_budget_are_not_kept() {
         let copies = LocalCopies::new(4096);
         copies.insert("now", kept(1, Duration::ZERO, 3));
-        assert!(copies.get("now", 1).is_none());
+        assert!(copies.get("now", 1, Instant::now()).is_none());
         copies.insert("heavy", kept(1, Duration::from_secs(60), 4096));
-        assert!(copies.get("heavy", 1).is_none());
+        assert!(copies.get("heavy", 1, Instant::now()).is_none());
         assert_eq!(copies.usage(), (0, 0));
     }
 
@@ -268,7 +271,10 @@ mod tests {
             // The hot copy is read between the cold ones' inserts, as a
             // hot key is.
             if n.is_multiple_of(8) {
-                assert!(copies.get("hot", 1).is_some(), "hot copy evicted at {n}");
+                assert!(
+                    copies.get("hot", 1, Instant::now()).is_some(),
+                    "hot copy evicted at {n}"
+                );
             }
             copies.insert(&format!("cold:{n}"), kept(1, Duration::from_secs(60), 1000));
         }

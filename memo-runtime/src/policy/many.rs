@@ -166,7 +166,14 @@ where
     Fut: Future<Output = Result<Vec<T>, E>>,
 {
     let fp = fingerprint::<T>(false);
-    let mut found: Vec<Option<T>> = calls.iter().map(|call| call.local_hit(&Encoded)).collect();
+    let now = Instant::now();
+    let mut found: Vec<Option<T>> = calls
+        .iter()
+        .map(|call| {
+            call.keeps_locally()
+                .then(|| call.local_hit(&Encoded, now))?
+        })
+        .collect();
     let local: Vec<bool> = found.iter().map(Option::is_some).collect();
     let looked_up = look_up(driver, calls, &mut found, fp).await;
     outcomes.extend(found.iter().zip(&local).map(|(found, &local)| match found {

@@ -741,8 +741,10 @@ where
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
     let call = call.overwriting(driver).await;
-    if let Some(value) = call.local_hit(&keep) {
-        return (from_cache(value), CallOutcome::Local);
+    if call.keeps_locally() {
+        if let Some(value) = call.local_hit(&keep, Instant::now()) {
+            return (from_cache(value), CallOutcome::Local);
+        }
     }
     // A forced overwrite computes whatever it finds.
     let computed = if call.options.force_overwrite {

@@ -716,7 +716,8 @@ where
     result
 }
 
-/// The steps of [`memoize`], returning how the call was served too.
+/// The steps of [`memoize`], returning how the call was served too: the
+/// hit here, and the rest in [`settle`].
 #[allow(clippy::too_many_arguments)]
 async fn serve<D, T, R, P, C, K, O>(
     driver: &D,
@@ -746,6 +747,59 @@ where
             return (from_cache(value), CallOutcome::Local);
         }
     }
+    let mut first = None;
+    if call.coalesces() {
+        // A hit needs no flight: look first, and join only to compute.
+        let ended = call.engine.flights.ended();
+        let found = ValueLookup::<T>(PhantomData).lookup(&call, driver).await;
+        if let Some((value, stamp, Verdict::Fresh)) = found {
+            call.hit();
+            call.keep_locally(&keep, fp, &value, stamp, None);
+            return (from_cache(value), CallOutcome::Hit);
+        }
+        first = Some(FirstLookup { ended, found });
+    }
+    // Boxed: every step past a hit (flights, locks, the computation and its
+    // store) makes a state of several kilobytes, which a hit would
+    // otherwise build and move at each level of the future.
+    Box::pin(settle(
+        driver, call, compute, cacheable, from_cache, keep, ownership, observed, fp, first,
+    ))
+    .await
+}
+
+/// What a call's first lookup found (`found`: nothing fresh), and the
+/// count of ended flights just before it (`ended`).
+struct FirstLookup<T> {
+    ended: u64,
+    found: Option<(T, Stamp, Verdict)>,
+}
+
+/// The steps of [`serve`] past a hit: joins the flight (after the `first`
+/// lookup, when the call coalesces), and takes the lock, computes and
+/// stores, or serves what a flight, an early refresh, a stale window or a
+/// fail-safe window gives it.
+#[allow(clippy::too_many_arguments)]
+async fn settle<D, T, R, P, C, K, O>(
+    driver: &D,
+    call: Call,
+    compute: P,
+    cacheable: C,
+    from_cache: impl Fn(T) -> R,
+    keep: K,
+    ownership: O,
+    observed: &Observed,
+    fp: u64,
+    first: Option<FirstLookup<T>>,
+) -> (R, CallOutcome)
+where
+    D: Serde<T> + Encode<T, R, C>,
+    T: Serialize + DeserializeOwned,
+    P: Compute<Output = R>,
+    C: Fn(&R) -> Option<&T>,
+    K: Keep<T>,
+    O: Ownership<RefreshJob<D, T, P, C, K>>,
+{
     // A forced overwrite computes whatever it finds.
     let computed = if call.options.force_overwrite {
         CallOutcome::Refresh
@@ -756,15 +810,7 @@ where
     let mut flight = None;
     // What the first lookup found, when it stands for the leader's own.
     let mut looked = None;
-    if call.coalesces() {
-        // A hit needs no flight: look first, and join only to compute.
-        let ended = call.engine.flights.ended();
-        let found = lookup.lookup(&call, driver).await;
-        if let Some((value, stamp, Verdict::Fresh)) = found {
-            call.hit();
-            call.keep_locally(&keep, fp, &value, stamp, None);
-            return (from_cache(value), CallOutcome::Hit);
-        }
+    if let Some(FirstLookup { ended, found }) = first {
         // The ticket's epoch too: a caller never joins a computation that
         // began before the key's latest invalidation.
         let joined = call.engine.flights.join(&call.flight_key(fp));

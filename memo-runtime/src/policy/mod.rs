@@ -564,13 +564,10 @@ impl Call {
     /// that cannot be written leaves the call to compute all the same (it
     /// then stores only if it can read the entry's current token); it is
     /// logged.
-    async fn overwriting(self, io: &impl World) -> Call {
-        if self.options.force_overwrite {
-            if let Err(err) = self.new_version(io).await {
-                self.counters().backend_failed("set", &err);
-            }
+    async fn overwrite(&self, io: &impl World) {
+        if let Err(err) = self.new_version(io).await {
+            self.counters().backend_failed("set", &err);
         }
-        self
     }
 
     /// What was read, kept or joined in this process before now is not
@@ -741,7 +738,9 @@ where
     // envelope: postcard bytes of one type can decode as another, so calls
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
-    let call = call.overwriting(driver).await;
+    if call.options.force_overwrite {
+        call.overwrite(driver).await;
+    }
     if call.keeps_locally() {
         if let Some(value) = call.local_hit(&keep, Instant::now()) {
             return (from_cache(value), CallOutcome::Local);

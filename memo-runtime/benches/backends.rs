@@ -10,6 +10,9 @@
 //!   overhead (key building, envelope check, decoding) over the floor.
 //! - `hit/<backend>/memo_2_tags` — the same hit of an entry stored with two
 //!   tags, whose tokens are read in the same request.
+//! - `hit/<backend>/raw_get_2_keys` — memo's own client reading two stored
+//!   keys in one request (`Backend::get_many`): what a lookup asks of the
+//!   server, since it reads the entry with its version token.
 //! - `barrier/<backend>/miss_store` (and `_2_tags`) — a miss and its store
 //!   after an `invalidate`, versus `raw_get_then_set`; `invalidate_tag`
 //!   versus `raw_set` of a token.
@@ -136,6 +139,15 @@ fn hit(c: &mut Criterion, target: &mut Target) {
     });
     let raw_get = &mut target.raw_get;
     group.bench_function("raw_get", |b| b.iter(|| raw_get(&full_key)));
+    let two_keys = [full_key.as_str(), &make_cache_key(tagged_key, &tagged)];
+    let raw = &target.raw;
+    group.bench_function("raw_get_2_keys", |b| {
+        b.iter(|| {
+            let values = raw.get_many(&two_keys).expect("get_many");
+            assert!(values.iter().all(Option::is_some), "both stored");
+            values
+        });
+    });
     group.finish();
 }
 

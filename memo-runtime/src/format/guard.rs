@@ -76,14 +76,14 @@ pub(crate) fn prefix(tokens: &[Token]) -> Vec<u8> {
 
 /// Where the entry behind `bytes`' guard starts, if the guard holds
 /// exactly `tokens`; `None` for an entry stored behind other tokens, or not
-/// guarded at all.
-pub(crate) fn behind(bytes: &[u8], tokens: &[Token]) -> Option<usize> {
+/// guarded at all. A token that is `None` (none was read) matches nothing.
+pub(crate) fn behind(bytes: &[u8], tokens: &[Option<Token>]) -> Option<usize> {
     let (stored, entry) = split(bytes)?;
     let same = stored.len() == tokens.len() * 8
         && stored
             .chunks_exact(8)
             .zip(tokens)
-            .all(|(bytes, token)| read_token(bytes) == Some(*token));
+            .all(|(bytes, token)| token.is_some() && read_token(bytes) == *token);
     same.then(|| bytes.len() - entry.len())
 }
 
@@ -110,7 +110,21 @@ mod tests {
     use super::*;
 
     fn open<'b>(bytes: &'b [u8], tokens: &[Token]) -> Option<&'b [u8]> {
-        behind(bytes, tokens).map(|at| &bytes[at..])
+        let read: Vec<Option<Token>> = tokens.iter().copied().map(Some).collect();
+        behind(bytes, &read).map(|at| &bytes[at..])
+    }
+
+    #[test]
+    fn a_token_not_read_opens_nothing() {
+        let tokens = [new_token(), new_token()];
+        let mut stored = prefix(&tokens);
+        stored.extend_from_slice(b"envelope");
+        assert_eq!(
+            behind(&stored, &[Some(tokens[0]), Some(tokens[1])]),
+            Some(stored.len() - 8)
+        );
+        assert_eq!(behind(&stored, &[Some(tokens[0]), None]), None);
+        assert_eq!(behind(&stored, &[None, Some(tokens[1])]), None);
     }
 
     #[test]

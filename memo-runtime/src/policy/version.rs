@@ -108,11 +108,11 @@ impl Call {
             return None;
         }
         let seen = self.tokens_of(&found[1..]);
-        let tokens: Option<Vec<Token>> = seen.iter().copied().collect();
+        let main = found.swap_remove(0);
+        let behind = main.as_deref().and_then(|main| guard::behind(main, &seen));
         self.remember(seen);
-        let mut main = found.swap_remove(0)?;
+        let mut main = main?;
         self.counters().read(main.len());
-        let behind = tokens.and_then(|tokens| guard::behind(&main, &tokens));
         match behind {
             Some(at) => {
                 main.drain(..at);

@@ -72,13 +72,13 @@ enum IterState<T, S> {
         options: Options,
     },
     Hit {
-        call: Box<Call>,
+        call: Box<Call<'static>>,
         items: ItemReader,
         yielded: u64,
         _item: std::marker::PhantomData<fn() -> T>,
     },
     Miss {
-        call: Box<Call>,
+        call: Box<Call<'static>>,
         source: S,
         writer: Option<StreamWriter>,
         scratch: Vec<u8>,
@@ -97,7 +97,7 @@ where
     F: FnOnce() -> I,
 {
     fn start(&mut self, key: CacheKey, options: Options) {
-        let call = Box::new(Call::new(crate::policy::engine::current(), key, &options));
+        let call = Box::new(Call::owning(crate::policy::engine::current(), key, options));
         let driver = call.blocking().clone();
         // The span covers the lookup: the outcome is known once the
         // iterator opens.

@@ -186,7 +186,7 @@ where
             self.state = State::Fallback { source, skip: 0 };
             return;
         }
-        let call = Call::new(crate::policy::engine::current(), key, &options);
+        let call = Call::owning(crate::policy::engine::current(), key, options);
         // Started here, in the caller's task, so that its span is a child
         // of the caller's.
         let observed = Observed::start(&call);
@@ -202,7 +202,7 @@ where
 /// The cache side of one memoized stream, on the blocking pool. Its span
 /// covers the lookup: the outcome is known once the stream opens.
 fn cache_side<T: DeserializeOwned>(
-    call: Call,
+    call: Call<'_>,
     observed: Observed,
     opened: oneshot::Sender<Opened>,
 ) {

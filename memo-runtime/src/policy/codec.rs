@@ -151,7 +151,7 @@ pub(crate) trait Serde<T: Serialize + DeserializeOwned>: Driver {
     /// default.
     fn decode_value(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         bytes: Vec<u8>,
     ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
         async move { envelope::decode_stamped::<T>(call.key.full(), &bytes, call.encryption.as_ref()) }
@@ -160,7 +160,7 @@ pub(crate) trait Serde<T: Serialize + DeserializeOwned>: Driver {
     /// Reads back and decodes the chunked value whose manifest is `main`.
     fn load_value(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         main: Vec<u8>,
     ) -> impl Future<Output = Result<T, LoadError>> + Send;
 
@@ -193,7 +193,7 @@ pub(crate) trait Encode<T, R, C> {
 impl<T: Serialize + DeserializeOwned> Serde<T> for Blocking {
     // Not `ready(..)`, which would hold a `T` and be `Send` only for a
     // `Send` value.
-    async fn load_value(&self, call: &Call, main: Vec<u8>) -> Result<T, LoadError> {
+    async fn load_value(&self, call: &Call<'_>, main: Vec<u8>) -> Result<T, LoadError> {
         call.load_chunked_now::<T>(&main)
     }
 }
@@ -248,7 +248,7 @@ mod off {
     impl<T: Serialize + DeserializeOwned + Send + 'static> Serde<T> for Tokio {
         fn decode_value(
             &self,
-            call: &Call,
+            call: &Call<'_>,
             bytes: Vec<u8>,
         ) -> impl Future<Output = Result<(T, Stamp), Invalid>> + Send {
             let key = call.key.full().to_owned();
@@ -265,7 +265,7 @@ mod off {
 
         fn load_value(
             &self,
-            call: &Call,
+            call: &Call<'_>,
             main: Vec<u8>,
         ) -> impl Future<Output = Result<T, LoadError>> + Send {
             super::super::drive::load_chunked_off::<T>(call, main)

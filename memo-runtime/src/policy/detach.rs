@@ -119,7 +119,7 @@ impl<F: FnOnce() -> Fut, Fut: Future> Compute for Later<F> {
 /// refresh flight and, for a stale value, the lock).
 pub(crate) struct RefreshJob<D, T, P, C, K> {
     pub(crate) driver: D,
-    pub(crate) call: Call,
+    pub(crate) call: Call<'static>,
     pub(crate) compute: P,
     pub(crate) cacheable: C,
     pub(crate) keep: K,

@@ -41,7 +41,7 @@ pub(crate) trait Driver: World + Clone {
     /// future is returned, so the future does not hold on to it.
     fn store_chunked<T: Serialize + DeserializeOwned>(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         value: &T,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
 
@@ -49,7 +49,7 @@ pub(crate) trait Driver: World + Clone {
     /// type of fingerprint `fp`) as a chunked value.
     fn store_chunked_plain(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         plain: Arc<[u8]>,
         fp: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static;
@@ -74,7 +74,7 @@ impl Driver for Blocking {
 
     fn store_chunked<T: Serialize + DeserializeOwned>(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         value: &T,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         std::future::ready(call.store_chunked_now(value))
@@ -82,7 +82,7 @@ impl Driver for Blocking {
 
     fn store_chunked_plain(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         plain: Arc<[u8]>,
         fp: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
@@ -135,7 +135,7 @@ mod tokio_driver {
     /// Reads back and decodes a chunked value of an owned `T` in one job on
     /// the blocking pool: the postcard pass too leaves the executor.
     pub(crate) fn load_chunked_off<T: DeserializeOwned + Send + 'static>(
-        call: &Call,
+        call: &Call<'_>,
         main: Vec<u8>,
     ) -> impl Future<Output = Result<T, LoadError>> + Send + use<T> {
         let pipeline = call.pipeline();
@@ -178,7 +178,7 @@ mod tokio_driver {
 
         fn store_chunked_plain(
             &self,
-            call: &Call,
+            call: &Call<'_>,
             plain: Arc<[u8]>,
             fp: u64,
         ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
@@ -195,7 +195,7 @@ mod tokio_driver {
 
         fn store_chunked<T: Serialize + DeserializeOwned>(
             &self,
-            call: &Call,
+            call: &Call<'_>,
             value: &T,
         ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
             let writer = call.writer(false);

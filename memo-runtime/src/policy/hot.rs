@@ -95,7 +95,7 @@ fn xfetch(now_ms: u64, expires_ms: u64, compute_us: u64, beta: f64, random: f64)
     now_ms as f64 + gap >= expires_ms as f64
 }
 
-impl Call {
+impl Call<'_> {
     /// The TTL the backend keeps a value for: its expiration, plus the
     /// longer of the stale and fail-safe windows when the call has one
     /// (values stored whole only).
@@ -302,7 +302,7 @@ pub(crate) struct Refresh {
 /// Counts a refresh whose computation panicked, or whose future was
 /// dropped, as it unwinds; disarmed once the computation returned.
 pub(crate) struct RefreshWatch<'c> {
-    pub(crate) call: &'c Call,
+    pub(crate) call: &'c Call<'c>,
     pub(crate) armed: bool,
 }
 

@@ -16,7 +16,7 @@ use crate::format::serial;
 
 /// Reads the manifest and verifies every chunk of a cached iterator; the
 /// item reader on success.
-pub(crate) fn open_items<T: DeserializeOwned>(call: &Call) -> Option<ItemReader> {
+pub(crate) fn open_items<T: DeserializeOwned>(call: &Call<'_>) -> Option<ItemReader> {
     let bytes = call.get_main()?;
     let opened = Manifest::decode(
         call.key.full(),
@@ -50,7 +50,7 @@ impl<T: DeserializeOwned> Lookup<Blocking> for ItemsLookup<T> {
 
     fn lookup(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         _driver: &Blocking,
     ) -> impl Future<Output = Option<ItemReader>> + Send {
         std::future::ready(open_items::<T>(call))

@@ -102,7 +102,7 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One call per key, of the engine in force, sharing one draw of the
 /// expiration's jitter.
-pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options) -> Vec<Call> {
+pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options) -> Vec<Call<'_>> {
     let engine: Arc<Handle> = engine::current();
     let draw = hot::unit_draw();
     let ttl = options
@@ -133,7 +133,7 @@ pub(crate) fn calls(keys: impl IntoIterator<Item = CacheKey>, options: &Options)
 /// misses.
 pub(crate) async fn memoize_many<D, T, E, F, Fut>(
     driver: &D,
-    calls: Vec<Call>,
+    calls: Vec<Call<'_>>,
     compute: F,
 ) -> Result<Vec<T>, E>
 where
@@ -155,7 +155,7 @@ where
 /// once that is known.
 async fn serve_many<D, T, E, F, Fut>(
     driver: &D,
-    calls: &[Call],
+    calls: &[Call<'_>],
     compute: F,
     outcomes: &mut Vec<CallOutcome>,
 ) -> Result<Vec<T>, E>
@@ -255,7 +255,7 @@ where
 /// Looks up, in one `get_many`, every call that `found` has no value for
 /// yet, and fills in the fresh values found. `false` when the backend
 /// failed (every call then misses, and none stores: it knows no tokens).
-async fn look_up<D, T>(driver: &D, calls: &[Call], found: &mut [Option<T>], fp: u64) -> bool
+async fn look_up<D, T>(driver: &D, calls: &[Call<'_>], found: &mut [Option<T>], fp: u64) -> bool
 where
     D: Serde<T>,
     T: Serialize + DeserializeOwned,
@@ -340,7 +340,7 @@ where
 /// the call's deadline, is left to the batch to compute.
 async fn share<D, T>(
     driver: &D,
-    calls: &[Call],
+    calls: &[Call<'_>],
     fp: u64,
     found: &mut [Option<T>],
     outcomes: &mut [CallOutcome],
@@ -375,7 +375,7 @@ async fn share<D, T>(
 /// The flight of a call that missed, when it coalesces and nobody here is
 /// computing its key already (the batch leads no key it would have to
 /// wait for: see [`share`]).
-fn lead(call: &Call, fp: u64) -> Option<LeaderGuard> {
+fn lead(call: &Call<'_>, fp: u64) -> Option<LeaderGuard> {
     if !call.coalesces() {
         return None;
     }
@@ -394,7 +394,7 @@ fn lead(call: &Call, fp: u64) -> Option<LeaderGuard> {
 /// (one per key, however many calls share it), and a new version token for
 /// each call that overwrites. A call whose tokens cannot be written stores
 /// nothing (an overwriting one stores behind the token it read).
-async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call], missing: &[usize]) {
+async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call<'_>], missing: &[usize]) {
     let mut written: Map<&str, Token> = Map::default();
     let mut order: Vec<&str> = Vec::new();
     let mut tokens: Vec<(usize, Vec<Option<Token>>)> = Vec::with_capacity(missing.len());
@@ -451,7 +451,7 @@ async fn ensure_tokens<D: Driver>(driver: &D, calls: &[Call], missing: &[usize])
 /// (`large_data`) through the single call's store.
 async fn store<D, T>(
     driver: &D,
-    calls: &[Call],
+    calls: &[Call<'_>],
     missing: &[usize],
     values: &[T],
     stamps: &[envelope::Stamp],

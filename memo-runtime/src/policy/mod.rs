@@ -54,6 +54,7 @@
 //! - `options`: [`Options`], the settings of one call, re-exported by the
 //!   API layer.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Write};
@@ -112,7 +113,11 @@ use stream::{LoadError, Pipeline, StoreError, StreamReader, StreamWriter};
 pub const COALESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One call's resolved settings.
-pub(crate) struct Call {
+///
+/// It borrows the caller's [`Options`] for `'o`: a call runs within its
+/// caller's frame. Only a call that outlives that frame (an iterator's, a
+/// stream's, a refresh run detached) owns a copy.
+pub(crate) struct Call<'o> {
     pub(crate) engine: Arc<Handle>,
     pub(crate) key: EntryKey,
     /// Where the call stood against the invalidation barrier when it
@@ -120,7 +125,7 @@ pub(crate) struct Call {
     pub(crate) ticket: Ticket,
     pub(crate) encryption: Option<EncryptionKey>,
     ttl: Duration,
-    options: Options,
+    options: Cow<'o, Options>,
     /// The keys of the version tokens the entry is stored behind, made on
     /// first use (a local hit needs none).
     guard_keys: std::sync::OnceLock<Vec<String>>,
@@ -128,8 +133,34 @@ pub(crate) struct Call {
     seen: std::sync::Mutex<Option<version::Seen>>,
 }
 
-impl Call {
-    pub(crate) fn new(engine: Arc<Handle>, key: CacheKey, options: &Options) -> Call {
+impl<'o> Call<'o> {
+    /// The call of `key` under `options`, borrowed.
+    pub(crate) fn new(engine: Arc<Handle>, key: CacheKey, options: &'o Options) -> Call<'o> {
+        Call::with_options(engine, key, Cow::Borrowed(options))
+    }
+
+    /// The call of `key` under `options`, owned: for a call that outlives
+    /// its caller's frame.
+    pub(crate) fn owning(engine: Arc<Handle>, key: CacheKey, options: Options) -> Call<'static> {
+        Call::with_options(engine, key, Cow::Owned(options))
+    }
+
+    /// This call, owning a copy of its options if it borrowed them: for
+    /// a refresh that may run detached.
+    pub(crate) fn into_owned(self) -> Call<'static> {
+        Call {
+            engine: self.engine,
+            key: self.key,
+            ticket: self.ticket,
+            encryption: self.encryption,
+            ttl: self.ttl,
+            options: Cow::Owned(self.options.into_owned()),
+            guard_keys: self.guard_keys,
+            seen: self.seen,
+        }
+    }
+
+    fn with_options(engine: Arc<Handle>, key: CacheKey, options: Cow<'o, Options>) -> Call<'o> {
         let config = &engine.config;
         let Resolved { key, encryption } =
             config.resolve(key, options.encrypt, options.encryption_key.as_ref());
@@ -142,7 +173,7 @@ impl Call {
             key,
             ticket,
             encryption,
-            options: options.clone(),
+            options,
             engine,
             guard_keys: std::sync::OnceLock::new(),
             seen: std::sync::Mutex::new(None),
@@ -603,7 +634,11 @@ pub(crate) trait Lookup<D: Driver>: Sync {
     type Found;
 
     /// Looks the entry up.
-    fn lookup(&self, call: &Call, driver: &D) -> impl Future<Output = Option<Self::Found>> + Send;
+    fn lookup(
+        &self,
+        call: &Call<'_>,
+        driver: &D,
+    ) -> impl Future<Output = Option<Self::Found>> + Send;
 
     /// Whether `found` settles the lookup, or is only a value to fall back
     /// on should the computation fail.
@@ -625,7 +660,7 @@ where
 {
     type Found = (T, Stamp, Verdict);
 
-    async fn lookup(&self, call: &Call, driver: &D) -> Option<Self::Found> {
+    async fn lookup(&self, call: &Call<'_>, driver: &D) -> Option<Self::Found> {
         let (value, stamp) = call.load(driver).await?;
         match call.judge(stamp) {
             Verdict::Expired => None,
@@ -689,7 +724,7 @@ impl<D: Driver> Drop for HeldLock<'_, D> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn memoize<D, T, R, P, C, K, O>(
     driver: &D,
-    call: Call,
+    call: Call<'_>,
     compute: P,
     cacheable: C,
     from_cache: impl Fn(T) -> R,
@@ -718,7 +753,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn serve<D, T, R, P, C, K, O>(
     driver: &D,
-    call: Call,
+    call: Call<'_>,
     compute: P,
     cacheable: C,
     from_cache: impl Fn(T) -> R,
@@ -781,7 +816,7 @@ struct FirstLookup<T> {
 #[allow(clippy::too_many_arguments)]
 async fn settle<D, T, R, P, C, K, O>(
     driver: &D,
-    call: Call,
+    call: Call<'_>,
     compute: P,
     cacheable: C,
     from_cache: impl Fn(T) -> R,
@@ -899,7 +934,9 @@ where
     let link = observed.link(&call);
     let job = RefreshJob {
         driver: driver.clone(),
-        call,
+        // It may run detached, past the caller's frame: a won refresh is
+        // the one step that copies the options.
+        call: call.into_owned(),
         compute,
         cacheable,
         keep,
@@ -958,7 +995,7 @@ where
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn compute_then_store<D, T, R, P, C, K>(
     driver: &D,
-    call: &Call,
+    call: &Call<'_>,
     compute: P,
     cacheable: &C,
     keep: &K,

@@ -183,7 +183,7 @@ pub(crate) struct Observed {
 impl Observed {
     /// Starts observing `call`.
     #[inline]
-    pub(crate) fn start(call: &Call) -> Observed {
+    pub(crate) fn start(call: &Call<'_>) -> Observed {
         let _ = call;
         Observed {
             #[cfg(feature = "tracing")]
@@ -199,7 +199,7 @@ impl Observed {
     /// the call took anyway (to check its local copy's expiry), so that
     /// timing it costs one more, at its end, and none without `metrics`.
     #[inline]
-    pub(crate) fn start_at(call: &Call, started: std::time::Instant) -> Observed {
+    pub(crate) fn start_at(call: &Call<'_>, started: std::time::Instant) -> Observed {
         let _ = (call, started);
         Observed {
             #[cfg(feature = "tracing")]
@@ -215,7 +215,7 @@ impl Observed {
     /// not empty: one span `memoize_many`, with the function and the
     /// number of keys, and no key.
     #[inline]
-    pub(crate) fn start_many(calls: &[Call]) -> Observed {
+    pub(crate) fn start_many(calls: &[Call<'_>]) -> Observed {
         let _ = calls;
         #[cfg(any(feature = "tracing", feature = "metrics"))]
         let first = &calls[0];
@@ -324,7 +324,7 @@ impl Observed {
     /// own (the call may be long gone when it runs), made now, while the
     /// call's span is open, so that it follows from it.
     #[inline]
-    pub(crate) fn link(&self, call: &Call) -> Link {
+    pub(crate) fn link(&self, call: &Call<'_>) -> Link {
         let _ = call;
         Link {
             #[cfg(feature = "tracing")]
@@ -346,7 +346,7 @@ impl Observed {
 
 /// The span of `call`: `key` only when the call is not encrypted.
 #[cfg(feature = "tracing")]
-fn call_span(call: &Call) -> tracing::Span {
+fn call_span(call: &Call<'_>) -> tracing::Span {
     let span = tracing::debug_span!(
         target: "memo_runtime::call",
         "memoize",
@@ -361,7 +361,7 @@ fn call_span(call: &Call) -> tracing::Span {
 /// Records `call`'s stored key on `span`, only when the call is not
 /// encrypted (and somebody listens).
 #[cfg(feature = "tracing")]
-fn with_key(span: &tracing::Span, call: &Call) {
+fn with_key(span: &tracing::Span, call: &Call<'_>) {
     if call.encryption.is_none() && !span.is_disabled() {
         span.record("key", call.key.stored());
     }
@@ -391,7 +391,7 @@ impl Link {
 
 /// A computation of `call`'s that took `took`.
 #[inline]
-pub(crate) fn computed(call: &Call, took: Duration) {
+pub(crate) fn computed(call: &Call<'_>, took: Duration) {
     let _ = (call, took);
     #[cfg(feature = "metrics")]
     metrics::histogram!("memo_compute_duration_seconds", "function" => call.options.function.name())

@@ -34,7 +34,7 @@ use crate::format::key::Derived;
 /// entry's version key, then each tag's key), `None` where none was read.
 pub(crate) type Seen = Vec<Option<Token>>;
 
-impl Call {
+impl Call<'_> {
     /// The keys whose tokens this call's entry is stored behind: its
     /// version key, then each tag's key.
     pub(crate) fn guard_keys(&self) -> &[String] {

@@ -154,19 +154,15 @@ impl Call<'_> {
     /// The local copy of a `T`, counted as a local hit, if one is kept,
     /// fresh at `now`, and not due for an early refresh: the first step of
     /// the policy, for a call that [keeps local copies](Self::keeps_locally).
-    pub(crate) fn local_hit<T: DeserializeOwned, K: Keep<T>>(
-        &self,
-        keep: &K,
-        now: Instant,
-    ) -> Option<T> {
-        let value = self.local_copy(keep, envelope::fingerprint::<T>(false), now)?;
+    pub(crate) fn local_hit<T, K: Keep<T>>(&self, keep: &K, now: Instant) -> Option<T> {
+        let value = self.local_copy(keep, now)?;
         self.counters().local_hit();
         Some(value)
     }
 
-    /// The local copy of a value of fingerprint `fp`, if one is kept, fresh
-    /// at `now`, and not due for an early refresh.
-    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, fp: u64, now: Instant) -> Option<T> {
+    /// The local copy of a `T`, if one is kept, fresh at `now`, and not due
+    /// for an early refresh.
+    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, now: Instant) -> Option<T> {
         if !self.keeps_locally() {
             return None;
         }
@@ -175,7 +171,7 @@ impl Call<'_> {
             self.drop_local();
             return None;
         }
-        let kept = self.engine.local().get(self.key.stored(), fp, now)?;
+        let kept = self.engine.local().get(self.key.stored(), now)?;
         // Made by a call that began before the key's latest invalidation:
         // never served again.
         if !self.engine.barrier.current(kept.ticket) {
@@ -193,7 +189,7 @@ impl Call<'_> {
                 return None;
             }
         }
-        keep.take(&kept.payload)
+        keep.take(&kept.payload, kept.fingerprint)
     }
 
     /// Keeps a copy of `value`, stamped `stamp`, for the call's `local`
@@ -321,8 +317,9 @@ pub trait Keep<T>: Sync {
     /// The payload to keep for `value`, and what it weighs in bytes;
     /// `plain`, when given, holds its postcard bytes.
     fn keep(&self, value: &T, plain: Option<&Arc<[u8]>>) -> Option<(Payload, usize)>;
-    /// The value a payload holds, if it holds one of `T`.
-    fn take(&self, payload: &Payload) -> Option<T>;
+    /// The value a payload kept for a type of fingerprint `fingerprint`
+    /// holds, if it holds one of `T`.
+    fn take(&self, payload: &Payload, fingerprint: u64) -> Option<T>;
 }
 
 /// Keeps the serialized value: no round trip, still a decode; `T` need not
@@ -340,10 +337,14 @@ impl<T: Serialize + DeserializeOwned> Keep<T> for Encoded {
         Some((Payload::Encoded(bytes), len))
     }
 
-    fn take(&self, payload: &Payload) -> Option<T> {
+    /// Bytes of one type can decode as another: the fingerprint says whose
+    /// they are.
+    fn take(&self, payload: &Payload, fingerprint: u64) -> Option<T> {
         match payload {
-            Payload::Encoded(bytes) => envelope::decode_exact(bytes).ok(),
-            Payload::Typed(_) => None,
+            Payload::Encoded(bytes) if fingerprint == envelope::fingerprint::<T>(false) => {
+                envelope::decode_exact(bytes).ok()
+            }
+            Payload::Encoded(_) | Payload::Typed(_) => None,
         }
     }
 }
@@ -390,7 +391,10 @@ impl<T: Serialize> Keep<T> for Typed<T> {
         Some((Payload::Typed((self.share)(value)), size))
     }
 
-    fn take(&self, payload: &Payload) -> Option<T> {
+    /// The downcast says whether the value is a `T`: within one process,
+    /// that is what the fingerprint would say, without looking it up.
+    fn take(&self, payload: &Payload, fingerprint: u64) -> Option<T> {
+        let _ = fingerprint;
         match payload {
             Payload::Typed(value) => (self.downcast)(&**value).map(self.clone),
             Payload::Encoded(_) => None,
@@ -432,6 +436,29 @@ mod tests {
             let expected = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
             assert_eq!(saturating_ms(duration), expected, "{duration:?}");
         }
+    }
+
+    #[test]
+    fn a_copy_is_taken_only_as_the_type_it_was_kept_for() {
+        let fp = envelope::fingerprint::<u32>(false);
+        let (encoded, _) = Keep::<u32>::keep(&Encoded, &7u32, None).unwrap();
+        assert_eq!(Keep::<u32>::take(&Encoded, &encoded, fp), Some(7));
+        // The same bytes, kept for another type, read as a u32 (postcard
+        // would decode them): not taken.
+        let other = envelope::fingerprint::<u8>(false);
+        assert_eq!(Keep::<u32>::take(&Encoded, &encoded, other), None);
+        let (typed, _) = Keep::<u32>::keep(&Typed::<u32>::default(), &7u32, None).unwrap();
+        assert_eq!(
+            Keep::<u32>::take(&Typed::<u32>::default(), &typed, fp),
+            Some(7)
+        );
+        assert_eq!(Keep::<u8>::take(&Typed::<u8>::default(), &typed, fp), None);
+        // Neither takes the other's payload.
+        assert_eq!(Keep::<u32>::take(&Encoded, &typed, fp), None);
+        assert_eq!(
+            Keep::<u32>::take(&Typed::<u32>::default(), &encoded, fp),
+            None
+        );
     }
 
     #[test]

@@ -740,10 +740,11 @@ where
     O: Ownership<RefreshJob<D, T, P, C, K>>,
 {
     let observed = Observed::start(&call);
-    let served = serve(
-        driver, call, compute, cacheable, from_cache, keep, ownership, &observed,
-    );
-    let (result, outcome) = observed.cover(served).await;
+    let (result, outcome) = observed
+        .cover(serve(
+            driver, call, compute, cacheable, from_cache, keep, ownership, &observed,
+        ))
+        .await;
     observed.end(outcome);
     result
 }

@@ -302,9 +302,11 @@ where
     O: Ownership<RefreshJob<Tokio, T, Later<F>, C, K>>,
 {
     let call = Call::new(crate::policy::engine::current(), key, options);
-    let driver = call.tokio();
+    // The engine's driver, borrowed through a handle of its own: the call
+    // itself moves into the policy.
+    let engine = std::sync::Arc::clone(&call.engine);
     memoize(
-        &driver,
+        &engine.tokio,
         call,
         Later(compute),
         cacheable,
@@ -319,8 +321,7 @@ where
 /// memoized under `key` (and its chunks, if chunked).
 pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> Result<(), Error> {
     let call = Call::new(crate::policy::engine::current(), key.into(), options);
-    let driver = call.tokio();
-    call.invalidate(&driver).await?;
+    call.invalidate(call.tokio()).await?;
     Ok(())
 }
 
@@ -328,7 +329,6 @@ pub async fn invalidate_async<K: Into<CacheKey>>(key: K, options: &Options) -> R
 /// barrier, without blocking the executor.
 pub async fn invalidate_tag_async(tag: &str, options: &Options) -> Result<(), Error> {
     let engine = crate::policy::engine::current();
-    let driver = Tokio(std::sync::Arc::clone(&engine.config.async_backend));
-    crate::policy::version::invalidate_tag(&engine, tag, options, &driver).await?;
+    crate::policy::version::invalidate_tag(&engine, tag, options, &engine.tokio).await?;
     Ok(())
 }

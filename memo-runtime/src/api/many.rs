@@ -241,6 +241,6 @@ where
     let Some(first) = calls.first() else {
         return Ok(Vec::new());
     };
-    let driver = first.tokio();
-    memoize_many(&driver, calls, compute).await
+    let engine = std::sync::Arc::clone(&first.engine);
+    memoize_many(&engine.tokio, calls, compute).await
 }

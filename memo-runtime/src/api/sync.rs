@@ -374,9 +374,11 @@ pub fn invalidate(key: impl Into<CacheKey>, options: &Options) -> Result<(), Err
 /// ```
 pub fn invalidate_tag(tag: &str, options: &Options) -> Result<(), Error> {
     let engine = engine::current();
-    let driver = Blocking(std::sync::Arc::clone(&engine.config.backend));
     block_on(crate::policy::version::invalidate_tag(
-        &engine, tag, options, &driver,
+        &engine,
+        tag,
+        options,
+        &engine.blocking,
     ))?;
     Ok(())
 }

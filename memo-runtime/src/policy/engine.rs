@@ -33,10 +33,12 @@ pub(crate) struct Engine {
     pub(crate) config: Arc<Config>,
     /// The configuration's generation, which this engine was built for.
     generation: u64,
-    /// The synchronous world over the configuration's backend, made once:
-    /// a synchronous call borrows it rather than counting the backend's
-    /// `Arc` up and down, a write every thread would share.
+    /// The synchronous and async worlds over the configuration's backend,
+    /// made once: a call borrows its world rather than counting the
+    /// backend's `Arc` up and down, a write every thread would share.
     pub(crate) blocking: Blocking,
+    #[cfg(feature = "async")]
+    pub(crate) tokio: crate::backend::world::Tokio,
     pub(crate) flights: Flights,
     pub(crate) barrier: Arc<Barrier>,
     /// Made on first use, which also subscribes to other processes'
@@ -126,6 +128,8 @@ impl Engine {
     pub(crate) fn new(config: Arc<Config>, generation: u64) -> Engine {
         Engine {
             blocking: Blocking(Arc::clone(&config.backend)),
+            #[cfg(feature = "async")]
+            tokio: crate::backend::world::Tokio(Arc::clone(&config.async_backend)),
             config,
             generation,
             flights: Flights::default(),

@@ -196,8 +196,8 @@ impl<'o> Call<'o> {
 
     /// The tokio driver for this call's configuration.
     #[cfg(feature = "async")]
-    pub(crate) fn tokio(&self) -> crate::backend::world::Tokio {
-        crate::backend::world::Tokio(Arc::clone(&self.config().async_backend))
+    pub(crate) fn tokio(&self) -> &crate::backend::world::Tokio {
+        &self.engine.tokio
     }
 
     /// The main entry's bytes, or `None` (absent, or the backend failed).

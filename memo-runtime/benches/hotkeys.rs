@@ -2,7 +2,10 @@
 //!
 //! - `hot_hit`: one hit of a ~100-byte struct: memo's typed local copy
 //!   (`#[cache_memoize(local = ..)]`), memo's encoded local copy
-//!   (`Options::local`), a plain hit on the embedded store, and `#[cached]`.
+//!   (`Options::local`), a plain hit on the embedded store, `#[cached]`,
+//!   and two floors, not memo: the work no local copy can skip
+//!   (`local_floor`) and the work no hit of a stored value can skip
+//!   (`plain_floor`).
 //! - `hot_hit_2_threads_1000_keys`, `hot_hit_8_threads_1000_keys`: the same
 //!   over 1,000 warm keys from 2 and 8 threads at once; the time shown is
 //!   the wall time of one call on each thread, made in parallel, so the
@@ -23,16 +26,17 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cached::proc_macro::cached;
 use criterion::{Criterion, Throughput};
 use memo_runtime::{
-    Config, MemoryBackend, Options, cache_memoize, cache_memoize_detached, configure,
+    Backend, Config, MemoryBackend, Options, cache_memoize, cache_memoize_detached, configure,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
@@ -80,17 +84,104 @@ fn cached_profile(id: u64) -> Profile {
     profile(id)
 }
 
+/// The envelope's header, before the value's bytes.
+const HEADER_LEN: usize = 36;
+/// The envelope's checksum, after the value's bytes.
+const CHECKSUM_LEN: usize = 16;
+
+/// The envelope in a stored entry, after the guard of version tokens (a
+/// magic of 4 bytes, their count, and 8 bytes each).
+fn envelope(stored: &[u8]) -> &[u8] {
+    &stored[5 + 8 * usize::from(stored[4])..]
+}
+
+/// Not memo: what no hit of a stored value can skip, however it is built,
+/// done with the same crates on the bytes `memo_plain` stored. It reads the
+/// entry and its version token from the embedded store in one `get_many`,
+/// matches the token, computes the SHA-256 the envelope is checked by (over
+/// the full key, the header and the value's bytes), and decodes a fresh
+/// value. The plain hit's own further steps (resolving the call, judging
+/// the stamp, the barrier, the counters) come on top.
+fn plain_floor(id: u64) -> Profile {
+    let key = format!("bench:plain:{id}");
+    let version = format!("\\V:{key}");
+    let [stored, token] = <[_; 2]>::try_from(
+        store()
+            .get_many(&[&key, &version])
+            .expect("the embedded store"),
+    )
+    .expect("two answers");
+    let (stored, token) = (stored.expect("warmed"), token.expect("warmed"));
+    assert_eq!(stored[5..13], token[..], "the entry's own token");
+    let bytes = envelope(&stored);
+    let checked = &bytes[..bytes.len() - CHECKSUM_LEN];
+    let mut checksum = Sha256::new();
+    checksum.update((key.len() as u64).to_le_bytes());
+    checksum.update(key.as_bytes());
+    checksum.update(checked);
+    assert_eq!(checksum.finalize()[..CHECKSUM_LEN], bytes[checked.len()..]);
+    postcard::from_bytes(&checked[HEADER_LEN..]).expect("the value's bytes")
+}
+
+/// Not memo: what no local copy can skip, the local copy's floor. It
+/// builds the key, looks the copy up in a `quick_cache` map (the one memo
+/// keeps copies in), checks the copy's expiry against the clock, and clones
+/// the value out. The local hit's own further steps (resolving the call,
+/// the barrier, the counters) come on top.
+fn local_floor(id: u64) -> Profile {
+    type Copies = quick_cache::sync::Cache<Box<str>, (Instant, Arc<Profile>)>;
+    static COPIES: OnceLock<Copies> = OnceLock::new();
+    let copies = COPIES.get_or_init(|| Copies::new(10_000));
+    let key = format!("bench:local:{id}");
+    let (until, value) = copies.get(key.as_str()).unwrap_or_else(|| {
+        let copy = (
+            Instant::now() + Duration::from_secs(3600),
+            Arc::new(profile(id)),
+        );
+        copies.insert(key.into_boxed_str(), copy.clone());
+        copy
+    });
+    assert!(Instant::now() < until, "an hour-long copy");
+    Profile::clone(&value)
+}
+
 type Call = fn(u64) -> Profile;
 
-const CALLS: [(&str, Call); 4] = [
+const CALLS: [(&str, Call); 6] = [
     ("memo_local_typed", memo_local),
+    ("local_floor", local_floor),
     ("memo_local_encoded", memo_encoded_local),
     ("memo_plain_embedded", memo_plain),
+    ("plain_floor", plain_floor),
     ("cached_proc_macro", cached_profile),
 ];
 
+/// The one embedded store every group is configured with, which
+/// `plain_floor` reads too.
+fn store() -> &'static MemoryBackend {
+    static STORE: OnceLock<MemoryBackend> = OnceLock::new();
+    STORE.get_or_init(|| MemoryBackend::with_max_bytes(1 << 30))
+}
+
 fn configure_memory() {
-    configure(Config::new(MemoryBackend::with_max_bytes(1 << 30)));
+    configure(Config::new(store().clone()));
+    // `plain_floor` reads what `memo_plain` stores, with the envelope's
+    // layout (a change of format fails here, not in the floor).
+    let stored = {
+        memo_plain(7);
+        store().get("bench:plain:7").expect("the embedded store")
+    };
+    let stored = stored.expect("stored under its key as written");
+    assert!(
+        store()
+            .get("\\V:bench:plain:7")
+            .expect("the embedded store")
+            .is_some(),
+        "a version key as written"
+    );
+    let stored = envelope(&stored);
+    let body = postcard::to_allocvec(&profile(7)).expect("serializes");
+    assert_eq!(stored[HEADER_LEN..stored.len() - CHECKSUM_LEN], body[..]);
 }
 
 fn hot_hit(c: &mut Criterion) {

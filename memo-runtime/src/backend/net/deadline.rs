@@ -73,19 +73,94 @@ impl Budget {
 
 /// A TCP stream whose reads and writes fail with `TimedOut` once its
 /// deadline has passed, each one waiting at most for the time left.
+///
+/// The socket's own timeouts bound each wait. Setting one is a system call,
+/// as costly as the read it bounds on a fast network, so the stream keeps
+/// the timeouts it set and sets one again only when the time left is
+/// shorter (a wait must never outlast the deadline). A timeout shorter than
+/// the time left is kept: a wait it cuts short is taken up again for the
+/// time left, so it costs the call nothing. Timeouts are set in whole
+/// milliseconds (the kernel counts them in coarser ticks anyway), so the
+/// calls that reuse a pooled connection, each with a deadline a little
+/// later than the last's, find the timeout already set.
 #[derive(Debug)]
 pub(crate) struct DeadlineStream {
     stream: TcpStream,
     deadline: Instant,
+    /// The socket's read timeout as last set; `None` before the first.
+    read_timeout: Option<Duration>,
+    /// The socket's write timeout as last set.
+    write_timeout: Option<Duration>,
+}
+
+/// The timeout to set for a wait of at most `left`: `left` in whole
+/// milliseconds, or `left` itself under one.
+fn timeout_for(left: Duration) -> Duration {
+    let whole = Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+    if whole.is_zero() { left } else { whole }
+}
+
+/// Which of the socket's waits a timeout bounds.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    Read,
+    Write,
 }
 
 impl DeadlineStream {
     pub(crate) fn new(stream: TcpStream, deadline: Instant) -> Self {
-        DeadlineStream { stream, deadline }
+        DeadlineStream {
+            stream,
+            deadline,
+            read_timeout: None,
+            write_timeout: None,
+        }
     }
 
     pub(crate) fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = deadline;
+    }
+
+    /// Runs `op`, a read or a write, each of its waits bounded by the time
+    /// left, until it ends other than by the socket's timeout or the
+    /// deadline passes.
+    fn waiting<T>(
+        &mut self,
+        wait: Wait,
+        mut op: impl FnMut(&mut TcpStream) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            self.bound(wait)?;
+            match op(&mut self.stream) {
+                // A socket timeout shows as `WouldBlock` on Unix and
+                // `TimedOut` elsewhere: the time left decides what it means.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                result => return result,
+            }
+        }
+    }
+
+    /// Sets the socket's timeout for `wait` to the time left, unless the
+    /// one set is no longer (see the type's docs).
+    fn bound(&mut self, wait: Wait) -> io::Result<()> {
+        let left = self.remaining()?;
+        let set = match wait {
+            Wait::Read => &mut self.read_timeout,
+            Wait::Write => &mut self.write_timeout,
+        };
+        if set.is_none_or(|set| set > left) {
+            let timeout = timeout_for(left);
+            match wait {
+                Wait::Read => self.stream.set_read_timeout(Some(timeout)),
+                Wait::Write => self.stream.set_write_timeout(Some(timeout)),
+            }?;
+            *set = Some(timeout);
+        }
+        Ok(())
     }
 
     /// The time left, or `TimedOut` when there is none.
@@ -99,7 +174,20 @@ impl DeadlineStream {
 
     /// Whether the connection can be reused: nothing unread is waiting on
     /// it (a stray reply would be read as the answer to the next command)
-    /// and the peer has not closed it.
+    /// and the peer has not closed it. One system call, a `recv` that peeks
+    /// without waiting: the check runs before every request on a pooled
+    /// connection.
+    #[cfg(unix)]
+    pub(crate) fn is_clean(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        let peeked = socket2::SockRef::from(&self.stream)
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        matches!(peeked, Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// [`is_clean`](Self::is_clean) where no flag makes one `recv` not wait:
+    /// the socket is made non-blocking around the peek.
+    #[cfg(not(unix))]
     pub(crate) fn is_clean(&self) -> bool {
         if self.stream.set_nonblocking(true).is_err() {
             return false;
@@ -128,9 +216,7 @@ fn deadline_error(err: io::Error) -> io::Error {
 
 impl Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf).map_err(deadline_error)
+        self.waiting(Wait::Read, |stream| stream.read(buf))
     }
 }
 
@@ -154,9 +240,7 @@ impl Transport for DeadlineStream {
 
 impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf).map_err(deadline_error)
+        self.waiting(Wait::Write, |stream| stream.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -257,6 +341,94 @@ mod tests {
         assert!(!stream.is_clean(), "a stray byte is waiting");
         drop(stream);
         writer.join().unwrap();
+    }
+
+    /// A stream to a peer that writes `b"x"` each time told to, with the
+    /// peer's side of the telling.
+    fn stream_to_a_quiet_peer(deadline: Instant) -> (DeadlineStream, std::sync::mpsc::Sender<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (tell, told) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            while told.recv().is_ok() {
+                if peer.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        (
+            DeadlineStream::new(TcpStream::connect(address).unwrap(), deadline),
+            tell,
+        )
+    }
+
+    #[test]
+    fn a_timeout_set_for_a_later_deadline_never_outlasts_an_earlier_one() {
+        let (mut stream, tell) =
+            stream_to_a_quiet_peer(later(Instant::now(), Duration::from_secs(30)));
+        tell.send(()).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).unwrap(), 1);
+        // The socket's timeout is now about 30 s: the next call's deadline
+        // is much earlier, and a silent peer must not hold it past it.
+        let started = Instant::now();
+        stream.set_deadline(started + Duration::from_millis(200));
+        let err = stream.read(&mut byte).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(190), "took {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[test]
+    fn a_wait_cut_short_by_an_earlier_timeout_goes_on_until_the_deadline() {
+        let started = Instant::now();
+        let (mut stream, tell) = stream_to_a_quiet_peer(started + Duration::from_millis(100));
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        // The socket's timeout is now under 100 ms, shorter than the next
+        // call's time left: a reply that comes after it, within the
+        // deadline, is still read.
+        stream.set_deadline(later(Instant::now(), Duration::from_secs(30)));
+        let teller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            tell.send(()).unwrap();
+            tell
+        });
+        let waited = Instant::now();
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "read after {:?}",
+            waited.elapsed()
+        );
+        assert!(waited.elapsed() >= Duration::from_millis(390));
+        drop(teller.join().unwrap());
+    }
+
+    #[test]
+    fn timeouts_are_whole_milliseconds_under_the_time_left() {
+        assert_eq!(
+            timeout_for(Duration::from_micros(2_999_999)),
+            Duration::from_millis(2_999)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_millis(5)),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_micros(999)),
+            Duration::from_micros(999)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_nanos(1)),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(timeout_for(Duration::MAX), Duration::from_millis(u64::MAX));
     }
 
     #[test]

@@ -25,8 +25,10 @@
 //! the I/O deadline, so a call takes at most `connect_timeout + timeout`,
 //! whatever the server does and however many times a stale pooled
 //! connection is replaced within the call. `DeadlineStream` enforces it
-//! by setting the socket timeout to the time left before every read and
-//! write; the async client runs the connecting and the I/O of a call each
+//! by keeping the socket's timeouts no longer than the time left at every
+//! read and write (setting them only when they would outlast it, since a
+//! system call is as costly as the request on a fast network); the async
+//! client runs the connecting and the I/O of a call each
 //! under a `tokio::time::timeout_at` for the same deadlines.
 //!
 //! **Blocking and async callers share one client.** With the `async`

@@ -7,6 +7,8 @@
 //! (with `template` for key templates), `ast` models the function, `valid`
 //! checks that the two fit, and `expand` writes the result.
 
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 
 mod ast;

@@ -69,6 +69,8 @@
 //! `ARCHITECTURE.md`, at the root of the repository, walks through one call
 //! and the invalidation barrier.
 
+#![forbid(unsafe_code)]
+
 mod api;
 pub mod backend;
 mod common;

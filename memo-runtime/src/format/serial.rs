@@ -16,13 +16,13 @@ const READ_BUF: usize = 64 * 1024;
 
 /// Deserializes exactly one `T` from a byte stream that must end right
 /// after it, without first collecting the stream into one buffer: only the
-/// bytes of the current string or byte field are held at a time (plus
-/// copies of fields a type insists on borrowing), so a large value loads in
-/// about its own size.
+/// bytes of the current string or byte field are held at a time (plus the
+/// fields a type insists on borrowing, kept until the value is built), so a
+/// large value loads in about its own size.
 pub(crate) fn deserialize_from_reader<T: DeserializeOwned, R: Read>(
     reader: R,
 ) -> Result<T, Invalid> {
-    let arena = Arena::default();
+    let arena = typed_arena::Arena::new();
     let flavor = ReadFlavor {
         reader: io::BufReader::with_capacity(READ_BUF, reader),
         temp: Vec::new(),
@@ -40,37 +40,14 @@ pub(crate) fn deserialize_from_reader<T: DeserializeOwned, R: Read>(
     }
 }
 
-/// Storage for the bytes a type borrows during deserialization. Only types
-/// that deserialize through `deserialize_str`/`deserialize_bytes` (rather
-/// than their owned variants) put anything here.
-#[derive(Default)]
-struct Arena {
-    blocks: std::cell::RefCell<Vec<*mut [u8]>>,
-}
-
-impl Arena {
-    fn keep(&self, bytes: Vec<u8>) -> &[u8] {
-        let raw = Box::into_raw(bytes.into_boxed_slice());
-        self.blocks.borrow_mut().push(raw);
-        // SAFETY: `raw` comes from `Box::into_raw` and is freed only when the
-        // arena drops, which the returned borrow of `self` outlives not.
-        unsafe { &*raw }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        for raw in self.blocks.get_mut().drain(..) {
-            // SAFETY: each pointer came from `Box::into_raw` and is freed once.
-            drop(unsafe { Box::from_raw(raw) });
-        }
-    }
-}
-
 struct ReadFlavor<'de, R> {
     reader: R,
     temp: Vec<u8>,
-    arena: &'de Arena,
+    /// The bytes a type borrows during deserialization, which must outlive
+    /// the read: each field's buffer moves in whole, uncopied. Only types
+    /// that deserialize through `deserialize_str`/`deserialize_bytes`
+    /// (rather than their owned variants) put anything here.
+    arena: &'de typed_arena::Arena<Vec<u8>>,
 }
 
 impl<R: Read> ReadFlavor<'_, R> {
@@ -104,7 +81,7 @@ impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for ReadFlavor<'de, R
 
     fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
         self.fill_temp(ct)?;
-        Ok(self.arena.keep(std::mem::take(&mut self.temp)))
+        Ok(self.arena.alloc(std::mem::take(&mut self.temp)).as_slice())
     }
 
     fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>

@@ -412,23 +412,18 @@ mod tests {
 
     #[test]
     fn timeouts_are_whole_milliseconds_under_the_time_left() {
-        assert_eq!(
-            timeout_for(Duration::from_micros(2_999_999)),
-            Duration::from_millis(2_999)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_millis(5)),
-            Duration::from_millis(5)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_micros(999)),
-            Duration::from_micros(999)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_nanos(1)),
-            Duration::from_nanos(1)
-        );
-        assert_eq!(timeout_for(Duration::MAX), Duration::from_millis(u64::MAX));
+        for (left, timeout) in [
+            (
+                Duration::from_micros(2_999_999),
+                Duration::from_millis(2_999),
+            ),
+            (Duration::from_millis(5), Duration::from_millis(5)),
+            (Duration::from_micros(999), Duration::from_micros(999)),
+            (Duration::from_nanos(1), Duration::from_nanos(1)),
+            (Duration::MAX, Duration::from_millis(u64::MAX)),
+        ] {
+            assert_eq!(timeout_for(left), timeout, "for {left:?} left");
+        }
     }
 
     #[test]

@@ -55,7 +55,6 @@ fn counting(runs: &Arc<AtomicUsize>, took: Duration) -> impl FnOnce() -> usize +
     }
 }
 
-/// Waits until `done` holds, for at most `within`.
 #[test]
 fn stale_callers_are_served_at_once_while_one_refresh_runs_in_the_background() {
     let _serial = serial();

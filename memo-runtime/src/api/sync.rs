@@ -1,7 +1,6 @@
 //! The synchronous entry points: look up, or compute and store.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,7 +11,6 @@ use crate::format::key::CacheKey;
 use crate::policy::codec::{Borrowed, Owned, as_ok, as_value};
 use crate::policy::detach::{Now, Ownership, RefreshJob};
 use crate::policy::hot::{Encoded, Keep};
-use crate::policy::observe::{CallOutcome, Observed};
 use crate::policy::options::Options;
 use crate::policy::{Call, engine, memoize};
 
@@ -35,15 +33,8 @@ where
     O: Ownership<RefreshJob<Blocking, T, Now<F>, C, K>>,
 {
     let call = Call::new(engine::current(), key, options);
-    // A local hit is served before the policy's future is built. One clock
-    // reading checks the copy's expiry and, with metrics, starts the call's
-    // duration.
-    if call.keeps_locally() {
-        let now = Instant::now();
-        if let Some(value) = call.local_hit(&keep, now) {
-            Observed::start_at(&call, now).end(CallOutcome::Local);
-            return from_cache(value);
-        }
+    if let Some(value) = call.serve_local(&keep) {
+        return from_cache(value);
     }
     // The engine's driver, borrowed through this thread's own handle: the
     // call itself moves into the policy.

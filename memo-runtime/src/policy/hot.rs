@@ -25,6 +25,7 @@ use super::Call;
 use super::drive::Driver;
 use super::flight::{Joined, LeaderGuard};
 use super::local::{Kept, Payload};
+use super::observe::{CallOutcome, Observed};
 use super::options::Beta;
 use crate::format::envelope::{self, Stamp};
 use crate::lock::{CacheLock, LockError};
@@ -151,9 +152,26 @@ impl Call<'_> {
         self.options.local.is_some() && !self.options.large_data
     }
 
+    /// The local copy of a `T`, counted and observed as the call's local
+    /// hit, if the call keeps local copies and one is kept, fresh, and not
+    /// due for an early refresh: the first step of the policy, which both
+    /// entry points take before they build the policy's future. One clock
+    /// reading checks the copy's expiry and, with metrics, starts the call's
+    /// duration.
+    pub(crate) fn serve_local<T, K: Keep<T>>(&self, keep: &K) -> Option<T> {
+        if !self.keeps_locally() {
+            return None;
+        }
+        let now = Instant::now();
+        let value = self.local_hit(keep, now)?;
+        Observed::start_at(self, now).end(CallOutcome::Local);
+        Some(value)
+    }
+
     /// The local copy of a `T`, counted as a local hit, if one is kept,
-    /// fresh at `now`, and not due for an early refresh: the first step of
-    /// the policy, for a call that [keeps local copies](Self::keeps_locally).
+    /// fresh at `now`, and not due for an early refresh, for a call that
+    /// [keeps local copies](Self::keeps_locally) (a batch observes its
+    /// calls' hits together).
     pub(crate) fn local_hit<T, K: Keep<T>>(&self, keep: &K, now: Instant) -> Option<T> {
         let value = self.local_copy(keep, now)?;
         self.counters().local_hit();
@@ -162,12 +180,10 @@ impl Call<'_> {
 
     /// The local copy of a `T`, if one is kept, fresh at `now`, and not due
     /// for an early refresh.
-    pub(crate) fn local_copy<T, K: Keep<T>>(&self, keep: &K, now: Instant) -> Option<T> {
-        if !self.keeps_locally() {
-            return None;
-        }
+    fn local_copy<T, K: Keep<T>>(&self, keep: &K, now: Instant) -> Option<T> {
         if self.options.force_overwrite {
-            // A refresh replaces the value: the copies go first.
+            // A refresh replaces the value: the copies go first (and again
+            // once its new version is written, see `Call::overwrite`).
             self.drop_local();
             return None;
         }

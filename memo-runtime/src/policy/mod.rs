@@ -599,6 +599,10 @@ impl<'o> Call<'o> {
         if let Err(err) = self.new_version(io).await {
             self.counters().backend_failed("set", &err);
         }
+        // A copy kept while the version was written goes too.
+        if self.keeps_locally() {
+            self.drop_local();
+        }
     }
 
     /// What was read, kept or joined in this process before now is not
@@ -774,13 +778,10 @@ where
     // envelope: postcard bytes of one type can decode as another, so calls
     // of two types under one key never share a value.
     let fp = fingerprint::<T>(false);
+    // The local copy was looked up before this future was built (see
+    // `Call::serve_local`).
     if call.options.force_overwrite {
         call.overwrite(driver).await;
-    }
-    if call.keeps_locally() {
-        if let Some(value) = call.local_hit(&keep, Instant::now()) {
-            return (from_cache(value), CallOutcome::Local);
-        }
     }
     let mut first = None;
     if call.coalesces() {

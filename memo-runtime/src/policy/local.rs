@@ -115,8 +115,7 @@ impl LocalCopies {
     pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Kept> {
         let kept = self.copies.get(key)?;
         if now >= kept.until {
-            self.copies
-                .remove_if(key, |found| Instant::now() >= found.until);
+            self.copies.remove_if(key, |found| now >= found.until);
             self.report();
             return None;
         }
